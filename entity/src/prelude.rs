@@ -1,0 +1,5 @@
+//! The entities under short names, for `use sea_orm_durable_entity::prelude::*`.
+
+pub use crate::batchactions_batches::Entity as BatchactionsBatches;
+pub use crate::batchactions_jobs::Entity as BatchactionsJobs;
+pub use crate::batchactions_records::Entity as BatchactionsRecords;

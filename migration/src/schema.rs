@@ -1,0 +1,68 @@
+//! Column and index shapes shared by the migrations, with the per-backend differences in one place.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
+
+/// A NOT NULL text column without a length limit on every backend.
+///
+/// MySQL's `TEXT` stops at 64 KiB, so there it is `LONGTEXT` (4 GiB); PostgreSQL and SQLite
+/// `text` is already unbounded.
+pub(crate) fn long_text(manager: &SchemaManager, column: impl IntoIden) -> ColumnDef {
+    let mut def = ColumnDef::new(column);
+    match manager.get_database_backend() {
+        DbBackend::MySql => def.custom(Alias::new("LONGTEXT")),
+        _ => def.text(),
+    };
+    def.not_null().take()
+}
+
+/// Like [`long_text`] but nullable.
+pub(crate) fn long_text_null(manager: &SchemaManager, column: impl IntoIden) -> ColumnDef {
+    let mut def = long_text(manager, column);
+    def.null().take()
+}
+
+/// Creates an index unless one of that name exists.
+///
+/// sea-query drops `IF NOT EXISTS` from `CREATE INDEX` on MySQL (which has no such clause), so
+/// there the existence is checked first; PostgreSQL and SQLite use the clause itself.
+pub(crate) async fn create_index(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    mut index: IndexCreateStatement,
+) -> Result<(), DbErr> {
+    if manager.get_database_backend() == DbBackend::MySql {
+        let name = index
+            .get_index_spec()
+            .get_name()
+            .unwrap_or_default()
+            .to_owned();
+        if manager.has_index(table, &name).await? {
+            return Ok(());
+        }
+    } else {
+        index.if_not_exists();
+    }
+    manager.create_index(index).await
+}
+
+/// Creates a partial index `WHERE <column> = '<value>'` where the backend has partial indexes
+/// (PostgreSQL, SQLite); on MySQL it creates `fallback` instead, a full index that leads with the
+/// filtered column.
+pub(crate) async fn create_partial_index(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    partial: IndexCreateStatement,
+    filter: (&str, &str),
+    fallback: IndexCreateStatement,
+) -> Result<(), DbErr> {
+    match manager.get_database_backend() {
+        // MySQL and MariaDB have no partial indexes.
+        DbBackend::MySql => create_index(manager, table, fallback).await,
+        _ => {
+            let mut partial = partial;
+            partial.and_where(Expr::col(Alias::new(filter.0)).eq(filter.1));
+            create_index(manager, table, partial).await
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Durable work kept in a SeaORM application's own database.
+//!
+//! `sea-orm-durable` stores two kinds of durable work through SeaORM 2, on PostgreSQL,
+//! MySQL/MariaDB and SQLite, reusing the application's `DatabaseConnection`:
+//!
+//! - **batch job state**: a job split into batches of records that many workers claim
+//!   atomically, with stale-batch recovery, exactly-once finalization and per-record outcomes
+//!   (tables `batchactions_jobs`, `batchactions_batches`, `batchactions_records`);
+//! - **durable task executions** (tables `task_executions` and `finished_child_task_executions`).
+//!
+//! The tables are created by the migrations in the `sea-orm-durable-migration` crate, re-exported
+//! here as [`migration`].
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use sea_orm_durable::migration::{Migrator, MigratorTrait};
+//!
+//! let db = sea_orm::Database::connect("sqlite://durable.db?mode=rwc").await?;
+//! Migrator::up(&db, None).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+
+pub use error::{DatabaseError, Error, Result};
+
+/// The migrations that create this crate's tables (the `sea-orm-durable-migration` crate).
+pub use sea_orm_durable_migration as migration;

@@ -1,0 +1,225 @@
+//! Fresh, migrated databases for tests, one per test, on every backend.
+//!
+//! PostgreSQL and MySQL/MariaDB come from admin URLs in `DATABASE_URL_POSTGRES` and
+//! `DATABASE_URL_MYSQL`: each test creates a uniquely named database there and drops it when the
+//! [`TestDb`] is dropped (even when the test panics). SQLite uses a file in a temporary directory.
+//! Without a URL the server's tests print that they were skipped, unless
+//! `REQUIRE_ALL_BACKENDS=1`, which turns a missing server into a failure.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
+use sea_orm_durable::migration::{Migrator, MigratorTrait};
+
+/// A backend under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl Backend {
+    fn url_var(self) -> Option<&'static str> {
+        match self {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some("DATABASE_URL_POSTGRES"),
+            Backend::MySql => Some("DATABASE_URL_MYSQL"),
+        }
+    }
+}
+
+/// A database of its own for one test, migrated to the latest schema.
+pub(crate) struct TestDb {
+    pub(crate) db: DatabaseConnection,
+    pub(crate) backend: Backend,
+    /// Connection URL of this test's database, for opening more pools or child processes.
+    pub(crate) url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Server { admin_url: String, name: String },
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "sod_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos % 100_000
+    )
+}
+
+/// Replaces the database name (the URL path) of `url`, keeping credentials and query string.
+pub(crate) fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
+    let scheme_end = url.find("://").context("database URL has no scheme")? + 3;
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
+    Ok(format!("{}/{}{}", &base[..path_start], name, query))
+}
+
+/// Connect options with the pool shape the tests use on each backend.
+pub(crate) fn connect_options(backend: Backend, url: &str, max_connections: u32) -> ConnectOptions {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.max_connections(max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false);
+    if backend == Backend::Sqlite {
+        opts.map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10))
+        });
+    }
+    opts
+}
+
+impl TestDb {
+    /// Creates and migrates a database, or returns `None` when the backend is not configured
+    /// (and not required).
+    pub(crate) async fn create(backend: Backend) -> anyhow::Result<Option<TestDb>> {
+        let name = unique_name();
+        let (url, cleanup) = match backend.url_var() {
+            None => {
+                let dir = tempfile::tempdir()?;
+                let path = dir.path().join(format!("{name}.db"));
+                (
+                    format!("sqlite://{}?mode=rwc", path.display()),
+                    Cleanup::Dir(dir),
+                )
+            }
+            Some(var) => {
+                let Ok(admin_url) = std::env::var(var) else {
+                    if std::env::var("REQUIRE_ALL_BACKENDS").is_ok_and(|v| v == "1") {
+                        bail!("{var} is not set and REQUIRE_ALL_BACKENDS=1");
+                    }
+                    eprintln!("skipped: {var} is not set");
+                    return Ok(None);
+                };
+                let admin = Database::connect(connect_options(backend, &admin_url, 1))
+                    .await
+                    .with_context(|| format!("connecting to {var}"))?;
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await?;
+                admin.close().await?;
+                (
+                    with_database(&admin_url, &name)?,
+                    Cleanup::Server { admin_url, name },
+                )
+            }
+        };
+        let db = Database::connect(connect_options(backend, &url, 8)).await?;
+        let test_db = TestDb {
+            db,
+            backend,
+            url,
+            cleanup,
+        };
+        Migrator::up(&test_db.db, None).await?;
+        Ok(Some(test_db))
+    }
+
+    /// The SeaORM backend of this database.
+    #[allow(dead_code)]
+    pub(crate) fn db_backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Opens another pool on the same database.
+    #[allow(dead_code)]
+    pub(crate) async fn connect(&self, max_connections: u32) -> anyhow::Result<DatabaseConnection> {
+        Ok(Database::connect(connect_options(self.backend, &self.url, max_connections)).await?)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Cleanup::Server { admin_url, name } = &self.cleanup else {
+            return;
+        };
+        let (backend, admin_url, name) = (self.backend, admin_url.clone(), name.clone());
+        let label = name.clone();
+        // Drop runs inside the test's runtime, which cannot block on async work, so the database
+        // is dropped from a thread with a runtime of its own.
+        let dropped = std::thread::spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let admin = Database::connect(connect_options(backend, &admin_url, 1)).await?;
+                if backend == Backend::Postgres {
+                    admin
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await?;
+                } else {
+                    admin
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
+                        .await?;
+                }
+                admin.close().await?;
+                Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {label}");
+        }
+    }
+}
+
+/// Runs `test` against a fresh database of `backend`, or reports it skipped.
+pub(crate) async fn run<F, Fut>(backend: Backend, test: F) -> anyhow::Result<()>
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    match TestDb::create(backend).await? {
+        Some(db) => test(db).await,
+        None => Ok(()),
+    }
+}
+
+/// Declares one test per backend for each listed async fn taking a [`TestDb`]:
+/// `sqlite::name`, `postgres::name`, `mysql::name`.
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() -> anyhow::Result<()> {
+                crate::harness::run(crate::harness::Backend::Sqlite, super::$name).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() -> anyhow::Result<()> {
+                crate::harness::run(crate::harness::Backend::Postgres, super::$name).await
+            })*
+        }
+        mod mysql {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() -> anyhow::Result<()> {
+                crate::harness::run(crate::harness::Backend::MySql, super::$name).await
+            })*
+        }
+    };
+}
+pub(crate) use per_backend;

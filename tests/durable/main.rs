@@ -1,0 +1,6 @@
+//! Integration tests on every backend, in one test binary (one link of SeaORM instead of one per
+//! backend). Tests are named `<area>::<backend>::<behaviour>`, so `cargo test postgres` runs one
+//! backend and `cargo test schema::` one area.
+
+mod harness;
+mod schema;

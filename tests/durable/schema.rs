@@ -1,0 +1,334 @@
+//! The migrations, the entities and the error classification on each backend.
+
+use anyhow::{Context, ensure};
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel, Statement,
+    TransactionTrait,
+};
+use sea_orm_durable::Error;
+use sea_orm_durable::migration::{Migrator, MigratorTrait};
+use sea_orm_durable_entity::{batchactions_batches, batchactions_jobs, batchactions_records};
+use sea_orm_migration::SchemaManager;
+use serde_json::json;
+
+use crate::harness::{Backend, TestDb, per_backend};
+
+per_backend!(
+    migrate_up_down_up_leaves_tables_and_indexes,
+    migrations_are_idempotent,
+    every_column_round_trips,
+    duplicate_key_is_conflict,
+    deadlock_or_busy_is_retryable,
+);
+
+const TABLES: [&str; 3] = [
+    "batchactions_jobs",
+    "batchactions_batches",
+    "batchactions_records",
+];
+const INDEXES: [(&str, &str); 4] = [
+    (
+        "batchactions_batches",
+        "ux_batchactions_batches_job_id_batch_index",
+    ),
+    ("batchactions_batches", "ix_batchactions_batches_pending"),
+    (
+        "batchactions_records",
+        "ix_batchactions_records_job_id_status",
+    ),
+    (
+        "batchactions_records",
+        "ix_batchactions_records_job_id_batch_id",
+    ),
+];
+
+async fn assert_schema(t: &TestDb, present: bool) -> anyhow::Result<()> {
+    let manager = SchemaManager::new(&t.db);
+    for table in TABLES {
+        ensure!(
+            manager.has_table(table).await? == present,
+            "table {table} present != {present}"
+        );
+    }
+    if present {
+        for (table, index) in INDEXES {
+            ensure!(
+                manager.has_index(table, index).await?,
+                "index {index} missing"
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn migrate_up_down_up_leaves_tables_and_indexes(t: TestDb) -> anyhow::Result<()> {
+    assert_schema(&t, true).await?;
+    ensure!(Migrator::get_pending_migrations(&t.db).await?.is_empty());
+    Migrator::down(&t.db, None).await?;
+    assert_schema(&t, false).await?;
+    ensure!(Migrator::get_applied_migrations(&t.db).await?.is_empty());
+    Migrator::up(&t.db, None).await?;
+    assert_schema(&t, true).await?;
+    // The bookkeeping table is ours, never SeaORM's default one.
+    let manager = SchemaManager::new(&t.db);
+    ensure!(
+        manager
+            .has_table(sea_orm_durable::migration::MIGRATION_TABLE)
+            .await?
+    );
+    ensure!(!manager.has_table("seaql_migrations").await?);
+    Ok(())
+}
+
+async fn migrations_are_idempotent(t: TestDb) -> anyhow::Result<()> {
+    // An application that splices our migrations after ours already ran re-applies them.
+    let manager = SchemaManager::new(&t.db);
+    for migration in sea_orm_durable::migration::migrations() {
+        migration.up(&manager).await.context("re-running up")?;
+    }
+    assert_schema(&t, true).await
+}
+
+fn big_json() -> serde_json::Value {
+    // A little over 1 MiB of multi-byte text plus structure.
+    let text = "Zoë 東京 🚀 ".repeat(1024 * 1024 / 16 + 1);
+    json!({
+        "text": text,
+        "list": (0..2000).collect::<Vec<i64>>(),
+        "big": 9_007_199_254_740_993_i64,
+        "nested": {"city": "Zürich", "empty": null, "flag": true}
+    })
+}
+
+async fn every_column_round_trips(t: TestDb) -> anyhow::Result<()> {
+    let job = batchactions_jobs::Model {
+        id: "job-ünïcødé-東京".to_owned(),
+        status: "PROCESSING".to_owned(),
+        config: big_json(),
+        batches: json!([{"id": "b0", "index": 0, "status": "PENDING"}]),
+        total_records: i64::MAX,
+        started_at: Some(i64::MIN),
+        completed_at: None,
+        distributed: true,
+        created_at: i64::MAX,
+        updated_at: -1,
+    };
+    let batch = batchactions_batches::Model {
+        id: "batch-0".to_owned(),
+        job_id: job.id.clone(),
+        batch_index: i32::MAX,
+        status: "PROCESSING".to_owned(),
+        worker_id: Some("wörker-1".to_owned()),
+        claimed_at: Some(i64::MAX),
+        heartbeat_at: Some(i64::MIN),
+        record_start_index: 0,
+        record_end_index: i64::MAX,
+        processed_count: 7,
+        failed_count: 3,
+        version: i64::MAX,
+        created_at: 1_700_000_000_123,
+        updated_at: 1_700_000_000_456,
+        completed_at: None,
+    };
+    let record = batchactions_records::Model {
+        job_id: job.id.clone(),
+        record_index: i64::MAX,
+        batch_id: batch.id.clone(),
+        status: "failed".to_owned(),
+        raw: big_json(),
+        parsed: json!({"ключ": "значение", "n": -1}),
+        errors: json!([{"field": "e", "message": "bad", "code": "REQUIRED", "extra": [1, 2]}]),
+        processing_error: Some("ошибка ✗ ".repeat(1024 * 1024 / 16 + 1)),
+        retry_count: i32::MAX,
+        updated_at: i64::MIN,
+    };
+    let nulls = batchactions_batches::Model {
+        id: "batch-1".to_owned(),
+        batch_index: 1,
+        worker_id: None,
+        claimed_at: None,
+        heartbeat_at: None,
+        completed_at: Some(0),
+        ..batch.clone()
+    };
+    let sparse_record = batchactions_records::Model {
+        record_index: 0,
+        processing_error: None,
+        raw: json!({}),
+        parsed: json!(null),
+        errors: json!([]),
+        ..record.clone()
+    };
+
+    batchactions_jobs::Entity::insert(job.clone().into_active_model())
+        .exec(&t.db)
+        .await?;
+    for b in [&batch, &nulls] {
+        batchactions_batches::Entity::insert(b.clone().into_active_model())
+            .exec(&t.db)
+            .await?;
+    }
+    for r in [&record, &sparse_record] {
+        batchactions_records::Entity::insert(r.clone().into_active_model())
+            .exec(&t.db)
+            .await?;
+    }
+
+    let got = batchactions_jobs::Entity::find_by_id(job.id.clone())
+        .one(&t.db)
+        .await?;
+    ensure!(got.as_ref() == Some(&job), "job differs after round trip");
+    for b in [&batch, &nulls] {
+        let got = batchactions_batches::Entity::find_by_id(b.id.clone())
+            .one(&t.db)
+            .await?;
+        ensure!(
+            got.as_ref() == Some(b),
+            "batch {} differs after round trip",
+            b.id
+        );
+    }
+    for r in [&record, &sparse_record] {
+        let key = (r.job_id.clone(), r.record_index);
+        let got = batchactions_records::Entity::find_by_id(key)
+            .one(&t.db)
+            .await?;
+        ensure!(
+            got.as_ref() == Some(r),
+            "record {} differs after round trip",
+            r.record_index
+        );
+    }
+
+    // Updates through the active model round-trip as well.
+    let mut active = job.clone().into_active_model();
+    active.completed_at = sea_orm::Set(Some(i64::MAX));
+    let updated = active.update(&t.db).await?;
+    ensure!(updated.completed_at == Some(i64::MAX));
+    Ok(())
+}
+
+async fn duplicate_key_is_conflict(t: TestDb) -> anyhow::Result<()> {
+    let job = batchactions_jobs::Model {
+        id: "dup".to_owned(),
+        status: "CREATED".to_owned(),
+        config: json!({"batchSize": 10}),
+        batches: json!([]),
+        total_records: 0,
+        started_at: None,
+        completed_at: None,
+        distributed: false,
+        created_at: 1,
+        updated_at: 1,
+    };
+    batchactions_jobs::Entity::insert(job.clone().into_active_model())
+        .exec(&t.db)
+        .await?;
+    let err = batchactions_jobs::Entity::insert(job.into_active_model())
+        .exec(&t.db)
+        .await
+        .err()
+        .context("second insert of the same id succeeded")?;
+    let err = Error::from(err);
+    ensure!(
+        matches!(err, Error::Conflict { .. }),
+        "expected conflict, got {err:?}"
+    );
+    ensure!(!err.is_retryable());
+
+    // A raw statement hitting a unique secondary index classifies the same way.
+    let insert = |index: i64| {
+        Statement::from_string(
+            t.db_backend(),
+            format!(
+                "INSERT INTO batchactions_batches (id, job_id, batch_index, status, created_at, \
+                 updated_at) VALUES ('b{index}', 'dup', 0, 'PENDING', 1, 1)"
+            ),
+        )
+    };
+    t.db.execute_raw(insert(1)).await?;
+    let err =
+        t.db.execute_raw(insert(2))
+            .await
+            .err()
+            .context("duplicate (job_id, batch_index)")?;
+    let err = Error::from(err);
+    ensure!(
+        matches!(err, Error::Conflict { .. }),
+        "expected conflict, got {err:?}"
+    );
+    Ok(())
+}
+
+async fn deadlock_or_busy_is_retryable(t: TestDb) -> anyhow::Result<()> {
+    let err = match t.backend {
+        Backend::Sqlite => sqlite_busy(&t).await?,
+        Backend::Postgres | Backend::MySql => deadlock(&t).await?,
+    };
+    let err = Error::from(err);
+    ensure!(
+        err.is_retryable(),
+        "expected a retryable error, got {err:?}"
+    );
+    ensure!(matches!(err, Error::Database(_)));
+    Ok(())
+}
+
+/// Two transactions lock two rows in opposite orders; the server aborts one of them.
+async fn deadlock(t: &TestDb) -> anyhow::Result<sea_orm::DbErr> {
+    for id in ["a", "b"] {
+        t.db.execute_unprepared(&format!(
+            "INSERT INTO batchactions_batches (id, job_id, batch_index, status, created_at, \
+             updated_at) VALUES ('{id}', 'j', {}, 'PENDING', 1, 1)",
+            if id == "a" { 0 } else { 1 }
+        ))
+        .await?;
+    }
+    let bump = |id: &str| {
+        format!("UPDATE batchactions_batches SET version = version + 1 WHERE id = '{id}'")
+    };
+    let first = t.db.begin().await?;
+    let second = t.db.begin().await?;
+    first.execute_unprepared(&bump("a")).await?;
+    second.execute_unprepared(&bump("b")).await?;
+    let (bump_a, bump_b) = (bump("a"), bump("b"));
+    let (r1, r2) = tokio::join!(
+        first.execute_unprepared(&bump_b),
+        second.execute_unprepared(&bump_a)
+    );
+    let err = match (r1, r2) {
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => e,
+        (Err(e), Err(_)) => e,
+        (Ok(_), Ok(_)) => anyhow::bail!("no deadlock was reported"),
+    };
+    first.rollback().await?;
+    second.rollback().await?;
+    Ok(err)
+}
+
+/// One connection holds the write lock; another, with no busy timeout, is refused at once.
+async fn sqlite_busy(t: &TestDb) -> anyhow::Result<sea_orm::DbErr> {
+    let mut opts = crate::harness::connect_options(Backend::Sqlite, &t.url, 1);
+    opts.map_sqlx_sqlite_opts(|o| o.busy_timeout(std::time::Duration::ZERO));
+    let impatient = sea_orm::Database::connect(opts).await?;
+    let holder =
+        t.db.begin_with_options(sea_orm::TransactionOptions {
+            sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?;
+    holder
+        .execute_unprepared("UPDATE batchactions_jobs SET status = status")
+        .await?;
+    let err = impatient
+        .execute_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "INSERT INTO batchactions_jobs (id, status, config, batches, created_at, updated_at) \
+             VALUES ('x', 'CREATED', '{}', '[]', 1, 1)",
+        ))
+        .await
+        .err()
+        .context("write succeeded while another connection held the lock")?;
+    holder.rollback().await?;
+    Ok(err)
+}
