@@ -21,8 +21,12 @@
 //! # }
 //! ```
 
+mod clock;
+#[allow(dead_code)] // used by the stores
+mod dialect;
 mod error;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result};
 
 /// The migrations that create this crate's tables (the `sea-orm-durable-migration` crate).

@@ -1,0 +1,70 @@
+//! Per-backend transaction settings and the retry loop for transient database errors.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sea_orm::{
+    ConnectionTrait, DbBackend, IsolationLevel, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
+};
+
+use crate::error::Result;
+
+/// Options for a transaction that claims or otherwise read-modify-writes rows.
+///
+/// - PostgreSQL and MySQL/MariaDB run it at READ COMMITTED: under MariaDB's default REPEATABLE
+///   READ, `FOR UPDATE SKIP LOCKED` claims deadlock against each other (gap locks), and READ
+///   COMMITTED lets a compare-and-swap see rows committed after the transaction began.
+/// - SQLite starts it `IMMEDIATE`, taking the write lock at `BEGIN`: a deferred transaction that
+///   reads and then writes fails with `SQLITE_BUSY` on the lock upgrade, busy timeout or not.
+pub(crate) fn write_transaction(backend: DbBackend) -> TransactionOptions {
+    match backend {
+        DbBackend::Sqlite => TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        },
+        _ => TransactionOptions {
+            isolation_level: Some(IsolationLevel::ReadCommitted),
+            ..Default::default()
+        },
+    }
+}
+
+/// Begins a [`write_transaction`] on `db`.
+pub(crate) async fn begin_write<C>(db: &C) -> Result<C::Transaction>
+where
+    C: TransactionTrait + ConnectionTrait,
+{
+    Ok(db
+        .begin_with_options(write_transaction(db.get_database_backend()))
+        .await?)
+}
+
+/// How many times [`retry`] tries an operation that keeps failing transiently.
+const MAX_ATTEMPTS: u32 = 10;
+
+/// Runs `op` until it succeeds, fails with an error that is not retryable, or has failed
+/// [`MAX_ATTEMPTS`] times; between attempts it sleeps a jittered, doubling delay (2 ms to 250 ms).
+///
+/// `op` must be safe to repeat: each attempt starts its own transaction, so a deadlock victim
+/// (rolled back by the server) simply runs again.
+pub(crate) async fn retry<T, F, Fut>(what: &'static str, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_millis(2);
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(err) if err.is_retryable() && attempt < MAX_ATTEMPTS => {
+                tracing::debug!(operation = what, attempt, error = %err, "retrying transient error");
+                let jitter = fastrand::u64(0..=delay.as_millis().try_into().unwrap_or(u64::MAX));
+                tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
+                delay = (delay * 2).min(Duration::from_millis(250));
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
