@@ -25,9 +25,16 @@ mod clock;
 #[allow(dead_code)] // used by the stores
 mod dialect;
 mod error;
+mod task;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result};
+pub use task::{
+    ClaimParams, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
+    InMemoryTaskExecutionStorage, NewTaskExecution, ParentRef, RetryOptions, TaskExecution,
+    TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus,
+    TaskExecutionStorage, TaskExecutionUpdate, UnknownStatus,
+};
 
 /// The migrations that create this crate's tables (the `sea-orm-durable-migration` crate).
 pub use sea_orm_durable_migration as migration;

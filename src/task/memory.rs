@@ -1,0 +1,430 @@
+//! [`InMemoryTaskExecutionStorage`]: the reference implementation of the port, for unit tests
+//! of applications and as the yardstick of the conformance suite.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::model::{
+    ClaimParams, ExecutionError, FinishedChildTaskExecution, NewTaskExecution, TaskExecution,
+    TaskExecutionFilter, TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate,
+};
+use super::storage::TaskExecutionStorage;
+use super::validate_new;
+use crate::error::{Error, Result};
+
+/// Task executions kept in process memory. Everything is lost when the process exits.
+#[derive(Debug, Default)]
+pub struct InMemoryTaskExecutionStorage {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    executions: HashMap<String, TaskExecution>,
+    /// Finished children by parent, then by (child index, child execution id).
+    finished: HashMap<String, BTreeMap<(u32, String), FinishedChildTaskExecution>>,
+}
+
+impl InMemoryTaskExecutionStorage {
+    /// An empty storage.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while the lock was held cannot leave a half-applied change behind (every
+        // operation validates before it mutates), so a poisoned lock is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn matches_guard(e: &TaskExecution, guard: &TaskExecutionGuard) -> bool {
+    guard
+        .statuses
+        .as_ref()
+        .is_none_or(|s| s.contains(&e.status))
+        && guard.fencing_token.is_none_or(|t| t == e.fencing_token)
+}
+
+/// Applies `update` and the fields that follow from the status (see [`TaskExecutionUpdate`]).
+pub(crate) fn apply_update(e: &mut TaskExecution, update: &TaskExecutionUpdate) {
+    if let Some(status) = update.status {
+        e.status = status;
+        if status.is_finished() {
+            e.is_finished = true;
+            e.finished_at = Some(update.now);
+        }
+        if status != TaskExecutionStatus::Running {
+            e.expires_at = None;
+            if status != TaskExecutionStatus::Cancelled {
+                e.executor_id = None;
+            }
+        }
+    }
+    if let Some(v) = &update.run_output {
+        e.run_output = Some(v.clone());
+    }
+    if let Some(v) = &update.output {
+        e.output = Some(v.clone());
+    }
+    if let Some(v) = &update.error {
+        e.error = Some(v.clone());
+    }
+    if update.clear_error {
+        e.error = None;
+    }
+    if let Some(v) = update.cancel_requested {
+        e.cancel_requested = v;
+    }
+    if let Some(v) = update.retry_attempts {
+        e.retry_attempts = v;
+    }
+    if let Some(v) = update.start_at {
+        e.start_at = v;
+    }
+    if let Some(v) = update.children_count {
+        e.children_count = v;
+    }
+    if let Some(v) = &update.finalize {
+        e.finalize = Some(v.clone());
+    }
+    e.updated_at = update.now;
+}
+
+impl State {
+    fn insert(&mut self, executions: Vec<NewTaskExecution>, now: i64) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for e in &executions {
+            if self.executions.contains_key(&e.execution_id) || !seen.insert(&e.execution_id) {
+                return Err(Error::Conflict {
+                    message: format!("task execution {} already exists", e.execution_id),
+                    source: None,
+                });
+            }
+        }
+        for e in executions {
+            self.executions
+                .insert(e.execution_id.clone(), e.into_execution(now));
+        }
+        Ok(())
+    }
+
+    fn update(&mut self, guard: &TaskExecutionGuard, update: &TaskExecutionUpdate) -> u64 {
+        let mut matched = 0;
+        for id in &guard.execution_ids {
+            if let Some(e) = self
+                .executions
+                .get_mut(id)
+                .filter(|e| matches_guard(e, guard))
+            {
+                apply_update(e, update);
+                matched += 1;
+            }
+        }
+        matched
+    }
+
+    /// Executions matching `pred`, ordered by `key`, at most `limit`.
+    fn pick<K: Ord>(
+        &self,
+        limit: u64,
+        pred: impl Fn(&TaskExecution) -> bool,
+        key: impl Fn(&TaskExecution) -> K,
+    ) -> Vec<String> {
+        let mut found: Vec<&TaskExecution> = self.executions.values().filter(|e| pred(e)).collect();
+        found.sort_by_key(|e| key(e));
+        found
+            .into_iter()
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .map(|e| e.execution_id.clone())
+            .collect()
+    }
+
+    fn cancel_active_children(&mut self, parent: &TaskExecution, now: i64) {
+        let message = format!(
+            "parent task {} with execution id {} finished as {}",
+            parent.task_id, parent.execution_id, parent.status
+        );
+        let update = TaskExecutionUpdate {
+            now,
+            status: Some(TaskExecutionStatus::Cancelled),
+            error: Some(ExecutionError::cancelled(message)),
+            cancel_requested: Some(true),
+            ..Default::default()
+        };
+        for e in self.executions.values_mut() {
+            let is_child = e
+                .parent
+                .as_ref()
+                .is_some_and(|p| p.execution_id == parent.execution_id);
+            if is_child && !e.is_finished {
+                apply_update(e, &update);
+            }
+        }
+    }
+
+    fn record_finished_children(&mut self, children: Vec<FinishedChildTaskExecution>) {
+        let mut parents = Vec::new();
+        for child in children {
+            let records = self
+                .finished
+                .entry(child.parent_execution_id.clone())
+                .or_default();
+            let exists = records
+                .values()
+                .any(|r| r.child_execution_id == child.child_execution_id);
+            if !exists {
+                parents.push(child.parent_execution_id.clone());
+                records.insert((child.index, child.child_execution_id.clone()), child);
+            }
+        }
+        for parent_id in parents {
+            let records = self.finished.get(&parent_id);
+            let finished = records.map_or(0, BTreeMap::len);
+            let failed = records.map_or(0, |r| {
+                r.values()
+                    .filter(|c| c.status != TaskExecutionStatus::Completed)
+                    .count()
+            });
+            if let Some(parent) = self.executions.get_mut(&parent_id) {
+                parent.finished_children_count = u32::try_from(finished).unwrap_or(u32::MAX);
+                parent.failed_children_count = u32::try_from(failed).unwrap_or(u32::MAX);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
+    async fn enqueue_task_executions(
+        &self,
+        executions: Vec<NewTaskExecution>,
+        now: i64,
+    ) -> Result<()> {
+        executions.iter().try_for_each(validate_new)?;
+        self.state().insert(executions, now)
+    }
+
+    async fn get_task_execution(&self, execution_id: &str) -> Result<Option<TaskExecution>> {
+        Ok(self.state().executions.get(execution_id).cloned())
+    }
+
+    async fn get_task_executions(
+        &self,
+        filter: &TaskExecutionFilter,
+    ) -> Result<Vec<TaskExecution>> {
+        let state = self.state();
+        let mut found: Vec<TaskExecution> = state
+            .executions
+            .values()
+            .filter(|e| {
+                filter
+                    .execution_ids
+                    .as_ref()
+                    .is_none_or(|ids| ids.contains(&e.execution_id))
+                    && filter
+                        .statuses
+                        .as_ref()
+                        .is_none_or(|s| s.contains(&e.status))
+                    && filter
+                        .parent_execution_id
+                        .as_ref()
+                        .is_none_or(|p| e.parent.as_ref().is_some_and(|ep| &ep.execution_id == p))
+            })
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| {
+            let index = |e: &TaskExecution| e.parent.as_ref().map_or(0, |p| p.index);
+            (a.created_at, index(a), &a.execution_id).cmp(&(
+                b.created_at,
+                index(b),
+                &b.execution_id,
+            ))
+        });
+        if let Some(limit) = filter.limit {
+            found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
+        Ok(found)
+    }
+
+    async fn claim_task_executions(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>> {
+        let mut state = self.state();
+        let ids = state.pick(
+            params.limit,
+            |e| e.status == TaskExecutionStatus::Ready && e.start_at <= params.now,
+            |e| (e.start_at, e.execution_id.clone()),
+        );
+        let mut claimed = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(e) = state.executions.get_mut(&id) {
+                e.status = TaskExecutionStatus::Running;
+                e.executor_id = Some(params.executor_id.clone());
+                e.started_at = Some(params.now);
+                e.expires_at = Some(
+                    params
+                        .now
+                        .saturating_add(e.timeout_ms)
+                        .saturating_add(params.lease_margin_ms),
+                );
+                e.fencing_token += 1;
+                e.updated_at = params.now;
+                claimed.push(e.clone());
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn update_task_executions(
+        &self,
+        guard: &TaskExecutionGuard,
+        update: &TaskExecutionUpdate,
+    ) -> Result<u64> {
+        Ok(self.state().update(guard, update))
+    }
+
+    async fn update_task_execution_and_enqueue(
+        &self,
+        guard: &TaskExecutionGuard,
+        update: &TaskExecutionUpdate,
+        children: Vec<NewTaskExecution>,
+    ) -> Result<bool> {
+        children.iter().try_for_each(validate_new)?;
+        let mut state = self.state();
+        let matched = guard.execution_ids.iter().any(|id| {
+            state
+                .executions
+                .get(id)
+                .is_some_and(|e| matches_guard(e, guard))
+        });
+        if !matched {
+            return Ok(false);
+        }
+        // Insert first: a conflict must leave the guarded executions untouched.
+        state.insert(children, update.now)?;
+        state.update(guard, update);
+        Ok(true)
+    }
+
+    async fn add_finished_child_task_executions(
+        &self,
+        children: Vec<FinishedChildTaskExecution>,
+    ) -> Result<()> {
+        self.state().record_finished_children(children);
+        Ok(())
+    }
+
+    async fn get_finished_child_task_executions(
+        &self,
+        parent_execution_id: &str,
+    ) -> Result<Vec<FinishedChildTaskExecution>> {
+        Ok(self
+            .state()
+            .finished
+            .get(parent_execution_id)
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn expire_task_executions(&self, now: i64, limit: u64) -> Result<u64> {
+        let mut state = self.state();
+        let ids = state.pick(
+            limit,
+            |e| e.status == TaskExecutionStatus::Running && e.expires_at.is_some_and(|x| x < now),
+            |e| (e.expires_at, e.execution_id.clone()),
+        );
+        let count = u64::try_from(ids.len()).unwrap_or(u64::MAX);
+        for id in ids {
+            if let Some(e) = state.executions.get_mut(&id) {
+                apply_update(e, &super::expiry_update(e, now));
+            }
+        }
+        Ok(count)
+    }
+
+    async fn claim_parents_with_finished_children(
+        &self,
+        params: &ClaimParams,
+    ) -> Result<Vec<TaskExecution>> {
+        let mut state = self.state();
+        let ids = state.pick(
+            params.limit,
+            |e| {
+                e.status == TaskExecutionStatus::WaitingForChildren
+                    && (e.finished_children_count >= e.children_count
+                        || e.failed_children_count > 0)
+                    && e.expires_at.is_none_or(|x| x <= params.now)
+            },
+            |e| (e.updated_at, e.execution_id.clone()),
+        );
+        let mut claimed = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(e) = state.executions.get_mut(&id) {
+                e.executor_id = Some(params.executor_id.clone());
+                e.expires_at = Some(params.now.saturating_add(params.lease_margin_ms));
+                e.fencing_token += 1;
+                e.updated_at = params.now;
+                claimed.push(e.clone());
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn close_finished_task_executions(&self, now: i64, limit: u64) -> Result<u64> {
+        let mut state = self.state();
+        let ids = state.pick(
+            limit,
+            |e| e.is_finished && !e.is_closed,
+            |e| (e.updated_at, e.execution_id.clone()),
+        );
+        let count = u64::try_from(ids.len()).unwrap_or(u64::MAX);
+        for id in ids {
+            let Some(e) = state.executions.get_mut(&id) else {
+                continue;
+            };
+            e.is_closed = true;
+            e.closed_at = Some(now);
+            e.updated_at = now;
+            let closed = e.clone();
+            match &closed.parent {
+                Some(parent) if parent.is_finalize => {
+                    let guard = TaskExecutionGuard::id(parent.execution_id.clone())
+                        .status(TaskExecutionStatus::WaitingForFinalize);
+                    state.update(&guard, &super::finalize_outcome_update(&closed, now));
+                }
+                Some(parent) => state.record_finished_children(vec![super::finished_child_record(
+                    &closed, parent, now,
+                )]),
+                None => {}
+            }
+            if closed.status != TaskExecutionStatus::Completed {
+                state.cancel_active_children(&closed, now);
+            }
+        }
+        Ok(count)
+    }
+
+    async fn take_cancellation_requests(
+        &self,
+        executor_id: &str,
+        now: i64,
+        limit: u64,
+    ) -> Result<Vec<String>> {
+        let mut state = self.state();
+        let ids = state.pick(
+            limit,
+            |e| e.cancel_requested && e.executor_id.as_deref() == Some(executor_id),
+            |e| (e.updated_at, e.execution_id.clone()),
+        );
+        for id in &ids {
+            if let Some(e) = state.executions.get_mut(id) {
+                e.cancel_requested = false;
+                e.updated_at = now;
+            }
+        }
+        Ok(ids)
+    }
+}

@@ -1,0 +1,524 @@
+//! Domain types of durable task executions. Nothing here knows about SeaORM.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The state of a task execution.
+///
+/// ```mermaid
+/// stateDiagram-v2
+///     [*] --> ready: enqueue
+///     ready --> running: claim (executor id, lease, new fencing token)
+///     running --> ready: retryable error, or lease expired with attempts left
+///     running --> completed: run succeeded, no children, no finalize
+///     running --> waiting_for_children_tasks: run returned children
+///     running --> waiting_for_finalize_task: no children, has finalize
+///     running --> failed: error, no attempts left / lease expired with none left
+///     running --> timed_out: run exceeded its timeout, no attempts left
+///     waiting_for_children_tasks --> waiting_for_finalize_task: all children completed, has finalize
+///     waiting_for_children_tasks --> completed: all children completed, no finalize
+///     waiting_for_children_tasks --> children_tasks_failed: a child finished unsuccessfully
+///     waiting_for_finalize_task --> completed: finalize completed
+///     waiting_for_finalize_task --> finalize_task_failed: finalize finished unsuccessfully
+///     ready --> cancelled: cancel
+///     running --> cancelled: cancel
+///     waiting_for_children_tasks --> cancelled: cancel
+///     waiting_for_finalize_task --> cancelled: cancel, or parent closed unsuccessfully
+/// ```
+///
+/// Every finished execution is later *closed*: its outcome is propagated to its parent (a
+/// finished-child record, or the parent's final status for a finalize execution) and, when it did
+/// not complete, its still-active children and finalize execution are cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskExecutionStatus {
+    /// Waiting to be claimed once `start_at` has passed.
+    Ready,
+    /// Claimed by an executor, which is running it under a lease.
+    Running,
+    /// Failed with an error and no retries left.
+    Failed,
+    /// Ran past its timeout with no retries left.
+    TimedOut,
+    /// The run finished and returned children, which have not all finished yet.
+    #[serde(rename = "waiting_for_children_tasks")]
+    WaitingForChildren,
+    /// At least one child finished without completing.
+    #[serde(rename = "children_tasks_failed")]
+    ChildrenFailed,
+    /// Waiting for the finalize execution to finish.
+    #[serde(rename = "waiting_for_finalize_task")]
+    WaitingForFinalize,
+    /// The finalize execution finished without completing.
+    #[serde(rename = "finalize_task_failed")]
+    FinalizeFailed,
+    /// Finished successfully; `output` holds the result.
+    Completed,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl TaskExecutionStatus {
+    /// Every status, in declaration order.
+    pub const ALL: [TaskExecutionStatus; 10] = [
+        Self::Ready,
+        Self::Running,
+        Self::Failed,
+        Self::TimedOut,
+        Self::WaitingForChildren,
+        Self::ChildrenFailed,
+        Self::WaitingForFinalize,
+        Self::FinalizeFailed,
+        Self::Completed,
+        Self::Cancelled,
+    ];
+
+    /// The statuses of executions that have not finished.
+    pub const ACTIVE: [TaskExecutionStatus; 4] = [
+        Self::Ready,
+        Self::Running,
+        Self::WaitingForChildren,
+        Self::WaitingForFinalize,
+    ];
+
+    /// The stored string (the upstream names: `ready`, `waiting_for_children_tasks`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Running => "running",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::WaitingForChildren => "waiting_for_children_tasks",
+            Self::ChildrenFailed => "children_tasks_failed",
+            Self::WaitingForFinalize => "waiting_for_finalize_task",
+            Self::FinalizeFailed => "finalize_task_failed",
+            Self::Completed => "completed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether this status is final: the execution will never run or change status again.
+    pub fn is_finished(self) -> bool {
+        !Self::ACTIVE.contains(&self)
+    }
+}
+
+impl fmt::Display for TaskExecutionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing an unknown status string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown task execution status `{0}`")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for TaskExecutionStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+/// Identifies an execution of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskExecutionRef {
+    /// The task's id.
+    pub task_id: String,
+    /// The execution's id.
+    pub execution_id: String,
+}
+
+/// The parent of a child or finalize execution.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentRef {
+    /// The parent's task id.
+    pub task_id: String,
+    /// The parent's execution id.
+    pub execution_id: String,
+    /// Position among the parent's children (0 for a finalize execution).
+    pub index: u32,
+    /// Whether this is the parent's finalize execution rather than one of its children.
+    pub is_finalize: bool,
+}
+
+/// How an execution is retried after a retryable error.
+///
+/// The delay before retry `n` (1-based) is `base_delay_ms * delay_multiplier^(n-1)`, capped at
+/// `max_delay_ms`, with jitter applied by the executor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryOptions {
+    /// Retries allowed after the first run (`3` allows four runs).
+    pub max_attempts: u32,
+    /// Delay before the first retry, in milliseconds.
+    #[serde(default)]
+    pub base_delay_ms: u32,
+    /// Factor applied to the delay for each further retry.
+    #[serde(default = "one")]
+    pub delay_multiplier: f64,
+    /// Upper bound of the delay, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay_ms: Option<u32>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for RetryOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 0,
+            base_delay_ms: 0,
+            delay_multiplier: 1.0,
+            max_delay_ms: None,
+        }
+    }
+}
+
+impl RetryOptions {
+    /// The delay before retry number `attempt` (1 for the first retry), without jitter.
+    pub fn delay_ms(&self, attempt: u32) -> u64 {
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let raw = f64::from(self.base_delay_ms) * self.delay_multiplier.max(0.0).powi(exponent);
+        let capped = match self.max_delay_ms {
+            Some(max) => raw.min(f64::from(max)),
+            None => raw,
+        };
+        if !capped.is_finite() {
+            return u64::MAX;
+        }
+        // There is no lossless float-to-integer conversion; `as` saturates at the bounds, which
+        // is exactly what a delay wants.
+        #[allow(clippy::as_conversions)]
+        let delay = capped.max(0.0).round() as u64;
+        delay
+    }
+}
+
+/// What kind of error ended or interrupted a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionErrorKind {
+    /// The task returned an error.
+    Generic,
+    /// No task with the execution's task id is registered with the executor that claimed it.
+    NotFound,
+    /// The run exceeded its timeout.
+    TimedOut,
+    /// The execution was cancelled.
+    Cancelled,
+}
+
+/// An error recorded on an execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionError {
+    /// The kind of error.
+    #[serde(rename = "errorType")]
+    pub kind: ExecutionErrorKind,
+    /// Whether another attempt may succeed.
+    pub is_retryable: bool,
+    /// Whether the error came from the executor rather than the task.
+    #[serde(default)]
+    pub is_internal: bool,
+    /// The message.
+    pub message: String,
+}
+
+impl ExecutionError {
+    /// A generic error with `message`.
+    pub fn generic(message: impl Into<String>, is_retryable: bool) -> Self {
+        Self {
+            kind: ExecutionErrorKind::Generic,
+            is_retryable,
+            is_internal: false,
+            message: message.into(),
+        }
+    }
+
+    /// A cancellation error with `message`.
+    pub fn cancelled(message: impl Into<String>) -> Self {
+        Self {
+            kind: ExecutionErrorKind::Cancelled,
+            is_retryable: false,
+            is_internal: false,
+            message: message.into(),
+        }
+    }
+
+    /// A timeout error with `message`; timeouts are retryable.
+    pub fn timed_out(message: impl Into<String>) -> Self {
+        Self {
+            kind: ExecutionErrorKind::TimedOut,
+            is_retryable: true,
+            is_internal: false,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ExecutionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// One execution of a task, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskExecution {
+    /// Unique id of this execution.
+    pub execution_id: String,
+    /// The task this is an execution of.
+    pub task_id: String,
+    /// The top-most ancestor, for children and finalize executions.
+    pub root: Option<TaskExecutionRef>,
+    /// The direct parent, for children and finalize executions.
+    pub parent: Option<ParentRef>,
+    /// How the execution is retried.
+    pub retry_options: RetryOptions,
+    /// Delay between enqueueing and the first run, in milliseconds.
+    pub sleep_ms_before_run: i64,
+    /// Maximum duration of one run, in milliseconds.
+    pub timeout_ms: i64,
+    /// Current status.
+    pub status: TaskExecutionStatus,
+    /// Whether the status is final (kept as a column so scans need not list statuses).
+    pub is_finished: bool,
+    /// The serialized input.
+    pub input: String,
+    /// The serialized output of the run itself (before children and finalize).
+    pub run_output: Option<String>,
+    /// The serialized final output, once `completed`.
+    pub output: Option<String>,
+    /// The last error.
+    pub error: Option<ExecutionError>,
+    /// The executor holding the current claim (running, or processing a parent).
+    pub executor_id: Option<String>,
+    /// Incremented by every claim; writes by a claim holder are conditional on it.
+    pub fencing_token: i64,
+    /// Set when the execution was cancelled while an executor may be running it.
+    pub cancel_requested: bool,
+    /// Retries done so far (also the attempt number of the current run, from 0).
+    pub retry_attempts: u32,
+    /// Earliest time the execution may be claimed (epoch ms).
+    pub start_at: i64,
+    /// When the current or last run started (epoch ms).
+    pub started_at: Option<i64>,
+    /// When the current claim lapses (epoch ms).
+    pub expires_at: Option<i64>,
+    /// When the execution finished (epoch ms).
+    pub finished_at: Option<i64>,
+    /// Number of children the run spawned.
+    pub children_count: u32,
+    /// Number of children that have finished (recorded in the finished-children table).
+    pub finished_children_count: u32,
+    /// Number of finished children that did not complete.
+    pub failed_children_count: u32,
+    /// The finalize execution, once spawned.
+    pub finalize: Option<TaskExecutionRef>,
+    /// Whether the finished execution's outcome has been propagated.
+    pub is_closed: bool,
+    /// When it was closed (epoch ms).
+    pub closed_at: Option<i64>,
+    /// When the execution was enqueued (epoch ms).
+    pub created_at: i64,
+    /// When the execution was last written (epoch ms).
+    pub updated_at: i64,
+}
+
+/// What is needed to enqueue a new execution.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NewTaskExecution {
+    /// Unique id of the execution.
+    pub execution_id: String,
+    /// The task to run.
+    pub task_id: String,
+    /// The top-most ancestor, for children and finalize executions.
+    pub root: Option<TaskExecutionRef>,
+    /// The direct parent, for children and finalize executions.
+    pub parent: Option<ParentRef>,
+    /// How the execution is retried.
+    pub retry_options: RetryOptions,
+    /// Delay before the first run, in milliseconds.
+    pub sleep_ms_before_run: i64,
+    /// Maximum duration of one run, in milliseconds.
+    pub timeout_ms: i64,
+    /// The serialized input.
+    pub input: String,
+}
+
+impl NewTaskExecution {
+    /// The stored execution as enqueued at `now`: `ready`, starting after the sleep.
+    pub fn into_execution(self, now: i64) -> TaskExecution {
+        TaskExecution {
+            start_at: now.saturating_add(self.sleep_ms_before_run.max(0)),
+            execution_id: self.execution_id,
+            task_id: self.task_id,
+            root: self.root,
+            parent: self.parent,
+            retry_options: self.retry_options,
+            sleep_ms_before_run: self.sleep_ms_before_run.max(0),
+            timeout_ms: self.timeout_ms,
+            status: TaskExecutionStatus::Ready,
+            is_finished: false,
+            input: self.input,
+            run_output: None,
+            output: None,
+            error: None,
+            executor_id: None,
+            fencing_token: 0,
+            cancel_requested: false,
+            retry_attempts: 0,
+            started_at: None,
+            expires_at: None,
+            finished_at: None,
+            children_count: 0,
+            finished_children_count: 0,
+            failed_children_count: 0,
+            finalize: None,
+            is_closed: false,
+            closed_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// A child execution that has finished, recorded for its parent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedChildTaskExecution {
+    /// The parent's execution id.
+    pub parent_execution_id: String,
+    /// The child's execution id.
+    pub child_execution_id: String,
+    /// The child's task id.
+    pub child_task_id: String,
+    /// The child's position among the parent's children.
+    pub index: u32,
+    /// The child's final status.
+    pub status: TaskExecutionStatus,
+    /// The child's serialized output, when it completed.
+    pub output: Option<String>,
+    /// The child's error, when it did not complete.
+    pub error: Option<ExecutionError>,
+    /// When the record was written (epoch ms).
+    pub created_at: i64,
+}
+
+/// Which executions [`get_task_executions`](super::TaskExecutionStorage::get_task_executions)
+/// returns. Every set field must match; results are ordered by `created_at`, then position in
+/// the parent, then execution id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskExecutionFilter {
+    /// Only these executions (an empty list matches nothing).
+    pub execution_ids: Option<Vec<String>>,
+    /// Only executions in one of these statuses (an empty list matches nothing).
+    pub statuses: Option<Vec<TaskExecutionStatus>>,
+    /// Only children and the finalize execution of this parent.
+    pub parent_execution_id: Option<String>,
+    /// At most this many rows.
+    pub limit: Option<u64>,
+}
+
+/// The condition a guarded update requires of each row it changes.
+///
+/// A guard always names the executions; the other conditions make the update a
+/// compare-and-swap: on the status the writer last saw, and for a claim holder on the fencing
+/// token of its claim, so a writer whose claim was taken over changes nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskExecutionGuard {
+    /// The executions to update.
+    pub execution_ids: Vec<String>,
+    /// Required current statuses (`None`: any).
+    pub statuses: Option<Vec<TaskExecutionStatus>>,
+    /// Required fencing token (`None`: any).
+    pub fencing_token: Option<i64>,
+}
+
+impl TaskExecutionGuard {
+    /// A guard on one execution, with no further condition.
+    pub fn id(execution_id: impl Into<String>) -> Self {
+        Self {
+            execution_ids: vec![execution_id.into()],
+            ..Self::default()
+        }
+    }
+
+    /// Requires the execution to be in `status`.
+    pub fn status(mut self, status: TaskExecutionStatus) -> Self {
+        self.statuses = Some(vec![status]);
+        self
+    }
+
+    /// Requires the execution to be in one of `statuses`.
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = TaskExecutionStatus>) -> Self {
+        self.statuses = Some(statuses.into_iter().collect());
+        self
+    }
+
+    /// Requires the execution's fencing token to be `token`.
+    pub fn fencing_token(mut self, token: i64) -> Self {
+        self.fencing_token = Some(token);
+        self
+    }
+}
+
+/// Changes applied by a guarded update. Unset fields are left alone.
+///
+/// The store also maintains fields that follow from the status, so that callers cannot leave
+/// them inconsistent:
+/// - a finished status sets `is_finished` and `finished_at = now`;
+/// - any status other than `running` clears `expires_at`, and any status other than `running` or
+///   `cancelled` clears `executor_id`;
+/// - `updated_at = now` always.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskExecutionUpdate {
+    /// The time of the update (epoch ms).
+    pub now: i64,
+    /// New status.
+    pub status: Option<TaskExecutionStatus>,
+    /// New run output.
+    pub run_output: Option<String>,
+    /// New final output.
+    pub output: Option<String>,
+    /// New error.
+    pub error: Option<ExecutionError>,
+    /// Clears the error (applied after `error`).
+    pub clear_error: bool,
+    /// Sets or clears the cancellation request.
+    pub cancel_requested: Option<bool>,
+    /// New retry count.
+    pub retry_attempts: Option<u32>,
+    /// New earliest start (epoch ms).
+    pub start_at: Option<i64>,
+    /// Number of children spawned.
+    pub children_count: Option<u32>,
+    /// The finalize execution spawned.
+    pub finalize: Option<TaskExecutionRef>,
+}
+
+/// Parameters of the claim operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimParams {
+    /// The claiming executor.
+    pub executor_id: String,
+    /// The time of the claim (epoch ms).
+    pub now: i64,
+    /// At most this many executions.
+    pub limit: u64,
+    /// Lease length beyond the execution's own timeout, in milliseconds: a running execution's
+    /// lease lapses at `now + timeout_ms + lease_margin_ms`; a parent claimed for processing
+    /// holds it until `now + lease_margin_ms`.
+    pub lease_margin_ms: i64,
+}

@@ -1,0 +1,158 @@
+//! The port through which executors keep task executions.
+
+use async_trait::async_trait;
+
+use super::model::{
+    ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionFilter,
+    TaskExecutionGuard, TaskExecutionUpdate,
+};
+use crate::error::Result;
+
+/// Storage of task executions shared by any number of executors.
+///
+/// Every operation is atomic on its own. Claims hand each execution to one executor only and
+/// never wait on executions another executor is claiming. Writes by a claim holder carry the
+/// claim's fencing token in their [`TaskExecutionGuard`], so an executor whose claim lapsed and
+/// was taken over cannot overwrite the new owner's work.
+///
+/// All times are epoch milliseconds passed in by the caller; the store never reads a clock.
+#[async_trait]
+pub trait TaskExecutionStorage: Send + Sync {
+    /// Inserts new executions, `ready` and starting after their sleep, as of `now`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`](crate::Error::Conflict) when an execution id already exists (nothing
+    /// is inserted then); [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty
+    /// id or a negative timeout.
+    async fn enqueue_task_executions(
+        &self,
+        executions: Vec<NewTaskExecution>,
+        now: i64,
+    ) -> Result<()>;
+
+    /// The execution with this id, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) when the stored row cannot be read.
+    async fn get_task_execution(&self, execution_id: &str) -> Result<Option<TaskExecution>>;
+
+    /// The executions matching `filter`, ordered by `created_at`, position in the parent and
+    /// execution id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) when a matching row cannot be read.
+    async fn get_task_executions(&self, filter: &TaskExecutionFilter)
+    -> Result<Vec<TaskExecution>>;
+
+    /// Moves up to `limit` `ready` executions whose `start_at <= now` to `running` for
+    /// `executor_id`, earliest `start_at` first: sets `started_at = now`, the lease
+    /// `expires_at = now + timeout_ms + lease_margin_ms` and a new fencing token. Returns the
+    /// executions as they are after the update.
+    ///
+    /// # Errors
+    ///
+    /// Database errors; a claimed row that cannot be read is a
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) only after the other rows were returned
+    /// to `ready` untouched.
+    async fn claim_task_executions(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>>;
+
+    /// Applies `update` to the executions matching `guard`; returns how many matched.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn update_task_executions(
+        &self,
+        guard: &TaskExecutionGuard,
+        update: &TaskExecutionUpdate,
+    ) -> Result<u64>;
+
+    /// Applies `update` to the executions matching `guard` and, only if at least one matched,
+    /// enqueues `children` (children or a finalize execution), all in one transaction. Returns
+    /// whether the guard matched.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`](crate::Error::Conflict) when a child id already exists; nothing is
+    /// written then.
+    async fn update_task_execution_and_enqueue(
+        &self,
+        guard: &TaskExecutionGuard,
+        update: &TaskExecutionUpdate,
+        children: Vec<NewTaskExecution>,
+    ) -> Result<bool>;
+
+    /// Records that children finished, once per (parent, child): a record that exists already
+    /// is left as it is. Keeps each parent's `finished_children_count` and
+    /// `failed_children_count` equal to its records.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn add_finished_child_task_executions(
+        &self,
+        children: Vec<FinishedChildTaskExecution>,
+    ) -> Result<()>;
+
+    /// The finished children of a parent, in child-index order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) when a record cannot be read.
+    async fn get_finished_child_task_executions(
+        &self,
+        parent_execution_id: &str,
+    ) -> Result<Vec<FinishedChildTaskExecution>>;
+
+    /// Recovers executions whose executor died: every `running` execution whose lease passed
+    /// (`expires_at < now`), up to `limit`, goes back to `ready` (`start_at = now`) with the
+    /// attempt counted against its retries, or, with no retries left, to `failed`. Returns how
+    /// many it recovered.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn expire_task_executions(&self, now: i64, limit: u64) -> Result<u64>;
+
+    /// Claims up to `limit` parents waiting for children whose children have all finished (or
+    /// one of which failed) and that no live claim holds: sets `executor_id`, a new fencing
+    /// token and `expires_at = now + lease_margin_ms`. Returns them as they are after the update.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn claim_parents_with_finished_children(
+        &self,
+        params: &ClaimParams,
+    ) -> Result<Vec<TaskExecution>>;
+
+    /// Closes up to `limit` finished executions that are not closed yet, propagating each
+    /// outcome in the same transaction:
+    /// - a child records itself as a finished child of its parent;
+    /// - a finalize execution finishes its parent (`completed` with the finalize output, or
+    ///   `finalize_task_failed` with its error) if the parent still waits for it;
+    /// - an execution that did not complete cancels its still-active children and finalize.
+    ///
+    /// Returns how many it closed.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn close_finished_task_executions(&self, now: i64, limit: u64) -> Result<u64>;
+
+    /// Takes the cancellation requests addressed to `executor_id`: clears `cancel_requested` on
+    /// up to `limit` of its executions that have it set, and returns their ids.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn take_cancellation_requests(
+        &self,
+        executor_id: &str,
+        now: i64,
+        limit: u64,
+    ) -> Result<Vec<String>>;
+}
