@@ -51,6 +51,12 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
+    /// An operation did not finish in the time it was given.
+    #[error("timed out {what}")]
+    Timeout {
+        /// What was being waited for.
+        what: String,
+    },
     /// A payload could not be serialized or deserialized.
     #[error("serialization failed: {0}")]
     Serialization(#[from] serde_json::Error),

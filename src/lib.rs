@@ -26,9 +26,16 @@ mod clock;
 mod dialect;
 mod error;
 mod task;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result};
+pub use task::executor::{
+    ChildOutput, ChildTask, Executor, ExecutorOptions, FinalizeInput, FinishedExecution,
+    ParentDefinition, ParentOutcome, ParentTaskOutput, Sequence, TaskContext, TaskDefinition,
+    TaskError, TaskHandle, TaskOptions, WaitOptions,
+};
 pub use task::{
     ClaimParams, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
     InMemoryTaskExecutionStorage, NewTaskExecution, ParentRef, RetryOptions, TaskExecution,

@@ -1,8 +1,9 @@
 //! Durable task executions: the domain, the storage port and its implementations.
 //!
-//! The storage rules shared by every implementation (validation, lease expiry, closing) are
+//! The [`Executor`](executor::Executor) runs tasks over the storage. The storage rules shared by every implementation (validation, lease expiry, closing) are
 //! here, written once.
 
+pub(crate) mod executor;
 mod memory;
 mod model;
 mod storage;
@@ -24,22 +25,32 @@ pub(crate) const MAX_ID_LEN: usize = 255;
 pub(crate) const LEASE_EXPIRED: &str =
     "the execution's lease expired before it finished; its executor is presumed dead";
 
+/// Checks an id: not empty, at most [`MAX_ID_LEN`] bytes.
+fn validate_id(name: &'static str, id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::InvalidArgument {
+            name,
+            reason: "must not be empty".to_owned(),
+        });
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(Error::InvalidArgument {
+            name,
+            reason: format!("longer than {MAX_ID_LEN} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a task id.
+pub(crate) fn validate_task_id(id: &str) -> Result<()> {
+    validate_id("task_id", id)
+}
+
 /// Checks a new execution before anything is written.
 pub(crate) fn validate_new(e: &NewTaskExecution) -> Result<()> {
-    for (name, id) in [("execution_id", &e.execution_id), ("task_id", &e.task_id)] {
-        if id.is_empty() {
-            return Err(Error::InvalidArgument {
-                name,
-                reason: "must not be empty".to_owned(),
-            });
-        }
-        if id.len() > MAX_ID_LEN {
-            return Err(Error::InvalidArgument {
-                name,
-                reason: format!("longer than {MAX_ID_LEN} bytes"),
-            });
-        }
-    }
+    validate_id("execution_id", &e.execution_id)?;
+    validate_task_id(&e.task_id)?;
     if e.timeout_ms <= 0 {
         return Err(Error::InvalidArgument {
             name: "timeout_ms",

@@ -1,0 +1,878 @@
+//! The durable executor: runs registered tasks from a [`TaskExecutionStorage`] shared by any
+//! number of executors.
+//!
+//! An executor runs five background loops:
+//! - **claim**: claims ready executions in batches up to its free capacity and runs each;
+//! - **parents**: claims parents whose children all finished, and completes them, fails them or
+//!   spawns their finalize execution;
+//! - **close**: propagates finished executions to their parents and cancels the children of
+//!   executions that did not complete;
+//! - **expire**: returns executions whose executor died (their lease lapsed) to `ready`;
+//! - **cancel**: stops local runs of executions that were cancelled.
+//!
+//! A loop that found a full batch runs again at once; an idle loop sleeps its poll interval with
+//! jitter, and is woken early by in-process events (an enqueue wakes the claim loop, a finished
+//! run the close loop, a close the parents loop). Errors back off exponentially.
+//!
+//! Every write a run makes is guarded by the fencing token of its claim: an execution whose
+//! lease lapsed and was claimed again elsewhere cannot be overwritten by the old run.
+
+mod definition;
+mod handle;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use definition::{
+    ChildOutput, ChildTask, FinalizeInput, ParentDefinition, ParentOutcome, ParentTaskOutput,
+    Sequence, TaskContext, TaskDefinition, TaskError, TaskOptions,
+};
+pub use handle::{FinishedExecution, TaskHandle, WaitOptions};
+
+use definition::{RunOutcome, TaskSpec};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::task::model::{
+    ClaimParams, ExecutionError, ExecutionErrorKind, NewTaskExecution, ParentRef, TaskExecution,
+    TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate,
+};
+use crate::task::storage::TaskExecutionStorage;
+
+/// Settings of an [`Executor`].
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// This executor's id, recorded on the executions it claims (default: random).
+    pub executor_id: Option<String>,
+    /// Most executions run at once by this executor.
+    pub max_concurrent: usize,
+    /// Most executions claimed by one claim statement.
+    pub claim_batch_size: u64,
+    /// Most rows handled per iteration of the parents, close, expire and cancel loops.
+    pub background_batch_size: u64,
+    /// How long an idle loop sleeps before polling again (with ±25 % jitter).
+    pub poll_interval: Duration,
+    /// How long the expire loop sleeps between scans.
+    pub expire_interval: Duration,
+    /// How far past its timeout a running execution's lease reaches, and how long a parent
+    /// claimed for processing stays claimed. Another executor takes over after it.
+    pub lease_margin: Duration,
+    /// Where time is read from.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for ExecutorOptions {
+    fn default() -> Self {
+        Self {
+            executor_id: None,
+            max_concurrent: 1000,
+            claim_batch_size: 100,
+            background_batch_size: 100,
+            poll_interval: Duration::from_millis(100),
+            expire_interval: Duration::from_secs(1),
+            lease_margin: Duration::from_secs(60),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Runs durable tasks; see the [module docs](self).
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Executor")
+            .field("id", &self.inner.id)
+            .finish()
+    }
+}
+
+struct Inner {
+    id: String,
+    storage: Arc<dyn TaskExecutionStorage>,
+    options: ExecutorOptions,
+    tasks: RwLock<HashMap<String, Arc<TaskSpec>>>,
+    running: Mutex<HashMap<String, CancellationToken>>,
+    permits: Arc<Semaphore>,
+    wake_claim: Notify,
+    wake_parents: Notify,
+    wake_close: Notify,
+    shutdown: CancellationToken,
+    loops: Mutex<Vec<JoinHandle<()>>>,
+    runs: TaskTracker,
+}
+
+/// A random id with a prefix, for executions and executors.
+pub(crate) fn new_id(prefix: &str) -> String {
+    let mut id = String::with_capacity(prefix.len() + 24);
+    id.push_str(prefix);
+    id.extend(std::iter::repeat_with(fastrand::alphanumeric).take(24));
+    id
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.75 + fastrand::f64() * 0.5)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Executor {
+    /// An executor over `storage`. Register tasks, then [`start`](Self::start) it.
+    pub fn new(storage: Arc<dyn TaskExecutionStorage>, options: ExecutorOptions) -> Self {
+        let id = options.executor_id.clone().unwrap_or_else(|| new_id("ex_"));
+        let permits = Arc::new(Semaphore::new(options.max_concurrent.max(1)));
+        Self {
+            inner: Arc::new(Inner {
+                id,
+                storage,
+                options,
+                tasks: RwLock::new(HashMap::new()),
+                running: Mutex::new(HashMap::new()),
+                permits,
+                wake_claim: Notify::new(),
+                wake_parents: Notify::new(),
+                wake_close: Notify::new(),
+                shutdown: CancellationToken::new(),
+                loops: Mutex::new(Vec::new()),
+                runs: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// This executor's id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The storage this executor uses.
+    pub fn storage(&self) -> &Arc<dyn TaskExecutionStorage> {
+        &self.inner.storage
+    }
+
+    /// Registers `task`, its finalize task and the internal tasks of a sequence, so this
+    /// executor can run them. Registering the same definition again does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when another task is registered under the same id.
+    pub fn register<I, O>(&self, task: &TaskDefinition<I, O>) -> Result<()> {
+        let mut tasks = self
+            .inner
+            .tasks
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pending = vec![Arc::clone(&task.spec)];
+        while let Some(spec) = pending.pop() {
+            crate::task::validate_task_id(&spec.id)?;
+            match tasks.get(&spec.id) {
+                Some(existing) if Arc::ptr_eq(existing, &spec) => continue,
+                Some(_) => {
+                    return Err(Error::InvalidArgument {
+                        name: "task",
+                        reason: format!("another task is registered with id `{}`", spec.id),
+                    });
+                }
+                None => {}
+            }
+            pending.extend(spec.dependencies.iter().cloned());
+            tasks.insert(spec.id.clone(), spec);
+        }
+        Ok(())
+    }
+
+    /// Starts the background loops on the current tokio runtime. Calling it again does nothing.
+    pub fn start(&self) {
+        let mut loops = self
+            .inner
+            .loops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !loops.is_empty() || self.inner.shutdown.is_cancelled() {
+            return;
+        }
+        let inner = &self.inner;
+        loops.push(tokio::spawn(Arc::clone(inner).claim_loop()));
+        loops.push(tokio::spawn(
+            Arc::clone(inner).background_loop("parents", |i| i.process_parents()),
+        ));
+        loops.push(tokio::spawn(
+            Arc::clone(inner).background_loop("close", |i| i.close_finished()),
+        ));
+        loops.push(tokio::spawn(
+            Arc::clone(inner).background_loop("expire", |i| i.expire()),
+        ));
+        loops.push(tokio::spawn(
+            Arc::clone(inner).background_loop("cancel", |i| i.take_cancellations()),
+        ));
+        tracing::info!(executor_id = %inner.id, "executor started");
+    }
+
+    /// Stops claiming, waits for the running executions to finish (each is bounded by its own
+    /// timeout) and for the loops to stop. Returns when nothing of this executor is running.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let loops = std::mem::take(
+            &mut *self
+                .inner
+                .loops
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for handle in loops {
+            if let Err(err) = handle.await {
+                tracing::error!(error = %err, "executor loop panicked");
+            }
+        }
+        self.inner.runs.close();
+        self.inner.runs.wait().await;
+        tracing::info!(executor_id = %self.inner.id, "executor stopped");
+    }
+
+    /// The new execution of `task` with `input`, for enqueueing it yourself (for example inside
+    /// your own database transaction); rebuild its handle with [`Executor::handle`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialization`] when `input` does not serialize.
+    pub fn new_execution<I: Serialize, O>(
+        &self,
+        task: &TaskDefinition<I, O>,
+        input: &I,
+    ) -> Result<NewTaskExecution> {
+        Ok(new_execution(
+            &task.spec,
+            serde_json::to_string(input)?,
+            None,
+            None,
+        ))
+    }
+
+    /// Enqueues an execution of `task` with `input` and returns its handle.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialization`] when `input` does not serialize; storage errors.
+    pub async fn enqueue<I: Serialize, O: DeserializeOwned>(
+        &self,
+        task: &TaskDefinition<I, O>,
+        input: &I,
+    ) -> Result<TaskHandle<O>> {
+        let execution = self.new_execution(task, input)?;
+        let id = execution.execution_id.clone();
+        let now = self.inner.options.clock.now_ms();
+        self.inner
+            .storage
+            .enqueue_task_executions(vec![execution], now)
+            .await?;
+        self.inner.wake_claim.notify_one();
+        Ok(self.handle(id))
+    }
+
+    /// The handle of an existing execution.
+    pub fn handle<O: DeserializeOwned>(&self, execution_id: impl Into<String>) -> TaskHandle<O> {
+        TaskHandle::new(
+            execution_id.into(),
+            Arc::clone(&self.inner.storage),
+            Arc::clone(&self.inner.options.clock),
+        )
+    }
+
+    /// How many executions this executor is running now.
+    pub fn running_count(&self) -> usize {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
+fn new_execution(
+    spec: &TaskSpec,
+    input: String,
+    root: Option<TaskExecutionRef>,
+    parent: Option<ParentRef>,
+) -> NewTaskExecution {
+    NewTaskExecution {
+        execution_id: new_id("te_"),
+        task_id: spec.id.clone(),
+        root,
+        parent,
+        retry_options: spec.options.retry.clone(),
+        sleep_ms_before_run: millis(spec.options.sleep_before_run),
+        timeout_ms: millis(spec.options.timeout).max(1),
+        input,
+    }
+}
+
+/// How a run ended, before it is written.
+enum RunResult {
+    Finished(RunOutcome),
+    Failed(TaskError, ExecutionErrorKind),
+    /// Cancelled through its handle: the row already says so.
+    Cancelled,
+}
+
+impl Inner {
+    fn now(&self) -> i64 {
+        self.options.clock.now_ms()
+    }
+
+    fn task(&self, id: &str) -> Option<Arc<TaskSpec>> {
+        self.tasks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sleeps the poll interval, or less when woken or shut down.
+    async fn idle(&self, wake: &Notify) {
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(jitter(self.options.poll_interval)) => {}
+            () = self.shutdown.cancelled() => {}
+        }
+    }
+
+    async fn backoff(&self, errors: u32) {
+        let delay = Duration::from_millis(50u64 << errors.min(7)).min(Duration::from_secs(5));
+        tokio::select! {
+            () = tokio::time::sleep(jitter(delay)) => {}
+            () = self.shutdown.cancelled() => {}
+        }
+    }
+
+    async fn claim_loop(self: Arc<Self>) {
+        let mut errors = 0;
+        while !self.shutdown.is_cancelled() {
+            let free = self.permits.available_permits();
+            if free == 0 {
+                // A finishing run wakes the claim loop.
+                self.idle(&self.wake_claim).await;
+                continue;
+            }
+            let limit = self
+                .options
+                .claim_batch_size
+                .min(u64::try_from(free).unwrap_or(u64::MAX));
+            let Ok(mut permits) = Arc::clone(&self.permits)
+                .try_acquire_many_owned(u32::try_from(limit).unwrap_or(u32::MAX))
+            else {
+                self.idle(&self.wake_claim).await;
+                continue;
+            };
+            let params = ClaimParams {
+                executor_id: self.id.clone(),
+                now: self.now(),
+                limit,
+                lease_margin_ms: millis(self.options.lease_margin),
+            };
+            match self.storage.claim_task_executions(&params).await {
+                Ok(claimed) => {
+                    errors = 0;
+                    let full = u64::try_from(claimed.len()).unwrap_or(u64::MAX) >= limit;
+                    for execution in claimed {
+                        let Some(permit) = permits.split(1) else {
+                            break;
+                        };
+                        self.spawn_run(execution, permit);
+                    }
+                    drop(permits);
+                    if !full {
+                        self.idle(&self.wake_claim).await;
+                    }
+                }
+                Err(err) => {
+                    drop(permits);
+                    errors += 1;
+                    tracing::warn!(error = %err, errors, "claiming task executions failed");
+                    self.backoff(errors).await;
+                }
+            }
+        }
+    }
+
+    /// Runs `iteration` until shutdown: again at once while it reports a full batch, after the
+    /// poll interval (or a wake-up) when not, with backoff on errors.
+    async fn background_loop<F, Fut>(self: Arc<Self>, name: &'static str, iteration: F)
+    where
+        F: Fn(Arc<Self>) -> Fut,
+        Fut: Future<Output = Result<bool>>,
+    {
+        let mut errors = 0;
+        while !self.shutdown.is_cancelled() {
+            match iteration(Arc::clone(&self)).await {
+                Ok(true) => errors = 0,
+                Ok(false) => {
+                    errors = 0;
+                    let wake = match name {
+                        "parents" => &self.wake_parents,
+                        "close" => &self.wake_close,
+                        _ => {
+                            let interval = if name == "expire" {
+                                self.options.expire_interval
+                            } else {
+                                self.options.poll_interval
+                            };
+                            tokio::select! {
+                                () = tokio::time::sleep(jitter(interval)) => {}
+                                () = self.shutdown.cancelled() => {}
+                            }
+                            continue;
+                        }
+                    };
+                    self.idle(wake).await;
+                }
+                Err(err) => {
+                    errors += 1;
+                    tracing::warn!(loop_name = name, error = %err, errors, "executor loop failed");
+                    self.backoff(errors).await;
+                }
+            }
+        }
+    }
+
+    fn spawn_run(self: &Arc<Self>, execution: TaskExecution, permit: OwnedSemaphorePermit) {
+        let token = self.shutdown.child_token();
+        self.running()
+            .insert(execution.execution_id.clone(), token.clone());
+        let inner = Arc::clone(self);
+        self.runs.spawn(async move {
+            let id = execution.execution_id.clone();
+            inner.run(execution, token).await;
+            inner.running().remove(&id);
+            drop(permit);
+            inner.wake_claim.notify_one();
+            inner.wake_close.notify_one();
+        });
+    }
+
+    #[tracing::instrument(skip_all, fields(execution_id = %execution.execution_id, task_id = %execution.task_id))]
+    async fn run(&self, execution: TaskExecution, token: CancellationToken) {
+        let result = match self.task(&execution.task_id) {
+            None => RunResult::Failed(
+                TaskError::fatal(format!("task `{}` is not registered", execution.task_id)),
+                ExecutionErrorKind::NotFound,
+            ),
+            Some(spec) => self.execute(&spec, &execution, token).await,
+        };
+        if let Err(err) = self.record(&execution, result).await {
+            // The lease will lapse and another attempt will run.
+            tracing::error!(error = %err, "recording the run's result failed");
+        }
+    }
+
+    async fn execute(
+        &self,
+        spec: &TaskSpec,
+        execution: &TaskExecution,
+        token: CancellationToken,
+    ) -> RunResult {
+        let ctx = TaskContext {
+            execution_id: execution.execution_id.clone(),
+            task_id: execution.task_id.clone(),
+            attempt: execution.retry_attempts,
+            prev_error: execution.error.clone(),
+            cancellation: token.clone(),
+        };
+        let timeout = Duration::from_millis(u64::try_from(execution.timeout_ms).unwrap_or(1));
+        let run = (spec.run)(ctx, execution.input.clone());
+        let result = tokio::select! {
+            r = tokio::time::timeout(timeout, run) => match r {
+                Ok(Ok(outcome)) => RunResult::Finished(outcome),
+                Ok(Err(err)) => RunResult::Failed(err, ExecutionErrorKind::Generic),
+                Err(_) => RunResult::Failed(
+                    TaskError::retryable(format!("task timed out after {} ms", execution.timeout_ms)),
+                    ExecutionErrorKind::TimedOut,
+                ),
+            },
+            () = token.cancelled() => RunResult::Cancelled,
+        };
+        // Tell anything the run spawned that it is over.
+        token.cancel();
+        result
+    }
+
+    /// Writes how a run ended, guarded by the run's claim.
+    async fn record(&self, execution: &TaskExecution, result: RunResult) -> Result<()> {
+        let guard = TaskExecutionGuard::id(execution.execution_id.clone())
+            .status(TaskExecutionStatus::Running)
+            .fencing_token(execution.fencing_token);
+        let now = self.now();
+        let written = match result {
+            RunResult::Cancelled => return Ok(()),
+            RunResult::Failed(err, kind) => {
+                let update = self.failure_update(execution, &err, kind, now);
+                self.storage.update_task_executions(&guard, &update).await? > 0
+            }
+            RunResult::Finished(outcome) => {
+                let spec = self.task(&execution.task_id);
+                self.record_success(execution, &guard, spec.as_deref(), outcome, now)
+                    .await?
+            }
+        };
+        if !written {
+            tracing::info!(
+                "the execution changed while it ran (cancelled or taken over); result discarded"
+            );
+        }
+        Ok(())
+    }
+
+    fn failure_update(
+        &self,
+        execution: &TaskExecution,
+        err: &TaskError,
+        kind: ExecutionErrorKind,
+        now: i64,
+    ) -> TaskExecutionUpdate {
+        let retry =
+            err.is_retryable() && execution.retry_attempts < execution.retry_options.max_attempts;
+        let error = ExecutionError {
+            kind,
+            is_retryable: err.is_retryable(),
+            is_internal: kind == ExecutionErrorKind::NotFound,
+            message: err.message().to_owned(),
+        };
+        if retry {
+            let attempt = execution.retry_attempts.saturating_add(1);
+            let delay = execution.retry_options.delay_ms(attempt);
+            let delay = jitter(Duration::from_millis(delay));
+            TaskExecutionUpdate {
+                now,
+                status: Some(TaskExecutionStatus::Ready),
+                error: Some(error),
+                retry_attempts: Some(attempt),
+                start_at: Some(now.saturating_add(millis(delay))),
+                ..Default::default()
+            }
+        } else {
+            let status = match kind {
+                ExecutionErrorKind::TimedOut => TaskExecutionStatus::TimedOut,
+                _ => TaskExecutionStatus::Failed,
+            };
+            TaskExecutionUpdate {
+                now,
+                status: Some(status),
+                error: Some(error),
+                ..Default::default()
+            }
+        }
+    }
+
+    async fn record_success(
+        &self,
+        execution: &TaskExecution,
+        guard: &TaskExecutionGuard,
+        spec: Option<&TaskSpec>,
+        outcome: RunOutcome,
+        now: i64,
+    ) -> Result<bool> {
+        let storage = &self.storage;
+        let this = TaskExecutionRef {
+            task_id: execution.task_id.clone(),
+            execution_id: execution.execution_id.clone(),
+        };
+        let root = execution.root.clone().unwrap_or_else(|| this.clone());
+        if !outcome.children.is_empty() {
+            let mut children = Vec::with_capacity(outcome.children.len());
+            for (index, child) in outcome.children.into_iter().enumerate() {
+                let input = match child.input {
+                    Ok(input) => input,
+                    Err(e) => {
+                        let err = TaskError::fatal(format!(
+                            "child {index} input does not serialize: {e}"
+                        ));
+                        let update =
+                            self.failure_update(execution, &err, ExecutionErrorKind::Generic, now);
+                        return Ok(storage.update_task_executions(guard, &update).await? > 0);
+                    }
+                };
+                let parent = ParentRef {
+                    task_id: this.task_id.clone(),
+                    execution_id: this.execution_id.clone(),
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    is_finalize: false,
+                };
+                children.push(new_execution(
+                    &child.spec,
+                    input,
+                    Some(root.clone()),
+                    Some(parent),
+                ));
+            }
+            let update = TaskExecutionUpdate {
+                now,
+                status: Some(TaskExecutionStatus::WaitingForChildren),
+                run_output: Some(outcome.output),
+                children_count: Some(u32::try_from(children.len()).unwrap_or(u32::MAX)),
+                clear_error: true,
+                ..Default::default()
+            };
+            let written = storage
+                .update_task_execution_and_enqueue(guard, &update, children)
+                .await?;
+            if written {
+                self.wake_claim.notify_one();
+            }
+            return Ok(written);
+        }
+        let parent_output = |run_output: &str| -> Result<String> {
+            let output: Value = serde_json::from_str(run_output)?;
+            Ok(serde_json::to_string(&ParentTaskOutput {
+                output,
+                children: Vec::new(),
+            })?)
+        };
+        match spec.and_then(|s| s.finalize.clone()) {
+            Some(finalize) => {
+                let input = parent_output(&outcome.output)?;
+                let written = self
+                    .spawn_finalize(
+                        execution,
+                        guard,
+                        &finalize,
+                        Some(outcome.output),
+                        input,
+                        now,
+                    )
+                    .await?;
+                Ok(written)
+            }
+            None => {
+                let output = if spec.is_some_and(|s| s.is_parent) {
+                    parent_output(&outcome.output)?
+                } else {
+                    outcome.output.clone()
+                };
+                let update = TaskExecutionUpdate {
+                    now,
+                    status: Some(TaskExecutionStatus::Completed),
+                    run_output: Some(outcome.output),
+                    output: Some(output),
+                    clear_error: true,
+                    ..Default::default()
+                };
+                Ok(storage.update_task_executions(guard, &update).await? > 0)
+            }
+        }
+    }
+
+    /// Moves `parent` to `waiting_for_finalize_task` and enqueues its finalize execution.
+    async fn spawn_finalize(
+        &self,
+        parent: &TaskExecution,
+        guard: &TaskExecutionGuard,
+        finalize: &TaskSpec,
+        run_output: Option<String>,
+        input: String,
+        now: i64,
+    ) -> Result<bool> {
+        let this = TaskExecutionRef {
+            task_id: parent.task_id.clone(),
+            execution_id: parent.execution_id.clone(),
+        };
+        let root = parent.root.clone().unwrap_or_else(|| this.clone());
+        let parent_ref = ParentRef {
+            task_id: this.task_id.clone(),
+            execution_id: this.execution_id.clone(),
+            index: 0,
+            is_finalize: true,
+        };
+        let execution = new_execution(finalize, input, Some(root), Some(parent_ref));
+        let update = TaskExecutionUpdate {
+            now,
+            status: Some(TaskExecutionStatus::WaitingForFinalize),
+            run_output,
+            finalize: Some(TaskExecutionRef {
+                task_id: execution.task_id.clone(),
+                execution_id: execution.execution_id.clone(),
+            }),
+            clear_error: true,
+            ..Default::default()
+        };
+        let written = self
+            .storage
+            .update_task_execution_and_enqueue(guard, &update, vec![execution])
+            .await?;
+        if written {
+            self.wake_claim.notify_one();
+        }
+        Ok(written)
+    }
+
+    /// One iteration of the parents loop; true when the batch was full.
+    async fn process_parents(self: Arc<Self>) -> Result<bool> {
+        let limit = self.options.background_batch_size;
+        let params = ClaimParams {
+            executor_id: self.id.clone(),
+            now: self.now(),
+            limit,
+            lease_margin_ms: millis(self.options.lease_margin),
+        };
+        let parents = self
+            .storage
+            .claim_parents_with_finished_children(&params)
+            .await?;
+        let full = u64::try_from(parents.len()).unwrap_or(u64::MAX) >= limit;
+        for parent in parents {
+            self.process_parent(&parent).await?;
+        }
+        Ok(full)
+    }
+
+    #[tracing::instrument(skip_all, fields(execution_id = %parent.execution_id))]
+    async fn process_parent(&self, parent: &TaskExecution) -> Result<()> {
+        let guard = TaskExecutionGuard::id(parent.execution_id.clone())
+            .status(TaskExecutionStatus::WaitingForChildren)
+            .fencing_token(parent.fencing_token);
+        let now = self.now();
+        let children = self
+            .storage
+            .get_finished_child_task_executions(&parent.execution_id)
+            .await?;
+        if let Some(failed) = children
+            .iter()
+            .find(|c| c.status != TaskExecutionStatus::Completed)
+        {
+            let cause = failed
+                .error
+                .as_ref()
+                .map_or("no error recorded", |e| e.message.as_str());
+            let update = TaskExecutionUpdate {
+                now,
+                status: Some(TaskExecutionStatus::ChildrenFailed),
+                error: Some(ExecutionError::generic(
+                    format!(
+                        "child task {} with execution id {} finished as {}: {cause}",
+                        failed.child_task_id, failed.child_execution_id, failed.status
+                    ),
+                    false,
+                )),
+                ..Default::default()
+            };
+            self.storage.update_task_executions(&guard, &update).await?;
+            return Ok(());
+        }
+        let mut outputs = Vec::with_capacity(children.len());
+        for child in children {
+            let output = match &child.output {
+                Some(raw) => serde_json::from_str(raw)?,
+                None => Value::Null,
+            };
+            outputs.push(ChildOutput {
+                index: child.index,
+                task_id: child.child_task_id,
+                execution_id: child.child_execution_id,
+                output,
+            });
+        }
+        let run_output: Value = match &parent.run_output {
+            Some(raw) => serde_json::from_str(raw)?,
+            None => Value::Null,
+        };
+        let combined = serde_json::to_string(&ParentTaskOutput {
+            output: run_output,
+            children: outputs,
+        })?;
+        let Some(spec) = self.task(&parent.task_id) else {
+            let update = self.failure_update(
+                parent,
+                &TaskError::fatal(format!("task `{}` is not registered", parent.task_id)),
+                ExecutionErrorKind::NotFound,
+                now,
+            );
+            self.storage.update_task_executions(&guard, &update).await?;
+            return Ok(());
+        };
+        match &spec.finalize {
+            Some(finalize) => {
+                self.spawn_finalize(parent, &guard, finalize, None, combined, now)
+                    .await?;
+            }
+            None => {
+                let update = TaskExecutionUpdate {
+                    now,
+                    status: Some(TaskExecutionStatus::Completed),
+                    output: Some(combined),
+                    clear_error: true,
+                    ..Default::default()
+                };
+                self.storage.update_task_executions(&guard, &update).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One iteration of the close loop.
+    async fn close_finished(self: Arc<Self>) -> Result<bool> {
+        let limit = self.options.background_batch_size;
+        let closed = self
+            .storage
+            .close_finished_task_executions(self.now(), limit)
+            .await?;
+        if closed > 0 {
+            self.wake_parents.notify_one();
+            // Closing can finish parents (through their finalize) and cancel children.
+            self.wake_close.notify_one();
+        }
+        Ok(closed >= limit)
+    }
+
+    /// One iteration of the expire loop.
+    async fn expire(self: Arc<Self>) -> Result<bool> {
+        let limit = self.options.background_batch_size;
+        let expired = self
+            .storage
+            .expire_task_executions(self.now(), limit)
+            .await?;
+        if expired > 0 {
+            tracing::warn!(expired, "recovered executions whose lease lapsed");
+            self.wake_claim.notify_one();
+        }
+        Ok(expired >= limit)
+    }
+
+    /// One iteration of the cancel loop.
+    async fn take_cancellations(self: Arc<Self>) -> Result<bool> {
+        if self.running().is_empty() {
+            return Ok(false);
+        }
+        let limit = self.options.background_batch_size;
+        let ids = self
+            .storage
+            .take_cancellation_requests(&self.id, self.now(), limit)
+            .await?;
+        let running = self.running();
+        for id in &ids {
+            if let Some(token) = running.get(id) {
+                tracing::info!(execution_id = %id, "cancelling a running execution");
+                token.cancel();
+            }
+        }
+        Ok(u64::try_from(ids.len()).unwrap_or(u64::MAX) >= limit)
+    }
+}

@@ -1,0 +1,411 @@
+//! The end-to-end executor scenario: the workload the upstream storage suite runs, with the same
+//! expectations, driven through [`Executor`]s over any [`TaskExecutionStorage`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::TestResult;
+use crate::task::executor::{
+    Executor, ExecutorOptions, FinalizeInput, FinishedExecution, ParentOutcome, ParentTaskOutput,
+    Sequence, TaskDefinition, TaskError, TaskHandle, WaitOptions,
+};
+use crate::testkit_ensure;
+use crate::{RetryOptions, TaskExecutionStatus, TaskExecutionStorage};
+
+/// Executor options suited to tests: short polls, everything else default.
+pub fn fast_options() -> ExecutorOptions {
+    ExecutorOptions {
+        poll_interval: Duration::from_millis(20),
+        expire_interval: Duration::from_millis(200),
+        ..ExecutorOptions::default()
+    }
+}
+
+/// The tasks of the scenario.
+struct Tasks {
+    root: TaskDefinition<String, Vec<String>>,
+    independent: TaskDefinition<u32, String>,
+    retry: TaskDefinition<(), String>,
+    failing: TaskDefinition<(), String>,
+    parent_with_failing_child: TaskDefinition<(), ParentTaskOutput<()>>,
+    parent_with_failing_finalize: TaskDefinition<(), String>,
+    wide_parent: TaskDefinition<u32, ParentTaskOutput<()>>,
+    /// Tasks only spawned as children, registered on their own.
+    children: Vec<TaskDefinition<String, String>>,
+    wide_child: TaskDefinition<u32, u32>,
+    a: TaskDefinition<String, Vec<String>>,
+    b: TaskDefinition<String, Greetings>,
+}
+
+fn hello(task: &'static str) -> TaskDefinition<String, String> {
+    TaskDefinition::new(
+        format!("task{task}"),
+        move |_ctx, name: String| async move { Ok(format!("Hello from task {task}, {name}!")) },
+    )
+}
+
+type Greetings = (String, Vec<String>);
+
+fn greet_step(task: &'static str) -> TaskDefinition<Greetings, Greetings> {
+    TaskDefinition::new(
+        format!("task{task}"),
+        move |_ctx, (name, mut said): Greetings| async move {
+            said.push(format!("Hello from task {task}, {name}!"));
+            Ok((name, said))
+        },
+    )
+}
+
+fn tasks() -> Tasks {
+    let (a1, a2, a3) = (hello("A1"), hello("A2"), hello("A3"));
+    let a_finalize = TaskDefinition::new(
+        "taskAFinalize",
+        |_ctx, input: FinalizeInput<String>| async move {
+            let mut said = vec![input.output];
+            for child in &input.children {
+                said.push(child.output_as::<String>()?);
+            }
+            Ok(said)
+        },
+    );
+    let children = vec![a1.clone(), a2.clone(), a3.clone()];
+    let a = TaskDefinition::parent("taskA", move |_ctx, name: String| {
+        let (a1, a2, a3) = (a1.clone(), a2.clone(), a3.clone());
+        async move {
+            Ok(ParentOutcome::new(format!("Hello from task A, {name}!"))
+                .child(&a1, &name)
+                .child(&a2, &name)
+                .child(&a3, &name))
+        }
+    })
+    .finalize(&a_finalize);
+    let b_start = TaskDefinition::new("taskBStart", |_ctx, name: String| async move {
+        Ok::<Greetings, TaskError>((name, Vec::new()))
+    });
+    let b = Sequence::new("taskB", &b_start)
+        .then(&greet_step("B1"))
+        .then(&greet_step("B2"))
+        .then(&greet_step("B3"))
+        .build();
+    let root_finalize = TaskDefinition::new(
+        "rootFinalize",
+        |_ctx, input: FinalizeInput<()>| async move {
+            let mut said: Vec<String> = Vec::new();
+            if let Some(a) = input.children.first() {
+                said.extend(a.output_as::<Vec<String>>()?);
+            }
+            if let Some(b) = input.children.get(1) {
+                said.extend(b.output_as::<Greetings>()?.1);
+            }
+            Ok(said)
+        },
+    );
+    let (a_task, b_task) = (a.clone(), b.clone());
+    let root = TaskDefinition::parent("root", move |_ctx, name: String| {
+        let (a, b) = (a_task.clone(), b_task.clone());
+        async move { Ok(ParentOutcome::new(()).child(&a, &name).child(&b, &name)) }
+    })
+    .finalize(&root_finalize);
+
+    let independent = TaskDefinition::new("independent", |_ctx, i: u32| async move {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..10))).await;
+        Ok(format!("Hello from task T{i}, world!"))
+    });
+    let retry = TaskDefinition::new("retry", |ctx, ()| async move {
+        if ctx.attempt < 2 {
+            return Err(TaskError::retryable(format!(
+                "attempt {} fails",
+                ctx.attempt
+            )));
+        }
+        Ok("Success".to_owned())
+    })
+    .retry(RetryOptions {
+        max_attempts: 3,
+        ..RetryOptions::default()
+    });
+    let failing = TaskDefinition::new("failing", |_ctx, ()| async move {
+        Err::<String, _>(TaskError::retryable("Failed"))
+    });
+    let failing_child = failing.clone();
+    let parent_with_failing_child =
+        TaskDefinition::parent("parentWithFailingChild", move |_ctx, ()| {
+            let failing = failing_child.clone();
+            async move { Ok(ParentOutcome::new(()).child(&failing, &())) }
+        })
+        .without_finalize();
+    let failing_finalize = TaskDefinition::new(
+        "failingFinalize",
+        |_ctx, _input: FinalizeInput<()>| async move {
+            Err::<String, _>(TaskError::retryable("Failed"))
+        },
+    );
+    let a1 = children[0].clone();
+    let parent_with_failing_finalize =
+        TaskDefinition::parent("parentWithFailingFinalizeTask", move |_ctx, ()| {
+            let a1 = a1.clone();
+            async move { Ok(ParentOutcome::new(()).child(&a1, &"world".to_owned())) }
+        })
+        .finalize(&failing_finalize);
+    let wide_child = TaskDefinition::new("concurrentChild", |_ctx, index: u32| async move {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        Ok(index)
+    });
+    let wide_child_task = wide_child.clone();
+    let wide_parent = TaskDefinition::parent("concurrentParent", move |_ctx, count: u32| {
+        let child = wide_child_task.clone();
+        async move {
+            let mut outcome = ParentOutcome::new(());
+            for i in 0..count {
+                outcome = outcome.child(&child, &i);
+            }
+            Ok(outcome)
+        }
+    })
+    .without_finalize();
+    Tasks {
+        root,
+        independent,
+        retry,
+        failing,
+        parent_with_failing_child,
+        parent_with_failing_finalize,
+        wide_parent,
+        children,
+        wide_child,
+        a,
+        b,
+    }
+}
+
+fn register(executor: &Executor, t: &Tasks) -> TestResult {
+    executor.register(&t.root)?;
+    executor.register(&t.independent)?;
+    executor.register(&t.retry)?;
+    executor.register(&t.failing)?;
+    executor.register(&t.parent_with_failing_child)?;
+    executor.register(&t.parent_with_failing_finalize)?;
+    executor.register(&t.wide_parent)?;
+    for child in &t.children {
+        executor.register(child)?;
+    }
+    executor.register(&t.wide_child)?;
+    executor.register(&t.a)?;
+    executor.register(&t.b)?;
+    Ok(())
+}
+
+/// Checks the timestamps every finished execution must have.
+fn check_times<O>(name: &str, finished: &FinishedExecution<O>) -> TestResult {
+    let e = &finished.execution;
+    let (Some(started), Some(ended)) = (e.started_at, e.finished_at) else {
+        return Err(format!(
+            "{name}: started_at {:?}, finished_at {:?}",
+            e.started_at, e.finished_at
+        )
+        .into());
+    };
+    testkit_ensure!(
+        ended >= started,
+        "{name}: finished_at {ended} before started_at {started}"
+    );
+    Ok(())
+}
+
+async fn wait<O: serde::de::DeserializeOwned>(
+    handle: &TaskHandle<O>,
+) -> TestResult<FinishedExecution<O>> {
+    let options = WaitOptions {
+        poll_interval: Duration::from_millis(50),
+        timeout: Some(Duration::from_secs(120)),
+    };
+    Ok(handle.wait_with(&options).await?)
+}
+
+/// Runs the scenario with `executors` executors sharing `storage`; returns its wall time.
+///
+/// The workload: a root parent with a parent child (three children and a finalize) and a
+/// three-step sequence, with a finalize; 250 independent tasks; a task that succeeds on its
+/// third attempt; a failing task; a parent with a failing child; a parent whose finalize fails;
+/// and a parent with 500 children whose outputs must come back in order.
+///
+/// # Errors
+///
+/// The first expectation that does not hold, or an executor or storage error.
+pub async fn upstream_scenario(
+    storage: Arc<dyn TaskExecutionStorage>,
+    executors: usize,
+) -> TestResult<Duration> {
+    let started = Instant::now();
+    let tasks = tasks();
+    let mut pool = Vec::new();
+    for _ in 0..executors.max(1) {
+        let executor = Executor::new(Arc::clone(&storage), fast_options());
+        register(&executor, &tasks)?;
+        executor.start();
+        pool.push(executor);
+    }
+    let result = scenario(&pool[0], &tasks).await;
+    for executor in &pool {
+        executor.shutdown().await;
+    }
+    result?;
+    Ok(started.elapsed())
+}
+
+async fn scenario(executor: &Executor, t: &Tasks) -> TestResult {
+    let world = "world".to_owned();
+    let root = executor.enqueue(&t.root, &world).await?;
+    let mut independent = Vec::with_capacity(250);
+    for i in 0..250 {
+        independent.push(executor.enqueue(&t.independent, &i).await?);
+    }
+    let retry = executor.enqueue(&t.retry, &()).await?;
+    let failing = executor.enqueue(&t.failing, &()).await?;
+    let failing_child = executor.enqueue(&t.parent_with_failing_child, &()).await?;
+    let failing_finalize = executor
+        .enqueue(&t.parent_with_failing_finalize, &())
+        .await?;
+    let wide = executor.enqueue(&t.wide_parent, &500).await?;
+
+    let done = wait(&root).await?;
+    testkit_ensure!(
+        done.status() == TaskExecutionStatus::Completed,
+        "root: {:?} {:?}",
+        done.status(),
+        done.error()
+    );
+    testkit_ensure!(
+        done.execution.task_id == "root",
+        "root task id {}",
+        done.execution.task_id
+    );
+    testkit_ensure!(
+        done.execution.execution_id.starts_with("te_"),
+        "root id {}",
+        done.execution.execution_id
+    );
+    let expected: Vec<String> = ["A", "A1", "A2", "A3", "B1", "B2", "B3"]
+        .iter()
+        .map(|t| format!("Hello from task {t}, world!"))
+        .collect();
+    testkit_ensure!(
+        done.output.as_ref() == Some(&expected),
+        "root output {:?}",
+        done.output
+    );
+    check_times("root", &done)?;
+
+    for (i, handle) in independent.iter().enumerate() {
+        let finished = wait(handle).await?;
+        testkit_ensure!(
+            finished.status() == TaskExecutionStatus::Completed,
+            "T{i}: {:?}",
+            finished.status()
+        );
+        let want = format!("Hello from task T{i}, world!");
+        testkit_ensure!(
+            finished.output.as_ref() == Some(&want),
+            "T{i} output {:?}",
+            finished.output
+        );
+        check_times("independent", &finished)?;
+    }
+
+    let done = wait(&retry).await?;
+    testkit_ensure!(
+        done.status() == TaskExecutionStatus::Completed,
+        "retry: {:?} {:?}",
+        done.status(),
+        done.error()
+    );
+    testkit_ensure!(
+        done.output.as_deref() == Some("Success"),
+        "retry output {:?}",
+        done.output
+    );
+    testkit_ensure!(
+        done.execution.retry_attempts == 2,
+        "retry attempts {}",
+        done.execution.retry_attempts
+    );
+    check_times("retry", &done)?;
+
+    let done = wait(&failing).await?;
+    testkit_ensure!(
+        done.status() == TaskExecutionStatus::Failed,
+        "failing: {:?}",
+        done.status()
+    );
+    testkit_ensure!(
+        done.error().map(|e| e.message.as_str()) == Some("Failed"),
+        "failing error {:?}",
+        done.error()
+    );
+    check_times("failing", &done)?;
+
+    let done = wait(&failing_child).await?;
+    testkit_ensure!(
+        done.status() == TaskExecutionStatus::ChildrenFailed,
+        "failing child: {:?}",
+        done.status()
+    );
+    let children = executor
+        .storage()
+        .get_finished_child_task_executions(failing_child.execution_id())
+        .await?;
+    let first_error = children
+        .first()
+        .and_then(|c| c.error.as_ref())
+        .map(|e| e.message.as_str());
+    testkit_ensure!(
+        first_error == Some("Failed"),
+        "failing child's error {first_error:?}"
+    );
+    testkit_ensure!(
+        done.error().is_some_and(|e| e.message.contains("Failed")),
+        "parent error {:?}",
+        done.error()
+    );
+    check_times("parent with failing child", &done)?;
+
+    let done = wait(&failing_finalize).await?;
+    testkit_ensure!(
+        done.status() == TaskExecutionStatus::FinalizeFailed,
+        "failing finalize: {:?}",
+        done.status()
+    );
+    testkit_ensure!(
+        done.error().is_some_and(|e| e.message.contains("Failed")),
+        "finalize error {:?}",
+        done.error()
+    );
+    check_times("parent with failing finalize", &done)?;
+
+    let done = wait(&wide).await?;
+    testkit_ensure!(
+        done.status() == TaskExecutionStatus::Completed,
+        "wide parent: {:?} {:?}",
+        done.status(),
+        done.error()
+    );
+    let output = done.output.as_ref().ok_or("wide parent has no output")?;
+    testkit_ensure!(
+        output.children.len() == 500,
+        "wide parent has {} outputs",
+        output.children.len()
+    );
+    for (i, child) in output.children.iter().enumerate() {
+        let value = child.output_as::<usize>()?;
+        let index = usize::try_from(child.index)?;
+        testkit_ensure!(
+            value == i && index == i,
+            "child {i}: index {index}, output {value}"
+        );
+    }
+    testkit_ensure!(
+        done.execution.started_at.is_some(),
+        "wide parent never started"
+    );
+    Ok(())
+}
