@@ -409,3 +409,305 @@ async fn scenario(executor: &Executor, t: &Tasks) -> TestResult {
     );
     Ok(())
 }
+
+/// Starts one executor over `storage` with `tasks` registered.
+fn start_with(
+    storage: &Arc<dyn TaskExecutionStorage>,
+    register: impl FnOnce(&Executor) -> crate::Result<()>,
+) -> TestResult<Executor> {
+    let executor = Executor::new(Arc::clone(storage), fast_options());
+    register(&executor)?;
+    executor.start();
+    Ok(executor)
+}
+
+/// Polls `handle` until its status is `status` (at most 30 s).
+async fn until_status<O: serde::de::DeserializeOwned>(
+    handle: &TaskHandle<O>,
+    status: TaskExecutionStatus,
+) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = handle.get().await?.status;
+        if now == status {
+            return Ok(());
+        }
+        testkit_ensure!(
+            Instant::now() < deadline,
+            "{} stayed {now}, never {status}",
+            handle.execution_id()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A task that blocks until cancelled (or 30 s), counting its runs.
+fn blocking_task(id: &str, runs: Arc<std::sync::atomic::AtomicU32>) -> TaskDefinition<(), String> {
+    TaskDefinition::new(id.to_owned(), move |ctx, ()| {
+        let runs = Arc::clone(&runs);
+        async move {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::select! {
+                () = ctx.cancellation.cancelled() => Err(TaskError::fatal("stopped")),
+                () = tokio::time::sleep(Duration::from_secs(30)) => Ok("finished".to_owned()),
+            }
+        }
+    })
+}
+
+/// Cancelling a ready execution stops it from ever running.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn cancel_ready_execution(storage: Arc<dyn TaskExecutionStorage>) -> TestResult {
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let task =
+        blocking_task("cancelReady", Arc::clone(&runs)).sleep_before_run(Duration::from_secs(60));
+    let executor = start_with(&storage, |e| e.register(&task))?;
+    let handle = executor.enqueue(&task, &()).await?;
+    testkit_ensure!(
+        handle.cancel().await?,
+        "cancel of a ready execution reported no change"
+    );
+    testkit_ensure!(!handle.cancel().await?, "second cancel reported a change");
+    let done = wait(&handle).await?;
+    executor.shutdown().await;
+    testkit_ensure!(
+        done.status() == TaskExecutionStatus::Cancelled,
+        "status {:?}",
+        done.status()
+    );
+    testkit_ensure!(
+        runs.load(std::sync::atomic::Ordering::SeqCst) == 0,
+        "a cancelled execution ran"
+    );
+    Ok(())
+}
+
+/// Cancelling a running execution stops the run, and whatever it returns late is discarded.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn cancel_running_execution(storage: Arc<dyn TaskExecutionStorage>) -> TestResult {
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = Arc::clone(&stopped);
+    // Ignores cancellation and returns late: its result must not be recorded.
+    let stubborn = TaskDefinition::new("cancelRunningLate", move |ctx, ()| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let cancelled = ctx.cancellation.clone();
+            let watcher = tokio::spawn(async move {
+                cancelled.cancelled().await;
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            watcher.abort();
+            Ok::<_, TaskError>("late".to_owned())
+        }
+    });
+    let executor = start_with(&storage, |e| e.register(&stubborn))?;
+    let handle = executor.enqueue(&stubborn, &()).await?;
+    until_status(&handle, TaskExecutionStatus::Running).await?;
+    testkit_ensure!(
+        handle.cancel().await?,
+        "cancel of a running execution reported no change"
+    );
+    let done = wait(&handle).await?;
+    testkit_ensure!(
+        done.status() == TaskExecutionStatus::Cancelled,
+        "status {:?}",
+        done.status()
+    );
+    // Give the run time to return, then check that nothing it produced was written.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = handle.get().await?;
+    executor.shutdown().await;
+    testkit_ensure!(
+        after.status == TaskExecutionStatus::Cancelled,
+        "status became {}",
+        after.status
+    );
+    testkit_ensure!(
+        after.output.is_none(),
+        "late output recorded: {:?}",
+        after.output
+    );
+    testkit_ensure!(
+        stopped.load(std::sync::atomic::Ordering::SeqCst),
+        "the run was never told to stop"
+    );
+    Ok(())
+}
+
+/// Cancelling a parent that waits for its children cancels the children too.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn cancel_parent_cancels_children(storage: Arc<dyn TaskExecutionStorage>) -> TestResult {
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let child = blocking_task("cancelChild", Arc::clone(&runs));
+    let child_task = child.clone();
+    let parent = TaskDefinition::parent("cancelParent", move |_ctx, ()| {
+        let child = child_task.clone();
+        async move {
+            Ok(ParentOutcome::new(())
+                .child(&child, &())
+                .child(&child, &())
+                .child(&child, &()))
+        }
+    })
+    .without_finalize();
+    let executor = start_with(&storage, |e| {
+        e.register(&parent)?;
+        e.register(&child)
+    })?;
+    let handle = executor.enqueue(&parent, &()).await?;
+    until_status(&handle, TaskExecutionStatus::WaitingForChildren).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while runs.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        testkit_ensure!(Instant::now() < deadline, "children never all started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    testkit_ensure!(
+        handle.cancel().await?,
+        "cancel of a waiting parent reported no change"
+    );
+    let filter = crate::TaskExecutionFilter {
+        parent_execution_id: Some(handle.execution_id().to_owned()),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let children = storage.get_task_executions(&filter).await?;
+        testkit_ensure!(
+            children.len() == 3,
+            "parent has {} children",
+            children.len()
+        );
+        if children
+            .iter()
+            .all(|c| c.status == TaskExecutionStatus::Cancelled)
+        {
+            break;
+        }
+        testkit_ensure!(
+            Instant::now() < deadline,
+            "children not cancelled: {:?}",
+            children.iter().map(|c| c.status).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The executor stops the children's runs too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while executor.running_count() > 0 {
+        testkit_ensure!(
+            Instant::now() < deadline,
+            "{} runs still going",
+            executor.running_count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    executor.shutdown().await;
+    let parent_row = handle.get().await?;
+    testkit_ensure!(
+        parent_row.status == TaskExecutionStatus::Cancelled,
+        "parent became {}",
+        parent_row.status
+    );
+    Ok(())
+}
+
+/// A run past its timeout ends `timed_out` after its retries.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn timeout_ends_timed_out_after_retries(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let slow = TaskDefinition::new("slowTask", |_ctx, ()| async move {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok::<_, TaskError>(())
+    })
+    .timeout(Duration::from_millis(150))
+    .retry(RetryOptions {
+        max_attempts: 1,
+        ..RetryOptions::default()
+    });
+    let executor = start_with(&storage, |e| e.register(&slow))?;
+    let handle = executor.enqueue(&slow, &()).await?;
+    let done = wait(&handle).await?;
+    executor.shutdown().await;
+    testkit_ensure!(
+        done.status() == TaskExecutionStatus::TimedOut,
+        "status {:?}",
+        done.status()
+    );
+    testkit_ensure!(
+        done.execution.retry_attempts == 1,
+        "retries {}",
+        done.execution.retry_attempts
+    );
+    let kind = done.error().map(|e| e.kind);
+    testkit_ensure!(
+        kind == Some(crate::ExecutionErrorKind::TimedOut),
+        "error kind {kind:?}"
+    );
+    Ok(())
+}
+
+/// `sleep_before_run` and retry delays hold executions back: they are not claimed early.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn delays_are_honoured(storage: Arc<dyn TaskExecutionStorage>) -> TestResult {
+    let sleeper = TaskDefinition::new("sleeper", |_ctx, ()| async move { Ok::<_, TaskError>(()) })
+        .sleep_before_run(Duration::from_millis(700));
+    let flaky = TaskDefinition::new("flaky", |ctx, ()| async move {
+        if ctx.attempt == 0 {
+            return Err(TaskError::retryable("first attempt fails"));
+        }
+        Ok(())
+    })
+    .retry(RetryOptions {
+        max_attempts: 1,
+        base_delay_ms: 600,
+        ..RetryOptions::default()
+    });
+    let executor = start_with(&storage, |e| {
+        e.register(&sleeper)?;
+        e.register(&flaky)
+    })?;
+    let sleeping = executor.enqueue(&sleeper, &()).await?;
+    let retried = executor.enqueue(&flaky, &()).await?;
+    let (slept, retried) = (wait(&sleeping).await?, wait(&retried).await?);
+    executor.shutdown().await;
+    let e = &slept.execution;
+    let waited = e.started_at.unwrap_or_default() - e.created_at;
+    testkit_ensure!(
+        slept.status() == TaskExecutionStatus::Completed,
+        "sleeper {:?}",
+        slept.status()
+    );
+    testkit_ensure!(
+        waited >= 700,
+        "sleeper started {waited} ms after enqueue, before its 700 ms sleep"
+    );
+    let e = &retried.execution;
+    let waited = e.started_at.unwrap_or_default() - e.created_at;
+    testkit_ensure!(
+        retried.status() == TaskExecutionStatus::Completed,
+        "flaky {:?}",
+        retried.status()
+    );
+    testkit_ensure!(e.retry_attempts == 1, "flaky retries {}", e.retry_attempts);
+    testkit_ensure!(
+        waited >= 600,
+        "retry started {waited} ms after enqueue, before its 600 ms delay"
+    );
+    Ok(())
+}

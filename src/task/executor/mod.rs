@@ -560,7 +560,8 @@ impl Inner {
         if retry {
             let attempt = execution.retry_attempts.saturating_add(1);
             let delay = execution.retry_options.delay_ms(attempt);
-            let delay = jitter(Duration::from_millis(delay));
+            // Jitter only lengthens the delay: a retry never runs before its configured delay.
+            let delay = Duration::from_millis(delay).mul_f64(1.0 + fastrand::f64() * 0.25);
             TaskExecutionUpdate {
                 now,
                 status: Some(TaskExecutionStatus::Ready),
