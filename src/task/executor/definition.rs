@@ -49,7 +49,7 @@ pub struct TaskContext {
     pub attempt: u32,
     /// The error of the previous attempt, when this run is a retry.
     pub prev_error: Option<ExecutionError>,
-    /// Cancelled when the execution is cancelled, times out, or the executor is shut down hard.
+    /// Cancelled when the execution is cancelled or its run times out.
     pub cancellation: CancellationToken,
 }
 

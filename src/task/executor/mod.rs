@@ -456,7 +456,8 @@ impl Inner {
     }
 
     fn spawn_run(self: &Arc<Self>, execution: TaskExecution, permit: OwnedSemaphorePermit) {
-        let token = self.shutdown.child_token();
+        // Not a child of the shutdown token: shutting down lets running executions finish.
+        let token = CancellationToken::new();
         self.running()
             .insert(execution.execution_id.clone(), token.clone());
         let inner = Arc::clone(self);
