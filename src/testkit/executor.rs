@@ -711,3 +711,37 @@ pub async fn delays_are_honoured(storage: Arc<dyn TaskExecutionStorage>) -> Test
     );
     Ok(())
 }
+
+/// Shutting an executor down lets its running executions finish and record their results.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn shutdown_lets_running_executions_finish(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let task = TaskDefinition::new("finishesDuringShutdown", |_ctx, ()| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok::<_, TaskError>("done".to_owned())
+    });
+    let executor = start_with(&storage, |e| e.register(&task))?;
+    let handle = executor.enqueue(&task, &()).await?;
+    until_status(&handle, TaskExecutionStatus::Running).await?;
+    executor.shutdown().await;
+    testkit_ensure!(executor.running_count() == 0, "runs left after shutdown");
+    let after = handle.get().await?;
+    testkit_ensure!(
+        after.status == TaskExecutionStatus::Completed,
+        "status after shutdown {}",
+        after.status
+    );
+    // A stopped executor claims nothing more.
+    let late = executor.enqueue(&task, &()).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = late.get().await?.status;
+    testkit_ensure!(
+        status == TaskExecutionStatus::Ready,
+        "a stopped executor ran an execution: {status}"
+    );
+    Ok(())
+}

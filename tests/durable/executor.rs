@@ -62,6 +62,13 @@ macro_rules! executor_cases {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn shutdown_lets_running_executions_finish() -> anyhow::Result<()> {
+            cases::shutdown_lets_running_executions_finish($storage)
+                .await
+                .map_err(|e| anyhow!(e))
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn delays_are_honoured() -> anyhow::Result<()> {
             cases::delays_are_honoured($storage)
                 .await
