@@ -70,6 +70,26 @@ pub trait TaskExecutionStorage: Send + Sync {
         update: &TaskExecutionUpdate,
     ) -> Result<u64>;
 
+    /// Applies several guarded updates, each as [`update_task_executions`] would, and returns
+    /// how many rows each matched. Implementations should write them in one transaction (one
+    /// commit for the lot); the default applies them one by one.
+    ///
+    /// # Errors
+    ///
+    /// Database errors; updates before the failing one may have been applied.
+    ///
+    /// [`update_task_executions`]: TaskExecutionStorage::update_task_executions
+    async fn update_task_executions_many(
+        &self,
+        updates: &[(TaskExecutionGuard, TaskExecutionUpdate)],
+    ) -> Result<Vec<u64>> {
+        let mut matched = Vec::with_capacity(updates.len());
+        for (guard, update) in updates {
+            matched.push(self.update_task_executions(guard, update).await?);
+        }
+        Ok(matched)
+    }
+
     /// Applies `update` to the executions matching `guard` and, only if at least one matched,
     /// enqueues `children` (children or a finalize execution), all in one transaction. Returns
     /// whether the guard matched.

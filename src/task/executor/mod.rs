@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -114,6 +114,55 @@ struct Inner {
     shutdown: CancellationToken,
     loops: Mutex<Vec<JoinHandle<()>>>,
     runs: TaskTracker,
+    /// Guarded updates waiting to be written together; see [`write_batches`].
+    writes: mpsc::UnboundedSender<PendingWrite>,
+    /// The batch writer's end of `writes`, until [`Executor::start`] spawns it.
+    pending_writes: Mutex<Option<mpsc::UnboundedReceiver<PendingWrite>>>,
+}
+
+/// A guarded update waiting for the batch writer, and where its match count goes.
+type PendingWrite = (
+    TaskExecutionGuard,
+    TaskExecutionUpdate,
+    oneshot::Sender<Result<u64>>,
+);
+
+/// Most guarded updates written in one batch.
+const WRITE_BATCH: usize = 128;
+
+/// Writes the results of runs in batches: whatever accumulated while the previous batch was
+/// being written goes out in the next one, in one call (one transaction on SQL storages). An
+/// idle executor writes a lone result at once; a busy one pays one commit per batch instead of
+/// one per execution. Ends when the executor is dropped.
+async fn write_batches(
+    storage: Arc<dyn TaskExecutionStorage>,
+    mut pending: mpsc::UnboundedReceiver<PendingWrite>,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while pending.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let (updates, replies): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|(guard, update, reply)| ((guard, update), reply))
+            .unzip();
+        match storage.update_task_executions_many(&updates).await {
+            Ok(matched) => {
+                for (reply, n) in replies.into_iter().zip(matched) {
+                    let _ = reply.send(Ok(n));
+                }
+            }
+            Err(err) => {
+                // Report the failure to every writer; each falls back to its lease.
+                let message = err.to_string();
+                let retryable = err.is_retryable();
+                for reply in replies {
+                    let _ = reply.send(Err(Error::BatchWrite {
+                        message: message.clone(),
+                        retryable,
+                    }));
+                }
+            }
+        }
+    }
 }
 
 /// A random id with a prefix, for executions and executors.
@@ -137,6 +186,7 @@ impl Executor {
     pub fn new(storage: Arc<dyn TaskExecutionStorage>, options: ExecutorOptions) -> Self {
         let id = options.executor_id.clone().unwrap_or_else(|| new_id("ex_"));
         let permits = Arc::new(Semaphore::new(options.max_concurrent.max(1)));
+        let (writes, pending) = mpsc::unbounded_channel();
         Self {
             inner: Arc::new(Inner {
                 id,
@@ -151,6 +201,8 @@ impl Executor {
                 shutdown: CancellationToken::new(),
                 loops: Mutex::new(Vec::new()),
                 runs: TaskTracker::new(),
+                writes,
+                pending_writes: Mutex::new(Some(pending)),
             }),
         }
     }
@@ -197,6 +249,10 @@ impl Executor {
     }
 
     /// Starts the background loops on the current tokio runtime. Calling it again does nothing.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a tokio runtime.
     pub fn start(&self) {
         let mut loops = self
             .inner
@@ -207,6 +263,14 @@ impl Executor {
             return;
         }
         let inner = &self.inner;
+        let pending = inner
+            .pending_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(pending) = pending {
+            tokio::spawn(write_batches(Arc::clone(&inner.storage), pending));
+        }
         loops.push(tokio::spawn(Arc::clone(inner).claim_loop()));
         loops.push(tokio::spawn(
             Arc::clone(inner).background_loop("parents", |i| i.process_parents()),
@@ -340,6 +404,22 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(id)
             .cloned()
+    }
+
+    /// A guarded update through the batch writer.
+    async fn write(&self, guard: TaskExecutionGuard, update: TaskExecutionUpdate) -> Result<u64> {
+        let (reply, matched) = oneshot::channel();
+        if self
+            .writes
+            .send((guard.clone(), update.clone(), reply))
+            .is_err()
+        {
+            return self.storage.update_task_executions(&guard, &update).await;
+        }
+        match matched.await {
+            Ok(result) => result,
+            Err(_) => self.storage.update_task_executions(&guard, &update).await,
+        }
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
@@ -527,7 +607,7 @@ impl Inner {
             RunResult::Cancelled => return Ok(()),
             RunResult::Failed(err, kind) => {
                 let update = self.failure_update(execution, &err, kind, now);
-                self.storage.update_task_executions(&guard, &update).await? > 0
+                self.write(guard, update).await? > 0
             }
             RunResult::Finished(outcome) => {
                 let spec = self.task(&execution.task_id);
@@ -678,7 +758,7 @@ impl Inner {
                     clear_error: true,
                     ..Default::default()
                 };
-                Ok(storage.update_task_executions(guard, &update).await? > 0)
+                Ok(self.write(guard.clone(), update).await? > 0)
             }
         }
     }
