@@ -25,6 +25,8 @@ mod clock;
 mod dialect;
 mod error;
 mod task;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result};

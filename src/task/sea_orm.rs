@@ -232,10 +232,13 @@ async fn pick_and_update<C: ConnectionTrait>(
     sets: Vec<(Col, SimpleExpr)>,
     want_rows: bool,
 ) -> Result<Picked> {
-    let returning = if want_rows {
-        Query::returning().column((te::Entity, Asterisk))
-    } else {
-        Query::returning().column((te::Entity, Col::ExecutionId))
+    // PostgreSQL returns the updated table's columns only (not the CTE's); SQLite refuses a
+    // qualified `RETURNING t.*` and has no second table in the statement.
+    let returning = match (conn.get_database_backend(), want_rows) {
+        (DbBackend::Postgres, true) => Query::returning().column((te::Entity, Asterisk)),
+        (DbBackend::Postgres, false) => Query::returning().column((te::Entity, Col::ExecutionId)),
+        (_, true) => Query::returning().all(),
+        (_, false) => Query::returning().column(Col::ExecutionId),
     };
     match conn.get_database_backend() {
         DbBackend::Postgres => {
