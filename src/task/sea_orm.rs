@@ -16,7 +16,8 @@ use std::collections::{BTreeSet, HashSet};
 use async_trait::async_trait;
 use sea_orm::sea_query::{
     Alias, Asterisk, CommonTableExpression, Condition, Expr, ExprTrait, LockBehavior, LockType,
-    OnConflict, Order, Query, SelectStatement, SimpleExpr, UpdateStatement, Value, WithClause,
+    OnConflict, Order, Query, ReturningClause, SelectStatement, SimpleExpr, UpdateStatement, Value,
+    WithClause, WithQuery,
 };
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IntoActiveModel, Iterable,
@@ -242,28 +243,7 @@ async fn pick_and_update<C: ConnectionTrait>(
     };
     match conn.get_database_backend() {
         DbBackend::Postgres => {
-            let picked = Alias::new("picked");
-            let select = pick
-                .select()
-                .expr_as(Expr::col(Col::ExecutionId), Alias::new("picked_id"))
-                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-                .to_owned();
-            let cte = CommonTableExpression::new()
-                .query(select)
-                .table_name(picked.clone())
-                .materialized(true)
-                .to_owned();
-            let update = Query::update()
-                .table(te::Entity)
-                .values(sets)
-                .from(picked.clone())
-                .and_where(
-                    Expr::col((te::Entity, Col::ExecutionId))
-                        .equals((picked, Alias::new("picked_id"))),
-                )
-                .returning(returning)
-                .to_owned();
-            let stmt = update.with(WithClause::new().cte(cte).to_owned());
+            let stmt = postgres_pick_and_update(pick, sets, returning);
             let rows = conn.query_all(&stmt).await?;
             Ok(Picked {
                 ids: ids_of(&rows)?,
@@ -319,6 +299,35 @@ async fn pick_and_update<C: ConnectionTrait>(
             })
         }
     }
+}
+
+/// The PostgreSQL form of [`pick_and_update`]: one statement.
+fn postgres_pick_and_update(
+    pick: &Pick,
+    sets: Vec<(Col, SimpleExpr)>,
+    returning: ReturningClause,
+) -> WithQuery {
+    let picked = Alias::new("picked");
+    let select = pick
+        .select()
+        .expr_as(Expr::col(Col::ExecutionId), Alias::new("picked_id"))
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+        .to_owned();
+    let cte = CommonTableExpression::new()
+        .query(select)
+        .table_name(picked.clone())
+        .materialized(true)
+        .to_owned();
+    let update = Query::update()
+        .table(te::Entity)
+        .values(sets)
+        .from(picked.clone())
+        .and_where(
+            Expr::col((te::Entity, Col::ExecutionId)).equals((picked, Alias::new("picked_id"))),
+        )
+        .returning(returning)
+        .to_owned();
+    update.with(WithClause::new().cte(cte).to_owned())
 }
 
 /// Maps rows, setting aside those that cannot be read (with their key, for the caller to deal
@@ -1067,5 +1076,39 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
                 take_cancellations_in(&txn, executor_id, now, limit)
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::sea_query::PostgresQueryBuilder;
+
+    use super::*;
+
+    #[test]
+    fn postgres_claim_is_one_materialized_cte_with_skip_locked() {
+        let pick = Pick {
+            filter: Condition::all()
+                .add(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::Ready)))
+                .add(Expr::col(Col::StartAt).lte(5)),
+            order: [Col::StartAt, Col::ExecutionId],
+            limit: 10,
+        };
+        let sets = vec![(Col::FencingToken, Expr::col(Col::FencingToken).add(1))];
+        let sql = postgres_pick_and_update(
+            &pick,
+            sets,
+            Query::returning().column((te::Entity, Asterisk)),
+        )
+        .to_string(PostgresQueryBuilder);
+        assert_eq!(
+            sql,
+            "WITH \"picked\" AS  MATERIALIZED (SELECT \"execution_id\" AS \"picked_id\" \
+             FROM \"task_executions\" WHERE \"status\" = ('ready') AND \"start_at\" <= 5 \
+             ORDER BY \"start_at\" ASC, \"execution_id\" ASC LIMIT 10 FOR UPDATE SKIP LOCKED) \
+             UPDATE \"task_executions\" SET \"fencing_token\" = \"fencing_token\" + 1 \
+             FROM \"picked\" WHERE \"task_executions\".\"execution_id\" = \"picked\".\"picked_id\" \
+             RETURNING \"task_executions\".*"
+        );
     }
 }
