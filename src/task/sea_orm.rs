@@ -768,6 +768,11 @@ async fn close_in<C: ConnectionTrait>(conn: &C, now: i64, limit: u64) -> Result<
         tracing::error!(execution_id = %key, error = %err, "finished execution cannot be read; closed without propagating its outcome");
     }
 
+    // The outcomes are applied kind by kind (records, finalize outcomes, cancellations) rather
+    // than row by row. The order could only matter for a batch holding both a finalize execution
+    // and the failed grandparent whose close cancels the finalize's parent; either order is a
+    // valid serialization of the two closes.
+
     // Children record themselves with their parents (one batch for all of them).
     let records = closed
         .iter()

@@ -5,7 +5,7 @@
 //! `#[tokio::test]` per case (the calling crate needs `tokio` with the `macros` and
 //! `rt-multi-thread` features):
 //!
-//! ```ignore
+//! ```text
 //! mod in_memory {
 //!     sea_orm_durable::task_storage_conformance!(storage: std::sync::Arc::new(
 //!         sea_orm_durable::InMemoryTaskExecutionStorage::new()

@@ -74,6 +74,7 @@ mod conformance {
 per_backend!(
     concurrent_claimers_take_each_execution_exactly_once,
     concurrent_finished_children_keep_exact_counts_and_one_parent_claim,
+    concurrent_closers_record_every_child_of_a_wide_parent,
     corrupt_rows_are_reported_and_do_not_block_claims,
 );
 
@@ -268,6 +269,105 @@ async fn concurrent_finished_children_keep_exact_counts_and_one_parent_claim(
         .context("parent vanished")?;
     ensure!(parent.finished_children_count == CHILDREN);
     ensure!(parent.failed_children_count == 0);
+    Ok(())
+}
+
+async fn concurrent_closers_record_every_child_of_a_wide_parent(t: TestDb) -> anyhow::Result<()> {
+    const CHILDREN: u32 = 500;
+    let closers = if t.backend == Backend::Sqlite { 4 } else { 8 };
+    let pool = t.connect(u32::try_from(closers)?).await?;
+    let storage = Arc::new(SeaOrmTaskExecutionStorage::new(pool));
+    storage
+        .enqueue_task_executions(vec![execution("parent".to_owned())], T0)
+        .await?;
+    let children: Vec<NewTaskExecution> = (0..CHILDREN)
+        .map(|index| NewTaskExecution {
+            parent: Some(ParentRef {
+                task_id: "task".to_owned(),
+                execution_id: "parent".to_owned(),
+                index,
+                is_finalize: false,
+            }),
+            ..execution(format!("child-{index:04}"))
+        })
+        .collect();
+    let child_ids: Vec<String> = children.iter().map(|c| c.execution_id.clone()).collect();
+    let spawned = storage
+        .update_task_execution_and_enqueue(
+            &TaskExecutionGuard::id("parent").status(TaskExecutionStatus::Ready),
+            &TaskExecutionUpdate {
+                now: T0,
+                status: Some(TaskExecutionStatus::WaitingForChildren),
+                children_count: Some(CHILDREN),
+                ..Default::default()
+            },
+            children,
+        )
+        .await?;
+    ensure!(spawned);
+    // Every child completes except one, which fails.
+    storage
+        .update_task_executions(
+            &TaskExecutionGuard {
+                execution_ids: child_ids[1..].to_vec(),
+                ..Default::default()
+            },
+            &TaskExecutionUpdate {
+                now: T0 + 1,
+                status: Some(TaskExecutionStatus::Completed),
+                output: Some("ok".to_owned()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    storage
+        .update_task_executions(
+            &TaskExecutionGuard::id(child_ids[0].clone()),
+            &TaskExecutionUpdate {
+                now: T0 + 1,
+                status: Some(TaskExecutionStatus::Failed),
+                ..Default::default()
+            },
+        )
+        .await?;
+
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..closers {
+        let storage = storage.clone();
+        workers.spawn(async move {
+            let mut closed = 0;
+            loop {
+                let n = storage.close_finished_task_executions(T0 + 2, 10).await?;
+                if n == 0 {
+                    return anyhow::Ok(closed);
+                }
+                closed += n;
+            }
+        });
+    }
+    let mut closed = 0;
+    while let Some(joined) = workers.join_next().await {
+        closed += joined??;
+    }
+    eprintln!(
+        "{:?}: {closers} closers closed {closed} children in {:?}",
+        t.backend,
+        started.elapsed()
+    );
+    ensure!(closed == u64::from(CHILDREN), "closed {closed}");
+    let records = storage.get_finished_child_task_executions("parent").await?;
+    ensure!(records.len() == usize::try_from(CHILDREN)?);
+    let parent = storage
+        .get_task_execution("parent")
+        .await?
+        .context("parent vanished")?;
+    ensure!(parent.finished_children_count == CHILDREN);
+    ensure!(parent.failed_children_count == 1);
+    let claimed = storage
+        .claim_parents_with_finished_children(&claim("p", T0 + 3, 10, 60_000))
+        .await?;
+    ensure!(claimed.len() == 1);
     Ok(())
 }
 
