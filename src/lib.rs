@@ -22,7 +22,6 @@
 //! ```
 
 mod clock;
-#[allow(dead_code)] // used by the stores
 mod dialect;
 mod error;
 mod task;
@@ -38,9 +37,10 @@ pub use task::executor::{
 };
 pub use task::{
     ClaimParams, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
-    InMemoryTaskExecutionStorage, NewTaskExecution, ParentRef, RetryOptions, TaskExecution,
-    TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus,
-    TaskExecutionStorage, TaskExecutionUpdate, UnknownStatus,
+    InMemoryTaskExecutionStorage, NewTaskExecution, ParentRef, RetryOptions,
+    SeaOrmTaskExecutionStorage, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
+    TaskExecutionRef, TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate,
+    UnknownStatus,
 };
 
 /// The migrations that create this crate's tables (the `sea-orm-durable-migration` crate).

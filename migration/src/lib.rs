@@ -19,6 +19,7 @@ use sea_orm_migration::prelude::*;
 pub use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 mod m20261123_000001_durable_create_batch_tables;
+mod m20261123_000002_durable_create_task_tables;
 mod schema;
 
 /// The migrator for the `sea-orm-durable` tables, with its own bookkeeping table.
@@ -33,9 +34,10 @@ pub const MIGRATION_TABLE: &str = "sea_orm_durable_migrations";
 /// Their names carry a `durable` infix, so they cannot clash with the application's own
 /// migration file names.
 pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-    vec![Box::new(
-        m20261123_000001_durable_create_batch_tables::Migration,
-    )]
+    vec![
+        Box::new(m20261123_000001_durable_create_batch_tables::Migration),
+        Box::new(m20261123_000002_durable_create_task_tables::Migration),
+    ]
 }
 
 #[async_trait::async_trait]

@@ -56,12 +56,33 @@ pub(crate) async fn create_partial_index(
     filter: (&str, &str),
     fallback: IndexCreateStatement,
 ) -> Result<(), DbErr> {
+    create_filtered_index(
+        manager,
+        table,
+        partial,
+        Expr::col(Alias::new(filter.0)).eq(filter.1),
+        fallback,
+    )
+    .await
+}
+
+/// Like [`create_partial_index`] with any filter, for example a conjunction of boolean columns.
+///
+/// Queries meant to use such an index must write the filter's constants as literals, not bound
+/// parameters: neither planner can prove that a parameter matches the index predicate.
+pub(crate) async fn create_filtered_index(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    partial: IndexCreateStatement,
+    filter: SimpleExpr,
+    fallback: IndexCreateStatement,
+) -> Result<(), DbErr> {
     match manager.get_database_backend() {
         // MySQL and MariaDB have no partial indexes.
         DbBackend::MySql => create_index(manager, table, fallback).await,
         _ => {
             let mut partial = partial;
-            partial.and_where(Expr::col(Alias::new(filter.0)).eq(filter.1));
+            partial.and_where(filter);
             create_index(manager, table, partial).await
         }
     }

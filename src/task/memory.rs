@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::model::{
-    ClaimParams, ExecutionError, FinishedChildTaskExecution, NewTaskExecution, TaskExecution,
-    TaskExecutionFilter, TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate,
+    ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionFilter,
+    TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate,
 };
 use super::storage::TaskExecutionStorage;
 use super::validate_new;
@@ -145,14 +145,10 @@ impl State {
     }
 
     fn cancel_active_children(&mut self, parent: &TaskExecution, now: i64) {
-        let message = format!(
-            "parent task {} with execution id {} finished as {}",
-            parent.task_id, parent.execution_id, parent.status
-        );
         let update = TaskExecutionUpdate {
             now,
             status: Some(TaskExecutionStatus::Cancelled),
-            error: Some(ExecutionError::cancelled(message)),
+            error: Some(super::parent_finished_error(parent)),
             cancel_requested: Some(true),
             ..Default::default()
         };

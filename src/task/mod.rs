@@ -4,8 +4,10 @@
 //! here, written once.
 
 pub(crate) mod executor;
+mod mapper;
 mod memory;
 mod model;
+mod sea_orm;
 mod storage;
 
 pub use memory::InMemoryTaskExecutionStorage;
@@ -14,6 +16,7 @@ pub use model::{
     ParentRef, RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
     TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate, UnknownStatus,
 };
+pub use sea_orm::SeaOrmTaskExecutionStorage;
 pub use storage::TaskExecutionStorage;
 
 use crate::error::{Error, Result};
@@ -71,16 +74,30 @@ pub(crate) fn expiry_update(e: &TaskExecution, now: i64) -> TaskExecutionUpdate 
         } else {
             TaskExecutionStatus::Failed
         }),
-        error: Some(ExecutionError {
-            kind: ExecutionErrorKind::Generic,
-            is_retryable: retry,
-            is_internal: true,
-            message: LEASE_EXPIRED.to_owned(),
-        }),
+        error: Some(lease_expired_error(retry)),
         retry_attempts: retry.then(|| e.retry_attempts.saturating_add(1)),
         start_at: retry.then_some(now),
         ..Default::default()
     }
+}
+
+/// The error recorded by lease expiry: retryable when the execution goes back to `ready`.
+pub(crate) fn lease_expired_error(retry: bool) -> ExecutionError {
+    ExecutionError {
+        kind: ExecutionErrorKind::Generic,
+        is_retryable: retry,
+        is_internal: true,
+        message: LEASE_EXPIRED.to_owned(),
+    }
+}
+
+/// The error recorded on the still-active children (and finalize) of a parent that finished
+/// without completing, when the parent is closed.
+pub(crate) fn parent_finished_error(parent: &TaskExecution) -> ExecutionError {
+    ExecutionError::cancelled(format!(
+        "parent task {} with execution id {} finished as {}",
+        parent.task_id, parent.execution_id, parent.status
+    ))
 }
 
 /// The update a finished finalize execution applies to its parent.

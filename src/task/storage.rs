@@ -54,9 +54,10 @@ pub trait TaskExecutionStorage: Send + Sync {
     ///
     /// # Errors
     ///
-    /// Database errors; a claimed row that cannot be read is a
-    /// [`Error::CorruptRow`](crate::Error::CorruptRow) only after the other rows were returned
-    /// to `ready` untouched.
+    /// Database errors. A claimed row that cannot be read (see
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow)) is not an error of the claim: it is left
+    /// out of the result and marked `failed` with an internal error saying why, so it neither
+    /// runs nor blocks the executions behind it.
     async fn claim_task_executions(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>>;
 
     /// Applies `update` to the executions matching `guard`; returns how many matched.

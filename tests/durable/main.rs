@@ -5,3 +5,4 @@
 mod executor;
 mod harness;
 mod schema;
+mod task;

@@ -21,12 +21,24 @@ per_backend!(
     deadlock_or_busy_is_retryable,
 );
 
-const TABLES: [&str; 3] = [
+const TABLES: [&str; 5] = [
     "batchactions_jobs",
     "batchactions_batches",
     "batchactions_records",
+    "task_executions",
+    "finished_child_task_executions",
 ];
-const INDEXES: [(&str, &str); 4] = [
+const INDEXES: [(&str, &str); 11] = [
+    ("task_executions", "ix_task_executions_ready"),
+    ("task_executions", "ix_task_executions_running"),
+    ("task_executions", "ix_task_executions_waiting_for_children"),
+    ("task_executions", "ix_task_executions_unclosed"),
+    ("task_executions", "ix_task_executions_executor_cancel"),
+    ("task_executions", "ix_task_executions_parent"),
+    (
+        "finished_child_task_executions",
+        "ix_finished_child_task_executions_parent_index",
+    ),
     (
         "batchactions_batches",
         "ux_batchactions_batches_job_id_batch_index",

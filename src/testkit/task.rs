@@ -1,0 +1,1188 @@
+//! The conformance suite of [`TaskExecutionStorage`].
+//!
+//! Every case is a public async fn taking a fresh, empty storage. Run them all with
+//! [`task_storage_conformance!`](crate::task_storage_conformance), which declares one
+//! `#[tokio::test]` per case (the calling crate needs `tokio` with the `macros` and
+//! `rt-multi-thread` features):
+//!
+//! ```text
+//! mod in_memory {
+//!     sea_orm_durable::task_storage_conformance!(storage: std::sync::Arc::new(
+//!         sea_orm_durable::InMemoryTaskExecutionStorage::new()
+//!     ));
+//! }
+//! mod my_store {
+//!     // `run` creates a fresh storage, calls the case with it and cleans up afterwards:
+//!     // async fn run<F, Fut>(case: F) -> anyhow::Result<()>
+//!     // where F: FnOnce(Arc<dyn TaskExecutionStorage>) -> Fut, Fut: Future<Output = CaseResult>
+//!     sea_orm_durable::task_storage_conformance!(runner: crate::run);
+//! }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::task::{
+    ClaimParams, ExecutionError, FinishedChildTaskExecution, NewTaskExecution, ParentRef,
+    RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef,
+    TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate,
+};
+use crate::{Error, Result};
+
+/// A storage under test.
+pub type Storage = Arc<dyn TaskExecutionStorage>;
+
+/// What a case returns.
+pub type CaseResult = std::result::Result<(), CaseFailure>;
+
+/// Why a case failed: a broken expectation or an unexpected error.
+#[derive(Debug)]
+pub struct CaseFailure(String);
+
+impl fmt::Display for CaseFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CaseFailure {}
+
+impl From<Error> for CaseFailure {
+    fn from(err: Error) -> Self {
+        CaseFailure(format!("unexpected error: {err}"))
+    }
+}
+
+macro_rules! check {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            return Err(CaseFailure(format!("{} (at {}:{})", format!($($arg)+), file!(), line!())));
+        }
+    };
+}
+
+macro_rules! check_eq {
+    ($left:expr, $right:expr $(,)?) => {{
+        match (&$left, &$right) {
+            (l, r) => check!(
+                l == r,
+                "{} == {}: left {:?}, right {:?}",
+                stringify!($left),
+                stringify!($right),
+                l,
+                r
+            ),
+        }
+    }};
+}
+
+/// Declares one `#[tokio::test]` per case of the [`TaskExecutionStorage`] conformance suite.
+///
+/// - `task_storage_conformance!(storage: <expr>)`: `<expr>` evaluates to a fresh
+///   `Arc<dyn TaskExecutionStorage>` (or a type that coerces to it) for each case.
+/// - `task_storage_conformance!(runner: <path>)`: `<path>` is an async fn that prepares a fresh
+///   storage, runs the case given to it (`FnOnce(Arc<dyn TaskExecutionStorage>) -> impl
+///   Future<Output = CaseResult>`) and cleans up; it returns a `Result` whose error converts
+///   into `Box<dyn Error + Send + Sync>`. It may skip the case by returning `Ok(())` without
+///   running it.
+#[macro_export]
+macro_rules! task_storage_conformance {
+    (storage: $make:expr) => {
+        $crate::task_storage_conformance!(@cases (storage: $make);
+            enqueue_then_get_round_trips_every_field,
+            enqueue_of_nothing_is_a_no_op,
+            duplicate_enqueue_is_conflict_and_inserts_nothing,
+            invalid_executions_are_rejected_before_writing,
+            get_task_executions_filters_orders_and_limits,
+            claim_takes_due_ready_executions_earliest_first,
+            claim_respects_the_limit,
+            guarded_update_checks_status_and_fencing_token,
+            update_maintains_status_derived_fields,
+            update_and_enqueue_inserts_children_only_when_the_guard_matched,
+            update_and_enqueue_conflict_rolls_back_the_update,
+            finished_child_records_are_idempotent_and_counted,
+            expiry_counts_the_attempt_and_fails_when_retries_are_exhausted,
+            claim_parents_when_children_finished_or_one_failed,
+            close_records_children_and_completes_parent_through_finalize,
+            close_of_failed_finalize_fails_the_parent,
+            close_of_unsuccessful_parent_cancels_its_active_children,
+            cancellation_requests_are_taken_once_per_executor,
+            megabyte_non_ascii_payloads_round_trip,
+        );
+    };
+    (runner: $runner:path) => {
+        $crate::task_storage_conformance!(@cases (runner: $runner);
+            enqueue_then_get_round_trips_every_field,
+            enqueue_of_nothing_is_a_no_op,
+            duplicate_enqueue_is_conflict_and_inserts_nothing,
+            invalid_executions_are_rejected_before_writing,
+            get_task_executions_filters_orders_and_limits,
+            claim_takes_due_ready_executions_earliest_first,
+            claim_respects_the_limit,
+            guarded_update_checks_status_and_fencing_token,
+            update_maintains_status_derived_fields,
+            update_and_enqueue_inserts_children_only_when_the_guard_matched,
+            update_and_enqueue_conflict_rolls_back_the_update,
+            finished_child_records_are_idempotent_and_counted,
+            expiry_counts_the_attempt_and_fails_when_retries_are_exhausted,
+            claim_parents_when_children_finished_or_one_failed,
+            close_records_children_and_completes_parent_through_finalize,
+            close_of_failed_finalize_fails_the_parent,
+            close_of_unsuccessful_parent_cancels_its_active_children,
+            cancellation_requests_are_taken_once_per_executor,
+            megabyte_non_ascii_payloads_round_trip,
+        );
+    };
+    (@cases (storage: $make:expr); $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() -> ::std::result::Result<(), $crate::testkit::task::CaseFailure> {
+                let storage: $crate::testkit::task::Storage = $make;
+                $crate::testkit::task::$case(storage).await
+            }
+        )*
+    };
+    (@cases (runner: $runner:path); $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() -> ::std::result::Result<(), ::std::boxed::Box<dyn ::std::error::Error + Send + Sync>> {
+                $runner($crate::testkit::task::$case).await.map_err(::std::convert::Into::into)
+            }
+        )*
+    };
+}
+
+/// The time the cases start at (epoch ms).
+const T0: i64 = 1_700_000_000_000;
+/// Lease margin used by the cases' claims.
+const MARGIN: i64 = 1_000;
+/// Timeout of the cases' executions.
+const TIMEOUT: i64 = 5_000;
+
+fn new_execution(id: &str) -> NewTaskExecution {
+    NewTaskExecution {
+        execution_id: id.to_owned(),
+        task_id: "task".to_owned(),
+        timeout_ms: TIMEOUT,
+        input: format!("input of {id}"),
+        ..Default::default()
+    }
+}
+
+fn new_child(id: &str, parent: &str, index: u32) -> NewTaskExecution {
+    NewTaskExecution {
+        root: Some(TaskExecutionRef {
+            task_id: "task".to_owned(),
+            execution_id: parent.to_owned(),
+        }),
+        parent: Some(ParentRef {
+            task_id: "task".to_owned(),
+            execution_id: parent.to_owned(),
+            index,
+            is_finalize: false,
+        }),
+        ..new_execution(id)
+    }
+}
+
+fn new_finalize(id: &str, parent: &str) -> NewTaskExecution {
+    let mut e = new_child(id, parent, 0);
+    if let Some(p) = e.parent.as_mut() {
+        p.is_finalize = true;
+    }
+    e
+}
+
+fn claim(executor: &str, now: i64, limit: u64) -> ClaimParams {
+    ClaimParams {
+        executor_id: executor.to_owned(),
+        now,
+        limit,
+        lease_margin_ms: MARGIN,
+    }
+}
+
+fn ids(executions: &[TaskExecution]) -> Vec<&str> {
+    executions.iter().map(|e| e.execution_id.as_str()).collect()
+}
+
+async fn get(storage: &Storage, id: &str) -> std::result::Result<TaskExecution, CaseFailure> {
+    storage
+        .get_task_execution(id)
+        .await?
+        .ok_or_else(|| CaseFailure(format!("execution {id} not found")))
+}
+
+/// Sets `status` on `id` regardless of its current state.
+async fn force_status(
+    storage: &Storage,
+    id: &str,
+    status: TaskExecutionStatus,
+    now: i64,
+) -> Result<u64> {
+    storage
+        .update_task_executions(
+            &TaskExecutionGuard::id(id),
+            &TaskExecutionUpdate {
+                now,
+                status: Some(status),
+                ..Default::default()
+            },
+        )
+        .await
+}
+
+fn finished_child(
+    parent: &str,
+    child: &str,
+    index: u32,
+    status: TaskExecutionStatus,
+) -> FinishedChildTaskExecution {
+    FinishedChildTaskExecution {
+        parent_execution_id: parent.to_owned(),
+        child_execution_id: child.to_owned(),
+        child_task_id: "task".to_owned(),
+        index,
+        status,
+        output: (status == TaskExecutionStatus::Completed).then(|| format!("output of {child}")),
+        error: (status != TaskExecutionStatus::Completed)
+            .then(|| ExecutionError::generic(format!("{child} failed"), false)),
+        created_at: T0,
+    }
+}
+
+/// An enqueued execution reads back exactly as [`NewTaskExecution::into_execution`] describes;
+/// an unknown id reads as `None`.
+pub async fn enqueue_then_get_round_trips_every_field(storage: Storage) -> CaseResult {
+    let new = NewTaskExecution {
+        retry_options: RetryOptions {
+            max_attempts: 3,
+            base_delay_ms: 10,
+            delay_multiplier: 2.5,
+            max_delay_ms: Some(100),
+        },
+        sleep_ms_before_run: 50,
+        ..new_child("child-ü", "parent-東京", 7)
+    };
+    storage
+        .enqueue_task_executions(vec![new.clone(), new_execution("plain")], T0)
+        .await?;
+    check_eq!(get(&storage, "child-ü").await?, new.into_execution(T0));
+    check_eq!(
+        get(&storage, "plain").await?,
+        new_execution("plain").into_execution(T0)
+    );
+    check!(
+        storage.get_task_execution("missing").await?.is_none(),
+        "an unknown id was found"
+    );
+    Ok(())
+}
+
+/// Enqueueing no executions succeeds and writes nothing.
+pub async fn enqueue_of_nothing_is_a_no_op(storage: Storage) -> CaseResult {
+    storage.enqueue_task_executions(Vec::new(), T0).await?;
+    storage
+        .add_finished_child_task_executions(Vec::new())
+        .await?;
+    check!(
+        storage
+            .get_task_executions(&TaskExecutionFilter::default())
+            .await?
+            .is_empty(),
+        "rows appeared"
+    );
+    Ok(())
+}
+
+/// A duplicate execution id, in the store or within the batch, is a conflict and nothing of the
+/// batch is inserted.
+pub async fn duplicate_enqueue_is_conflict_and_inserts_nothing(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![new_execution("a")], T0)
+        .await?;
+    for batch in [
+        vec![new_execution("b"), new_execution("a")],
+        vec![new_execution("c"), new_execution("c")],
+    ] {
+        let result = storage.enqueue_task_executions(batch, T0 + 1).await;
+        check!(
+            matches!(result, Err(Error::Conflict { .. })),
+            "expected a conflict, got {result:?}"
+        );
+    }
+    let all = storage
+        .get_task_executions(&TaskExecutionFilter::default())
+        .await?;
+    check_eq!(ids(&all), vec!["a"]);
+    check_eq!(all[0].created_at, T0);
+    Ok(())
+}
+
+/// Empty ids and non-positive timeouts are refused before anything is written.
+pub async fn invalid_executions_are_rejected_before_writing(storage: Storage) -> CaseResult {
+    let bad = [
+        NewTaskExecution {
+            execution_id: String::new(),
+            ..new_execution("x")
+        },
+        NewTaskExecution {
+            timeout_ms: 0,
+            ..new_execution("y")
+        },
+        NewTaskExecution {
+            execution_id: "z".repeat(256),
+            ..new_execution("z")
+        },
+    ];
+    for e in bad {
+        let result = storage
+            .enqueue_task_executions(vec![new_execution("ok"), e], T0)
+            .await;
+        check!(
+            matches!(result, Err(Error::InvalidArgument { .. })),
+            "expected an invalid argument, got {result:?}"
+        );
+    }
+    check!(
+        storage.get_task_execution("ok").await?.is_none(),
+        "the valid execution of a rejected batch was inserted"
+    );
+    Ok(())
+}
+
+/// Filters combine, results come by `created_at`, index in the parent, then id, and the limit
+/// applies after ordering; empty id or status lists match nothing.
+pub async fn get_task_executions_filters_orders_and_limits(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![new_execution("p"), new_execution("q")], T0)
+        .await?;
+    storage
+        .enqueue_task_executions(
+            vec![
+                new_child("c2", "p", 2),
+                new_child("c0", "p", 0),
+                new_child("c1", "p", 1),
+            ],
+            T0 + 1,
+        )
+        .await?;
+    storage
+        .enqueue_task_executions(vec![new_child("d0", "q", 0)], T0 + 2)
+        .await?;
+    force_status(&storage, "c1", TaskExecutionStatus::Running, T0 + 3).await?;
+
+    let all = storage
+        .get_task_executions(&TaskExecutionFilter::default())
+        .await?;
+    check_eq!(ids(&all), vec!["p", "q", "c0", "c1", "c2", "d0"]);
+    let children = storage
+        .get_task_executions(&TaskExecutionFilter {
+            parent_execution_id: Some("p".to_owned()),
+            ..Default::default()
+        })
+        .await?;
+    check_eq!(ids(&children), vec!["c0", "c1", "c2"]);
+    let ready_children = storage
+        .get_task_executions(&TaskExecutionFilter {
+            parent_execution_id: Some("p".to_owned()),
+            statuses: Some(vec![TaskExecutionStatus::Ready]),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await?;
+    check_eq!(ids(&ready_children), vec!["c0"]);
+    let by_id = storage
+        .get_task_executions(&TaskExecutionFilter {
+            execution_ids: Some(vec!["d0".to_owned(), "c1".to_owned(), "nope".to_owned()]),
+            statuses: Some(vec![
+                TaskExecutionStatus::Running,
+                TaskExecutionStatus::Ready,
+            ]),
+            ..Default::default()
+        })
+        .await?;
+    check_eq!(ids(&by_id), vec!["c1", "d0"]);
+    for filter in [
+        TaskExecutionFilter {
+            execution_ids: Some(Vec::new()),
+            ..Default::default()
+        },
+        TaskExecutionFilter {
+            statuses: Some(Vec::new()),
+            ..Default::default()
+        },
+        TaskExecutionFilter {
+            limit: Some(0),
+            ..Default::default()
+        },
+    ] {
+        check!(
+            storage.get_task_executions(&filter).await?.is_empty(),
+            "{filter:?} matched rows"
+        );
+    }
+    Ok(())
+}
+
+/// A claim takes `ready` executions whose start has come, earliest start first, and returns
+/// them as they are after the update: `running`, owned, leased, with a new fencing token.
+pub async fn claim_takes_due_ready_executions_earliest_first(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![new_execution("early")], T0 - 10)
+        .await?;
+    storage
+        .enqueue_task_executions(
+            vec![
+                new_execution("now"),
+                NewTaskExecution {
+                    sleep_ms_before_run: 100,
+                    ..new_execution("later")
+                },
+            ],
+            T0,
+        )
+        .await?;
+    let claimed = storage.claim_task_executions(&claim("e1", T0, 10)).await?;
+    check_eq!(ids(&claimed), vec!["early", "now"]);
+    for e in &claimed {
+        check_eq!(e.status, TaskExecutionStatus::Running);
+        check_eq!(e.executor_id.as_deref(), Some("e1"));
+        check_eq!(e.started_at, Some(T0));
+        check_eq!(e.expires_at, Some(T0 + TIMEOUT + MARGIN));
+        check_eq!(e.fencing_token, 1);
+        check_eq!(e.updated_at, T0);
+        check_eq!(&get(&storage, &e.execution_id).await?, e);
+    }
+    check!(
+        storage
+            .claim_task_executions(&claim("e2", T0 + 99, 10))
+            .await?
+            .is_empty(),
+        "claimed an execution twice or before its start"
+    );
+    let later = storage
+        .claim_task_executions(&claim("e2", T0 + 100, 10))
+        .await?;
+    check_eq!(ids(&later), vec!["later"]);
+    check_eq!(later[0].executor_id.as_deref(), Some("e2"));
+    Ok(())
+}
+
+/// A claim takes at most `limit` executions, the earliest ones; a limit of 0 takes none.
+pub async fn claim_respects_the_limit(storage: Storage) -> CaseResult {
+    for (i, id) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+        let offset = i64::try_from(i).unwrap_or_default();
+        storage
+            .enqueue_task_executions(vec![new_execution(id)], T0 + offset)
+            .await?;
+    }
+    check!(
+        storage
+            .claim_task_executions(&claim("e", T0 + 10, 0))
+            .await?
+            .is_empty(),
+        "limit 0 claimed something"
+    );
+    let mut taken = Vec::new();
+    for expected in [2, 2, 1, 0] {
+        let claimed = storage
+            .claim_task_executions(&claim("e", T0 + 10, 2))
+            .await?;
+        check_eq!(claimed.len(), expected);
+        taken.extend(claimed.into_iter().map(|e| e.execution_id));
+    }
+    check_eq!(taken, vec!["a", "b", "c", "d", "e"]);
+    Ok(())
+}
+
+/// A guarded update changes only executions in an expected status with the expected fencing
+/// token, and returns how many matched.
+pub async fn guarded_update_checks_status_and_fencing_token(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![new_execution("a"), new_execution("b")], T0)
+        .await?;
+    let claimed = storage.claim_task_executions(&claim("e", T0, 1)).await?;
+    check_eq!(ids(&claimed), vec!["a"]);
+    let complete = TaskExecutionUpdate {
+        now: T0 + 1,
+        status: Some(TaskExecutionStatus::Completed),
+        output: Some("done".to_owned()),
+        ..Default::default()
+    };
+    let stale = TaskExecutionGuard::id("a")
+        .status(TaskExecutionStatus::Running)
+        .fencing_token(0);
+    check_eq!(storage.update_task_executions(&stale, &complete).await?, 0);
+    let wrong_status = TaskExecutionGuard::id("a")
+        .status(TaskExecutionStatus::Ready)
+        .fencing_token(1);
+    check_eq!(
+        storage
+            .update_task_executions(&wrong_status, &complete)
+            .await?,
+        0
+    );
+    check_eq!(get(&storage, "a").await?, claimed[0]);
+    let nothing = [
+        TaskExecutionGuard::default(),
+        TaskExecutionGuard::id("a").statuses([]),
+        TaskExecutionGuard::id("missing"),
+    ];
+    for guard in nothing {
+        check_eq!(storage.update_task_executions(&guard, &complete).await?, 0);
+    }
+    let owner = TaskExecutionGuard::id("a")
+        .status(TaskExecutionStatus::Running)
+        .fencing_token(1);
+    check_eq!(storage.update_task_executions(&owner, &complete).await?, 1);
+    let a = get(&storage, "a").await?;
+    check_eq!(a.status, TaskExecutionStatus::Completed);
+    check_eq!(a.output.as_deref(), Some("done"));
+    // Several ids: only the ones that match count.
+    let both = TaskExecutionGuard {
+        execution_ids: vec!["a".to_owned(), "b".to_owned()],
+        statuses: Some(TaskExecutionStatus::ACTIVE.to_vec()),
+        fencing_token: None,
+    };
+    let touch = TaskExecutionUpdate {
+        now: T0 + 2,
+        ..Default::default()
+    };
+    check_eq!(storage.update_task_executions(&both, &touch).await?, 1);
+    check_eq!(get(&storage, "b").await?.updated_at, T0 + 2);
+    check_eq!(get(&storage, "a").await?.updated_at, T0 + 1);
+    Ok(())
+}
+
+/// Updates set the fields they name and the fields that follow from the status.
+pub async fn update_maintains_status_derived_fields(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![new_execution("a"), new_execution("b")], T0)
+        .await?;
+    storage.claim_task_executions(&claim("e", T0, 2)).await?;
+    let error = ExecutionError::timed_out("too slow");
+    let retry = TaskExecutionUpdate {
+        now: T0 + 1,
+        status: Some(TaskExecutionStatus::Ready),
+        error: Some(error.clone()),
+        retry_attempts: Some(1),
+        start_at: Some(T0 + 500),
+        run_output: Some("partial".to_owned()),
+        ..Default::default()
+    };
+    check_eq!(
+        storage
+            .update_task_executions(&TaskExecutionGuard::id("a"), &retry)
+            .await?,
+        1
+    );
+    let a = get(&storage, "a").await?;
+    check_eq!(a.status, TaskExecutionStatus::Ready);
+    check!(!a.is_finished, "a ready execution is finished");
+    check_eq!(a.error, Some(error));
+    check_eq!(a.retry_attempts, 1);
+    check_eq!(a.start_at, T0 + 500);
+    check_eq!(a.run_output.as_deref(), Some("partial"));
+    check_eq!(a.expires_at, None);
+    check_eq!(a.executor_id, None);
+    check_eq!(a.finished_at, None);
+    check_eq!(a.updated_at, T0 + 1);
+
+    let spawn = TaskExecutionUpdate {
+        now: T0 + 2,
+        status: Some(TaskExecutionStatus::WaitingForFinalize),
+        clear_error: true,
+        error: Some(ExecutionError::generic("ignored", true)),
+        children_count: Some(4),
+        finalize: Some(TaskExecutionRef {
+            task_id: "fin".to_owned(),
+            execution_id: "a-fin".to_owned(),
+        }),
+        ..Default::default()
+    };
+    storage
+        .update_task_executions(&TaskExecutionGuard::id("a"), &spawn)
+        .await?;
+    let a = get(&storage, "a").await?;
+    check_eq!(a.error, None);
+    check_eq!(a.children_count, 4);
+    check_eq!(a.finalize, spawn.finalize);
+
+    let cancel = TaskExecutionUpdate {
+        now: T0 + 3,
+        status: Some(TaskExecutionStatus::Cancelled),
+        error: Some(ExecutionError::cancelled("stop")),
+        cancel_requested: Some(true),
+        ..Default::default()
+    };
+    storage
+        .update_task_executions(&TaskExecutionGuard::id("b"), &cancel)
+        .await?;
+    let b = get(&storage, "b").await?;
+    check_eq!(b.status, TaskExecutionStatus::Cancelled);
+    check!(b.is_finished, "a cancelled execution is not finished");
+    check_eq!(b.finished_at, Some(T0 + 3));
+    check_eq!(b.expires_at, None);
+    // The executor that runs it must still learn about the cancellation.
+    check_eq!(b.executor_id.as_deref(), Some("e"));
+    check!(b.cancel_requested, "cancel request not set");
+    Ok(())
+}
+
+/// Update-and-enqueue inserts the children (as of the update's time) only when the guard
+/// matched; when it did not, nothing at all is written.
+pub async fn update_and_enqueue_inserts_children_only_when_the_guard_matched(
+    storage: Storage,
+) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![new_execution("p")], T0)
+        .await?;
+    let claimed = storage.claim_task_executions(&claim("e", T0, 1)).await?;
+    check_eq!(claimed.len(), 1);
+    let update = TaskExecutionUpdate {
+        now: T0 + 5,
+        status: Some(TaskExecutionStatus::WaitingForChildren),
+        run_output: Some("ran".to_owned()),
+        children_count: Some(2),
+        ..Default::default()
+    };
+    let children = vec![new_child("c0", "p", 0), new_child("c1", "p", 1)];
+    let stale = TaskExecutionGuard::id("p")
+        .status(TaskExecutionStatus::Running)
+        .fencing_token(7);
+    check!(
+        !storage
+            .update_task_execution_and_enqueue(&stale, &update, children.clone())
+            .await?,
+        "a stale guard matched"
+    );
+    check_eq!(get(&storage, "p").await?, claimed[0]);
+    check!(
+        storage.get_task_execution("c0").await?.is_none(),
+        "a child was inserted although the guard did not match"
+    );
+    let owner = TaskExecutionGuard::id("p")
+        .status(TaskExecutionStatus::Running)
+        .fencing_token(1);
+    check!(
+        storage
+            .update_task_execution_and_enqueue(&owner, &update, children.clone())
+            .await?,
+        "the owner's guard did not match"
+    );
+    let p = get(&storage, "p").await?;
+    check_eq!(p.status, TaskExecutionStatus::WaitingForChildren);
+    check_eq!(p.children_count, 2);
+    for child in children {
+        check_eq!(
+            get(&storage, &child.execution_id).await?,
+            child.into_execution(T0 + 5)
+        );
+    }
+    Ok(())
+}
+
+/// A child whose id exists makes update-and-enqueue a conflict that writes nothing: neither the
+/// update nor the other children.
+pub async fn update_and_enqueue_conflict_rolls_back_the_update(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![new_execution("p"), new_execution("taken")], T0)
+        .await?;
+    let before = get(&storage, "p").await?;
+    let update = TaskExecutionUpdate {
+        now: T0 + 1,
+        status: Some(TaskExecutionStatus::WaitingForChildren),
+        children_count: Some(2),
+        ..Default::default()
+    };
+    let result = storage
+        .update_task_execution_and_enqueue(
+            &TaskExecutionGuard::id("p"),
+            &update,
+            vec![new_child("fresh", "p", 0), new_child("taken", "p", 1)],
+        )
+        .await;
+    check!(
+        matches!(result, Err(Error::Conflict { .. })),
+        "expected a conflict, got {result:?}"
+    );
+    check_eq!(get(&storage, "p").await?, before);
+    check!(
+        storage.get_task_execution("fresh").await?.is_none(),
+        "a child of the failed batch was inserted"
+    );
+    Ok(())
+}
+
+/// Finished-child records are written once per (parent, child), read back in index order, and
+/// the parent's counters equal its records.
+pub async fn finished_child_records_are_idempotent_and_counted(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![new_execution("p"), new_execution("q")], T0)
+        .await?;
+    use TaskExecutionStatus::{Completed, Failed, TimedOut};
+    storage
+        .add_finished_child_task_executions(vec![
+            finished_child("p", "c2", 2, Completed),
+            finished_child("p", "c0", 0, Failed),
+        ])
+        .await?;
+    let mut again = finished_child("p", "c0", 0, Completed);
+    again.output = Some("different".to_owned());
+    storage
+        .add_finished_child_task_executions(vec![
+            again,
+            finished_child("p", "c1", 1, Completed),
+            finished_child("p", "c1", 1, Completed),
+            finished_child("q", "d0", 0, TimedOut),
+        ])
+        .await?;
+    let records = storage.get_finished_child_task_executions("p").await?;
+    check_eq!(
+        records,
+        vec![
+            finished_child("p", "c0", 0, Failed),
+            finished_child("p", "c1", 1, Completed),
+            finished_child("p", "c2", 2, Completed),
+        ]
+    );
+    let p = get(&storage, "p").await?;
+    check_eq!((p.finished_children_count, p.failed_children_count), (3, 1));
+    let q = get(&storage, "q").await?;
+    check_eq!((q.finished_children_count, q.failed_children_count), (1, 1));
+    check!(
+        storage
+            .get_finished_child_task_executions("nobody")
+            .await?
+            .is_empty(),
+        "records for an unknown parent"
+    );
+    Ok(())
+}
+
+/// A running execution whose lease passed goes back to `ready` with the attempt counted while
+/// retries are left, and to `failed` when none are; live leases are left alone.
+pub async fn expiry_counts_the_attempt_and_fails_when_retries_are_exhausted(
+    storage: Storage,
+) -> CaseResult {
+    let with_retry = NewTaskExecution {
+        retry_options: RetryOptions {
+            max_attempts: 1,
+            ..Default::default()
+        },
+        ..new_execution("retry")
+    };
+    storage
+        .enqueue_task_executions(vec![with_retry, new_execution("once")], T0)
+        .await?;
+    storage.claim_task_executions(&claim("e", T0, 2)).await?;
+    let lapse = T0 + TIMEOUT + MARGIN;
+    check_eq!(storage.expire_task_executions(lapse, 10).await?, 0);
+    check_eq!(storage.expire_task_executions(lapse + 1, 0).await?, 0);
+    check_eq!(storage.expire_task_executions(lapse + 1, 10).await?, 2);
+
+    let retry = get(&storage, "retry").await?;
+    check_eq!(retry.status, TaskExecutionStatus::Ready);
+    check_eq!(retry.retry_attempts, 1);
+    check_eq!(retry.start_at, lapse + 1);
+    check_eq!((retry.executor_id.as_ref(), retry.expires_at), (None, None));
+    check!(!retry.is_finished, "a retried execution is finished");
+    check_eq!(retry.error, Some(crate::task::lease_expired_error(true)));
+    let once = get(&storage, "once").await?;
+    check_eq!(once.status, TaskExecutionStatus::Failed);
+    check!(once.is_finished, "a failed execution is not finished");
+    check_eq!(once.finished_at, Some(lapse + 1));
+    check_eq!(once.retry_attempts, 0);
+    check_eq!(once.error, Some(crate::task::lease_expired_error(false)));
+
+    // The retry's second lease lapses too: no retries are left.
+    let now = lapse + 1;
+    check_eq!(
+        storage
+            .claim_task_executions(&claim("e", now, 5))
+            .await?
+            .len(),
+        1
+    );
+    check_eq!(
+        storage
+            .expire_task_executions(now + TIMEOUT + MARGIN + 1, 1)
+            .await?,
+        1
+    );
+    let retry = get(&storage, "retry").await?;
+    check_eq!(retry.status, TaskExecutionStatus::Failed);
+    check_eq!(retry.retry_attempts, 1);
+    Ok(())
+}
+
+async fn waiting_parent(storage: &Storage, id: &str, children: u32, now: i64) -> Result<()> {
+    storage
+        .enqueue_task_executions(vec![new_execution(id)], now)
+        .await?;
+    storage
+        .update_task_executions(
+            &TaskExecutionGuard::id(id),
+            &TaskExecutionUpdate {
+                now,
+                status: Some(TaskExecutionStatus::WaitingForChildren),
+                children_count: Some(children),
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Parents become claimable for processing once all children finished or one failed, and a
+/// claim holds them until its lease passes.
+pub async fn claim_parents_when_children_finished_or_one_failed(storage: Storage) -> CaseResult {
+    use TaskExecutionStatus::{Completed, Failed};
+    waiting_parent(&storage, "all", 2, T0).await?;
+    waiting_parent(&storage, "one-failed", 3, T0 + 1).await?;
+    waiting_parent(&storage, "pending", 2, T0 + 2).await?;
+    storage
+        .enqueue_task_executions(vec![new_execution("ready")], T0)
+        .await?;
+    storage
+        .add_finished_child_task_executions(vec![
+            finished_child("all", "a0", 0, Completed),
+            finished_child("one-failed", "b0", 0, Failed),
+            finished_child("pending", "c0", 0, Completed),
+        ])
+        .await?;
+    let now = T0 + 10;
+    let claimed = storage
+        .claim_parents_with_finished_children(&claim("e", now, 10))
+        .await?;
+    check_eq!(ids(&claimed), vec!["one-failed"]);
+    storage
+        .add_finished_child_task_executions(vec![finished_child("all", "a1", 1, Completed)])
+        .await?;
+    let claimed = storage
+        .claim_parents_with_finished_children(&claim("e", now, 10))
+        .await?;
+    check_eq!(ids(&claimed), vec!["all"]);
+    let all = &claimed[0];
+    check_eq!(all.executor_id.as_deref(), Some("e"));
+    check_eq!(all.fencing_token, 1);
+    check_eq!(all.expires_at, Some(now + MARGIN));
+    check_eq!(all.updated_at, now);
+    check_eq!(all.status, TaskExecutionStatus::WaitingForChildren);
+    check_eq!(&get(&storage, "all").await?, all);
+    check!(
+        storage
+            .claim_parents_with_finished_children(&claim("f", now + MARGIN - 1, 10))
+            .await?
+            .is_empty(),
+        "a parent was claimed during another claim's lease"
+    );
+    // Once the leases pass both are claimable again, oldest change first.
+    let reclaimed = storage
+        .claim_parents_with_finished_children(&claim("f", now + MARGIN, 10))
+        .await?;
+    check_eq!(ids(&reclaimed), vec!["all", "one-failed"]);
+    check!(
+        reclaimed.iter().all(|p| p.fencing_token == 2),
+        "the second claim did not advance the fencing token"
+    );
+    check!(
+        storage
+            .claim_parents_with_finished_children(&claim("f", now + MARGIN, 0))
+            .await?
+            .is_empty(),
+        "limit 0 claimed a parent"
+    );
+    Ok(())
+}
+
+async fn finish(
+    storage: &Storage,
+    id: &str,
+    status: TaskExecutionStatus,
+    output: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    let error = (status != TaskExecutionStatus::Completed)
+        .then(|| ExecutionError::generic(format!("{id} failed"), false));
+    storage
+        .update_task_executions(
+            &TaskExecutionGuard::id(id),
+            &TaskExecutionUpdate {
+                now,
+                status: Some(status),
+                output: output.map(str::to_owned),
+                error,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Closing a finished child records it for its parent; closing a completed finalize execution
+/// completes its parent with the finalize output.
+pub async fn close_records_children_and_completes_parent_through_finalize(
+    storage: Storage,
+) -> CaseResult {
+    use TaskExecutionStatus::{Completed, Failed, WaitingForFinalize};
+    waiting_parent(&storage, "p", 2, T0).await?;
+    storage
+        .enqueue_task_executions(vec![new_child("c0", "p", 0), new_child("c1", "p", 1)], T0)
+        .await?;
+    finish(&storage, "c1", Completed, Some("one"), T0 + 1).await?;
+    finish(&storage, "c0", Failed, None, T0 + 2).await?;
+    check_eq!(storage.close_finished_task_executions(T0 + 3, 1).await?, 1);
+    let c1 = get(&storage, "c1").await?;
+    check!(
+        c1.is_closed,
+        "the earliest finished child was not closed first"
+    );
+    check_eq!(c1.closed_at, Some(T0 + 3));
+    check_eq!(storage.close_finished_task_executions(T0 + 4, 10).await?, 1);
+    check_eq!(storage.close_finished_task_executions(T0 + 5, 10).await?, 0);
+    let records = storage.get_finished_child_task_executions("p").await?;
+    check_eq!(records.len(), 2);
+    check_eq!(
+        (
+            &records[0].child_execution_id,
+            records[0].status,
+            records[0].created_at
+        ),
+        (&"c0".to_owned(), Failed, T0 + 4)
+    );
+    check_eq!(records[0].error, get(&storage, "c0").await?.error);
+    check_eq!(
+        (&records[1].child_execution_id, records[1].output.as_deref()),
+        (&"c1".to_owned(), Some("one"))
+    );
+    let p = get(&storage, "p").await?;
+    check_eq!((p.finished_children_count, p.failed_children_count), (2, 1));
+
+    // A parent waiting for its finalize execution completes with the finalize output.
+    storage
+        .update_task_executions(
+            &TaskExecutionGuard::id("p"),
+            &TaskExecutionUpdate {
+                now: T0 + 6,
+                status: Some(WaitingForFinalize),
+                error: Some(ExecutionError::generic("stale", true)),
+                ..Default::default()
+            },
+        )
+        .await?;
+    storage
+        .enqueue_task_executions(vec![new_finalize("fin", "p")], T0 + 6)
+        .await?;
+    finish(&storage, "fin", Completed, Some("final ✓"), T0 + 7).await?;
+    check_eq!(storage.close_finished_task_executions(T0 + 8, 10).await?, 1);
+    let p = get(&storage, "p").await?;
+    check_eq!(p.status, Completed);
+    check_eq!(p.output.as_deref(), Some("final ✓"));
+    check_eq!(p.error, None);
+    check_eq!(p.finished_at, Some(T0 + 8));
+    check_eq!(
+        storage.get_finished_child_task_executions("p").await?.len(),
+        2
+    );
+    // The parent, now finished, is closed in turn; as a root it propagates nothing.
+    check_eq!(storage.close_finished_task_executions(T0 + 9, 10).await?, 1);
+    check!(get(&storage, "p").await?.is_closed, "parent not closed");
+    Ok(())
+}
+
+/// Closing a finalize execution that did not complete fails its parent with
+/// `finalize_task_failed`.
+pub async fn close_of_failed_finalize_fails_the_parent(storage: Storage) -> CaseResult {
+    use TaskExecutionStatus::{FinalizeFailed, TimedOut, WaitingForFinalize};
+    storage
+        .enqueue_task_executions(vec![new_execution("p")], T0)
+        .await?;
+    force_status(&storage, "p", WaitingForFinalize, T0).await?;
+    storage
+        .enqueue_task_executions(vec![new_finalize("fin", "p")], T0)
+        .await?;
+    finish(&storage, "fin", TimedOut, None, T0 + 1).await?;
+    check_eq!(storage.close_finished_task_executions(T0 + 2, 10).await?, 1);
+    let p = get(&storage, "p").await?;
+    check_eq!(p.status, FinalizeFailed);
+    check!(p.is_finished, "parent not finished");
+    let message = p.error.map(|e| e.message).unwrap_or_default();
+    check!(
+        message.contains("fin failed"),
+        "the parent's error does not carry the finalize error: {message}"
+    );
+    Ok(())
+}
+
+/// Closing an execution that did not complete cancels its still-active children and finalize,
+/// and leaves finished ones alone.
+pub async fn close_of_unsuccessful_parent_cancels_its_active_children(
+    storage: Storage,
+) -> CaseResult {
+    use TaskExecutionStatus::{Cancelled, ChildrenFailed, Completed, Ready};
+    waiting_parent(&storage, "p", 3, T0).await?;
+    waiting_parent(&storage, "other", 1, T0).await?;
+    storage
+        .enqueue_task_executions(
+            vec![
+                new_child("done", "p", 0),
+                new_child("running", "p", 1),
+                new_child("waiting", "p", 2),
+                new_finalize("fin", "p"),
+                new_child("unrelated", "other", 0),
+            ],
+            T0,
+        )
+        .await?;
+    finish(&storage, "done", Completed, Some("ok"), T0 + 1).await?;
+    check_eq!(storage.close_finished_task_executions(T0 + 1, 10).await?, 1);
+    let running = storage
+        .claim_task_executions(&claim("e", T0 + 2, 10))
+        .await?;
+    check_eq!(running.len(), 4);
+    for id in ["waiting", "fin", "unrelated"] {
+        storage
+            .update_task_executions(
+                &TaskExecutionGuard::id(id),
+                &TaskExecutionUpdate {
+                    now: T0 + 2,
+                    status: Some(Ready),
+                    ..Default::default()
+                },
+            )
+            .await?;
+    }
+    force_status(&storage, "p", ChildrenFailed, T0 + 3).await?;
+    check_eq!(storage.close_finished_task_executions(T0 + 4, 10).await?, 1);
+
+    for id in ["running", "waiting", "fin"] {
+        let child = get(&storage, id).await?;
+        check_eq!(child.status, Cancelled);
+        check!(
+            child.is_finished && child.cancel_requested,
+            "{id} not cancelled"
+        );
+        check_eq!(child.finished_at, Some(T0 + 4));
+        check_eq!(child.expires_at, None);
+        let error = child
+            .error
+            .unwrap_or_else(|| ExecutionError::generic("", false));
+        check_eq!(error.kind, crate::ExecutionErrorKind::Cancelled);
+        check!(
+            error.message.contains("children_tasks_failed") && error.message.contains('p'),
+            "error does not name the parent's outcome: {}",
+            error.message
+        );
+    }
+    check_eq!(
+        get(&storage, "running").await?.executor_id.as_deref(),
+        Some("e")
+    );
+    check_eq!(get(&storage, "done").await?.status, Completed);
+    check_eq!(get(&storage, "unrelated").await?.status, Ready);
+    check_eq!(
+        get(&storage, "other").await?.status,
+        TaskExecutionStatus::WaitingForChildren
+    );
+    // The cancelled child is closed in turn and recorded as a failed child.
+    check_eq!(storage.close_finished_task_executions(T0 + 5, 10).await?, 3);
+    let records = storage.get_finished_child_task_executions("p").await?;
+    check_eq!(records.len(), 3);
+    check_eq!(records.iter().filter(|r| r.status == Cancelled).count(), 2);
+    Ok(())
+}
+
+/// Cancellation requests are handed to the executor running the execution, once.
+pub async fn cancellation_requests_are_taken_once_per_executor(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(
+            vec![new_execution("a"), new_execution("b"), new_execution("c")],
+            T0,
+        )
+        .await?;
+    storage.claim_task_executions(&claim("e1", T0, 2)).await?;
+    storage.claim_task_executions(&claim("e2", T0, 2)).await?;
+    let cancel = TaskExecutionUpdate {
+        now: T0 + 1,
+        status: Some(TaskExecutionStatus::Cancelled),
+        error: Some(ExecutionError::cancelled("cancelled")),
+        cancel_requested: Some(true),
+        ..Default::default()
+    };
+    let guard = TaskExecutionGuard {
+        execution_ids: vec!["a".to_owned(), "c".to_owned()],
+        statuses: Some(TaskExecutionStatus::ACTIVE.to_vec()),
+        fencing_token: None,
+    };
+    check_eq!(storage.update_task_executions(&guard, &cancel).await?, 2);
+    check!(
+        storage
+            .take_cancellation_requests("e1", T0 + 2, 0)
+            .await?
+            .is_empty(),
+        "limit 0 took requests"
+    );
+    check_eq!(
+        storage.take_cancellation_requests("e1", T0 + 2, 10).await?,
+        vec!["a".to_owned()]
+    );
+    check!(
+        storage
+            .take_cancellation_requests("e1", T0 + 3, 10)
+            .await?
+            .is_empty(),
+        "a request was taken twice"
+    );
+    check_eq!(
+        storage.take_cancellation_requests("e2", T0 + 3, 10).await?,
+        vec!["c".to_owned()]
+    );
+    let a = get(&storage, "a").await?;
+    check!(!a.cancel_requested, "request not cleared");
+    check_eq!(a.updated_at, T0 + 2);
+    check!(!get(&storage, "b").await?.cancel_requested, "b was touched");
+    Ok(())
+}
+
+/// Inputs, outputs and child outputs of more than 1 MiB of multi-byte text round-trip.
+pub async fn megabyte_non_ascii_payloads_round_trip(storage: Storage) -> CaseResult {
+    let big = "Zoë 東京 🚀 ошибка ".repeat(1024 * 1024 / 28 + 1);
+    check!(big.len() > 1024 * 1024, "payload too small");
+    storage
+        .enqueue_task_executions(
+            vec![NewTaskExecution {
+                input: big.clone(),
+                ..new_execution("big")
+            }],
+            T0,
+        )
+        .await?;
+    let update = TaskExecutionUpdate {
+        now: T0 + 1,
+        run_output: Some(big.clone()),
+        output: Some(big.clone()),
+        ..Default::default()
+    };
+    storage
+        .update_task_executions(&TaskExecutionGuard::id("big"), &update)
+        .await?;
+    let e = get(&storage, "big").await?;
+    check!(e.input == big, "input differs");
+    check!(
+        e.run_output.as_deref() == Some(big.as_str()),
+        "run output differs"
+    );
+    check!(e.output.as_deref() == Some(big.as_str()), "output differs");
+    let mut record = finished_child("big", "child", 0, TaskExecutionStatus::Completed);
+    record.output = Some(big.clone());
+    storage
+        .add_finished_child_task_executions(vec![record.clone()])
+        .await?;
+    check_eq!(
+        storage.get_finished_child_task_executions("big").await?,
+        vec![record]
+    );
+    Ok(())
+}
