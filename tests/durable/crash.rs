@@ -1,0 +1,172 @@
+//! Crash recovery with real processes: an executor in a child process is killed with SIGKILL
+//! while it runs a task, and another executor takes the task over once the lease lapsed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use sea_orm::Database;
+use sea_orm_durable::{
+    Executor, ExecutorOptions, RetryOptions, SeaOrmTaskExecutionStorage, TaskDefinition, TaskError,
+    TaskExecutionGuard, TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate,
+    WaitOptions,
+};
+
+use crate::harness::{Backend, TestDb, connect_options, per_backend};
+
+per_backend!(killed_executor_task_is_rerun_and_its_token_refused);
+
+/// Environment of the child process: the database URL and backend of the test that spawned it.
+const CHILD_URL: &str = "SOD_CRASH_CHILD_URL";
+const CHILD_BACKEND: &str = "SOD_CRASH_CHILD_BACKEND";
+const DOOMED: &str = "doomed-executor";
+
+/// The task both executors run: the first attempt hangs (its process is killed meanwhile),
+/// later attempts return their attempt number.
+fn crashable() -> TaskDefinition<(), u32> {
+    TaskDefinition::new("crashable", |ctx, ()| async move {
+        if ctx.attempt == 0 {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        Ok::<_, TaskError>(ctx.attempt)
+    })
+    .timeout(Duration::from_secs(3))
+    .retry(RetryOptions {
+        max_attempts: 2,
+        ..RetryOptions::default()
+    })
+}
+
+fn options(executor_id: Option<&str>) -> ExecutorOptions {
+    ExecutorOptions {
+        executor_id: executor_id.map(str::to_owned),
+        poll_interval: Duration::from_millis(20),
+        expire_interval: Duration::from_millis(100),
+        lease_margin: Duration::from_millis(500),
+        ..ExecutorOptions::default()
+    }
+}
+
+/// The child process: an executor that runs until it is killed. Only the crash test starts it
+/// (as `<test binary> crash::child_executor --exact --ignored`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of the crash test's child process"]
+async fn child_executor() -> anyhow::Result<()> {
+    let url = std::env::var(CHILD_URL).context("started outside the crash test")?;
+    let backend = match std::env::var(CHILD_BACKEND)?.as_str() {
+        "sqlite" => Backend::Sqlite,
+        "postgres" => Backend::Postgres,
+        _ => Backend::MySql,
+    };
+    let db = Database::connect(connect_options(backend, &url, 4)).await?;
+    let executor = Executor::new(
+        Arc::new(SeaOrmTaskExecutionStorage::new(db)),
+        options(Some(DOOMED)),
+    );
+    executor.register(&crashable())?;
+    executor.start();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    bail!("the child executor was not killed")
+}
+
+async fn killed_executor_task_is_rerun_and_its_token_refused(t: TestDb) -> anyhow::Result<()> {
+    let storage: Arc<dyn TaskExecutionStorage> =
+        Arc::new(SeaOrmTaskExecutionStorage::new(t.db.clone()));
+    // Enqueue through an executor that is not started: only the child can claim it at first.
+    let task = crashable();
+    let enqueuer = Executor::new(Arc::clone(&storage), options(None));
+    let handle = enqueuer.enqueue(&task, &()).await?;
+
+    let backend = match t.backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+        Backend::MySql => "mysql",
+    };
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "crash::child_executor",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CHILD_URL, &t.url)
+        .env(CHILD_BACKEND, backend)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+
+    // Wait until the child runs the task, and remember the token of its claim.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let claimed = loop {
+        let e = handle.get().await?;
+        if e.status == TaskExecutionStatus::Running && e.executor_id.as_deref() == Some(DOOMED) {
+            break e;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the child never claimed the task: {:?}", e.status);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    child.kill()?; // SIGKILL
+    child.wait()?;
+
+    // A second executor recovers the execution after the lease and runs it again.
+    let survivor = Executor::new(Arc::clone(&storage), options(None));
+    survivor.register(&task)?;
+    survivor.start();
+    let wait = WaitOptions {
+        poll_interval: Duration::from_millis(50),
+        timeout: Some(Duration::from_secs(60)),
+    };
+    let done = handle.wait_with(&wait).await;
+    survivor.shutdown().await;
+    let done = done?;
+    ensure!(
+        done.status() == TaskExecutionStatus::Completed,
+        "status {:?}, error {:?}",
+        done.status(),
+        done.error()
+    );
+    ensure!(
+        done.execution.retry_attempts == 1,
+        "the crash was not counted: {} retries",
+        done.execution.retry_attempts
+    );
+    ensure!(done.output == Some(1), "output {:?}", done.output);
+    ensure!(
+        done.execution.fencing_token > claimed.fencing_token,
+        "fencing token did not move"
+    );
+
+    // A late write carrying the dead executor's fencing token is refused.
+    let zombie = TaskExecutionGuard::id(claimed.execution_id.clone())
+        .status(TaskExecutionStatus::Running)
+        .fencing_token(claimed.fencing_token);
+    let late = TaskExecutionUpdate {
+        now: claimed.updated_at + 1,
+        status: Some(TaskExecutionStatus::Completed),
+        output: Some("\"zombie\"".to_owned()),
+        ..Default::default()
+    };
+    ensure!(
+        storage.update_task_executions(&zombie, &late).await? == 0,
+        "the dead executor's write matched"
+    );
+    let stale_token_only =
+        TaskExecutionGuard::id(claimed.execution_id.clone()).fencing_token(claimed.fencing_token);
+    ensure!(
+        storage
+            .update_task_executions(&stale_token_only, &late)
+            .await?
+            == 0,
+        "a stale token matched"
+    );
+    let after = handle.get().await?;
+    ensure!(
+        after.output.as_deref() == Some("1"),
+        "output overwritten: {:?}",
+        after.output
+    );
+    Ok(())
+}
