@@ -21,11 +21,19 @@
 //! # }
 //! ```
 
+mod batch;
 mod clock;
-#[allow(dead_code)] // used by the stores
 mod dialect;
 mod error;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
+pub use batch::{
+    Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
+    DistributedJobStatus, DistributedStateStore, InMemoryStateStore, JobConfig, JobProgress,
+    JobState, JobStatus, ProcessedRecord, RecordCounts, RecordFilter, RecordStatus,
+    SeaOrmStateStore, StateStore, UnknownStatus, ValidationError,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result};
 
