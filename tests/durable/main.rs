@@ -2,5 +2,6 @@
 //! backend). Tests are named `<area>::<backend>::<behaviour>`, so `cargo test postgres` runs one
 //! backend and `cargo test schema::` one area.
 
+mod batch;
 mod harness;
 mod schema;
