@@ -86,12 +86,12 @@ pub(crate) const MAX_STATEMENT_BYTES: usize = 2 * 1024 * 1024;
 /// Splits `items` into consecutive chunks that each stay within `max_bind_params(backend)`
 /// parameters (`columns` per item) and, except for a single oversized item, within
 /// [`MAX_STATEMENT_BYTES`] as measured by `size`.
-pub(crate) fn chunks<'a, T>(
+pub(crate) fn chunks<T>(
     backend: DbBackend,
     columns: usize,
-    items: &'a [T],
+    items: &[T],
     size: impl Fn(&T) -> usize,
-) -> Vec<&'a [T]> {
+) -> Vec<&[T]> {
     let max_rows = (max_bind_params(backend) / columns.max(1)).max(1);
     let mut out = Vec::new();
     let mut start = 0;

@@ -336,7 +336,8 @@ impl DistributedStateStore for InMemoryStateStore {
     }
 
     async fn reclaim_stale_batches(&self, job_id: &str, timeout: Duration) -> Result<u64> {
-        let cutoff = stale_cutoff(self.clock.now_ms(), timeout)?;
+        let now = self.clock.now_ms();
+        let cutoff = stale_cutoff(now, timeout)?;
         let mut state = self.lock();
         let Some(stored) = state.jobs.get_mut(job_id) else {
             return Ok(0);
@@ -349,6 +350,7 @@ impl DistributedStateStore for InMemoryStateStore {
                 row.batch.worker_id = None;
                 row.batch.claimed_at = None;
                 row.heartbeat_at = None;
+                row.updated_at = now;
                 row.version += 1;
                 reclaimed += 1;
             }

@@ -37,6 +37,31 @@ use crate::error::{Error, Result};
 ///
 /// On SQLite, give the pool WAL mode and a busy timeout longer than the longest write
 /// transaction: write transactions start `IMMEDIATE` and queue on the database lock.
+///
+/// A worker's loop:
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use sea_orm_durable::migration::{Migrator, MigratorTrait};
+/// use sea_orm_durable::{BatchOutcome, ClaimBatchResult, DistributedStateStore, SeaOrmStateStore};
+/// use std::time::Duration;
+///
+/// let db = sea_orm::Database::connect("sqlite://durable.db?mode=rwc").await?;
+/// Migrator::up(&db, None).await?;
+/// let store = SeaOrmStateStore::new(db);
+/// store.reclaim_stale_batches("job-1", Duration::from_secs(900)).await?;
+/// while let ClaimBatchResult::Claimed(claim) = store.claim_batch("job-1", "worker-1").await? {
+///     let records = store.get_batch_records(&claim.job_id, &claim.batch_id).await?;
+///     // ... process the records, saving outcomes with `save_processed_records` ...
+///     let outcome = BatchOutcome::completed(u64::try_from(records.len())?, 0);
+///     if !store.complete_batch(&claim, outcome).await? {
+///         continue; // the claim was lost to a reclaim; another worker owns the batch now
+///     }
+/// }
+/// store.try_finalize_job("job-1").await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct SeaOrmStateStore {
     db: DatabaseConnection,
@@ -121,9 +146,11 @@ impl SeaOrmStateStore {
                 .one(&txn)
                 .await?;
             let Some(status) = status else {
+                txn.rollback().await?;
                 return Ok(ClaimBatchResult::JobNotFound);
             };
             if mapper::job_status(job_id, &status)? != JobStatus::Processing {
+                txn.rollback().await?;
                 return Ok(ClaimBatchResult::JobNotProcessing);
             }
             let pending = batches::Entity::find()

@@ -1,11 +1,11 @@
-//! The conformance suite of [`StateStore`] and [`DistributedStateStore`].
+//! The conformance suite of [`StateStore`](crate::StateStore) and [`DistributedStateStore`].
 //!
 //! Every case is a public async fn taking a [`Ctx`] (a fresh, empty store and the
 //! [`ManualClock`] it reads), so an implementation can run them one by one. The
 //! [`batch_store_conformance!`](crate::batch_store_conformance) macro declares one
 //! `#[tokio::test]` per case for a store factory:
 //!
-//! ```ignore
+//! ```no_run
 //! use std::sync::Arc;
 //! use sea_orm_durable::testkit::batch::StoreUnderTest;
 //! use sea_orm_durable::InMemoryStateStore;
@@ -27,14 +27,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::batch::{
     Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedStateStore, JobConfig, JobState, JobStatus, ProcessedRecord, RecordFilter,
     RecordStatus, ValidationError,
 };
-use crate::clock::{Clock, ManualClock};
+use crate::clock::ManualClock;
 use crate::error::Error;
 
 /// The error a case fails with.
@@ -2079,19 +2079,4 @@ pub async fn reclaim_racing_completion_has_one_winner(ctx: Ctx) -> CaseResult {
         }
     }
     Ok(())
-}
-
-/// The clock trait object a store built for a case should read.
-pub fn clock_of(ctx: &Ctx) -> Arc<dyn Clock> {
-    Arc::new(ctx.clock.clone())
-}
-
-/// `raw` values the payload cases use, for implementations that want to pre-check their
-/// encoding.
-pub fn sample_payloads() -> Vec<Value> {
-    vec![
-        json!({ "naïve-ключ": "значение ✓" }),
-        json!({ "nested": { "array": [1, 2.5, null, true, "s"] } }),
-        json!(9_007_199_254_740_993_i64),
-    ]
 }
