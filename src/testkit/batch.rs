@@ -168,6 +168,9 @@ macro_rules! batch_store_conformance {
             bulk_save_keeps_last_duplicate,
             many_records_save_in_chunks,
             thousands_of_batches_save_in_chunks,
+            batch_saved_as_processing_is_reclaimable,
+            non_distributed_job_keeps_duplicate_batch_indexes,
+            concurrent_batch_updates_of_a_job_are_not_lost,
             concurrent_claims_never_duplicate,
             concurrent_finalize_has_exactly_one_winner,
             concurrent_reclaim_counts_each_stale_batch_once,
@@ -737,14 +740,20 @@ pub async fn large_and_non_ascii_payloads_round_trip(ctx: Ctx) -> CaseResult {
         json!({ "naïve-ключ": "значение ✓", "名前": "山田 🍣", "emoji 😀": [1, "ß"] }),
     );
     unicode.processing_error = Some("échec: 失敗 ❌".into());
+    // A JSON document stored as a string stays a string (no double decoding), and integers
+    // beyond 2^53 stay exact.
+    let mut encoded = ProcessedRecord::pending(2, json!("{\"a\":1}"));
+    encoded.parsed = json!(9_007_199_254_740_993_i64);
     let job_id = "jöb-ünïcode-名前";
+    let saved = [large.clone(), unicode.clone(), encoded.clone()];
     ctx.store
-        .save_batch_records(job_id, "bätch-1", &[large.clone(), unicode.clone()])
+        .save_batch_records(job_id, "bätch-1", &saved)
         .await?;
     let read = ctx.store.get_batch_records(job_id, "bätch-1").await?;
-    ensure_eq!(read.len(), 2);
+    ensure_eq!(read.len(), 3);
     ensure!(read[0] == large, "1 MiB record changed");
     ensure_eq!(read[1], unicode);
+    ensure_eq!(read[2], encoded);
     let mut job = fixture_job(job_id);
     job.config.extra.insert("ключ".into(), json!("値"));
     ctx.store.save_job_state(&job).await?;
@@ -1799,6 +1808,88 @@ pub async fn thousands_of_batches_save_in_chunks(ctx: Ctx) -> CaseResult {
     Ok(())
 }
 
+/// A batch saved as `PROCESSING` without a claim time is reclaimed once the timeout has
+/// passed since it was saved.
+pub async fn batch_saved_as_processing_is_reclaimable(ctx: Ctx) -> CaseResult {
+    let mut job = distributed_job("job-001", 2, 3);
+    job.batches[0].status = BatchStatus::Processing;
+    job.batches[0].worker_id = Some("gone".into());
+    ctx.store.save_job_state(&job).await?;
+    let timeout = Duration::from_secs(30);
+    ensure_eq!(
+        ctx.store.reclaim_stale_batches("job-001", timeout).await?,
+        0
+    );
+    ctx.clock.advance(30_001);
+    ensure_eq!(
+        ctx.store.reclaim_stale_batches("job-001", timeout).await?,
+        1
+    );
+    ensure_eq!(claim(&ctx, "job-001", "worker-1").await?.batch_index, 0);
+    Ok(())
+}
+
+/// A non-distributed job's batch list is kept as saved, even with two entries of one index
+/// (what an upstream restore leaves behind), and an update reaches the entry of its id.
+pub async fn non_distributed_job_keeps_duplicate_batch_indexes(ctx: Ctx) -> CaseResult {
+    let mut job = fixture_job("job-001");
+    let mut stale = Batch::new("b2-old", 1);
+    stale.status = BatchStatus::Processing;
+    job.batches.insert(1, stale);
+    ctx.store.save_job_state(&job).await?;
+    ensure_eq!(load_job(&ctx, "job-001").await?, job);
+    let state = BatchState {
+        status: BatchStatus::Completed,
+        processed_count: 10,
+        failed_count: 0,
+    };
+    ctx.store
+        .update_batch_state("job-001", "b2", &state)
+        .await?;
+    let read = load_job(&ctx, "job-001").await?;
+    ensure_eq!(read.batches[1].status, BatchStatus::Processing);
+    ensure_eq!(read.batches[2].status, BatchStatus::Completed);
+    let progress = ctx.store.get_progress("job-001").await?;
+    ensure_eq!((progress.completed_batches, progress.total_batches), (2, 3));
+    Ok(())
+}
+
+/// Concurrent `update_batch_state` calls on different batches of one non-distributed job
+/// (an engine running several batches at once) lose no update.
+pub async fn concurrent_batch_updates_of_a_job_are_not_lost(ctx: Ctx) -> CaseResult {
+    let mut job = JobState::new("job-001", JobConfig::new(10));
+    job.status = JobStatus::Processing;
+    job.batches = (0..16).map(|i| Batch::new(format!("b{i}"), i)).collect();
+    ctx.store.save_job_state(&job).await?;
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16u64 {
+        let (store, barrier) = (Arc::clone(&ctx.store), Arc::clone(&barrier));
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let state = BatchState {
+                status: BatchStatus::Completed,
+                processed_count: i,
+                failed_count: 1,
+            };
+            store
+                .update_batch_state("job-001", &format!("b{i}"), &state)
+                .await
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    let read = load_job(&ctx, "job-001").await?;
+    for (i, batch) in (0u64..).zip(&read.batches) {
+        ensure_eq!(
+            (batch.status, batch.processed_count),
+            (BatchStatus::Completed, i)
+        );
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Concurrency
 // ---------------------------------------------------------------------------------------------
@@ -1983,8 +2074,9 @@ pub async fn concurrent_finalize_has_exactly_one_winner(ctx: Ctx) -> CaseResult 
     Ok(())
 }
 
-/// 8 concurrent reclaimers split the stale batches: their counts add up to the stale count,
-/// fresh claims are untouched; 10 trials.
+/// 8 concurrent reclaimers split the stale batches while 4 workers claim: the reclaim counts
+/// add up to the stale count, no batch is claimed twice, fresh claims are untouched; 10
+/// trials.
 pub async fn concurrent_reclaim_counts_each_stale_batch_once(ctx: Ctx) -> CaseResult {
     for trial in 0..10 {
         let job_id = format!("job-{trial}");
@@ -1999,25 +2091,54 @@ pub async fn concurrent_reclaim_counts_each_stale_batch_once(ctx: Ctx) -> CaseRe
         for _ in 0..5 {
             fresh.push(claim(&ctx, &job_id, "new").await?);
         }
-        let barrier = Arc::new(tokio::sync::Barrier::new(8));
-        let mut tasks = tokio::task::JoinSet::new();
+        // Four claimers race the reclaimers: they only take pending batches, and their fresh
+        // claims are never stale, so the reclaim count stays exact.
+        let barrier = Arc::new(tokio::sync::Barrier::new(12));
+        let mut reclaimers = tokio::task::JoinSet::new();
         for _ in 0..8 {
             let (store, barrier, job_id) =
                 (Arc::clone(&ctx.store), Arc::clone(&barrier), job_id.clone());
-            tasks.spawn(async move {
+            reclaimers.spawn(async move {
                 barrier.wait().await;
                 store
                     .reclaim_stale_batches(&job_id, Duration::from_secs(30))
                     .await
             });
         }
+        let mut claimers = tokio::task::JoinSet::new();
+        for w in 0..4 {
+            let (store, barrier, job_id) =
+                (Arc::clone(&ctx.store), Arc::clone(&barrier), job_id.clone());
+            claimers.spawn(async move {
+                barrier.wait().await;
+                let mut claimed = Vec::new();
+                for _ in 0..3 {
+                    if let ClaimBatchResult::Claimed(r) =
+                        store.claim_batch(&job_id, &format!("c{w}")).await?
+                    {
+                        claimed.push(r.batch_id);
+                    }
+                }
+                Ok::<_, Error>(claimed)
+            });
+        }
         let mut total = 0;
-        while let Some(joined) = tasks.join_next().await {
+        while let Some(joined) = reclaimers.join_next().await {
             total += joined??;
         }
         ensure_eq!(total, 20);
+        let mut claimed = HashSet::new();
+        while let Some(joined) = claimers.join_next().await {
+            for id in joined?? {
+                ensure!(claimed.insert(id.clone()), "{id} claimed twice");
+            }
+        }
+        let claimed_now = u64::try_from(claimed.len())?;
         let status = ctx.store.get_distributed_status(&job_id).await?;
-        ensure_eq!((status.pending_batches, status.processing_batches), (25, 5));
+        ensure_eq!(
+            (status.pending_batches, status.processing_batches),
+            (25 - claimed_now, 5 + claimed_now)
+        );
         for r in &fresh {
             ensure!(ctx.store.heartbeat_batch(r).await?, "fresh claim reclaimed");
         }
