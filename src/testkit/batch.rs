@@ -171,6 +171,7 @@ macro_rules! batch_store_conformance {
             batch_saved_as_processing_is_reclaimable,
             non_distributed_job_keeps_duplicate_batch_indexes,
             concurrent_batch_updates_of_a_job_are_not_lost,
+            batch_id_of_another_job_is_a_conflict,
             concurrent_claims_never_duplicate,
             concurrent_finalize_has_exactly_one_winner,
             concurrent_reclaim_counts_each_stale_batch_once,
@@ -1887,6 +1888,27 @@ pub async fn concurrent_batch_updates_of_a_job_are_not_lost(ctx: Ctx) -> CaseRes
             (BatchStatus::Completed, i)
         );
     }
+    Ok(())
+}
+
+/// A batch id already used by another job is a conflict, and nothing of the job is saved.
+pub async fn batch_id_of_another_job_is_a_conflict(ctx: Ctx) -> CaseResult {
+    ctx.store
+        .save_job_state(&distributed_job("job-001", 2, 3))
+        .await?;
+    let mut other = distributed_job("job-002", 2, 3);
+    other.batches[1].id = batch_id("job-001", 0);
+    match ctx.store.save_job_state(&other).await {
+        Err(Error::Conflict { .. }) => {}
+        result => return Err(format!("expected a conflict, got {result:?}").into()),
+    }
+    ensure!(
+        ctx.store.get_job_state("job-002").await?.is_none(),
+        "half-saved job"
+    );
+    let first = load_job(&ctx, "job-001").await?;
+    ensure_eq!(first.batches.len(), 2);
+    ensure_eq!(first.batches[0].status, BatchStatus::Pending);
     Ok(())
 }
 
