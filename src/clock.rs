@@ -60,7 +60,6 @@ impl Clock for ManualClock {
 }
 
 /// The clock stores use unless given another.
-#[allow(dead_code)] // used by the stores
 pub(crate) fn system() -> Arc<dyn Clock> {
     Arc::new(SystemClock)
 }

@@ -68,3 +68,46 @@ where
         }
     }
 }
+
+/// How many bind parameters one statement may carry: PostgreSQL and MySQL count them in a
+/// 16-bit field (65 535); SQLite's default `SQLITE_MAX_VARIABLE_NUMBER` is 32 766.
+pub(crate) fn max_bind_params(backend: DbBackend) -> usize {
+    match backend {
+        DbBackend::Sqlite => 32_766,
+        _ => 65_535,
+    }
+}
+
+/// How many bytes of values one multi-row statement should carry at most. MariaDB refuses
+/// packets over `max_allowed_packet` (16 MiB by default, 4 MiB on older MySQL); staying well
+/// under it costs a few more statements for very large payloads only.
+pub(crate) const MAX_STATEMENT_BYTES: usize = 2 * 1024 * 1024;
+
+/// Splits `items` into consecutive chunks that each stay within `max_bind_params(backend)`
+/// parameters (`columns` per item) and, except for a single oversized item, within
+/// [`MAX_STATEMENT_BYTES`] as measured by `size`.
+pub(crate) fn chunks<T>(
+    backend: DbBackend,
+    columns: usize,
+    items: &[T],
+    size: impl Fn(&T) -> usize,
+) -> Vec<&[T]> {
+    let max_rows = (max_bind_params(backend) / columns.max(1)).max(1);
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, item) in items.iter().enumerate() {
+        let item_bytes = size(item);
+        let rows = i - start;
+        if rows > 0 && (rows >= max_rows || bytes + item_bytes > MAX_STATEMENT_BYTES) {
+            out.push(&items[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += item_bytes;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}

@@ -85,6 +85,39 @@ impl Error {
     }
 }
 
+impl Error {
+    /// An [`Error::InvalidArgument`].
+    pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            name,
+            reason: reason.into(),
+        }
+    }
+
+    /// An [`Error::CorruptRow`].
+    pub(crate) fn corrupt(
+        table: &'static str,
+        key: impl Into<String>,
+        column: &'static str,
+        reason: impl std::fmt::Display,
+    ) -> Self {
+        Error::CorruptRow {
+            table,
+            key: key.into(),
+            column,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// An [`Error::Conflict`] found without a database error behind it.
+    pub(crate) fn conflict(message: impl Into<String>) -> Self {
+        Error::Conflict {
+            message: message.into(),
+            source: None,
+        }
+    }
+}
+
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
         match classify(&err) {
@@ -106,6 +139,12 @@ impl From<DbErr> for Error {
         }
     }
 }
+
+/// A status string that is not one of the values a status type knows (the error of the status
+/// types' `FromStr`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown status {0:?}")]
+pub struct UnknownStatus(pub String);
 
 /// An opaque database failure.
 #[derive(Debug, thiserror::Error)]

@@ -21,6 +21,7 @@
 //! # }
 //! ```
 
+mod batch;
 mod clock;
 mod dialect;
 mod error;
@@ -28,8 +29,14 @@ mod task;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use batch::{
+    Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
+    DistributedJobStatus, DistributedStateStore, InMemoryStateStore, JobConfig, JobProgress,
+    JobState, JobStatus, ProcessedRecord, RecordCounts, RecordFilter, RecordStatus,
+    SeaOrmStateStore, StateStore, ValidationError,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{DatabaseError, Error, Result};
+pub use error::{DatabaseError, Error, Result, UnknownStatus};
 pub use task::executor::{
     ChildOutput, ChildTask, Executor, ExecutorOptions, FinalizeInput, FinishedExecution,
     ParentDefinition, ParentOutcome, ParentTaskOutput, Sequence, TaskContext, TaskDefinition,
@@ -40,7 +47,6 @@ pub use task::{
     InMemoryTaskExecutionStorage, NewTaskExecution, ParentRef, RetryOptions,
     SeaOrmTaskExecutionStorage, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
     TaskExecutionRef, TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate,
-    UnknownStatus,
 };
 
 /// The migrations that create this crate's tables (the `sea-orm-durable-migration` crate).

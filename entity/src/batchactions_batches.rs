@@ -29,7 +29,8 @@ pub struct Model {
     pub processed_count: i64,
     /// Records that failed or were invalid.
     pub failed_count: i64,
-    /// Optimistic-lock version, bumped by every claim, release and reclaim.
+    /// Optimistic-lock version and fencing token: bumped by every claim, release and reclaim,
+    /// and by a status change made outside the claim protocol.
     pub version: i64,
     /// When the row was first written (epoch ms).
     pub created_at: i64,

@@ -13,8 +13,8 @@ pub struct Model {
     pub status: String,
     /// The job configuration as a JSON object; unknown keys are kept.
     pub config: Json,
-    /// The job's batch list as a JSON array. For distributed jobs the batches table is the
-    /// truth and this column is only the list the job was saved with.
+    /// The job's batch list as a JSON array, for jobs run in one process. Distributed jobs keep
+    /// their batches in `batchactions_batches` only, and this column holds `[]`.
     pub batches: Json,
     /// Number of records in the job.
     pub total_records: i64,

@@ -43,7 +43,7 @@ impl Row<'_> {
     fn status(&self, column: &'static str, value: &str) -> Result<TaskExecutionStatus> {
         value
             .parse()
-            .map_err(|e: super::model::UnknownStatus| self.corrupt(column, e.to_string()))
+            .map_err(|e: crate::error::UnknownStatus| self.corrupt(column, e.to_string()))
     }
 
     fn json<T: DeserializeOwned>(

@@ -14,7 +14,7 @@ pub use memory::InMemoryTaskExecutionStorage;
 pub use model::{
     ClaimParams, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution, NewTaskExecution,
     ParentRef, RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
-    TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate, UnknownStatus,
+    TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate,
 };
 pub use sea_orm::SeaOrmTaskExecutionStorage;
 pub use storage::TaskExecutionStorage;

@@ -111,10 +111,7 @@ impl fmt::Display for TaskExecutionStatus {
     }
 }
 
-/// The error of parsing an unknown status string.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown task execution status `{0}`")]
-pub struct UnknownStatus(pub String);
+use crate::error::UnknownStatus;
 
 impl FromStr for TaskExecutionStatus {
     type Err = UnknownStatus;

@@ -5,6 +5,7 @@
 //! declares one `#[tokio::test]` per case), so an implementation proves it behaves like the
 //! reference one. A failed expectation is an error naming what differed.
 
+pub mod batch;
 pub mod executor;
 pub mod task;
 

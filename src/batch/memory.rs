@@ -1,0 +1,464 @@
+//! [`InMemoryStateStore`]: the reference implementation of the batch ports.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::check;
+use super::model::{
+    Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
+    DistributedJobStatus, JobProgress, JobState, JobStatus, ProcessedRecord, RecordCounts,
+    RecordFilter,
+};
+use super::store::{DistributedStateStore, StateStore};
+use crate::clock::{self, Clock};
+use crate::error::{Error, Result};
+
+/// A [`DistributedStateStore`] kept in process memory.
+///
+/// It behaves like the database stores (the same conformance suite runs against both), so it
+/// suits tests and single-process jobs that need no durability. Clones share the same state.
+#[derive(Debug, Clone)]
+pub struct InMemoryStateStore {
+    state: Arc<Mutex<State>>,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    jobs: HashMap<String, StoredJob>,
+    /// Records by job, then by index, with the batch each was last written for.
+    records: HashMap<String, BTreeMap<u64, (String, ProcessedRecord)>>,
+    /// Which job and index each batch row belongs to (batch ids are unique across jobs).
+    batch_ids: HashMap<String, (String, u32)>,
+}
+
+#[derive(Debug)]
+struct StoredJob {
+    /// The job as last saved; for a distributed job its `batches` are kept in `rows` instead.
+    job: JobState,
+    /// Batch rows of a distributed job, by index.
+    rows: BTreeMap<u32, BatchRow>,
+}
+
+#[derive(Debug, Clone)]
+struct BatchRow {
+    batch: Batch,
+    version: i64,
+    heartbeat_at: Option<i64>,
+    updated_at: i64,
+}
+
+impl InMemoryStateStore {
+    /// An empty store reading the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(clock::system())
+    }
+
+    /// An empty store reading `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            state: Arc::default(),
+            clock,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way later
+        // calls trip over (every update is a single insert or field write), so poisoning is
+        // ignored.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Default for InMemoryStateStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StoredJob {
+    fn batches(&self) -> Vec<Batch> {
+        if self.job.distributed {
+            self.rows.values().map(|r| r.batch.clone()).collect()
+        } else {
+            self.job.batches.clone()
+        }
+    }
+}
+
+/// The batch row `batch_id` of job `job_id`, if both exist.
+fn row_mut<'a>(state: &'a mut State, job_id: &str, batch_id: &str) -> Option<&'a mut BatchRow> {
+    let (owner, index) = state.batch_ids.get(batch_id)?;
+    if owner != job_id {
+        return None;
+    }
+    let index = *index;
+    state.jobs.get_mut(job_id)?.rows.get_mut(&index)
+}
+
+fn upsert_records(state: &mut State, job_id: &str, batch_id: &str, records: &[ProcessedRecord]) {
+    let stored = state.records.entry(job_id.to_owned()).or_default();
+    for record in records {
+        stored.insert(record.index, (batch_id.to_owned(), record.clone()));
+    }
+}
+
+#[async_trait]
+impl StateStore for InMemoryStateStore {
+    async fn save_job_state(&self, job: &JobState) -> Result<()> {
+        check::job(job)?;
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        if job.distributed {
+            // Check every new row before writing any, as the database's transaction would.
+            for batch in &job.batches {
+                let exists = state
+                    .jobs
+                    .get(&job.id)
+                    .is_some_and(|j| j.rows.contains_key(&batch.index));
+                if !exists && state.batch_ids.contains_key(&batch.id) {
+                    return Err(Error::conflict(format!(
+                        "batch id {} is already taken",
+                        batch.id
+                    )));
+                }
+            }
+        }
+        let state = &mut *state;
+        let stored = state
+            .jobs
+            .entry(job.id.clone())
+            .or_insert_with(|| StoredJob {
+                job: job.clone(),
+                rows: BTreeMap::new(),
+            });
+        stored.job = job.clone();
+        if job.distributed {
+            stored.job.batches.clear();
+            for batch in &job.batches {
+                if stored.rows.contains_key(&batch.index) {
+                    continue;
+                }
+                state
+                    .batch_ids
+                    .insert(batch.id.clone(), (job.id.clone(), batch.index));
+                let heartbeat_at = (batch.status == BatchStatus::Processing)
+                    .then(|| batch.claimed_at.unwrap_or(now));
+                stored.rows.insert(
+                    batch.index,
+                    BatchRow {
+                        batch: batch.clone(),
+                        version: 0,
+                        heartbeat_at,
+                        updated_at: now,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_job_state(&self, job_id: &str) -> Result<Option<JobState>> {
+        let state = self.lock();
+        Ok(state.jobs.get(job_id).map(|stored| JobState {
+            batches: stored.batches(),
+            ..stored.job.clone()
+        }))
+    }
+
+    async fn update_batch_state(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        new: &BatchState,
+    ) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let Some(stored) = state.jobs.get_mut(job_id) else {
+            return Ok(());
+        };
+        if !stored.job.distributed {
+            for batch in stored.job.batches.iter_mut().filter(|b| b.id == batch_id) {
+                batch.status = new.status;
+                batch.processed_count = new.processed_count;
+                batch.failed_count = new.failed_count;
+            }
+            return Ok(());
+        }
+        if let Some(row) = row_mut(&mut state, job_id, batch_id) {
+            apply_batch_state(row, new, now);
+        }
+        Ok(())
+    }
+
+    async fn save_processed_record(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        record: &ProcessedRecord,
+    ) -> Result<()> {
+        self.save_processed_records(job_id, batch_id, std::slice::from_ref(record))
+            .await
+    }
+
+    async fn get_records(
+        &self,
+        job_id: &str,
+        filter: &RecordFilter,
+    ) -> Result<Vec<ProcessedRecord>> {
+        let state = self.lock();
+        let Some(records) = state.records.get(job_id) else {
+            return Ok(Vec::new());
+        };
+        let limit = filter
+            .limit
+            .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+        Ok(records
+            .values()
+            .filter(|(batch_id, record)| filter.matches(batch_id, record))
+            .take(limit)
+            .map(|(_, record)| record.clone())
+            .collect())
+    }
+
+    async fn get_progress(&self, job_id: &str) -> Result<JobProgress> {
+        let now = self.clock.now_ms();
+        let state = self.lock();
+        let mut counts = RecordCounts::default();
+        let records = state.records.get(job_id);
+        for (_, record) in records.into_iter().flat_map(|r| r.values()) {
+            counts.count(Some(record.status), 1);
+        }
+        let Some(stored) = state.jobs.get(job_id) else {
+            counts.total = records.map_or(0, |r| u64::try_from(r.len()).unwrap_or(u64::MAX));
+            return Ok(JobProgress::compute(counts, 0, 0, None, None, now));
+        };
+        counts.total = stored.job.total_records;
+        let batches = stored.batches();
+        let completed = batches
+            .iter()
+            .filter(|b| b.status == BatchStatus::Completed)
+            .count();
+        Ok(JobProgress::compute(
+            counts,
+            u64::try_from(completed).unwrap_or(u64::MAX),
+            u64::try_from(batches.len()).unwrap_or(u64::MAX),
+            stored.job.started_at,
+            stored.job.completed_at,
+            now,
+        ))
+    }
+}
+
+/// [`StateStore::update_batch_state`] on a batch row: a status change bumps the version,
+/// clears the claim when the batch goes back to `PENDING`, restarts the staleness clock when it
+/// goes to `PROCESSING`.
+fn apply_batch_state(row: &mut BatchRow, new: &BatchState, now: i64) {
+    if row.batch.status != new.status {
+        row.version += 1;
+        match new.status {
+            BatchStatus::Pending => {
+                row.batch.worker_id = None;
+                row.batch.claimed_at = None;
+                row.heartbeat_at = None;
+            }
+            BatchStatus::Processing => row.heartbeat_at = Some(now),
+            _ => {}
+        }
+    }
+    row.batch.status = new.status;
+    row.batch.processed_count = new.processed_count;
+    row.batch.failed_count = new.failed_count;
+    row.updated_at = now;
+}
+
+#[async_trait]
+impl DistributedStateStore for InMemoryStateStore {
+    async fn claim_batch(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult> {
+        check::id("job_id", job_id)?;
+        check::id("worker_id", worker_id)?;
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let Some(stored) = state.jobs.get_mut(job_id) else {
+            return Ok(ClaimBatchResult::JobNotFound);
+        };
+        if stored.job.status != JobStatus::Processing {
+            return Ok(ClaimBatchResult::JobNotProcessing);
+        }
+        let Some(row) = stored
+            .rows
+            .values_mut()
+            .find(|r| r.batch.status == BatchStatus::Pending)
+        else {
+            return Ok(ClaimBatchResult::NoPendingBatches);
+        };
+        row.batch.status = BatchStatus::Processing;
+        row.batch.worker_id = Some(worker_id.to_owned());
+        row.batch.claimed_at = Some(now);
+        row.heartbeat_at = Some(now);
+        row.updated_at = now;
+        row.version += 1;
+        Ok(ClaimBatchResult::Claimed(BatchReservation {
+            job_id: job_id.to_owned(),
+            batch_id: row.batch.id.clone(),
+            batch_index: row.batch.index,
+            worker_id: worker_id.to_owned(),
+            claimed_at: now,
+            record_start_index: row.batch.record_start_index.unwrap_or(0),
+            record_end_index: row.batch.record_end_index.unwrap_or(0),
+            version: row.version,
+        }))
+    }
+
+    async fn release_batch(&self, job_id: &str, batch_id: &str, worker_id: &str) -> Result<bool> {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let Some(row) = row_mut(&mut state, job_id, batch_id) else {
+            return Ok(false);
+        };
+        if row.batch.status != BatchStatus::Processing
+            || row.batch.worker_id.as_deref() != Some(worker_id)
+        {
+            return Ok(false);
+        }
+        row.batch.status = BatchStatus::Pending;
+        row.batch.worker_id = None;
+        row.batch.claimed_at = None;
+        row.heartbeat_at = None;
+        row.updated_at = now;
+        row.version += 1;
+        Ok(true)
+    }
+
+    async fn reclaim_stale_batches(&self, job_id: &str, timeout: Duration) -> Result<u64> {
+        let now = self.clock.now_ms();
+        let cutoff = stale_cutoff(now, timeout)?;
+        let mut state = self.lock();
+        let Some(stored) = state.jobs.get_mut(job_id) else {
+            return Ok(0);
+        };
+        let mut reclaimed = 0;
+        for row in stored.rows.values_mut() {
+            let last_sign = row.heartbeat_at.unwrap_or(row.updated_at);
+            if row.batch.status == BatchStatus::Processing && last_sign < cutoff {
+                row.batch.status = BatchStatus::Pending;
+                row.batch.worker_id = None;
+                row.batch.claimed_at = None;
+                row.heartbeat_at = None;
+                row.updated_at = now;
+                row.version += 1;
+                reclaimed += 1;
+            }
+        }
+        Ok(reclaimed)
+    }
+
+    async fn save_batch_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> Result<()> {
+        self.save_processed_records(job_id, batch_id, records).await
+    }
+
+    async fn get_distributed_status(&self, job_id: &str) -> Result<DistributedJobStatus> {
+        let state = self.lock();
+        let mut status = DistributedJobStatus::empty(job_id);
+        if let Some(stored) = state.jobs.get(job_id) {
+            for row in stored.rows.values() {
+                status.count(Some(row.batch.status), 1);
+            }
+        }
+        Ok(status)
+    }
+
+    async fn try_finalize_job(&self, job_id: &str) -> Result<bool> {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let Some(stored) = state.jobs.get_mut(job_id) else {
+            return Ok(false);
+        };
+        let mut status = DistributedJobStatus::empty(job_id);
+        for row in stored.rows.values() {
+            status.count(Some(row.batch.status), 1);
+        }
+        if stored.job.status != JobStatus::Processing || !status.is_complete {
+            return Ok(false);
+        }
+        stored.job.status = if status.failed_batches > 0 {
+            JobStatus::Failed
+        } else {
+            JobStatus::Completed
+        };
+        stored.job.completed_at = Some(now);
+        Ok(true)
+    }
+
+    async fn complete_batch(
+        &self,
+        reservation: &BatchReservation,
+        outcome: BatchOutcome,
+    ) -> Result<bool> {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let Some(row) = row_mut(&mut state, &reservation.job_id, &reservation.batch_id) else {
+            return Ok(false);
+        };
+        if !holds(row, reservation) {
+            return Ok(false);
+        }
+        row.batch.status = outcome.status();
+        row.batch.processed_count = outcome.processed_count;
+        row.batch.failed_count = outcome.failed_count;
+        row.updated_at = now;
+        Ok(true)
+    }
+
+    async fn heartbeat_batch(&self, reservation: &BatchReservation) -> Result<bool> {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let Some(row) = row_mut(&mut state, &reservation.job_id, &reservation.batch_id) else {
+            return Ok(false);
+        };
+        if !holds(row, reservation) {
+            return Ok(false);
+        }
+        row.heartbeat_at = Some(now);
+        row.updated_at = now;
+        Ok(true)
+    }
+
+    async fn save_processed_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> Result<()> {
+        check::id("job_id", job_id)?;
+        check::id("batch_id", batch_id)?;
+        check::records(records)?;
+        let mut state = self.lock();
+        upsert_records(&mut state, job_id, batch_id, records);
+        Ok(())
+    }
+}
+
+/// Whether `row` is still claimed by `reservation`.
+fn holds(row: &BatchRow, reservation: &BatchReservation) -> bool {
+    row.batch.status == BatchStatus::Processing
+        && row.version == reservation.version
+        && row.batch.worker_id.as_deref() == Some(reservation.worker_id.as_str())
+}
+
+/// The time before which a claim's last sign of life makes it stale.
+pub(crate) fn stale_cutoff(now: i64, timeout: Duration) -> Result<i64> {
+    let timeout = i64::try_from(timeout.as_millis())
+        .map_err(|_| Error::invalid("timeout", "more than i64::MAX milliseconds"))?;
+    Ok(now.saturating_sub(timeout))
+}

@@ -1,0 +1,890 @@
+//! [`SeaOrmStateStore`]: the batch ports on the application's own database.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sea_orm::sea_query::{Expr, ExprTrait, Func, LockBehavior, LockType, OnConflict, Query};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+};
+use sea_orm_durable_entity::{
+    batchactions_batches as batches, batchactions_jobs as jobs, batchactions_records as records,
+};
+
+use super::check;
+use super::mapper::{self, JobRow};
+use super::memory::stale_cutoff;
+use super::model::{
+    BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
+    DistributedJobStatus, JobProgress, JobState, JobStatus, ProcessedRecord, RecordCounts,
+    RecordFilter,
+};
+use super::store::{DistributedStateStore, StateStore};
+use crate::clock::{self, Clock};
+use crate::dialect;
+use crate::error::{Error, Result};
+
+/// A [`DistributedStateStore`] in the tables `batchactions_jobs`, `batchactions_batches` and
+/// `batchactions_records`, on PostgreSQL, MySQL/MariaDB or SQLite.
+///
+/// Built from the application's [`DatabaseConnection`]; the tables come from this crate's
+/// migrations. [`save_job_state_in`](Self::save_job_state_in) and
+/// [`save_batch_records_in`](Self::save_batch_records_in) write inside the caller's
+/// transaction, so a job can be prepared atomically with the application's own writes.
+///
+/// On SQLite, give the pool WAL mode and a busy timeout longer than the longest write
+/// transaction: write transactions start `IMMEDIATE` and queue on the database lock.
+///
+/// A worker's loop:
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use sea_orm_durable::migration::{Migrator, MigratorTrait};
+/// use sea_orm_durable::{BatchOutcome, ClaimBatchResult, DistributedStateStore, SeaOrmStateStore};
+/// use std::time::Duration;
+///
+/// let db = sea_orm::Database::connect("sqlite://durable.db?mode=rwc").await?;
+/// Migrator::up(&db, None).await?;
+/// let store = SeaOrmStateStore::new(db);
+/// store.reclaim_stale_batches("job-1", Duration::from_secs(900)).await?;
+/// while let ClaimBatchResult::Claimed(claim) = store.claim_batch("job-1", "worker-1").await? {
+///     let records = store.get_batch_records(&claim.job_id, &claim.batch_id).await?;
+///     // ... process the records, saving outcomes with `save_processed_records` ...
+///     let outcome = BatchOutcome::completed(u64::try_from(records.len())?, 0);
+///     if !store.complete_batch(&claim, outcome).await? {
+///         continue; // the claim was lost to a reclaim; another worker owns the batch now
+///     }
+/// }
+/// store.try_finalize_job("job-1").await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SeaOrmStateStore {
+    db: DatabaseConnection,
+    clock: Arc<dyn Clock>,
+}
+
+/// Runs `$body` (which uses the transaction `$txn`) in a write transaction, committing on
+/// success and starting over on a transient error. `$body` must only capture references.
+macro_rules! in_write_txn {
+    ($db:expr, $what:literal, |$txn:ident| $body:expr) => {
+        dialect::retry($what, || async move {
+            let $txn = dialect::begin_write($db).await?;
+            let value = $body;
+            $txn.commit().await?;
+            Ok(value)
+        })
+        .await
+    };
+}
+
+/// Longest a claim waits for pending batches locked by other claimers before giving up.
+const CLAIM_WAIT_ROUNDS: u32 = 10_000;
+
+impl SeaOrmStateStore {
+    /// A store on `db`, reading the system clock.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self::with_clock(db, clock::system())
+    }
+
+    /// A store on `db`, reading `clock`.
+    pub fn with_clock(db: DatabaseConnection, clock: Arc<dyn Clock>) -> Self {
+        Self { db, clock }
+    }
+
+    /// The connection the store uses.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// [`StateStore::save_job_state`] on `conn`, typically the caller's transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`StateStore::save_job_state`]. After an error the transaction may be unusable
+    /// (PostgreSQL aborts it); roll it back.
+    #[tracing::instrument(skip_all, fields(job_id = %job.id), err)]
+    pub async fn save_job_state_in<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        job: &JobState,
+    ) -> Result<()> {
+        check::job(job)?;
+        save_job(conn, job, self.clock.now_ms()).await
+    }
+
+    /// [`DistributedStateStore::save_batch_records`] on `conn`, typically the caller's
+    /// transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`DistributedStateStore::save_batch_records`].
+    #[tracing::instrument(skip(self, conn, records), fields(records = records.len()), err)]
+    pub async fn save_batch_records_in<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> Result<()> {
+        check_record_args(job_id, batch_id, records)?;
+        upsert_records(conn, job_id, batch_id, records, self.clock.now_ms()).await
+    }
+
+    async fn claim_once(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult> {
+        let backend = self.db.get_database_backend();
+        for _ in 0..CLAIM_WAIT_ROUNDS {
+            let txn = dialect::begin_write(&self.db).await?;
+            let status: Option<String> = jobs::Entity::find_by_id(job_id)
+                .select_only()
+                .column(jobs::Column::Status)
+                .into_tuple()
+                .one(&txn)
+                .await?;
+            let Some(status) = status else {
+                txn.rollback().await?;
+                return Ok(ClaimBatchResult::JobNotFound);
+            };
+            if mapper::job_status(job_id, &status)? != JobStatus::Processing {
+                txn.rollback().await?;
+                return Ok(ClaimBatchResult::JobNotProcessing);
+            }
+            let pending = batches::Entity::find()
+                .filter(batches::Column::JobId.eq(job_id))
+                .filter(batches::Column::Status.eq(BatchStatus::Pending.as_str()))
+                .order_by_asc(batches::Column::BatchIndex);
+            let candidate = match backend {
+                // SQLite has no row locks (the clause would be dropped anyway); the IMMEDIATE
+                // transaction already holds the database's write lock.
+                DbBackend::Sqlite => pending.clone().one(&txn).await?,
+                // Skip rows other claimers hold, so claimers do not queue behind one row.
+                _ => {
+                    pending
+                        .clone()
+                        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                        .one(&txn)
+                        .await?
+                }
+            };
+            let Some(candidate) = candidate else {
+                // SKIP LOCKED also hides pending rows that other transactions hold right now.
+                // Only when a plain read sees none either is the job out of pending batches;
+                // otherwise wait for those transactions to finish and look again.
+                let locked_elsewhere =
+                    backend != DbBackend::Sqlite && pending.one(&txn).await?.is_some();
+                txn.commit().await?;
+                if !locked_elsewhere {
+                    return Ok(ClaimBatchResult::NoPendingBatches);
+                }
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=3))).await;
+                continue;
+            };
+            let now = self.clock.now_ms();
+            let claimed = batches::Entity::update_many()
+                .col_expr(
+                    batches::Column::Status,
+                    Expr::value(BatchStatus::Processing.as_str()),
+                )
+                .col_expr(batches::Column::WorkerId, Expr::value(worker_id))
+                .col_expr(batches::Column::ClaimedAt, Expr::value(now))
+                .col_expr(batches::Column::HeartbeatAt, Expr::value(now))
+                .col_expr(batches::Column::UpdatedAt, Expr::value(now))
+                .col_expr(
+                    batches::Column::Version,
+                    Expr::col(batches::Column::Version).add(1),
+                )
+                .filter(batches::Column::Id.eq(&candidate.id))
+                .filter(batches::Column::Version.eq(candidate.version))
+                .filter(batches::Column::Status.eq(BatchStatus::Pending.as_str()))
+                .exec(&txn)
+                .await?;
+            if claimed.rows_affected != 1 {
+                // Someone changed the row between the read and the compare-and-swap (possible
+                // only where the read took no lock): try the next pending batch.
+                txn.rollback().await?;
+                continue;
+            }
+            let reservation = mapper::reservation_from_model(&candidate, worker_id, now)?;
+            txn.commit().await?;
+            return Ok(ClaimBatchResult::Claimed(reservation));
+        }
+        Err(Error::conflict(format!(
+            "pending batches of job {job_id} stayed locked by other transactions"
+        )))
+    }
+}
+
+/// Rejects empty ids and records that do not fit their columns.
+fn check_record_args(job_id: &str, batch_id: &str, records: &[ProcessedRecord]) -> Result<()> {
+    check::id("job_id", job_id)?;
+    check::id("batch_id", batch_id)?;
+    check::records(records)
+}
+
+/// Upserts the job row and, for a distributed job, inserts the batch rows it lacks.
+async fn save_job<C: ConnectionTrait>(conn: &C, job: &JobState, now: i64) -> Result<()> {
+    let mut upsert = jobs::Entity::insert(mapper::job_to_model(job, now)?).into_query();
+    upsert.on_conflict(
+        OnConflict::column(jobs::Column::Id)
+            .update_columns([
+                jobs::Column::Status,
+                jobs::Column::Config,
+                jobs::Column::Batches,
+                jobs::Column::TotalRecords,
+                jobs::Column::StartedAt,
+                jobs::Column::CompletedAt,
+                jobs::Column::Distributed,
+                jobs::Column::UpdatedAt,
+            ])
+            .to_owned(),
+    );
+    conn.execute(&upsert).await?;
+    if !job.distributed || job.batches.is_empty() {
+        return Ok(());
+    }
+    let backend = conn.get_database_backend();
+    let rows = job
+        .batches
+        .iter()
+        .map(|b| Ok((b.index, mapper::batch_to_model(&job.id, b, now)?)))
+        .collect::<Result<Vec<_>>>()?;
+    // 15 columns a row; batch rows are small.
+    for chunk in dialect::chunks(backend, 15, &rows, |_| 256) {
+        let mut insert =
+            batches::Entity::insert_many(chunk.iter().map(|(_, model)| model.clone())).into_query();
+        // Insert-if-absent by (job, index): a batch that already has a row keeps it as it is.
+        // On MySQL this renders `ON DUPLICATE KEY UPDATE id = id`, which also swallows a clash
+        // of the batch id with another row, so that case is checked below.
+        insert.on_conflict(
+            OnConflict::columns([batches::Column::JobId, batches::Column::BatchIndex])
+                .do_nothing_on([batches::Column::Id])
+                .to_owned(),
+        );
+        conn.execute(&insert).await?;
+        if backend == DbBackend::MySql {
+            let indexes: Vec<i32> = chunk
+                .iter()
+                .filter_map(|(index, _)| i32::try_from(*index).ok())
+                .collect();
+            let present = batches::Entity::find()
+                .filter(batches::Column::JobId.eq(&job.id))
+                .filter(batches::Column::BatchIndex.is_in(indexes.iter().copied()))
+                .count(conn)
+                .await?;
+            if present != u64::try_from(indexes.len()).unwrap_or(u64::MAX) {
+                return Err(Error::conflict(format!(
+                    "a batch id of job {} is already taken by another batch",
+                    job.id
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The upsert statements that save `records` of `job_id` for `batch_id`: as few as the
+/// backend's parameter limit and [`dialect::MAX_STATEMENT_BYTES`] allow. Each is
+/// `INSERT … ON CONFLICT (job_id, record_index) DO UPDATE` (PostgreSQL, SQLite) or
+/// `INSERT … ON DUPLICATE KEY UPDATE` (MySQL), so saving again replaces, never fails.
+fn record_upserts(
+    backend: DbBackend,
+    job_id: &str,
+    batch_id: &str,
+    records: &[ProcessedRecord],
+    now: i64,
+) -> Result<Vec<sea_orm::sea_query::InsertStatement>> {
+    // One statement cannot touch a row twice (PostgreSQL refuses), so the last outcome of an
+    // index wins before anything is sent.
+    let mut latest: BTreeMap<u64, &ProcessedRecord> = BTreeMap::new();
+    for record in records {
+        latest.insert(record.index, record);
+    }
+    let rows = latest
+        .values()
+        .map(|r| {
+            let size = mapper::json_size(&r.raw)
+                + mapper::json_size(&r.parsed)
+                + r.processing_error.as_ref().map_or(0, String::len)
+                + r.errors.len() * 128
+                + job_id.len()
+                + batch_id.len()
+                + 64;
+            Ok((size, mapper::record_to_model(job_id, batch_id, r, now)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let on_conflict = OnConflict::columns([records::Column::JobId, records::Column::RecordIndex])
+        .update_columns([
+            records::Column::BatchId,
+            records::Column::Status,
+            records::Column::Raw,
+            records::Column::Parsed,
+            records::Column::Errors,
+            records::Column::ProcessingError,
+            records::Column::RetryCount,
+            records::Column::UpdatedAt,
+        ])
+        .to_owned();
+    // 10 columns a row.
+    Ok(dialect::chunks(backend, 10, &rows, |(size, _)| *size)
+        .into_iter()
+        .map(|chunk| {
+            let mut insert =
+                records::Entity::insert_many(chunk.iter().map(|(_, model)| model.clone()))
+                    .into_query();
+            insert.on_conflict(on_conflict.clone());
+            insert
+        })
+        .collect())
+}
+
+/// Runs the record upserts on `conn` (the caller's transaction, if any, makes them atomic).
+async fn upsert_records<C: ConnectionTrait>(
+    conn: &C,
+    job_id: &str,
+    batch_id: &str,
+    records: &[ProcessedRecord],
+    now: i64,
+) -> Result<()> {
+    for insert in record_upserts(conn.get_database_backend(), job_id, batch_id, records, now)? {
+        conn.execute(&insert).await?;
+    }
+    Ok(())
+}
+
+/// The batches of distributed job `job_id`, in index order.
+async fn load_batches<C: ConnectionTrait>(
+    conn: &C,
+    job_id: &str,
+) -> Result<Vec<super::model::Batch>> {
+    batches::Entity::find()
+        .filter(batches::Column::JobId.eq(job_id))
+        .order_by_asc(batches::Column::BatchIndex)
+        .all(conn)
+        .await?
+        .iter()
+        .map(mapper::batch_from_model)
+        .collect()
+}
+
+/// `(status, count)` of the rows of job `job_id` in a table, grouped by status.
+async fn count_by_status<C, E>(
+    conn: &C,
+    job_id: &str,
+    job_column: E::Column,
+    status: E::Column,
+) -> Result<Vec<(String, u64)>>
+where
+    C: ConnectionTrait,
+    E: EntityTrait,
+{
+    let rows: Vec<(String, i64)> = E::find()
+        .select_only()
+        .column(status)
+        .column_as(Expr::from(Func::count(Expr::col(job_column))), "n")
+        .filter(job_column.eq(job_id))
+        .group_by(status)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(s, n)| (s, u64::try_from(n).unwrap_or(0)))
+        .collect())
+}
+
+/// Batch counts of job `job_id` from its batch rows.
+async fn distributed_status<C: ConnectionTrait>(
+    conn: &C,
+    job_id: &str,
+) -> Result<DistributedJobStatus> {
+    let mut status = DistributedJobStatus::empty(job_id);
+    for (text, n) in count_by_status::<_, batches::Entity>(
+        conn,
+        job_id,
+        batches::Column::JobId,
+        batches::Column::Status,
+    )
+    .await?
+    {
+        status.count(text.parse().ok(), n);
+    }
+    Ok(status)
+}
+
+/// [`StateStore::update_batch_state`] inside write transaction `txn`.
+async fn update_batch_state_in<C: ConnectionTrait>(
+    txn: &C,
+    job_id: &str,
+    batch_id: &str,
+    new: &BatchState,
+    now: i64,
+) -> Result<()> {
+    let backend = txn.get_database_backend();
+    let mut select = jobs::Entity::find_by_id(job_id);
+    if backend != DbBackend::Sqlite {
+        // The job row's batch list is read, changed and written back: hold the row meanwhile.
+        select = select.lock(LockType::Update);
+    }
+    let Some(row) = txn.query_one(&select.into_query()).await? else {
+        return Ok(());
+    };
+    let job = JobRow::read(&row, false)?;
+    let processed = check::fits_i64("state.processed_count", new.processed_count)?;
+    let failed = check::fits_i64("state.failed_count", new.failed_count)?;
+    if !job.job.distributed {
+        let mut list = job.stored_batches()?;
+        let mut changed = false;
+        // Upstream restores can leave two entries with one id; both get the new state.
+        for batch in list.iter_mut().filter(|b| b.id == batch_id) {
+            batch.status = new.status;
+            batch.processed_count = new.processed_count;
+            batch.failed_count = new.failed_count;
+            changed = true;
+        }
+        if changed {
+            jobs::Entity::update_many()
+                .col_expr(
+                    jobs::Column::Batches,
+                    Expr::value(serde_json::to_value(&list)?),
+                )
+                .col_expr(jobs::Column::UpdatedAt, Expr::value(now))
+                .filter(jobs::Column::Id.eq(job_id))
+                .exec(txn)
+                .await?;
+        }
+        return Ok(());
+    }
+    let mut select = batches::Entity::find()
+        .filter(batches::Column::Id.eq(batch_id))
+        .filter(batches::Column::JobId.eq(job_id));
+    if backend != DbBackend::Sqlite {
+        select = select.lock(LockType::Update);
+    }
+    let Some(batch) = select.one(txn).await? else {
+        return Ok(());
+    };
+    let mut update = batches::Entity::update_many()
+        .col_expr(batches::Column::Status, Expr::value(new.status.as_str()))
+        .col_expr(batches::Column::ProcessedCount, Expr::value(processed))
+        .col_expr(batches::Column::FailedCount, Expr::value(failed))
+        .col_expr(batches::Column::UpdatedAt, Expr::value(now));
+    if batch.status != new.status.as_str() {
+        // A status change from outside the claim protocol fences whoever held the batch.
+        update = update.col_expr(
+            batches::Column::Version,
+            Expr::value(batch.version.saturating_add(1)),
+        );
+        update = match new.status {
+            BatchStatus::Pending => update
+                .col_expr(
+                    batches::Column::WorkerId,
+                    Expr::value(Option::<String>::None),
+                )
+                .col_expr(batches::Column::ClaimedAt, Expr::value(Option::<i64>::None))
+                .col_expr(
+                    batches::Column::HeartbeatAt,
+                    Expr::value(Option::<i64>::None),
+                ),
+            BatchStatus::Processing => {
+                update.col_expr(batches::Column::HeartbeatAt, Expr::value(now))
+            }
+            BatchStatus::Completed | BatchStatus::Failed => {
+                update.col_expr(batches::Column::CompletedAt, Expr::value(now))
+            }
+            BatchStatus::Paused => update,
+        };
+    }
+    update
+        .filter(batches::Column::Id.eq(batch_id))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+/// The single conditional UPDATE that finalizes job `job_id`: it matches only while the job is
+/// `PROCESSING`, has batches, and has none that is not `COMPLETED` or `FAILED` (unknown
+/// statuses block it); it writes `FAILED` when a batch failed. However many callers race,
+/// the row leaves `PROCESSING` once, so one of them sees a row affected.
+async fn finalize<C: ConnectionTrait>(conn: &C, job_id: &str, now: i64) -> Result<bool> {
+    let of_job = || {
+        Query::select()
+            .expr(Expr::val(1))
+            .from(batches::Entity)
+            .and_where(Expr::col((batches::Entity, batches::Column::JobId)).eq(job_id))
+            .to_owned()
+    };
+    let any_batch = of_job();
+    let unfinished = of_job()
+        .and_where(
+            Expr::col((batches::Entity, batches::Column::Status)).is_not_in([
+                BatchStatus::Completed.as_str(),
+                BatchStatus::Failed.as_str(),
+            ]),
+        )
+        .to_owned();
+    let failed = of_job()
+        .and_where(
+            Expr::col((batches::Entity, batches::Column::Status)).eq(BatchStatus::Failed.as_str()),
+        )
+        .to_owned();
+    let result = jobs::Entity::update_many()
+        .col_expr(
+            jobs::Column::Status,
+            Expr::case(Expr::exists(failed), JobStatus::Failed.as_str())
+                .finally(JobStatus::Completed.as_str())
+                .into(),
+        )
+        .col_expr(jobs::Column::CompletedAt, Expr::value(now))
+        .col_expr(jobs::Column::UpdatedAt, Expr::value(now))
+        .filter(jobs::Column::Id.eq(job_id))
+        .filter(jobs::Column::Status.eq(JobStatus::Processing.as_str()))
+        .filter(Expr::exists(any_batch))
+        .filter(Expr::not_exists(unfinished))
+        .exec(conn)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+#[async_trait]
+impl StateStore for SeaOrmStateStore {
+    #[tracing::instrument(skip_all, fields(job_id = %job.id), err)]
+    async fn save_job_state(&self, job: &JobState) -> Result<()> {
+        check::job(job)?;
+        let db = &self.db;
+        let now = self.clock.now_ms();
+        in_write_txn!(db, "save_job_state", |txn| save_job(&txn, job, now).await?)
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn get_job_state(&self, job_id: &str) -> Result<Option<JobState>> {
+        let select = jobs::Entity::find_by_id(job_id).into_query();
+        let Some(row) = self.db.query_one(&select).await? else {
+            return Ok(None);
+        };
+        let row = JobRow::read(&row, true)?;
+        let batches = if row.job.distributed {
+            load_batches(&self.db, job_id).await?
+        } else {
+            row.stored_batches()?
+        };
+        Ok(Some(JobState { batches, ..row.job }))
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn update_batch_state(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        state: &BatchState,
+    ) -> Result<()> {
+        let db = &self.db;
+        let now = self.clock.now_ms();
+        in_write_txn!(db, "update_batch_state", |txn| {
+            update_batch_state_in(&txn, job_id, batch_id, state, now).await?
+        })
+    }
+
+    #[tracing::instrument(skip(self, record), fields(index = record.index), err)]
+    async fn save_processed_record(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        record: &ProcessedRecord,
+    ) -> Result<()> {
+        self.save_processed_records(job_id, batch_id, std::slice::from_ref(record))
+            .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn get_records(
+        &self,
+        job_id: &str,
+        filter: &RecordFilter,
+    ) -> Result<Vec<ProcessedRecord>> {
+        let mut select = records::Entity::find().filter(records::Column::JobId.eq(job_id));
+        if !filter.statuses.is_empty() {
+            select = select
+                .filter(records::Column::Status.is_in(filter.statuses.iter().map(|s| s.as_str())));
+        }
+        if let Some(batch_id) = &filter.batch_id {
+            select = select.filter(records::Column::BatchId.eq(batch_id));
+        }
+        if let Some(after) = filter.after_index {
+            // Stored indexes are BIGINT: nothing lies beyond i64::MAX.
+            let Ok(after) = i64::try_from(after) else {
+                return Ok(Vec::new());
+            };
+            select = select.filter(records::Column::RecordIndex.gt(after));
+        }
+        select = select.order_by_asc(records::Column::RecordIndex);
+        if let Some(limit) = filter.limit {
+            select = select.limit(limit);
+        }
+        self.db
+            .query_all(&select.into_query())
+            .await?
+            .iter()
+            .map(mapper::record_from_row)
+            .collect()
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn get_progress(&self, job_id: &str) -> Result<JobProgress> {
+        let now = self.clock.now_ms();
+        let select = jobs::Entity::find_by_id(job_id).into_query();
+        let job = match self.db.query_one(&select).await? {
+            Some(row) => Some(JobRow::read(&row, false)?),
+            None => None,
+        };
+        let mut counts = RecordCounts::default();
+        let mut stored = 0;
+        for (text, n) in count_by_status::<_, records::Entity>(
+            &self.db,
+            job_id,
+            records::Column::JobId,
+            records::Column::Status,
+        )
+        .await?
+        {
+            // A status this version does not know counts as neither processed nor failed.
+            counts.count(text.parse().ok(), n);
+            stored += n;
+        }
+        let Some(job) = job else {
+            counts.total = stored;
+            return Ok(JobProgress::compute(counts, 0, 0, None, None, now));
+        };
+        counts.total = job.job.total_records;
+        let (completed, total) = if job.job.distributed {
+            let status = distributed_status(&self.db, job_id).await?;
+            (status.completed_batches, status.total_batches)
+        } else {
+            let list = job.stored_batches()?;
+            let completed = list
+                .iter()
+                .filter(|b| b.status == BatchStatus::Completed)
+                .count();
+            (
+                u64::try_from(completed).unwrap_or(u64::MAX),
+                u64::try_from(list.len()).unwrap_or(u64::MAX),
+            )
+        };
+        Ok(JobProgress::compute(
+            counts,
+            completed,
+            total,
+            job.job.started_at,
+            job.job.completed_at,
+            now,
+        ))
+    }
+}
+
+#[async_trait]
+impl DistributedStateStore for SeaOrmStateStore {
+    #[tracing::instrument(skip(self), err)]
+    async fn claim_batch(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult> {
+        check::id("job_id", job_id)?;
+        check::id("worker_id", worker_id)?;
+        dialect::retry("claim_batch", || self.claim_once(job_id, worker_id)).await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn release_batch(&self, job_id: &str, batch_id: &str, worker_id: &str) -> Result<bool> {
+        let db = &self.db;
+        let now = self.clock.now_ms();
+        dialect::retry("release_batch", || async move {
+            let result = batches::Entity::update_many()
+                .col_expr(
+                    batches::Column::Status,
+                    Expr::value(BatchStatus::Pending.as_str()),
+                )
+                .col_expr(
+                    batches::Column::WorkerId,
+                    Expr::value(Option::<String>::None),
+                )
+                .col_expr(batches::Column::ClaimedAt, Expr::value(Option::<i64>::None))
+                .col_expr(
+                    batches::Column::HeartbeatAt,
+                    Expr::value(Option::<i64>::None),
+                )
+                .col_expr(batches::Column::UpdatedAt, Expr::value(now))
+                .col_expr(
+                    batches::Column::Version,
+                    Expr::col(batches::Column::Version).add(1),
+                )
+                .filter(batches::Column::Id.eq(batch_id))
+                .filter(batches::Column::JobId.eq(job_id))
+                .filter(batches::Column::WorkerId.eq(worker_id))
+                // Never a finished batch: its former owner must not put it back in the queue.
+                .filter(batches::Column::Status.eq(BatchStatus::Processing.as_str()))
+                .exec(db)
+                .await?;
+            Ok(result.rows_affected == 1)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn reclaim_stale_batches(&self, job_id: &str, timeout: Duration) -> Result<u64> {
+        let now = self.clock.now_ms();
+        let cutoff = stale_cutoff(now, timeout)?;
+        let db = &self.db;
+        // One UPDATE: each stale row is re-checked under its row lock, so concurrent
+        // reclaimers split the rows between them and their counts add up to the stale count.
+        // It runs in a READ COMMITTED transaction so that MySQL takes no gap locks.
+        in_write_txn!(db, "reclaim_stale_batches", |txn| {
+            batches::Entity::update_many()
+                .col_expr(
+                    batches::Column::Status,
+                    Expr::value(BatchStatus::Pending.as_str()),
+                )
+                .col_expr(
+                    batches::Column::WorkerId,
+                    Expr::value(Option::<String>::None),
+                )
+                .col_expr(batches::Column::ClaimedAt, Expr::value(Option::<i64>::None))
+                .col_expr(
+                    batches::Column::HeartbeatAt,
+                    Expr::value(Option::<i64>::None),
+                )
+                .col_expr(batches::Column::UpdatedAt, Expr::value(now))
+                .col_expr(
+                    batches::Column::Version,
+                    Expr::col(batches::Column::Version).add(1),
+                )
+                .filter(batches::Column::JobId.eq(job_id))
+                .filter(batches::Column::Status.eq(BatchStatus::Processing.as_str()))
+                // Staleness runs from the last heartbeat; a row made PROCESSING without one
+                // (saved that way) from its last write.
+                .filter(
+                    Expr::col(batches::Column::HeartbeatAt)
+                        .lt(cutoff)
+                        .or(Expr::col(batches::Column::HeartbeatAt)
+                            .is_null()
+                            .and(Expr::col(batches::Column::UpdatedAt).lt(cutoff))),
+                )
+                .exec(&txn)
+                .await?
+                .rows_affected
+        })
+    }
+
+    #[tracing::instrument(skip(self, records), fields(records = records.len()), err)]
+    async fn save_batch_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> Result<()> {
+        self.save_processed_records(job_id, batch_id, records).await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn get_distributed_status(&self, job_id: &str) -> Result<DistributedJobStatus> {
+        distributed_status(&self.db, job_id).await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn try_finalize_job(&self, job_id: &str) -> Result<bool> {
+        let db = &self.db;
+        let now = self.clock.now_ms();
+        in_write_txn!(db, "try_finalize_job", |txn| finalize(&txn, job_id, now)
+            .await?)
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn complete_batch(
+        &self,
+        reservation: &BatchReservation,
+        outcome: BatchOutcome,
+    ) -> Result<bool> {
+        let processed = check::fits_i64("outcome.processed_count", outcome.processed_count)?;
+        let failed = check::fits_i64("outcome.failed_count", outcome.failed_count)?;
+        let db = &self.db;
+        let now = self.clock.now_ms();
+        dialect::retry("complete_batch", || async move {
+            let result = batches::Entity::update_many()
+                .col_expr(
+                    batches::Column::Status,
+                    Expr::value(outcome.status().as_str()),
+                )
+                .col_expr(batches::Column::ProcessedCount, Expr::value(processed))
+                .col_expr(batches::Column::FailedCount, Expr::value(failed))
+                .col_expr(batches::Column::CompletedAt, Expr::value(now))
+                .col_expr(batches::Column::UpdatedAt, Expr::value(now))
+                .filter(holds(reservation))
+                .exec(db)
+                .await?;
+            Ok(result.rows_affected == 1)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn heartbeat_batch(&self, reservation: &BatchReservation) -> Result<bool> {
+        let db = &self.db;
+        let now = self.clock.now_ms();
+        dialect::retry("heartbeat_batch", || async move {
+            let result = batches::Entity::update_many()
+                .col_expr(batches::Column::HeartbeatAt, Expr::value(now))
+                .col_expr(batches::Column::UpdatedAt, Expr::value(now))
+                .filter(holds(reservation))
+                .exec(db)
+                .await?;
+            Ok(result.rows_affected == 1)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self, records), fields(records = records.len()), err)]
+    async fn save_processed_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> Result<()> {
+        check_record_args(job_id, batch_id, records)?;
+        let db = &self.db;
+        let inserts = record_upserts(
+            db.get_database_backend(),
+            job_id,
+            batch_id,
+            records,
+            self.clock.now_ms(),
+        )?;
+        let inserts = &inserts;
+        match inserts.as_slice() {
+            [] => Ok(()),
+            [insert] => {
+                dialect::retry("save_processed_records", || async move {
+                    db.execute(insert).await?;
+                    Ok(())
+                })
+                .await
+            }
+            // Several statements: all or none, so a failure never leaves half a batch saved.
+            _ => in_write_txn!(db, "save_processed_records", |txn| {
+                for insert in inserts {
+                    txn.execute(insert).await?;
+                }
+            }),
+        }
+    }
+}
+
+/// The rows a reservation still holds: the batch, still `PROCESSING`, under the same worker
+/// and the same version. A reclaim or release bumps the version, so an old claim never
+/// matches again.
+fn holds(reservation: &BatchReservation) -> sea_orm::Condition {
+    sea_orm::Condition::all()
+        .add(batches::Column::Id.eq(&reservation.batch_id))
+        .add(batches::Column::JobId.eq(&reservation.job_id))
+        .add(batches::Column::WorkerId.eq(&reservation.worker_id))
+        .add(batches::Column::Version.eq(reservation.version))
+        .add(batches::Column::Status.eq(BatchStatus::Processing.as_str()))
+}

@@ -1,0 +1,253 @@
+//! The two ports of the batch-job domain.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::model::{
+    BatchOutcome, BatchReservation, BatchState, ClaimBatchResult, DistributedJobStatus,
+    JobProgress, JobState, ProcessedRecord, RecordFilter, RecordStatus,
+};
+use crate::error::Result;
+
+/// Where a batch job keeps its state: the job, its batches and every record's outcome.
+///
+/// Implementations must be safe to share between tasks (`Arc<dyn StateStore>`).
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Saves the job, replacing the stored status, configuration, totals and timestamps.
+    ///
+    /// For a distributed job (`job.distributed`), every batch gets a batch row if it has none
+    /// yet (matched by job and batch index); batches that already have a row are left exactly as
+    /// they are, so saving again never resets a claimed or finished batch.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty or too long id, a
+    /// batch size of 0, or (distributed) a batch without a record range, duplicate batch ids
+    /// or indexes; [`Error::Conflict`](crate::Error::Conflict) when a batch id belongs to
+    /// another job; database errors.
+    async fn save_job_state(&self, job: &JobState) -> Result<()>;
+
+    /// The job, or `None` when there is none. The batches of a distributed job are read from
+    /// its batch rows, in index order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) when the job row or one of its batch
+    /// rows cannot be read; database errors.
+    async fn get_job_state(&self, job_id: &str) -> Result<Option<JobState>>;
+
+    /// Sets the status and counts of one batch. Does nothing when the job or batch does not
+    /// exist. On a distributed job this write is not fenced: workers holding a claim use
+    /// [`DistributedStateStore::complete_batch`] instead; a status change bumps the batch's
+    /// version, so whoever held it loses the claim.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) when the stored batch list cannot be
+    /// read; database errors.
+    async fn update_batch_state(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        state: &BatchState,
+    ) -> Result<()>;
+
+    /// Saves the outcome of one record, replacing any earlier outcome of the same index.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for empty ids; database
+    /// errors.
+    async fn save_processed_record(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        record: &ProcessedRecord,
+    ) -> Result<()>;
+
+    /// Records of the job that pass `filter`, in index order.
+    ///
+    /// A page that contains a row which cannot be read fails with
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) naming that row; pages that do not
+    /// contain it (for instance the next page, with `after_index` set to its index) read fine.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) for an unreadable row in the page;
+    /// database errors.
+    async fn get_records(
+        &self,
+        job_id: &str,
+        filter: &RecordFilter,
+    ) -> Result<Vec<ProcessedRecord>>;
+
+    /// Every `failed` or `invalid` record of the job, in index order.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_records`](Self::get_records).
+    async fn get_failed_records(&self, job_id: &str) -> Result<Vec<ProcessedRecord>> {
+        self.get_records(
+            job_id,
+            &RecordFilter::new().statuses(RecordStatus::FAILED.iter().copied()),
+        )
+        .await
+    }
+
+    /// Every `pending` or `valid` record of the job, in index order.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_records`](Self::get_records).
+    async fn get_pending_records(&self, job_id: &str) -> Result<Vec<ProcessedRecord>> {
+        self.get_records(
+            job_id,
+            &RecordFilter::new().statuses(RecordStatus::PENDING.iter().copied()),
+        )
+        .await
+    }
+
+    /// Every `processed` record of the job, in index order.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_records`](Self::get_records).
+    async fn get_processed_records(&self, job_id: &str) -> Result<Vec<ProcessedRecord>> {
+        self.get_records(
+            job_id,
+            &RecordFilter::new().statuses(RecordStatus::PROCESSED.iter().copied()),
+        )
+        .await
+    }
+
+    /// Progress of the job. Record counts come from the stored records, batch counts from the
+    /// batches (the batch rows of a distributed job). An unknown job has the number of its
+    /// stored records as its total.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) when the job row cannot be read;
+    /// database errors.
+    async fn get_progress(&self, job_id: &str) -> Result<JobProgress>;
+}
+
+/// A [`StateStore`] whose batches many workers claim at once.
+///
+/// Claims are exclusive: a batch is `PROCESSING` under at most one worker, and every write by
+/// a claim holder ([`complete_batch`](Self::complete_batch),
+/// [`heartbeat_batch`](Self::heartbeat_batch)) is checked against the claim's version, so a
+/// worker whose batch was reclaimed is refused.
+#[async_trait]
+pub trait DistributedStateStore: StateStore {
+    /// Claims the `PENDING` batch of the job with the lowest index for `worker_id`.
+    ///
+    /// Answers [`ClaimBatchResult::NoPendingBatches`] only when the job has no pending batch
+    /// at all: a claim that loses a race for one batch tries the next.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for empty ids;
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) when the claimed row cannot be read;
+    /// database errors.
+    async fn claim_batch(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult>;
+
+    /// Puts a `PROCESSING` batch held by `worker_id` back to `PENDING`; returns whether it
+    /// did. A finished batch, or one held by another worker, is left alone.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn release_batch(&self, job_id: &str, batch_id: &str, worker_id: &str) -> Result<bool>;
+
+    /// Puts every `PROCESSING` batch of the job whose last heartbeat (or claim) is older than
+    /// `timeout` back to `PENDING`, bumping its version; returns how many. Safe to call from
+    /// many workers at once: each stale batch is counted by exactly one caller.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a timeout beyond `i64`
+    /// milliseconds; database errors.
+    async fn reclaim_stale_batches(&self, job_id: &str, timeout: Duration) -> Result<u64>;
+
+    /// Saves the records of a batch (usually `pending`, before the job is saved), replacing
+    /// earlier versions of the same indexes: calling it again is harmless.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for empty ids; database
+    /// errors.
+    async fn save_batch_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> Result<()>;
+
+    /// Every record of the batch, in index order.
+    ///
+    /// # Errors
+    ///
+    /// As [`StateStore::get_records`].
+    async fn get_batch_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+    ) -> Result<Vec<ProcessedRecord>> {
+        self.get_records(job_id, &RecordFilter::new().batch(batch_id))
+            .await
+    }
+
+    /// Batch counts of the job (all zero for an unknown job).
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn get_distributed_status(&self, job_id: &str) -> Result<DistributedJobStatus>;
+
+    /// Moves the job from `PROCESSING` to `COMPLETED` (or `FAILED` when a batch failed) and
+    /// sets its completion time, if every batch is `COMPLETED` or `FAILED`. Returns whether
+    /// this call did it: among any number of concurrent callers, at most one gets `true`.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn try_finalize_job(&self, job_id: &str) -> Result<bool>;
+
+    /// Finishes the claimed batch with `outcome`, if the reservation still holds (the batch
+    /// is `PROCESSING` under the same worker and version). Returns whether it did; `false`
+    /// means the claim was lost and the batch belongs to someone else now.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn complete_batch(
+        &self,
+        reservation: &BatchReservation,
+        outcome: BatchOutcome,
+    ) -> Result<bool>;
+
+    /// Records that the claim holder is alive, so the batch is not reclaimed as stale.
+    /// Returns `false` when the claim was lost.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn heartbeat_batch(&self, reservation: &BatchReservation) -> Result<bool>;
+
+    /// Saves many record outcomes of one batch, in as few statements as the backend allows;
+    /// each replaces any earlier outcome of the same index. When one index appears several
+    /// times, the last one wins.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for empty ids; database
+    /// errors.
+    async fn save_processed_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> Result<()>;
+}
