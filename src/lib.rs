@@ -32,8 +32,9 @@ pub mod testkit;
 pub use batch::{
     Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedJobStatus, DistributedStateStore, InMemoryStateStore, JobConfig, JobProgress,
-    JobState, JobStatus, ProcessedRecord, RecordCounts, RecordFilter, RecordStatus,
-    SeaOrmStateStore, StateStore, ValidationError,
+    JobState, JobStatus, PreparedJob, ProcessError, ProcessedRecord, RecordContext, RecordCounts,
+    RecordFilter, RecordStatus, SeaOrmStateStore, StateStore, ValidationError, WorkerEvent,
+    WorkerOptions, WorkerReport, prepare, run_worker,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result, UnknownStatus};

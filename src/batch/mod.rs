@@ -7,6 +7,7 @@ mod memory;
 pub(crate) mod model;
 mod sea_orm;
 mod store;
+mod worker;
 
 pub use self::memory::InMemoryStateStore;
 pub use self::model::{
@@ -16,3 +17,7 @@ pub use self::model::{
 };
 pub use self::sea_orm::SeaOrmStateStore;
 pub use self::store::{DistributedStateStore, StateStore};
+pub use self::worker::{
+    PreparedJob, ProcessError, RecordContext, WorkerEvent, WorkerOptions, WorkerReport, prepare,
+    run_worker,
+};
