@@ -192,8 +192,9 @@ fn classify(err: &DbErr) -> Class {
         sea_orm::sqlx::Error::Database(db) => {
             #[cfg(feature = "mysql")]
             if let Some(my) = db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
-                // 1213 deadlock, 1205 lock wait timeout.
-                return if matches!(my.number(), 1213 | 1205) {
+                // 1213 deadlock, 1205 lock wait timeout; 1040 too many connections, 1053
+                // server shutdown in progress, 1927 connection killed (MariaDB).
+                return if matches!(my.number(), 1213 | 1205 | 1040 | 1053 | 1927) {
                     Class::Retryable
                 } else {
                     Class::Other
@@ -202,6 +203,15 @@ fn classify(err: &DbErr) -> Class {
             match db.code().as_deref() {
                 // PostgreSQL: serialization failure, deadlock detected.
                 Some("40001" | "40P01") => Class::Retryable,
+                // PostgreSQL: the session was ended or could not start because the server is
+                // shutting down, restarting or full (admin_shutdown, crash_shutdown,
+                // cannot_connect_now, too_many_connections) or the connection broke (08xxx).
+                Some("57P01" | "57P02" | "57P03" | "53300") => Class::Retryable,
+                Some(code) if code.starts_with("08") => Class::Retryable,
+                // PostgreSQL, while connecting only: the database does not accept connections
+                // for now (`ALLOW_CONNECTIONS false` during maintenance). Elsewhere 55000 is a
+                // wrong object state that retrying does not fix.
+                Some("55000") if matches!(err, DbErr::Conn(_)) => Class::Retryable,
                 // SQLite: BUSY, LOCKED and their extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT,
                 // BUSY_TIMEOUT, LOCKED_SHAREDCACHE).
                 Some("5" | "6" | "261" | "262" | "517" | "773") => Class::Retryable,

@@ -47,12 +47,15 @@ fn batch_id(job_id: &str, index: u32) -> String {
 /// saves the job as a `PROCESSING` distributed job, which creates its batch rows.
 ///
 /// Records are consumed batch by batch, so a large source is never held in memory at once.
-/// Preparing again with the same job id and records is safe: records are upserted and existing
-/// batch rows (claimed or finished ones included) are left as they are.
+/// Preparing again with the same job id is safe: when an earlier prepare finished (the job
+/// exists), nothing is written and its totals are returned, whatever its workers did since;
+/// when it stopped half way, the records are saved again (upserted) and the job is created.
+/// A job without records is saved as `COMPLETED`.
 ///
 /// # Errors
 ///
 /// [`Error::InvalidArgument`] for an empty job id or a batch size of 0;
+/// [`Error::Conflict`] when the id belongs to a job that is not distributed;
 /// [`Error::Serialization`] when a record does not serialize; store errors.
 #[tracing::instrument(skip(store, config, records), err)]
 pub async fn prepare<T, I>(
@@ -76,6 +79,20 @@ where
         return Err(Error::InvalidArgument {
             name: "batch_size",
             reason: "must be at least 1".to_owned(),
+        });
+    }
+    // The job row is saved last, so its presence means an earlier prepare finished: its
+    // records and batches stay as they are (some may already be claimed or finished).
+    if let Some(job) = store.get_job_state(job_id).await? {
+        if !job.distributed {
+            return Err(Error::conflict(format!(
+                "job {job_id} exists and is not a distributed job"
+            )));
+        }
+        return Ok(PreparedJob {
+            job_id: job_id.to_owned(),
+            total_records: job.total_records,
+            total_batches: u32::try_from(job.batches.len()).unwrap_or(u32::MAX),
         });
     }
     let mut batches: Vec<Batch> = Vec::new();
@@ -102,11 +119,18 @@ where
         }
     }
     let total_batches = u32::try_from(batches.len()).unwrap_or(u32::MAX);
+    let now = SystemClock.now_ms();
     let mut job = JobState::new(job_id, config);
-    job.status = JobStatus::Processing;
     job.distributed = true;
     job.total_records = next_index;
-    job.started_at = Some(SystemClock.now_ms());
+    job.started_at = Some(now);
+    if batches.is_empty() {
+        // Nothing to claim, so no worker would ever finalize it: it is done already.
+        job.status = JobStatus::Completed;
+        job.completed_at = Some(now);
+    } else {
+        job.status = JobStatus::Processing;
+    }
     job.batches = batches;
     store.save_job_state(&job).await?;
     tracing::info!(total_records = next_index, total_batches, "job prepared");
@@ -258,7 +282,7 @@ where
             let settings = Settings::new(config.as_ref(), &options);
             match store.claim_batch(job_id, worker_id).await? {
                 ClaimBatchResult::Claimed(reservation) => {
-                    process_batch(
+                    let processed = process_batch(
                         &store,
                         &reservation,
                         &processor,
@@ -266,7 +290,19 @@ where
                         &options,
                         &mut report,
                     )
-                    .await?;
+                    .await;
+                    if let Err(err) = processed {
+                        // Give the batch back rather than leave it to the stale timeout (a
+                        // finished batch is left alone); when that fails too, the timeout
+                        // reclaims it.
+                        if let Err(release) = store
+                            .release_batch(job_id, &reservation.batch_id, worker_id)
+                            .await
+                        {
+                            tracing::warn!(error = %release, "could not release the batch");
+                        }
+                        return Err(err);
+                    }
                     Ok(false)
                 }
                 ClaimBatchResult::NoPendingBatches => {
@@ -294,13 +330,41 @@ where
         match step.await {
             Ok(true) => return Ok(report),
             Ok(false) => errors = 0,
-            Err(err) if err.is_retryable() && errors < 20 => {
+            Err(err) if err.is_retryable() && errors < MAX_ERRORS => {
                 errors += 1;
-                let delay = Duration::from_millis(50u64 << errors.min(6));
                 tracing::warn!(error = %err, errors, "worker step failed; backing off");
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep(backoff(errors)).await;
             }
             Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Consecutive retryable failures a worker rides out (about 50 s of backoff in all, enough for
+/// a database server restart) before it gives up with the last error.
+const MAX_ERRORS: u32 = 20;
+
+/// The pause after the `errors`-th consecutive failure: 100 ms doubling up to 3.2 s.
+fn backoff(errors: u32) -> Duration {
+    Duration::from_millis(50u64 << errors.clamp(1, 6))
+}
+
+/// Runs a store call of a claimed batch, retrying retryable failures with [`backoff`], so that a
+/// short outage does not throw away the batch's work.
+async fn retrying<T, F, Fut>(what: &'static str, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut errors = 0;
+    loop {
+        match op().await {
+            Err(err) if err.is_retryable() && errors < MAX_ERRORS => {
+                errors += 1;
+                tracing::warn!(operation = what, error = %err, errors, "store call failed; backing off");
+                tokio::time::sleep(backoff(errors)).await;
+            }
+            result => return result,
         }
     }
 }
@@ -372,9 +436,10 @@ where
     F: Fn(RecordContext, Value) -> Fut + Send + Sync,
     Fut: Future<Output = std::result::Result<(), ProcessError>> + Send,
 {
-    let records = store
-        .get_batch_records(&reservation.job_id, &reservation.batch_id)
-        .await?;
+    let records = retrying("get_batch_records", || {
+        store.get_batch_records(&reservation.job_id, &reservation.batch_id)
+    })
+    .await?;
 
     // The heartbeat runs beside the processing; it stops with the batch, and cancels the
     // processing when the claim turns out to be lost.
@@ -446,15 +511,22 @@ where
         );
         return Ok(());
     }
-    store
-        .save_processed_records(&reservation.job_id, &reservation.batch_id, &outcomes)
-        .await?;
+    retrying("save_processed_records", || {
+        store.save_processed_records(&reservation.job_id, &reservation.batch_id, &outcomes)
+    })
+    .await?;
     let outcome = if stopped {
         BatchOutcome::failed(processed, failed)
     } else {
         BatchOutcome::completed(processed, failed)
     };
-    if !store.complete_batch(reservation, outcome).await? {
+    // A completion that took effect but whose answer was lost reads as a lost claim when
+    // retried; the batch is finished either way, and whoever comes next finalizes the job.
+    if !retrying("complete_batch", || {
+        store.complete_batch(reservation, outcome)
+    })
+    .await?
+    {
         report.claims_lost += 1;
         tracing::warn!("claim lost before completion; the batch belongs to another worker now");
         emit(

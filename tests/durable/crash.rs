@@ -4,21 +4,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
-use sea_orm::Database;
+use anyhow::{bail, ensure};
 use sea_orm_durable::{
     Executor, ExecutorOptions, RetryOptions, SeaOrmTaskExecutionStorage, TaskDefinition, TaskError,
     TaskExecutionGuard, TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate,
     WaitOptions,
 };
 
-use crate::harness::{Backend, TestDb, connect_options, per_backend};
+use crate::harness::{TestDb, child_db, per_backend, spawn_child};
 
 per_backend!(killed_executor_task_is_rerun_and_its_token_refused);
 
-/// Environment of the child process: the database URL and backend of the test that spawned it.
-const CHILD_URL: &str = "SOD_CRASH_CHILD_URL";
-const CHILD_BACKEND: &str = "SOD_CRASH_CHILD_BACKEND";
 const DOOMED: &str = "doomed-executor";
 
 /// The task both executors run: the first attempt hangs (its process is killed meanwhile),
@@ -52,13 +48,7 @@ fn options(executor_id: Option<&str>) -> ExecutorOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "entry point of the crash test's child process"]
 async fn child_executor() -> anyhow::Result<()> {
-    let url = std::env::var(CHILD_URL).context("started outside the crash test")?;
-    let backend = match std::env::var(CHILD_BACKEND)?.as_str() {
-        "sqlite" => Backend::Sqlite,
-        "postgres" => Backend::Postgres,
-        _ => Backend::MySql,
-    };
-    let db = Database::connect(connect_options(backend, &url, 4)).await?;
+    let db = child_db(4).await?;
     let executor = Executor::new(
         Arc::new(SeaOrmTaskExecutionStorage::new(db)),
         options(Some(DOOMED)),
@@ -77,23 +67,7 @@ async fn killed_executor_task_is_rerun_and_its_token_refused(t: TestDb) -> anyho
     let enqueuer = Executor::new(Arc::clone(&storage), options(None));
     let handle = enqueuer.enqueue(&task, &()).await?;
 
-    let backend = match t.backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
-        Backend::MySql => "mysql",
-    };
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args([
-            "crash::child_executor",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(CHILD_URL, &t.url)
-        .env(CHILD_BACKEND, backend)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let mut child = spawn_child(&t, "crash::child_executor")?;
 
     // Wait until the child runs the task, and remember the token of its claim.
     let deadline = Instant::now() + Duration::from_secs(60);

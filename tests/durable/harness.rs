@@ -32,6 +32,41 @@ impl Backend {
     }
 }
 
+/// Environment of a child process started by [`spawn_child`]: the database URL and backend of
+/// the test that started it.
+const CHILD_URL: &str = "SOD_CHILD_URL";
+const CHILD_BACKEND: &str = "SOD_CHILD_BACKEND";
+
+/// Starts the `#[ignore]`d test `entry` (its full path, e.g. `crash::child_executor`) of this
+/// test binary as a child process working on `t`'s database; kill it with `Child::kill`
+/// (SIGKILL). Its output is discarded.
+pub(crate) fn spawn_child(t: &TestDb, entry: &str) -> anyhow::Result<std::process::Child> {
+    let backend = match t.backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+        Backend::MySql => "mysql",
+    };
+    Ok(std::process::Command::new(std::env::current_exe()?)
+        .args([entry, "--exact", "--ignored", "--nocapture"])
+        .env(CHILD_URL, &t.url)
+        .env(CHILD_BACKEND, backend)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?)
+}
+
+/// In a child process started by [`spawn_child`]: a pool on the database of the test that
+/// started it. Fails when the process was not started that way.
+pub(crate) async fn child_db(max_connections: u32) -> anyhow::Result<DatabaseConnection> {
+    let url = std::env::var(CHILD_URL).context("not started by spawn_child")?;
+    let backend = match std::env::var(CHILD_BACKEND)?.as_str() {
+        "sqlite" => Backend::Sqlite,
+        "postgres" => Backend::Postgres,
+        _ => Backend::MySql,
+    };
+    Ok(Database::connect(connect_options(backend, &url, max_connections)).await?)
+}
+
 /// A database of its own for one test, migrated to the latest schema.
 pub(crate) struct TestDb {
     pub(crate) db: DatabaseConnection,
@@ -142,6 +177,15 @@ impl TestDb {
     #[allow(dead_code)]
     pub(crate) fn db_backend(&self) -> DbBackend {
         self.db.get_database_backend()
+    }
+
+    /// The admin URL of the server and this test's database name, for a server backend.
+    #[allow(dead_code)]
+    pub(crate) fn server(&self) -> Option<(&str, &str)> {
+        match &self.cleanup {
+            Cleanup::Server { admin_url, name } => Some((admin_url, name)),
+            Cleanup::Dir(_) => None,
+        }
     }
 
     /// Opens another pool on the same database.

@@ -8,3 +8,4 @@ mod executor;
 mod harness;
 mod schema;
 mod task;
+mod worker;
