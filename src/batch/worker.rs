@@ -243,7 +243,10 @@ pub struct WorkerReport {
     pub finalized: bool,
 }
 
-/// Runs a worker on `job_id` until the job is finalized; see the [module docs](self).
+/// Runs a worker on `job_id` until the job is finalized: it claims a batch, runs `processor` on
+/// its records (with per-record retries), saves the outcomes, completes the batch (fenced by the
+/// claim, with a heartbeat keeping a long batch claimed) and tries to finalize the job; when no
+/// batch is left to claim, it reclaims stale batches of dead workers or waits for the others.
 ///
 /// `processor` is called once per record to process (records already `processed` or `failed`
 /// by an earlier run are skipped), with the record's parsed value.
