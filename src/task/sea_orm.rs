@@ -358,7 +358,7 @@ fn sort_by_start(executions: &mut [TaskExecution]) {
 // ---------------------------------------------------------------------------------------------
 // Operations, each written once for any connection
 
-async fn enqueue_in<C: ConnectionTrait>(
+pub(crate) async fn enqueue_in<C: ConnectionTrait>(
     conn: &C,
     executions: Vec<NewTaskExecution>,
     now: i64,

@@ -348,6 +348,35 @@ impl Executor {
         Ok(self.handle(id))
     }
 
+    /// Enqueues an execution of `task` with `input` on `conn`, which may be the application's
+    /// own SeaORM transaction: the execution exists if and only if that transaction commits
+    /// (a transactional outbox). The tables must be the ones this executor's storage reads.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialization`] when `input` does not serialize; database errors.
+    pub async fn enqueue_in<C, I, O>(
+        &self,
+        conn: &C,
+        task: &TaskDefinition<I, O>,
+        input: &I,
+    ) -> Result<TaskHandle<O>>
+    where
+        C: sea_orm::ConnectionTrait,
+        I: Serialize,
+        O: DeserializeOwned,
+    {
+        let execution = self.new_execution(task, input)?;
+        crate::task::validate_new(&execution)?;
+        let id = execution.execution_id.clone();
+        crate::task::sea_orm::enqueue_in(conn, vec![execution], self.inner.options.clock.now_ms())
+            .await?;
+        // Wakes the claim loop early; if the transaction is still open the claim finds nothing
+        // yet and the regular poll picks the execution up after the commit.
+        self.inner.wake_claim.notify_one();
+        Ok(self.handle(id))
+    }
+
     /// The handle of an existing execution.
     pub fn handle<O: DeserializeOwned>(&self, execution_id: impl Into<String>) -> TaskHandle<O> {
         TaskHandle::new(
