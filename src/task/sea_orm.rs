@@ -971,6 +971,28 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         }
     }
 
+    #[tracing::instrument(skip(self, updates), fields(count = updates.len()), err)]
+    async fn update_task_executions_many(
+        &self,
+        updates: &[(TaskExecutionGuard, TaskExecutionUpdate)],
+    ) -> Result<Vec<u64>> {
+        if updates.iter().all(|(guard, _)| matches_nothing(guard)) {
+            return Ok(vec![0; updates.len()]);
+        }
+        // One transaction: one commit (one log flush) for the whole batch.
+        in_write_transaction!(self, "update_task_executions_many", |txn| async {
+            let mut matched = Vec::with_capacity(updates.len());
+            for (guard, update) in updates {
+                matched.push(if matches_nothing(guard) {
+                    0
+                } else {
+                    update_in(&txn, guard, update).await?
+                });
+            }
+            Ok::<_, Error>(matched)
+        })
+    }
+
     #[tracing::instrument(skip(self, update, children), fields(children = children.len()), err)]
     async fn update_task_execution_and_enqueue(
         &self,
