@@ -243,7 +243,7 @@ async fn job_library(target: &Target, shape: &JobShape) -> Result<Duration> {
 }
 
 /// The same statements a worker issues per batch, written by hand: claim (a locking select and a
-/// version compare-and-swap in one transaction), read the batch's records, upsert their outcomes,
+/// version compare-and-swap in one transaction), read the batch's records, write their outcomes,
 /// complete the batch, try to finalize the job.
 async fn job_floor(target: &Target, shape: &JobShape) -> Result<Duration> {
     let scratch = target.scratch().await?;
@@ -318,52 +318,21 @@ async fn floor_worker(db: DatabaseConnection, backend: DbBackend, worker: String
                 vec!["job".into(), id.clone().into()],
             ))
             .await?;
-        let mut sql = String::from(
-            "INSERT INTO batchactions_records (job_id, record_index, batch_id, status, raw, parsed, errors, \
-             processing_error, retry_count, updated_at) VALUES ",
-        );
-        let mut values: Vec<Value> = Vec::with_capacity(rows.len() * 10);
-        let mut n = 0;
-        for (i, row) in rows.iter().enumerate() {
-            let index: i64 = row.try_get("", "record_index")?;
-            let raw: serde_json::Value = row.try_get("", "raw")?;
-            let parsed: serde_json::Value = row.try_get("", "parsed")?;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            for k in 0..10 {
-                n += 1;
-                if k > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("${n}"));
-            }
-            sql.push(')');
-            values.extend([
-                "job".into(),
-                index.into(),
-                id.clone().into(),
-                "processed".into(),
-                raw.into(),
-                parsed.into(),
-                json!([]).into(),
-                Option::<String>::None.into(),
-                0i32.into(),
-                now_ms().into(),
-            ]);
-        }
-        sql.push_str(if backend == DbBackend::MySql {
-            " ON DUPLICATE KEY UPDATE batch_id = VALUES(batch_id), status = VALUES(status), raw = VALUES(raw), \
-             parsed = VALUES(parsed), errors = VALUES(errors), processing_error = VALUES(processing_error), \
-             retry_count = VALUES(retry_count), updated_at = VALUES(updated_at)"
-        } else {
-            " ON CONFLICT (job_id, record_index) DO UPDATE SET batch_id = excluded.batch_id, status = excluded.status, \
-             raw = excluded.raw, parsed = excluded.parsed, errors = excluded.errors, \
-             processing_error = excluded.processing_error, retry_count = excluded.retry_count, \
-             updated_at = excluded.updated_at"
-        });
-        db.execute_raw(stmt(backend, &sql, values)).await?;
+        // The outcomes: every record processed, written as one group.
+        let indexes = rows
+            .iter()
+            .map(|r| r.try_get::<i64>("", "record_index").map(|i| i.to_string()))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(", ");
+        db.execute_raw(stmt(
+            backend,
+            &format!(
+                "UPDATE batchactions_records SET status = 'processed', errors = $1, processing_error = NULL, \
+                 retry_count = 0, updated_at = $2 WHERE job_id = $3 AND batch_id = $4 AND record_index IN ({indexes})"
+            ),
+            vec![json!([]).into(), now_ms().into(), "job".into(), id.clone().into()],
+        ))
+        .await?;
         db.execute_raw(stmt(
             backend,
             "UPDATE batchactions_batches SET status = 'COMPLETED', processed_count = $1, failed_count = 0, \

@@ -33,8 +33,8 @@ pub use batch::{
     Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedJobStatus, DistributedStateStore, InMemoryStateStore, JobConfig, JobProgress,
     JobState, JobStatus, PreparedJob, ProcessError, ProcessedRecord, RecordContext, RecordCounts,
-    RecordFilter, RecordStatus, SeaOrmStateStore, StateStore, ValidationError, WorkerEvent,
-    WorkerOptions, WorkerReport, prepare, run_worker,
+    RecordFilter, RecordOutcome, RecordStatus, SeaOrmStateStore, StateStore, ValidationError,
+    WorkerEvent, WorkerOptions, WorkerReport, prepare, run_worker,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result, UnknownStatus};
