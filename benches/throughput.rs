@@ -397,10 +397,14 @@ async fn completed(db: &DatabaseConnection, backend: DbBackend) -> Result<i64> {
     Ok(row.try_get("", "n")?)
 }
 
+/// Statements the executors sent while they ran the W3 tasks (transaction control not counted).
+static STATEMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn tasks_library(target: &Target, count: usize, executors: usize) -> Result<Duration> {
     let scratch = target.scratch().await?;
     enqueue_noops(&SeaOrmTaskExecutionStorage::new(scratch.db.clone()), count).await?;
     let noop = TaskDefinition::new("noop", |_ctx, ()| async { Ok::<_, TaskError>(()) });
+    STATEMENTS.store(0, std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
     let mut pool = Vec::new();
     for _ in 0..executors {
@@ -696,6 +700,7 @@ async fn main() -> Result<()> {
                 let count = if quick { 2000 } else { 10_000 };
                 for executors in [1, 3] {
                     let ours = tasks_library(&target, count, executors).await?;
+                    let statements = STATEMENTS.load(std::sync::atomic::Ordering::Relaxed);
                     let floor = tasks_floor(&target, count, executors).await?;
                     let row = Row {
                         workload: format!("W3 {count} no-op tasks, {executors} executor(s)"),
@@ -710,6 +715,10 @@ async fn main() -> Result<()> {
                         },
                     };
                     print_row(&row);
+                    println!(
+                        "   ↳ {:.2} statements per task sent by the executor(s) (BEGIN/COMMIT not counted)",
+                        f64::from(u32::try_from(statements)?) / f64::from(u32::try_from(count)?)
+                    );
                     rows.push(row);
                 }
             }
