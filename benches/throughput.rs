@@ -409,8 +409,11 @@ async fn tasks_library(target: &Target, count: usize, executors: usize) -> Resul
     let mut pool = Vec::new();
     for _ in 0..executors {
         // Each executor has a pool of its own, as separate processes would.
-        let db =
+        let mut db =
             Database::connect(options(target.backend, &scratch.url, target.pool_size())).await?;
+        db.set_metric_callback(|_| {
+            STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
         let executor = Executor::new(
             Arc::new(SeaOrmTaskExecutionStorage::new(db.clone())),
             ExecutorOptions {
