@@ -649,6 +649,11 @@ async fn main() -> Result<()> {
         target.label(),
         if quick { " (quick smoke run)" } else { "" }
     );
+    if cfg!(debug_assertions) {
+        println!(
+            "debug build: figures are far below a release build's (`cargo bench` builds release)"
+        );
+    }
     let mut rows = Vec::new();
     for workload in &workloads {
         match workload.as_str() {
