@@ -3,20 +3,66 @@
 //! `sea-orm-durable` stores two kinds of durable work through SeaORM 2, on PostgreSQL,
 //! MySQL/MariaDB and SQLite, reusing the application's `DatabaseConnection`:
 //!
-//! - **batch job state**: a job split into batches of records that many workers claim
-//!   atomically, with stale-batch recovery, exactly-once finalization and per-record outcomes
-//!   (tables `batchactions_jobs`, `batchactions_batches`, `batchactions_records`);
-//! - **durable task executions** (tables `task_executions` and `finished_child_task_executions`).
+//! - **durable task executions** ([`Executor`], [`TaskDefinition`], [`TaskExecutionStorage`]):
+//!   tasks with typed input and output, retries with backoff, timeouts, parents that spawn
+//!   children and a finalize task, cancellation, and recovery when a process dies, with any
+//!   number of executors sharing one database (tables `task_executions` and
+//!   `finished_child_task_executions`);
+//! - **batch job state** ([`DistributedStateStore`], [`prepare`], [`run_worker`]): a job split
+//!   into batches of records that many workers claim atomically, with stale-batch recovery,
+//!   exactly-once finalization and per-record outcomes (tables `batchactions_jobs`,
+//!   `batchactions_batches`, `batchactions_records`).
 //!
-//! The tables are created by the migrations in the `sea-orm-durable-migration` crate, re-exported
-//! here as [`migration`].
+//! Each port has an in-memory implementation for unit tests ([`InMemoryTaskExecutionStorage`],
+//! [`InMemoryStateStore`]) and a SeaORM one ([`SeaOrmTaskExecutionStorage`],
+//! [`SeaOrmStateStore`]). The tables come from the migrations re-exported as [`migration`].
 //!
-//! ```no_run
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # Quick start
+//!
+//! ```
+//! use std::sync::Arc;
+//!
 //! use sea_orm_durable::migration::{Migrator, MigratorTrait};
+//! use sea_orm_durable::{
+//!     Executor, ExecutorOptions, FinalizeInput, ParentOutcome, SeaOrmTaskExecutionStorage,
+//!     TaskDefinition, TaskError,
+//! };
 //!
-//! let db = sea_orm::Database::connect("sqlite://durable.db?mode=rwc").await?;
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let url = format!("sqlite://{}?mode=rwc", dir.path().join("durable.db").display());
+//! // Reuse the application's connection; create the tables once.
+//! let db = sea_orm::Database::connect(url.as_str()).await?;
 //! Migrator::up(&db, None).await?;
+//!
+//! // A task is a typed async function registered under an id.
+//! let square = TaskDefinition::new("square", |_ctx, n: u64| async move { Ok::<_, TaskError>(n * n) });
+//! // A parent spawns children; its finalize task receives their outputs in order.
+//! let sum = TaskDefinition::new("sum", |_ctx, input: FinalizeInput<()>| async move {
+//!     let mut total = 0;
+//!     for child in &input.children {
+//!         total += child.output_as::<u64>()?;
+//!     }
+//!     Ok::<_, TaskError>(total)
+//! });
+//! let child = square.clone();
+//! let sum_of_squares = TaskDefinition::parent("sumOfSquares", move |_ctx, n: u64| {
+//!     let square = child.clone();
+//!     async move { Ok((1..=n).fold(ParentOutcome::new(()), |p, i| p.child(&square, &i))) }
+//! })
+//! .finalize(&sum);
+//!
+//! let storage = Arc::new(SeaOrmTaskExecutionStorage::new(db));
+//! let executor = Executor::new(storage, ExecutorOptions::default());
+//! executor.register(&square)?;
+//! executor.register(&sum_of_squares)?;
+//! executor.start();
+//!
+//! let handle = executor.enqueue(&sum_of_squares, &10).await?;
+//! let finished = handle.wait().await?;
+//! assert_eq!(finished.output, Some(385));
+//! executor.shutdown().await;
 //! # Ok(())
 //! # }
 //! ```
@@ -33,8 +79,8 @@ pub use batch::{
     Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedJobStatus, DistributedStateStore, InMemoryStateStore, JobConfig, JobProgress,
     JobState, JobStatus, PreparedJob, ProcessError, ProcessedRecord, RecordContext, RecordCounts,
-    RecordFilter, RecordStatus, SeaOrmStateStore, StateStore, ValidationError, WorkerEvent,
-    WorkerOptions, WorkerReport, prepare, run_worker,
+    RecordFilter, RecordOutcome, RecordStatus, SeaOrmStateStore, StateStore, ValidationError,
+    WorkerEvent, WorkerOptions, WorkerReport, prepare, run_worker,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result, UnknownStatus};

@@ -10,7 +10,7 @@ use super::check;
 use super::model::{
     Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedJobStatus, JobProgress, JobState, JobStatus, ProcessedRecord, RecordCounts,
-    RecordFilter,
+    RecordFilter, RecordOutcome,
 };
 use super::store::{DistributedStateStore, StateStore};
 use crate::clock::{self, Clock};
@@ -446,6 +446,33 @@ impl DistributedStateStore for InMemoryStateStore {
         let mut state = self.lock();
         upsert_records(&mut state, job_id, batch_id, records);
         Ok(())
+    }
+
+    async fn save_record_outcomes(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        outcomes: &[RecordOutcome],
+    ) -> Result<u64> {
+        check::id("job_id", job_id)?;
+        check::id("batch_id", batch_id)?;
+        let mut state = self.lock();
+        let Some(stored) = state.records.get_mut(job_id) else {
+            return Ok(0);
+        };
+        let mut updated = 0;
+        for outcome in outcomes {
+            if let Some((owner, record)) = stored.get_mut(&outcome.index)
+                && owner == batch_id
+            {
+                record.status = outcome.status;
+                record.errors = outcome.errors.clone();
+                record.processing_error = outcome.processing_error.clone();
+                record.retry_count = outcome.retry_count;
+                updated += 1;
+            }
+        }
+        Ok(updated)
     }
 }
 

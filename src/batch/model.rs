@@ -387,6 +387,35 @@ impl ProcessedRecord {
     }
 }
 
+/// The outcome of processing one record, without its payload: what
+/// [`save_record_outcomes`](super::DistributedStateStore::save_record_outcomes) writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordOutcome {
+    /// The record's index in its job.
+    pub index: u64,
+    /// Where the record is in its life after processing.
+    pub status: RecordStatus,
+    /// Validation errors or warnings.
+    pub errors: Vec<ValidationError>,
+    /// Why processing failed (for `failed`).
+    pub processing_error: Option<String>,
+    /// Processing attempts beyond the first.
+    pub retry_count: u32,
+}
+
+impl RecordOutcome {
+    /// The outcome part of `record`.
+    pub fn of(record: &ProcessedRecord) -> Self {
+        Self {
+            index: record.index,
+            status: record.status,
+            errors: record.errors.clone(),
+            processing_error: record.processing_error.clone(),
+            retry_count: record.retry_count,
+        }
+    }
+}
+
 /// Which records of a job to read, for
 /// [`get_records`](super::StateStore::get_records). Records come back in index order.
 ///

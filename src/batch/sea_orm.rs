@@ -20,7 +20,7 @@ use super::memory::stale_cutoff;
 use super::model::{
     BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedJobStatus, JobProgress, JobState, JobStatus, ProcessedRecord, RecordCounts,
-    RecordFilter,
+    RecordFilter, RecordOutcome,
 };
 use super::store::{DistributedStateStore, StateStore};
 use crate::clock::{self, Clock};
@@ -875,6 +875,37 @@ impl DistributedStateStore for SeaOrmStateStore {
             }),
         }
     }
+
+    #[tracing::instrument(skip(self, outcomes), fields(count = outcomes.len()), err)]
+    async fn save_record_outcomes(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        outcomes: &[RecordOutcome],
+    ) -> Result<u64> {
+        check::id("job_id", job_id)?;
+        check::id("batch_id", batch_id)?;
+        let statements = outcome_updates(job_id, batch_id, outcomes, self.clock.now_ms())?;
+        let db = &self.db;
+        let statements = &statements;
+        match statements.as_slice() {
+            [] => Ok(0),
+            [update] => {
+                dialect::retry("save_record_outcomes", || async move {
+                    Ok(update.clone().exec(db).await?.rows_affected)
+                })
+                .await
+            }
+            // Several statements: all or none.
+            _ => in_write_txn!(db, "save_record_outcomes", |txn| {
+                let mut updated = 0;
+                for update in statements {
+                    updated += update.clone().exec(&txn).await?.rows_affected;
+                }
+                updated
+            }),
+        }
+    }
 }
 
 /// The rows a reservation still holds: the batch, still `PROCESSING`, under the same worker
@@ -887,4 +918,54 @@ fn holds(reservation: &BatchReservation) -> sea_orm::Condition {
         .add(batches::Column::WorkerId.eq(&reservation.worker_id))
         .add(batches::Column::Version.eq(reservation.version))
         .add(batches::Column::Status.eq(BatchStatus::Processing.as_str()))
+}
+
+/// Most record indexes in one `IN` list (well under every backend's bind-parameter limit).
+const OUTCOME_INDEXES_PER_STATEMENT: usize = 5000;
+
+/// One `UPDATE … WHERE record_index IN (…)` per group of alike outcomes (and per
+/// [`OUTCOME_INDEXES_PER_STATEMENT`] indexes).
+fn outcome_updates(
+    job_id: &str,
+    batch_id: &str,
+    outcomes: &[RecordOutcome],
+    now: i64,
+) -> Result<Vec<sea_orm::UpdateMany<records::Entity>>> {
+    type Key = (&'static str, String, Option<String>, u32);
+    let mut groups: BTreeMap<Key, Vec<i64>> = BTreeMap::new();
+    for outcome in outcomes {
+        let key = (
+            outcome.status.as_str(),
+            serde_json::to_string(&outcome.errors)?,
+            outcome.processing_error.clone(),
+            outcome.retry_count,
+        );
+        groups
+            .entry(key)
+            .or_default()
+            .push(check::fits_i64("index", outcome.index)?);
+    }
+    let mut updates = Vec::new();
+    for ((status, errors, processing_error, retry_count), indexes) in groups {
+        let errors: serde_json::Value = serde_json::from_str(&errors)?;
+        let retry_count = i32::try_from(retry_count)
+            .map_err(|_| Error::invalid("retry_count", "more than i32::MAX"))?;
+        for chunk in indexes.chunks(OUTCOME_INDEXES_PER_STATEMENT) {
+            updates.push(
+                records::Entity::update_many()
+                    .col_expr(records::Column::Status, Expr::value(status))
+                    .col_expr(records::Column::Errors, Expr::value(errors.clone()))
+                    .col_expr(
+                        records::Column::ProcessingError,
+                        Expr::value(processing_error.clone()),
+                    )
+                    .col_expr(records::Column::RetryCount, Expr::value(retry_count))
+                    .col_expr(records::Column::UpdatedAt, Expr::value(now))
+                    .filter(records::Column::JobId.eq(job_id))
+                    .filter(records::Column::BatchId.eq(batch_id))
+                    .filter(records::Column::RecordIndex.is_in(chunk.iter().copied())),
+            );
+        }
+    }
+    Ok(updates)
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::model::{
     BatchOutcome, BatchReservation, BatchState, ClaimBatchResult, DistributedJobStatus,
-    JobProgress, JobState, ProcessedRecord, RecordFilter, RecordStatus,
+    JobProgress, JobState, ProcessedRecord, RecordFilter, RecordOutcome, RecordStatus,
 };
 use crate::error::Result;
 
@@ -250,4 +250,23 @@ pub trait DistributedStateStore: StateStore {
         batch_id: &str,
         records: &[ProcessedRecord],
     ) -> Result<()>;
+
+    /// Records the outcomes of records saved earlier for this batch, leaving their payloads
+    /// (`raw`, `parsed`) as they are. Returns how many records were updated; outcomes for
+    /// indexes the batch does not have change nothing.
+    ///
+    /// Outcomes that are alike (same status, errors, processing error and retries) are written
+    /// together, so a batch whose records all succeeded costs one short statement, where
+    /// [`save_processed_records`](Self::save_processed_records) rewrites every payload.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for empty ids; database
+    /// errors.
+    async fn save_record_outcomes(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        outcomes: &[RecordOutcome],
+    ) -> Result<u64>;
 }

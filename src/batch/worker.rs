@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::model::{
     Batch, BatchOutcome, BatchReservation, ClaimBatchResult, JobConfig, JobState, JobStatus,
-    ProcessedRecord, RecordStatus,
+    ProcessedRecord, RecordOutcome, RecordStatus,
 };
 use super::store::DistributedStateStore;
 use crate::clock::{Clock, SystemClock};
@@ -514,8 +514,10 @@ where
         );
         return Ok(());
     }
-    retrying("save_processed_records", || {
-        store.save_processed_records(&reservation.job_id, &reservation.batch_id, &outcomes)
+    // Only the outcome columns: the payloads were saved by `prepare` and did not change.
+    let outcomes: Vec<RecordOutcome> = outcomes.iter().map(RecordOutcome::of).collect();
+    retrying("save_record_outcomes", || {
+        store.save_record_outcomes(&reservation.job_id, &reservation.batch_id, &outcomes)
     })
     .await?;
     let outcome = if stopped {

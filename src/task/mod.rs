@@ -7,7 +7,7 @@ pub(crate) mod executor;
 mod mapper;
 mod memory;
 mod model;
-mod sea_orm;
+pub(crate) mod sea_orm;
 mod storage;
 
 pub use memory::InMemoryTaskExecutionStorage;

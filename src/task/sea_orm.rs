@@ -358,7 +358,7 @@ fn sort_by_start(executions: &mut [TaskExecution]) {
 // ---------------------------------------------------------------------------------------------
 // Operations, each written once for any connection
 
-async fn enqueue_in<C: ConnectionTrait>(
+pub(crate) async fn enqueue_in<C: ConnectionTrait>(
     conn: &C,
     executions: Vec<NewTaskExecution>,
     now: i64,
@@ -969,6 +969,28 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
                 &txn, guard, update
             ))
         }
+    }
+
+    #[tracing::instrument(skip(self, updates), fields(count = updates.len()), err)]
+    async fn update_task_executions_many(
+        &self,
+        updates: &[(TaskExecutionGuard, TaskExecutionUpdate)],
+    ) -> Result<Vec<u64>> {
+        if updates.iter().all(|(guard, _)| matches_nothing(guard)) {
+            return Ok(vec![0; updates.len()]);
+        }
+        // One transaction: one commit (one log flush) for the whole batch.
+        in_write_transaction!(self, "update_task_executions_many", |txn| async {
+            let mut matched = Vec::with_capacity(updates.len());
+            for (guard, update) in updates {
+                matched.push(if matches_nothing(guard) {
+                    0
+                } else {
+                    update_in(&txn, guard, update).await?
+                });
+            }
+            Ok::<_, Error>(matched)
+        })
     }
 
     #[tracing::instrument(skip(self, update, children), fields(children = children.len()), err)]

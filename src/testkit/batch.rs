@@ -32,7 +32,7 @@ use serde_json::json;
 use crate::batch::{
     Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedStateStore, JobConfig, JobState, JobStatus, ProcessedRecord, RecordFilter,
-    RecordStatus, ValidationError,
+    RecordOutcome, RecordStatus, ValidationError,
 };
 use crate::clock::ManualClock;
 use crate::error::Error;
@@ -166,6 +166,7 @@ macro_rules! batch_store_conformance {
             job_batches_and_progress_come_from_batch_rows,
             update_batch_state_fences_the_holder,
             bulk_save_keeps_last_duplicate,
+            record_outcomes_update_outcomes_and_keep_payloads,
             many_records_save_in_chunks,
             thousands_of_batches_save_in_chunks,
             batch_saved_as_processing_is_reclaimable,
@@ -477,6 +478,62 @@ pub async fn saving_a_record_again_replaces_it(ctx: Ctx) -> CaseResult {
             .await?
             .is_empty(),
         "record still in b1"
+    );
+    Ok(())
+}
+
+/// Saving outcomes changes status, errors, processing error and retries of the batch's records
+/// (alike outcomes or not), keeps their payloads, and ignores indexes the batch does not have.
+pub async fn record_outcomes_update_outcomes_and_keep_payloads(ctx: Ctx) -> CaseResult {
+    let records: Vec<ProcessedRecord> = (0..6).map(|i| record(i, RecordStatus::Pending)).collect();
+    ctx.store
+        .save_batch_records("job-001", "b1", &records)
+        .await?;
+    ctx.store
+        .save_batch_records("job-001", "b2", &[record(6, RecordStatus::Pending)])
+        .await?;
+    let mut outcomes: Vec<RecordOutcome> = (0..5)
+        .map(|i| RecordOutcome::of(&record(i, RecordStatus::Processed)))
+        .collect();
+    outcomes[3].status = RecordStatus::Failed;
+    outcomes[3].processing_error = Some("boom ✗".to_owned());
+    outcomes[3].retry_count = 2;
+    outcomes[4].status = RecordStatus::Invalid;
+    outcomes[4].errors = vec![ValidationError::new("email", "missing", "REQUIRED")];
+    // Index 6 belongs to another batch, 99 to none: neither changes.
+    outcomes.push(RecordOutcome::of(&record(6, RecordStatus::Processed)));
+    outcomes.push(RecordOutcome::of(&record(99, RecordStatus::Processed)));
+    let updated = ctx
+        .store
+        .save_record_outcomes("job-001", "b1", &outcomes)
+        .await?;
+    ensure_eq!(updated, 5);
+    let stored = ctx.store.get_batch_records("job-001", "b1").await?;
+    ensure_eq!(stored.len(), 6);
+    for (i, got) in stored.iter().enumerate() {
+        ensure_eq!(got.raw, json!({ "i": i }));
+        ensure_eq!(got.parsed, json!({ "i": i }));
+    }
+    let statuses: Vec<RecordStatus> = stored.iter().map(|r| r.status).collect();
+    ensure_eq!(
+        statuses,
+        vec![
+            RecordStatus::Processed,
+            RecordStatus::Processed,
+            RecordStatus::Processed,
+            RecordStatus::Failed,
+            RecordStatus::Invalid,
+            RecordStatus::Pending,
+        ]
+    );
+    ensure_eq!(stored[3].processing_error.as_deref(), Some("boom ✗"));
+    ensure_eq!(stored[3].retry_count, 2);
+    ensure_eq!(stored[4].errors.len(), 1);
+    let other = ctx.store.get_batch_records("job-001", "b2").await?;
+    ensure_eq!(other[0].status, RecordStatus::Pending);
+    ensure_eq!(
+        ctx.store.save_record_outcomes("job-001", "b1", &[]).await?,
+        0
     );
     Ok(())
 }

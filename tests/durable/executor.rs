@@ -108,3 +108,56 @@ mod postgres {
 mod mysql {
     executor_cases!(Some(Backend::MySql));
 }
+
+mod outbox {
+    use std::time::Duration;
+
+    use anyhow::ensure;
+    use sea_orm::TransactionTrait;
+    use sea_orm_durable::testkit::executor::fast_options;
+    use sea_orm_durable::{Executor, TaskDefinition, TaskError, TaskExecutionStatus};
+
+    use super::*;
+    use crate::harness::{TestDb, per_backend};
+
+    per_backend!(enqueue_in_transaction_runs_only_after_commit);
+
+    async fn enqueue_in_transaction_runs_only_after_commit(t: TestDb) -> anyhow::Result<()> {
+        let storage = Arc::new(SeaOrmTaskExecutionStorage::new(t.db.clone()));
+        let executor = Executor::new(storage, fast_options());
+        let double =
+            TaskDefinition::new(
+                "double",
+                |_ctx, n: i64| async move { Ok::<_, TaskError>(n * 2) },
+            );
+        executor.register(&double)?;
+        executor.start();
+
+        let txn = t.db.begin().await?;
+        let rolled_back = executor.enqueue_in(&txn, &double, &1).await?;
+        txn.rollback().await?;
+        let txn = t.db.begin().await?;
+        let committed = executor.enqueue_in(&txn, &double, &21).await?;
+        // Not visible, so not runnable, before the commit.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ensure!(
+            committed.get().await.is_err(),
+            "execution visible before commit"
+        );
+        txn.commit().await?;
+
+        let done = committed.wait().await?;
+        ensure!(
+            done.status() == TaskExecutionStatus::Completed,
+            "status {:?}",
+            done.status()
+        );
+        ensure!(done.output == Some(42), "output {:?}", done.output);
+        ensure!(
+            rolled_back.get().await.is_err(),
+            "rolled back execution exists"
+        );
+        executor.shutdown().await;
+        Ok(())
+    }
+}

@@ -130,36 +130,55 @@ type PendingWrite = (
 /// Most guarded updates written in one batch.
 const WRITE_BATCH: usize = 128;
 
-/// Writes the results of runs in batches: whatever accumulated while the previous batch was
-/// being written goes out in the next one, in one call (one transaction on SQL storages). An
-/// idle executor writes a lone result at once; a busy one pays one commit per batch instead of
-/// one per execution. Ends when the executor is dropped.
+/// Writes the results of runs in batches: whatever accumulated while earlier batches were being
+/// written goes out in the next one, in one call (one transaction on SQL storages). An idle
+/// executor writes a lone result at once; a busy one pays one commit per batch instead of one per
+/// execution. Up to [`WRITES_IN_FLIGHT`] batches are written at once. Ends when the executor is
+/// dropped.
 async fn write_batches(
     storage: Arc<dyn TaskExecutionStorage>,
     mut pending: mpsc::UnboundedReceiver<PendingWrite>,
 ) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while pending.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        let (updates, replies): (Vec<_>, Vec<_>) = batch
-            .drain(..)
-            .map(|(guard, update, reply)| ((guard, update), reply))
-            .unzip();
-        match storage.update_task_executions_many(&updates).await {
-            Ok(matched) => {
-                for (reply, n) in replies.into_iter().zip(matched) {
-                    let _ = reply.send(Ok(n));
-                }
+    let in_flight = Arc::new(Semaphore::new(WRITES_IN_FLIGHT));
+    loop {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        if pending.recv_many(&mut batch, WRITE_BATCH).await == 0 {
+            return;
+        }
+        let storage = Arc::clone(&storage);
+        tokio::spawn(async move {
+            write_batch(&*storage, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Most batches of results written at once.
+const WRITES_IN_FLIGHT: usize = 4;
+
+async fn write_batch(storage: &dyn TaskExecutionStorage, batch: Vec<PendingWrite>) {
+    let (updates, replies): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|(guard, update, reply)| ((guard, update), reply))
+        .unzip();
+    match storage.update_task_executions_many(&updates).await {
+        Ok(matched) => {
+            for (reply, n) in replies.into_iter().zip(matched) {
+                let _ = reply.send(Ok(n));
             }
-            Err(err) => {
-                // Report the failure to every writer; each falls back to its lease.
-                let message = err.to_string();
-                let retryable = err.is_retryable();
-                for reply in replies {
-                    let _ = reply.send(Err(Error::BatchWrite {
-                        message: message.clone(),
-                        retryable,
-                    }));
-                }
+        }
+        Err(err) => {
+            // Every writer in the batch gets the failure; each falls back to its lease.
+            let message = err.to_string();
+            let retryable = err.is_retryable();
+            for reply in replies {
+                let _ = reply.send(Err(Error::BatchWrite {
+                    message: message.clone(),
+                    retryable,
+                }));
             }
         }
     }
@@ -344,6 +363,35 @@ impl Executor {
             .storage
             .enqueue_task_executions(vec![execution], now)
             .await?;
+        self.inner.wake_claim.notify_one();
+        Ok(self.handle(id))
+    }
+
+    /// Enqueues an execution of `task` with `input` on `conn`, which may be the application's
+    /// own SeaORM transaction: the execution exists if and only if that transaction commits
+    /// (a transactional outbox). The tables must be the ones this executor's storage reads.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialization`] when `input` does not serialize; database errors.
+    pub async fn enqueue_in<C, I, O>(
+        &self,
+        conn: &C,
+        task: &TaskDefinition<I, O>,
+        input: &I,
+    ) -> Result<TaskHandle<O>>
+    where
+        C: sea_orm::ConnectionTrait,
+        I: Serialize,
+        O: DeserializeOwned,
+    {
+        let execution = self.new_execution(task, input)?;
+        crate::task::validate_new(&execution)?;
+        let id = execution.execution_id.clone();
+        crate::task::sea_orm::enqueue_in(conn, vec![execution], self.inner.options.clock.now_ms())
+            .await?;
+        // Wakes the claim loop early; if the transaction is still open the claim finds nothing
+        // yet and the regular poll picks the execution up after the commit.
         self.inner.wake_claim.notify_one();
         Ok(self.handle(id))
     }

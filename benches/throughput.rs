@@ -1,0 +1,738 @@
+//! Throughput of distributed batch jobs and durable tasks, each beside a raw-SQL floor: the
+//! same statements issued by a minimal hand-written loop in the same run, so the report shows
+//! what the library costs on top of the SQL it needs.
+//!
+//! ```text
+//! cargo bench --bench throughput -- [--database-url URL] [--workload w1,w2,w3] [--quick]
+//! ```
+//!
+//! Without `--database-url` it runs on a SQLite file in a temporary directory. A PostgreSQL or
+//! MySQL URL is used as an admin URL: every run creates a scratch database of its own there and
+//! drops it afterwards. `--quick` shrinks every workload to a smoke run of a few seconds.
+//!
+//! Workloads:
+//! - W1: a distributed job of 200 batches × 10 records, 4 workers, a processor that does nothing;
+//! - W2: a distributed job of 100 000 records in batches of 500, 4 workers;
+//! - W3: 10 000 no-op durable tasks, one executor, then three executors.
+
+// A benchmark is a program that prints its figures.
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+    TransactionTrait, Value,
+};
+use sea_orm_durable::migration::{Migrator, MigratorTrait};
+use sea_orm_durable::{
+    DistributedStateStore, Executor, ExecutorOptions, JobConfig, JobStatus, NewTaskExecution,
+    SeaOrmStateStore, SeaOrmTaskExecutionStorage, TaskDefinition, TaskError, TaskExecutionStorage,
+    WorkerOptions, prepare, run_worker,
+};
+use serde_json::json;
+
+/// Where the bench runs.
+struct Target {
+    backend: DbBackend,
+    admin_url: Option<String>,
+    dir: tempfile::TempDir,
+}
+
+/// A database of its own for one measured run.
+struct Scratch {
+    db: DatabaseConnection,
+    url: String,
+    name: String,
+}
+
+static SCRATCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn with_database(url: &str, name: &str) -> Result<String> {
+    let scheme_end = url.find("://").context("database URL has no scheme")? + 3;
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    Ok(format!("{}/{}{}", &base[..path_start], name, query))
+}
+
+fn options(backend: DbBackend, url: &str, pool: u32) -> ConnectOptions {
+    let mut o = ConnectOptions::new(url.to_owned());
+    o.max_connections(pool)
+        .min_connections(1)
+        .sqlx_logging(false);
+    if backend == DbBackend::Sqlite {
+        o.map_sqlx_sqlite_opts(|s| {
+            s.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+        });
+    }
+    o
+}
+
+impl Target {
+    fn new(url: Option<String>) -> Result<Self> {
+        let backend = match url.as_deref() {
+            None => DbBackend::Sqlite,
+            Some(u) if u.starts_with("postgres") => DbBackend::Postgres,
+            Some(u) if u.starts_with("mysql") => DbBackend::MySql,
+            Some(u) if u.starts_with("sqlite") => {
+                bail!("give no URL for SQLite; the bench uses a temporary file")
+            }
+            Some(u) => bail!("unsupported database URL {u}"),
+        };
+        Ok(Self {
+            backend,
+            admin_url: url,
+            dir: tempfile::tempdir()?,
+        })
+    }
+
+    fn label(&self) -> &'static str {
+        match self.backend {
+            DbBackend::Postgres => "PostgreSQL",
+            DbBackend::MySql => "MySQL/MariaDB",
+            _ => "SQLite",
+        }
+    }
+
+    fn pool_size(&self) -> u32 {
+        // SQLite has one writer at a time; more connections only queue on its lock.
+        if self.backend == DbBackend::Sqlite {
+            4
+        } else {
+            16
+        }
+    }
+
+    async fn scratch(&self) -> Result<Scratch> {
+        let name = format!(
+            "sod_bench_{}_{}",
+            std::process::id(),
+            SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let url = match &self.admin_url {
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.dir.path().join(format!("{name}.db")).display()
+            ),
+            Some(admin) => {
+                let db = Database::connect(options(self.backend, admin, 1)).await?;
+                db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await?;
+                db.close().await?;
+                with_database(admin, &name)?
+            }
+        };
+        let db = Database::connect(options(self.backend, &url, self.pool_size())).await?;
+        Migrator::up(&db, None).await?;
+        Ok(Scratch { db, url, name })
+    }
+
+    async fn drop_scratch(&self, scratch: Scratch) -> Result<()> {
+        scratch.db.close().await?;
+        if let Some(admin) = &self.admin_url {
+            let db = Database::connect(options(self.backend, admin, 1)).await?;
+            db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {}", scratch.name))
+                .await?;
+            db.close().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A statement with `$n` placeholders, rewritten to `?` for MySQL and SQLite.
+fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
+    let sql = if backend == DbBackend::Postgres {
+        sql.to_owned()
+    } else {
+        let mut out = String::with_capacity(sql.len());
+        let mut chars = sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                while chars.peek().is_some_and(char::is_ascii_digit) {
+                    chars.next();
+                }
+                out.push('?');
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(i64::MAX)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batch jobs (W1, W2)
+
+struct JobShape {
+    records: u64,
+    batch_size: u32,
+    workers: usize,
+}
+
+async fn prepare_job(
+    scratch: &Scratch,
+    shape: &JobShape,
+) -> Result<Arc<dyn DistributedStateStore>> {
+    let store: Arc<dyn DistributedStateStore> = Arc::new(SeaOrmStateStore::new(scratch.db.clone()));
+    let records = (0..shape.records).map(|i| json!({ "id": i, "name": format!("record {i}") }));
+    prepare(&*store, "job", JobConfig::new(shape.batch_size), records).await?;
+    Ok(store)
+}
+
+async fn job_library(target: &Target, shape: &JobShape) -> Result<Duration> {
+    let scratch = target.scratch().await?;
+    let store = prepare_job(&scratch, shape).await?;
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..shape.workers {
+        let store = Arc::clone(&store);
+        workers.push(tokio::spawn(async move {
+            let options = WorkerOptions {
+                poll_interval: Duration::from_millis(5),
+                ..WorkerOptions::default()
+            };
+            run_worker(
+                store,
+                "job",
+                &format!("worker-{w}"),
+                |_ctx, _record| async { Ok(()) },
+                options,
+            )
+            .await
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    let took = started.elapsed();
+    let job = store.get_job_state("job").await?.context("job vanished")?;
+    ensure!(
+        job.status == JobStatus::Completed,
+        "job ended {:?}",
+        job.status
+    );
+    let progress = store.get_progress("job").await?;
+    ensure!(
+        progress.processed_records == shape.records,
+        "processed {} of {}",
+        progress.processed_records,
+        shape.records
+    );
+    target.drop_scratch(scratch).await?;
+    Ok(took)
+}
+
+/// The same statements a worker issues per batch, written by hand: claim (a locking select and a
+/// version compare-and-swap in one transaction), read the batch's records, write their outcomes,
+/// complete the batch, try to finalize the job.
+async fn job_floor(target: &Target, shape: &JobShape) -> Result<Duration> {
+    let scratch = target.scratch().await?;
+    prepare_job(&scratch, shape).await?;
+    let backend = target.backend;
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..shape.workers {
+        let db = scratch.db.clone();
+        workers.push(tokio::spawn(async move {
+            floor_worker(db, backend, format!("worker-{w}")).await
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    let took = started.elapsed();
+    let row = scratch
+        .db
+        .query_one_raw(stmt(
+            backend,
+            "SELECT status FROM batchactions_jobs WHERE id = $1",
+            vec!["job".into()],
+        ))
+        .await?
+        .context("job vanished")?;
+    let status: String = row.try_get("", "status")?;
+    ensure!(status == "COMPLETED", "floor job ended {status}");
+    target.drop_scratch(scratch).await?;
+    Ok(took)
+}
+
+async fn floor_worker(db: DatabaseConnection, backend: DbBackend, worker: String) -> Result<()> {
+    let lock = if backend == DbBackend::Sqlite {
+        ""
+    } else {
+        " FOR UPDATE SKIP LOCKED"
+    };
+    loop {
+        let txn = db.begin_with_options(write_options(backend)).await?;
+        let candidate = txn
+            .query_one_raw(stmt(
+                backend,
+                &format!(
+                    "SELECT id, version FROM batchactions_batches WHERE job_id = $1 AND status = 'PENDING' \
+                     ORDER BY batch_index LIMIT 1{lock}"
+                ),
+                vec!["job".into()],
+            ))
+            .await?;
+        let Some(candidate) = candidate else {
+            txn.commit().await?;
+            return Ok(());
+        };
+        let (id, version): (String, i64) = (
+            candidate.try_get("", "id")?,
+            candidate.try_get("", "version")?,
+        );
+        txn.execute_raw(stmt(
+            backend,
+            "UPDATE batchactions_batches SET status = 'PROCESSING', worker_id = $1, claimed_at = $2, \
+             heartbeat_at = $3, version = version + 1 WHERE id = $4 AND version = $5 AND status = 'PENDING'",
+            vec![worker.clone().into(), now_ms().into(), now_ms().into(), id.clone().into(), version.into()],
+        ))
+        .await?;
+        txn.commit().await?;
+        let rows = db
+            .query_all_raw(stmt(
+                backend,
+                "SELECT record_index, raw, parsed FROM batchactions_records WHERE job_id = $1 AND batch_id = $2 \
+                 ORDER BY record_index",
+                vec!["job".into(), id.clone().into()],
+            ))
+            .await?;
+        // The outcomes: every record processed, written as one group.
+        let indexes = rows
+            .iter()
+            .map(|r| r.try_get::<i64>("", "record_index").map(|i| i.to_string()))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(", ");
+        db.execute_raw(stmt(
+            backend,
+            &format!(
+                "UPDATE batchactions_records SET status = 'processed', errors = $1, processing_error = NULL, \
+                 retry_count = 0, updated_at = $2 WHERE job_id = $3 AND batch_id = $4 AND record_index IN ({indexes})"
+            ),
+            vec![json!([]).into(), now_ms().into(), "job".into(), id.clone().into()],
+        ))
+        .await?;
+        db.execute_raw(stmt(
+            backend,
+            "UPDATE batchactions_batches SET status = 'COMPLETED', processed_count = $1, failed_count = 0, \
+             completed_at = $2 WHERE id = $3 AND version = $4 AND status = 'PROCESSING'",
+            vec![i64::try_from(rows.len())?.into(), now_ms().into(), id.into(), (version + 1).into()],
+        ))
+        .await?;
+        db.execute_raw(stmt(
+            backend,
+            "UPDATE batchactions_jobs SET status = 'COMPLETED', completed_at = $1 WHERE id = $2 AND status = 'PROCESSING' \
+             AND NOT EXISTS (SELECT 1 FROM batchactions_batches WHERE job_id = $3 AND status NOT IN ('COMPLETED', 'FAILED'))",
+            vec![now_ms().into(), "job".into(), "job".into()],
+        ))
+        .await?;
+    }
+}
+
+fn write_options(backend: DbBackend) -> sea_orm::TransactionOptions {
+    if backend == DbBackend::Sqlite {
+        sea_orm::TransactionOptions {
+            sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+            ..Default::default()
+        }
+    } else {
+        sea_orm::TransactionOptions {
+            isolation_level: Some(sea_orm::IsolationLevel::ReadCommitted),
+            ..Default::default()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durable tasks (W3)
+
+async fn enqueue_noops(storage: &dyn TaskExecutionStorage, count: usize) -> Result<()> {
+    let mut next = 0;
+    while next < count {
+        let chunk = (next..count.min(next + 1000))
+            .map(|i| NewTaskExecution {
+                execution_id: format!("te_{i:08}"),
+                task_id: "noop".to_owned(),
+                timeout_ms: 60_000,
+                input: "null".to_owned(),
+                ..Default::default()
+            })
+            .collect();
+        storage.enqueue_task_executions(chunk, now_ms()).await?;
+        next += 1000;
+    }
+    Ok(())
+}
+
+async fn completed(db: &DatabaseConnection, backend: DbBackend) -> Result<i64> {
+    let row = db
+        .query_one_raw(stmt(
+            backend,
+            "SELECT COUNT(*) AS n FROM task_executions WHERE status = 'completed'",
+            vec![],
+        ))
+        .await?
+        .context("no count")?;
+    Ok(row.try_get("", "n")?)
+}
+
+/// Statements the executors sent while they ran the W3 tasks (transaction control not counted).
+static STATEMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+async fn tasks_library(target: &Target, count: usize, executors: usize) -> Result<Duration> {
+    let scratch = target.scratch().await?;
+    enqueue_noops(&SeaOrmTaskExecutionStorage::new(scratch.db.clone()), count).await?;
+    let noop = TaskDefinition::new("noop", |_ctx, ()| async { Ok::<_, TaskError>(()) });
+    STATEMENTS.store(0, std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let mut pool = Vec::new();
+    for _ in 0..executors {
+        // Each executor has a pool of its own, as separate processes would.
+        let mut db =
+            Database::connect(options(target.backend, &scratch.url, target.pool_size())).await?;
+        db.set_metric_callback(|_| {
+            STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        let executor = Executor::new(
+            Arc::new(SeaOrmTaskExecutionStorage::new(db.clone())),
+            ExecutorOptions {
+                poll_interval: Duration::from_millis(10),
+                ..ExecutorOptions::default()
+            },
+        );
+        executor.register(&noop)?;
+        executor.start();
+        pool.push((executor, db));
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while completed(&scratch.db, target.backend).await? < i64::try_from(count)? {
+        ensure!(Instant::now() < deadline, "tasks did not finish in 300 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed();
+    for (executor, db) in &pool {
+        executor.shutdown().await;
+        db.clone().close().await?;
+    }
+    target.drop_scratch(scratch).await?;
+    Ok(took)
+}
+
+/// The statements the executor needs per batch of tasks, by hand: claim up to 100 ready
+/// executions, write each completion (one transaction for the batch), mark them closed.
+async fn tasks_floor(target: &Target, count: usize, loops: usize) -> Result<Duration> {
+    let scratch = target.scratch().await?;
+    enqueue_noops(&SeaOrmTaskExecutionStorage::new(scratch.db.clone()), count).await?;
+    let backend = target.backend;
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for l in 0..loops {
+        let db = scratch.db.clone();
+        handles.push(tokio::spawn(async move {
+            tasks_floor_loop(db, backend, format!("floor-{l}")).await
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let took = started.elapsed();
+    ensure!(
+        completed(&scratch.db, backend).await? == i64::try_from(count)?,
+        "floor left tasks behind"
+    );
+    target.drop_scratch(scratch).await?;
+    Ok(took)
+}
+
+async fn claim_floor(
+    db: &DatabaseConnection,
+    backend: DbBackend,
+    executor: &str,
+) -> Result<Vec<(String, i64)>> {
+    let now = now_ms();
+    let set = "status = 'running', executor_id = $1, started_at = $2, expires_at = $3 + timeout_ms, \
+               fencing_token = fencing_token + 1, updated_at = $4";
+    let rows = match backend {
+        DbBackend::Postgres => {
+            db.query_all_raw(stmt(
+                backend,
+                &format!(
+                    "WITH picked AS MATERIALIZED (SELECT execution_id FROM task_executions WHERE status = 'ready' \
+                     AND start_at <= $5 ORDER BY start_at, execution_id LIMIT 100 FOR UPDATE SKIP LOCKED) \
+                     UPDATE task_executions t SET {set} FROM picked WHERE t.execution_id = picked.execution_id \
+                     RETURNING t.execution_id, t.fencing_token"
+                ),
+                vec![executor.into(), now.into(), now.into(), now.into(), now.into()],
+            ))
+            .await?
+        }
+        DbBackend::Sqlite => {
+            let txn = db.begin_with_options(write_options(backend)).await?;
+            let rows = txn
+                .query_all_raw(stmt(
+                    backend,
+                    &format!(
+                        "UPDATE task_executions SET {set} WHERE execution_id IN (SELECT execution_id FROM \
+                         task_executions WHERE status = 'ready' AND start_at <= $5 ORDER BY start_at, execution_id \
+                         LIMIT 100) RETURNING execution_id, fencing_token"
+                    ),
+                    vec![executor.into(), now.into(), now.into(), now.into(), now.into()],
+                ))
+                .await?;
+            txn.commit().await?;
+            rows
+        }
+        _ => {
+            let txn = db.begin_with_options(write_options(backend)).await?;
+            let picked = txn
+                .query_all_raw(stmt(
+                    backend,
+                    "SELECT execution_id FROM task_executions WHERE status = 'ready' AND start_at <= $1 \
+                     ORDER BY start_at, execution_id LIMIT 100 FOR UPDATE SKIP LOCKED",
+                    vec![now.into()],
+                ))
+                .await?;
+            if picked.is_empty() {
+                txn.commit().await?;
+                return Ok(Vec::new());
+            }
+            let ids: Vec<String> = picked.iter().map(|r| r.try_get("", "execution_id")).collect::<Result<_, _>>()?;
+            let list = ids.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(", ");
+            txn.execute_raw(stmt(
+                backend,
+                &format!("UPDATE task_executions SET {set} WHERE execution_id IN ({list})"),
+                vec![executor.into(), now.into(), now.into(), now.into()],
+            ))
+            .await?;
+            let rows = txn
+                .query_all_raw(stmt(
+                    backend,
+                    &format!("SELECT execution_id, fencing_token FROM task_executions WHERE execution_id IN ({list})"),
+                    vec![],
+                ))
+                .await?;
+            txn.commit().await?;
+            rows
+        }
+    };
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("", "execution_id")?,
+                r.try_get("", "fencing_token")?,
+            ))
+        })
+        .collect()
+}
+
+async fn tasks_floor_loop(
+    db: DatabaseConnection,
+    backend: DbBackend,
+    executor: String,
+) -> Result<()> {
+    loop {
+        let claimed = claim_floor(&db, backend, &executor).await?;
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let txn = db.begin().await?;
+        for (id, token) in &claimed {
+            txn.execute_raw(stmt(
+                backend,
+                "UPDATE task_executions SET status = 'completed', is_finished = TRUE, run_output = 'null', \
+                 output = 'null', error = NULL, finished_at = $1, expires_at = NULL, executor_id = NULL, \
+                 updated_at = $2 WHERE execution_id = $3 AND status = 'running' AND fencing_token = $4",
+                vec![now_ms().into(), now_ms().into(), id.clone().into(), (*token).into()],
+            ))
+            .await?;
+        }
+        txn.commit().await?;
+        let list = claimed
+            .iter()
+            .map(|(id, _)| format!("'{id}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        db.execute_raw(stmt(
+            backend,
+            &format!(
+                "UPDATE task_executions SET is_closed = TRUE, closed_at = $1, updated_at = $2 \
+                 WHERE execution_id IN ({list}) AND is_finished = TRUE AND is_closed = FALSE"
+            ),
+            vec![now_ms().into(), now_ms().into()],
+        ))
+        .await?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+struct Row {
+    workload: String,
+    items: f64,
+    unit: &'static str,
+    ours: Duration,
+    floor: Duration,
+    target: String,
+}
+
+fn rate(items: f64, d: Duration) -> f64 {
+    items / d.as_secs_f64().max(1e-9)
+}
+
+fn print_row(row: &Row) {
+    println!(
+        "{:<44} {:>9.3} s {:>11.0} {}/s   floor {:>8.3} s {:>11.0}/s   ratio {:>5.2}   target {}",
+        row.workload,
+        row.ours.as_secs_f64(),
+        rate(row.items, row.ours),
+        row.unit,
+        row.floor.as_secs_f64(),
+        rate(row.items, row.floor),
+        row.floor.as_secs_f64() / row.ours.as_secs_f64().max(1e-9),
+        row.target,
+    );
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let mut url = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.starts_with("sqlite"));
+    let mut workloads = vec!["w1".to_owned(), "w2".to_owned(), "w3".to_owned()];
+    let mut quick = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--database-url" => url = Some(args.next().context("--database-url needs a value")?),
+            "--workload" => {
+                workloads = args
+                    .next()
+                    .context("--workload needs a value")?
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect();
+            }
+            "--quick" => quick = true,
+            "--bench" => {}
+            other => bail!("unknown argument {other}; see the file's docs"),
+        }
+    }
+    if url.as_deref().is_some_and(|u| u.starts_with("sqlite")) {
+        url = None;
+    }
+    let target = Target::new(url)?;
+    let pg = target.backend == DbBackend::Postgres;
+    println!(
+        "sea-orm-durable throughput on {}{}; each workload beside its raw-SQL floor (ratio = floor time / ours)",
+        target.label(),
+        if quick { " (quick smoke run)" } else { "" }
+    );
+    if cfg!(debug_assertions) {
+        println!(
+            "debug build: figures are far below a release build's (`cargo bench` builds release)"
+        );
+    }
+    let mut rows = Vec::new();
+    for workload in &workloads {
+        match workload.as_str() {
+            "w1" => {
+                let shape = JobShape {
+                    records: if quick { 400 } else { 2000 },
+                    batch_size: 10,
+                    workers: 4,
+                };
+                let ours = job_library(&target, &shape).await?;
+                let floor = job_floor(&target, &shape).await?;
+                let row = Row {
+                    workload: format!("W1 job {}×{} records, 4 workers", shape.records / 10, 10),
+                    items: f64::from(u32::try_from(shape.records)?),
+                    unit: "rec",
+                    ours,
+                    floor,
+                    target: if pg {
+                        "≤ 0.4 s".to_owned()
+                    } else {
+                        "—".to_owned()
+                    },
+                };
+                print_row(&row);
+                rows.push(row);
+            }
+            "w2" => {
+                let shape = JobShape {
+                    records: if quick { 10_000 } else { 100_000 },
+                    batch_size: 500,
+                    workers: 4,
+                };
+                let ours = job_library(&target, &shape).await?;
+                let floor = job_floor(&target, &shape).await?;
+                let goal = match target.backend {
+                    DbBackend::Postgres => "≥ 50 000 rec/s",
+                    DbBackend::MySql => "≥ 30 000 rec/s",
+                    _ => "≥ 20 000 rec/s",
+                };
+                let row = Row {
+                    workload: format!("W2 job {} records, batch 500, 4 workers", shape.records),
+                    items: f64::from(u32::try_from(shape.records)?),
+                    unit: "rec",
+                    ours,
+                    floor,
+                    target: goal.to_owned(),
+                };
+                print_row(&row);
+                rows.push(row);
+            }
+            "w3" => {
+                let count = if quick { 2000 } else { 10_000 };
+                for executors in [1, 3] {
+                    let ours = tasks_library(&target, count, executors).await?;
+                    let statements = STATEMENTS.load(std::sync::atomic::Ordering::Relaxed);
+                    let floor = tasks_floor(&target, count, executors).await?;
+                    let row = Row {
+                        workload: format!("W3 {count} no-op tasks, {executors} executor(s)"),
+                        items: f64::from(u32::try_from(count)?),
+                        unit: "task",
+                        ours,
+                        floor,
+                        target: if pg {
+                            "≥ 10 000 task/s, ratio ≥ 0.7".to_owned()
+                        } else {
+                            "—".to_owned()
+                        },
+                    };
+                    print_row(&row);
+                    println!(
+                        "   ↳ {:.2} statements per task sent by the executor(s) (BEGIN/COMMIT not counted)",
+                        f64::from(u32::try_from(statements)?) / f64::from(u32::try_from(count)?)
+                    );
+                    rows.push(row);
+                }
+            }
+            other => bail!("unknown workload {other}"),
+        }
+    }
+    println!("summary: {} workloads on {}", rows.len(), target.label());
+    Ok(())
+}
