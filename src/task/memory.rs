@@ -56,7 +56,11 @@ pub(crate) fn apply_update(e: &mut TaskExecution, update: &TaskExecutionUpdate) 
         e.status = status;
         if status.is_finished() {
             e.is_finished = true;
-            e.finished_at = Some(update.now);
+            // Never before `started_at`: the executor finishing it may read another clock.
+            e.finished_at = Some(
+                e.started_at
+                    .map_or(update.now, |started| started.max(update.now)),
+            );
         }
         if status != TaskExecutionStatus::Running {
             e.expires_at = None;

@@ -475,7 +475,8 @@ impl TaskExecutionGuard {
 ///
 /// The store also maintains fields that follow from the status, so that callers cannot leave
 /// them inconsistent:
-/// - a finished status sets `is_finished` and `finished_at = now`;
+/// - a finished status sets `is_finished` and `finished_at = now`, or `started_at` if that is
+///   later (executors' clocks, or the `now` they hold, may differ);
 /// - any status other than `running` clears `expires_at`, and any status other than `running` or
 ///   `cancelled` clears `executor_id`;
 /// - `updated_at = now` always.

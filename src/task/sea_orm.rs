@@ -134,6 +134,14 @@ fn int_val(name: &'static str, value: u32) -> Result<SimpleExpr> {
 ///
 /// No assignment reads a column another one writes: MySQL evaluates `SET` left to right with the
 /// new values.
+/// `finished_at` for an execution finishing at `now`: never before its `started_at`, which
+/// another executor, on another clock or with an older `now` in hand, may have written.
+fn finished_at(now: i64) -> SimpleExpr {
+    Expr::case(Expr::col(Col::StartedAt).gt(now), Expr::col(Col::StartedAt))
+        .finally(now)
+        .into()
+}
+
 fn update_sets(update: &TaskExecutionUpdate) -> Result<Vec<(Col, SimpleExpr)>> {
     let now = update.now;
     let mut sets = Vec::new();
@@ -141,7 +149,7 @@ fn update_sets(update: &TaskExecutionUpdate) -> Result<Vec<(Col, SimpleExpr)>> {
         sets.push((Col::Status, Expr::val(status.as_str())));
         if status.is_finished() {
             sets.push((Col::IsFinished, Expr::val(true)));
-            sets.push((Col::FinishedAt, Expr::val(now)));
+            sets.push((Col::FinishedAt, finished_at(now)));
         }
         if status != TaskExecutionStatus::Running {
             sets.push((Col::ExpiresAt, Expr::val(Option::<i64>::None)));

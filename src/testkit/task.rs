@@ -98,6 +98,7 @@ macro_rules! task_storage_conformance {
             claim_respects_the_limit,
             guarded_update_checks_status_and_fencing_token,
             update_maintains_status_derived_fields,
+            finished_at_never_precedes_started_at,
             update_and_enqueue_inserts_children_only_when_the_guard_matched,
             update_and_enqueue_conflict_rolls_back_the_update,
             finished_child_records_are_idempotent_and_counted,
@@ -121,6 +122,7 @@ macro_rules! task_storage_conformance {
             claim_respects_the_limit,
             guarded_update_checks_status_and_fencing_token,
             update_maintains_status_derived_fields,
+            finished_at_never_precedes_started_at,
             update_and_enqueue_inserts_children_only_when_the_guard_matched,
             update_and_enqueue_conflict_rolls_back_the_update,
             finished_child_records_are_idempotent_and_counted,
@@ -493,6 +495,31 @@ pub async fn claim_respects_the_limit(storage: Storage) -> CaseResult {
         taken.extend(claimed.into_iter().map(|e| e.execution_id));
     }
     check_eq!(taken, vec!["a", "b", "c", "d", "e"]);
+    Ok(())
+}
+
+/// An execution finished with a `now` older than its start (another executor's clock, or a
+/// `now` taken before a wait for a lock) records `finished_at = started_at`, never earlier.
+pub async fn finished_at_never_precedes_started_at(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![new_execution("a")], T0)
+        .await?;
+    storage
+        .claim_task_executions(&claim("e", T0 + 100, 1))
+        .await?;
+    let late_clock = TaskExecutionUpdate {
+        now: T0 + 40,
+        status: Some(TaskExecutionStatus::Completed),
+        ..Default::default()
+    };
+    let guard = TaskExecutionGuard::id("a").status(TaskExecutionStatus::Running);
+    check_eq!(
+        storage.update_task_executions(&guard, &late_clock).await?,
+        1
+    );
+    let done = get(&storage, "a").await?;
+    check_eq!(done.started_at, Some(T0 + 100));
+    check_eq!(done.finished_at, Some(T0 + 100));
     Ok(())
 }
 

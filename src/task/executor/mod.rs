@@ -87,7 +87,16 @@ impl Default for ExecutorOptions {
     }
 }
 
-/// Runs durable tasks; see the [module docs](self).
+/// Runs durable tasks registered with it, from a storage shared by any number of executors.
+///
+/// It runs five background loops: **claim** (claims ready executions in batches up to its free
+/// capacity and runs each), **parents** (completes, fails or finalizes parents whose children
+/// all finished), **close** (propagates finished executions to their parents and cancels the
+/// children of executions that did not complete), **expire** (returns executions whose executor
+/// died to `ready`, counting the attempt) and **cancel** (stops local runs of cancelled
+/// executions). A loop that found a full batch runs again at once; an idle one sleeps its poll
+/// interval with jitter and is woken early by in-process events. Every write of a run is
+/// guarded by its claim's fencing token.
 #[derive(Clone)]
 pub struct Executor {
     inner: Arc<Inner>,
