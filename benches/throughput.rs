@@ -318,13 +318,22 @@ async fn floor_worker(db: DatabaseConnection, backend: DbBackend, worker: String
                 vec!["job".into(), id.clone().into()],
             ))
             .await?;
-        // The outcomes: every record processed, written as one group.
+        // The fenced completion, then the outcomes (every record processed, one group), in one
+        // write transaction.
         let indexes = rows
             .iter()
             .map(|r| r.try_get::<i64>("", "record_index").map(|i| i.to_string()))
             .collect::<Result<Vec<_>, _>>()?
             .join(", ");
-        db.execute_raw(stmt(
+        let txn = db.begin_with_options(write_options(backend)).await?;
+        txn.execute_raw(stmt(
+            backend,
+            "UPDATE batchactions_batches SET status = 'COMPLETED', processed_count = $1, failed_count = 0, \
+             completed_at = $2 WHERE id = $3 AND version = $4 AND status = 'PROCESSING'",
+            vec![i64::try_from(rows.len())?.into(), now_ms().into(), id.clone().into(), (version + 1).into()],
+        ))
+        .await?;
+        txn.execute_raw(stmt(
             backend,
             &format!(
                 "UPDATE batchactions_records SET status = 'processed', errors = $1, processing_error = NULL, \
@@ -333,13 +342,7 @@ async fn floor_worker(db: DatabaseConnection, backend: DbBackend, worker: String
             vec![json!([]).into(), now_ms().into(), "job".into(), id.clone().into()],
         ))
         .await?;
-        db.execute_raw(stmt(
-            backend,
-            "UPDATE batchactions_batches SET status = 'COMPLETED', processed_count = $1, failed_count = 0, \
-             completed_at = $2 WHERE id = $3 AND version = $4 AND status = 'PROCESSING'",
-            vec![i64::try_from(rows.len())?.into(), now_ms().into(), id.into(), (version + 1).into()],
-        ))
-        .await?;
+        txn.commit().await?;
         db.execute_raw(stmt(
             backend,
             "UPDATE batchactions_jobs SET status = 'COMPLETED', completed_at = $1 WHERE id = $2 AND status = 'PROCESSING' \

@@ -420,6 +420,33 @@ impl DistributedStateStore for InMemoryStateStore {
         Ok(true)
     }
 
+    async fn complete_batch_with_outcomes(
+        &self,
+        reservation: &BatchReservation,
+        outcome: BatchOutcome,
+        outcomes: &[RecordOutcome],
+    ) -> Result<bool> {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let Some(row) = row_mut(&mut state, &reservation.job_id, &reservation.batch_id) else {
+            return Ok(false);
+        };
+        if !holds(row, reservation) {
+            return Ok(false);
+        }
+        row.batch.status = outcome.status();
+        row.batch.processed_count = outcome.processed_count;
+        row.batch.failed_count = outcome.failed_count;
+        row.updated_at = now;
+        apply_outcomes(
+            &mut state,
+            &reservation.job_id,
+            &reservation.batch_id,
+            outcomes,
+        );
+        Ok(true)
+    }
+
     async fn heartbeat_batch(&self, reservation: &BatchReservation) -> Result<bool> {
         let now = self.clock.now_ms();
         let mut state = self.lock();
@@ -457,23 +484,33 @@ impl DistributedStateStore for InMemoryStateStore {
         check::id("job_id", job_id)?;
         check::id("batch_id", batch_id)?;
         let mut state = self.lock();
-        let Some(stored) = state.records.get_mut(job_id) else {
-            return Ok(0);
-        };
-        let mut updated = 0;
-        for outcome in outcomes {
-            if let Some((owner, record)) = stored.get_mut(&outcome.index)
-                && owner == batch_id
-            {
-                record.status = outcome.status;
-                record.errors = outcome.errors.clone();
-                record.processing_error = outcome.processing_error.clone();
-                record.retry_count = outcome.retry_count;
-                updated += 1;
-            }
-        }
-        Ok(updated)
+        Ok(apply_outcomes(&mut state, job_id, batch_id, outcomes))
     }
+}
+
+/// Writes outcomes onto the records of `batch_id`; returns how many it changed.
+fn apply_outcomes(
+    state: &mut State,
+    job_id: &str,
+    batch_id: &str,
+    outcomes: &[RecordOutcome],
+) -> u64 {
+    let Some(stored) = state.records.get_mut(job_id) else {
+        return 0;
+    };
+    let mut updated = 0;
+    for outcome in outcomes {
+        if let Some((owner, record)) = stored.get_mut(&outcome.index)
+            && owner == batch_id
+        {
+            record.status = outcome.status;
+            record.errors = outcome.errors.clone();
+            record.processing_error = outcome.processing_error.clone();
+            record.retry_count = outcome.retry_count;
+            updated += 1;
+        }
+    }
+    updated
 }
 
 /// Whether `row` is still claimed by `reservation`.

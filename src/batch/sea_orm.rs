@@ -803,26 +803,36 @@ impl DistributedStateStore for SeaOrmStateStore {
         reservation: &BatchReservation,
         outcome: BatchOutcome,
     ) -> Result<bool> {
-        let processed = check::fits_i64("outcome.processed_count", outcome.processed_count)?;
-        let failed = check::fits_i64("outcome.failed_count", outcome.failed_count)?;
         let db = &self.db;
-        let now = self.clock.now_ms();
+        let completion = &completion(reservation, outcome, self.clock.now_ms())?;
         dialect::retry("complete_batch", || async move {
-            let result = batches::Entity::update_many()
-                .col_expr(
-                    batches::Column::Status,
-                    Expr::value(outcome.status().as_str()),
-                )
-                .col_expr(batches::Column::ProcessedCount, Expr::value(processed))
-                .col_expr(batches::Column::FailedCount, Expr::value(failed))
-                .col_expr(batches::Column::CompletedAt, Expr::value(now))
-                .col_expr(batches::Column::UpdatedAt, Expr::value(now))
-                .filter(holds(reservation))
-                .exec(db)
-                .await?;
-            Ok(result.rows_affected == 1)
+            Ok(completion.clone().exec(db).await?.rows_affected == 1)
         })
         .await
+    }
+
+    #[tracing::instrument(skip(self, outcomes), fields(count = outcomes.len()), err)]
+    async fn complete_batch_with_outcomes(
+        &self,
+        reservation: &BatchReservation,
+        outcome: BatchOutcome,
+        outcomes: &[RecordOutcome],
+    ) -> Result<bool> {
+        let now = self.clock.now_ms();
+        let db = &self.db;
+        let completion = &completion(reservation, outcome, now)?;
+        let updates = &outcome_updates(&reservation.job_id, &reservation.batch_id, outcomes, now)?;
+        // The fenced completion first: it locks the batch row, and when the claim was lost
+        // nothing else is written.
+        in_write_txn!(db, "complete_batch_with_outcomes", |txn| {
+            let completed = completion.clone().exec(&txn).await?.rows_affected == 1;
+            if completed {
+                for update in updates {
+                    update.clone().exec(&txn).await?;
+                }
+            }
+            completed
+        })
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -918,6 +928,26 @@ fn holds(reservation: &BatchReservation) -> sea_orm::Condition {
         .add(batches::Column::WorkerId.eq(&reservation.worker_id))
         .add(batches::Column::Version.eq(reservation.version))
         .add(batches::Column::Status.eq(BatchStatus::Processing.as_str()))
+}
+
+/// The fenced update that finishes a claimed batch with `outcome`.
+fn completion(
+    reservation: &BatchReservation,
+    outcome: BatchOutcome,
+    now: i64,
+) -> Result<sea_orm::UpdateMany<batches::Entity>> {
+    let processed = check::fits_i64("outcome.processed_count", outcome.processed_count)?;
+    let failed = check::fits_i64("outcome.failed_count", outcome.failed_count)?;
+    Ok(batches::Entity::update_many()
+        .col_expr(
+            batches::Column::Status,
+            Expr::value(outcome.status().as_str()),
+        )
+        .col_expr(batches::Column::ProcessedCount, Expr::value(processed))
+        .col_expr(batches::Column::FailedCount, Expr::value(failed))
+        .col_expr(batches::Column::CompletedAt, Expr::value(now))
+        .col_expr(batches::Column::UpdatedAt, Expr::value(now))
+        .filter(holds(reservation)))
 }
 
 /// Most record indexes in one `IN` list (well under every backend's bind-parameter limit).

@@ -269,4 +269,19 @@ pub trait DistributedStateStore: StateStore {
         batch_id: &str,
         outcomes: &[RecordOutcome],
     ) -> Result<u64>;
+
+    /// Finishes the claimed batch with `outcome` and records its records' outcomes (as
+    /// [`save_record_outcomes`](Self::save_record_outcomes)), all or nothing and only while
+    /// the reservation holds: a worker whose claim was lost writes nothing at all. Returns
+    /// whether it did.
+    ///
+    /// # Errors
+    ///
+    /// Database errors; nothing is written then.
+    async fn complete_batch_with_outcomes(
+        &self,
+        reservation: &BatchReservation,
+        outcome: BatchOutcome,
+        outcomes: &[RecordOutcome],
+    ) -> Result<bool>;
 }

@@ -516,19 +516,16 @@ where
     }
     // Only the outcome columns: the payloads were saved by `prepare` and did not change.
     let outcomes: Vec<RecordOutcome> = outcomes.iter().map(RecordOutcome::of).collect();
-    retrying("save_record_outcomes", || {
-        store.save_record_outcomes(&reservation.job_id, &reservation.batch_id, &outcomes)
-    })
-    .await?;
     let outcome = if stopped {
         BatchOutcome::failed(processed, failed)
     } else {
         BatchOutcome::completed(processed, failed)
     };
-    // A completion that took effect but whose answer was lost reads as a lost claim when
-    // retried; the batch is finished either way, and whoever comes next finalizes the job.
-    if !retrying("complete_batch", || {
-        store.complete_batch(reservation, outcome)
+    // Outcomes and completion in one fenced write: a worker whose claim was lost writes
+    // nothing. A completion that took effect but whose answer was lost reads as a lost claim
+    // when retried; the batch is finished either way, and whoever comes next finalizes the job.
+    if !retrying("complete_batch_with_outcomes", || {
+        store.complete_batch_with_outcomes(reservation, outcome, &outcomes)
     })
     .await?
     {

@@ -162,6 +162,7 @@ macro_rules! batch_store_conformance {
             distributed_flag_round_trips,
             full_distributed_flow,
             zombie_worker_cannot_complete_reclaimed_batch,
+            zombie_worker_writes_no_outcomes,
             complete_batch_requires_same_worker_and_version,
             job_batches_and_progress_come_from_batch_rows,
             update_batch_state_fences_the_holder,
@@ -1601,6 +1602,74 @@ pub async fn zombie_worker_cannot_complete_reclaimed_batch(ctx: Ctx) -> CaseResu
             .complete_batch(&owner, BatchOutcome::completed(3, 0))
             .await?,
         "owner refused"
+    );
+    ensure!(
+        ctx.store.try_finalize_job("job-001").await?,
+        "finalize refused"
+    );
+    Ok(())
+}
+
+/// Completing with outcomes is fenced as a whole: a worker whose claim was reclaimed writes
+/// neither the batch nor any record outcome; the new owner writes both.
+pub async fn zombie_worker_writes_no_outcomes(ctx: Ctx) -> CaseResult {
+    ctx.store
+        .save_job_state(&distributed_job("job-001", 1, 3))
+        .await?;
+    let zombie = claim(&ctx, "job-001", "worker-a").await?;
+    let records: Vec<ProcessedRecord> = (0..3).map(|i| record(i, RecordStatus::Pending)).collect();
+    ctx.store
+        .save_batch_records("job-001", &zombie.batch_id, &records)
+        .await?;
+    ctx.clock.advance(120_000);
+    ctx.store
+        .reclaim_stale_batches("job-001", Duration::from_secs(60))
+        .await?;
+    let owner = claim(&ctx, "job-001", "worker-b").await?;
+    let failed: Vec<RecordOutcome> = (0..3)
+        .map(|i| {
+            let mut outcome = RecordOutcome::of(&record(i, RecordStatus::Failed));
+            outcome.processing_error = Some("zombie".to_owned());
+            outcome
+        })
+        .collect();
+    ensure!(
+        !ctx.store
+            .complete_batch_with_outcomes(&zombie, BatchOutcome::completed(0, 3), &failed)
+            .await?,
+        "zombie completed the batch"
+    );
+    let stored = ctx
+        .store
+        .get_batch_records("job-001", &owner.batch_id)
+        .await?;
+    ensure!(
+        stored.iter().all(|r| r.status == RecordStatus::Pending),
+        "zombie wrote outcomes: {:?}",
+        stored.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    let processed: Vec<RecordOutcome> = (0..3)
+        .map(|i| RecordOutcome::of(&record(i, RecordStatus::Processed)))
+        .collect();
+    ensure!(
+        ctx.store
+            .complete_batch_with_outcomes(&owner, BatchOutcome::completed(3, 0), &processed)
+            .await?,
+        "owner refused"
+    );
+    let stored = ctx
+        .store
+        .get_batch_records("job-001", &owner.batch_id)
+        .await?;
+    ensure!(
+        stored.iter().all(|r| r.status == RecordStatus::Processed),
+        "owner's outcomes missing"
+    );
+    ensure!(
+        !ctx.store
+            .complete_batch_with_outcomes(&owner, BatchOutcome::completed(3, 0), &processed)
+            .await?,
+        "completed twice"
     );
     ensure!(
         ctx.store.try_finalize_job("job-001").await?,
