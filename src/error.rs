@@ -57,14 +57,6 @@ pub enum Error {
         /// What was being waited for.
         what: String,
     },
-    /// A batch of writes failed as a whole; each writer in the batch gets this error.
-    #[error("batched write failed: {message}")]
-    BatchWrite {
-        /// The error the batch failed with.
-        message: String,
-        /// Whether that error was retryable.
-        retryable: bool,
-    },
     /// A payload could not be serialized or deserialized.
     #[error("serialization failed: {0}")]
     Serialization(#[from] serde_json::Error),
@@ -79,7 +71,6 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Database(e) => e.is_retryable(),
-            Error::BatchWrite { retryable, .. } => *retryable,
             _ => false,
         }
     }

@@ -469,6 +469,10 @@ where
             }
         })
     };
+    // Stops the heartbeat however this function ends: returned, dropped by a caller's timeout,
+    // or unwound by a panicking processor. A heartbeat outliving its batch would keep the batch
+    // from ever being reclaimed.
+    let _stop_heartbeat = done.clone().drop_guard();
 
     let mut outcomes = Vec::with_capacity(records.len());
     let (mut processed, mut failed, mut stopped) = (0u64, 0u64, false);

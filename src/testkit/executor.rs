@@ -745,3 +745,43 @@ pub async fn shutdown_lets_running_executions_finish(
     );
     Ok(())
 }
+
+/// A task that panics fails its execution with the panic's message; the executor goes on.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn panicking_task_fails_its_execution(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let panicky = TaskDefinition::new("panicky", |_ctx, n: u32| async move {
+        if n == 0 {
+            panic!("division by zero requested");
+        }
+        Ok::<_, TaskError>(100 / n)
+    });
+    let executor = start_with(&storage, |e| e.register(&panicky))?;
+    let bad = executor.enqueue(&panicky, &0).await?;
+    let good = executor.enqueue(&panicky, &4).await?;
+    let (bad, good) = (wait(&bad).await?, wait(&good).await?);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let running = executor.running_count();
+    executor.shutdown().await;
+    testkit_ensure!(
+        bad.status() == TaskExecutionStatus::Failed,
+        "panicked run: {:?}",
+        bad.status()
+    );
+    testkit_ensure!(
+        bad.error()
+            .is_some_and(|e| e.message.contains("division by zero requested")),
+        "error {:?}",
+        bad.error()
+    );
+    testkit_ensure!(good.output == Some(25), "the other run: {:?}", good.output);
+    testkit_ensure!(
+        running == 0,
+        "{running} runs still counted after they ended"
+    );
+    Ok(())
+}

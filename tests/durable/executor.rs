@@ -87,6 +87,11 @@ macro_rules! executor_cases {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn panicking_task_fails_its_execution() -> anyhow::Result<()> {
+            on_storage($backend, cases::panicking_task_fails_its_execution).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn delays_are_honoured() -> anyhow::Result<()> {
             on_storage($backend, cases::delays_are_honoured).await
         }

@@ -115,7 +115,8 @@ struct Inner {
     storage: Arc<dyn TaskExecutionStorage>,
     options: ExecutorOptions,
     tasks: RwLock<HashMap<String, Arc<TaskSpec>>>,
-    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Runs in progress: execution id → (fencing token of the claim, cancellation token).
+    running: Mutex<HashMap<String, (i64, CancellationToken)>>,
     permits: Arc<Semaphore>,
     wake_claim: Notify,
     wake_parents: Notify,
@@ -142,8 +143,8 @@ const WRITE_BATCH: usize = 128;
 /// Writes the results of runs in batches: whatever accumulated while earlier batches were being
 /// written goes out in the next one, in one call (one transaction on SQL storages). An idle
 /// executor writes a lone result at once; a busy one pays one commit per batch instead of one per
-/// execution. Up to [`WRITES_IN_FLIGHT`] batches are written at once. Ends when the executor is
-/// dropped.
+/// execution. Up to [`WRITES_IN_FLIGHT`] batches are written at once. Ends when the channel
+/// closes, after [`Executor::shutdown`] and the last reference to the executor are gone.
 async fn write_batches(
     storage: Arc<dyn TaskExecutionStorage>,
     mut pending: mpsc::UnboundedReceiver<PendingWrite>,
@@ -180,14 +181,11 @@ async fn write_batch(storage: &dyn TaskExecutionStorage, batch: Vec<PendingWrite
             }
         }
         Err(err) => {
-            // Every writer in the batch gets the failure; each falls back to its lease.
-            let message = err.to_string();
-            let retryable = err.is_retryable();
-            for reply in replies {
-                let _ = reply.send(Err(Error::BatchWrite {
-                    message: message.clone(),
-                    retryable,
-                }));
+            // One bad row must not sink the others: write them one by one, so each writer
+            // gets its own result.
+            tracing::warn!(error = %err, count = updates.len(), "batched write failed; writing one by one");
+            for ((guard, update), reply) in updates.iter().zip(replies) {
+                let _ = reply.send(storage.update_task_executions(guard, update).await);
             }
         }
     }
@@ -201,6 +199,18 @@ pub(crate) fn new_id(prefix: &str) -> String {
     id
 }
 
+/// The message of a panicked run.
+fn panic_message(join: tokio::task::JoinError) -> String {
+    match join.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_owned()),
+        Err(join) => join.to_string(),
+    }
+}
+
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.75 + fastrand::f64() * 0.5)
 }
@@ -212,6 +222,12 @@ fn millis(d: Duration) -> i64 {
 impl Executor {
     /// An executor over `storage`. Register tasks, then [`start`](Self::start) it.
     pub fn new(storage: Arc<dyn TaskExecutionStorage>, options: ExecutorOptions) -> Self {
+        let mut options = options;
+        // Zero batches or a zero poll interval would make the loops spin without pause.
+        options.claim_batch_size = options.claim_batch_size.max(1);
+        options.background_batch_size = options.background_batch_size.max(1);
+        options.poll_interval = options.poll_interval.max(Duration::from_millis(1));
+        options.expire_interval = options.expire_interval.max(Duration::from_millis(1));
         let id = options.executor_id.clone().unwrap_or_else(|| new_id("ex_"));
         let permits = Arc::new(Semaphore::new(options.max_concurrent.max(1)));
         let (writes, pending) = mpsc::unbounded_channel();
@@ -277,6 +293,8 @@ impl Executor {
     }
 
     /// Starts the background loops on the current tokio runtime. Calling it again does nothing.
+    /// The loops run until [`shutdown`](Self::shutdown); dropping the executor does not stop
+    /// them.
     ///
     /// # Panics
     ///
@@ -479,7 +497,7 @@ impl Inner {
         }
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, CancellationToken)>> {
         self.running
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -595,13 +613,24 @@ impl Inner {
     fn spawn_run(self: &Arc<Self>, execution: TaskExecution, permit: OwnedSemaphorePermit) {
         // Not a child of the shutdown token: shutting down lets running executions finish.
         let token = CancellationToken::new();
-        self.running()
-            .insert(execution.execution_id.clone(), token.clone());
+        let fencing_token = execution.fencing_token;
+        self.running().insert(
+            execution.execution_id.clone(),
+            (fencing_token, token.clone()),
+        );
         let inner = Arc::clone(self);
         self.runs.spawn(async move {
             let id = execution.execution_id.clone();
             inner.run(execution, token).await;
-            inner.running().remove(&id);
+            // Only this run's entry: a newer claim of the same execution may have replaced it.
+            let mut running = inner.running();
+            if running
+                .get(&id)
+                .is_some_and(|(fence, _)| *fence == fencing_token)
+            {
+                running.remove(&id);
+            }
+            drop(running);
             drop(permit);
             inner.wake_claim.notify_one();
             inner.wake_close.notify_one();
@@ -617,9 +646,25 @@ impl Inner {
             ),
             Some(spec) => self.execute(&spec, &execution, token).await,
         };
-        if let Err(err) = self.record(&execution, result).await {
-            // The lease will lapse and another attempt will run.
-            tracing::error!(error = %err, "recording the run's result failed");
+        // Retry a result that could not be written for as long as the claim's lease lasts (the
+        // fencing token makes a repeated write harmless); after that the lease lapses and the
+        // execution is recovered by expiry.
+        let lease_ends = execution.expires_at.unwrap_or(i64::MIN);
+        let mut attempt: u32 = 0;
+        loop {
+            match self.record(&execution, &result).await {
+                Ok(()) => break,
+                Err(err) if err.is_retryable() && self.now() < lease_ends => {
+                    attempt += 1;
+                    tracing::warn!(error = %err, attempt, "recording the run's result failed; retrying");
+                    let delay = Duration::from_millis(50u64 << attempt.min(6));
+                    tokio::time::sleep(jitter(delay)).await;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "recording the run's result failed; the lease will lapse");
+                    break;
+                }
+            }
         }
     }
 
@@ -637,11 +682,17 @@ impl Inner {
             cancellation: token.clone(),
         };
         let timeout = Duration::from_millis(u64::try_from(execution.timeout_ms).unwrap_or(1));
-        let run = (spec.run)(ctx, execution.input.clone());
+        // The run gets a task of its own, so that a panic in task code is caught here (and
+        // recorded as the run's failure) instead of unwinding through the executor.
+        let mut run = tokio::spawn((spec.run)(ctx, execution.input.clone()));
         let result = tokio::select! {
-            r = tokio::time::timeout(timeout, run) => match r {
-                Ok(Ok(outcome)) => RunResult::Finished(outcome),
-                Ok(Err(err)) => RunResult::Failed(err, ExecutionErrorKind::Generic),
+            r = tokio::time::timeout(timeout, &mut run) => match r {
+                Ok(Ok(Ok(outcome))) => RunResult::Finished(outcome),
+                Ok(Ok(Err(err))) => RunResult::Failed(err, ExecutionErrorKind::Generic),
+                Ok(Err(join)) => RunResult::Failed(
+                    TaskError::fatal(format!("task panicked: {}", panic_message(join))),
+                    ExecutionErrorKind::Generic,
+                ),
                 Err(_) => RunResult::Failed(
                     TaskError::retryable(format!("task timed out after {} ms", execution.timeout_ms)),
                     ExecutionErrorKind::TimedOut,
@@ -649,13 +700,14 @@ impl Inner {
             },
             () = token.cancelled() => RunResult::Cancelled,
         };
+        run.abort();
         // Tell anything the run spawned that it is over.
         token.cancel();
         result
     }
 
     /// Writes how a run ended, guarded by the run's claim.
-    async fn record(&self, execution: &TaskExecution, result: RunResult) -> Result<()> {
+    async fn record(&self, execution: &TaskExecution, result: &RunResult) -> Result<()> {
         let guard = TaskExecutionGuard::id(execution.execution_id.clone())
             .status(TaskExecutionStatus::Running)
             .fencing_token(execution.fencing_token);
@@ -663,7 +715,7 @@ impl Inner {
         let written = match result {
             RunResult::Cancelled => return Ok(()),
             RunResult::Failed(err, kind) => {
-                let update = self.failure_update(execution, &err, kind, now);
+                let update = self.failure_update(execution, err, *kind, now);
                 self.write(guard, update).await? > 0
             }
             RunResult::Finished(outcome) => {
@@ -727,7 +779,7 @@ impl Inner {
         execution: &TaskExecution,
         guard: &TaskExecutionGuard,
         spec: Option<&TaskSpec>,
-        outcome: RunOutcome,
+        outcome: &RunOutcome,
         now: i64,
     ) -> Result<bool> {
         let storage = &self.storage;
@@ -738,9 +790,9 @@ impl Inner {
         let root = execution.root.clone().unwrap_or_else(|| this.clone());
         if !outcome.children.is_empty() {
             let mut children = Vec::with_capacity(outcome.children.len());
-            for (index, child) in outcome.children.into_iter().enumerate() {
-                let input = match child.input {
-                    Ok(input) => input,
+            for (index, child) in outcome.children.iter().enumerate() {
+                let input = match &child.input {
+                    Ok(input) => input.clone(),
                     Err(e) => {
                         let err = TaskError::fatal(format!(
                             "child {index} input does not serialize: {e}"
@@ -766,7 +818,7 @@ impl Inner {
             let update = TaskExecutionUpdate {
                 now,
                 status: Some(TaskExecutionStatus::WaitingForChildren),
-                run_output: Some(outcome.output),
+                run_output: Some(outcome.output.clone()),
                 children_count: Some(u32::try_from(children.len()).unwrap_or(u32::MAX)),
                 clear_error: true,
                 ..Default::default()
@@ -794,7 +846,7 @@ impl Inner {
                         execution,
                         guard,
                         &finalize,
-                        Some(outcome.output),
+                        Some(outcome.output.clone()),
                         input,
                         now,
                     )
@@ -810,7 +862,7 @@ impl Inner {
                 let update = TaskExecutionUpdate {
                     now,
                     status: Some(TaskExecutionStatus::Completed),
-                    run_output: Some(outcome.output),
+                    run_output: Some(outcome.output.clone()),
                     output: Some(output),
                     clear_error: true,
                     ..Default::default()
@@ -877,8 +929,35 @@ impl Inner {
             .claim_parents_with_finished_children(&params)
             .await?;
         let full = u64::try_from(parents.len()).unwrap_or(u64::MAX) >= limit;
+        let parents_empty = parents.is_empty();
         for parent in parents {
-            self.process_parent(&parent).await?;
+            // One parent's failure must not hold up the others claimed with it.
+            if let Err(err) = self.process_parent(&parent).await {
+                if err.is_retryable() {
+                    tracing::warn!(execution_id = %parent.execution_id, error = %err, "processing a parent failed; it is retried after its lease");
+                    continue;
+                }
+                // Unreadable child outputs or run output: no retry can fix that.
+                let guard = TaskExecutionGuard::id(parent.execution_id.clone())
+                    .status(TaskExecutionStatus::WaitingForChildren)
+                    .fencing_token(parent.fencing_token);
+                let update = TaskExecutionUpdate {
+                    now: self.now(),
+                    status: Some(TaskExecutionStatus::ChildrenFailed),
+                    error: Some(ExecutionError {
+                        kind: ExecutionErrorKind::Generic,
+                        is_retryable: false,
+                        is_internal: true,
+                        message: format!("the children's results could not be combined: {err}"),
+                    }),
+                    ..Default::default()
+                };
+                self.storage.update_task_executions(&guard, &update).await?;
+            }
+        }
+        if !parents_empty {
+            // Finished parents are closed next.
+            self.wake_close.notify_one();
         }
         Ok(full)
     }
@@ -1007,7 +1086,7 @@ impl Inner {
             .await?;
         let running = self.running();
         for id in &ids {
-            if let Some(token) = running.get(id) {
+            if let Some((_, token)) = running.get(id) {
                 tracing::info!(execution_id = %id, "cancelling a running execution");
                 token.cancel();
             }
