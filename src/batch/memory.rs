@@ -405,19 +405,8 @@ impl DistributedStateStore for InMemoryStateStore {
         reservation: &BatchReservation,
         outcome: BatchOutcome,
     ) -> Result<bool> {
-        let now = self.clock.now_ms();
-        let mut state = self.lock();
-        let Some(row) = row_mut(&mut state, &reservation.job_id, &reservation.batch_id) else {
-            return Ok(false);
-        };
-        if !holds(row, reservation) {
-            return Ok(false);
-        }
-        row.batch.status = outcome.status();
-        row.batch.processed_count = outcome.processed_count;
-        row.batch.failed_count = outcome.failed_count;
-        row.updated_at = now;
-        Ok(true)
+        self.complete_batch_with_outcomes(reservation, outcome, &[])
+            .await
     }
 
     async fn complete_batch_with_outcomes(

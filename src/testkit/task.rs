@@ -88,31 +88,14 @@ macro_rules! check_eq {
 #[macro_export]
 macro_rules! task_storage_conformance {
     (storage: $make:expr) => {
-        $crate::task_storage_conformance!(@cases (storage: $make);
-            enqueue_then_get_round_trips_every_field,
-            enqueue_of_nothing_is_a_no_op,
-            duplicate_enqueue_is_conflict_and_inserts_nothing,
-            invalid_executions_are_rejected_before_writing,
-            get_task_executions_filters_orders_and_limits,
-            claim_takes_due_ready_executions_earliest_first,
-            claim_respects_the_limit,
-            guarded_update_checks_status_and_fencing_token,
-            update_maintains_status_derived_fields,
-            finished_at_never_precedes_started_at,
-            update_and_enqueue_inserts_children_only_when_the_guard_matched,
-            update_and_enqueue_conflict_rolls_back_the_update,
-            finished_child_records_are_idempotent_and_counted,
-            expiry_counts_the_attempt_and_fails_when_retries_are_exhausted,
-            claim_parents_when_children_finished_or_one_failed,
-            close_records_children_and_completes_parent_through_finalize,
-            close_of_failed_finalize_fails_the_parent,
-            close_of_unsuccessful_parent_cancels_its_active_children,
-            cancellation_requests_are_taken_once_per_executor,
-            megabyte_non_ascii_payloads_round_trip,
-        );
+        $crate::task_storage_conformance!(@all (storage: $make));
     };
     (runner: $runner:path) => {
-        $crate::task_storage_conformance!(@cases (runner: $runner);
+        $crate::task_storage_conformance!(@all (runner: $runner));
+    };
+    // The one list of cases, for both forms.
+    (@all $how:tt) => {
+        $crate::task_storage_conformance!(@cases $how;
             enqueue_then_get_round_trips_every_field,
             enqueue_of_nothing_is_a_no_op,
             duplicate_enqueue_is_conflict_and_inserts_nothing,
