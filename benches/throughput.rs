@@ -279,80 +279,97 @@ async fn job_floor(target: &Target, shape: &JobShape) -> Result<Duration> {
 }
 
 async fn floor_worker(db: DatabaseConnection, backend: DbBackend, worker: String) -> Result<()> {
+    // A hand-written loop has to retry deadlocks too (MariaDB reports them under contention).
+    let mut attempts = 0;
+    loop {
+        match floor_batch(&db, backend, &worker).await {
+            Ok(true) => attempts = 0,
+            Ok(false) => return Ok(()),
+            Err(err) if attempts < 10 && is_transient(&err) => attempts += 1,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+fn is_transient(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<sea_orm::DbErr>()
+        .is_some_and(|e| sea_orm_durable::Error::from(e.clone()).is_retryable())
+}
+
+async fn floor_batch(db: &DatabaseConnection, backend: DbBackend, worker: &str) -> Result<bool> {
     let lock = if backend == DbBackend::Sqlite {
         ""
     } else {
         " FOR UPDATE SKIP LOCKED"
     };
-    loop {
-        let txn = db.begin_with_options(write_options(backend)).await?;
-        let candidate = txn
-            .query_one_raw(stmt(
-                backend,
-                &format!(
-                    "SELECT id, version FROM batchactions_batches WHERE job_id = $1 AND status = 'PENDING' \
-                     ORDER BY batch_index LIMIT 1{lock}"
-                ),
-                vec!["job".into()],
-            ))
-            .await?;
-        let Some(candidate) = candidate else {
-            txn.commit().await?;
-            return Ok(());
-        };
-        let (id, version): (String, i64) = (
-            candidate.try_get("", "id")?,
-            candidate.try_get("", "version")?,
-        );
-        txn.execute_raw(stmt(
-            backend,
-            "UPDATE batchactions_batches SET status = 'PROCESSING', worker_id = $1, claimed_at = $2, \
-             heartbeat_at = $3, version = version + 1 WHERE id = $4 AND version = $5 AND status = 'PENDING'",
-            vec![worker.clone().into(), now_ms().into(), now_ms().into(), id.clone().into(), version.into()],
-        ))
-        .await?;
-        txn.commit().await?;
-        let rows = db
-            .query_all_raw(stmt(
-                backend,
-                "SELECT record_index, raw, parsed FROM batchactions_records WHERE job_id = $1 AND batch_id = $2 \
-                 ORDER BY record_index",
-                vec!["job".into(), id.clone().into()],
-            ))
-            .await?;
-        // The fenced completion, then the outcomes (every record processed, one group), in one
-        // write transaction.
-        let indexes = rows
-            .iter()
-            .map(|r| r.try_get::<i64>("", "record_index").map(|i| i.to_string()))
-            .collect::<Result<Vec<_>, _>>()?
-            .join(", ");
-        let txn = db.begin_with_options(write_options(backend)).await?;
-        txn.execute_raw(stmt(
-            backend,
-            "UPDATE batchactions_batches SET status = 'COMPLETED', processed_count = $1, failed_count = 0, \
-             completed_at = $2 WHERE id = $3 AND version = $4 AND status = 'PROCESSING'",
-            vec![i64::try_from(rows.len())?.into(), now_ms().into(), id.clone().into(), (version + 1).into()],
-        ))
-        .await?;
-        txn.execute_raw(stmt(
+    let txn = db.begin_with_options(write_options(backend)).await?;
+    let candidate = txn
+        .query_one_raw(stmt(
             backend,
             &format!(
-                "UPDATE batchactions_records SET status = 'processed', errors = $1, processing_error = NULL, \
-                 retry_count = 0, updated_at = $2 WHERE job_id = $3 AND batch_id = $4 AND record_index IN ({indexes})"
+                "SELECT id, version FROM batchactions_batches WHERE job_id = $1 AND status = 'PENDING' \
+                 ORDER BY batch_index LIMIT 1{lock}"
             ),
-            vec![json!([]).into(), now_ms().into(), "job".into(), id.clone().into()],
+            vec!["job".into()],
         ))
         .await?;
+    let Some(candidate) = candidate else {
         txn.commit().await?;
-        db.execute_raw(stmt(
+        return Ok(false);
+    };
+    let (id, version): (String, i64) = (
+        candidate.try_get("", "id")?,
+        candidate.try_get("", "version")?,
+    );
+    txn.execute_raw(stmt(
+        backend,
+        "UPDATE batchactions_batches SET status = 'PROCESSING', worker_id = $1, claimed_at = $2, \
+         heartbeat_at = $3, version = version + 1 WHERE id = $4 AND version = $5 AND status = 'PENDING'",
+        vec![worker.into(), now_ms().into(), now_ms().into(), id.clone().into(), version.into()],
+    ))
+    .await?;
+    txn.commit().await?;
+    let rows = db
+        .query_all_raw(stmt(
             backend,
-            "UPDATE batchactions_jobs SET status = 'COMPLETED', completed_at = $1 WHERE id = $2 AND status = 'PROCESSING' \
-             AND NOT EXISTS (SELECT 1 FROM batchactions_batches WHERE job_id = $3 AND status NOT IN ('COMPLETED', 'FAILED'))",
-            vec![now_ms().into(), "job".into(), "job".into()],
+            "SELECT record_index, raw, parsed FROM batchactions_records WHERE job_id = $1 AND batch_id = $2 \
+             ORDER BY record_index",
+            vec!["job".into(), id.clone().into()],
         ))
         .await?;
-    }
+    // The fenced completion, then the outcomes (every record processed, one group), in one
+    // write transaction.
+    let indexes = rows
+        .iter()
+        .map(|r| r.try_get::<i64>("", "record_index").map(|i| i.to_string()))
+        .collect::<Result<Vec<_>, _>>()?
+        .join(", ");
+    let txn = db.begin_with_options(write_options(backend)).await?;
+    txn.execute_raw(stmt(
+        backend,
+        "UPDATE batchactions_batches SET status = 'COMPLETED', processed_count = $1, failed_count = 0, \
+         completed_at = $2 WHERE id = $3 AND version = $4 AND status = 'PROCESSING'",
+        vec![i64::try_from(rows.len())?.into(), now_ms().into(), id.clone().into(), (version + 1).into()],
+    ))
+    .await?;
+    txn.execute_raw(stmt(
+        backend,
+        &format!(
+            "UPDATE batchactions_records SET status = 'processed', errors = $1, processing_error = NULL, \
+             retry_count = 0, updated_at = $2 WHERE job_id = $3 AND batch_id = $4 AND record_index IN ({indexes})"
+        ),
+        vec![json!([]).into(), now_ms().into(), "job".into(), id.clone().into()],
+    ))
+    .await?;
+    txn.commit().await?;
+    db.execute_raw(stmt(
+        backend,
+        "UPDATE batchactions_jobs SET status = 'COMPLETED', completed_at = $1 WHERE id = $2 AND status = 'PROCESSING' \
+         AND NOT EXISTS (SELECT 1 FROM batchactions_batches WHERE job_id = $3 AND status NOT IN ('COMPLETED', 'FAILED'))",
+        vec![now_ms().into(), "job".into(), "job".into()],
+    ))
+    .await?;
+    Ok(true)
 }
 
 fn write_options(backend: DbBackend) -> sea_orm::TransactionOptions {
