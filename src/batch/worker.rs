@@ -50,7 +50,9 @@ fn batch_id(job_id: &str, index: u32) -> String {
 /// Preparing again with the same job id is safe: when an earlier prepare finished (the job
 /// exists), nothing is written and its totals are returned, whatever its workers did since;
 /// when it stopped half way, the records are saved again (upserted) and the job is created.
-/// A job without records is saved as `COMPLETED`.
+/// A job without records is saved as `COMPLETED`. Preparing *at the same time* from two places
+/// is not safe: both may find no job and the later one would reset records the workers already
+/// finished; prepare a job from one place.
 ///
 /// # Errors
 ///
