@@ -698,25 +698,7 @@ impl DistributedStateStore for SeaOrmStateStore {
         let db = &self.db;
         let now = self.clock.now_ms();
         dialect::retry("release_batch", || async move {
-            let result = batches::Entity::update_many()
-                .col_expr(
-                    batches::Column::Status,
-                    Expr::value(BatchStatus::Pending.as_str()),
-                )
-                .col_expr(
-                    batches::Column::WorkerId,
-                    Expr::value(Option::<String>::None),
-                )
-                .col_expr(batches::Column::ClaimedAt, Expr::value(Option::<i64>::None))
-                .col_expr(
-                    batches::Column::HeartbeatAt,
-                    Expr::value(Option::<i64>::None),
-                )
-                .col_expr(batches::Column::UpdatedAt, Expr::value(now))
-                .col_expr(
-                    batches::Column::Version,
-                    Expr::col(batches::Column::Version).add(1),
-                )
+            let result = back_to_pending(now)
                 .filter(batches::Column::Id.eq(batch_id))
                 .filter(batches::Column::JobId.eq(job_id))
                 .filter(batches::Column::WorkerId.eq(worker_id))
@@ -738,25 +720,7 @@ impl DistributedStateStore for SeaOrmStateStore {
         // reclaimers split the rows between them and their counts add up to the stale count.
         // It runs in a READ COMMITTED transaction so that MySQL takes no gap locks.
         in_write_txn!(db, "reclaim_stale_batches", |txn| {
-            batches::Entity::update_many()
-                .col_expr(
-                    batches::Column::Status,
-                    Expr::value(BatchStatus::Pending.as_str()),
-                )
-                .col_expr(
-                    batches::Column::WorkerId,
-                    Expr::value(Option::<String>::None),
-                )
-                .col_expr(batches::Column::ClaimedAt, Expr::value(Option::<i64>::None))
-                .col_expr(
-                    batches::Column::HeartbeatAt,
-                    Expr::value(Option::<i64>::None),
-                )
-                .col_expr(batches::Column::UpdatedAt, Expr::value(now))
-                .col_expr(
-                    batches::Column::Version,
-                    Expr::col(batches::Column::Version).add(1),
-                )
+            back_to_pending(now)
                 .filter(batches::Column::JobId.eq(job_id))
                 .filter(batches::Column::Status.eq(BatchStatus::Processing.as_str()))
                 // Staleness runs from the last heartbeat; a row made PROCESSING without one
@@ -928,6 +892,30 @@ fn holds(reservation: &BatchReservation) -> sea_orm::Condition {
         .add(batches::Column::WorkerId.eq(&reservation.worker_id))
         .add(batches::Column::Version.eq(reservation.version))
         .add(batches::Column::Status.eq(BatchStatus::Processing.as_str()))
+}
+
+/// Puts batches back to `PENDING` without an owner, bumping `version` so that the former
+/// owner's claim no longer holds (the caller adds which batches).
+fn back_to_pending(now: i64) -> sea_orm::UpdateMany<batches::Entity> {
+    batches::Entity::update_many()
+        .col_expr(
+            batches::Column::Status,
+            Expr::value(BatchStatus::Pending.as_str()),
+        )
+        .col_expr(
+            batches::Column::WorkerId,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(batches::Column::ClaimedAt, Expr::value(Option::<i64>::None))
+        .col_expr(
+            batches::Column::HeartbeatAt,
+            Expr::value(Option::<i64>::None),
+        )
+        .col_expr(batches::Column::UpdatedAt, Expr::value(now))
+        .col_expr(
+            batches::Column::Version,
+            Expr::col(batches::Column::Version).add(1),
+        )
 }
 
 /// The fenced update that finishes a claimed batch with `outcome`.
