@@ -90,10 +90,11 @@ pub use task::executor::{
     TaskError, TaskHandle, TaskOptions, WaitOptions,
 };
 pub use task::{
-    ClaimParams, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
-    InMemoryTaskExecutionStorage, NewTaskExecution, ParentRef, RetryOptions,
-    SeaOrmTaskExecutionStorage, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
-    TaskExecutionRef, TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate,
+    ClaimParams, DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
+    InMemoryTaskExecutionStorage, MAX_LEASE_MARGIN, MAX_QUEUE_LEN, MAX_SLEEP_BEFORE_RUN,
+    MAX_TIMEOUT, NewTaskExecution, ParentRef, RetryOptions, SeaOrmTaskExecutionStorage,
+    TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus,
+    TaskExecutionStorage, TaskExecutionUpdate,
 };
 
 /// The migrations that create this crate's tables (the `sea-orm-durable-migration` crate).

@@ -11,6 +11,8 @@ pub struct Model {
     pub execution_id: String,
     /// The task this is an execution of.
     pub task_id: String,
+    /// The queue the execution waits in.
+    pub queue: String,
     /// Task id of the top-most ancestor, for children and finalize executions.
     pub root_task_id: Option<String>,
     /// Execution id of the top-most ancestor.
@@ -48,8 +50,11 @@ pub struct Model {
     pub error: Option<Json>,
     /// The executor holding the current claim.
     pub executor_id: Option<String>,
-    /// Incremented by every claim.
+    /// Changed by every claim.
     pub fencing_token: i64,
+    /// The id of the claim that took the execution last, so a claim whose reply was lost can
+    /// be taken back by its retry.
+    pub claim_id: Option<String>,
     /// Whether the execution was cancelled while an executor may be running it.
     pub cancel_requested: bool,
     /// Retries done so far.

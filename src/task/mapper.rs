@@ -40,6 +40,15 @@ impl Row<'_> {
         u32::try_from(value).map_err(|_| self.corrupt(column, format!("negative value {value}")))
     }
 
+    /// A number that must lie within `min..=max` (the limits enqueue checks).
+    fn within(&self, column: &'static str, value: i64, min: i64, max: i64) -> Result<i64> {
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(self.corrupt(column, format!("{value} is outside {min}..={max}")))
+        }
+    }
+
     fn status(&self, column: &'static str, value: &str) -> Result<TaskExecutionStatus> {
         value
             .parse()
@@ -114,6 +123,7 @@ pub(crate) fn execution_to_model(e: TaskExecution) -> Result<te::Model> {
         retry_options: serde_json::to_value(&e.retry_options)?,
         execution_id: e.execution_id,
         task_id: e.task_id,
+        queue: e.queue,
         root_task_id,
         root_execution_id,
         parent_task_id,
@@ -130,6 +140,7 @@ pub(crate) fn execution_to_model(e: TaskExecution) -> Result<te::Model> {
         error: e.error.as_ref().map(error_json).transpose()?,
         executor_id: e.executor_id,
         fencing_token: e.fencing_token,
+        claim_id: e.claim_id,
         cancel_requested: e.cancel_requested,
         retry_attempts: int("retry_attempts", e.retry_attempts)?,
         start_at: e.start_at,
@@ -198,13 +209,19 @@ pub(crate) fn execution_from_model(m: te::Model) -> Result<TaskExecution> {
         children_count: row.count("children_count", m.children_count)?,
         finished_children_count: row.count("finished_children_count", m.finished_children_count)?,
         failed_children_count: row.count("failed_children_count", m.failed_children_count)?,
+        sleep_ms_before_run: row.within(
+            "sleep_ms_before_run",
+            m.sleep_ms_before_run,
+            0,
+            super::model::MAX_SLEEP_MS,
+        )?,
+        timeout_ms: row.within("timeout_ms", m.timeout_ms, 1, super::model::MAX_TIMEOUT_MS)?,
         execution_id: m.execution_id,
         task_id: m.task_id,
+        queue: m.queue,
         root,
         parent,
         retry_options,
-        sleep_ms_before_run: m.sleep_ms_before_run,
-        timeout_ms: m.timeout_ms,
         status,
         is_finished: m.is_finished,
         input: m.input,
@@ -213,6 +230,7 @@ pub(crate) fn execution_from_model(m: te::Model) -> Result<TaskExecution> {
         error,
         executor_id: m.executor_id,
         fencing_token: m.fencing_token,
+        claim_id: m.claim_id,
         cancel_requested: m.cancel_requested,
         start_at: m.start_at,
         started_at: m.started_at,
@@ -259,6 +277,7 @@ pub(crate) fn execution_from_row(row: &QueryResult) -> Result<TaskExecution> {
                 row,
                 execution_id: String,
                 task_id: String,
+                queue: String,
                 root_task_id: Option<String>,
                 root_execution_id: Option<String>,
                 parent_task_id: Option<String>,
@@ -277,6 +296,7 @@ pub(crate) fn execution_from_row(row: &QueryResult) -> Result<TaskExecution> {
                 error: Option<serde_json::Value>,
                 executor_id: Option<String>,
                 fencing_token: i64,
+                claim_id: Option<String>,
                 cancel_requested: bool,
                 retry_attempts: i32,
                 start_at: i64,

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use super::model::next_fencing_token;
 use super::model::{
     ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionFilter,
     TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate,
@@ -148,6 +149,26 @@ impl State {
             .collect()
     }
 
+    /// The executions `params.executor_id` took under `params.claim_id` and still holds in
+    /// `status`.
+    fn taken_back(&self, params: &ClaimParams, status: TaskExecutionStatus) -> Vec<TaskExecution> {
+        let Some(claim_id) = &params.claim_id else {
+            return Vec::new();
+        };
+        let ids = self.pick(
+            params.limit,
+            |e| {
+                e.status == status
+                    && e.executor_id.as_deref() == Some(params.executor_id.as_str())
+                    && e.claim_id.as_deref() == Some(claim_id.as_str())
+            },
+            |e| e.execution_id.clone(),
+        );
+        ids.iter()
+            .filter_map(|id| self.executions.get(id).cloned())
+            .collect()
+    }
+
     fn cancel_active_children(&mut self, parent: &TaskExecution, now: i64) {
         let update = TaskExecutionUpdate {
             now,
@@ -252,29 +273,40 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
     }
 
     async fn claim_task_executions(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>> {
+        if params.admits_nothing() {
+            return Ok(Vec::new());
+        }
         let mut state = self.state();
+        let mut claimed = if params.resume {
+            state.taken_back(params, TaskExecutionStatus::Running)
+        } else {
+            Vec::new()
+        };
+        let limit = params
+            .limit
+            .saturating_sub(u64::try_from(claimed.len()).unwrap_or(u64::MAX));
         let ids = state.pick(
-            params.limit,
-            |e| e.status == TaskExecutionStatus::Ready && e.start_at <= params.now,
+            limit,
+            |e| {
+                e.status == TaskExecutionStatus::Ready
+                    && e.start_at <= params.now
+                    && params.admits(&e.task_id, &e.queue)
+            },
             |e| (e.start_at, e.execution_id.clone()),
         );
-        let mut claimed = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(e) = state.executions.get_mut(&id) {
                 e.status = TaskExecutionStatus::Running;
                 e.executor_id = Some(params.executor_id.clone());
+                e.claim_id.clone_from(&params.claim_id);
                 e.started_at = Some(params.now);
-                e.expires_at = Some(
-                    params
-                        .now
-                        .saturating_add(e.timeout_ms)
-                        .saturating_add(params.lease_margin_ms),
-                );
-                e.fencing_token += 1;
+                e.expires_at = Some(params.lease_base().saturating_add(e.timeout_ms));
+                e.fencing_token = next_fencing_token(e.fencing_token);
                 e.updated_at = params.now;
                 claimed.push(e.clone());
             }
         }
+        claimed.sort_by(|a, b| (a.start_at, &a.execution_id).cmp(&(b.start_at, &b.execution_id)));
         Ok(claimed)
     }
 
@@ -349,27 +381,41 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
         &self,
         params: &ClaimParams,
     ) -> Result<Vec<TaskExecution>> {
+        if params.admits_nothing() {
+            return Ok(Vec::new());
+        }
         let mut state = self.state();
+        let mut claimed = if params.resume {
+            state.taken_back(params, TaskExecutionStatus::WaitingForChildren)
+        } else {
+            Vec::new()
+        };
+        let limit = params
+            .limit
+            .saturating_sub(u64::try_from(claimed.len()).unwrap_or(u64::MAX));
         let ids = state.pick(
-            params.limit,
+            limit,
             |e| {
                 e.status == TaskExecutionStatus::WaitingForChildren
                     && (e.finished_children_count >= e.children_count
                         || e.failed_children_count > 0)
                     && e.expires_at.is_none_or(|x| x <= params.now)
+                    && params.admits(&e.task_id, &e.queue)
             },
             |e| (e.updated_at, e.execution_id.clone()),
         );
-        let mut claimed = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(e) = state.executions.get_mut(&id) {
                 e.executor_id = Some(params.executor_id.clone());
-                e.expires_at = Some(params.now.saturating_add(params.lease_margin_ms));
-                e.fencing_token += 1;
+                e.claim_id.clone_from(&params.claim_id);
+                e.expires_at = Some(params.lease_base());
+                e.fencing_token = next_fencing_token(e.fencing_token);
                 e.updated_at = params.now;
                 claimed.push(e.clone());
             }
         }
+        claimed
+            .sort_by(|a, b| (a.updated_at, &a.execution_id).cmp(&(b.updated_at, &b.execution_id)));
         Ok(claimed)
     }
 
@@ -407,24 +453,33 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
         Ok(count)
     }
 
-    async fn take_cancellation_requests(
-        &self,
-        executor_id: &str,
-        now: i64,
-        limit: u64,
-    ) -> Result<Vec<String>> {
-        let mut state = self.state();
-        let ids = state.pick(
+    async fn cancellation_requests(&self, executor_id: &str, limit: u64) -> Result<Vec<String>> {
+        Ok(self.state().pick(
             limit,
             |e| e.cancel_requested && e.executor_id.as_deref() == Some(executor_id),
             |e| (e.updated_at, e.execution_id.clone()),
-        );
-        for id in &ids {
-            if let Some(e) = state.executions.get_mut(id) {
+        ))
+    }
+
+    async fn acknowledge_cancellation_requests(
+        &self,
+        executor_id: &str,
+        execution_ids: &[String],
+        now: i64,
+    ) -> Result<u64> {
+        let mut state = self.state();
+        let mut cleared = 0;
+        for id in execution_ids {
+            if let Some(e) = state
+                .executions
+                .get_mut(id)
+                .filter(|e| e.cancel_requested && e.executor_id.as_deref() == Some(executor_id))
+            {
                 e.cancel_requested = false;
                 e.updated_at = now;
+                cleared += 1;
             }
         }
-        Ok(ids)
+        Ok(cleared)
     }
 }

@@ -12,7 +12,8 @@ mod storage;
 
 pub use memory::InMemoryTaskExecutionStorage;
 pub use model::{
-    ClaimParams, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution, NewTaskExecution,
+    ClaimParams, DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
+    MAX_LEASE_MARGIN, MAX_QUEUE_LEN, MAX_SLEEP_BEFORE_RUN, MAX_TIMEOUT, NewTaskExecution,
     ParentRef, RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
     TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate,
 };
@@ -50,15 +51,90 @@ pub(crate) fn validate_task_id(id: &str) -> Result<()> {
     validate_id("task_id", id)
 }
 
+/// Checks a queue name: not empty, at most [`MAX_QUEUE_LEN`] bytes.
+pub(crate) fn validate_queue(queue: &str) -> Result<()> {
+    if queue.is_empty() || queue.len() > MAX_QUEUE_LEN {
+        return Err(Error::InvalidArgument {
+            name: "queue",
+            reason: format!("must be 1 to {MAX_QUEUE_LEN} bytes, got {}", queue.len()),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a run timeout in milliseconds: positive, at most [`MAX_TIMEOUT`].
+pub(crate) fn validate_timeout_ms(timeout_ms: i64) -> Result<()> {
+    if !(1..=model::MAX_TIMEOUT_MS).contains(&timeout_ms) {
+        return Err(Error::InvalidArgument {
+            name: "timeout",
+            reason: format!(
+                "must be 1 ms to {} ms (365 days), got {timeout_ms} ms",
+                model::MAX_TIMEOUT_MS
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a delay before the first run in milliseconds: not negative, at most
+/// [`MAX_SLEEP_BEFORE_RUN`].
+pub(crate) fn validate_sleep_ms(sleep_ms: i64) -> Result<()> {
+    if !(0..=model::MAX_SLEEP_MS).contains(&sleep_ms) {
+        return Err(Error::InvalidArgument {
+            name: "sleep_before_run",
+            reason: format!(
+                "must be 0 ms to {} ms (365 days), got {sleep_ms} ms",
+                model::MAX_SLEEP_MS
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks retry options: retries fit the `INT` column, the multiplier is a finite number that
+/// does not shrink delays below zero.
+pub(crate) fn validate_retry(retry: &RetryOptions) -> Result<()> {
+    if i32::try_from(retry.max_attempts).is_err() {
+        return Err(Error::InvalidArgument {
+            name: "retry.max_attempts",
+            reason: format!("at most {}, got {}", i32::MAX, retry.max_attempts),
+        });
+    }
+    if !retry.delay_multiplier.is_finite() || retry.delay_multiplier < 0.0 {
+        return Err(Error::InvalidArgument {
+            name: "retry.delay_multiplier",
+            reason: format!(
+                "must be a finite number >= 0, got {}",
+                retry.delay_multiplier
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Checks a new execution before anything is written.
 pub(crate) fn validate_new(e: &NewTaskExecution) -> Result<()> {
     validate_id("execution_id", &e.execution_id)?;
     validate_task_id(&e.task_id)?;
-    if e.timeout_ms <= 0 {
-        return Err(Error::InvalidArgument {
-            name: "timeout_ms",
-            reason: format!("must be positive, got {}", e.timeout_ms),
-        });
+    if let Some(queue) = &e.queue {
+        validate_queue(queue)?;
+    }
+    validate_timeout_ms(e.timeout_ms)?;
+    validate_sleep_ms(e.sleep_ms_before_run)?;
+    validate_retry(&e.retry_options)?;
+    if let Some(parent) = &e.parent {
+        validate_id("parent.execution_id", &parent.execution_id)?;
+        validate_task_id(&parent.task_id)?;
+        if i32::try_from(parent.index).is_err() {
+            return Err(Error::InvalidArgument {
+                name: "parent.index",
+                reason: format!("at most {}, got {}", i32::MAX, parent.index),
+            });
+        }
+    }
+    if let Some(root) = &e.root {
+        validate_id("root.execution_id", &root.execution_id)?;
+        validate_task_id(&root.task_id)?;
     }
     Ok(())
 }

@@ -278,6 +278,8 @@ pub struct TaskExecution {
     pub execution_id: String,
     /// The task this is an execution of.
     pub task_id: String,
+    /// The queue it waits in; executors claim from the queues they serve.
+    pub queue: String,
     /// The top-most ancestor, for children and finalize executions.
     pub root: Option<TaskExecutionRef>,
     /// The direct parent, for children and finalize executions.
@@ -302,8 +304,10 @@ pub struct TaskExecution {
     pub error: Option<ExecutionError>,
     /// The executor holding the current claim (running, or processing a parent).
     pub executor_id: Option<String>,
-    /// Incremented by every claim; writes by a claim holder are conditional on it.
+    /// Changed by every claim; writes by a claim holder are conditional on it.
     pub fencing_token: i64,
+    /// The id of the claim that took it last ([`ClaimParams::claim_id`]).
+    pub claim_id: Option<String>,
     /// Set when the execution was cancelled while an executor may be running it.
     pub cancel_requested: bool,
     /// Retries done so far (also the attempt number of the current run, from 0).
@@ -341,6 +345,8 @@ pub struct NewTaskExecution {
     pub execution_id: String,
     /// The task to run.
     pub task_id: String,
+    /// The queue to wait in (`None`: [`DEFAULT_QUEUE`]).
+    pub queue: Option<String>,
     /// The top-most ancestor, for children and finalize executions.
     pub root: Option<TaskExecutionRef>,
     /// The direct parent, for children and finalize executions.
@@ -362,6 +368,7 @@ impl NewTaskExecution {
             start_at: now.saturating_add(self.sleep_ms_before_run.max(0)),
             execution_id: self.execution_id,
             task_id: self.task_id,
+            queue: self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned()),
             root: self.root,
             parent: self.parent,
             retry_options: self.retry_options,
@@ -375,6 +382,7 @@ impl NewTaskExecution {
             error: None,
             executor_id: None,
             fencing_token: 0,
+            claim_id: None,
             cancel_requested: false,
             retry_attempts: 0,
             started_at: None,
@@ -507,7 +515,7 @@ pub struct TaskExecutionUpdate {
 }
 
 /// Parameters of the claim operations.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClaimParams {
     /// The claiming executor.
     pub executor_id: String,
@@ -517,6 +525,79 @@ pub struct ClaimParams {
     pub limit: u64,
     /// Lease length beyond the execution's own timeout, in milliseconds: a running execution's
     /// lease lapses at `now + timeout_ms + lease_margin_ms`; a parent claimed for processing
-    /// holds it until `now + lease_margin_ms`.
+    /// holds it until `now + lease_margin_ms`. Taken as at most [`MAX_LEASE_MARGIN`].
     pub lease_margin_ms: i64,
+    /// Only executions of these tasks (`None`: any task). An executor passes the tasks it has
+    /// registered, so it never takes work it cannot run.
+    pub task_ids: Option<Vec<String>>,
+    /// Only executions waiting in these queues (`None`: any queue).
+    pub queues: Option<Vec<String>>,
+    /// An id for this claim, recorded on every execution it takes (`None`: none recorded).
+    pub claim_id: Option<String>,
+    /// Set when an earlier call with the same `claim_id` failed and may have committed (its
+    /// reply lost): the executions already taken under `claim_id` by `executor_id`, and still
+    /// held, are returned first, as they are, and count against `limit`. A storage retrying a
+    /// claim internally after an ambiguous error must do the same.
+    pub resume: bool,
+}
+
+/// The queue of executions enqueued without one.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Longest queue name, in bytes.
+pub const MAX_QUEUE_LEN: usize = 64;
+
+/// Longest run timeout an execution may have (365 days). Longer ones are refused with
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) when registered or enqueued.
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// Longest delay before a first run (365 days), refused like [`MAX_TIMEOUT`].
+pub const MAX_SLEEP_BEFORE_RUN: std::time::Duration = MAX_TIMEOUT;
+
+/// Longest lease margin (365 days); a longer one is taken as this.
+pub const MAX_LEASE_MARGIN: std::time::Duration = MAX_TIMEOUT;
+
+/// [`MAX_TIMEOUT`] in milliseconds.
+pub(crate) const MAX_TIMEOUT_MS: i64 = 31_536_000_000;
+/// [`MAX_SLEEP_BEFORE_RUN`] in milliseconds.
+pub(crate) const MAX_SLEEP_MS: i64 = MAX_TIMEOUT_MS;
+/// [`MAX_LEASE_MARGIN`] in milliseconds.
+pub(crate) const MAX_LEASE_MARGIN_MS: i64 = MAX_TIMEOUT_MS;
+
+impl ClaimParams {
+    /// The lease margin as used: within `0..=MAX_LEASE_MARGIN`.
+    pub(crate) fn margin_ms(&self) -> i64 {
+        self.lease_margin_ms.clamp(0, MAX_LEASE_MARGIN_MS)
+    }
+
+    /// `now + margin`, kept low enough that adding any valid timeout cannot overflow.
+    pub(crate) fn lease_base(&self) -> i64 {
+        self.now
+            .saturating_add(self.margin_ms())
+            .min(i64::MAX - MAX_TIMEOUT_MS)
+    }
+
+    /// Whether an execution of `task_id` in `queue` may be taken by this claim.
+    pub(crate) fn admits(&self, task_id: &str, queue: &str) -> bool {
+        self.task_ids
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|t| t == task_id))
+            && self
+                .queues
+                .as_ref()
+                .is_none_or(|qs| qs.iter().any(|q| q == queue))
+    }
+
+    /// Whether the filters can match nothing, so no statement needs to be sent.
+    pub(crate) fn admits_nothing(&self) -> bool {
+        self.limit == 0
+            || self.task_ids.as_ref().is_some_and(Vec::is_empty)
+            || self.queues.as_ref().is_some_and(Vec::is_empty)
+    }
+}
+
+/// The fencing token a claim gives an execution that had `token`: the next one, wrapping to 1
+/// instead of overflowing (tokens are compared for equality only).
+pub(crate) fn next_fencing_token(token: i64) -> i64 {
+    if token < i64::MAX { token + 1 } else { 1 }
 }

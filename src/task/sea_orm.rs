@@ -12,6 +12,7 @@
 //! used when the planner sees the same constant in the query.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
 use async_trait::async_trait;
 use sea_orm::sea_query::{
@@ -27,27 +28,43 @@ use sea_orm_durable_entity::{finished_child_task_executions as fc, task_executio
 
 use super::mapper;
 use super::model::{
-    ClaimParams, ExecutionError, FinishedChildTaskExecution, NewTaskExecution, TaskExecution,
-    TaskExecutionFilter, TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate,
+    ClaimParams, ExecutionError, FinishedChildTaskExecution, MAX_TIMEOUT_MS, NewTaskExecution,
+    TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionStatus,
+    TaskExecutionUpdate,
 };
 use super::storage::TaskExecutionStorage;
-use crate::dialect::{begin_write, retry};
+use crate::dialect::{self, begin_write, retry};
 use crate::error::{Error, Result};
 
 type Col = te::Column;
 type ChildCol = fc::Column;
 
-/// Bind parameters one statement may carry on `backend` (PostgreSQL and MySQL: 65 535; SQLite:
-/// 32 766 since 3.32).
-fn max_params(backend: DbBackend) -> usize {
-    match backend {
-        DbBackend::Sqlite => 32_766,
-        _ => 65_535,
-    }
+/// Splits a list of ids into the `IN (...)` lists of consecutive statements, each within the
+/// backend's bind and byte limits ([`dialect::chunks`]).
+fn id_chunks(backend: DbBackend, ids: &[String]) -> Vec<&[String]> {
+    dialect::chunks(backend, 1, ids, |id| id.len() + 8)
 }
 
-/// Longest `IN (...)` list sent in one statement.
-const MAX_IDS_PER_STATEMENT: usize = 10_000;
+/// Bytes a new execution adds to a multi-row insert: its payload and ids, plus the fixed-size
+/// columns.
+fn execution_bytes(m: &te::Model) -> usize {
+    m.input.len()
+        + m.execution_id.len()
+        + m.task_id.len()
+        + m.parent_execution_id.as_ref().map_or(0, String::len)
+        + m.root_execution_id.as_ref().map_or(0, String::len)
+        + 512
+}
+
+/// Bytes a finished-child record adds to a multi-row insert.
+fn finished_child_bytes(m: &fc::Model) -> usize {
+    m.output.as_ref().map_or(0, String::len)
+        + m.error.as_ref().map_or(0, |e| e.to_string().len())
+        + m.parent_execution_id.len()
+        + m.child_execution_id.len()
+        + m.child_task_id.len()
+        + 128
+}
 
 /// Task executions in a SeaORM database.
 ///
@@ -366,20 +383,31 @@ fn sort_by_start(executions: &mut [TaskExecution]) {
 // ---------------------------------------------------------------------------------------------
 // Operations, each written once for any connection
 
+/// The rows of `executions` as inserted at `now`, checked, with the statements that insert them
+/// (split by binds and bytes).
+fn execution_models(executions: Vec<NewTaskExecution>, now: i64) -> Result<Vec<te::Model>> {
+    executions
+        .into_iter()
+        .map(|e| mapper::execution_to_model(e.into_execution(now)))
+        .collect()
+}
+
+/// How many statements [`enqueue_in`] sends for `executions` on `backend`.
+fn enqueue_statements(backend: DbBackend, models: &[te::Model]) -> usize {
+    dialect::chunks(backend, te::Column::iter().count(), models, execution_bytes).len()
+}
+
 pub(crate) async fn enqueue_in<C: ConnectionTrait>(
     conn: &C,
     executions: Vec<NewTaskExecution>,
     now: i64,
 ) -> Result<()> {
-    if executions.is_empty() {
-        return Ok(());
-    }
-    let models = executions
-        .into_iter()
-        .map(|e| mapper::execution_to_model(e.into_execution(now)))
-        .collect::<Result<Vec<_>>>()?;
-    let per_statement = rows_per_statement(conn.get_database_backend(), te::Column::iter().count());
-    for chunk in models.chunks(per_statement) {
+    insert_models(conn, &execution_models(executions, now)?).await
+}
+
+async fn insert_models<C: ConnectionTrait>(conn: &C, models: &[te::Model]) -> Result<()> {
+    let backend = conn.get_database_backend();
+    for chunk in dialect::chunks(backend, te::Column::iter().count(), models, execution_bytes) {
         let stmt = te::Entity::insert_many(
             chunk
                 .iter()
@@ -400,9 +428,38 @@ pub(crate) async fn enqueue_in<C: ConnectionTrait>(
     Ok(())
 }
 
-/// How many rows of `columns` columns fit one statement's bind parameters.
-fn rows_per_statement(backend: DbBackend, columns: usize) -> usize {
-    (max_params(backend) / columns.max(1)).max(1)
+/// Whether every row of `models` is in the table already as this enqueue wrote it (same task,
+/// same parent, same enqueue time): the conflict of a retried enqueue whose first attempt
+/// committed without its reply arriving.
+async fn already_enqueued<C: ConnectionTrait>(conn: &C, models: &[te::Model]) -> Result<bool> {
+    let ids: Vec<String> = models.iter().map(|m| m.execution_id.clone()).collect();
+    let mut found = std::collections::HashMap::new();
+    for chunk in id_chunks(conn.get_database_backend(), &ids) {
+        let select = Query::select()
+            .columns([
+                Col::ExecutionId,
+                Col::TaskId,
+                Col::ParentExecutionId,
+                Col::CreatedAt,
+            ])
+            .from(te::Entity)
+            .and_where(Expr::col(Col::ExecutionId).is_in(chunk.iter().map(String::as_str)))
+            .to_owned();
+        for row in conn.query_all(&select).await? {
+            let id: String = row.try_get("", "execution_id")?;
+            let task: String = row.try_get("", "task_id")?;
+            let parent: Option<String> = row.try_get("", "parent_execution_id")?;
+            let created: i64 = row.try_get("", "created_at")?;
+            found.insert(id, (task, parent, created));
+        }
+    }
+    Ok(models.iter().all(|m| {
+        found
+            .get(&m.execution_id)
+            .is_some_and(|(task, parent, created)| {
+                *task == m.task_id && *parent == m.parent_execution_id && *created == m.created_at
+            })
+    }))
 }
 
 fn filter_select(filter: &TaskExecutionFilter, ids: Option<&[String]>) -> SelectStatement {
@@ -437,27 +494,24 @@ async fn get_many_in<C: ConnectionTrait>(
         return Ok(Vec::new());
     }
     let mut rows = Vec::new();
-    match &filter.execution_ids {
-        Some(ids) if ids.len() > MAX_IDS_PER_STATEMENT => {
-            for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
+    let chunked = match &filter.execution_ids {
+        Some(ids) => {
+            let chunks = id_chunks(conn.get_database_backend(), ids);
+            for chunk in &chunks {
                 rows.extend(conn.query_all(&filter_select(filter, Some(chunk))).await?);
             }
+            chunks.len() > 1
         }
-        ids => {
-            rows = conn
-                .query_all(&filter_select(filter, ids.as_deref()))
-                .await?
+        None => {
+            rows = conn.query_all(&filter_select(filter, None)).await?;
+            false
         }
-    }
+    };
     let mut found = rows
         .iter()
         .map(mapper::execution_from_row)
         .collect::<Result<Vec<_>>>()?;
-    if filter
-        .execution_ids
-        .as_ref()
-        .is_some_and(|ids| ids.len() > MAX_IDS_PER_STATEMENT)
-    {
+    if chunked {
         found.sort_by(|a, b| {
             let index = |e: &TaskExecution| e.parent.as_ref().map_or(0, |p| p.index);
             (a.created_at, index(a), &a.execution_id).cmp(&(
@@ -473,7 +527,7 @@ async fn get_many_in<C: ConnectionTrait>(
     Ok(found)
 }
 
-/// The guarded update of up to [`MAX_IDS_PER_STATEMENT`] executions.
+/// The guarded update of one chunk of ids ([`id_chunks`]).
 fn guarded_update(
     ids: &[String],
     guard: &TaskExecutionGuard,
@@ -508,7 +562,7 @@ async fn update_in<C: ConnectionTrait>(
     }
     let sets = update_sets(update)?;
     let mut matched = 0;
-    for chunk in guard.execution_ids.chunks(MAX_IDS_PER_STATEMENT) {
+    for chunk in id_chunks(conn.get_database_backend(), &guard.execution_ids) {
         let stmt = guarded_update(chunk, guard, sets.clone());
         matched += conn.execute(&stmt).await?.rows_affected();
     }
@@ -556,7 +610,7 @@ async fn record_finished_children_in<C: ConnectionTrait>(
         .into_iter()
         .collect();
     if backend != DbBackend::Sqlite {
-        for chunk in parents.chunks(MAX_IDS_PER_STATEMENT) {
+        for chunk in id_chunks(backend, &parents) {
             let lock = Query::select()
                 .column(Col::ExecutionId)
                 .from(te::Entity)
@@ -581,7 +635,12 @@ async fn record_finished_children_in<C: ConnectionTrait>(
             .do_nothing()
             .to_owned(),
     };
-    for chunk in models.chunks(rows_per_statement(backend, fc::Column::iter().count())) {
+    for chunk in dialect::chunks(
+        backend,
+        fc::Column::iter().count(),
+        &models,
+        finished_child_bytes,
+    ) {
         let stmt = fc::Entity::insert_many(
             chunk
                 .iter()
@@ -592,7 +651,7 @@ async fn record_finished_children_in<C: ConnectionTrait>(
         .into_query();
         conn.execute(&stmt).await?;
     }
-    for chunk in parents.chunks(MAX_IDS_PER_STATEMENT) {
+    for chunk in id_chunks(backend, &parents) {
         let recount = Query::update()
             .table(te::Entity)
             .value(
@@ -617,49 +676,153 @@ async fn record_finished_children_in<C: ConnectionTrait>(
     Ok(())
 }
 
+/// The tasks and queues a claim admits, as a condition.
+fn admitted(params: &ClaimParams) -> Condition {
+    let mut condition = Condition::all();
+    if let Some(ids) = &params.task_ids {
+        condition = condition.add(Expr::col(Col::TaskId).is_in(ids.iter().map(String::as_str)));
+    }
+    if let Some(queues) = &params.queues {
+        condition = condition.add(Expr::col(Col::Queue).is_in(queues.iter().map(String::as_str)));
+    }
+    condition
+}
+
+/// `timeout_ms` within `1..=MAX_TIMEOUT_MS`, whatever the row holds: lease arithmetic on it can
+/// then never overflow (a row out of range is failed as unreadable after the claim).
+fn clamped_timeout() -> SimpleExpr {
+    Expr::case(
+        Expr::col(Col::TimeoutMs).gt(MAX_TIMEOUT_MS),
+        Expr::val(MAX_TIMEOUT_MS),
+    )
+    .case(Expr::col(Col::TimeoutMs).lt(1), Expr::val(1_i64))
+    .finally(Expr::col(Col::TimeoutMs))
+    .into()
+}
+
+/// The next fencing token, as [`next_fencing_token`](super::model::next_fencing_token): one
+/// more, wrapping to 1 instead of overflowing.
+fn next_fencing() -> SimpleExpr {
+    Expr::case(
+        Expr::col(Col::FencingToken).lt(i64::MAX),
+        Expr::col(Col::FencingToken).add(1),
+    )
+    .finally(Expr::val(1_i64))
+    .into()
+}
+
+/// The executions `params.executor_id` took under `params.claim_id` and still holds in
+/// `status`: what an earlier attempt of this claim took if its reply was lost.
+async fn taken_back<C: ConnectionTrait>(
+    conn: &C,
+    params: &ClaimParams,
+    status: TaskExecutionStatus,
+) -> Result<Vec<QueryResult>> {
+    let Some(claim_id) = &params.claim_id else {
+        return Ok(Vec::new());
+    };
+    let select = Query::select()
+        .column(Asterisk)
+        .from(te::Entity)
+        .and_where(Expr::col(Col::ExecutorId).eq(params.executor_id.as_str()))
+        .and_where(Expr::col(Col::ClaimId).eq(claim_id.as_str()))
+        .and_where(Expr::col(Col::Status).eq(status_lit(status)))
+        .order_by(Col::ExecutionId, Order::Asc)
+        .limit(params.limit)
+        .to_owned();
+    let rows = conn.query_all(&select).await?;
+    if !rows.is_empty() {
+        tracing::info!(
+            claim_id = %claim_id,
+            count = rows.len(),
+            "took back the executions of a claim whose reply was lost"
+        );
+    }
+    Ok(rows)
+}
+
+/// Fails claimed executions whose rows cannot be read, so they neither run nor come back: each
+/// still held by `executor_id` in `held` ends `failed` with an internal error saying why.
+async fn fail_unreadable<C: ConnectionTrait>(
+    conn: &C,
+    bad: Vec<(String, Error)>,
+    held: TaskExecutionStatus,
+    executor_id: &str,
+    now: i64,
+) -> Result<()> {
+    for (key, err) in bad {
+        tracing::error!(execution_id = %key, error = %err, "claimed execution cannot be read; failing it");
+        if key.is_empty() {
+            // Not even its id could be read: nothing can address it.
+            continue;
+        }
+        let update = TaskExecutionUpdate {
+            now,
+            status: Some(TaskExecutionStatus::Failed),
+            error: Some(unreadable_error(&err)),
+            ..Default::default()
+        };
+        let guard = TaskExecutionGuard::id(key).status(held);
+        let mut stmt = guarded_update(&guard.execution_ids, &guard, update_sets(&update)?);
+        stmt.and_where(Expr::col(Col::ExecutorId).eq(executor_id));
+        conn.execute(&stmt).await?;
+    }
+    Ok(())
+}
+
+/// The error recorded on an execution whose stored row cannot be read.
+fn unreadable_error(err: &Error) -> ExecutionError {
+    ExecutionError {
+        is_internal: true,
+        ..ExecutionError::generic(format!("the stored execution cannot be read: {err}"), false)
+    }
+}
+
+/// How many more rows a claim that already holds `held` may take.
+fn remaining(limit: u64, held: usize) -> u64 {
+    limit.saturating_sub(u64::try_from(held).unwrap_or(u64::MAX))
+}
+
 async fn claim_in<C: ConnectionTrait>(
     conn: &C,
     params: &ClaimParams,
+    resume: bool,
 ) -> Result<Vec<TaskExecution>> {
-    let pick = Pick {
-        filter: Condition::all()
-            .add(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::Ready)))
-            .add(Expr::col(Col::StartAt).lte(params.now)),
-        order: [Col::StartAt, Col::ExecutionId],
-        limit: params.limit,
+    let mut rows = if resume {
+        taken_back(conn, params, TaskExecutionStatus::Running).await?
+    } else {
+        Vec::new()
     };
-    let sets = vec![
-        (Col::Status, status_lit(TaskExecutionStatus::Running)),
-        (Col::ExecutorId, Expr::val(params.executor_id.as_str())),
-        (Col::StartedAt, Expr::val(params.now)),
-        (
-            Col::ExpiresAt,
-            Expr::col(Col::TimeoutMs).add(params.now.saturating_add(params.lease_margin_ms)),
-        ),
-        (Col::FencingToken, Expr::col(Col::FencingToken).add(1)),
-        (Col::UpdatedAt, Expr::val(params.now)),
-    ];
-    let picked = pick_and_update(conn, &pick, sets, true).await?;
-    let (mut claimed, bad) = map_lenient(&picked.rows);
-    for (key, err) in bad {
-        tracing::error!(execution_id = %key, error = %err, "claimed execution cannot be read; failing it");
-        let update = TaskExecutionUpdate {
-            now: params.now,
-            status: Some(TaskExecutionStatus::Failed),
-            error: Some(ExecutionError {
-                is_internal: true,
-                ..ExecutionError::generic(
-                    format!("the stored execution cannot be read: {err}"),
-                    false,
-                )
-            }),
-            ..Default::default()
+    let limit = remaining(params.limit, rows.len());
+    if limit > 0 {
+        let pick = Pick {
+            filter: Condition::all()
+                .add(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::Ready)))
+                .add(Expr::col(Col::StartAt).lte(params.now))
+                .add(admitted(params)),
+            order: [Col::StartAt, Col::ExecutionId],
+            limit,
         };
-        let guard = TaskExecutionGuard::id(key).status(TaskExecutionStatus::Running);
-        let mut stmt = guarded_update(&guard.execution_ids, &guard, update_sets(&update)?);
-        stmt.and_where(Expr::col(Col::ExecutorId).eq(params.executor_id.as_str()));
-        conn.execute(&stmt).await?;
+        let sets = vec![
+            (Col::Status, status_lit(TaskExecutionStatus::Running)),
+            (Col::ExecutorId, Expr::val(params.executor_id.as_str())),
+            (Col::ClaimId, Expr::val(params.claim_id.as_deref())),
+            (Col::StartedAt, Expr::val(params.now)),
+            (Col::ExpiresAt, clamped_timeout().add(params.lease_base())),
+            (Col::FencingToken, next_fencing()),
+            (Col::UpdatedAt, Expr::val(params.now)),
+        ];
+        rows.extend(pick_and_update(conn, &pick, sets, true).await?.rows);
     }
+    let (mut claimed, bad) = map_lenient(&rows);
+    fail_unreadable(
+        conn,
+        bad,
+        TaskExecutionStatus::Running,
+        &params.executor_id,
+        params.now,
+    )
+    .await?;
     sort_by_start(&mut claimed);
     Ok(claimed)
 }
@@ -721,59 +884,237 @@ async fn expire_in<C: ConnectionTrait>(conn: &C, now: i64, limit: u64) -> Result
 async fn claim_parents_in<C: ConnectionTrait>(
     conn: &C,
     params: &ClaimParams,
+    resume: bool,
 ) -> Result<Vec<TaskExecution>> {
-    let pick = Pick {
-        filter: Condition::all()
-            .add(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::WaitingForChildren)))
-            .add(
-                Condition::any()
-                    .add(Expr::col(Col::FinishedChildrenCount).gte(Expr::col(Col::ChildrenCount)))
-                    .add(Expr::col(Col::FailedChildrenCount).gt(0)),
-            )
-            .add(
-                Condition::any()
-                    .add(Expr::col(Col::ExpiresAt).is_null())
-                    .add(Expr::col(Col::ExpiresAt).lte(params.now)),
-            ),
-        order: [Col::UpdatedAt, Col::ExecutionId],
-        limit: params.limit,
+    let mut rows = if resume {
+        taken_back(conn, params, TaskExecutionStatus::WaitingForChildren).await?
+    } else {
+        Vec::new()
     };
-    let sets = vec![
-        (Col::ExecutorId, Expr::val(params.executor_id.as_str())),
-        (Col::FencingToken, Expr::col(Col::FencingToken).add(1)),
-        (
-            Col::ExpiresAt,
-            Expr::val(params.now.saturating_add(params.lease_margin_ms)),
-        ),
-        (Col::UpdatedAt, Expr::val(params.now)),
-    ];
-    let picked = pick_and_update(conn, &pick, sets, true).await?;
-    let (mut claimed, bad) = map_lenient(&picked.rows);
-    for (key, err) in bad {
-        // Left claimed: its lease lapses and it is retried, so a repaired row is picked up.
-        tracing::error!(execution_id = %key, error = %err, "claimed parent cannot be read; skipping it");
+    let limit = remaining(params.limit, rows.len());
+    if limit > 0 {
+        let pick = Pick {
+            filter: Condition::all()
+                .add(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::WaitingForChildren)))
+                .add(
+                    Condition::any()
+                        .add(
+                            Expr::col(Col::FinishedChildrenCount)
+                                .gte(Expr::col(Col::ChildrenCount)),
+                        )
+                        .add(Expr::col(Col::FailedChildrenCount).gt(0)),
+                )
+                .add(
+                    Condition::any()
+                        .add(Expr::col(Col::ExpiresAt).is_null())
+                        .add(Expr::col(Col::ExpiresAt).lte(params.now)),
+                )
+                .add(admitted(params)),
+            order: [Col::UpdatedAt, Col::ExecutionId],
+            limit,
+        };
+        let sets = vec![
+            (Col::ExecutorId, Expr::val(params.executor_id.as_str())),
+            (Col::ClaimId, Expr::val(params.claim_id.as_deref())),
+            (Col::FencingToken, next_fencing()),
+            (Col::ExpiresAt, Expr::val(params.lease_base())),
+            (Col::UpdatedAt, Expr::val(params.now)),
+        ];
+        rows.extend(pick_and_update(conn, &pick, sets, true).await?.rows);
     }
+    let (mut claimed, bad) = map_lenient(&rows);
+    // A parent that cannot be read would otherwise be claimed again after every lease, forever.
+    fail_unreadable(
+        conn,
+        bad,
+        TaskExecutionStatus::WaitingForChildren,
+        &params.executor_id,
+        params.now,
+    )
+    .await?;
     claimed.sort_by(|a, b| (a.updated_at, &a.execution_id).cmp(&(b.updated_at, &b.execution_id)));
     Ok(claimed)
 }
 
-async fn close_in<C: ConnectionTrait>(conn: &C, now: i64, limit: u64) -> Result<u64> {
-    let pick = Pick {
-        filter: Condition::all()
-            .add(Expr::col(Col::IsFinished).eq(bool_lit(true)))
-            .add(Expr::col(Col::IsClosed).eq(bool_lit(false))),
+/// An execution being closed, as far as closing needs to know it.
+struct Closing {
+    execution_id: String,
+    task_id: String,
+    parent: Option<super::model::ParentRef>,
+}
+
+/// What the close of one execution could not do, and so records as a failure for its parent.
+async fn propagate_failure_in<C: ConnectionTrait>(
+    conn: &C,
+    closing: &Closing,
+    error: ExecutionError,
+    now: i64,
+) -> Result<()> {
+    match &closing.parent {
+        Some(parent) if parent.is_finalize => {
+            let guard = TaskExecutionGuard::id(parent.execution_id.clone())
+                .status(TaskExecutionStatus::WaitingForFinalize);
+            let update = TaskExecutionUpdate {
+                now,
+                status: Some(TaskExecutionStatus::FinalizeFailed),
+                error: Some(ExecutionError::generic(
+                    format!(
+                        "finalize task with id {} failed: {}",
+                        closing.task_id, error.message
+                    ),
+                    false,
+                )),
+                ..Default::default()
+            };
+            update_in(conn, &guard, &update).await?;
+        }
+        Some(parent) => {
+            let record = FinishedChildTaskExecution {
+                parent_execution_id: parent.execution_id.clone(),
+                child_execution_id: closing.execution_id.clone(),
+                child_task_id: closing.task_id.clone(),
+                index: parent.index,
+                status: TaskExecutionStatus::Failed,
+                output: None,
+                error: Some(error.clone()),
+                created_at: now,
+            };
+            record_finished_children_in(conn, vec![record]).await?;
+        }
+        None => {}
+    }
+    cancel_children_in(conn, &[(closing.execution_id.as_str(), error)], now).await
+}
+
+/// Cancels the still-active children (and finalize) of each parent, with that parent's error.
+async fn cancel_children_in<C: ConnectionTrait>(
+    conn: &C,
+    parents: &[(&str, ExecutionError)],
+    now: i64,
+) -> Result<()> {
+    let backend = conn.get_database_backend();
+    let cancel = TaskExecutionUpdate {
+        now,
+        status: Some(TaskExecutionStatus::Cancelled),
+        cancel_requested: Some(true),
+        ..Default::default()
+    };
+    let errors = parents
+        .iter()
+        .map(|(id, error)| Ok((*id, error_val(error)?, error.message.len())))
+        .collect::<Result<Vec<_>>>()?;
+    // Each parent adds its id twice and its error once: bound by binds and bytes.
+    for chunk in dialect::chunks(backend, 3, &errors, |(id, _, len)| 2 * id.len() + len + 64) {
+        let mut sets = update_sets(&cancel)?;
+        let error = match chunk {
+            [(_, only, _)] => only.clone(),
+            [(first_id, first, _), rest @ ..] => {
+                let mut case = Expr::case(
+                    Expr::col(Col::ParentExecutionId).eq(*first_id),
+                    first.clone(),
+                );
+                for (id, error, _) in rest {
+                    case = case.case(Expr::col(Col::ParentExecutionId).eq(*id), error.clone());
+                }
+                case.into()
+            }
+            [] => continue,
+        };
+        sets.push((Col::Error, error));
+        let stmt = Query::update()
+            .table(te::Entity)
+            .values(sets)
+            .and_where(Expr::col(Col::ParentExecutionId).is_in(chunk.iter().map(|(id, ..)| *id)))
+            .and_where(Expr::col(Col::IsFinished).eq(bool_lit(false)))
+            .to_owned();
+        conn.execute(&stmt).await?;
+    }
+    Ok(())
+}
+
+/// How an execution whose row cannot be read is linked to its parent, read column by column so
+/// that one bad column does not hide the others.
+async fn unreadable_closing<C: ConnectionTrait>(conn: &C, key: &str) -> Result<Closing> {
+    let select = Query::select()
+        .columns([
+            Col::TaskId,
+            Col::ParentTaskId,
+            Col::ParentExecutionId,
+            Col::IndexInParent,
+            Col::IsFinalize,
+        ])
+        .from(te::Entity)
+        .and_where(Expr::col(Col::ExecutionId).eq(key))
+        .to_owned();
+    let row = conn.query_one(&select).await?;
+    let get_str = |column: &str| -> Option<String> {
+        row.as_ref()
+            .and_then(|r| r.try_get::<Option<String>>("", column).ok().flatten())
+    };
+    let parent = match (get_str("parent_task_id"), get_str("parent_execution_id")) {
+        (task_id, Some(execution_id)) => Some(super::model::ParentRef {
+            task_id: task_id.unwrap_or_default(),
+            execution_id,
+            index: row
+                .as_ref()
+                .and_then(|r| r.try_get::<i32>("", "index_in_parent").ok())
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or(0),
+            is_finalize: row
+                .as_ref()
+                .and_then(|r| r.try_get::<bool>("", "is_finalize").ok())
+                .unwrap_or(false),
+        }),
+        (_, None) => None,
+    };
+    Ok(Closing {
+        execution_id: key.to_owned(),
+        task_id: get_str("task_id").unwrap_or_default(),
+        parent,
+    })
+}
+
+/// The candidates of a close: finished executions not closed yet, oldest change first;
+/// `only` narrows it to one execution.
+fn close_pick(limit: u64, only: Option<&str>) -> Pick {
+    let mut filter = Condition::all()
+        .add(Expr::col(Col::IsFinished).eq(bool_lit(true)))
+        .add(Expr::col(Col::IsClosed).eq(bool_lit(false)));
+    if let Some(id) = only {
+        filter = filter.add(Expr::col(Col::ExecutionId).eq(id));
+    }
+    Pick {
+        filter,
         order: [Col::UpdatedAt, Col::ExecutionId],
         limit,
-    };
-    let sets = vec![
+    }
+}
+
+fn close_sets(now: i64) -> Vec<(Col, SimpleExpr)> {
+    vec![
         (Col::IsClosed, Expr::val(true)),
         (Col::ClosedAt, Expr::val(now)),
         (Col::UpdatedAt, Expr::val(now)),
-    ];
-    let picked = pick_and_update(conn, &pick, sets, true).await?;
+    ]
+}
+
+async fn close_in<C: ConnectionTrait>(
+    conn: &C,
+    now: i64,
+    limit: u64,
+    only: Option<&str>,
+) -> Result<u64> {
+    let picked = pick_and_update(conn, &close_pick(limit, only), close_sets(now), true).await?;
     let (closed, bad) = map_lenient(&picked.rows);
     for (key, err) in bad {
-        tracing::error!(execution_id = %key, error = %err, "finished execution cannot be read; closed without propagating its outcome");
+        if key.is_empty() {
+            tracing::error!(error = %err, "finished execution cannot be read, nor its id; closed without propagating its outcome");
+            continue;
+        }
+        // Its parent still learns that it finished, as a failure that says why.
+        tracing::error!(execution_id = %key, error = %err, "finished execution cannot be read; recording it as failed for its parent");
+        let closing = unreadable_closing(conn, &key).await?;
+        propagate_failure_in(conn, &closing, unreadable_error(&err), now).await?;
     }
 
     // The outcomes are applied kind by kind (records, finalize outcomes, cancellations) rather
@@ -811,70 +1152,72 @@ async fn close_in<C: ConnectionTrait>(conn: &C, now: i64, limit: u64) -> Result<
         }
     }
 
-    // Executions that did not complete cancel their still-active children and finalize, in one
-    // statement; the error names each child's own parent.
-    let failed: Vec<&TaskExecution> = closed
+    // Executions that did not complete cancel their still-active children and finalize; the
+    // error names each child's own parent.
+    let failed: Vec<(&str, ExecutionError)> = closed
         .iter()
         .filter(|e| e.status != TaskExecutionStatus::Completed)
+        .map(|e| (e.execution_id.as_str(), super::parent_finished_error(e)))
         .collect();
-    for chunk in failed.chunks(MAX_IDS_PER_STATEMENT / 2) {
-        let cancel = TaskExecutionUpdate {
-            now,
-            status: Some(TaskExecutionStatus::Cancelled),
-            cancel_requested: Some(true),
-            ..Default::default()
-        };
-        let mut sets = update_sets(&cancel)?;
-        let error = match chunk {
-            [only] => error_val(&super::parent_finished_error(only))?,
-            [first, rest @ ..] => {
-                let mut case = Expr::case(
-                    Expr::col(Col::ParentExecutionId).eq(first.execution_id.as_str()),
-                    error_val(&super::parent_finished_error(first))?,
-                );
-                for parent in rest {
-                    case = case.case(
-                        Expr::col(Col::ParentExecutionId).eq(parent.execution_id.as_str()),
-                        error_val(&super::parent_finished_error(parent))?,
-                    );
-                }
-                case.into()
-            }
-            [] => continue,
-        };
-        sets.push((Col::Error, error));
-        let stmt = Query::update()
-            .table(te::Entity)
-            .values(sets)
-            .and_where(
-                Expr::col(Col::ParentExecutionId)
-                    .is_in(chunk.iter().map(|e| e.execution_id.as_str())),
-            )
-            .and_where(Expr::col(Col::IsFinished).eq(bool_lit(false)))
-            .to_owned();
-        conn.execute(&stmt).await?;
-    }
+    cancel_children_in(conn, &failed, now).await?;
     Ok(u64::try_from(picked.ids.len()).unwrap_or(u64::MAX))
 }
 
-async fn take_cancellations_in<C: ConnectionTrait>(
+/// Closes `execution_id` recording its outcome as a failure, because propagating it failed
+/// with `cause`: a child is recorded as failed for its parent, a finalize execution fails its
+/// parent, and its own active children are cancelled. Returns how many it closed (0 or 1).
+async fn close_as_failure_in<C: ConnectionTrait>(
+    conn: &C,
+    execution_id: &str,
+    cause: &Error,
+    now: i64,
+) -> Result<u64> {
+    let picked = pick_and_update(
+        conn,
+        &close_pick(1, Some(execution_id)),
+        close_sets(now),
+        true,
+    )
+    .await?;
+    if picked.ids.is_empty() {
+        return Ok(0);
+    }
+    let (closed, _) = map_lenient(&picked.rows);
+    let closing = match closed.into_iter().next() {
+        Some(e) => Closing {
+            execution_id: e.execution_id,
+            task_id: e.task_id,
+            parent: e.parent,
+        },
+        None => unreadable_closing(conn, execution_id).await?,
+    };
+    let error = ExecutionError {
+        is_internal: true,
+        ..ExecutionError::generic(
+            format!("the outcome of execution {execution_id} could not be recorded: {cause}"),
+            false,
+        )
+    };
+    propagate_failure_in(conn, &closing, error, now).await?;
+    Ok(1)
+}
+
+/// Up to `limit` executions with a cancellation request addressed to `executor_id`.
+async fn cancellation_requests_in<C: ConnectionTrait>(
     conn: &C,
     executor_id: &str,
-    now: i64,
     limit: u64,
 ) -> Result<Vec<String>> {
-    let pick = Pick {
-        filter: Condition::all()
-            .add(Expr::col(Col::ExecutorId).eq(executor_id))
-            .add(Expr::col(Col::CancelRequested).eq(bool_lit(true))),
-        order: [Col::UpdatedAt, Col::ExecutionId],
-        limit,
-    };
-    let sets = vec![
-        (Col::CancelRequested, Expr::val(false)),
-        (Col::UpdatedAt, Expr::val(now)),
-    ];
-    Ok(pick_and_update(conn, &pick, sets, false).await?.ids)
+    let select = Query::select()
+        .column(Col::ExecutionId)
+        .from(te::Entity)
+        .and_where(Expr::col(Col::ExecutorId).eq(executor_id))
+        .and_where(Expr::col(Col::CancelRequested).eq(bool_lit(true)))
+        .order_by(Col::UpdatedAt, Order::Asc)
+        .order_by(Col::ExecutionId, Order::Asc)
+        .limit(limit)
+        .to_owned();
+    ids_of(&conn.query_all(&select).await?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -893,6 +1236,81 @@ macro_rules! in_write_transaction {
     };
 }
 
+/// Tells the attempts of a retried operation apart: the first attempt of a call sees `first`,
+/// every later one `true` (an earlier attempt may have committed without its reply arriving).
+struct Attempts(AtomicBool);
+
+impl Attempts {
+    fn new(first: bool) -> Self {
+        Self(AtomicBool::new(first))
+    }
+
+    /// Whether an earlier attempt may have committed; marks this attempt as made.
+    fn retried(&self) -> bool {
+        self.0.swap(true, AtomicOrdering::SeqCst)
+    }
+}
+
+impl SeaOrmTaskExecutionStorage {
+    /// Enqueues in one statement or one transaction; a conflict on a retried attempt whose rows
+    /// are exactly the ones this call inserts means the first attempt committed: success.
+    async fn enqueue_idempotent(&self, models: Vec<te::Model>) -> Result<()> {
+        let attempts = Attempts::new(false);
+        let single = enqueue_statements(self.db.get_database_backend(), &models) <= 1;
+        retry("enqueue_task_executions", || async {
+            let retried = attempts.retried();
+            let inserted = if single {
+                // One statement is atomic on its own.
+                insert_models(&self.db, &models).await
+            } else {
+                let txn = begin_write(&self.db).await?;
+                insert_models(&txn, &models).await?;
+                txn.commit().await.map_err(Error::from)
+            };
+            match inserted {
+                Err(Error::Conflict { message, source })
+                    if retried && already_enqueued(&self.db, &models).await? =>
+                {
+                    tracing::info!(%message, source = ?source, "enqueue retried after its first attempt committed");
+                    Ok(())
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
+    /// Closes one execution at a time, so that one whose outcome cannot be written does not
+    /// hold up the others: it is closed with its outcome recorded as a failure that says why.
+    async fn close_one_by_one(&self, now: i64, limit: u64) -> Result<u64> {
+        let candidates = close_pick(limit, None)
+            .select()
+            .column(Col::ExecutionId)
+            .to_owned();
+        let ids = ids_of(&self.db.query_all(&candidates).await?)?;
+        let mut closed = 0;
+        for id in &ids {
+            match in_write_transaction!(self, "close_finished_task_executions", |txn| close_in(
+                &txn,
+                now,
+                1,
+                Some(id.as_str())
+            )) {
+                Ok(n) => closed += n,
+                Err(err) if !err.is_retryable() => {
+                    tracing::error!(execution_id = %id, error = %err, "the outcome of a finished execution cannot be written; recording it as a failure");
+                    closed +=
+                        in_write_transaction!(self, "close_finished_task_executions", |txn| {
+                            close_as_failure_in(&txn, id, &err, now)
+                        })?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(closed)
+    }
+}
+
 #[async_trait]
 impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
     #[tracing::instrument(skip(self, executions), fields(count = executions.len()), err)]
@@ -905,21 +1323,8 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         if executions.is_empty() {
             return Ok(());
         }
-        let per_statement =
-            rows_per_statement(self.db.get_database_backend(), te::Column::iter().count());
-        if executions.len() <= per_statement {
-            // One statement is atomic on its own.
-            retry("enqueue_task_executions", || {
-                enqueue_in(&self.db, executions.clone(), now)
-            })
+        self.enqueue_idempotent(execution_models(executions, now)?)
             .await
-        } else {
-            in_write_transaction!(self, "enqueue_task_executions", |txn| enqueue_in(
-                &txn,
-                executions.clone(),
-                now
-            ))
-        }
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -946,15 +1351,23 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
 
     #[tracing::instrument(skip(self), err)]
     async fn claim_task_executions(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>> {
-        if params.limit == 0 {
+        if params.admits_nothing() {
             return Ok(Vec::new());
         }
+        let attempts = Attempts::new(params.resume);
         match self.db.get_database_backend() {
-            // One statement: no transaction round trips.
+            // One statement (two when resuming): no transaction round trips.
             DbBackend::Postgres => {
-                retry("claim_task_executions", || claim_in(&self.db, params)).await
+                retry("claim_task_executions", || {
+                    claim_in(&self.db, params, attempts.retried())
+                })
+                .await
             }
-            _ => in_write_transaction!(self, "claim_task_executions", |txn| claim_in(&txn, params)),
+            _ => in_write_transaction!(self, "claim_task_executions", |txn| claim_in(
+                &txn,
+                params,
+                attempts.retried()
+            )),
         }
     }
 
@@ -967,7 +1380,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         if matches_nothing(guard) {
             return Ok(0);
         }
-        if guard.execution_ids.len() <= MAX_IDS_PER_STATEMENT {
+        if id_chunks(self.db.get_database_backend(), &guard.execution_ids).len() <= 1 {
             retry("update_task_executions", || {
                 update_in(&self.db, guard, update)
             })
@@ -1064,18 +1477,19 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         &self,
         params: &ClaimParams,
     ) -> Result<Vec<TaskExecution>> {
-        if params.limit == 0 {
+        if params.admits_nothing() {
             return Ok(Vec::new());
         }
+        let attempts = Attempts::new(params.resume);
         match self.db.get_database_backend() {
             DbBackend::Postgres => {
                 retry("claim_parents_with_finished_children", || {
-                    claim_parents_in(&self.db, params)
+                    claim_parents_in(&self.db, params, attempts.retried())
                 })
                 .await
             }
             _ => in_write_transaction!(self, "claim_parents_with_finished_children", |txn| {
-                claim_parents_in(&txn, params)
+                claim_parents_in(&txn, params, attempts.retried())
             }),
         }
     }
@@ -1085,32 +1499,55 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         if limit == 0 {
             return Ok(0);
         }
-        in_write_transaction!(self, "close_finished_task_executions", |txn| close_in(
-            &txn, now, limit
-        ))
+        match in_write_transaction!(self, "close_finished_task_executions", |txn| close_in(
+            &txn, now, limit, None
+        )) {
+            Err(err) if !err.is_retryable() => {
+                tracing::warn!(error = %err, "closing a batch of executions failed; closing them one by one");
+                self.close_one_by_one(now, limit).await
+            }
+            other => other,
+        }
     }
 
     #[tracing::instrument(skip(self), err)]
-    async fn take_cancellation_requests(
-        &self,
-        executor_id: &str,
-        now: i64,
-        limit: u64,
-    ) -> Result<Vec<String>> {
+    async fn cancellation_requests(&self, executor_id: &str, limit: u64) -> Result<Vec<String>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        match self.db.get_database_backend() {
-            DbBackend::Postgres => {
-                retry("take_cancellation_requests", || {
-                    take_cancellations_in(&self.db, executor_id, now, limit)
-                })
-                .await
-            }
-            _ => in_write_transaction!(self, "take_cancellation_requests", |txn| {
-                take_cancellations_in(&txn, executor_id, now, limit)
-            }),
+        retry("cancellation_requests", || {
+            cancellation_requests_in(&self.db, executor_id, limit)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self, execution_ids), fields(count = execution_ids.len()), err)]
+    async fn acknowledge_cancellation_requests(
+        &self,
+        executor_id: &str,
+        execution_ids: &[String],
+        now: i64,
+    ) -> Result<u64> {
+        if execution_ids.is_empty() {
+            return Ok(0);
         }
+        // Clearing a flag is idempotent: a retry after a lost reply changes nothing more.
+        retry("acknowledge_cancellation_requests", || async {
+            let mut cleared = 0;
+            for chunk in id_chunks(self.db.get_database_backend(), execution_ids) {
+                let stmt = Query::update()
+                    .table(te::Entity)
+                    .value(Col::CancelRequested, false)
+                    .value(Col::UpdatedAt, now)
+                    .and_where(Expr::col(Col::ExecutionId).is_in(chunk.iter().map(String::as_str)))
+                    .and_where(Expr::col(Col::ExecutorId).eq(executor_id))
+                    .and_where(Expr::col(Col::CancelRequested).eq(bool_lit(true)))
+                    .to_owned();
+                cleared += self.db.execute(&stmt).await?.rows_affected();
+            }
+            Ok(cleared)
+        })
+        .await
     }
 }
 

@@ -20,11 +20,18 @@ use crate::error::Result;
 pub trait TaskExecutionStorage: Send + Sync {
     /// Inserts new executions, `ready` and starting after their sleep, as of `now`.
     ///
+    /// All or nothing. A storage that retries the insert after an ambiguous error (the first
+    /// attempt may have committed) must not report the first attempt's rows as a conflict.
+    /// Statements stay within the backend's limits however large the inputs (split by bind
+    /// parameters and by bytes).
+    ///
     /// # Errors
     ///
     /// [`Error::Conflict`](crate::Error::Conflict) when an execution id already exists (nothing
     /// is inserted then); [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty
-    /// id or a negative timeout.
+    /// or too long id or queue, a timeout outside 1 ms..=[`MAX_TIMEOUT`](crate::MAX_TIMEOUT), a
+    /// delay outside 0..=[`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN) or retry options
+    /// that do not fit (nothing is written then).
     async fn enqueue_task_executions(
         &self,
         executions: Vec<NewTaskExecution>,
@@ -47,17 +54,23 @@ pub trait TaskExecutionStorage: Send + Sync {
     async fn get_task_executions(&self, filter: &TaskExecutionFilter)
     -> Result<Vec<TaskExecution>>;
 
-    /// Moves up to `limit` `ready` executions whose `start_at <= now` to `running` for
-    /// `executor_id`, earliest `start_at` first: sets `started_at = now`, the lease
-    /// `expires_at = now + timeout_ms + lease_margin_ms` and a new fencing token. Returns the
-    /// executions as they are after the update.
+    /// Moves up to `limit` `ready` executions whose `start_at <= now`, of the tasks and queues
+    /// `params` admits, to `running` for `executor_id`, earliest `start_at` first (then by
+    /// execution id): sets `started_at = now`, the lease
+    /// `expires_at = now + timeout_ms + lease_margin_ms`, a new fencing token and the claim id.
+    /// Returns the executions as they are after the update.
+    ///
+    /// With [`ClaimParams::resume`], the executions an earlier call with the same claim id took
+    /// (and `executor_id` still holds) are returned first, unchanged. The lease arithmetic never
+    /// overflows, whatever numbers a row holds.
     ///
     /// # Errors
     ///
     /// Database errors. A claimed row that cannot be read (see
-    /// [`Error::CorruptRow`](crate::Error::CorruptRow)) is not an error of the claim: it is left
-    /// out of the result and marked `failed` with an internal error saying why, so it neither
-    /// runs nor blocks the executions behind it.
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow)), including one whose timeout lies outside
+    /// the limits, is not an error of the claim: it is left out of the result and marked
+    /// `failed` with an internal error saying why, so it neither runs nor blocks the executions
+    /// behind it.
     async fn claim_task_executions(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>>;
 
     /// Applies `update` to the executions matching `guard`; returns how many matched.
@@ -139,12 +152,16 @@ pub trait TaskExecutionStorage: Send + Sync {
     async fn expire_task_executions(&self, now: i64, limit: u64) -> Result<u64>;
 
     /// Claims up to `limit` parents waiting for children whose children have all finished (or
-    /// one of which failed) and that no live claim holds: sets `executor_id`, a new fencing
-    /// token and `expires_at = now + lease_margin_ms`. Returns them as they are after the update.
+    /// one of which failed), of the tasks and queues `params` admits, and that no live claim
+    /// holds: sets `executor_id`, the claim id, a new fencing token and
+    /// `expires_at = now + lease_margin_ms`. Returns them as they are after the update.
+    /// [`ClaimParams::resume`] takes back an earlier attempt's parents as for
+    /// [`claim_task_executions`](TaskExecutionStorage::claim_task_executions).
     ///
     /// # Errors
     ///
-    /// Database errors.
+    /// Database errors. A claimed parent whose row cannot be read is marked `failed` with an
+    /// internal error instead of being returned (or claimed again after every lease).
     async fn claim_parents_with_finished_children(
         &self,
         params: &ClaimParams,
@@ -157,23 +174,35 @@ pub trait TaskExecutionStorage: Send + Sync {
     ///   `finalize_task_failed` with its error) if the parent still waits for it;
     /// - an execution that did not complete cancels its still-active children and finalize.
     ///
-    /// Returns how many it closed.
+    /// An execution whose outcome cannot be propagated (its row cannot be read, or writing its
+    /// record fails for good) never holds up the others: it is closed and its parent told that
+    /// it failed, with an error saying why. Returns how many it closed.
     ///
     /// # Errors
     ///
     /// Database errors.
     async fn close_finished_task_executions(&self, now: i64, limit: u64) -> Result<u64>;
 
-    /// Takes the cancellation requests addressed to `executor_id`: clears `cancel_requested` on
-    /// up to `limit` of its executions that have it set, and returns their ids.
+    /// Up to `limit` executions whose cancellation was requested while `executor_id` held them,
+    /// oldest request first. Reading changes nothing: a request stays until it is
+    /// [acknowledged](TaskExecutionStorage::acknowledge_cancellation_requests), so none is lost
+    /// to a reply that never arrived.
     ///
     /// # Errors
     ///
     /// Database errors.
-    async fn take_cancellation_requests(
+    async fn cancellation_requests(&self, executor_id: &str, limit: u64) -> Result<Vec<String>>;
+
+    /// Clears the cancellation requests of `execution_ids` addressed to `executor_id`, once the
+    /// executor has acted on them. Idempotent; returns how many it cleared.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn acknowledge_cancellation_requests(
         &self,
         executor_id: &str,
+        execution_ids: &[String],
         now: i64,
-        limit: u64,
-    ) -> Result<Vec<String>>;
+    ) -> Result<u64>;
 }

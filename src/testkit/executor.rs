@@ -785,3 +785,438 @@ pub async fn panicking_task_fails_its_execution(
     );
     Ok(())
 }
+
+/// Options out of the documented limits are refused when a task is registered or enqueued,
+/// with a typed error, and nothing is written.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn options_beyond_the_limits_are_refused(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let executor = Executor::new(Arc::clone(&storage), fast_options());
+    let task = || TaskDefinition::new("limits", |_ctx, ()| async move { Ok::<_, TaskError>(()) });
+    for (name, bad) in [
+        ("timeout Duration::MAX", task().timeout(Duration::MAX)),
+        (
+            "timeout past the maximum",
+            task().timeout(crate::MAX_TIMEOUT + Duration::from_millis(1)),
+        ),
+        ("zero timeout", task().timeout(Duration::ZERO)),
+        (
+            "sleep Duration::MAX",
+            task().sleep_before_run(Duration::MAX),
+        ),
+        ("empty queue", task().queue("")),
+        (
+            "NaN multiplier",
+            task().retry(RetryOptions {
+                delay_multiplier: f64::NAN,
+                ..RetryOptions::default()
+            }),
+        ),
+    ] {
+        let registered = executor.register(&bad);
+        testkit_ensure!(
+            matches!(registered, Err(crate::Error::InvalidArgument { .. })),
+            "{name}: register gave {registered:?}"
+        );
+        let enqueued = executor.enqueue(&bad, &()).await;
+        testkit_ensure!(
+            matches!(enqueued, Err(crate::Error::InvalidArgument { .. })),
+            "{name}: enqueue gave {:?}",
+            enqueued.map(|h| h.execution_id().to_owned())
+        );
+    }
+    let all = storage
+        .get_task_executions(&crate::TaskExecutionFilter::default())
+        .await?;
+    testkit_ensure!(all.is_empty(), "{} executions were written", all.len());
+    // The limits themselves are fine.
+    executor.register(&task().timeout(crate::MAX_TIMEOUT))?;
+    Ok(())
+}
+
+/// Executors that share a storage but know different tasks never fail each other's work (a
+/// rolling deploy, or two services on one database): each claims only the tasks registered
+/// with it, and only from its queues.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn executors_claim_only_their_tasks_and_queues(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let echo = |id: &str| {
+        TaskDefinition::new(id.to_owned(), |_ctx, n: u32| async move {
+            Ok::<_, TaskError>(n)
+        })
+    };
+    let old_task = echo("oldTask");
+    let new_task = echo("newTask");
+    let reports = echo("reports").queue("reports");
+    // The old release knows only `oldTask`; it also serves every queue.
+    let old = start_with(&storage, |e| e.register(&old_task))?;
+    let new_handle = old.enqueue(&new_task, &1).await?;
+    let report_handle = old.enqueue(&reports, &2).await?;
+    let old_handle = old.enqueue(&old_task, &3).await?;
+    testkit_ensure!(
+        wait(&old_handle).await?.output == Some(3),
+        "the old executor did not run its own task"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (name, handle) in [("newTask", &new_handle), ("reports", &report_handle)] {
+        let e = handle.get().await?;
+        testkit_ensure!(
+            e.status == TaskExecutionStatus::Ready,
+            "{name} was taken by an executor that does not know it: {} {:?}",
+            e.status,
+            e.error
+        );
+    }
+    // A reporting service serves only its own queue, though it knows `newTask` too.
+    let reporting = Executor::new(
+        Arc::clone(&storage),
+        ExecutorOptions {
+            queues: Some(vec!["reports".to_owned()]),
+            ..fast_options()
+        },
+    );
+    reporting.register(&reports)?;
+    reporting.register(&new_task)?;
+    reporting.start();
+    testkit_ensure!(
+        wait(&report_handle).await?.output == Some(2),
+        "the reporting executor did not run its queue"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    testkit_ensure!(
+        new_handle.get().await?.status == TaskExecutionStatus::Ready,
+        "an executor claimed from a queue it does not serve"
+    );
+    // The new release runs what it knows.
+    let new = start_with(&storage, |e| e.register(&new_task))?;
+    let done = wait(&new_handle).await?;
+    for executor in [old, reporting, new] {
+        executor.shutdown().await;
+    }
+    testkit_ensure!(done.output == Some(1), "newTask: {:?}", done.status());
+    Ok(())
+}
+
+/// A completed run's output is stored once (as the output; `run_output` only for parents that
+/// wait for children).
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn outputs_are_stored_once(storage: Arc<dyn TaskExecutionStorage>) -> TestResult {
+    let plain = TaskDefinition::new("storedOnce", |_ctx, s: String| async move {
+        Ok::<_, TaskError>(s)
+    });
+    let combine = TaskDefinition::new(
+        "storedOnceFinalize",
+        |_ctx, input: FinalizeInput<String>| async move { Ok::<_, TaskError>(input.output) },
+    );
+    let childless = TaskDefinition::parent("storedOnceParent", |_ctx, s: String| async move {
+        Ok(ParentOutcome::new(s))
+    })
+    .finalize(&combine);
+    let executor = start_with(&storage, |e| {
+        e.register(&plain)?;
+        e.register(&childless)
+    })?;
+    let a = wait(&executor.enqueue(&plain, &"a".to_owned()).await?).await?;
+    let b = wait(&executor.enqueue(&childless, &"b".to_owned()).await?).await?;
+    executor.shutdown().await;
+    testkit_ensure!(
+        a.output.as_deref() == Some("a"),
+        "plain output {:?}",
+        a.output
+    );
+    testkit_ensure!(
+        a.execution.run_output.is_none(),
+        "plain run output stored twice"
+    );
+    testkit_ensure!(
+        b.output.as_deref() == Some("b"),
+        "parent output {:?}",
+        b.output
+    );
+    testkit_ensure!(
+        b.execution.run_output.is_none(),
+        "childless parent's run output stored beside its finalize input"
+    );
+    Ok(())
+}
+
+/// A storage that loses the replies of chosen calls after they took effect (as a connection
+/// that breaks after the commit would), or delays them.
+struct LossyStorage {
+    inner: Arc<dyn TaskExecutionStorage>,
+    /// Claims whose reply is still to be lost.
+    lose_claims: std::sync::atomic::AtomicU32,
+    /// Parent claims whose reply is still to be lost.
+    lose_parent_claims: std::sync::atomic::AtomicU32,
+    /// How long every claim's reply takes after the claim took effect.
+    claim_delay: Duration,
+}
+
+impl LossyStorage {
+    fn lost() -> crate::Error {
+        crate::Error::from(sea_orm::DbErr::ConnectionAcquire(
+            sea_orm::ConnAcquireErr::ConnectionClosed,
+        ))
+    }
+
+    fn take(counter: &std::sync::atomic::AtomicU32) -> bool {
+        counter
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+    }
+}
+
+#[async_trait::async_trait]
+impl TaskExecutionStorage for LossyStorage {
+    async fn enqueue_task_executions(
+        &self,
+        executions: Vec<crate::NewTaskExecution>,
+        now: i64,
+    ) -> crate::Result<()> {
+        self.inner.enqueue_task_executions(executions, now).await
+    }
+    async fn get_task_execution(
+        &self,
+        execution_id: &str,
+    ) -> crate::Result<Option<crate::TaskExecution>> {
+        self.inner.get_task_execution(execution_id).await
+    }
+    async fn get_task_executions(
+        &self,
+        filter: &crate::TaskExecutionFilter,
+    ) -> crate::Result<Vec<crate::TaskExecution>> {
+        self.inner.get_task_executions(filter).await
+    }
+    async fn claim_task_executions(
+        &self,
+        params: &crate::ClaimParams,
+    ) -> crate::Result<Vec<crate::TaskExecution>> {
+        let claimed = self.inner.claim_task_executions(params).await?;
+        tokio::time::sleep(self.claim_delay).await;
+        if !claimed.is_empty() && Self::take(&self.lose_claims) {
+            return Err(Self::lost());
+        }
+        Ok(claimed)
+    }
+    async fn update_task_executions(
+        &self,
+        guard: &crate::TaskExecutionGuard,
+        update: &crate::TaskExecutionUpdate,
+    ) -> crate::Result<u64> {
+        self.inner.update_task_executions(guard, update).await
+    }
+    async fn update_task_executions_many(
+        &self,
+        updates: &[(crate::TaskExecutionGuard, crate::TaskExecutionUpdate)],
+    ) -> crate::Result<Vec<u64>> {
+        self.inner.update_task_executions_many(updates).await
+    }
+    async fn update_task_execution_and_enqueue(
+        &self,
+        guard: &crate::TaskExecutionGuard,
+        update: &crate::TaskExecutionUpdate,
+        children: Vec<crate::NewTaskExecution>,
+    ) -> crate::Result<bool> {
+        self.inner
+            .update_task_execution_and_enqueue(guard, update, children)
+            .await
+    }
+    async fn add_finished_child_task_executions(
+        &self,
+        children: Vec<crate::FinishedChildTaskExecution>,
+    ) -> crate::Result<()> {
+        self.inner
+            .add_finished_child_task_executions(children)
+            .await
+    }
+    async fn get_finished_child_task_executions(
+        &self,
+        parent_execution_id: &str,
+    ) -> crate::Result<Vec<crate::FinishedChildTaskExecution>> {
+        self.inner
+            .get_finished_child_task_executions(parent_execution_id)
+            .await
+    }
+    async fn expire_task_executions(&self, now: i64, limit: u64) -> crate::Result<u64> {
+        self.inner.expire_task_executions(now, limit).await
+    }
+    async fn claim_parents_with_finished_children(
+        &self,
+        params: &crate::ClaimParams,
+    ) -> crate::Result<Vec<crate::TaskExecution>> {
+        let claimed = self
+            .inner
+            .claim_parents_with_finished_children(params)
+            .await?;
+        if !claimed.is_empty() && Self::take(&self.lose_parent_claims) {
+            return Err(Self::lost());
+        }
+        Ok(claimed)
+    }
+    async fn close_finished_task_executions(&self, now: i64, limit: u64) -> crate::Result<u64> {
+        self.inner.close_finished_task_executions(now, limit).await
+    }
+    async fn cancellation_requests(
+        &self,
+        executor_id: &str,
+        limit: u64,
+    ) -> crate::Result<Vec<String>> {
+        self.inner.cancellation_requests(executor_id, limit).await
+    }
+    async fn acknowledge_cancellation_requests(
+        &self,
+        executor_id: &str,
+        execution_ids: &[String],
+        now: i64,
+    ) -> crate::Result<u64> {
+        self.inner
+            .acknowledge_cancellation_requests(executor_id, execution_ids, now)
+            .await
+    }
+}
+
+/// Claims whose replies are lost after they committed are taken back by the executor's next
+/// claim, instead of sitting `running` until their leases lapse and failing without ever
+/// running (these tasks have no retries and a lease far longer than the test).
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn claims_whose_reply_was_lost_are_taken_back(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let lossy: Arc<dyn TaskExecutionStorage> = Arc::new(LossyStorage {
+        inner: storage,
+        lose_claims: std::sync::atomic::AtomicU32::new(2),
+        lose_parent_claims: std::sync::atomic::AtomicU32::new(1),
+        claim_delay: Duration::ZERO,
+    });
+    let child = TaskDefinition::new("lostReplyChild", |_ctx, n: u32| async move {
+        Ok::<_, TaskError>(n * 10)
+    });
+    let child_task = child.clone();
+    let parent = TaskDefinition::parent("lostReplyParent", move |_ctx, n: u32| {
+        let child = child_task.clone();
+        async move { Ok((0..n).fold(ParentOutcome::new(()), |p, i| p.child(&child, &i))) }
+    })
+    .without_finalize();
+    let executor = Executor::new(Arc::clone(&lossy), fast_options());
+    executor.register(&child)?;
+    executor.register(&parent)?;
+    let mut handles = Vec::new();
+    for n in 0..5 {
+        handles.push(executor.enqueue(&child, &n).await?);
+    }
+    let parent_handle = executor.enqueue(&parent, &3).await?;
+    executor.start();
+    for (n, handle) in (0..5).zip(&handles) {
+        let done = wait_briefly(handle).await?;
+        testkit_ensure!(
+            done.output == Some(n * 10),
+            "execution {n}: {} {:?}",
+            done.status(),
+            done.error()
+        );
+    }
+    let done = wait_briefly(&parent_handle).await?;
+    executor.shutdown().await;
+    testkit_ensure!(
+        done.status() == TaskExecutionStatus::Completed,
+        "parent {} {:?}",
+        done.status(),
+        done.error()
+    );
+    Ok(())
+}
+
+/// Waits for `handle` at most 20 s (much less than the default lease).
+async fn wait_briefly<O: serde::de::DeserializeOwned>(
+    handle: &TaskHandle<O>,
+) -> TestResult<FinishedExecution<O>> {
+    let options = WaitOptions {
+        poll_interval: Duration::from_millis(20),
+        timeout: Some(Duration::from_secs(20)),
+    };
+    Ok(handle.wait_with(&options).await?)
+}
+
+/// A cancellation requested while the run's claim is still on its way back to the executor
+/// (the run not yet registered) still stops the run.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn cancellation_before_the_run_is_registered_is_kept(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let slow: Arc<dyn TaskExecutionStorage> = Arc::new(LossyStorage {
+        inner: Arc::clone(&storage),
+        lose_claims: std::sync::atomic::AtomicU32::new(0),
+        lose_parent_claims: std::sync::atomic::AtomicU32::new(0),
+        claim_delay: Duration::from_millis(400),
+    });
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    // Keeps the executor's set of running executions non-empty, so it looks for requests.
+    let busy = blocking_task("cancelEarlyBusy", Arc::clone(&runs));
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = Arc::clone(&stopped);
+    let target = TaskDefinition::new("cancelEarlyTarget", move |ctx, ()| {
+        let seen = Arc::clone(&seen);
+        async move {
+            // Watched from a task of its own: the executor drops the run once it cancels it.
+            let cancelled = ctx.cancellation.clone();
+            tokio::spawn(async move {
+                cancelled.cancelled().await;
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<_, TaskError>(())
+        }
+    });
+    let executor = Executor::new(Arc::clone(&slow), fast_options());
+    executor.register(&busy)?;
+    executor.register(&target)?;
+    executor.start();
+    let busy_handle = executor.enqueue(&busy, &()).await?;
+    until_status(&busy_handle, TaskExecutionStatus::Running).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while executor.running_count() == 0 {
+        testkit_ensure!(Instant::now() < deadline, "the busy task never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let handle = executor.enqueue(&target, &()).await?;
+    // Cancel as soon as the claim took it, while its reply is still delayed.
+    until_status(&handle, TaskExecutionStatus::Running).await?;
+    testkit_ensure!(handle.cancel().await?, "cancel reported no change");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+        testkit_ensure!(
+            Instant::now() < deadline,
+            "the run was never told it was cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    busy_handle.cancel().await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while executor.running_count() > 0 {
+        testkit_ensure!(Instant::now() < deadline, "the busy run was not cancelled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    executor.shutdown().await;
+    Ok(())
+}

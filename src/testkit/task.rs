@@ -114,8 +114,12 @@ macro_rules! task_storage_conformance {
             close_records_children_and_completes_parent_through_finalize,
             close_of_failed_finalize_fails_the_parent,
             close_of_unsuccessful_parent_cancels_its_active_children,
-            cancellation_requests_are_taken_once_per_executor,
+            cancellation_requests_stay_until_acknowledged,
             megabyte_non_ascii_payloads_round_trip,
+            numbers_beyond_the_limits_are_rejected_before_writing,
+            claims_take_only_the_tasks_and_queues_they_admit,
+            resumed_claim_takes_back_what_the_lost_claim_took,
+            many_megabytes_of_children_enqueue_in_one_call,
         );
     };
     (@cases (storage: $make:expr); $($case:ident),* $(,)?) => {
@@ -184,6 +188,7 @@ fn claim(executor: &str, now: i64, limit: u64) -> ClaimParams {
         now,
         limit,
         lease_margin_ms: MARGIN,
+        ..ClaimParams::default()
     }
 }
 
@@ -1104,8 +1109,9 @@ pub async fn close_of_unsuccessful_parent_cancels_its_active_children(
     Ok(())
 }
 
-/// Cancellation requests are handed to the executor running the execution, once.
-pub async fn cancellation_requests_are_taken_once_per_executor(storage: Storage) -> CaseResult {
+/// Cancellation requests are read by the executor holding the execution, and stay until that
+/// executor acknowledges them: a read whose reply is lost loses nothing.
+pub async fn cancellation_requests_stay_until_acknowledged(storage: Storage) -> CaseResult {
     storage
         .enqueue_task_executions(
             vec![new_execution("a"), new_execution("b"), new_execution("c")],
@@ -1128,31 +1134,51 @@ pub async fn cancellation_requests_are_taken_once_per_executor(storage: Storage)
     };
     check_eq!(storage.update_task_executions(&guard, &cancel).await?, 2);
     check!(
-        storage
-            .take_cancellation_requests("e1", T0 + 2, 0)
-            .await?
-            .is_empty(),
-        "limit 0 took requests"
+        storage.cancellation_requests("e1", 0).await?.is_empty(),
+        "limit 0 returned requests"
     );
     check_eq!(
-        storage.take_cancellation_requests("e1", T0 + 2, 10).await?,
+        storage.cancellation_requests("e1", 10).await?,
         vec!["a".to_owned()]
     );
-    check!(
-        storage
-            .take_cancellation_requests("e1", T0 + 3, 10)
-            .await?
-            .is_empty(),
-        "a request was taken twice"
+    // Read again (as after a lost reply): still there.
+    check_eq!(
+        storage.cancellation_requests("e1", 10).await?,
+        vec!["a".to_owned()]
     );
     check_eq!(
-        storage.take_cancellation_requests("e2", T0 + 3, 10).await?,
+        storage.cancellation_requests("e2", 10).await?,
         vec!["c".to_owned()]
+    );
+    // Another executor cannot acknowledge e1's request.
+    check_eq!(
+        storage
+            .acknowledge_cancellation_requests("e2", &["a".to_owned()], T0 + 2)
+            .await?,
+        0
+    );
+    check_eq!(
+        storage
+            .acknowledge_cancellation_requests("e1", &["a".to_owned()], T0 + 2)
+            .await?,
+        1
+    );
+    // Acknowledging again (a retry after a lost reply) changes nothing.
+    check_eq!(
+        storage
+            .acknowledge_cancellation_requests("e1", &["a".to_owned()], T0 + 3)
+            .await?,
+        0
+    );
+    check!(
+        storage.cancellation_requests("e1", 10).await?.is_empty(),
+        "an acknowledged request came back"
     );
     let a = get(&storage, "a").await?;
     check!(!a.cancel_requested, "request not cleared");
     check_eq!(a.updated_at, T0 + 2);
     check!(!get(&storage, "b").await?.cancel_requested, "b was touched");
+    check!(get(&storage, "c").await?.cancel_requested, "c was cleared");
     Ok(())
 }
 
@@ -1194,5 +1220,336 @@ pub async fn megabyte_non_ascii_payloads_round_trip(storage: Storage) -> CaseRes
         storage.get_finished_child_task_executions("big").await?,
         vec![record]
     );
+    Ok(())
+}
+
+/// Timeouts, delays, retry options, queues and parent indexes outside the documented limits are
+/// refused with a typed error before anything is written, whatever else the batch holds.
+pub async fn numbers_beyond_the_limits_are_rejected_before_writing(storage: Storage) -> CaseResult {
+    let max_timeout = i64::try_from(crate::MAX_TIMEOUT.as_millis()).unwrap_or(i64::MAX);
+    let bad = [
+        NewTaskExecution {
+            timeout_ms: i64::MAX,
+            ..new_execution("timeout-max")
+        },
+        NewTaskExecution {
+            timeout_ms: max_timeout + 1,
+            ..new_execution("timeout-over")
+        },
+        NewTaskExecution {
+            timeout_ms: -5,
+            ..new_execution("timeout-negative")
+        },
+        NewTaskExecution {
+            sleep_ms_before_run: i64::MAX,
+            ..new_execution("sleep-max")
+        },
+        NewTaskExecution {
+            sleep_ms_before_run: -1,
+            ..new_execution("sleep-negative")
+        },
+        NewTaskExecution {
+            retry_options: RetryOptions {
+                max_attempts: u32::MAX,
+                ..RetryOptions::default()
+            },
+            ..new_execution("retries")
+        },
+        NewTaskExecution {
+            retry_options: RetryOptions {
+                delay_multiplier: f64::NAN,
+                ..RetryOptions::default()
+            },
+            ..new_execution("multiplier")
+        },
+        NewTaskExecution {
+            queue: Some(String::new()),
+            ..new_execution("queue-empty")
+        },
+        NewTaskExecution {
+            queue: Some("q".repeat(crate::MAX_QUEUE_LEN + 1)),
+            ..new_execution("queue-long")
+        },
+        {
+            let mut child = new_child("index", "p", 0);
+            if let Some(parent) = child.parent.as_mut() {
+                parent.index = u32::MAX;
+            }
+            child
+        },
+    ];
+    for e in bad {
+        let id = e.execution_id.clone();
+        let result = storage
+            .enqueue_task_executions(vec![new_execution("ok"), e], T0)
+            .await;
+        check!(
+            matches!(result, Err(Error::InvalidArgument { .. })),
+            "{id}: expected an invalid argument, got {result:?}"
+        );
+    }
+    check!(
+        storage
+            .get_task_executions(&TaskExecutionFilter::default())
+            .await?
+            .is_empty(),
+        "a rejected batch wrote something"
+    );
+    // The limits themselves are accepted, and their lease arithmetic does not overflow even at
+    // the end of time.
+    storage
+        .enqueue_task_executions(
+            vec![NewTaskExecution {
+                timeout_ms: max_timeout,
+                sleep_ms_before_run: max_timeout,
+                ..new_execution("at-limits")
+            }],
+            T0,
+        )
+        .await?;
+    let mut late = claim("e", i64::MAX, 1);
+    late.lease_margin_ms = i64::MAX;
+    let claimed = storage.claim_task_executions(&late).await?;
+    check_eq!(ids(&claimed), vec!["at-limits"]);
+    check!(
+        claimed[0].expires_at.is_some_and(|x| x > T0),
+        "lease {:?}",
+        claimed[0].expires_at
+    );
+    Ok(())
+}
+
+/// A claim takes only executions of the tasks and queues it admits (an executor never takes
+/// work it cannot run); an empty list admits nothing. Parent claims filter the same way.
+pub async fn claims_take_only_the_tasks_and_queues_they_admit(storage: Storage) -> CaseResult {
+    let make = |id: &str, task: &str, queue: Option<&str>| NewTaskExecution {
+        task_id: task.to_owned(),
+        queue: queue.map(str::to_owned),
+        ..new_execution(id)
+    };
+    storage
+        .enqueue_task_executions(
+            vec![
+                make("a1", "a", None),
+                make("b1", "b", None),
+                make("a2", "a", Some("other")),
+                make("c1", "c", Some("other")),
+            ],
+            T0,
+        )
+        .await?;
+    check_eq!(get(&storage, "a1").await?.queue, crate::DEFAULT_QUEUE);
+    check_eq!(get(&storage, "a2").await?.queue, "other");
+    let only = |tasks: Option<&[&str]>, queues: Option<&[&str]>| ClaimParams {
+        task_ids: tasks.map(|t| t.iter().map(|s| (*s).to_owned()).collect()),
+        queues: queues.map(|q| q.iter().map(|s| (*s).to_owned()).collect()),
+        ..claim("e", T0, 10)
+    };
+    check!(
+        storage
+            .claim_task_executions(&only(Some(&[]), None))
+            .await?
+            .is_empty(),
+        "an empty task list admitted something"
+    );
+    check!(
+        storage
+            .claim_task_executions(&only(None, Some(&[])))
+            .await?
+            .is_empty(),
+        "an empty queue list admitted something"
+    );
+    check!(
+        storage
+            .claim_task_executions(&only(Some(&["zzz"]), None))
+            .await?
+            .is_empty(),
+        "an unknown task was admitted"
+    );
+    let claimed = storage
+        .claim_task_executions(&only(Some(&["a"]), Some(&["default"])))
+        .await?;
+    check_eq!(ids(&claimed), vec!["a1"]);
+    let claimed = storage
+        .claim_task_executions(&only(None, Some(&["other"])))
+        .await?;
+    check_eq!(ids(&claimed), vec!["a2", "c1"]);
+    let claimed = storage
+        .claim_task_executions(&only(Some(&["b", "c"]), None))
+        .await?;
+    check_eq!(ids(&claimed), vec!["b1"]);
+
+    // Parents of a task the claimer does not know are left alone.
+    waiting_parent(&storage, "p", 1, T0).await?;
+    storage
+        .add_finished_child_task_executions(vec![finished_child(
+            "p",
+            "p0",
+            0,
+            TaskExecutionStatus::Completed,
+        )])
+        .await?;
+    check!(
+        storage
+            .claim_parents_with_finished_children(&only(Some(&["other-task"]), None))
+            .await?
+            .is_empty(),
+        "a parent of an unadmitted task was claimed"
+    );
+    check!(
+        storage
+            .claim_parents_with_finished_children(&only(None, Some(&["other"])))
+            .await?
+            .is_empty(),
+        "a parent of an unadmitted queue was claimed"
+    );
+    let claimed = storage
+        .claim_parents_with_finished_children(&only(Some(&["task"]), Some(&["default"])))
+        .await?;
+    check_eq!(ids(&claimed), vec!["p"]);
+    Ok(())
+}
+
+/// A claim whose reply was lost is taken back by its retry: the resumed claim (same claim id,
+/// `resume`) returns the executions the first attempt took, unchanged, before taking more within
+/// the limit. Nobody else (another executor, another claim id, a claim that does not resume)
+/// gets them. Parent claims resume the same way.
+pub async fn resumed_claim_takes_back_what_the_lost_claim_took(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(
+            (0..5).map(|i| new_execution(&format!("x{i}"))).collect(),
+            T0,
+        )
+        .await?;
+    let first = ClaimParams {
+        claim_id: Some("claim-1".to_owned()),
+        ..claim("e", T0, 2)
+    };
+    let lost = storage.claim_task_executions(&first).await?;
+    check_eq!(ids(&lost), vec!["x0", "x1"]);
+    check_eq!(lost[0].claim_id.as_deref(), Some("claim-1"));
+
+    let resume = |executor: &str, claim_id: &str, limit: u64, resume: bool| ClaimParams {
+        claim_id: Some(claim_id.to_owned()),
+        resume,
+        ..claim(executor, T0 + 5, limit)
+    };
+    // Someone else's resume takes back nothing of it.
+    let other = storage
+        .claim_task_executions(&resume("f", "claim-1", 1, true))
+        .await?;
+    check_eq!(ids(&other), vec!["x2"]);
+    let resumed = storage
+        .claim_task_executions(&resume("e", "claim-1", 3, true))
+        .await?;
+    check_eq!(ids(&resumed), vec!["x0", "x1", "x3"]);
+    check_eq!(&resumed[0], &lost[0]);
+    check_eq!(&resumed[1], &lost[1]);
+    check_eq!(resumed[2].claim_id.as_deref(), Some("claim-1"));
+    // Taken back at most `limit`.
+    let resumed = storage
+        .claim_task_executions(&resume("e", "claim-1", 1, true))
+        .await?;
+    check_eq!(resumed.len(), 1);
+    // Without `resume`, or under another claim id, nothing is taken back.
+    let fresh = storage
+        .claim_task_executions(&resume("e", "claim-2", 5, false))
+        .await?;
+    check_eq!(ids(&fresh), vec!["x4"]);
+    check!(
+        storage
+            .claim_task_executions(&resume("e", "claim-1", 5, false))
+            .await?
+            .is_empty(),
+        "a claim that does not resume took back executions"
+    );
+    // Once finished, an execution is no longer taken back.
+    finish(
+        &storage,
+        "x0",
+        TaskExecutionStatus::Completed,
+        Some("done"),
+        T0 + 6,
+    )
+    .await?;
+    let resumed = storage
+        .claim_task_executions(&resume("e", "claim-1", 5, true))
+        .await?;
+    check_eq!(ids(&resumed), vec!["x1", "x3"]);
+
+    // Parent claims.
+    waiting_parent(&storage, "p", 1, T0).await?;
+    storage
+        .add_finished_child_task_executions(vec![finished_child(
+            "p",
+            "p0",
+            0,
+            TaskExecutionStatus::Completed,
+        )])
+        .await?;
+    let lost = storage
+        .claim_parents_with_finished_children(&resume("e", "parents-1", 5, false))
+        .await?;
+    check_eq!(ids(&lost), vec!["p"]);
+    let resumed = storage
+        .claim_parents_with_finished_children(&resume("e", "parents-1", 5, true))
+        .await?;
+    check_eq!(&resumed, &lost);
+    check!(
+        storage
+            .claim_parents_with_finished_children(&resume("e", "parents-2", 5, true))
+            .await?
+            .is_empty(),
+        "another claim id took back a held parent"
+    );
+    Ok(())
+}
+
+/// A fan-out whose inputs add up to 20 MiB (more than MySQL's default 16 MiB packet) is enqueued in one call (split into
+/// statements the backend accepts), all or nothing, and its children's outputs recorded for
+/// the parent in one call too.
+pub async fn many_megabytes_of_children_enqueue_in_one_call(storage: Storage) -> CaseResult {
+    let big = "é".repeat(512 * 1024);
+    storage
+        .enqueue_task_executions(vec![new_execution("p")], T0)
+        .await?;
+    let children: Vec<NewTaskExecution> = (0..20)
+        .map(|i| NewTaskExecution {
+            input: big.clone(),
+            ..new_child(&format!("c{i:02}"), "p", i)
+        })
+        .collect();
+    let spawned = storage
+        .update_task_execution_and_enqueue(
+            &TaskExecutionGuard::id("p"),
+            &TaskExecutionUpdate {
+                now: T0 + 1,
+                status: Some(TaskExecutionStatus::WaitingForChildren),
+                children_count: Some(20),
+                ..Default::default()
+            },
+            children,
+        )
+        .await?;
+    check!(spawned, "the guard did not match");
+    let records: Vec<FinishedChildTaskExecution> = (0..20)
+        .map(|i| FinishedChildTaskExecution {
+            output: Some(big.clone()),
+            ..finished_child("p", &format!("c{i:02}"), i, TaskExecutionStatus::Completed)
+        })
+        .collect();
+    storage.add_finished_child_task_executions(records).await?;
+    let parent = get(&storage, "p").await?;
+    check_eq!(parent.finished_children_count, 20);
+    let stored = storage.get_finished_child_task_executions("p").await?;
+    check_eq!(stored.len(), 20);
+    check!(
+        stored
+            .iter()
+            .all(|r| r.output.as_deref() == Some(big.as_str())),
+        "a child output differs"
+    );
+    let child = get(&storage, "c19").await?;
+    check!(child.input == big, "a child input differs");
     Ok(())
 }

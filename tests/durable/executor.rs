@@ -95,6 +95,35 @@ macro_rules! executor_cases {
         async fn delays_are_honoured() -> anyhow::Result<()> {
             on_storage($backend, cases::delays_are_honoured).await
         }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn options_beyond_the_limits_are_refused() -> anyhow::Result<()> {
+            on_storage($backend, cases::options_beyond_the_limits_are_refused).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn executors_claim_only_their_tasks_and_queues() -> anyhow::Result<()> {
+            on_storage($backend, cases::executors_claim_only_their_tasks_and_queues).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn outputs_are_stored_once() -> anyhow::Result<()> {
+            on_storage($backend, cases::outputs_are_stored_once).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn claims_whose_reply_was_lost_are_taken_back() -> anyhow::Result<()> {
+            on_storage($backend, cases::claims_whose_reply_was_lost_are_taken_back).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn cancellation_before_the_run_is_registered_is_kept() -> anyhow::Result<()> {
+            on_storage(
+                $backend,
+                cases::cancellation_before_the_run_is_registered_is_kept,
+            )
+            .await
+        }
     };
 }
 
@@ -117,15 +146,138 @@ mod mysql {
 mod outbox {
     use std::time::Duration;
 
-    use anyhow::ensure;
+    use anyhow::{Context, ensure};
     use sea_orm::TransactionTrait;
     use sea_orm_durable::testkit::executor::fast_options;
-    use sea_orm_durable::{Executor, TaskDefinition, TaskError, TaskExecutionStatus};
+    use sea_orm_durable::{
+        Executor, ParentOutcome, TaskDefinition, TaskError, TaskExecutionStatus, WaitOptions,
+    };
 
     use super::*;
     use crate::harness::{TestDb, per_backend};
 
-    per_backend!(enqueue_in_transaction_runs_only_after_commit);
+    per_backend!(
+        enqueue_in_transaction_runs_only_after_commit,
+        a_result_that_cannot_be_stored_fails_with_the_real_error,
+        outputs_beyond_the_packet_limit_do_not_wedge_the_executors,
+    );
+
+    /// A result the database refuses for good (here a trigger; in life a packet limit or a
+    /// constraint) fails its execution at once with the database's error, and its parent with
+    /// it, instead of leaving it `running` until the lease lapses and blaming a dead executor.
+    async fn a_result_that_cannot_be_stored_fails_with_the_real_error(
+        t: TestDb,
+    ) -> anyhow::Result<()> {
+        crate::task::poison_writes(&t, "task_executions", "UPDATE").await?;
+        let storage = Arc::new(SeaOrmTaskExecutionStorage::new(t.db.clone()));
+        let executor = Executor::new(storage, fast_options());
+        let echo = TaskDefinition::new(
+            "echo",
+            |_ctx, s: String| async move { Ok::<_, TaskError>(s) },
+        );
+        let echo_child = echo.clone();
+        let parent = TaskDefinition::parent("echoParent", move |_ctx, ()| {
+            let echo = echo_child.clone();
+            async move {
+                Ok(ParentOutcome::new(())
+                    .child(&echo, &"fine".to_owned())
+                    .child(&echo, &"poison".to_owned()))
+            }
+        })
+        .without_finalize();
+        executor.register(&echo)?;
+        executor.register(&parent)?;
+        executor.start();
+        let wait = WaitOptions {
+            poll_interval: Duration::from_millis(20),
+            timeout: Some(Duration::from_secs(30)),
+        };
+        let poisoned = executor.enqueue(&echo, &"poison".to_owned()).await?;
+        let fine = executor.enqueue(&echo, &"fine".to_owned()).await?;
+        let family = executor.enqueue(&parent, &()).await?;
+        let poisoned = poisoned.wait_with(&wait).await?;
+        let fine = fine.wait_with(&wait).await?;
+        let family = family.wait_with(&wait).await?;
+        executor.shutdown().await;
+        ensure!(
+            poisoned.status() == TaskExecutionStatus::Failed,
+            "{:?}",
+            poisoned.status()
+        );
+        let message = poisoned
+            .error()
+            .map(|e| e.message.clone())
+            .unwrap_or_default();
+        ensure!(
+            message.contains("could not be stored") && message.contains("poisoned output"),
+            "error {message}"
+        );
+        ensure!(fine.output.as_deref() == Some("fine"));
+        ensure!(
+            family.status() == TaskExecutionStatus::ChildrenFailed,
+            "parent {:?}",
+            family.status()
+        );
+        Ok(())
+    }
+
+    /// Outputs near MySQL's default 16 MiB packet: a 9 MiB result is written once (not as run
+    /// output and output, 18 MiB), and the records of several 6 MiB children closed together
+    /// are split by bytes. On MariaDB either wedged the executors before.
+    async fn outputs_beyond_the_packet_limit_do_not_wedge_the_executors(
+        t: TestDb,
+    ) -> anyhow::Result<()> {
+        let storage = Arc::new(SeaOrmTaskExecutionStorage::new(t.db.clone()));
+        let executor = Executor::new(storage, fast_options());
+        let big = TaskDefinition::new("bigOutput", |_ctx, n: usize| async move {
+            Ok::<_, TaskError>("x".repeat(n))
+        });
+        let big_child = big.clone();
+        let parent = TaskDefinition::parent("bigParent", move |_ctx, sizes: Vec<usize>| {
+            let big = big_child.clone();
+            async move {
+                Ok(sizes
+                    .iter()
+                    .fold(ParentOutcome::new(()), |p, n| p.child(&big, n)))
+            }
+        })
+        .without_finalize();
+        executor.register(&big)?;
+        executor.register(&parent)?;
+        executor.start();
+        let sizes = [9 << 20, 6 << 20, 6 << 20, 6 << 20];
+        let mut handles = Vec::new();
+        for size in sizes {
+            handles.push(executor.enqueue(&parent, &vec![size]).await?);
+        }
+        let wait = WaitOptions {
+            poll_interval: Duration::from_millis(50),
+            timeout: Some(Duration::from_secs(60)),
+        };
+        let mut finished = Vec::new();
+        for handle in &handles {
+            finished.push(handle.wait_with(&wait).await?);
+        }
+        executor.shutdown().await;
+        for (size, done) in sizes.iter().zip(finished) {
+            ensure!(
+                done.status() == TaskExecutionStatus::Completed,
+                "{:?} {:?}",
+                done.status(),
+                done.error()
+            );
+            let output = done.output.context("no output")?;
+            ensure!(
+                output.children.len() == 1
+                    && output.children[0]
+                        .output
+                        .as_str()
+                        .is_some_and(|s| s.len() == *size),
+                "child output of the wrong size"
+            );
+        }
+        Ok(())
+    }
 
     async fn enqueue_in_transaction_runs_only_after_commit(t: TestDb) -> anyhow::Result<()> {
         let storage = Arc::new(SeaOrmTaskExecutionStorage::new(t.db.clone()));

@@ -11,8 +11,8 @@ use sea_orm::ConnectionTrait;
 use sea_orm_durable::testkit::task::{CaseResult, Storage};
 use sea_orm_durable::{
     ClaimParams, Error, FinishedChildTaskExecution, NewTaskExecution, ParentRef,
-    SeaOrmTaskExecutionStorage, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionStatus,
-    TaskExecutionStorage, TaskExecutionUpdate,
+    SeaOrmTaskExecutionStorage, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
+    TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate,
 };
 
 use crate::harness::{Backend, TestDb, per_backend};
@@ -76,6 +76,9 @@ per_backend!(
     concurrent_finished_children_keep_exact_counts_and_one_parent_claim,
     concurrent_closers_record_every_child_of_a_wide_parent,
     corrupt_rows_are_reported_and_do_not_block_claims,
+    extreme_stored_numbers_neither_overflow_nor_block_claims,
+    unreadable_parents_children_and_finalizes_end_explained,
+    a_record_that_cannot_be_written_fails_its_parent_without_blocking_closes,
 );
 
 const T0: i64 = 1_700_000_000_000;
@@ -96,6 +99,7 @@ fn claim(executor: &str, now: i64, limit: u64, lease_margin_ms: i64) -> ClaimPar
         now,
         limit,
         lease_margin_ms,
+        ..ClaimParams::default()
     }
 }
 
@@ -451,4 +455,371 @@ async fn corrupt_rows_are_reported_and_do_not_block_claims(t: TestDb) -> anyhow:
             .is_empty()
     );
     Ok(())
+}
+
+/// Runs `sql` on the test's database.
+async fn exec(t: &TestDb, sql: &str) -> anyhow::Result<()> {
+    t.db.execute_unprepared(sql).await?;
+    Ok(())
+}
+
+async fn fetch(storage: &SeaOrmTaskExecutionStorage, id: &str) -> anyhow::Result<TaskExecution> {
+    storage
+        .get_task_execution(id)
+        .await?
+        .with_context(|| format!("{id} vanished"))
+}
+
+/// A parent `id` waiting for `children` children, spawned through the storage.
+async fn spawn_children(
+    storage: &SeaOrmTaskExecutionStorage,
+    id: &str,
+    children: &[&str],
+) -> anyhow::Result<()> {
+    storage
+        .enqueue_task_executions(vec![execution(id.to_owned())], T0)
+        .await?;
+    let children: Vec<NewTaskExecution> = children
+        .iter()
+        .zip(0..)
+        .map(|(child, index)| NewTaskExecution {
+            parent: Some(ParentRef {
+                task_id: "task".to_owned(),
+                execution_id: id.to_owned(),
+                index,
+                is_finalize: false,
+            }),
+            ..execution((*child).to_owned())
+        })
+        .collect();
+    let spawned = storage
+        .update_task_execution_and_enqueue(
+            &TaskExecutionGuard::id(id),
+            &TaskExecutionUpdate {
+                now: T0,
+                status: Some(TaskExecutionStatus::WaitingForChildren),
+                children_count: Some(u32::try_from(children.len())?),
+                ..Default::default()
+            },
+            children,
+        )
+        .await?;
+    ensure!(spawned);
+    Ok(())
+}
+
+/// Completes `ids` with `output`.
+async fn complete(
+    storage: &SeaOrmTaskExecutionStorage,
+    ids: &[&str],
+    output: &str,
+) -> anyhow::Result<()> {
+    storage
+        .update_task_executions(
+            &TaskExecutionGuard {
+                execution_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+                ..Default::default()
+            },
+            &TaskExecutionUpdate {
+                now: T0 + 1,
+                status: Some(TaskExecutionStatus::Completed),
+                output: Some(output.to_owned()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Numbers at the ends of `BIGINT`, written behind the storage's back, make neither the claim
+/// arithmetic overflow (which would fail every claim, for every executor, for as long as the
+/// row sorts first) nor anything else: a timeout out of range fails just that row, a fencing
+/// token at the maximum wraps.
+async fn extreme_stored_numbers_neither_overflow_nor_block_claims(t: TestDb) -> anyhow::Result<()> {
+    let storage = SeaOrmTaskExecutionStorage::new(t.db.clone());
+    let ids = ["huge-timeout", "huge-fence", "negative-timeout", "plain"];
+    storage
+        .enqueue_task_executions(
+            ids.iter().map(|id| execution((*id).to_owned())).collect(),
+            T0,
+        )
+        .await?;
+    exec(&t, "UPDATE task_executions SET timeout_ms = 9223372036854775807 WHERE execution_id = 'huge-timeout'").await?;
+    exec(&t, "UPDATE task_executions SET fencing_token = 9223372036854775807 WHERE execution_id = 'huge-fence'").await?;
+    exec(&t, "UPDATE task_executions SET timeout_ms = -9223372036854775807 WHERE execution_id = 'negative-timeout'").await?;
+    let claimed = storage
+        .claim_task_executions(&claim("e", T0, 10, i64::MAX))
+        .await?;
+    let mut claimed_ids: Vec<_> = claimed.iter().map(|e| e.execution_id.as_str()).collect();
+    claimed_ids.sort_unstable();
+    ensure!(
+        claimed_ids == ["huge-fence", "plain"],
+        "claimed {claimed_ids:?}"
+    );
+    let fenced = claimed
+        .iter()
+        .find(|e| e.execution_id == "huge-fence")
+        .context("huge-fence not claimed")?;
+    ensure!(fenced.fencing_token == 1, "token {}", fenced.fencing_token);
+    ensure!(
+        fenced.expires_at.is_some_and(|x| x > T0),
+        "lease {:?}",
+        fenced.expires_at
+    );
+    for id in ["huge-timeout", "negative-timeout"] {
+        let row =
+            t.db.query_one_raw(sea_orm::Statement::from_string(
+                t.db.get_database_backend(),
+                format!("SELECT status, error FROM task_executions WHERE execution_id = '{id}'"),
+            ))
+            .await?
+            .context("row vanished")?;
+        let status: String = row.try_get("", "status")?;
+        let error: serde_json::Value = row.try_get("", "error")?;
+        ensure!(status == "failed", "{id} is {status}");
+        ensure!(
+            error.to_string().contains("timeout_ms"),
+            "{id} error {error}"
+        );
+    }
+    // The parents claim wraps the token too.
+    exec(&t, "UPDATE task_executions SET status = 'waiting_for_children_tasks', children_count = 0, fencing_token = 9223372036854775807, expires_at = NULL WHERE execution_id = 'plain'").await?;
+    let parents = storage
+        .claim_parents_with_finished_children(&claim("e", T0 + 1, 10, i64::MAX))
+        .await?;
+    ensure!(
+        parents.len() == 1 && parents[0].fencing_token == 1,
+        "{parents:?}"
+    );
+    Ok(())
+}
+
+/// A parent whose row cannot be read is failed instead of being claimed after every lease,
+/// forever; a finished child that cannot be read is recorded for its parent as failed, and a
+/// finalize execution that cannot be read fails its parent, instead of leaving them waiting.
+async fn unreadable_parents_children_and_finalizes_end_explained(t: TestDb) -> anyhow::Result<()> {
+    use TaskExecutionStatus as S;
+    let storage = SeaOrmTaskExecutionStorage::new(t.db.clone());
+    // A parent that cannot be read (a negative counter) whose children finished.
+    spawn_children(&storage, "bad-parent", &["bp0"]).await?;
+    storage
+        .add_finished_child_task_executions(vec![FinishedChildTaskExecution {
+            parent_execution_id: "bad-parent".to_owned(),
+            child_execution_id: "bp0".to_owned(),
+            child_task_id: "task".to_owned(),
+            index: 0,
+            status: S::Completed,
+            output: Some("1".to_owned()),
+            error: None,
+            created_at: T0,
+        }])
+        .await?;
+    exec(
+        &t,
+        "UPDATE task_executions SET retry_attempts = -1 WHERE execution_id = 'bad-parent'",
+    )
+    .await?;
+    ensure!(
+        storage
+            .claim_parents_with_finished_children(&claim("e", T0 + 2, 10, 1_000))
+            .await?
+            .is_empty()
+    );
+    ensure!(
+        storage
+            .claim_parents_with_finished_children(&claim("e", T0 + 10_000, 10, 1_000))
+            .await?
+            .is_empty(),
+        "an unreadable parent was claimed again"
+    );
+    let status: String =
+        t.db.query_one_raw(sea_orm::Statement::from_string(
+            t.db.get_database_backend(),
+            "SELECT status FROM task_executions WHERE execution_id = 'bad-parent'",
+        ))
+        .await?
+        .context("row vanished")?
+        .try_get("", "status")?;
+    ensure!(status == "failed", "unreadable parent is {status}");
+
+    // A child that cannot be read, among readable siblings.
+    spawn_children(&storage, "p", &["good", "bad-child"]).await?;
+    complete(&storage, &["good", "bad-child"], "2").await?;
+    exec(
+        &t,
+        "UPDATE task_executions SET status = 'exploded' WHERE execution_id = 'bad-child'",
+    )
+    .await?;
+    // A finalize execution that cannot be read.
+    storage
+        .enqueue_task_executions(vec![execution("q".to_owned())], T0)
+        .await?;
+    let finalize = NewTaskExecution {
+        parent: Some(ParentRef {
+            task_id: "task".to_owned(),
+            execution_id: "q".to_owned(),
+            index: 0,
+            is_finalize: true,
+        }),
+        ..execution("bad-finalize".to_owned())
+    };
+    ensure!(
+        storage
+            .update_task_execution_and_enqueue(
+                &TaskExecutionGuard::id("q"),
+                &TaskExecutionUpdate {
+                    now: T0,
+                    status: Some(S::WaitingForFinalize),
+                    ..Default::default()
+                },
+                vec![finalize],
+            )
+            .await?
+    );
+    complete(&storage, &["bad-finalize"], "3").await?;
+    exec(
+        &t,
+        "UPDATE task_executions SET children_count = -7 WHERE execution_id = 'bad-finalize'",
+    )
+    .await?;
+
+    let mut closed = 0;
+    loop {
+        let n = storage.close_finished_task_executions(T0 + 3, 10).await?;
+        if n == 0 {
+            break;
+        }
+        closed += n;
+    }
+    // bad-parent (failed), good, bad-child, bad-finalize, and q once it failed.
+    ensure!(closed >= 4, "closed {closed}");
+    let p = fetch(&storage, "p").await?;
+    ensure!(
+        p.finished_children_count == 2 && p.failed_children_count == 1,
+        "parent counts {} / {}",
+        p.finished_children_count,
+        p.failed_children_count
+    );
+    let records = storage.get_finished_child_task_executions("p").await?;
+    let bad = records
+        .iter()
+        .find(|r| r.child_execution_id == "bad-child")
+        .context("no record of the unreadable child")?;
+    ensure!(bad.status == S::Failed && bad.index == 1, "{bad:?}");
+    ensure!(
+        bad.error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("cannot be read")),
+        "{bad:?}"
+    );
+    let q = fetch(&storage, "q").await?;
+    ensure!(q.status == S::FinalizeFailed, "q is {:?}", q.status);
+    ensure!(
+        q.error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("cannot be read")),
+        "{:?}",
+        q.error
+    );
+    Ok(())
+}
+
+/// A finished-child record the database refuses for good (here a trigger; in life, a packet
+/// limit or a constraint) is written alone, then recorded as a failure that carries the real
+/// error: its parent learns that the child failed and why, and every other execution closes.
+async fn a_record_that_cannot_be_written_fails_its_parent_without_blocking_closes(
+    t: TestDb,
+) -> anyhow::Result<()> {
+    poison_inserts(&t, "finished_child_task_executions").await?;
+    let storage = SeaOrmTaskExecutionStorage::new(t.db.clone());
+    spawn_children(&storage, "p", &["c0", "c1", "c2"]).await?;
+    spawn_children(&storage, "q", &["d0"]).await?;
+    complete(&storage, &["c0", "c2", "d0"], "\"fine\"").await?;
+    complete(&storage, &["c1"], "\"poison\"").await?;
+    let mut closed = 0;
+    for _ in 0..5 {
+        closed += storage.close_finished_task_executions(T0 + 2, 10).await?;
+    }
+    ensure!(closed == 4, "closed {closed}");
+    let p = fetch(&storage, "p").await?;
+    ensure!(
+        p.finished_children_count == 3 && p.failed_children_count == 1,
+        "p counts {} / {}",
+        p.finished_children_count,
+        p.failed_children_count
+    );
+    let records = storage.get_finished_child_task_executions("p").await?;
+    let poisoned = records
+        .iter()
+        .find(|r| r.child_execution_id == "c1")
+        .context("no record of c1")?;
+    ensure!(
+        poisoned.status == TaskExecutionStatus::Failed,
+        "{poisoned:?}"
+    );
+    ensure!(
+        poisoned
+            .error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("poisoned output")),
+        "{poisoned:?}"
+    );
+    let q = fetch(&storage, "q").await?;
+    ensure!(q.finished_children_count == 1 && q.failed_children_count == 0);
+    let claimed = storage
+        .claim_parents_with_finished_children(&claim("e", T0 + 3, 10, 1_000))
+        .await?;
+    ensure!(claimed.len() == 2, "{} parents claimable", claimed.len());
+    Ok(())
+}
+
+/// Makes the database refuse, for good, every row of `table` whose `output` mentions
+/// "poison": a trigger, on each backend.
+pub(crate) async fn poison_writes(t: &TestDb, table: &str, event: &str) -> anyhow::Result<()> {
+    let name = format!("poison_{}", event.to_lowercase());
+    match t.backend {
+        Backend::Postgres => {
+            exec(
+                t,
+                &format!(
+                    "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger AS $$ BEGIN \
+                     IF NEW.output LIKE '%poison%' THEN RAISE EXCEPTION 'poisoned output'; END IF; \
+                     RETURN NEW; END $$ LANGUAGE plpgsql"
+                ),
+            )
+            .await?;
+            exec(
+                t,
+                &format!(
+                    "CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()"
+                ),
+            )
+            .await
+        }
+        Backend::MySql => {
+            exec(
+                t,
+                &format!(
+                    "CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW BEGIN \
+                     IF NEW.output LIKE '%poison%' THEN \
+                     SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'poisoned output'; END IF; END"
+                ),
+            )
+            .await
+        }
+        Backend::Sqlite => {
+            exec(
+                t,
+                &format!(
+                    "CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW \
+                     WHEN NEW.output LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'poisoned output'); END"
+                ),
+            )
+            .await
+        }
+    }
+}
+
+async fn poison_inserts(t: &TestDb, table: &str) -> anyhow::Result<()> {
+    poison_writes(t, table, "INSERT").await
 }

@@ -20,12 +20,37 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// Options of a task, applied to every execution of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskOptions {
-    /// Maximum duration of one run; a run past it fails with a (retryable) timeout error.
+    /// Maximum duration of one run; a run past it fails with a (retryable) timeout error. At
+    /// most [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
     pub timeout: Duration,
     /// How failed runs are retried.
     pub retry: RetryOptions,
-    /// Delay between enqueueing and the first run.
+    /// Delay between enqueueing and the first run. At most
+    /// [`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN).
     pub sleep_before_run: Duration,
+    /// The queue its executions wait in (default [`DEFAULT_QUEUE`](crate::DEFAULT_QUEUE)); an
+    /// executor claims from the queues in [`ExecutorOptions::queues`](super::ExecutorOptions).
+    pub queue: String,
+}
+
+impl TaskOptions {
+    /// Checks the options against the documented limits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming the first option out of
+    /// range.
+    pub fn validate(&self) -> crate::Result<()> {
+        crate::task::validate_timeout_ms(duration_ms(self.timeout))?;
+        crate::task::validate_sleep_ms(duration_ms(self.sleep_before_run))?;
+        crate::task::validate_retry(&self.retry)?;
+        crate::task::validate_queue(&self.queue)
+    }
+}
+
+/// A duration in whole milliseconds, saturating (a saturated value fails validation).
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Default for TaskOptions {
@@ -34,6 +59,7 @@ impl Default for TaskOptions {
             timeout: Duration::from_secs(300),
             retry: RetryOptions::default(),
             sleep_before_run: Duration::ZERO,
+            queue: crate::task::DEFAULT_QUEUE.to_owned(),
         }
     }
 }
@@ -322,6 +348,12 @@ impl<I, O> TaskDefinition<I, O> {
     /// Sets the delay before the first run.
     pub fn sleep_before_run(self, delay: Duration) -> Self {
         self.map_options(|o| o.sleep_before_run = delay)
+    }
+
+    /// Sets the queue its executions wait in.
+    pub fn queue(self, queue: impl Into<String>) -> Self {
+        let queue = queue.into();
+        self.map_options(|o| o.queue = queue)
     }
 }
 

@@ -23,6 +23,7 @@ mod handle;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ pub use definition::{
 };
 pub use handle::{FinishedExecution, TaskHandle, WaitOptions};
 
-use definition::{RunOutcome, TaskSpec};
+use definition::{RunOutcome, TaskSpec, duration_ms as millis};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -66,8 +67,15 @@ pub struct ExecutorOptions {
     /// How long the expire loop sleeps between scans.
     pub expire_interval: Duration,
     /// How far past its timeout a running execution's lease reaches, and how long a parent
-    /// claimed for processing stays claimed. Another executor takes over after it.
+    /// claimed for processing stays claimed. Another executor takes over after it. Taken as at
+    /// most [`MAX_LEASE_MARGIN`](crate::MAX_LEASE_MARGIN).
+    ///
+    /// Leases compare the clocks of the executors that share the storage: keep their skew well
+    /// below this margin (see [`Executor::clock_skew_ms`]).
     pub lease_margin: Duration,
+    /// The queues this executor claims from (`None`, the default: every queue). Either way it
+    /// only claims executions of tasks registered with it.
+    pub queues: Option<Vec<String>>,
     /// Where time is read from.
     pub clock: Arc<dyn Clock>,
 }
@@ -82,6 +90,7 @@ impl Default for ExecutorOptions {
             poll_interval: Duration::from_millis(100),
             expire_interval: Duration::from_secs(1),
             lease_margin: Duration::from_secs(60),
+            queues: None,
             clock: Arc::new(SystemClock),
         }
     }
@@ -118,6 +127,11 @@ struct Inner {
     /// Runs in progress: execution id → (fencing token of the claim, cancellation token).
     running: Mutex<HashMap<String, (i64, CancellationToken)>>,
     permits: Arc<Semaphore>,
+    /// Counts the claim loop's claims: odd while one is in flight. The cancel loop uses it to
+    /// tell a run not registered yet (its claim's reply still on the way) from one that ended.
+    claim_epoch: AtomicU64,
+    /// The claim id of the parents claim that failed last, to be resumed by the next one.
+    failed_parent_claim: Mutex<Option<String>>,
     wake_claim: Notify,
     wake_parents: Notify,
     /// Shared with the batch writer, which wakes the close loop once per written batch.
@@ -233,10 +247,6 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.75 + fastrand::f64() * 0.5)
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl Executor {
     /// An executor over `storage`. Register tasks, then [`start`](Self::start) it.
     pub fn new(storage: Arc<dyn TaskExecutionStorage>, options: ExecutorOptions) -> Self {
@@ -246,6 +256,7 @@ impl Executor {
         options.background_batch_size = options.background_batch_size.max(1);
         options.poll_interval = options.poll_interval.max(Duration::from_millis(1));
         options.expire_interval = options.expire_interval.max(Duration::from_millis(1));
+        options.lease_margin = options.lease_margin.min(crate::task::MAX_LEASE_MARGIN);
         let id = options.executor_id.clone().unwrap_or_else(|| new_id("ex_"));
         let permits = Arc::new(Semaphore::new(options.max_concurrent.max(1)));
         let (writes, pending) = mpsc::unbounded_channel();
@@ -257,6 +268,8 @@ impl Executor {
                 tasks: RwLock::new(HashMap::new()),
                 running: Mutex::new(HashMap::new()),
                 permits,
+                claim_epoch: AtomicU64::new(0),
+                failed_parent_claim: Mutex::new(None),
                 wake_claim: Notify::new(),
                 wake_parents: Notify::new(),
                 wake_close: Arc::new(Notify::new()),
@@ -294,6 +307,7 @@ impl Executor {
         let mut pending = vec![Arc::clone(&task.spec)];
         while let Some(spec) = pending.pop() {
             crate::task::validate_task_id(&spec.id)?;
+            spec.options.validate()?;
             match tasks.get(&spec.id) {
                 Some(existing) if Arc::ptr_eq(existing, &spec) => continue,
                 Some(_) => {
@@ -473,11 +487,12 @@ fn new_execution(
     NewTaskExecution {
         execution_id: new_id("te_"),
         task_id: spec.id.clone(),
+        queue: Some(spec.options.queue.clone()),
         root,
         parent,
         retry_options: spec.options.retry.clone(),
         sleep_ms_before_run: millis(spec.options.sleep_before_run),
-        timeout_ms: millis(spec.options.timeout).max(1),
+        timeout_ms: millis(spec.options.timeout),
         input,
     }
 }
@@ -542,8 +557,36 @@ impl Inner {
         }
     }
 
+    /// The parameters of a claim by this executor: only tasks registered here, only its
+    /// queues. `failed` is the id of the previous claim when it failed (its reply may have been
+    /// lost after it committed): the claim resumes it, taking back what it took.
+    fn claim_params(&self, limit: u64, failed: Option<String>) -> ClaimParams {
+        let resume = failed.is_some();
+        let mut task_ids: Vec<String> = self
+            .tasks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        // A stable order keeps the statement text, and so prepared statements, the same.
+        task_ids.sort_unstable();
+        ClaimParams {
+            executor_id: self.id.clone(),
+            now: self.now(),
+            limit,
+            lease_margin_ms: millis(self.options.lease_margin),
+            task_ids: Some(task_ids),
+            queues: self.options.queues.clone(),
+            claim_id: Some(failed.unwrap_or_else(|| new_id("cl_"))),
+            resume,
+        }
+    }
+
     async fn claim_loop(self: Arc<Self>) {
         let mut errors = 0;
+        // The claim id of a claim that failed, resumed by the next attempt.
+        let mut failed_claim: Option<String> = None;
         while !self.shutdown.is_cancelled() {
             let free = self.permits.available_permits();
             if free == 0 {
@@ -561,13 +604,10 @@ impl Inner {
                 self.idle(&self.wake_claim).await;
                 continue;
             };
-            let params = ClaimParams {
-                executor_id: self.id.clone(),
-                now: self.now(),
-                limit,
-                lease_margin_ms: millis(self.options.lease_margin),
-            };
-            match self.storage.claim_task_executions(&params).await {
+            let params = self.claim_params(limit, failed_claim.take());
+            self.claim_epoch.fetch_add(1, Ordering::SeqCst);
+            let claimed = self.storage.claim_task_executions(&params).await;
+            match claimed {
                 Ok(claimed) => {
                     errors = 0;
                     let full = u64::try_from(claimed.len()).unwrap_or(u64::MAX) >= limit;
@@ -577,13 +617,16 @@ impl Inner {
                         };
                         self.spawn_run(execution, permit);
                     }
+                    self.claim_epoch.fetch_add(1, Ordering::SeqCst);
                     drop(permits);
                     if !full {
                         self.idle(&self.wake_claim).await;
                     }
                 }
                 Err(err) => {
+                    self.claim_epoch.fetch_add(1, Ordering::SeqCst);
                     drop(permits);
+                    failed_claim = params.claim_id;
                     errors += 1;
                     tracing::warn!(error = %err, errors, "claiming task executions failed");
                     self.backoff(errors).await;
@@ -681,8 +724,16 @@ impl Inner {
                     let delay = Duration::from_millis(50u64 << attempt.min(6));
                     tokio::time::sleep(jitter(delay)).await;
                 }
+                Err(err) if err.is_retryable() => {
+                    tracing::error!(error = %err, "recording the run's result failed until its lease ended; the lease will lapse");
+                    break;
+                }
                 Err(err) => {
-                    tracing::error!(error = %err, "recording the run's result failed; the lease will lapse");
+                    // No retry can write this result (too large for the database, say): the
+                    // execution fails with the real reason instead of waiting for its lease to
+                    // lapse and being mistaken for a dead executor's.
+                    tracing::error!(error = %err, "the run's result cannot be stored; failing the execution");
+                    self.record_unstorable(&execution, &err).await;
                     break;
                 }
             }
@@ -751,6 +802,27 @@ impl Inner {
             );
         }
         Ok(())
+    }
+
+    /// Fails `execution`, whose result cannot be stored, with the error that prevented it.
+    async fn record_unstorable(&self, execution: &TaskExecution, cause: &Error) {
+        let guard = TaskExecutionGuard::id(execution.execution_id.clone())
+            .status(TaskExecutionStatus::Running)
+            .fencing_token(execution.fencing_token);
+        let update = TaskExecutionUpdate {
+            now: self.now(),
+            status: Some(TaskExecutionStatus::Failed),
+            error: Some(ExecutionError {
+                kind: ExecutionErrorKind::Generic,
+                is_retryable: false,
+                is_internal: true,
+                message: format!("the run's result could not be stored: {cause}"),
+            }),
+            ..Default::default()
+        };
+        if let Err(err) = self.storage.update_task_executions(&guard, &update).await {
+            tracing::error!(error = %err, "failing the execution failed too; its lease will lapse");
+        }
     }
 
     fn failure_update(
@@ -859,18 +931,13 @@ impl Inner {
                 children: Vec::new(),
             })?)
         };
+        // The run's output is stored once: as the final output, or inside the finalize
+        // execution's input. `run_output` is kept only for parents that wait for children.
         match spec.and_then(|s| s.finalize.clone()) {
             Some(finalize) => {
                 let input = parent_output(&outcome.output)?;
                 let written = self
-                    .spawn_finalize(
-                        execution,
-                        guard,
-                        &finalize,
-                        Some(outcome.output.clone()),
-                        input,
-                        now,
-                    )
+                    .spawn_finalize(execution, guard, &finalize, input, now)
                     .await?;
                 Ok(written)
             }
@@ -883,7 +950,6 @@ impl Inner {
                 let update = TaskExecutionUpdate {
                     now,
                     status: Some(TaskExecutionStatus::Completed),
-                    run_output: Some(outcome.output.clone()),
                     output: Some(output),
                     clear_error: true,
                     ..Default::default()
@@ -899,7 +965,6 @@ impl Inner {
         parent: &TaskExecution,
         guard: &TaskExecutionGuard,
         finalize: &TaskSpec,
-        run_output: Option<String>,
         input: String,
         now: i64,
     ) -> Result<bool> {
@@ -918,7 +983,6 @@ impl Inner {
         let update = TaskExecutionUpdate {
             now,
             status: Some(TaskExecutionStatus::WaitingForFinalize),
-            run_output,
             finalize: Some(TaskExecutionRef {
                 task_id: execution.task_id.clone(),
                 execution_id: execution.execution_id.clone(),
@@ -939,16 +1003,27 @@ impl Inner {
     /// One iteration of the parents loop; true when the batch was full.
     async fn process_parents(self: Arc<Self>) -> Result<bool> {
         let limit = self.options.background_batch_size;
-        let params = ClaimParams {
-            executor_id: self.id.clone(),
-            now: self.now(),
-            limit,
-            lease_margin_ms: millis(self.options.lease_margin),
-        };
-        let parents = self
+        let failed = self
+            .failed_parent_claim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let params = self.claim_params(limit, failed);
+        let parents = match self
             .storage
             .claim_parents_with_finished_children(&params)
-            .await?;
+            .await
+        {
+            Ok(parents) => parents,
+            Err(err) => {
+                // Its reply may have been lost after it committed: the next claim resumes it.
+                *self
+                    .failed_parent_claim
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = params.claim_id;
+                return Err(err);
+            }
+        };
         let full = u64::try_from(parents.len()).unwrap_or(u64::MAX) >= limit;
         let parents_empty = parents.is_empty();
         for parent in parents {
@@ -1049,7 +1124,7 @@ impl Inner {
         };
         match &spec.finalize {
             Some(finalize) => {
-                self.spawn_finalize(parent, &guard, finalize, None, combined, now)
+                self.spawn_finalize(parent, &guard, finalize, combined, now)
                     .await?;
             }
             None => {
@@ -1095,23 +1170,39 @@ impl Inner {
         Ok(expired >= limit)
     }
 
-    /// One iteration of the cancel loop.
+    /// One iteration of the cancel loop: stops the local runs of cancelled executions, then
+    /// acknowledges the requests it acted on. A request for an execution whose run is not
+    /// registered yet (its claim's reply still on the way) is left for the next iteration; one
+    /// for an execution no longer running here is acknowledged as stale.
     async fn take_cancellations(self: Arc<Self>) -> Result<bool> {
         if self.running().is_empty() {
             return Ok(false);
         }
         let limit = self.options.background_batch_size;
-        let ids = self
-            .storage
-            .take_cancellation_requests(&self.id, self.now(), limit)
-            .await?;
-        let running = self.running();
-        for id in &ids {
-            if let Some((_, token)) = running.get(id) {
-                tracing::info!(execution_id = %id, "cancelling a running execution");
-                token.cancel();
+        let epoch = self.claim_epoch.load(Ordering::SeqCst);
+        let ids = self.storage.cancellation_requests(&self.id, limit).await?;
+        if ids.is_empty() {
+            return Ok(false);
+        }
+        let full = u64::try_from(ids.len()).unwrap_or(u64::MAX) >= limit;
+        let mut acted = Vec::with_capacity(ids.len());
+        {
+            let running = self.running();
+            let claims_settled =
+                epoch.is_multiple_of(2) && self.claim_epoch.load(Ordering::SeqCst) == epoch;
+            for id in ids {
+                if let Some((_, token)) = running.get(&id) {
+                    tracing::info!(execution_id = %id, "cancelling a running execution");
+                    token.cancel();
+                    acted.push(id);
+                } else if claims_settled {
+                    acted.push(id);
+                }
             }
         }
-        Ok(u64::try_from(ids.len()).unwrap_or(u64::MAX) >= limit)
+        self.storage
+            .acknowledge_cancellation_requests(&self.id, &acted, self.now())
+            .await?;
+        Ok(full && !acted.is_empty())
     }
 }
