@@ -111,3 +111,20 @@ pub(crate) fn chunks<T>(
     }
     out
 }
+
+/// A query returning the database server's clock as epoch milliseconds in a column `now_ms`,
+/// used only to measure how far an application's clock is from the server's (leases compare
+/// the clocks of every process that shares the tables).
+///
+/// - PostgreSQL: `clock_timestamp()`, the time at the call (not at the transaction's start).
+/// - MySQL/MariaDB: `NOW(3)` converted by `UNIX_TIMESTAMP`, which undoes the session time zone.
+/// - SQLite: the clock of the machine the database file is on, which is this process's.
+pub(crate) fn database_time_sql(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => {
+            "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) AS now_ms"
+        }
+        DbBackend::MySql => "SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED) AS now_ms",
+        _ => "SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) AS now_ms",
+    }
+}

@@ -1521,6 +1521,19 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         .await
     }
 
+    #[tracing::instrument(skip(self), err)]
+    async fn database_time_ms(&self) -> Result<Option<i64>> {
+        let backend = self.db.get_database_backend();
+        let row = self
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                backend,
+                dialect::database_time_sql(backend),
+            ))
+            .await?;
+        Ok(row.map(|r| r.try_get::<i64>("", "now_ms")).transpose()?)
+    }
+
     #[tracing::instrument(skip(self, execution_ids), fields(count = execution_ids.len()), err)]
     async fn acknowledge_cancellation_requests(
         &self,

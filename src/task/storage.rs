@@ -205,4 +205,15 @@ pub trait TaskExecutionStorage: Send + Sync {
         execution_ids: &[String],
         now: i64,
     ) -> Result<u64>;
+
+    /// The storage's own clock (the database server's), in epoch milliseconds, when it has
+    /// one; `None` (the default) when it does not. Executors compare it with their clock to
+    /// detect skew, since leases written by one executor are judged by another's clock.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn database_time_ms(&self) -> Result<Option<i64>> {
+        Ok(None)
+    }
 }

@@ -143,7 +143,7 @@ mod mysql {
     executor_cases!(Some(Backend::MySql));
 }
 
-mod outbox {
+mod sql {
     use std::time::Duration;
 
     use anyhow::{Context, ensure};
@@ -160,7 +160,61 @@ mod outbox {
         enqueue_in_transaction_runs_only_after_commit,
         a_result_that_cannot_be_stored_fails_with_the_real_error,
         outputs_beyond_the_packet_limit_do_not_wedge_the_executors,
+        clock_skew_against_the_database_is_measured,
     );
+
+    /// The system clock moved by a fixed offset.
+    #[derive(Debug)]
+    struct OffsetClock(i64);
+
+    impl sea_orm_durable::Clock for OffsetClock {
+        fn now_ms(&self) -> i64 {
+            sea_orm_durable::SystemClock.now_ms() + self.0
+        }
+    }
+
+    /// An executor measures how far its clock is from the database's at start (and warns when
+    /// it is more than a quarter of the lease margin); in step it reads about zero.
+    async fn clock_skew_against_the_database_is_measured(t: TestDb) -> anyhow::Result<()> {
+        for (offset, name) in [(0_i64, "in step"), (600_000, "ten minutes ahead")] {
+            let storage = Arc::new(SeaOrmTaskExecutionStorage::new(t.db.clone()));
+            let executor = Executor::new(
+                storage,
+                sea_orm_durable::ExecutorOptions {
+                    clock: Arc::new(OffsetClock(offset)),
+                    ..fast_options()
+                },
+            );
+            ensure!(executor.clock_skew_ms().is_none());
+            executor.start();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let skew = loop {
+                if let Some(skew) = executor.clock_skew_ms() {
+                    break skew;
+                }
+                ensure!(
+                    std::time::Instant::now() < deadline,
+                    "{name}: never measured"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            executor.shutdown().await;
+            ensure!(
+                (skew - offset).abs() < 2_000,
+                "{name}: measured {skew} ms, expected about {offset} ms"
+            );
+        }
+        // A storage without a clock of its own reports none.
+        let executor = Executor::new(
+            Arc::new(InMemoryTaskExecutionStorage::new()),
+            fast_options(),
+        );
+        executor.start();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        executor.shutdown().await;
+        ensure!(executor.clock_skew_ms().is_none());
+        Ok(())
+    }
 
     /// A result the database refuses for good (here a trigger; in life a packet limit or a
     /// constraint) fails its execution at once with the database's error, and its parent with

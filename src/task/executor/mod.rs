@@ -23,7 +23,7 @@ mod handle;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -132,6 +132,11 @@ struct Inner {
     claim_epoch: AtomicU64,
     /// The claim id of the parents claim that failed last, to be resumed by the next one.
     failed_parent_claim: Mutex<Option<String>>,
+    /// The last measured offset of this executor's clock from the storage's, in ms
+    /// ([`NO_SKEW`] until measured or when the storage has no clock).
+    clock_skew_ms: AtomicI64,
+    /// When the clock skew was measured last.
+    skew_measured: Mutex<Option<std::time::Instant>>,
     wake_claim: Notify,
     wake_parents: Notify,
     /// Shared with the batch writer, which wakes the close loop once per written batch.
@@ -151,6 +156,12 @@ type PendingWrite = (
     TaskExecutionUpdate,
     oneshot::Sender<Result<u64>>,
 );
+
+/// [`Inner::clock_skew_ms`] before a measurement.
+const NO_SKEW: i64 = i64::MIN;
+
+/// How often the expire loop measures the clock skew.
+const SKEW_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Most guarded updates written in one batch.
 const WRITE_BATCH: usize = 128;
@@ -270,6 +281,8 @@ impl Executor {
                 permits,
                 claim_epoch: AtomicU64::new(0),
                 failed_parent_claim: Mutex::new(None),
+                clock_skew_ms: AtomicI64::new(NO_SKEW),
+                skew_measured: Mutex::new(None),
                 wake_claim: Notify::new(),
                 wake_parents: Notify::new(),
                 wake_close: Arc::new(Notify::new()),
@@ -466,6 +479,22 @@ impl Executor {
             Arc::clone(&self.inner.storage),
             Arc::clone(&self.inner.options.clock),
         )
+    }
+
+    /// How far this executor's clock was ahead of the storage's (the database server's) at the
+    /// last measurement, in milliseconds (negative: behind); `None` before the first one or
+    /// when the storage has no clock of its own.
+    ///
+    /// Leases are written with one executor's clock and judged by another's, so every executor
+    /// sharing the tables should stay within a small part of
+    /// [`lease_margin`](ExecutorOptions::lease_margin) of one reference. The expire loop
+    /// measures the skew against the database at start and every minute after, and logs a
+    /// warning when it exceeds a quarter of the lease margin.
+    pub fn clock_skew_ms(&self) -> Option<i64> {
+        match self.inner.clock_skew_ms.load(Ordering::SeqCst) {
+            NO_SKEW => None,
+            skew => Some(skew),
+        }
     }
 
     /// How many executions this executor is running now.
@@ -1156,8 +1185,44 @@ impl Inner {
         Ok(closed >= limit)
     }
 
+    /// Measures this executor's clock against the storage's when due ([`SKEW_INTERVAL`]),
+    /// and warns when they are further apart than a quarter of the lease margin.
+    async fn measure_clock_skew(&self) -> Result<()> {
+        {
+            let mut measured = self
+                .skew_measured
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if measured.is_some_and(|at| at.elapsed() < SKEW_INTERVAL) {
+                return Ok(());
+            }
+            *measured = Some(std::time::Instant::now());
+        }
+        let before = self.now();
+        let Some(database) = self.storage.database_time_ms().await? else {
+            return Ok(());
+        };
+        let after = self.now();
+        // The server read its clock somewhere in the round trip: compare with the middle.
+        let local = before.saturating_add(after.saturating_sub(before) / 2);
+        let skew = local.saturating_sub(database);
+        self.clock_skew_ms.store(skew, Ordering::SeqCst);
+        let tolerance = millis(self.options.lease_margin) / 4;
+        if skew.saturating_abs() > tolerance {
+            tracing::warn!(
+                skew_ms = skew,
+                tolerance_ms = tolerance,
+                "this executor's clock is far from the database's; leases of executions may lapse early or late"
+            );
+        }
+        Ok(())
+    }
+
     /// One iteration of the expire loop.
     async fn expire(self: Arc<Self>) -> Result<bool> {
+        if let Err(err) = self.measure_clock_skew().await {
+            tracing::debug!(error = %err, "measuring the clock skew failed");
+        }
         let limit = self.options.background_batch_size;
         let expired = self
             .storage
