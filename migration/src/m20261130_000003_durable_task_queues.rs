@@ -43,16 +43,10 @@ fn index(name: &str) -> IndexCreateStatement {
         .to_owned()
 }
 
-/// A string column; on MySQL compared byte by byte (`utf8mb4_bin`), like the other id columns.
-fn id_column(manager: &SchemaManager, column: TaskExecutions, len: u32) -> ColumnDef {
-    let mut def = ColumnDef::new(column);
-    match manager.get_database_backend() {
-        DbBackend::MySql => def.custom(Alias::new(format!(
-            "VARCHAR({len}) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-        ))),
-        _ => def.string_len(len),
-    };
-    def
+/// A string column of at most `len` characters. (On MySQL/MariaDB the binary id collation is
+/// given by `m20261130_000010_durable_binary_id_collation`, which runs after this one.)
+fn id_column(column: TaskExecutions, len: u32) -> ColumnDef {
+    ColumnDef::new(column).string_len(len).to_owned()
 }
 
 async fn drop_index(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
@@ -80,11 +74,7 @@ impl MigrationTrait for Migration {
                 .alter_table(
                     Table::alter()
                         .table(Alias::new(EXECUTIONS))
-                        .add_column(
-                            id_column(manager, T::Queue, QUEUE_LEN)
-                                .not_null()
-                                .default("default"),
-                        )
+                        .add_column(id_column(T::Queue, QUEUE_LEN).not_null().default("default"))
                         .to_owned(),
                 )
                 .await?;
@@ -94,7 +84,7 @@ impl MigrationTrait for Migration {
                 .alter_table(
                     Table::alter()
                         .table(Alias::new(EXECUTIONS))
-                        .add_column(id_column(manager, T::ClaimId, CLAIM_ID_LEN).null())
+                        .add_column(id_column(T::ClaimId, CLAIM_ID_LEN).null())
                         .to_owned(),
                 )
                 .await?;

@@ -823,3 +823,79 @@ pub(crate) async fn poison_writes(t: &TestDb, table: &str, event: &str) -> anyho
 async fn poison_inserts(t: &TestDb, table: &str) -> anyhow::Result<()> {
     poison_writes(t, table, "INSERT").await
 }
+
+/// Replies lost after the statement committed, on a real PostgreSQL server behind a proxy that
+/// breaks the connection at that moment (the backend-independent recovery code runs the same on
+/// the other servers; only PostgreSQL's protocol names the statement in its reply).
+mod lost_reply {
+    use std::net::ToSocketAddrs;
+
+    use super::*;
+    use crate::harness::{connect_options, run};
+    use crate::proxy::{Proxy, through};
+
+    /// A storage on `t`'s database through a proxy.
+    async fn behind_proxy(t: &TestDb) -> anyhow::Result<(Proxy, SeaOrmTaskExecutionStorage)> {
+        let start = t.url.find('@').context("no credentials in the URL")? + 1;
+        let end = t.url[start..].find('/').map_or(t.url.len(), |i| start + i);
+        let upstream = t.url[start..end]
+            .to_socket_addrs()?
+            .next()
+            .context("no address")?;
+        let proxy = Proxy::start(upstream).await?;
+        // In clear text, so that the proxy can see which reply to lose.
+        let url = format!("{}?sslmode=disable", through(&t.url, proxy.addr())?);
+        let db = sea_orm::Database::connect(connect_options(t.backend, &url, 2)).await?;
+        Ok((proxy, SeaOrmTaskExecutionStorage::new(db)))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_enqueue_whose_reply_was_lost_is_not_a_conflict() -> anyhow::Result<()> {
+        run(Backend::Postgres, |t| async move {
+            let (proxy, storage) = behind_proxy(&t).await?;
+            ensure!(storage.get_task_execution("warm-up").await?.is_none());
+            proxy.lose_reply_containing(b"INSERT 0 ");
+            storage
+                .enqueue_task_executions(vec![execution("once".to_owned())], T0)
+                .await
+                .context("the retried enqueue failed")?;
+            ensure!(proxy.lost() == 1, "no reply was lost");
+            let all = storage
+                .get_task_executions(&TaskExecutionFilter::default())
+                .await?;
+            ensure!(all.len() == 1 && all[0].execution_id == "once");
+            // A real duplicate is still a conflict.
+            let again = storage
+                .enqueue_task_executions(vec![execution("once".to_owned())], T0)
+                .await;
+            ensure!(matches!(again, Err(Error::Conflict { .. })), "{again:?}");
+            Ok(())
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_claim_whose_reply_was_lost_is_taken_back() -> anyhow::Result<()> {
+        run(Backend::Postgres, |t| async move {
+            let (proxy, storage) = behind_proxy(&t).await?;
+            storage
+                .enqueue_task_executions((0..3).map(|i| execution(format!("x{i}"))).collect(), T0)
+                .await?;
+            proxy.lose_reply_containing(b"UPDATE 2");
+            let params = ClaimParams {
+                claim_id: Some("claim-1".to_owned()),
+                ..claim("e", T0, 2, 60_000)
+            };
+            let claimed = storage.claim_task_executions(&params).await?;
+            ensure!(proxy.lost() == 1, "no reply was lost");
+            let ids: Vec<_> = claimed.iter().map(|e| e.execution_id.as_str()).collect();
+            ensure!(ids == ["x0", "x1"], "the retry claimed {ids:?}");
+            let rest = storage
+                .claim_task_executions(&claim("e", T0, 10, 60_000))
+                .await?;
+            ensure!(rest.len() == 1 && rest[0].execution_id == "x2");
+            Ok(())
+        })
+        .await
+    }
+}
