@@ -111,3 +111,22 @@ pub(crate) fn chunks<T>(
     }
     out
 }
+
+/// The expression that writes `value` into a JSON column, in a form that stores any valid JSON
+/// on every backend.
+///
+/// - PostgreSQL: sqlx binds a `serde_json::Value` as `jsonb`, and `jsonb` rejects strings
+///   holding U+0000 (`\u0000`, "unsupported Unicode escape sequence") even when the column is
+///   `json`. The value is bound as text and cast to `json`, which keeps any valid JSON.
+/// - MySQL/MariaDB and SQLite take the bound JSON value as it is (MariaDB checks it with
+///   `json_valid`, SQLite stores the text).
+pub(crate) fn json_expr(
+    backend: DbBackend,
+    value: &serde_json::Value,
+) -> sea_orm::sea_query::SimpleExpr {
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait};
+    match backend {
+        DbBackend::Postgres => Expr::val(value.to_string()).cast_as(Alias::new("json")),
+        _ => Expr::val(value.clone()),
+    }
+}

@@ -10,7 +10,7 @@ use super::check;
 use super::model::{
     Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedJobStatus, JobProgress, JobState, JobStatus, ProcessedRecord, RecordCounts,
-    RecordFilter, RecordOutcome,
+    RecordFilter, RecordOutcome, RecordStatus,
 };
 use super::store::{DistributedStateStore, StateStore};
 use crate::clock::{self, Clock};
@@ -101,35 +101,104 @@ fn row_mut<'a>(state: &'a mut State, job_id: &str, batch_id: &str) -> Option<&'a
     state.jobs.get_mut(job_id)?.rows.get_mut(&index)
 }
 
-fn upsert_records(state: &mut State, job_id: &str, batch_id: &str, records: &[ProcessedRecord]) {
+/// What a record write does to a record already stored at the same index (as the database
+/// store's record writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordWrite {
+    IfAbsent,
+    Forward,
+    Replace,
+}
+
+fn write_records(
+    state: &mut State,
+    job_id: &str,
+    batch_id: &str,
+    records: &[ProcessedRecord],
+    mode: RecordWrite,
+) {
     let stored = state.records.entry(job_id.to_owned()).or_default();
     for record in records {
-        stored.insert(record.index, (batch_id.to_owned(), record.clone()));
+        let keep = stored
+            .get(&record.index)
+            .is_some_and(|(_, old)| match mode {
+                RecordWrite::IfAbsent => true,
+                RecordWrite::Forward => is_finished(old.status) && !is_finished(record.status),
+                RecordWrite::Replace => false,
+            });
+        if !keep {
+            stored.insert(record.index, (batch_id.to_owned(), record.clone()));
+        }
     }
 }
 
-#[async_trait]
-impl StateStore for InMemoryStateStore {
-    async fn save_job_state(&self, job: &JobState) -> Result<()> {
+/// Whether a record has an outcome (`processed`, `failed`, `invalid`).
+fn is_finished(status: RecordStatus) -> bool {
+    !RecordStatus::PENDING.contains(&status)
+}
+
+/// Rejects batch ids of `job` that belong to another job's batch rows, before anything is
+/// written (as the database's transaction would).
+fn check_batch_ids(state: &State, job: &JobState) -> Result<()> {
+    for batch in &job.batches {
+        let exists = state
+            .jobs
+            .get(&job.id)
+            .is_some_and(|j| j.rows.contains_key(&batch.index));
+        if !exists && state.batch_ids.contains_key(&batch.id) {
+            return Err(Error::conflict(format!(
+                "batch id {} is already taken",
+                batch.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Adds the batch rows of distributed job `job` that its stored job lacks.
+fn insert_batches(state: &mut State, job: &JobState, now: i64) {
+    let Some(stored) = state.jobs.get_mut(&job.id) else {
+        return;
+    };
+    for batch in &job.batches {
+        if stored.rows.contains_key(&batch.index) {
+            continue;
+        }
+        state
+            .batch_ids
+            .insert(batch.id.clone(), (job.id.clone(), batch.index));
+        let heartbeat_at =
+            (batch.status == BatchStatus::Processing).then(|| batch.claimed_at.unwrap_or(now));
+        stored.rows.insert(
+            batch.index,
+            BatchRow {
+                batch: batch.clone(),
+                version: 0,
+                heartbeat_at,
+                updated_at: now,
+            },
+        );
+    }
+}
+
+impl InMemoryStateStore {
+    fn save_job(&self, job: &JobState, reset: bool) -> Result<()> {
         check::job(job)?;
         let now = self.clock.now_ms();
         let mut state = self.lock();
-        if job.distributed {
-            // Check every new row before writing any, as the database's transaction would.
-            for batch in &job.batches {
-                let exists = state
-                    .jobs
-                    .get(&job.id)
-                    .is_some_and(|j| j.rows.contains_key(&batch.index));
-                if !exists && state.batch_ids.contains_key(&batch.id) {
-                    return Err(Error::conflict(format!(
-                        "batch id {} is already taken",
-                        batch.id
-                    )));
-                }
-            }
+        if !reset
+            && !job.status.is_terminal()
+            && let Some(stored) = state.jobs.get(&job.id)
+            && stored.job.status.is_terminal()
+        {
+            return Err(Error::conflict(format!(
+                "job {} is {}; saving it as {} would move it back (reset_job_state does that on purpose)",
+                job.id, stored.job.status, job.status
+            )));
         }
-        let state = &mut *state;
+        if job.distributed {
+            check_batch_ids(&state, job)?;
+        }
         let stored = state
             .jobs
             .entry(job.id.clone())
@@ -140,27 +209,44 @@ impl StateStore for InMemoryStateStore {
         stored.job = job.clone();
         if job.distributed {
             stored.job.batches.clear();
-            for batch in &job.batches {
-                if stored.rows.contains_key(&batch.index) {
-                    continue;
-                }
-                state
-                    .batch_ids
-                    .insert(batch.id.clone(), (job.id.clone(), batch.index));
-                let heartbeat_at = (batch.status == BatchStatus::Processing)
-                    .then(|| batch.claimed_at.unwrap_or(now));
-                stored.rows.insert(
-                    batch.index,
-                    BatchRow {
-                        batch: batch.clone(),
-                        version: 0,
-                        heartbeat_at,
-                        updated_at: now,
-                    },
-                );
-            }
+            insert_batches(&mut state, job, now);
         }
         Ok(())
+    }
+
+    fn write_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+        mode: RecordWrite,
+    ) -> Result<()> {
+        check::id("job_id", job_id)?;
+        check::id("batch_id", batch_id)?;
+        check::records(records)?;
+        let mut state = self.lock();
+        write_records(&mut state, job_id, batch_id, records, mode);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StateStore for InMemoryStateStore {
+    async fn save_job_state(&self, job: &JobState) -> Result<()> {
+        self.save_job(job, false)
+    }
+
+    async fn reset_job_state(&self, job: &JobState) -> Result<()> {
+        self.save_job(job, true)
+    }
+
+    async fn reset_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> Result<()> {
+        self.write_records(job_id, batch_id, records, RecordWrite::Replace)
     }
 
     async fn get_job_state(&self, job_id: &str) -> Result<Option<JobState>> {
@@ -279,6 +365,57 @@ fn apply_batch_state(row: &mut BatchRow, new: &BatchState, now: i64) {
 
 #[async_trait]
 impl DistributedStateStore for InMemoryStateStore {
+    async fn create_job(&self, job: &JobState) -> Result<bool> {
+        check::job(job)?;
+        let mut state = self.lock();
+        if state.jobs.contains_key(&job.id) {
+            return Ok(false);
+        }
+        let mut row = job.clone();
+        row.batches.clear();
+        state.jobs.insert(
+            job.id.clone(),
+            StoredJob {
+                job: row,
+                rows: BTreeMap::new(),
+            },
+        );
+        Ok(true)
+    }
+
+    async fn start_job(&self, job: &JobState) -> Result<bool> {
+        check::job(job)?;
+        if !job.distributed {
+            return Err(Error::invalid(
+                "job.distributed",
+                "start_job starts distributed jobs",
+            ));
+        }
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let created = state
+            .jobs
+            .get(&job.id)
+            .is_some_and(|j| j.job.status == JobStatus::Created);
+        if !created {
+            return Ok(false);
+        }
+        check_batch_ids(&state, job)?;
+        insert_batches(&mut state, job, now);
+        let Some(stored) = state.jobs.get_mut(&job.id) else {
+            return Ok(false);
+        };
+        stored.job.status = job.status;
+        stored.job.config = job.config.clone();
+        stored.job.total_records = job.total_records;
+        stored.job.started_at = Some(job.started_at.unwrap_or(now));
+        stored.job.completed_at = job
+            .completed_at
+            .or_else(|| job.status.is_terminal().then_some(now));
+        stored.job.distributed = true;
+        Ok(true)
+    }
+
     async fn claim_batch(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult> {
         check::id("job_id", job_id)?;
         check::id("worker_id", worker_id)?;
@@ -315,15 +452,13 @@ impl DistributedStateStore for InMemoryStateStore {
         }))
     }
 
-    async fn release_batch(&self, job_id: &str, batch_id: &str, worker_id: &str) -> Result<bool> {
+    async fn release_batch(&self, reservation: &BatchReservation) -> Result<bool> {
         let now = self.clock.now_ms();
         let mut state = self.lock();
-        let Some(row) = row_mut(&mut state, job_id, batch_id) else {
+        let Some(row) = row_mut(&mut state, &reservation.job_id, &reservation.batch_id) else {
             return Ok(false);
         };
-        if row.batch.status != BatchStatus::Processing
-            || row.batch.worker_id.as_deref() != Some(worker_id)
-        {
+        if !holds(row, reservation) {
             return Ok(false);
         }
         row.batch.status = BatchStatus::Pending;
@@ -364,7 +499,7 @@ impl DistributedStateStore for InMemoryStateStore {
         batch_id: &str,
         records: &[ProcessedRecord],
     ) -> Result<()> {
-        self.save_processed_records(job_id, batch_id, records).await
+        self.write_records(job_id, batch_id, records, RecordWrite::IfAbsent)
     }
 
     async fn get_distributed_status(&self, job_id: &str) -> Result<DistributedJobStatus> {
@@ -456,12 +591,7 @@ impl DistributedStateStore for InMemoryStateStore {
         batch_id: &str,
         records: &[ProcessedRecord],
     ) -> Result<()> {
-        check::id("job_id", job_id)?;
-        check::id("batch_id", batch_id)?;
-        check::records(records)?;
-        let mut state = self.lock();
-        upsert_records(&mut state, job_id, batch_id, records);
-        Ok(())
+        self.write_records(job_id, batch_id, records, RecordWrite::Forward)
     }
 
     async fn save_record_outcomes(

@@ -518,13 +518,17 @@ async fn prepare_edges(store: Arc<dyn DistributedStateStore>) -> anyhow::Result<
             Arc::clone(&store),
             "empty",
             "w",
-            |_, _| async { Ok(()) },
+            |_, _: Value| async { Ok(()) },
             options(None),
         ),
     )
     .await
     .context("a worker on an empty job did not return")??;
-    ensure!(report == WorkerReport::default(), "{report:?}");
+    let expected = WorkerReport {
+        job_status: Some(JobStatus::Completed),
+        ..WorkerReport::default()
+    };
+    ensure!(report == expected, "{report:?}");
     Ok(())
 }
 
@@ -553,7 +557,7 @@ async fn child_worker() -> anyhow::Result<()> {
         store,
         CRASH_JOB,
         DOOMED,
-        |ctx, _| async move {
+        |ctx, _: Value| async move {
             if ctx.index % 50 == 25 {
                 tokio::time::sleep(Duration::from_secs(120)).await;
             }
