@@ -16,6 +16,8 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, Statement};
 
+use crate::schema::exact_collation;
+
 /// The migration; its name is this file's stem.
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
@@ -145,33 +147,6 @@ async fn id_columns<C: ConnectionTrait>(
         });
     }
     Ok(columns)
-}
-
-/// The binary collation of `charset` that does not ignore trailing spaces: `<cs>_nopad_bin`
-/// on MariaDB, `utf8mb4_0900_bin` on MySQL 8. Plain `<cs>_bin` is PAD SPACE on both (`'pad'`
-/// equals `'pad '`), so it is only the fallback of servers that have neither (MySQL 5.7).
-async fn exact_collation<C: ConnectionTrait>(conn: &C, charset: &str) -> Result<String, DbErr> {
-    let candidates = [
-        format!("{charset}_nopad_bin"),
-        format!("{charset}_0900_bin"),
-        format!("{charset}_bin"),
-    ];
-    for candidate in candidates {
-        let found = conn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::MySql,
-                "SELECT COLLATION_NAME AS name FROM information_schema.COLLATIONS \
-                 WHERE COLLATION_NAME = ?",
-                [candidate.clone().into()],
-            ))
-            .await?;
-        if found.is_some() {
-            return Ok(candidate);
-        }
-    }
-    Err(DbErr::Migration(format!(
-        "no binary collation for character set {charset}"
-    )))
 }
 
 /// The collation `table`'s columns of `charset` had before: the table's default collation

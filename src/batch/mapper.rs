@@ -192,6 +192,9 @@ pub(crate) fn batch_to_model(
         created_at: Set(now),
         updated_at: Set(now),
         completed_at: Set(batch.status.is_terminal().then_some(now)),
+        // Left to the column's default (NULL): a new batch has no claim, and the insert keeps
+        // 15 columns a row.
+        claim_id: sea_orm::ActiveValue::NotSet,
     })
 }
 
@@ -216,6 +219,7 @@ pub(crate) fn batch_model_from_row(row: &QueryResult) -> Result<batches::Model> 
         created_at: column(row, BATCHES, key, "created_at")?,
         updated_at: column(row, BATCHES, key, "updated_at")?,
         completed_at: column(row, BATCHES, key, "completed_at")?,
+        claim_id: column(row, BATCHES, key, "claim_id")?,
         id: id.clone(),
     })
 }
@@ -314,6 +318,28 @@ pub(crate) fn record_values(
         Expr::val(retry_count),
         Expr::val(now),
     ])
+}
+
+/// The reservation a batch row still `PROCESSING` under `worker_id` stands for: a claim
+/// taken earlier, found again by its claim id.
+pub(crate) fn held_reservation(
+    model: &batches::Model,
+    worker_id: &str,
+) -> Result<BatchReservation> {
+    let batch = batch_from_model(model)?;
+    Ok(BatchReservation {
+        job_id: model.job_id.clone(),
+        batch_id: batch.id,
+        batch_index: batch.index,
+        worker_id: model
+            .worker_id
+            .clone()
+            .unwrap_or_else(|| worker_id.to_owned()),
+        claimed_at: model.claimed_at.unwrap_or(model.updated_at),
+        record_start_index: batch.record_start_index.unwrap_or(0),
+        record_end_index: batch.record_end_index.unwrap_or(0),
+        version: model.version,
+    })
 }
 
 /// The record of a record row.

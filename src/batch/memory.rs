@@ -41,6 +41,8 @@ struct StoredJob {
     job: JobState,
     /// Batch rows of a distributed job, by index.
     rows: BTreeMap<u32, BatchRow>,
+    /// Who finalized the job.
+    finalized_by: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +51,8 @@ struct BatchRow {
     version: i64,
     heartbeat_at: Option<i64>,
     updated_at: i64,
+    /// The claim that took the batch last, while it holds.
+    claim_id: Option<String>,
 }
 
 impl InMemoryStateStore {
@@ -176,6 +180,7 @@ fn insert_batches(state: &mut State, job: &JobState, now: i64) {
                 version: 0,
                 heartbeat_at,
                 updated_at: now,
+                claim_id: None,
             },
         );
     }
@@ -205,6 +210,7 @@ impl InMemoryStateStore {
             .or_insert_with(|| StoredJob {
                 job: job.clone(),
                 rows: BTreeMap::new(),
+                finalized_by: None,
             });
         stored.job = job.clone();
         if job.distributed {
@@ -347,6 +353,7 @@ impl StateStore for InMemoryStateStore {
 fn apply_batch_state(row: &mut BatchRow, new: &BatchState, now: i64) {
     if row.batch.status != new.status {
         row.version += 1;
+        row.claim_id = None;
         match new.status {
             BatchStatus::Pending => {
                 row.batch.worker_id = None;
@@ -378,6 +385,7 @@ impl DistributedStateStore for InMemoryStateStore {
             StoredJob {
                 job: row,
                 rows: BTreeMap::new(),
+                finalized_by: None,
             },
         );
         Ok(true)
@@ -416,9 +424,15 @@ impl DistributedStateStore for InMemoryStateStore {
         Ok(true)
     }
 
-    async fn claim_batch(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult> {
+    async fn claim_batch_with_id(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        claim_id: &str,
+    ) -> Result<ClaimBatchResult> {
         check::id("job_id", job_id)?;
         check::id("worker_id", worker_id)?;
+        check::claim_id("claim_id", claim_id)?;
         let now = self.clock.now_ms();
         let mut state = self.lock();
         let Some(stored) = state.jobs.get_mut(job_id) else {
@@ -426,6 +440,13 @@ impl DistributedStateStore for InMemoryStateStore {
         };
         if stored.job.status != JobStatus::Processing {
             return Ok(ClaimBatchResult::JobNotProcessing);
+        }
+        if let Some(row) = stored.rows.values().find(|r| {
+            r.batch.status == BatchStatus::Processing && r.claim_id.as_deref() == Some(claim_id)
+        }) {
+            return Ok(ClaimBatchResult::Claimed(reservation(
+                job_id, row, worker_id,
+            )));
         }
         let Some(row) = stored
             .rows
@@ -440,16 +461,10 @@ impl DistributedStateStore for InMemoryStateStore {
         row.heartbeat_at = Some(now);
         row.updated_at = now;
         row.version += 1;
-        Ok(ClaimBatchResult::Claimed(BatchReservation {
-            job_id: job_id.to_owned(),
-            batch_id: row.batch.id.clone(),
-            batch_index: row.batch.index,
-            worker_id: worker_id.to_owned(),
-            claimed_at: now,
-            record_start_index: row.batch.record_start_index.unwrap_or(0),
-            record_end_index: row.batch.record_end_index.unwrap_or(0),
-            version: row.version,
-        }))
+        row.claim_id = Some(claim_id.to_owned());
+        Ok(ClaimBatchResult::Claimed(reservation(
+            job_id, row, worker_id,
+        )))
     }
 
     async fn release_batch(&self, reservation: &BatchReservation) -> Result<bool> {
@@ -465,6 +480,7 @@ impl DistributedStateStore for InMemoryStateStore {
         row.batch.worker_id = None;
         row.batch.claimed_at = None;
         row.heartbeat_at = None;
+        row.claim_id = None;
         row.updated_at = now;
         row.version += 1;
         Ok(true)
@@ -485,6 +501,7 @@ impl DistributedStateStore for InMemoryStateStore {
                 row.batch.worker_id = None;
                 row.batch.claimed_at = None;
                 row.heartbeat_at = None;
+                row.claim_id = None;
                 row.updated_at = now;
                 row.version += 1;
                 reclaimed += 1;
@@ -513,7 +530,8 @@ impl DistributedStateStore for InMemoryStateStore {
         Ok(status)
     }
 
-    async fn try_finalize_job(&self, job_id: &str) -> Result<bool> {
+    async fn try_finalize_job_with_id(&self, job_id: &str, finalizer_id: &str) -> Result<bool> {
+        check::claim_id("finalizer_id", finalizer_id)?;
         let now = self.clock.now_ms();
         let mut state = self.lock();
         let Some(stored) = state.jobs.get_mut(job_id) else {
@@ -524,8 +542,11 @@ impl DistributedStateStore for InMemoryStateStore {
             status.count(Some(row.batch.status), 1);
         }
         if stored.job.status != JobStatus::Processing || !status.is_complete {
-            return Ok(false);
+            // Finalized by this finalizer before (its answer lost on the way)?
+            return Ok(stored.job.status.is_terminal()
+                && stored.finalized_by.as_deref() == Some(finalizer_id));
         }
+        stored.finalized_by = Some(finalizer_id.to_owned());
         stored.job.status = if status.failed_batches > 0 {
             JobStatus::Failed
         } else {
@@ -630,6 +651,24 @@ fn apply_outcomes(
         }
     }
     updated
+}
+
+/// The reservation of claimed batch `row`.
+fn reservation(job_id: &str, row: &BatchRow, worker_id: &str) -> BatchReservation {
+    BatchReservation {
+        job_id: job_id.to_owned(),
+        batch_id: row.batch.id.clone(),
+        batch_index: row.batch.index,
+        worker_id: row
+            .batch
+            .worker_id
+            .clone()
+            .unwrap_or_else(|| worker_id.to_owned()),
+        claimed_at: row.batch.claimed_at.unwrap_or(row.updated_at),
+        record_start_index: row.batch.record_start_index.unwrap_or(0),
+        record_end_index: row.batch.record_end_index.unwrap_or(0),
+        version: row.version,
+    }
 }
 
 /// Whether `row` is still claimed by `reservation`.

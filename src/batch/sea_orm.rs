@@ -180,7 +180,12 @@ impl SeaOrmStateStore {
         }
     }
 
-    async fn claim_once(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult> {
+    async fn claim_once(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        claim_id: &str,
+    ) -> Result<ClaimBatchResult> {
         let backend = self.db.get_database_backend();
         for _ in 0..CLAIM_WAIT_ROUNDS {
             let txn = dialect::begin_write(&self.db).await?;
@@ -197,6 +202,23 @@ impl SeaOrmStateStore {
             if mapper::job_status(job_id, &status)? != JobStatus::Processing {
                 txn.rollback().await?;
                 return Ok(ClaimBatchResult::JobNotProcessing);
+            }
+            // A claim under this id that took effect although its caller never heard of it
+            // (a commit whose answer was lost): hand it out again.
+            let held = txn
+                .query_one(
+                    &batches::Entity::find()
+                        .filter(batches::Column::ClaimId.eq(claim_id))
+                        .filter(batches::Column::JobId.eq(job_id))
+                        .filter(batches::Column::Status.eq(BatchStatus::Processing.as_str()))
+                        .into_query(),
+                )
+                .await?;
+            if let Some(row) = held {
+                let model = mapper::batch_model_from_row(&row)?;
+                let reservation = mapper::held_reservation(&model, worker_id)?;
+                txn.commit().await?;
+                return Ok(ClaimBatchResult::Claimed(reservation));
             }
             // Only the id is selected: a row whose other columns cannot be read must still be
             // found, so that it is failed below instead of blocking every claim.
@@ -286,6 +308,7 @@ impl SeaOrmStateStore {
                     Expr::value(BatchStatus::Processing.as_str()),
                 )
                 .col_expr(batches::Column::WorkerId, Expr::value(worker_id))
+                .col_expr(batches::Column::ClaimId, Expr::value(claim_id))
                 .col_expr(batches::Column::ClaimedAt, Expr::value(now))
                 .col_expr(batches::Column::HeartbeatAt, Expr::value(now))
                 .col_expr(batches::Column::UpdatedAt, Expr::value(now))
@@ -780,11 +803,17 @@ async fn update_batch_state_in<C: ConnectionTrait>(
         .col_expr(batches::Column::FailedCount, Expr::value(failed))
         .col_expr(batches::Column::UpdatedAt, Expr::value(now));
     if batch.status != new.status.as_str() {
-        // A status change from outside the claim protocol fences whoever held the batch.
-        update = update.col_expr(
-            batches::Column::Version,
-            Expr::value(batch.version.saturating_add(1)),
-        );
+        // A status change from outside the claim protocol fences whoever held the batch, and
+        // its claim id no longer names a claim.
+        update = update
+            .col_expr(
+                batches::Column::Version,
+                Expr::value(batch.version.saturating_add(1)),
+            )
+            .col_expr(
+                batches::Column::ClaimId,
+                Expr::value(Option::<String>::None),
+            );
         update = match new.status {
             BatchStatus::Pending => update
                 .col_expr(
@@ -816,7 +845,12 @@ async fn update_batch_state_in<C: ConnectionTrait>(
 /// `PROCESSING`, has batches, and has none that is not `COMPLETED` or `FAILED` (unknown
 /// statuses block it); it writes `FAILED` when a batch failed. However many callers race,
 /// the row leaves `PROCESSING` once, so one of them sees a row affected.
-async fn finalize<C: ConnectionTrait>(conn: &C, job_id: &str, now: i64) -> Result<bool> {
+async fn finalize<C: ConnectionTrait>(
+    conn: &C,
+    job_id: &str,
+    finalizer_id: &str,
+    now: i64,
+) -> Result<bool> {
     let of_job = || {
         Query::select()
             .expr(Expr::val(1))
@@ -847,13 +881,30 @@ async fn finalize<C: ConnectionTrait>(conn: &C, job_id: &str, now: i64) -> Resul
         )
         .col_expr(jobs::Column::CompletedAt, Expr::value(now))
         .col_expr(jobs::Column::UpdatedAt, Expr::value(now))
+        .col_expr(jobs::Column::FinalizedBy, Expr::value(finalizer_id))
         .filter(jobs::Column::Id.eq(job_id))
         .filter(jobs::Column::Status.eq(JobStatus::Processing.as_str()))
         .filter(Expr::exists(any_batch))
         .filter(Expr::not_exists(unfinished))
         .exec(conn)
         .await?;
-    Ok(result.rows_affected == 1)
+    if result.rows_affected == 1 {
+        return Ok(true);
+    }
+    // Not finalized now; but maybe by this finalizer before (its answer lost on the way).
+    let stored: Option<(String, Option<String>)> = jobs::Entity::find_by_id(job_id)
+        .select_only()
+        .column(jobs::Column::Status)
+        .column(jobs::Column::FinalizedBy)
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(stored.is_some_and(|(status, by)| {
+        status
+            .parse::<JobStatus>()
+            .is_ok_and(JobStatus::is_terminal)
+            && by.as_deref() == Some(finalizer_id)
+    }))
 }
 
 #[async_trait]
@@ -1062,10 +1113,21 @@ impl DistributedStateStore for SeaOrmStateStore {
     }
 
     #[tracing::instrument(skip(self), err)]
-    async fn claim_batch(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult> {
+    async fn claim_batch_with_id(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        claim_id: &str,
+    ) -> Result<ClaimBatchResult> {
         check::id("job_id", job_id)?;
         check::id("worker_id", worker_id)?;
-        dialect::retry("claim_batch", || self.claim_once(job_id, worker_id)).await
+        check::claim_id("claim_id", claim_id)?;
+        // Every attempt uses the same claim id, so one whose commit took effect although it
+        // failed is recovered by the next.
+        dialect::retry("claim_batch", || {
+            self.claim_once(job_id, worker_id, claim_id)
+        })
+        .await
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -1133,11 +1195,17 @@ impl DistributedStateStore for SeaOrmStateStore {
     }
 
     #[tracing::instrument(skip(self), err)]
-    async fn try_finalize_job(&self, job_id: &str) -> Result<bool> {
+    async fn try_finalize_job_with_id(&self, job_id: &str, finalizer_id: &str) -> Result<bool> {
+        check::claim_id("finalizer_id", finalizer_id)?;
         let db = &self.db;
         let now = self.clock.now_ms();
-        in_write_txn!(db, "try_finalize_job", |txn| finalize(&txn, job_id, now)
-            .await?)
+        in_write_txn!(db, "try_finalize_job", |txn| finalize(
+            &txn,
+            job_id,
+            finalizer_id,
+            now
+        )
+        .await?)
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -1283,6 +1351,10 @@ fn back_to_pending(now: i64) -> sea_orm::UpdateMany<batches::Entity> {
         .col_expr(
             batches::Column::HeartbeatAt,
             Expr::value(Option::<i64>::None),
+        )
+        .col_expr(
+            batches::Column::ClaimId,
+            Expr::value(Option::<String>::None),
         )
         .col_expr(batches::Column::UpdatedAt, Expr::value(now))
         .col_expr(

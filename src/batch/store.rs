@@ -232,7 +232,31 @@ pub trait DistributedStateStore: StateStore {
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for empty ids;
     /// [`Error::CorruptRow`](crate::Error::CorruptRow) when the job row cannot be read;
     /// database errors.
-    async fn claim_batch(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult>;
+    ///
+    /// Each call is a new claim; a caller that retries after an error that may have hidden a
+    /// successful claim uses [`claim_batch_with_id`](Self::claim_batch_with_id) instead.
+    async fn claim_batch(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult> {
+        self.claim_batch_with_id(job_id, worker_id, &unique_id("claim"))
+            .await
+    }
+
+    /// Claims as [`claim_batch`](Self::claim_batch), naming the claim `claim_id` (unique to
+    /// this claim: a caller makes a new one for each claim it means to take). When a batch of
+    /// the job is still `PROCESSING` under this claim id, that claim is returned again instead
+    /// of a new one: a retry after an error whose claim took effect (a commit whose answer
+    /// was lost) recovers the batch rather than leaving it idle until it goes stale.
+    ///
+    /// # Errors
+    ///
+    /// As [`claim_batch`](Self::claim_batch), and
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty or too long
+    /// claim id.
+    async fn claim_batch_with_id(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        claim_id: &str,
+    ) -> Result<ClaimBatchResult>;
 
     /// Gives a claimed batch back: puts it back to `PENDING`, bumping its version, if the
     /// reservation still holds (the batch is `PROCESSING` under the same worker and version,
@@ -297,10 +321,27 @@ pub trait DistributedStateStore: StateStore {
     /// sets its completion time, if every batch is `COMPLETED` or `FAILED`. Returns whether
     /// this call did it: among any number of concurrent callers, at most one gets `true`.
     ///
+    /// A caller that retries after an error that may have hidden its success uses
+    /// [`try_finalize_job_with_id`](Self::try_finalize_job_with_id) instead.
+    ///
     /// # Errors
     ///
     /// Database errors.
-    async fn try_finalize_job(&self, job_id: &str) -> Result<bool>;
+    async fn try_finalize_job(&self, job_id: &str) -> Result<bool> {
+        self.try_finalize_job_with_id(job_id, &unique_id("finalize"))
+            .await
+    }
+
+    /// Finalizes as [`try_finalize_job`](Self::try_finalize_job), recording `finalizer_id`
+    /// (unique to this caller) as the finalizer. A call with the finalizer id that finalized
+    /// the job answers `true` again, so a retry after an error whose finalization took effect
+    /// (a commit whose answer was lost) is told it won; every other finalizer gets `false`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty or too long
+    /// finalizer id; database errors.
+    async fn try_finalize_job_with_id(&self, job_id: &str, finalizer_id: &str) -> Result<bool>;
 
     /// Finishes the claimed batch with `outcome`, if the reservation still holds (the batch
     /// is `PROCESSING` under the same worker and version). Returns whether it did; `false`
@@ -377,4 +418,13 @@ pub trait DistributedStateStore: StateStore {
         outcome: BatchOutcome,
         outcomes: &[RecordOutcome],
     ) -> Result<bool>;
+}
+
+/// A fresh id for a claim or a finalization: `prefix`, then 128 random bits in hex.
+pub(crate) fn unique_id(prefix: &str) -> String {
+    format!(
+        "{prefix}-{:016x}{:016x}",
+        fastrand::u64(..),
+        fastrand::u64(..)
+    )
 }

@@ -23,7 +23,7 @@ use super::model::{
     Batch, BatchOutcome, BatchReservation, ClaimBatchResult, JobConfig, JobState, JobStatus,
     ProcessedRecord, RecordOutcome, RecordStatus,
 };
-use super::store::DistributedStateStore;
+use super::store::{DistributedStateStore, unique_id};
 use crate::error::{Error, Result};
 
 /// What [`prepare`] created.
@@ -326,6 +326,13 @@ where
     let mut errors: u32 = 0;
     let mut config: Option<JobConfig> = None;
     let shutdown = &options.shutdown;
+    // Kept across a failed claim and a failed finalization, so that their retries recognize
+    // one that took effect although its answer was lost.
+    let mut claim_id = unique_id("claim");
+    let mut finalizer = Finalizer {
+        id: unique_id("finalize"),
+        unsure: false,
+    };
     loop {
         if shutdown.is_cancelled() {
             report.shut_down = true;
@@ -343,7 +350,12 @@ where
                 config = Some(job.config);
             }
             let settings = Settings::new(config.as_ref(), &options);
-            match store.claim_batch(job_id, worker_id).await? {
+            let claimed = store
+                .claim_batch_with_id(job_id, worker_id, &claim_id)
+                .await?;
+            // Answered: the next claim is a new one.
+            claim_id = unique_id("claim");
+            match claimed {
                 ClaimBatchResult::Claimed(reservation) => {
                     let processed = process_batch(
                         &store,
@@ -352,6 +364,7 @@ where
                         &settings,
                         &options,
                         &mut report,
+                        &mut finalizer,
                     )
                     .await;
                     if let Err(err) = processed {
@@ -369,7 +382,15 @@ where
                     let status = store.get_distributed_status(job_id).await?;
                     if status.is_complete {
                         // Whoever finalizes, the next claim finds the job finished.
-                        finalize(&*store, job_id, worker_id, &options, &mut report).await?;
+                        finalize(
+                            &*store,
+                            job_id,
+                            worker_id,
+                            &mut finalizer,
+                            &options,
+                            &mut report,
+                        )
+                        .await?;
                         return Ok(None);
                     }
                     let reclaimed = store
@@ -395,8 +416,22 @@ where
                             pause(shutdown, options.poll_interval).await;
                             Ok(None)
                         }
-                        // Paused or finished: nothing to do for now.
-                        status => Ok(Some(status)),
+                        // Paused or finished: nothing to do for now. When this worker's
+                        // finalization failed without an answer, ask whether it took effect.
+                        status => {
+                            if finalizer.unsure {
+                                finalize(
+                                    &*store,
+                                    job_id,
+                                    worker_id,
+                                    &mut finalizer,
+                                    &options,
+                                    &mut report,
+                                )
+                                .await?;
+                            }
+                            Ok(Some(status))
+                        }
                     }
                 }
                 ClaimBatchResult::JobNotFound => Err(Error::NotFound {
@@ -481,14 +516,27 @@ impl Settings {
     }
 }
 
+/// This worker's finalizer id, and whether its last finalization failed without an answer.
+struct Finalizer {
+    id: String,
+    unsure: bool,
+}
+
 async fn finalize(
     store: &dyn DistributedStateStore,
     job_id: &str,
     worker_id: &str,
+    finalizer: &mut Finalizer,
     options: &WorkerOptions,
     report: &mut WorkerReport,
 ) -> Result<()> {
-    if store.try_finalize_job(job_id).await? {
+    // Cleared only by an answer: after an error the finalization may have taken effect.
+    finalizer.unsure = true;
+    let finalized = store
+        .try_finalize_job_with_id(job_id, &finalizer.id)
+        .await?;
+    finalizer.unsure = false;
+    if finalized && !report.finalized {
         report.finalized = true;
         // The job row only: a batch row that cannot be read must not fail the finalizer.
         let status = store
@@ -521,6 +569,7 @@ async fn process_batch<T, F, Fut>(
     settings: &Settings,
     options: &WorkerOptions,
     report: &mut WorkerReport,
+    finalizer: &mut Finalizer,
 ) -> Result<()>
 where
     T: DeserializeOwned,
@@ -653,7 +702,15 @@ where
             batch_failed: stopped,
         },
     );
-    finalize(&**store, &reservation.job_id, &worker_id, options, report).await
+    finalize(
+        &**store,
+        &reservation.job_id,
+        &worker_id,
+        finalizer,
+        options,
+        report,
+    )
+    .await
 }
 
 async fn process_record<T, F, Fut>(

@@ -186,6 +186,9 @@ macro_rules! batch_store_conformance {
             json_with_nul_round_trips,
             prepare_reads_the_store_clock,
             prepare_checks_the_job_id_length_up_front,
+            claim_retried_with_its_id_gets_the_same_batch,
+            finalize_retried_with_its_id_is_told_it_won,
+            worker_recovers_a_claim_and_a_finalization_whose_answers_were_lost,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -2361,10 +2364,16 @@ pub async fn reclaim_racing_completion_has_one_winner(ctx: Ctx) -> CaseResult {
 /// A store that runs the first call made through it and then holds its answer until
 /// [`open`](Self::open) is called: a preparer that read the store before another one finished,
 /// and writes after it.
+///
+/// It can also lose answers: the first claim and the first finalization made through a store
+/// built by [`losing_answers`](Self::losing_answers) take effect, but their caller gets a
+/// retryable error instead of the answer (a commit whose reply never came).
 struct HeldStore {
     inner: Arc<dyn DistributedStateStore>,
     first: std::sync::atomic::AtomicBool,
     gate: tokio::sync::Semaphore,
+    lose_claim: std::sync::atomic::AtomicBool,
+    lose_finalize: std::sync::atomic::AtomicBool,
 }
 
 impl HeldStore {
@@ -2373,6 +2382,42 @@ impl HeldStore {
             inner,
             first: std::sync::atomic::AtomicBool::new(true),
             gate: tokio::sync::Semaphore::new(0),
+            lose_claim: std::sync::atomic::AtomicBool::new(false),
+            lose_finalize: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// A store that holds nothing back but loses the answer of the first claim that takes a
+    /// batch and of the first finalization that finalizes.
+    fn losing_answers(inner: Arc<dyn DistributedStateStore>) -> Self {
+        let store = Self::new(inner);
+        store
+            .first
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        store
+            .lose_claim
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        store
+            .lose_finalize
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        store
+    }
+
+    /// `answer`, or a retryable error in its place when `flag` is still set and `took_effect`.
+    fn lose<T>(
+        flag: &std::sync::atomic::AtomicBool,
+        answer: crate::Result<T>,
+        took_effect: impl Fn(&T) -> bool,
+    ) -> crate::Result<T> {
+        match answer {
+            Ok(value)
+                if took_effect(&value) && flag.swap(false, std::sync::atomic::Ordering::SeqCst) =>
+            {
+                Err(crate::Error::from(sea_orm::DbErr::ConnectionAcquire(
+                    sea_orm::ConnAcquireErr::ConnectionClosed,
+                )))
+            }
+            other => other,
         }
     }
 
@@ -2460,8 +2505,17 @@ impl DistributedStateStore for HeldStore {
         let r = self.inner.start_job(job).await;
         self.hold(r).await
     }
-    async fn claim_batch(&self, job_id: &str, worker_id: &str) -> crate::Result<ClaimBatchResult> {
-        let r = self.inner.claim_batch(job_id, worker_id).await;
+    async fn claim_batch_with_id(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        claim_id: &str,
+    ) -> crate::Result<ClaimBatchResult> {
+        let r = self
+            .inner
+            .claim_batch_with_id(job_id, worker_id, claim_id)
+            .await;
+        let r = Self::lose(&self.lose_claim, r, |c| c.reservation().is_some());
         self.hold(r).await
     }
     async fn release_batch(&self, reservation: &BatchReservation) -> crate::Result<bool> {
@@ -2491,8 +2545,16 @@ impl DistributedStateStore for HeldStore {
         let r = self.inner.get_distributed_status(job_id).await;
         self.hold(r).await
     }
-    async fn try_finalize_job(&self, job_id: &str) -> crate::Result<bool> {
-        let r = self.inner.try_finalize_job(job_id).await;
+    async fn try_finalize_job_with_id(
+        &self,
+        job_id: &str,
+        finalizer_id: &str,
+    ) -> crate::Result<bool> {
+        let r = self
+            .inner
+            .try_finalize_job_with_id(job_id, finalizer_id)
+            .await;
+        let r = Self::lose(&self.lose_finalize, r, |finalized| *finalized);
         self.hold(r).await
     }
     async fn complete_batch(
@@ -2853,6 +2915,130 @@ pub async fn prepare_checks_the_job_id_length_up_front(ctx: Ctx) -> CaseResult {
     ensure!(
         ctx.store.get_job_state(&too_long).await?.is_none(),
         "a rejected job was saved"
+    );
+    Ok(())
+}
+
+/// A claim retried with the same claim id after its answer was lost (the first call took a
+/// batch) gets that same claim back, at the same version, instead of taking a second batch
+/// and leaving the first idle until it goes stale; another claim id gets the next batch.
+pub async fn claim_retried_with_its_id_gets_the_same_batch(ctx: Ctx) -> CaseResult {
+    ctx.store
+        .save_job_state(&distributed_job("job-001", 3, 2))
+        .await?;
+    let first = ctx
+        .store
+        .claim_batch_with_id("job-001", "worker-1", "claim-a")
+        .await?;
+    let again = ctx
+        .store
+        .claim_batch_with_id("job-001", "worker-1", "claim-a")
+        .await?;
+    ensure_eq!(again, first);
+    let first = first
+        .reservation()
+        .cloned()
+        .ok_or("first claim took nothing")?;
+    let other = claim(&ctx, "job-001", "worker-1").await?;
+    ensure_eq!(other.batch_index, 1);
+    ensure!(
+        ctx.store
+            .complete_batch(&first, BatchOutcome::completed(2, 0))
+            .await?,
+        "the recovered claim does not hold"
+    );
+    // Finished: the id no longer names a claim, so a retry claims a new batch.
+    let next = ctx
+        .store
+        .claim_batch_with_id("job-001", "worker-1", "claim-a")
+        .await?;
+    ensure_eq!(next.reservation().map(|r| r.batch_index), Some(2));
+    Ok(())
+}
+
+/// A finalize retried with the same finalizer id after its answer was lost (the first call
+/// finalized the job) is told `true` again; any other finalizer gets `false`.
+pub async fn finalize_retried_with_its_id_is_told_it_won(ctx: Ctx) -> CaseResult {
+    let mut job = distributed_job("job-001", 2, 2);
+    for batch in &mut job.batches {
+        batch.status = BatchStatus::Completed;
+    }
+    ctx.store.save_job_state(&job).await?;
+    ensure!(
+        ctx.store
+            .try_finalize_job_with_id("job-001", "fin-a")
+            .await?,
+        "finalize refused"
+    );
+    ensure!(
+        ctx.store
+            .try_finalize_job_with_id("job-001", "fin-a")
+            .await?,
+        "the retried finalizer was told it lost"
+    );
+    ensure!(
+        !ctx.store
+            .try_finalize_job_with_id("job-001", "fin-b")
+            .await?,
+        "a second finalizer won"
+    );
+    ensure!(
+        !ctx.store.try_finalize_job("job-001").await?,
+        "a second finalizer won"
+    );
+    ensure_eq!(
+        load_job(&ctx, "job-001").await?.status,
+        JobStatus::Completed
+    );
+    Ok(())
+}
+
+/// A worker whose first claim and whose finalization took effect but whose answers were lost
+/// (it got retryable errors) processes the claimed batch at once instead of leaving it idle
+/// until it goes stale, and learns that it finalized the job.
+pub async fn worker_recovers_a_claim_and_a_finalization_whose_answers_were_lost(
+    ctx: Ctx,
+) -> CaseResult {
+    crate::batch::prepare(&*ctx.store, "job-001", JobConfig::new(2), 0..6u32).await?;
+    let store: Arc<dyn DistributedStateStore> =
+        Arc::new(HeldStore::losing_answers(Arc::clone(&ctx.store)));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let options = crate::batch::WorkerOptions {
+        // A batch left idle would wait for this: far longer than the case may take.
+        stale_timeout: Duration::from_secs(3600),
+        poll_interval: Duration::from_millis(5),
+        progress: Some(tx),
+        ..crate::batch::WorkerOptions::default()
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        crate::batch::run_worker(
+            store,
+            "job-001",
+            "worker-1",
+            |_: crate::batch::RecordContext, _: serde_json::Value| async { Ok(()) },
+            options,
+        ),
+    )
+    .await
+    .map_err(|_| "the worker waited for its own lost claim to go stale")??;
+    ensure_eq!(report.batches, 3);
+    ensure_eq!(report.job_status, Some(JobStatus::Completed));
+    ensure!(
+        report.finalized,
+        "the finalizer was told it lost: {report:?}"
+    );
+    let mut finalized_events = 0;
+    while let Ok(event) = rx.try_recv() {
+        if matches!(event, crate::batch::WorkerEvent::JobFinalized { .. }) {
+            finalized_events += 1;
+        }
+    }
+    ensure_eq!(finalized_events, 1);
+    let status = ctx.store.get_distributed_status("job-001").await?;
+    ensure_eq!(
+        (status.completed_batches, status.processing_batches),
+        (3, 0)
     );
     Ok(())
 }

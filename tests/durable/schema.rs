@@ -30,7 +30,7 @@ const TABLES: [&str; 5] = [
     "task_executions",
     "finished_child_task_executions",
 ];
-const INDEXES: [(&str, &str); 11] = [
+const INDEXES: [(&str, &str); 12] = [
     ("task_executions", "ix_task_executions_ready"),
     ("task_executions", "ix_task_executions_running"),
     ("task_executions", "ix_task_executions_waiting_for_children"),
@@ -46,6 +46,7 @@ const INDEXES: [(&str, &str); 11] = [
         "ux_batchactions_batches_job_id_batch_index",
     ),
     ("batchactions_batches", "ix_batchactions_batches_pending"),
+    ("batchactions_batches", "ix_batchactions_batches_claim_id"),
     (
         "batchactions_records",
         "ix_batchactions_records_job_id_status",
@@ -126,6 +127,7 @@ async fn every_column_round_trips(t: TestDb) -> anyhow::Result<()> {
         distributed: true,
         created_at: i64::MAX,
         updated_at: -1,
+        finalized_by: Some("finalize-Ü".to_owned()),
     };
     let batch = batchactions_batches::Model {
         id: "batch-0".to_owned(),
@@ -143,6 +145,7 @@ async fn every_column_round_trips(t: TestDb) -> anyhow::Result<()> {
         created_at: 1_700_000_000_123,
         updated_at: 1_700_000_000_456,
         completed_at: None,
+        claim_id: Some("claim-ÄÖ".to_owned()),
     };
     let record = batchactions_records::Model {
         job_id: job.id.clone(),
@@ -163,6 +166,7 @@ async fn every_column_round_trips(t: TestDb) -> anyhow::Result<()> {
         claimed_at: None,
         heartbeat_at: None,
         completed_at: Some(0),
+        claim_id: None,
         ..batch.clone()
     };
     let sparse_record = batchactions_records::Model {
@@ -234,6 +238,7 @@ async fn duplicate_key_is_conflict(t: TestDb) -> anyhow::Result<()> {
         distributed: false,
         created_at: 1,
         updated_at: 1,
+        finalized_by: None,
     };
     batchactions_jobs::Entity::insert(job.clone().into_active_model())
         .exec(&t.db)
@@ -448,11 +453,6 @@ async fn ids_compare_exactly_in_every_table(t: TestDb) -> anyhow::Result<()> {
 /// upgrade back and applying it again works.
 async fn install_from_older_migrations_upgrades_in_place(t: TestDb) -> anyhow::Result<()> {
     use sea_orm_durable::{DistributedStateStore, StateStore};
-    // Back to the schema of the first two migrations.
-    let applied = Migrator::get_applied_migrations(&t.db).await?.len();
-    let steps = u32::try_from(applied)? - 2;
-    Migrator::down(&t.db, Some(steps)).await?;
-    ensure!(Migrator::get_applied_migrations(&t.db).await?.len() == 2);
     let store = sea_orm_durable::SeaOrmStateStore::new(t.db.clone());
     sea_orm_durable::prepare(
         &store,
@@ -462,6 +462,17 @@ async fn install_from_older_migrations_upgrades_in_place(t: TestDb) -> anyhow::R
     )
     .await?;
     insert_execution(&t, "Exec").await?;
+    // Back to the schema of the first two migrations, with the data in it.
+    let applied = Migrator::get_applied_migrations(&t.db).await?.len();
+    let steps = u32::try_from(applied)? - 2;
+    Migrator::down(&t.db, Some(steps)).await?;
+    ensure!(Migrator::get_applied_migrations(&t.db).await?.len() == 2);
+    if t.backend == Backend::MySql {
+        ensure!(
+            count_where(&t, "task_executions", "execution_id", "exec").await? == 1,
+            "the old schema compares ids exactly"
+        );
+    }
     let nullable_before = nullability(&t).await?;
 
     Migrator::up(&t.db, None).await?;
@@ -515,8 +526,8 @@ async fn install_from_older_migrations_upgrades_in_place(t: TestDb) -> anyhow::R
     assert_schema(&t, true).await
 }
 
-/// `(table, column, nullable)` of every column of the crate's tables, on MySQL; empty
-/// elsewhere (the upgrade changes nothing there).
+/// `(table, column, nullable, length)` of every column the older migrations created, on
+/// MySQL; empty elsewhere (the collation upgrade changes nothing there).
 async fn nullability(t: &TestDb) -> anyhow::Result<Vec<(String, String, String, Option<i64>)>> {
     if t.backend != Backend::MySql {
         return Ok(Vec::new());
@@ -526,7 +537,9 @@ async fn nullability(t: &TestDb) -> anyhow::Result<Vec<(String, String, String, 
             t.db_backend(),
             "SELECT TABLE_NAME AS t, COLUMN_NAME AS c, IS_NULLABLE AS n, \
              CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) AS l FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME, COLUMN_NAME",
+             WHERE TABLE_SCHEMA = DATABASE() \
+             AND COLUMN_NAME NOT IN ('claim_id', 'finalized_by') \
+             ORDER BY TABLE_NAME, COLUMN_NAME",
         ))
         .await?;
     rows.iter()
