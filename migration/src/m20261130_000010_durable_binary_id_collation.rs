@@ -40,6 +40,8 @@ const ID_COLUMNS: [(&str, &[&str]); 5] = [
             "executor_id",
             "finalize_task_id",
             "finalize_execution_id",
+            // The id of the claim that took an execution, on schemas that have it.
+            "claim_id",
         ],
     ),
     (
@@ -126,7 +128,8 @@ async fn id_columns<C: ConnectionTrait>(
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::MySql,
             "SELECT COLUMN_NAME AS name, COLUMN_TYPE AS column_type, IS_NULLABLE AS nullable, \
-             CHARACTER_SET_NAME AS charset, COLLATION_NAME AS collation \
+             CHARACTER_SET_NAME AS charset, COLLATION_NAME AS collation, \
+             COLUMN_DEFAULT AS default_value \
              FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
             [table.into()],
         ))
@@ -136,6 +139,14 @@ async fn id_columns<C: ConnectionTrait>(
         let name: String = row.try_get("", "name")?;
         if !names.contains(&name.as_str()) {
             continue;
+        }
+        // `MODIFY` restates the whole column: a default would be lost. Id columns have none
+        // (MariaDB reports a nullable column's implicit default as the text `NULL`).
+        let default: Option<String> = row.try_get("", "default_value")?;
+        if default.as_deref().is_some_and(|d| d != "NULL") {
+            return Err(DbErr::Migration(format!(
+                "{table}.{name} has a default; its collation is not changed"
+            )));
         }
         let nullable: String = row.try_get("", "nullable")?;
         columns.push(IdColumn {

@@ -3,12 +3,15 @@
 //!
 //! Many workers, in one process or many, share a job through the store:
 //!
-//! 1. [`prepare`] splits the records into batches, saves them (bulk) and saves the job as
-//!    `PROCESSING`, which creates the batch rows. Running it again with the same job id is safe.
+//! 1. [`prepare`] creates the job `CREATED` if it is absent, splits the records into batches,
+//!    saves the records that are not stored yet (bulk), then adds the batch rows and starts the
+//!    job (`PROCESSING`) in one conditional step. Running it from many places at once, or again
+//!    later, is safe.
 //! 2. [`run_worker`] loops: claim a batch → load its records → run the processor on each
-//!    (with per-record retries) → save the outcomes in bulk → complete the batch (fenced by the
-//!    claim) → try to finalize the job. A heartbeat keeps a long batch claimed; batches of dead
-//!    workers are reclaimed once stale. It returns when the job is finalized.
+//!    (with per-record retries) → save the outcomes and complete the batch in one write (fenced
+//!    by the claim) → try to finalize the job. A heartbeat keeps a long batch claimed; batches
+//!    of dead workers are reclaimed once stale. It returns when the job is finished or paused,
+//!    or when its shutdown token is cancelled.
 
 use std::future::Future;
 use std::sync::Arc;
