@@ -189,6 +189,8 @@ macro_rules! batch_store_conformance {
             claim_retried_with_its_id_gets_the_same_batch,
             finalize_retried_with_its_id_is_told_it_won,
             worker_recovers_a_claim_and_a_finalization_whose_answers_were_lost,
+            saving_records_never_moves_a_finished_record_back,
+            reset_job_state_moves_a_finished_job_back,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -3040,5 +3042,68 @@ pub async fn worker_recovers_a_claim_and_a_finalization_whose_answers_were_lost(
         (status.completed_batches, status.processing_batches),
         (3, 0)
     );
+    Ok(())
+}
+
+/// Saving records never moves a finished record (`processed`, `failed`, `invalid`) back to
+/// `pending` or `valid` (that write leaves it as it is), while other writes in the same call,
+/// and finished-to-finished changes, go through; `reset_records` replaces on purpose.
+pub async fn saving_records_never_moves_a_finished_record_back(ctx: Ctx) -> CaseResult {
+    let s = &ctx.store;
+    let done = [
+        record(0, RecordStatus::Processed),
+        record(1, RecordStatus::Failed),
+        record(2, RecordStatus::Invalid),
+        record(3, RecordStatus::Pending),
+    ];
+    s.save_processed_records("job-001", "b1", &done).await?;
+    let mut back: Vec<ProcessedRecord> = (0..4)
+        .map(|i| {
+            let mut r = ProcessedRecord::pending(i, json!({ "changed": i }));
+            if i == 2 {
+                r.status = RecordStatus::Valid;
+            }
+            r
+        })
+        .collect();
+    back.push(record(4, RecordStatus::Pending));
+    s.save_processed_records("job-001", "b2", &back).await?;
+    let stored = s.get_records("job-001", &RecordFilter::new()).await?;
+    ensure_eq!(stored[..3].to_vec(), done[..3].to_vec());
+    ensure_eq!(stored[3], back[3]);
+    ensure_eq!(stored[4], back[4]);
+    ensure_eq!(s.get_batch_records("job-001", "b1").await?.len(), 3);
+    // Finished to finished (a retried record that now succeeds) is a change forward.
+    let mut retried = record(1, RecordStatus::Processed);
+    retried.retry_count = 3;
+    s.save_processed_record("job-001", "b1", &retried).await?;
+    let stored = s.get_records("job-001", &RecordFilter::new()).await?;
+    ensure_eq!(stored[1], retried);
+    // On purpose: every record replaced, finished or not.
+    s.reset_records("job-001", "b3", &back).await?;
+    ensure_eq!(s.get_records("job-001", &RecordFilter::new()).await?, back);
+    ensure_eq!(s.get_batch_records("job-001", "b3").await?.len(), 5);
+    Ok(())
+}
+
+/// `reset_job_state` moves a finished job back on purpose; its batch rows stay as they are.
+pub async fn reset_job_state_moves_a_finished_job_back(ctx: Ctx) -> CaseResult {
+    let job = distributed_job("job-001", 2, 2);
+    ctx.store.save_job_state(&job).await?;
+    let r = claim(&ctx, "job-001", "worker-1").await?;
+    ensure!(
+        ctx.store
+            .complete_batch(&r, BatchOutcome::completed(2, 0))
+            .await?,
+        "completion refused"
+    );
+    let mut finished = job.clone();
+    finished.status = JobStatus::Failed;
+    ctx.store.save_job_state(&finished).await?;
+    ctx.store.reset_job_state(&job).await?;
+    let stored = load_job(&ctx, "job-001").await?;
+    ensure_eq!(stored.status, JobStatus::Processing);
+    ensure_eq!(stored.batches[0].status, BatchStatus::Completed);
+    ensure_eq!(claim(&ctx, "job-001", "worker-2").await?.batch_index, 1);
     Ok(())
 }
