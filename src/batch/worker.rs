@@ -297,7 +297,8 @@ pub struct WorkerReport {
 /// outcomes, completes the batch (fenced by the claim, with a heartbeat keeping a long batch
 /// claimed) and tries to finalize the job; when no batch is left to claim, it reclaims stale
 /// batches of dead workers or waits for the others. While the job is still being prepared
-/// (`CREATED`) it waits for it to start.
+/// (`CREATED`) it waits for it to start; a job left `CREATED` by a prepare that died half way
+/// starts when [`prepare`] runs again (or the worker is shut down).
 ///
 /// `processor` is called once per record to process (records already `processed` or `failed`
 /// by an earlier run are skipped), with the record's parsed value deserialized into `T`
