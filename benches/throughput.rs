@@ -217,7 +217,7 @@ async fn job_library(target: &Target, shape: &JobShape) -> Result<Duration> {
                 store,
                 "job",
                 &format!("worker-{w}"),
-                |_ctx, _record| async { Ok(()) },
+                |_ctx, _record: serde::de::IgnoredAny| async { Ok(()) },
                 options,
             )
             .await

@@ -128,3 +128,55 @@ pub(crate) fn database_time_sql(backend: DbBackend) -> &'static str {
         _ => "SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) AS now_ms",
     }
 }
+
+/// The expression that writes `value` into a JSON column, in a form that stores any valid JSON
+/// on every backend.
+///
+/// - PostgreSQL: sqlx binds a `serde_json::Value` as `jsonb`, and `jsonb` rejects strings
+///   holding U+0000 (`\u0000`, "unsupported Unicode escape sequence") even when the column is
+///   `json`. The value is bound as text and cast to `json`, which keeps any valid JSON.
+/// - MySQL/MariaDB and SQLite take the bound JSON value as it is (MariaDB checks it with
+///   `json_valid`, SQLite stores the text).
+pub(crate) fn json_expr(
+    backend: DbBackend,
+    value: &serde_json::Value,
+) -> sea_orm::sea_query::SimpleExpr {
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait};
+    match backend {
+        DbBackend::Postgres => Expr::val(value.to_string()).cast_as(Alias::new("json")),
+        _ => Expr::val(value.clone()),
+    }
+}
+
+/// `INSERT INTO` the table of `M` of every row in `models`, with each JSON column written
+/// through [`json_expr`], so that any valid JSON is stored on every backend (an entity's own
+/// `insert_many` binds JSON as `jsonb` on PostgreSQL).
+///
+/// # Errors
+///
+/// When the statement cannot be built (never for rows of one entity).
+pub(crate) fn insert_models<M: sea_orm::ModelTrait>(
+    backend: DbBackend,
+    models: &[M],
+) -> crate::Result<sea_orm::sea_query::InsertStatement> {
+    use sea_orm::sea_query::{Expr, Query, Value};
+    use sea_orm::{EntityTrait, Iterable};
+    let columns: Vec<_> = <M::Entity as EntityTrait>::Column::iter().collect();
+    let mut insert = Query::insert();
+    insert
+        .into_table(<M::Entity as Default>::default())
+        .columns(columns.clone());
+    for model in models {
+        let row = columns
+            .iter()
+            .map(|column| match model.get(*column) {
+                Value::Json(Some(json)) => json_expr(backend, &json),
+                value => Expr::val(value),
+            })
+            .collect::<Vec<_>>();
+        insert.values(row).map_err(|e| {
+            crate::Error::from(sea_orm::DbErr::Custom(format!("statement not built: {e}")))
+        })?;
+    }
+    Ok(insert)
+}

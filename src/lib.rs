@@ -78,9 +78,9 @@ pub mod testkit;
 pub use batch::{
     Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedJobStatus, DistributedStateStore, InMemoryStateStore, JobConfig, JobProgress,
-    JobState, JobStatus, PreparedJob, ProcessError, ProcessedRecord, RecordContext, RecordCounts,
-    RecordFilter, RecordOutcome, RecordStatus, SeaOrmStateStore, StateStore, ValidationError,
-    WorkerEvent, WorkerOptions, WorkerReport, prepare, run_worker,
+    JobState, JobStatus, MAX_PREPARED_JOB_ID_LEN, PreparedJob, ProcessError, ProcessedRecord,
+    RecordContext, RecordCounts, RecordFilter, RecordOutcome, RecordStatus, SeaOrmStateStore,
+    StateStore, ValidationError, WorkerEvent, WorkerOptions, WorkerReport, prepare, run_worker,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result, UnknownStatus};
@@ -96,6 +96,8 @@ pub use task::{
     TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus,
     TaskExecutionStorage, TaskExecutionUpdate,
 };
+/// The token that shuts a batch worker down ([`WorkerOptions::shutdown`]).
+pub use tokio_util::sync::CancellationToken;
 
 /// The migrations that create this crate's tables (the `sea-orm-durable-migration` crate).
 pub use sea_orm_durable_migration as migration;

@@ -38,6 +38,9 @@ pub struct Model {
     pub updated_at: i64,
     /// When the batch reached `COMPLETED` or `FAILED` (epoch ms).
     pub completed_at: Option<i64>,
+    /// The id of the claim that took the batch last, so that a claim whose answer was lost is
+    /// recognized by its retry; cleared when the batch goes back to `PENDING`.
+    pub claim_id: Option<String>,
 }
 
 /// `batchactions_batches` has no declared relations.

@@ -28,6 +28,9 @@ pub struct Model {
     pub created_at: i64,
     /// When the row was last written (epoch ms).
     pub updated_at: i64,
+    /// The id of the caller that finalized the job, so that a finalization whose answer was
+    /// lost is recognized by its retry.
+    pub finalized_by: Option<String>,
 }
 
 /// `batchactions_jobs` has no declared relations; batches and records refer to it by `job_id`.

@@ -21,6 +21,8 @@ pub use sea_orm_migration::{MigrationTrait, MigratorTrait};
 mod m20261123_000001_durable_create_batch_tables;
 mod m20261123_000002_durable_create_task_tables;
 mod m20261130_000003_durable_task_queues;
+mod m20261130_000010_durable_binary_id_collation;
+mod m20261130_000011_durable_batch_claim_ids;
 mod schema;
 
 /// The migrator for the `sea-orm-durable` tables, with its own bookkeeping table.
@@ -39,6 +41,8 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         Box::new(m20261123_000001_durable_create_batch_tables::Migration),
         Box::new(m20261123_000002_durable_create_task_tables::Migration),
         Box::new(m20261130_000003_durable_task_queues::Migration),
+        Box::new(m20261130_000010_durable_binary_id_collation::Migration),
+        Box::new(m20261130_000011_durable_batch_claim_ids::Migration),
     ]
 }
 

@@ -11,7 +11,7 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::schema::{create_index, create_partial_index};
+use crate::schema::{create_index, create_partial_index, id_column};
 
 /// The migration; its name is this file's stem.
 #[derive(DeriveMigrationName)]
@@ -43,12 +43,6 @@ fn index(name: &str) -> IndexCreateStatement {
         .to_owned()
 }
 
-/// A string column of at most `len` characters. (On MySQL/MariaDB the binary id collation is
-/// given by `m20261130_000010_durable_binary_id_collation`, which runs after this one.)
-fn id_column(column: TaskExecutions, len: u32) -> ColumnDef {
-    ColumnDef::new(column).string_len(len).to_owned()
-}
-
 async fn drop_index(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
     let mut drop = Index::drop()
         .name(name)
@@ -74,7 +68,13 @@ impl MigrationTrait for Migration {
                 .alter_table(
                     Table::alter()
                         .table(Alias::new(EXECUTIONS))
-                        .add_column(id_column(T::Queue, QUEUE_LEN).not_null().default("default"))
+                        .add_column(
+                            id_column(manager, T::Queue, QUEUE_LEN)
+                                .await?
+                                .not_null()
+                                .default("default")
+                                .to_owned(),
+                        )
                         .to_owned(),
                 )
                 .await?;
@@ -84,7 +84,7 @@ impl MigrationTrait for Migration {
                 .alter_table(
                     Table::alter()
                         .table(Alias::new(EXECUTIONS))
-                        .add_column(id_column(T::ClaimId, CLAIM_ID_LEN).null())
+                        .add_column(id_column(manager, T::ClaimId, CLAIM_ID_LEN).await?)
                         .to_owned(),
                 )
                 .await?;

@@ -1,7 +1,7 @@
 //! Column and index shapes shared by the migrations, with the per-backend differences in one place.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
+use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 /// A NOT NULL text column without a length limit on every backend.
 ///
@@ -86,4 +86,54 @@ pub(crate) async fn create_filtered_index(
             create_index(manager, table, partial).await
         }
     }
+}
+
+/// The binary collation of `charset` that does not ignore trailing spaces: `<cs>_nopad_bin`
+/// on MariaDB, `utf8mb4_0900_bin` on MySQL 8. Plain `<cs>_bin` is PAD SPACE on both (`'pad'`
+/// equals `'pad '`), so it is only the fallback of servers that have neither (MySQL 5.7).
+pub(crate) async fn exact_collation<C: ConnectionTrait>(
+    conn: &C,
+    charset: &str,
+) -> Result<String, DbErr> {
+    let candidates = [
+        format!("{charset}_nopad_bin"),
+        format!("{charset}_0900_bin"),
+        format!("{charset}_bin"),
+    ];
+    for candidate in candidates {
+        let found = conn
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::MySql,
+                "SELECT COLLATION_NAME AS name FROM information_schema.COLLATIONS \
+                 WHERE COLLATION_NAME = ?",
+                [candidate.clone().into()],
+            ))
+            .await?;
+        if found.is_some() {
+            return Ok(candidate);
+        }
+    }
+    Err(DbErr::Migration(format!(
+        "no binary collation for character set {charset}"
+    )))
+}
+
+/// A nullable string column of at most `len` characters for an id; on MySQL/MariaDB with the
+/// exact collation of [`exact_collation`], like every other id column.
+pub(crate) async fn id_column(
+    manager: &SchemaManager<'_>,
+    column: impl IntoIden,
+    len: u32,
+) -> Result<ColumnDef, DbErr> {
+    let mut def = ColumnDef::new(column);
+    match manager.get_database_backend() {
+        DbBackend::MySql => {
+            let collation = exact_collation(manager.get_connection(), "utf8mb4").await?;
+            def.custom(Alias::new(format!(
+                "VARCHAR({len}) CHARACTER SET utf8mb4 COLLATE {collation}"
+            )))
+        }
+        _ => def.string_len(len),
+    };
+    Ok(def.null().take())
 }

@@ -22,6 +22,23 @@ pub(crate) fn id(name: &'static str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Longest claim or finalizer id the tables hold (`VARCHAR(64)`), in characters.
+pub(crate) const MAX_CLAIM_ID_LEN: usize = 64;
+
+/// Rejects an empty claim or finalizer id, or one longer than [`MAX_CLAIM_ID_LEN`].
+pub(crate) fn claim_id(name: &'static str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid(name, "must not be empty"));
+    }
+    if value.chars().count() > MAX_CLAIM_ID_LEN {
+        return Err(Error::invalid(
+            name,
+            format!("longer than {MAX_CLAIM_ID_LEN} characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// Rejects a job that cannot be saved.
 ///
 /// A distributed job's batches become rows claimed by index and read by record range, so each

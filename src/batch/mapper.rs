@@ -13,7 +13,8 @@ use std::fmt::Display;
 use std::str::FromStr;
 
 use sea_orm::ActiveValue::Set;
-use sea_orm::{JsonValue, QueryResult, TryGetable};
+use sea_orm::sea_query::Expr;
+use sea_orm::{DbBackend, JsonValue, QueryResult, TryGetable};
 use sea_orm_durable_entity::{
     batchactions_batches as batches, batchactions_jobs as jobs, batchactions_records as records,
 };
@@ -23,6 +24,7 @@ use super::model::{
     Batch, BatchReservation, BatchStatus, JobConfig, JobState, JobStatus, ProcessedRecord,
     RecordStatus, ValidationError,
 };
+use crate::dialect;
 use crate::error::{Error, Result};
 
 /// Table name of job rows.
@@ -70,28 +72,43 @@ fn unsigned(
         .map_err(|_| Error::corrupt(table, key(), column, format!("{value} is negative")))
 }
 
-/// The row to write for `job` at `now` (`created_at` only counts on the first insert).
+/// The columns of a job row, in the order [`job_values`] gives their values.
+pub(crate) const JOB_COLUMNS: [jobs::Column; 10] = [
+    jobs::Column::Id,
+    jobs::Column::Status,
+    jobs::Column::Config,
+    jobs::Column::Batches,
+    jobs::Column::TotalRecords,
+    jobs::Column::StartedAt,
+    jobs::Column::CompletedAt,
+    jobs::Column::Distributed,
+    jobs::Column::CreatedAt,
+    jobs::Column::UpdatedAt,
+];
+
+/// The values of the row to write for `job` at `now` (`created_at` only counts on the first
+/// insert), JSON written as [`dialect::json_expr`] says for `backend`.
 ///
 /// A distributed job's batches live in their own rows, so its `batches` column is an empty
 /// array rather than a second copy that could disagree with them.
-pub(crate) fn job_to_model(job: &JobState, now: i64) -> Result<jobs::ActiveModel> {
+pub(crate) fn job_values(backend: DbBackend, job: &JobState, now: i64) -> Result<Vec<Expr>> {
     let batches = if job.distributed {
         JsonValue::Array(Vec::new())
     } else {
         serde_json::to_value(&job.batches)?
     };
-    Ok(jobs::ActiveModel {
-        id: Set(job.id.clone()),
-        status: Set(job.status.as_str().to_owned()),
-        config: Set(serde_json::to_value(&job.config)?),
-        batches: Set(batches),
-        total_records: Set(check::fits_i64("job.total_records", job.total_records)?),
-        started_at: Set(job.started_at),
-        completed_at: Set(job.completed_at),
-        distributed: Set(job.distributed),
-        created_at: Set(now),
-        updated_at: Set(now),
-    })
+    Ok(vec![
+        Expr::val(job.id.clone()),
+        Expr::val(job.status.as_str()),
+        dialect::json_expr(backend, &serde_json::to_value(&job.config)?),
+        dialect::json_expr(backend, &batches),
+        Expr::val(check::fits_i64("job.total_records", job.total_records)?),
+        Expr::val(job.started_at),
+        Expr::val(job.completed_at),
+        Expr::val(job.distributed),
+        Expr::val(now),
+        Expr::val(now),
+    ])
 }
 
 /// The columns of a job row, checked, with the batch list left as JSON (only a
@@ -175,6 +192,35 @@ pub(crate) fn batch_to_model(
         created_at: Set(now),
         updated_at: Set(now),
         completed_at: Set(batch.status.is_terminal().then_some(now)),
+        // Left to the column's default (NULL): a new batch has no claim, and the insert keeps
+        // 15 columns a row.
+        claim_id: sea_orm::ActiveValue::NotSet,
+    })
+}
+
+/// The batch row of a raw query result, each column read with a check, so that a value that
+/// cannot be decoded is a corrupt row naming its column (and not a failed query).
+pub(crate) fn batch_model_from_row(row: &QueryResult) -> Result<batches::Model> {
+    let id: String = row.try_get("", "id")?;
+    let key = || id.clone();
+    let key: &dyn Fn() -> String = &key;
+    Ok(batches::Model {
+        job_id: column(row, BATCHES, key, "job_id")?,
+        batch_index: column(row, BATCHES, key, "batch_index")?,
+        status: column(row, BATCHES, key, "status")?,
+        worker_id: column(row, BATCHES, key, "worker_id")?,
+        claimed_at: column(row, BATCHES, key, "claimed_at")?,
+        heartbeat_at: column(row, BATCHES, key, "heartbeat_at")?,
+        record_start_index: column(row, BATCHES, key, "record_start_index")?,
+        record_end_index: column(row, BATCHES, key, "record_end_index")?,
+        processed_count: column(row, BATCHES, key, "processed_count")?,
+        failed_count: column(row, BATCHES, key, "failed_count")?,
+        version: column(row, BATCHES, key, "version")?,
+        created_at: column(row, BATCHES, key, "created_at")?,
+        updated_at: column(row, BATCHES, key, "updated_at")?,
+        completed_at: column(row, BATCHES, key, "completed_at")?,
+        claim_id: column(row, BATCHES, key, "claim_id")?,
+        id: id.clone(),
     })
 }
 
@@ -232,29 +278,67 @@ pub(crate) fn reservation_from_model(
     })
 }
 
-/// The row to upsert for `record` of `job_id`, written for `batch_id` at `now`.
-pub(crate) fn record_to_model(
+/// The columns of a record row, in the order [`record_values`] gives their values.
+pub(crate) const RECORD_COLUMNS: [records::Column; 10] = [
+    records::Column::JobId,
+    records::Column::RecordIndex,
+    records::Column::BatchId,
+    records::Column::Status,
+    records::Column::Raw,
+    records::Column::Parsed,
+    records::Column::Errors,
+    records::Column::ProcessingError,
+    records::Column::RetryCount,
+    records::Column::UpdatedAt,
+];
+
+/// The values of the row to write for `record` of `job_id`, written for `batch_id` at `now`.
+pub(crate) fn record_values(
+    backend: DbBackend,
     job_id: &str,
     batch_id: &str,
     record: &ProcessedRecord,
     now: i64,
-) -> Result<records::ActiveModel> {
-    Ok(records::ActiveModel {
-        job_id: Set(job_id.to_owned()),
-        record_index: Set(check::fits_i64("record.index", record.index)?),
-        batch_id: Set(batch_id.to_owned()),
-        status: Set(record.status.as_str().to_owned()),
-        raw: Set(record.raw.clone()),
-        parsed: Set(record.parsed.clone()),
-        errors: Set(serde_json::to_value(&record.errors)?),
-        processing_error: Set(record.processing_error.clone()),
-        retry_count: Set(i32::try_from(record.retry_count).map_err(|_| {
-            Error::invalid(
-                "record.retry_count",
-                format!("{} exceeds i32::MAX", record.retry_count),
-            )
-        })?),
-        updated_at: Set(now),
+) -> Result<Vec<Expr>> {
+    let retry_count = i32::try_from(record.retry_count).map_err(|_| {
+        Error::invalid(
+            "record.retry_count",
+            format!("{} exceeds i32::MAX", record.retry_count),
+        )
+    })?;
+    Ok(vec![
+        Expr::val(job_id.to_owned()),
+        Expr::val(check::fits_i64("record.index", record.index)?),
+        Expr::val(batch_id.to_owned()),
+        Expr::val(record.status.as_str()),
+        dialect::json_expr(backend, &record.raw),
+        dialect::json_expr(backend, &record.parsed),
+        dialect::json_expr(backend, &serde_json::to_value(&record.errors)?),
+        Expr::val(record.processing_error.clone()),
+        Expr::val(retry_count),
+        Expr::val(now),
+    ])
+}
+
+/// The reservation a batch row still `PROCESSING` under `worker_id` stands for: a claim
+/// taken earlier, found again by its claim id.
+pub(crate) fn held_reservation(
+    model: &batches::Model,
+    worker_id: &str,
+) -> Result<BatchReservation> {
+    let batch = batch_from_model(model)?;
+    Ok(BatchReservation {
+        job_id: model.job_id.clone(),
+        batch_id: batch.id,
+        batch_index: batch.index,
+        worker_id: model
+            .worker_id
+            .clone()
+            .unwrap_or_else(|| worker_id.to_owned()),
+        claimed_at: model.claimed_at.unwrap_or(model.updated_at),
+        record_start_index: batch.record_start_index.unwrap_or(0),
+        record_end_index: batch.record_end_index.unwrap_or(0),
+        version: model.version,
     })
 }
 

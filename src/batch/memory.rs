@@ -10,7 +10,7 @@ use super::check;
 use super::model::{
     Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedJobStatus, JobProgress, JobState, JobStatus, ProcessedRecord, RecordCounts,
-    RecordFilter, RecordOutcome,
+    RecordFilter, RecordOutcome, RecordStatus,
 };
 use super::store::{DistributedStateStore, StateStore};
 use crate::clock::{self, Clock};
@@ -41,6 +41,8 @@ struct StoredJob {
     job: JobState,
     /// Batch rows of a distributed job, by index.
     rows: BTreeMap<u32, BatchRow>,
+    /// Who finalized the job.
+    finalized_by: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +51,8 @@ struct BatchRow {
     version: i64,
     heartbeat_at: Option<i64>,
     updated_at: i64,
+    /// The claim that took the batch last, while it holds.
+    claim_id: Option<String>,
 }
 
 impl InMemoryStateStore {
@@ -101,66 +105,154 @@ fn row_mut<'a>(state: &'a mut State, job_id: &str, batch_id: &str) -> Option<&'a
     state.jobs.get_mut(job_id)?.rows.get_mut(&index)
 }
 
-fn upsert_records(state: &mut State, job_id: &str, batch_id: &str, records: &[ProcessedRecord]) {
+/// What a record write does to a record already stored at the same index (as the database
+/// store's record writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordWrite {
+    IfAbsent,
+    Forward,
+    Replace,
+}
+
+fn write_records(
+    state: &mut State,
+    job_id: &str,
+    batch_id: &str,
+    records: &[ProcessedRecord],
+    mode: RecordWrite,
+) {
     let stored = state.records.entry(job_id.to_owned()).or_default();
     for record in records {
-        stored.insert(record.index, (batch_id.to_owned(), record.clone()));
+        let keep = stored
+            .get(&record.index)
+            .is_some_and(|(_, old)| match mode {
+                RecordWrite::IfAbsent => true,
+                RecordWrite::Forward => is_finished(old.status) && !is_finished(record.status),
+                RecordWrite::Replace => false,
+            });
+        if !keep {
+            stored.insert(record.index, (batch_id.to_owned(), record.clone()));
+        }
     }
 }
 
-#[async_trait]
-impl StateStore for InMemoryStateStore {
-    async fn save_job_state(&self, job: &JobState) -> Result<()> {
+/// Whether a record has an outcome (`processed`, `failed`, `invalid`).
+fn is_finished(status: RecordStatus) -> bool {
+    !RecordStatus::PENDING.contains(&status)
+}
+
+/// Rejects batch ids of `job` that belong to another job's batch rows, before anything is
+/// written (as the database's transaction would).
+fn check_batch_ids(state: &State, job: &JobState) -> Result<()> {
+    for batch in &job.batches {
+        let exists = state
+            .jobs
+            .get(&job.id)
+            .is_some_and(|j| j.rows.contains_key(&batch.index));
+        if !exists && state.batch_ids.contains_key(&batch.id) {
+            return Err(Error::conflict(format!(
+                "batch id {} is already taken",
+                batch.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Adds the batch rows of distributed job `job` that its stored job lacks.
+fn insert_batches(state: &mut State, job: &JobState, now: i64) {
+    let Some(stored) = state.jobs.get_mut(&job.id) else {
+        return;
+    };
+    for batch in &job.batches {
+        if stored.rows.contains_key(&batch.index) {
+            continue;
+        }
+        state
+            .batch_ids
+            .insert(batch.id.clone(), (job.id.clone(), batch.index));
+        let heartbeat_at =
+            (batch.status == BatchStatus::Processing).then(|| batch.claimed_at.unwrap_or(now));
+        stored.rows.insert(
+            batch.index,
+            BatchRow {
+                batch: batch.clone(),
+                version: 0,
+                heartbeat_at,
+                updated_at: now,
+                claim_id: None,
+            },
+        );
+    }
+}
+
+impl InMemoryStateStore {
+    fn save_job(&self, job: &JobState, reset: bool) -> Result<()> {
         check::job(job)?;
         let now = self.clock.now_ms();
         let mut state = self.lock();
-        if job.distributed {
-            // Check every new row before writing any, as the database's transaction would.
-            for batch in &job.batches {
-                let exists = state
-                    .jobs
-                    .get(&job.id)
-                    .is_some_and(|j| j.rows.contains_key(&batch.index));
-                if !exists && state.batch_ids.contains_key(&batch.id) {
-                    return Err(Error::conflict(format!(
-                        "batch id {} is already taken",
-                        batch.id
-                    )));
-                }
-            }
+        if !reset
+            && !job.status.is_terminal()
+            && let Some(stored) = state.jobs.get(&job.id)
+            && stored.job.status.is_terminal()
+        {
+            return Err(Error::conflict(format!(
+                "job {} is {}; saving it as {} would move it back (reset_job_state does that on purpose)",
+                job.id, stored.job.status, job.status
+            )));
         }
-        let state = &mut *state;
+        if job.distributed {
+            check_batch_ids(&state, job)?;
+        }
         let stored = state
             .jobs
             .entry(job.id.clone())
             .or_insert_with(|| StoredJob {
                 job: job.clone(),
                 rows: BTreeMap::new(),
+                finalized_by: None,
             });
         stored.job = job.clone();
         if job.distributed {
             stored.job.batches.clear();
-            for batch in &job.batches {
-                if stored.rows.contains_key(&batch.index) {
-                    continue;
-                }
-                state
-                    .batch_ids
-                    .insert(batch.id.clone(), (job.id.clone(), batch.index));
-                let heartbeat_at = (batch.status == BatchStatus::Processing)
-                    .then(|| batch.claimed_at.unwrap_or(now));
-                stored.rows.insert(
-                    batch.index,
-                    BatchRow {
-                        batch: batch.clone(),
-                        version: 0,
-                        heartbeat_at,
-                        updated_at: now,
-                    },
-                );
-            }
+            insert_batches(&mut state, job, now);
         }
         Ok(())
+    }
+
+    fn write_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+        mode: RecordWrite,
+    ) -> Result<()> {
+        check::id("job_id", job_id)?;
+        check::id("batch_id", batch_id)?;
+        check::records(records)?;
+        let mut state = self.lock();
+        write_records(&mut state, job_id, batch_id, records, mode);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StateStore for InMemoryStateStore {
+    async fn save_job_state(&self, job: &JobState) -> Result<()> {
+        self.save_job(job, false)
+    }
+
+    async fn reset_job_state(&self, job: &JobState) -> Result<()> {
+        self.save_job(job, true)
+    }
+
+    async fn reset_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> Result<()> {
+        self.write_records(job_id, batch_id, records, RecordWrite::Replace)
     }
 
     async fn get_job_state(&self, job_id: &str) -> Result<Option<JobState>> {
@@ -261,6 +353,7 @@ impl StateStore for InMemoryStateStore {
 fn apply_batch_state(row: &mut BatchRow, new: &BatchState, now: i64) {
     if row.batch.status != new.status {
         row.version += 1;
+        row.claim_id = None;
         match new.status {
             BatchStatus::Pending => {
                 row.batch.worker_id = None;
@@ -279,9 +372,67 @@ fn apply_batch_state(row: &mut BatchRow, new: &BatchState, now: i64) {
 
 #[async_trait]
 impl DistributedStateStore for InMemoryStateStore {
-    async fn claim_batch(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult> {
+    async fn create_job(&self, job: &JobState) -> Result<bool> {
+        check::job(job)?;
+        let mut state = self.lock();
+        if state.jobs.contains_key(&job.id) {
+            return Ok(false);
+        }
+        let mut row = job.clone();
+        row.batches.clear();
+        state.jobs.insert(
+            job.id.clone(),
+            StoredJob {
+                job: row,
+                rows: BTreeMap::new(),
+                finalized_by: None,
+            },
+        );
+        Ok(true)
+    }
+
+    async fn start_job(&self, job: &JobState) -> Result<bool> {
+        check::job(job)?;
+        if !job.distributed {
+            return Err(Error::invalid(
+                "job.distributed",
+                "start_job starts distributed jobs",
+            ));
+        }
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let created = state
+            .jobs
+            .get(&job.id)
+            .is_some_and(|j| j.job.status == JobStatus::Created);
+        if !created {
+            return Ok(false);
+        }
+        check_batch_ids(&state, job)?;
+        insert_batches(&mut state, job, now);
+        let Some(stored) = state.jobs.get_mut(&job.id) else {
+            return Ok(false);
+        };
+        stored.job.status = job.status;
+        stored.job.config = job.config.clone();
+        stored.job.total_records = job.total_records;
+        stored.job.started_at = Some(job.started_at.unwrap_or(now));
+        stored.job.completed_at = job
+            .completed_at
+            .or_else(|| job.status.is_terminal().then_some(now));
+        stored.job.distributed = true;
+        Ok(true)
+    }
+
+    async fn claim_batch_with_id(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        claim_id: &str,
+    ) -> Result<ClaimBatchResult> {
         check::id("job_id", job_id)?;
         check::id("worker_id", worker_id)?;
+        check::claim_id("claim_id", claim_id)?;
         let now = self.clock.now_ms();
         let mut state = self.lock();
         let Some(stored) = state.jobs.get_mut(job_id) else {
@@ -289,6 +440,13 @@ impl DistributedStateStore for InMemoryStateStore {
         };
         if stored.job.status != JobStatus::Processing {
             return Ok(ClaimBatchResult::JobNotProcessing);
+        }
+        if let Some(row) = stored.rows.values().find(|r| {
+            r.batch.status == BatchStatus::Processing && r.claim_id.as_deref() == Some(claim_id)
+        }) {
+            return Ok(ClaimBatchResult::Claimed(reservation(
+                job_id, row, worker_id,
+            )));
         }
         let Some(row) = stored
             .rows
@@ -303,33 +461,26 @@ impl DistributedStateStore for InMemoryStateStore {
         row.heartbeat_at = Some(now);
         row.updated_at = now;
         row.version += 1;
-        Ok(ClaimBatchResult::Claimed(BatchReservation {
-            job_id: job_id.to_owned(),
-            batch_id: row.batch.id.clone(),
-            batch_index: row.batch.index,
-            worker_id: worker_id.to_owned(),
-            claimed_at: now,
-            record_start_index: row.batch.record_start_index.unwrap_or(0),
-            record_end_index: row.batch.record_end_index.unwrap_or(0),
-            version: row.version,
-        }))
+        row.claim_id = Some(claim_id.to_owned());
+        Ok(ClaimBatchResult::Claimed(reservation(
+            job_id, row, worker_id,
+        )))
     }
 
-    async fn release_batch(&self, job_id: &str, batch_id: &str, worker_id: &str) -> Result<bool> {
+    async fn release_batch(&self, reservation: &BatchReservation) -> Result<bool> {
         let now = self.clock.now_ms();
         let mut state = self.lock();
-        let Some(row) = row_mut(&mut state, job_id, batch_id) else {
+        let Some(row) = row_mut(&mut state, &reservation.job_id, &reservation.batch_id) else {
             return Ok(false);
         };
-        if row.batch.status != BatchStatus::Processing
-            || row.batch.worker_id.as_deref() != Some(worker_id)
-        {
+        if !holds(row, reservation) {
             return Ok(false);
         }
         row.batch.status = BatchStatus::Pending;
         row.batch.worker_id = None;
         row.batch.claimed_at = None;
         row.heartbeat_at = None;
+        row.claim_id = None;
         row.updated_at = now;
         row.version += 1;
         Ok(true)
@@ -350,6 +501,7 @@ impl DistributedStateStore for InMemoryStateStore {
                 row.batch.worker_id = None;
                 row.batch.claimed_at = None;
                 row.heartbeat_at = None;
+                row.claim_id = None;
                 row.updated_at = now;
                 row.version += 1;
                 reclaimed += 1;
@@ -364,7 +516,7 @@ impl DistributedStateStore for InMemoryStateStore {
         batch_id: &str,
         records: &[ProcessedRecord],
     ) -> Result<()> {
-        self.save_processed_records(job_id, batch_id, records).await
+        self.write_records(job_id, batch_id, records, RecordWrite::IfAbsent)
     }
 
     async fn get_distributed_status(&self, job_id: &str) -> Result<DistributedJobStatus> {
@@ -378,7 +530,8 @@ impl DistributedStateStore for InMemoryStateStore {
         Ok(status)
     }
 
-    async fn try_finalize_job(&self, job_id: &str) -> Result<bool> {
+    async fn try_finalize_job_with_id(&self, job_id: &str, finalizer_id: &str) -> Result<bool> {
+        check::claim_id("finalizer_id", finalizer_id)?;
         let now = self.clock.now_ms();
         let mut state = self.lock();
         let Some(stored) = state.jobs.get_mut(job_id) else {
@@ -389,8 +542,11 @@ impl DistributedStateStore for InMemoryStateStore {
             status.count(Some(row.batch.status), 1);
         }
         if stored.job.status != JobStatus::Processing || !status.is_complete {
-            return Ok(false);
+            // Finalized by this finalizer before (its answer lost on the way)?
+            return Ok(stored.job.status.is_terminal()
+                && stored.finalized_by.as_deref() == Some(finalizer_id));
         }
+        stored.finalized_by = Some(finalizer_id.to_owned());
         stored.job.status = if status.failed_batches > 0 {
             JobStatus::Failed
         } else {
@@ -456,12 +612,7 @@ impl DistributedStateStore for InMemoryStateStore {
         batch_id: &str,
         records: &[ProcessedRecord],
     ) -> Result<()> {
-        check::id("job_id", job_id)?;
-        check::id("batch_id", batch_id)?;
-        check::records(records)?;
-        let mut state = self.lock();
-        upsert_records(&mut state, job_id, batch_id, records);
-        Ok(())
+        self.write_records(job_id, batch_id, records, RecordWrite::Forward)
     }
 
     async fn save_record_outcomes(
@@ -500,6 +651,24 @@ fn apply_outcomes(
         }
     }
     updated
+}
+
+/// The reservation of claimed batch `row`.
+fn reservation(job_id: &str, row: &BatchRow, worker_id: &str) -> BatchReservation {
+    BatchReservation {
+        job_id: job_id.to_owned(),
+        batch_id: row.batch.id.clone(),
+        batch_index: row.batch.index,
+        worker_id: row
+            .batch
+            .worker_id
+            .clone()
+            .unwrap_or_else(|| worker_id.to_owned()),
+        claimed_at: row.batch.claimed_at.unwrap_or(row.updated_at),
+        record_start_index: row.batch.record_start_index.unwrap_or(0),
+        record_end_index: row.batch.record_end_index.unwrap_or(0),
+        version: row.version,
+    }
 }
 
 /// Whether `row` is still claimed by `reservation`.

@@ -18,6 +18,6 @@ pub use self::model::{
 pub use self::sea_orm::SeaOrmStateStore;
 pub use self::store::{DistributedStateStore, StateStore};
 pub use self::worker::{
-    PreparedJob, ProcessError, RecordContext, WorkerEvent, WorkerOptions, WorkerReport, prepare,
-    run_worker,
+    MAX_PREPARED_JOB_ID_LEN, PreparedJob, ProcessError, RecordContext, WorkerEvent, WorkerOptions,
+    WorkerReport, prepare, run_worker,
 };

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sea_orm::sea_query::{Expr, ExprTrait, Func, LockBehavior, LockType, OnConflict, Query};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, LockBehavior, LockType, OnConflict, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect, QueryTrait,
@@ -114,7 +114,7 @@ impl SeaOrmStateStore {
         job: &JobState,
     ) -> Result<()> {
         check::job(job)?;
-        save_job(conn, job, self.clock.now_ms()).await
+        save_job(conn, job, self.clock.now_ms(), JobSave::Forward).await
     }
 
     /// [`DistributedStateStore::save_batch_records`] on `conn`, typically the caller's
@@ -132,10 +132,60 @@ impl SeaOrmStateStore {
         records: &[ProcessedRecord],
     ) -> Result<()> {
         check_record_args(job_id, batch_id, records)?;
-        upsert_records(conn, job_id, batch_id, records, self.clock.now_ms()).await
+        let now = self.clock.now_ms();
+        write_records(conn, job_id, batch_id, records, now, RecordWrite::IfAbsent).await
     }
 
-    async fn claim_once(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult> {
+    /// Writes `records` as `mode` says: one statement on its own, several in one transaction
+    /// so that a failure never leaves half a batch saved.
+    async fn write_records(
+        &self,
+        what: &'static str,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+        mode: RecordWrite,
+    ) -> Result<()> {
+        check_record_args(job_id, batch_id, records)?;
+        let db = &self.db;
+        let now = self.clock.now_ms();
+        let inserts = &record_writes(
+            db.get_database_backend(),
+            job_id,
+            batch_id,
+            records,
+            now,
+            mode,
+        )?;
+        match inserts.as_slice() {
+            [] => Ok(()),
+            [insert] => {
+                dialect::retry(what, || async move {
+                    db.execute(insert).await?;
+                    Ok(())
+                })
+                .await
+            }
+            _ => {
+                dialect::retry(what, || async move {
+                    let txn = dialect::begin_write(db).await?;
+                    for insert in inserts {
+                        txn.execute(insert).await?;
+                    }
+                    txn.commit().await?;
+                    Ok(())
+                })
+                .await
+            }
+        }
+    }
+
+    async fn claim_once(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        claim_id: &str,
+    ) -> Result<ClaimBatchResult> {
         let backend = self.db.get_database_backend();
         for _ in 0..CLAIM_WAIT_ROUNDS {
             let txn = dialect::begin_write(&self.db).await?;
@@ -153,19 +203,41 @@ impl SeaOrmStateStore {
                 txn.rollback().await?;
                 return Ok(ClaimBatchResult::JobNotProcessing);
             }
+            // A claim under this id that took effect although its caller never heard of it
+            // (a commit whose answer was lost): hand it out again.
+            let held = txn
+                .query_one(
+                    &batches::Entity::find()
+                        .filter(batches::Column::ClaimId.eq(claim_id))
+                        .filter(batches::Column::JobId.eq(job_id))
+                        .filter(batches::Column::Status.eq(BatchStatus::Processing.as_str()))
+                        .into_query(),
+                )
+                .await?;
+            if let Some(row) = held {
+                let model = mapper::batch_model_from_row(&row)?;
+                let reservation = mapper::held_reservation(&model, worker_id)?;
+                txn.commit().await?;
+                return Ok(ClaimBatchResult::Claimed(reservation));
+            }
+            // Only the id is selected: a row whose other columns cannot be read must still be
+            // found, so that it is failed below instead of blocking every claim.
             let pending = batches::Entity::find()
+                .select_only()
+                .column(batches::Column::Id)
                 .filter(batches::Column::JobId.eq(job_id))
                 .filter(batches::Column::Status.eq(BatchStatus::Pending.as_str()))
                 .order_by_asc(batches::Column::BatchIndex);
-            let candidate = match backend {
+            let candidate: Option<String> = match backend {
                 // SQLite has no row locks (the clause would be dropped anyway); the IMMEDIATE
                 // transaction already holds the database's write lock.
-                DbBackend::Sqlite => pending.clone().one(&txn).await?,
+                DbBackend::Sqlite => pending.clone().into_tuple().one(&txn).await?,
                 // Skip rows other claimers hold, so claimers do not queue behind one row.
                 _ => {
                     pending
                         .clone()
                         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                        .into_tuple()
                         .one(&txn)
                         .await?
                 }
@@ -174,8 +246,8 @@ impl SeaOrmStateStore {
                 // SKIP LOCKED also hides pending rows that other transactions hold right now.
                 // Only when a plain read sees none either is the job out of pending batches;
                 // otherwise wait for those transactions to finish and look again.
-                let locked_elsewhere =
-                    backend != DbBackend::Sqlite && pending.one(&txn).await?.is_some();
+                let locked_elsewhere = backend != DbBackend::Sqlite
+                    && pending.into_tuple::<String>().one(&txn).await?.is_some();
                 txn.commit().await?;
                 if !locked_elsewhere {
                     return Ok(ClaimBatchResult::NoPendingBatches);
@@ -184,12 +256,59 @@ impl SeaOrmStateStore {
                 continue;
             };
             let now = self.clock.now_ms();
+            let row = txn
+                .query_one(&batches::Entity::find_by_id(candidate.as_str()).into_query())
+                .await?;
+            let read = row
+                .as_ref()
+                .map(mapper::batch_model_from_row)
+                .transpose()
+                .and_then(|model| {
+                    let reservation = model
+                        .as_ref()
+                        .map(|m| mapper::reservation_from_model(m, worker_id, now))
+                        .transpose()?;
+                    Ok(model.zip(reservation))
+                });
+            let (candidate, reservation) = match read {
+                Ok(Some(read)) => read,
+                // Gone between the two reads (only possible without row locks): look again.
+                Ok(None) => {
+                    txn.rollback().await?;
+                    continue;
+                }
+                Err(err @ Error::CorruptRow { .. }) => {
+                    // Handing it out would fail every claim of the job from now on, and leaving
+                    // it pending would keep the job from ever finishing: fail the batch (the job
+                    // finishes FAILED) and go on with the next one.
+                    tracing::error!(batch_id = %candidate, error = %err, "pending batch cannot be read; failing it");
+                    batches::Entity::update_many()
+                        .col_expr(
+                            batches::Column::Status,
+                            Expr::value(BatchStatus::Failed.as_str()),
+                        )
+                        .col_expr(
+                            batches::Column::Version,
+                            Expr::col(batches::Column::Version).add(1),
+                        )
+                        .col_expr(batches::Column::CompletedAt, Expr::value(now))
+                        .col_expr(batches::Column::UpdatedAt, Expr::value(now))
+                        .filter(batches::Column::Id.eq(&candidate))
+                        .filter(batches::Column::Status.eq(BatchStatus::Pending.as_str()))
+                        .exec(&txn)
+                        .await?;
+                    txn.commit().await?;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             let claimed = batches::Entity::update_many()
                 .col_expr(
                     batches::Column::Status,
                     Expr::value(BatchStatus::Processing.as_str()),
                 )
                 .col_expr(batches::Column::WorkerId, Expr::value(worker_id))
+                .col_expr(batches::Column::ClaimId, Expr::value(claim_id))
                 .col_expr(batches::Column::ClaimedAt, Expr::value(now))
                 .col_expr(batches::Column::HeartbeatAt, Expr::value(now))
                 .col_expr(batches::Column::UpdatedAt, Expr::value(now))
@@ -208,7 +327,6 @@ impl SeaOrmStateStore {
                 txn.rollback().await?;
                 continue;
             }
-            let reservation = mapper::reservation_from_model(&candidate, worker_id, now)?;
             txn.commit().await?;
             return Ok(ClaimBatchResult::Claimed(reservation));
         }
@@ -225,9 +343,70 @@ fn check_record_args(job_id: &str, batch_id: &str, records: &[ProcessedRecord]) 
     check::records(records)
 }
 
+/// Whether a job save may move a finished job back to an unfinished status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobSave {
+    /// [`StateStore::save_job_state`]: never backwards.
+    Forward,
+    /// [`StateStore::reset_job_state`]: whatever the stored status.
+    Reset,
+}
+
+/// A statement that could not be built (a column and value count that differ), as an error.
+fn statement_error(err: sea_orm::sea_query::error::Error) -> Error {
+    Error::from(sea_orm::DbErr::Custom(format!(
+        "statement not built: {err}"
+    )))
+}
+
+/// `INSERT INTO batchactions_jobs` of the row for `job`.
+fn job_insert(
+    backend: DbBackend,
+    job: &JobState,
+    now: i64,
+) -> Result<sea_orm::sea_query::InsertStatement> {
+    let mut insert = Query::insert();
+    insert
+        .into_table(jobs::Entity)
+        .columns(mapper::JOB_COLUMNS)
+        .values(mapper::job_values(backend, job, now)?)
+        .map_err(statement_error)?;
+    Ok(insert)
+}
+
+/// The stored status of job `job_id`, `None` when there is no such job. Inside a write
+/// transaction the row stays locked until it ends (SQLite's write transaction holds the whole
+/// database already).
+async fn stored_job_status<C: ConnectionTrait>(conn: &C, job_id: &str) -> Result<Option<String>> {
+    let mut select = jobs::Entity::find_by_id(job_id)
+        .select_only()
+        .column(jobs::Column::Status);
+    if conn.get_database_backend() != DbBackend::Sqlite {
+        select = select.lock(LockType::Update);
+    }
+    Ok(select.into_tuple().one(conn).await?)
+}
+
 /// Upserts the job row and, for a distributed job, inserts the batch rows it lacks.
-async fn save_job<C: ConnectionTrait>(conn: &C, job: &JobState, now: i64) -> Result<()> {
-    let mut upsert = jobs::Entity::insert(mapper::job_to_model(job, now)?).into_query();
+async fn save_job<C: ConnectionTrait>(
+    conn: &C,
+    job: &JobState,
+    now: i64,
+    mode: JobSave,
+) -> Result<()> {
+    if mode == JobSave::Forward && !job.status.is_terminal() {
+        // A status this version does not know is not "finished": saving repairs it.
+        let stored = stored_job_status(conn, &job.id)
+            .await?
+            .and_then(|s| s.parse::<JobStatus>().ok());
+        if let Some(stored) = stored.filter(|s| s.is_terminal()) {
+            return Err(Error::conflict(format!(
+                "job {} is {stored}; saving it as {} would move it back (reset_job_state does that on purpose)",
+                job.id, job.status
+            )));
+        }
+    }
+    let mut upsert = job_insert(conn.get_database_backend(), job, now)?;
     upsert.on_conflict(
         OnConflict::column(jobs::Column::Id)
             .update_columns([
@@ -243,7 +422,78 @@ async fn save_job<C: ConnectionTrait>(conn: &C, job: &JobState, now: i64) -> Res
             .to_owned(),
     );
     conn.execute(&upsert).await?;
-    if !job.distributed || job.batches.is_empty() {
+    if job.distributed {
+        insert_batches(conn, job, now).await?;
+    }
+    Ok(())
+}
+
+/// Inserts the job row for `job` unless job `job.id` exists; returns whether it did.
+async fn create_job_in<C: ConnectionTrait>(conn: &C, job: &JobState, now: i64) -> Result<bool> {
+    let backend = conn.get_database_backend();
+    let mut insert = job_insert(backend, job, now)?;
+    match backend {
+        // MySQL's insert-if-absent (`ON DUPLICATE KEY UPDATE id = id`) reports a row either
+        // way, and `INSERT IGNORE` would also turn other errors into warnings: a plain insert
+        // whose duplicate key error means "there is one already" tells the two apart.
+        DbBackend::MySql => match conn.execute(&insert).await {
+            Ok(_) => Ok(true),
+            Err(err) => match Error::from(err) {
+                Error::Conflict { .. } => Ok(false),
+                other => Err(other),
+            },
+        },
+        // PostgreSQL and SQLite report no row for `ON CONFLICT DO NOTHING`.
+        _ => {
+            insert.on_conflict(OnConflict::column(jobs::Column::Id).do_nothing().to_owned());
+            Ok(conn.execute(&insert).await?.rows_affected() == 1)
+        }
+    }
+}
+
+/// [`DistributedStateStore::start_job`] inside write transaction `conn`.
+async fn start_job_in<C: ConnectionTrait>(conn: &C, job: &JobState, now: i64) -> Result<bool> {
+    // The job row stays locked from here, so concurrent starters queue and the later ones
+    // find it started.
+    let Some(status) = stored_job_status(conn, &job.id).await? else {
+        return Ok(false);
+    };
+    if status != JobStatus::Created.as_str() {
+        return Ok(false);
+    }
+    insert_batches(conn, job, now).await?;
+    let backend = conn.get_database_backend();
+    let completed_at = job
+        .completed_at
+        .or_else(|| job.status.is_terminal().then_some(now));
+    let started = jobs::Entity::update_many()
+        .col_expr(jobs::Column::Status, Expr::value(job.status.as_str()))
+        .col_expr(
+            jobs::Column::Config,
+            dialect::json_expr(backend, &serde_json::to_value(&job.config)?),
+        )
+        .col_expr(
+            jobs::Column::TotalRecords,
+            Expr::value(check::fits_i64("job.total_records", job.total_records)?),
+        )
+        .col_expr(
+            jobs::Column::StartedAt,
+            Expr::value(job.started_at.unwrap_or(now)),
+        )
+        .col_expr(jobs::Column::CompletedAt, Expr::value(completed_at))
+        .col_expr(jobs::Column::Distributed, Expr::value(true))
+        .col_expr(jobs::Column::UpdatedAt, Expr::value(now))
+        .filter(jobs::Column::Id.eq(&job.id))
+        .filter(jobs::Column::Status.eq(JobStatus::Created.as_str()))
+        .exec(conn)
+        .await?;
+    Ok(started.rows_affected == 1)
+}
+
+/// Inserts the batch rows distributed job `job` lacks (matched by job and index); rows that
+/// exist are left exactly as they are.
+async fn insert_batches<C: ConnectionTrait>(conn: &C, job: &JobState, now: i64) -> Result<()> {
+    if job.batches.is_empty() {
         return Ok(());
     }
     let backend = conn.get_database_backend();
@@ -286,16 +536,97 @@ async fn save_job<C: ConnectionTrait>(conn: &C, job: &JobState, now: i64) -> Res
     Ok(())
 }
 
-/// The upsert statements that save `records` of `job_id` for `batch_id`: as few as the
-/// backend's parameter limit and [`dialect::MAX_STATEMENT_BYTES`] allow. Each is
-/// `INSERT … ON CONFLICT (job_id, record_index) DO UPDATE` (PostgreSQL, SQLite) or
-/// `INSERT … ON DUPLICATE KEY UPDATE` (MySQL), so saving again replaces, never fails.
-fn record_upserts(
+/// What a record write does to a record already stored at the same index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordWrite {
+    /// Leave it exactly as it is ([`DistributedStateStore::save_batch_records`]).
+    IfAbsent,
+    /// Replace it, unless that moves a finished record back to `pending` or `valid`
+    /// ([`DistributedStateStore::save_processed_records`]).
+    Forward,
+    /// Replace it whatever it is ([`StateStore::reset_records`]).
+    Replace,
+}
+
+/// Record statuses that are an outcome.
+const FINISHED_RECORDS: [&str; 3] = ["processed", "failed", "invalid"];
+/// Record statuses still waiting for an outcome.
+const UNFINISHED_RECORDS: [&str; 2] = ["pending", "valid"];
+
+/// Columns a record write replaces, `status` last: MySQL evaluates `ON DUPLICATE KEY UPDATE`
+/// assignments in order, and the forward-only guard reads the stored status.
+const REPLACED_RECORD_COLUMNS: [(records::Column, &str); 8] = [
+    (records::Column::BatchId, "batch_id"),
+    (records::Column::Raw, "raw"),
+    (records::Column::Parsed, "parsed"),
+    (records::Column::Errors, "errors"),
+    (records::Column::ProcessingError, "processing_error"),
+    (records::Column::RetryCount, "retry_count"),
+    (records::Column::UpdatedAt, "updated_at"),
+    (records::Column::Status, "status"),
+];
+
+/// The conflict clause of a record write of kind `mode` on `backend`.
+fn record_conflict(backend: DbBackend, mode: RecordWrite) -> OnConflict {
+    let mut on_conflict =
+        OnConflict::columns([records::Column::JobId, records::Column::RecordIndex]);
+    match (mode, backend) {
+        (RecordWrite::IfAbsent, _) => {
+            on_conflict.do_nothing_on([records::Column::JobId]);
+        }
+        (RecordWrite::Replace, _) => {
+            on_conflict.update_columns(REPLACED_RECORD_COLUMNS.map(|(column, _)| column));
+        }
+        // MySQL has no WHERE on `ON DUPLICATE KEY UPDATE`: each column keeps its stored value
+        // when the write would move a finished record back.
+        (RecordWrite::Forward, DbBackend::MySql) => {
+            let quote = |list: &[&str]| {
+                list.iter()
+                    .map(|s| format!("'{s}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let backwards = format!(
+                "`status` IN ({}) AND VALUES(`status`) IN ({})",
+                quote(&FINISHED_RECORDS),
+                quote(&UNFINISHED_RECORDS)
+            );
+            on_conflict.values(REPLACED_RECORD_COLUMNS.map(|(column, name)| {
+                (
+                    column,
+                    Expr::cust(format!("IF({backwards}, `{name}`, VALUES(`{name}`))")),
+                )
+            }));
+        }
+        // PostgreSQL and SQLite: the update applies only where it does not move backwards.
+        (RecordWrite::Forward, _) => {
+            on_conflict
+                .update_columns(REPLACED_RECORD_COLUMNS.map(|(column, _)| column))
+                .action_and_where(
+                    Expr::col((records::Entity, records::Column::Status))
+                        .is_in(FINISHED_RECORDS)
+                        .and(
+                            Expr::col((Alias::new("excluded"), records::Column::Status))
+                                .is_in(UNFINISHED_RECORDS),
+                        )
+                        .not(),
+                );
+        }
+    }
+    on_conflict.to_owned()
+}
+
+/// The statements that write `records` of `job_id` for `batch_id` as `mode` says: as few as
+/// the backend's parameter limit and [`dialect::MAX_STATEMENT_BYTES`] allow, each one
+/// `INSERT … ON CONFLICT (job_id, record_index) …` (PostgreSQL, SQLite) or
+/// `INSERT … ON DUPLICATE KEY UPDATE …` (MySQL), so writing again never fails.
+fn record_writes(
     backend: DbBackend,
     job_id: &str,
     batch_id: &str,
     records: &[ProcessedRecord],
     now: i64,
+    mode: RecordWrite,
 ) -> Result<Vec<sea_orm::sea_query::InsertStatement>> {
     // One statement cannot touch a row twice (PostgreSQL refuses), so the last outcome of an
     // index wins before anything is sent.
@@ -313,43 +644,42 @@ fn record_upserts(
                 + job_id.len()
                 + batch_id.len()
                 + 64;
-            Ok((size, mapper::record_to_model(job_id, batch_id, r, now)?))
+            Ok((
+                size,
+                mapper::record_values(backend, job_id, batch_id, r, now)?,
+            ))
         })
         .collect::<Result<Vec<_>>>()?;
-    let on_conflict = OnConflict::columns([records::Column::JobId, records::Column::RecordIndex])
-        .update_columns([
-            records::Column::BatchId,
-            records::Column::Status,
-            records::Column::Raw,
-            records::Column::Parsed,
-            records::Column::Errors,
-            records::Column::ProcessingError,
-            records::Column::RetryCount,
-            records::Column::UpdatedAt,
-        ])
-        .to_owned();
+    let on_conflict = record_conflict(backend, mode);
+    let mut statements = Vec::new();
     // 10 columns a row.
-    Ok(dialect::chunks(backend, 10, &rows, |(size, _)| *size)
-        .into_iter()
-        .map(|chunk| {
-            let mut insert =
-                records::Entity::insert_many(chunk.iter().map(|(_, model)| model.clone()))
-                    .into_query();
-            insert.on_conflict(on_conflict.clone());
-            insert
-        })
-        .collect())
+    for chunk in dialect::chunks(backend, mapper::RECORD_COLUMNS.len(), &rows, |(size, _)| {
+        *size
+    }) {
+        let mut insert = Query::insert();
+        insert
+            .into_table(records::Entity)
+            .columns(mapper::RECORD_COLUMNS);
+        for (_, values) in chunk {
+            insert.values(values.clone()).map_err(statement_error)?;
+        }
+        insert.on_conflict(on_conflict.clone());
+        statements.push(insert);
+    }
+    Ok(statements)
 }
 
-/// Runs the record upserts on `conn` (the caller's transaction, if any, makes them atomic).
-async fn upsert_records<C: ConnectionTrait>(
+/// Runs the record writes on `conn` (the caller's transaction, if any, makes them atomic).
+async fn write_records<C: ConnectionTrait>(
     conn: &C,
     job_id: &str,
     batch_id: &str,
     records: &[ProcessedRecord],
     now: i64,
+    mode: RecordWrite,
 ) -> Result<()> {
-    for insert in record_upserts(conn.get_database_backend(), job_id, batch_id, records, now)? {
+    let backend = conn.get_database_backend();
+    for insert in record_writes(backend, job_id, batch_id, records, now, mode)? {
         conn.execute(&insert).await?;
     }
     Ok(())
@@ -449,7 +779,7 @@ async fn update_batch_state_in<C: ConnectionTrait>(
             jobs::Entity::update_many()
                 .col_expr(
                     jobs::Column::Batches,
-                    Expr::value(serde_json::to_value(&list)?),
+                    dialect::json_expr(backend, &serde_json::to_value(&list)?),
                 )
                 .col_expr(jobs::Column::UpdatedAt, Expr::value(now))
                 .filter(jobs::Column::Id.eq(job_id))
@@ -473,11 +803,17 @@ async fn update_batch_state_in<C: ConnectionTrait>(
         .col_expr(batches::Column::FailedCount, Expr::value(failed))
         .col_expr(batches::Column::UpdatedAt, Expr::value(now));
     if batch.status != new.status.as_str() {
-        // A status change from outside the claim protocol fences whoever held the batch.
-        update = update.col_expr(
-            batches::Column::Version,
-            Expr::value(batch.version.saturating_add(1)),
-        );
+        // A status change from outside the claim protocol fences whoever held the batch, and
+        // its claim id no longer names a claim.
+        update = update
+            .col_expr(
+                batches::Column::Version,
+                Expr::value(batch.version.saturating_add(1)),
+            )
+            .col_expr(
+                batches::Column::ClaimId,
+                Expr::value(Option::<String>::None),
+            );
         update = match new.status {
             BatchStatus::Pending => update
                 .col_expr(
@@ -509,7 +845,12 @@ async fn update_batch_state_in<C: ConnectionTrait>(
 /// `PROCESSING`, has batches, and has none that is not `COMPLETED` or `FAILED` (unknown
 /// statuses block it); it writes `FAILED` when a batch failed. However many callers race,
 /// the row leaves `PROCESSING` once, so one of them sees a row affected.
-async fn finalize<C: ConnectionTrait>(conn: &C, job_id: &str, now: i64) -> Result<bool> {
+async fn finalize<C: ConnectionTrait>(
+    conn: &C,
+    job_id: &str,
+    finalizer_id: &str,
+    now: i64,
+) -> Result<bool> {
     let of_job = || {
         Query::select()
             .expr(Expr::val(1))
@@ -540,13 +881,30 @@ async fn finalize<C: ConnectionTrait>(conn: &C, job_id: &str, now: i64) -> Resul
         )
         .col_expr(jobs::Column::CompletedAt, Expr::value(now))
         .col_expr(jobs::Column::UpdatedAt, Expr::value(now))
+        .col_expr(jobs::Column::FinalizedBy, Expr::value(finalizer_id))
         .filter(jobs::Column::Id.eq(job_id))
         .filter(jobs::Column::Status.eq(JobStatus::Processing.as_str()))
         .filter(Expr::exists(any_batch))
         .filter(Expr::not_exists(unfinished))
         .exec(conn)
         .await?;
-    Ok(result.rows_affected == 1)
+    if result.rows_affected == 1 {
+        return Ok(true);
+    }
+    // Not finalized now; but maybe by this finalizer before (its answer lost on the way).
+    let stored: Option<(String, Option<String>)> = jobs::Entity::find_by_id(job_id)
+        .select_only()
+        .column(jobs::Column::Status)
+        .column(jobs::Column::FinalizedBy)
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(stored.is_some_and(|(status, by)| {
+        status
+            .parse::<JobStatus>()
+            .is_ok_and(JobStatus::is_terminal)
+            && by.as_deref() == Some(finalizer_id)
+    }))
 }
 
 #[async_trait]
@@ -556,7 +914,53 @@ impl StateStore for SeaOrmStateStore {
         check::job(job)?;
         let db = &self.db;
         let now = self.clock.now_ms();
-        in_write_txn!(db, "save_job_state", |txn| save_job(&txn, job, now).await?)
+        in_write_txn!(db, "save_job_state", |txn| save_job(
+            &txn,
+            job,
+            now,
+            JobSave::Forward
+        )
+        .await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(job_id = %job.id), err)]
+    async fn reset_job_state(&self, job: &JobState) -> Result<()> {
+        check::job(job)?;
+        let db = &self.db;
+        let now = self.clock.now_ms();
+        in_write_txn!(db, "reset_job_state", |txn| save_job(
+            &txn,
+            job,
+            now,
+            JobSave::Reset
+        )
+        .await?)
+    }
+
+    #[tracing::instrument(skip(self, records), fields(records = records.len()), err)]
+    async fn reset_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> Result<()> {
+        self.write_records(
+            "reset_records",
+            job_id,
+            batch_id,
+            records,
+            RecordWrite::Replace,
+        )
+        .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn get_job_without_batches(&self, job_id: &str) -> Result<Option<JobState>> {
+        let select = jobs::Entity::find_by_id(job_id).into_query();
+        let Some(row) = self.db.query_one(&select).await? else {
+            return Ok(None);
+        };
+        Ok(Some(JobRow::read(&row, true)?.job))
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -686,24 +1090,54 @@ impl StateStore for SeaOrmStateStore {
 
 #[async_trait]
 impl DistributedStateStore for SeaOrmStateStore {
-    #[tracing::instrument(skip(self), err)]
-    async fn claim_batch(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult> {
-        check::id("job_id", job_id)?;
-        check::id("worker_id", worker_id)?;
-        dialect::retry("claim_batch", || self.claim_once(job_id, worker_id)).await
+    #[tracing::instrument(skip_all, fields(job_id = %job.id), err)]
+    async fn create_job(&self, job: &JobState) -> Result<bool> {
+        check::job(job)?;
+        let db = &self.db;
+        let now = self.clock.now_ms();
+        dialect::retry("create_job", || create_job_in(db, job, now)).await
+    }
+
+    #[tracing::instrument(skip_all, fields(job_id = %job.id), err)]
+    async fn start_job(&self, job: &JobState) -> Result<bool> {
+        check::job(job)?;
+        if !job.distributed {
+            return Err(Error::invalid(
+                "job.distributed",
+                "start_job starts distributed jobs",
+            ));
+        }
+        let db = &self.db;
+        let now = self.clock.now_ms();
+        in_write_txn!(db, "start_job", |txn| start_job_in(&txn, job, now).await?)
     }
 
     #[tracing::instrument(skip(self), err)]
-    async fn release_batch(&self, job_id: &str, batch_id: &str, worker_id: &str) -> Result<bool> {
+    async fn claim_batch_with_id(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        claim_id: &str,
+    ) -> Result<ClaimBatchResult> {
+        check::id("job_id", job_id)?;
+        check::id("worker_id", worker_id)?;
+        check::claim_id("claim_id", claim_id)?;
+        // Every attempt uses the same claim id, so one whose commit took effect although it
+        // failed is recovered by the next.
+        dialect::retry("claim_batch", || {
+            self.claim_once(job_id, worker_id, claim_id)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn release_batch(&self, reservation: &BatchReservation) -> Result<bool> {
         let db = &self.db;
         let now = self.clock.now_ms();
         dialect::retry("release_batch", || async move {
+            // Fenced like a completion: never a finished batch, never a claim taken since.
             let result = back_to_pending(now)
-                .filter(batches::Column::Id.eq(batch_id))
-                .filter(batches::Column::JobId.eq(job_id))
-                .filter(batches::Column::WorkerId.eq(worker_id))
-                // Never a finished batch: its former owner must not put it back in the queue.
-                .filter(batches::Column::Status.eq(BatchStatus::Processing.as_str()))
+                .filter(holds(reservation))
                 .exec(db)
                 .await?;
             Ok(result.rows_affected == 1)
@@ -745,7 +1179,14 @@ impl DistributedStateStore for SeaOrmStateStore {
         batch_id: &str,
         records: &[ProcessedRecord],
     ) -> Result<()> {
-        self.save_processed_records(job_id, batch_id, records).await
+        self.write_records(
+            "save_batch_records",
+            job_id,
+            batch_id,
+            records,
+            RecordWrite::IfAbsent,
+        )
+        .await
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -754,11 +1195,17 @@ impl DistributedStateStore for SeaOrmStateStore {
     }
 
     #[tracing::instrument(skip(self), err)]
-    async fn try_finalize_job(&self, job_id: &str) -> Result<bool> {
+    async fn try_finalize_job_with_id(&self, job_id: &str, finalizer_id: &str) -> Result<bool> {
+        check::claim_id("finalizer_id", finalizer_id)?;
         let db = &self.db;
         let now = self.clock.now_ms();
-        in_write_txn!(db, "try_finalize_job", |txn| finalize(&txn, job_id, now)
-            .await?)
+        in_write_txn!(db, "try_finalize_job", |txn| finalize(
+            &txn,
+            job_id,
+            finalizer_id,
+            now
+        )
+        .await?)
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -785,7 +1232,13 @@ impl DistributedStateStore for SeaOrmStateStore {
         let now = self.clock.now_ms();
         let db = &self.db;
         let completion = &completion(reservation, outcome, now)?;
-        let updates = &outcome_updates(&reservation.job_id, &reservation.batch_id, outcomes, now)?;
+        let updates = &outcome_updates(
+            db.get_database_backend(),
+            &reservation.job_id,
+            &reservation.batch_id,
+            outcomes,
+            now,
+        )?;
         // The fenced completion first: it locks the batch row, and when the claim was lost
         // nothing else is written.
         in_write_txn!(db, "complete_batch_with_outcomes", |txn| {
@@ -822,32 +1275,14 @@ impl DistributedStateStore for SeaOrmStateStore {
         batch_id: &str,
         records: &[ProcessedRecord],
     ) -> Result<()> {
-        check_record_args(job_id, batch_id, records)?;
-        let db = &self.db;
-        let inserts = record_upserts(
-            db.get_database_backend(),
+        self.write_records(
+            "save_processed_records",
             job_id,
             batch_id,
             records,
-            self.clock.now_ms(),
-        )?;
-        let inserts = &inserts;
-        match inserts.as_slice() {
-            [] => Ok(()),
-            [insert] => {
-                dialect::retry("save_processed_records", || async move {
-                    db.execute(insert).await?;
-                    Ok(())
-                })
-                .await
-            }
-            // Several statements: all or none, so a failure never leaves half a batch saved.
-            _ => in_write_txn!(db, "save_processed_records", |txn| {
-                for insert in inserts {
-                    txn.execute(insert).await?;
-                }
-            }),
-        }
+            RecordWrite::Forward,
+        )
+        .await
     }
 
     #[tracing::instrument(skip(self, outcomes), fields(count = outcomes.len()), err)]
@@ -859,8 +1294,14 @@ impl DistributedStateStore for SeaOrmStateStore {
     ) -> Result<u64> {
         check::id("job_id", job_id)?;
         check::id("batch_id", batch_id)?;
-        let statements = outcome_updates(job_id, batch_id, outcomes, self.clock.now_ms())?;
         let db = &self.db;
+        let statements = outcome_updates(
+            db.get_database_backend(),
+            job_id,
+            batch_id,
+            outcomes,
+            self.clock.now_ms(),
+        )?;
         let statements = &statements;
         match statements.as_slice() {
             [] => Ok(0),
@@ -911,6 +1352,10 @@ fn back_to_pending(now: i64) -> sea_orm::UpdateMany<batches::Entity> {
             batches::Column::HeartbeatAt,
             Expr::value(Option::<i64>::None),
         )
+        .col_expr(
+            batches::Column::ClaimId,
+            Expr::value(Option::<String>::None),
+        )
         .col_expr(batches::Column::UpdatedAt, Expr::value(now))
         .col_expr(
             batches::Column::Version,
@@ -944,6 +1389,7 @@ const OUTCOME_INDEXES_PER_STATEMENT: usize = 5000;
 /// One `UPDATE … WHERE record_index IN (…)` per group of alike outcomes (and per
 /// [`OUTCOME_INDEXES_PER_STATEMENT`] indexes).
 fn outcome_updates(
+    backend: DbBackend,
     job_id: &str,
     batch_id: &str,
     outcomes: &[RecordOutcome],
@@ -972,7 +1418,10 @@ fn outcome_updates(
             updates.push(
                 records::Entity::update_many()
                     .col_expr(records::Column::Status, Expr::value(status))
-                    .col_expr(records::Column::Errors, Expr::value(errors.clone()))
+                    .col_expr(
+                        records::Column::Errors,
+                        dialect::json_expr(backend, &errors),
+                    )
                     .col_expr(
                         records::Column::ProcessingError,
                         Expr::value(processing_error.clone()),

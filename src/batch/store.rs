@@ -15,7 +15,10 @@ use crate::error::Result;
 /// Implementations must be safe to share between tasks (`Arc<dyn StateStore>`).
 #[async_trait]
 pub trait StateStore: Send + Sync {
-    /// Saves the job, replacing the stored status, configuration, totals and timestamps.
+    /// Saves the job, replacing the stored status, configuration, totals and timestamps, but
+    /// never moving a finished job (`COMPLETED`, `ABORTED`, `FAILED`) back to an unfinished
+    /// status: that is refused, and [`reset_job_state`](Self::reset_job_state) does it on
+    /// purpose.
     ///
     /// For a distributed job (`job.distributed`), every batch gets a batch row if it has none
     /// yet (matched by job and batch index); batches that already have a row are left exactly as
@@ -26,8 +29,17 @@ pub trait StateStore: Send + Sync {
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty or too long id, a
     /// batch size of 0, or (distributed) a batch without a record range, duplicate batch ids
     /// or indexes; [`Error::Conflict`](crate::Error::Conflict) when a batch id belongs to
-    /// another job; database errors.
+    /// another job, or when the stored job is finished and `job` is not; database errors.
     async fn save_job_state(&self, job: &JobState) -> Result<()>;
+
+    /// Saves the job as [`save_job_state`](Self::save_job_state) does, also when that moves a
+    /// finished job back to an unfinished status (restarting a job on purpose). Batch rows of
+    /// a distributed job are still only added, never reset.
+    ///
+    /// # Errors
+    ///
+    /// As [`save_job_state`](Self::save_job_state), without the conflict for a finished job.
+    async fn reset_job_state(&self, job: &JobState) -> Result<()>;
 
     /// The job, or `None` when there is none. The batches of a distributed job are read from
     /// its batch rows, in index order.
@@ -37,6 +49,21 @@ pub trait StateStore: Send + Sync {
     /// [`Error::CorruptRow`](crate::Error::CorruptRow) when the job row or one of its batch
     /// rows cannot be read; database errors.
     async fn get_job_state(&self, job_id: &str) -> Result<Option<JobState>>;
+
+    /// The job without its batches (`batches` is empty), or `None` when there is none: one
+    /// row to read however many batches the job has, and readable while one of its batch rows
+    /// is corrupt.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) when the job row cannot be read;
+    /// database errors.
+    async fn get_job_without_batches(&self, job_id: &str) -> Result<Option<JobState>> {
+        Ok(self.get_job_state(job_id).await?.map(|job| JobState {
+            batches: Vec::new(),
+            ..job
+        }))
+    }
 
     /// Sets the status and counts of one batch. Does nothing when the job or batch does not
     /// exist. On a distributed job this write is not fenced: workers holding a claim use
@@ -54,7 +81,10 @@ pub trait StateStore: Send + Sync {
         state: &BatchState,
     ) -> Result<()>;
 
-    /// Saves the outcome of one record, replacing any earlier outcome of the same index.
+    /// Saves the outcome of one record, replacing any earlier outcome of the same index,
+    /// except that a finished record (`processed`, `failed`, `invalid`) is never moved back to
+    /// `pending` or `valid`: such a write leaves the stored record as it is.
+    /// [`reset_records`](Self::reset_records) does that on purpose.
     ///
     /// # Errors
     ///
@@ -65,6 +95,20 @@ pub trait StateStore: Send + Sync {
         job_id: &str,
         batch_id: &str,
         record: &ProcessedRecord,
+    ) -> Result<()>;
+
+    /// Saves records of the job for `batch_id`, replacing whatever is stored for their indexes,
+    /// finished or not: the explicit way to reprocess records.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for empty ids; database
+    /// errors.
+    async fn reset_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
     ) -> Result<()>;
 
     /// Records of the job that pass `filter`, in index order.
@@ -137,29 +181,94 @@ pub trait StateStore: Send + Sync {
 ///
 /// Claims are exclusive: a batch is `PROCESSING` under at most one worker, and every write by
 /// a claim holder ([`complete_batch`](Self::complete_batch),
-/// [`heartbeat_batch`](Self::heartbeat_batch)) is checked against the claim's version, so a
-/// worker whose batch was reclaimed is refused.
+/// [`complete_batch_with_outcomes`](Self::complete_batch_with_outcomes),
+/// [`heartbeat_batch`](Self::heartbeat_batch), [`release_batch`](Self::release_batch)) is
+/// checked against the claim's version, so a worker whose batch was reclaimed is refused.
+///
+/// Preparing a job is safe from any number of places at once: [`create_job`](Self::create_job)
+/// creates the job row only if it is absent, [`save_batch_records`](Self::save_batch_records)
+/// inserts only absent records, and [`start_job`](Self::start_job) adds the absent batch rows
+/// and leaves `CREATED` in one conditional step.
 #[async_trait]
 pub trait DistributedStateStore: StateStore {
+    /// Creates the job row if no job has this id, and returns whether it did; an existing job
+    /// is left exactly as it is. Only the job row is written: batches come with
+    /// [`start_job`](Self::start_job). Workers do not claim batches of a `CREATED` job, so a
+    /// job being prepared is created `CREATED`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) as for
+    /// [`save_job_state`](StateStore::save_job_state); database errors.
+    async fn create_job(&self, job: &JobState) -> Result<bool>;
+
+    /// Starts a prepared distributed job: if the stored job is `CREATED`, adds the batch rows
+    /// it lacks (as [`save_job_state`](StateStore::save_job_state) does) and saves `job`'s
+    /// status, configuration, total and times, all at once; returns whether it did. A job that
+    /// is not `CREATED` (another preparer started it, or it ran since) or does not exist is
+    /// left alone and `false` returned: among concurrent callers, at most one gets `true`.
+    ///
+    /// A `started_at` of `None` is set to the store's clock, and so is `completed_at` when the
+    /// new status is finished.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) as for
+    /// [`save_job_state`](StateStore::save_job_state), and for a job that is not distributed;
+    /// [`Error::Conflict`](crate::Error::Conflict) when a batch id belongs to another job;
+    /// database errors.
+    async fn start_job(&self, job: &JobState) -> Result<bool>;
+
     /// Claims the `PENDING` batch of the job with the lowest index for `worker_id`.
     ///
     /// Answers [`ClaimBatchResult::NoPendingBatches`] only when the job has no pending batch
     /// at all: a claim that loses a race for one batch tries the next.
     ///
+    /// A pending batch whose row cannot be read is not handed out: the claim marks it
+    /// `FAILED` (so the job can still finish, as `FAILED`) and goes on with the next one.
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for empty ids;
-    /// [`Error::CorruptRow`](crate::Error::CorruptRow) when the claimed row cannot be read;
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) when the job row cannot be read;
     /// database errors.
-    async fn claim_batch(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult>;
+    ///
+    /// Each call is a new claim; a caller that retries after an error that may have hidden a
+    /// successful claim uses [`claim_batch_with_id`](Self::claim_batch_with_id) instead.
+    async fn claim_batch(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult> {
+        self.claim_batch_with_id(job_id, worker_id, &unique_id("claim"))
+            .await
+    }
 
-    /// Puts a `PROCESSING` batch held by `worker_id` back to `PENDING`; returns whether it
-    /// did. A finished batch, or one held by another worker, is left alone.
+    /// Claims as [`claim_batch`](Self::claim_batch), naming the claim `claim_id` (unique to
+    /// this claim: a caller makes a new one for each claim it means to take). When a batch of
+    /// the job is still `PROCESSING` under this claim id, that claim is returned again instead
+    /// of a new one: a retry after an error whose claim took effect (a commit whose answer
+    /// was lost) recovers the batch rather than leaving it idle until it goes stale.
+    ///
+    /// # Errors
+    ///
+    /// As [`claim_batch`](Self::claim_batch), and
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty or too long
+    /// claim id.
+    async fn claim_batch_with_id(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        claim_id: &str,
+    ) -> Result<ClaimBatchResult>;
+
+    /// Gives a claimed batch back: puts it back to `PENDING`, bumping its version, if the
+    /// reservation still holds (the batch is `PROCESSING` under the same worker and version,
+    /// as for [`complete_batch`](Self::complete_batch)); returns whether it did.
+    ///
+    /// A finished batch, one held by another worker, and one reclaimed and claimed again since
+    /// (even by a process using the same worker id) are left alone.
     ///
     /// # Errors
     ///
     /// Database errors.
-    async fn release_batch(&self, job_id: &str, batch_id: &str, worker_id: &str) -> Result<bool>;
+    async fn release_batch(&self, reservation: &BatchReservation) -> Result<bool>;
 
     /// Puts every `PROCESSING` batch of the job whose last heartbeat (or claim) is older than
     /// `timeout` back to `PENDING`, bumping its version; returns how many. Safe to call from
@@ -171,8 +280,10 @@ pub trait DistributedStateStore: StateStore {
     /// milliseconds; database errors.
     async fn reclaim_stale_batches(&self, job_id: &str, timeout: Duration) -> Result<u64>;
 
-    /// Saves the records of a batch (usually `pending`, before the job is saved), replacing
-    /// earlier versions of the same indexes: calling it again is harmless.
+    /// Saves the records of a batch (usually `pending`, before the job is started) whose
+    /// indexes have no record yet; a stored record is left exactly as it is, whatever its
+    /// status. Calling it again, from any number of places at once, is harmless: it never
+    /// resets an outcome.
     ///
     /// # Errors
     ///
@@ -210,10 +321,27 @@ pub trait DistributedStateStore: StateStore {
     /// sets its completion time, if every batch is `COMPLETED` or `FAILED`. Returns whether
     /// this call did it: among any number of concurrent callers, at most one gets `true`.
     ///
+    /// A caller that retries after an error that may have hidden its success uses
+    /// [`try_finalize_job_with_id`](Self::try_finalize_job_with_id) instead.
+    ///
     /// # Errors
     ///
     /// Database errors.
-    async fn try_finalize_job(&self, job_id: &str) -> Result<bool>;
+    async fn try_finalize_job(&self, job_id: &str) -> Result<bool> {
+        self.try_finalize_job_with_id(job_id, &unique_id("finalize"))
+            .await
+    }
+
+    /// Finalizes as [`try_finalize_job`](Self::try_finalize_job), recording `finalizer_id`
+    /// (unique to this caller) as the finalizer. A call with the finalizer id that finalized
+    /// the job answers `true` again, so a retry after an error whose finalization took effect
+    /// (a commit whose answer was lost) is told it won; every other finalizer gets `false`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty or too long
+    /// finalizer id; database errors.
+    async fn try_finalize_job_with_id(&self, job_id: &str, finalizer_id: &str) -> Result<bool>;
 
     /// Finishes the claimed batch with `outcome`, if the reservation still holds (the batch
     /// is `PROCESSING` under the same worker and version). Returns whether it did; `false`
@@ -237,8 +365,10 @@ pub trait DistributedStateStore: StateStore {
     async fn heartbeat_batch(&self, reservation: &BatchReservation) -> Result<bool>;
 
     /// Saves many record outcomes of one batch, in as few statements as the backend allows;
-    /// each replaces any earlier outcome of the same index. When one index appears several
-    /// times, the last one wins.
+    /// each replaces any earlier outcome of the same index, except that a finished record is
+    /// never moved back to `pending` or `valid` (as
+    /// [`save_processed_record`](StateStore::save_processed_record)). When one index appears
+    /// several times, the last one wins.
     ///
     /// # Errors
     ///
@@ -254,6 +384,10 @@ pub trait DistributedStateStore: StateStore {
     /// Records the outcomes of records saved earlier for this batch, leaving their payloads
     /// (`raw`, `parsed`) as they are. Returns how many records were updated; outcomes for
     /// indexes the batch does not have change nothing.
+    ///
+    /// This write is not fenced by a claim: a worker holding a claim uses
+    /// [`complete_batch_with_outcomes`](Self::complete_batch_with_outcomes), which writes
+    /// nothing once the claim is lost.
     ///
     /// Outcomes that are alike (same status, errors, processing error and retries) are written
     /// together, so a batch whose records all succeeded costs one short statement, where
@@ -284,4 +418,13 @@ pub trait DistributedStateStore: StateStore {
         outcome: BatchOutcome,
         outcomes: &[RecordOutcome],
     ) -> Result<bool>;
+}
+
+/// A fresh id for a claim or a finalization: `prefix`, then 128 random bits in hex.
+pub(crate) fn unique_id(prefix: &str) -> String {
+    format!(
+        "{prefix}-{:016x}{:016x}",
+        fastrand::u64(..),
+        fastrand::u64(..)
+    )
 }

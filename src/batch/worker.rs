@@ -3,19 +3,22 @@
 //!
 //! Many workers, in one process or many, share a job through the store:
 //!
-//! 1. [`prepare`] splits the records into batches, saves them (bulk) and saves the job as
-//!    `PROCESSING`, which creates the batch rows. Running it again with the same job id is safe.
+//! 1. [`prepare`] creates the job `CREATED` if it is absent, splits the records into batches,
+//!    saves the records that are not stored yet (bulk), then adds the batch rows and starts the
+//!    job (`PROCESSING`) in one conditional step. Running it from many places at once, or again
+//!    later, is safe.
 //! 2. [`run_worker`] loops: claim a batch → load its records → run the processor on each
-//!    (with per-record retries) → save the outcomes in bulk → complete the batch (fenced by the
-//!    claim) → try to finalize the job. A heartbeat keeps a long batch claimed; batches of dead
-//!    workers are reclaimed once stale. It returns when the job is finalized.
+//!    (with per-record retries) → save the outcomes and complete the batch in one write (fenced
+//!    by the claim) → try to finalize the job. A heartbeat keeps a long batch claimed; batches
+//!    of dead workers are reclaimed once stale. It returns when the job is finished or paused,
+//!    or when its shutdown token is cancelled.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -23,8 +26,7 @@ use super::model::{
     Batch, BatchOutcome, BatchReservation, ClaimBatchResult, JobConfig, JobState, JobStatus,
     ProcessedRecord, RecordOutcome, RecordStatus,
 };
-use super::store::DistributedStateStore;
-use crate::clock::{Clock, SystemClock};
+use super::store::{DistributedStateStore, unique_id};
 use crate::error::{Error, Result};
 
 /// What [`prepare`] created.
@@ -38,25 +40,42 @@ pub struct PreparedJob {
     pub total_batches: u32,
 }
 
+/// The longest job id [`prepare`] accepts, in characters: the ids it derives for the job's
+/// batches (`{job_id}-b{index}`) must fit the 128 characters every store holds.
+pub const MAX_PREPARED_JOB_ID_LEN: usize = 116;
+
 /// The id of batch `index` of `job_id`: derived, so that preparing again finds the same rows.
 fn batch_id(job_id: &str, index: u32) -> String {
     format!("{job_id}-b{index}")
 }
 
 /// Splits `records` into batches of `config.batch_size`, saves them as `pending` records and
-/// saves the job as a `PROCESSING` distributed job, which creates its batch rows.
+/// starts the job as a `PROCESSING` distributed job with one batch row per batch.
 ///
 /// Records are consumed batch by batch, so a large source is never held in memory at once.
-/// Preparing again with the same job id is safe: when an earlier prepare finished (the job
-/// exists), nothing is written and its totals are returned, whatever its workers did since;
-/// when it stopped half way, the records are saved again (upserted) and the job is created.
-/// A job without records is saved as `COMPLETED`. Preparing *at the same time* from two places
-/// is not safe: both may find no job and the later one would reset records the workers already
-/// finished; prepare a job from one place.
+///
+/// Preparing is safe from any number of places at once, and to repeat, as long as every
+/// caller passes the same records (for example every worker process prepares before it
+/// runs):
+///
+/// 1. the job row is created `CREATED` only if the job does not exist
+///    ([`create_job`](DistributedStateStore::create_job)); workers do not claim a `CREATED`
+///    job, they wait for it;
+/// 2. records are saved only where none is stored
+///    ([`save_batch_records`](DistributedStateStore::save_batch_records)), so an outcome is
+///    never reset;
+/// 3. the batch rows are added and the job moves from `CREATED` to `PROCESSING` in one
+///    conditional step ([`start_job`](DistributedStateStore::start_job)), taken by one caller.
+///
+/// A job that was started already (whatever its workers did since) is left as it is and its
+/// totals are returned; a `CREATED` job (a prepare that stopped half way, or one running
+/// now) is prepared again, writing only what is missing. A job without records is started
+/// `COMPLETED`. Times come from the store's clock.
 ///
 /// # Errors
 ///
-/// [`Error::InvalidArgument`] for an empty job id or a batch size of 0;
+/// [`Error::InvalidArgument`] for an empty job id, one longer than
+/// [`MAX_PREPARED_JOB_ID_LEN`] characters or a batch size of 0 (nothing is written then);
 /// [`Error::Conflict`] when the id belongs to a job that is not distributed;
 /// [`Error::Serialization`] when a record does not serialize; store errors.
 #[tracing::instrument(skip(store, config, records), err)]
@@ -71,31 +90,34 @@ where
     I: IntoIterator<Item = T>,
 {
     if job_id.is_empty() {
-        return Err(Error::InvalidArgument {
-            name: "job_id",
-            reason: "must not be empty".to_owned(),
-        });
+        return Err(Error::invalid("job_id", "must not be empty"));
+    }
+    if job_id.chars().count() > MAX_PREPARED_JOB_ID_LEN {
+        return Err(Error::invalid(
+            "job_id",
+            format!(
+                "longer than {MAX_PREPARED_JOB_ID_LEN} characters (the ids of its batches would not fit)"
+            ),
+        ));
     }
     let size = usize::try_from(config.batch_size).unwrap_or(usize::MAX);
     if size == 0 {
-        return Err(Error::InvalidArgument {
-            name: "batch_size",
-            reason: "must be at least 1".to_owned(),
-        });
+        return Err(Error::invalid("batch_size", "must be at least 1"));
     }
-    // The job row is saved last, so its presence means an earlier prepare finished: its
-    // records and batches stay as they are (some may already be claimed or finished).
-    if let Some(job) = store.get_job_state(job_id).await? {
-        if !job.distributed {
+    let mut job = JobState::new(job_id, config);
+    job.distributed = true;
+    if !store.create_job(&job).await? {
+        let existing = existing_job(store, job_id).await?;
+        if !existing.distributed {
             return Err(Error::conflict(format!(
                 "job {job_id} exists and is not a distributed job"
             )));
         }
-        return Ok(PreparedJob {
-            job_id: job_id.to_owned(),
-            total_records: job.total_records,
-            total_batches: u32::try_from(job.batches.len()).unwrap_or(u32::MAX),
-        });
+        if existing.status != JobStatus::Created {
+            return prepared(store, &existing).await;
+        }
+        // Still CREATED: another prepare is running or stopped half way. Going on writes only
+        // what is missing, and only one of us starts the job.
     }
     let mut batches: Vec<Batch> = Vec::new();
     let mut chunk: Vec<ProcessedRecord> = Vec::with_capacity(size);
@@ -110,10 +132,8 @@ where
             ));
             next_index += 1;
         }
-        let index = u32::try_from(batches.len()).map_err(|_| Error::InvalidArgument {
-            name: "records",
-            reason: "more batches than fit in u32".to_owned(),
-        })?;
+        let index = u32::try_from(batches.len())
+            .map_err(|_| Error::invalid("records", "more batches than fit in u32"))?;
         let id = batch_id(job_id, index);
         store.save_batch_records(job_id, &id, &chunk).await?;
         if let (Some(first), Some(last)) = (chunk.first(), chunk.last()) {
@@ -121,25 +141,41 @@ where
         }
     }
     let total_batches = u32::try_from(batches.len()).unwrap_or(u32::MAX);
-    let now = SystemClock.now_ms();
-    let mut job = JobState::new(job_id, config);
-    job.distributed = true;
     job.total_records = next_index;
-    job.started_at = Some(now);
-    if batches.is_empty() {
-        // Nothing to claim, so no worker would ever finalize it: it is done already.
-        job.status = JobStatus::Completed;
-        job.completed_at = Some(now);
+    // Nothing to claim means no worker would ever finalize it: it is done already.
+    job.status = if batches.is_empty() {
+        JobStatus::Completed
     } else {
-        job.status = JobStatus::Processing;
-    }
+        JobStatus::Processing
+    };
     job.batches = batches;
-    store.save_job_state(&job).await?;
+    if !store.start_job(&job).await? {
+        tracing::info!("job started by another prepare");
+        return prepared(store, &existing_job(store, job_id).await?).await;
+    }
     tracing::info!(total_records = next_index, total_batches, "job prepared");
     Ok(PreparedJob {
         job_id: job_id.to_owned(),
         total_records: next_index,
         total_batches,
+    })
+}
+
+/// The stored job `job_id`, which a failed create or start showed to exist.
+async fn existing_job(store: &dyn DistributedStateStore, job_id: &str) -> Result<JobState> {
+    store
+        .get_job_without_batches(job_id)
+        .await?
+        .ok_or_else(|| Error::conflict(format!("job {job_id} was deleted while being prepared")))
+}
+
+/// What preparing `job`, started already, created.
+async fn prepared(store: &dyn DistributedStateStore, job: &JobState) -> Result<PreparedJob> {
+    let status = store.get_distributed_status(&job.id).await?;
+    Ok(PreparedJob {
+        job_id: job.id.clone(),
+        total_records: job.total_records,
+        total_batches: u32::try_from(status.total_batches).unwrap_or(u32::MAX),
     })
 }
 
@@ -180,6 +216,10 @@ pub struct WorkerOptions {
     pub poll_interval: Duration,
     /// Where progress events go, if anywhere.
     pub progress: Option<mpsc::UnboundedSender<WorkerEvent>>,
+    /// Cancel it to stop the worker: it stops claiming, gives a batch it holds back after the
+    /// record in progress (the records of that batch it did not save are processed again by
+    /// whoever claims it next), and returns with [`WorkerReport::shut_down`] set.
+    pub shutdown: CancellationToken,
 }
 
 impl Default for WorkerOptions {
@@ -192,6 +232,7 @@ impl Default for WorkerOptions {
             stale_timeout: Duration::from_secs(60),
             poll_interval: Duration::from_millis(200),
             progress: None,
+            shutdown: CancellationToken::new(),
         }
     }
 }
@@ -243,22 +284,37 @@ pub struct WorkerReport {
     pub reclaimed: u64,
     /// Whether this worker finalized the job.
     pub finalized: bool,
+    /// The job's status when the worker returned: finished (`COMPLETED`, `FAILED`,
+    /// `ABORTED`) or `PAUSED` (run the workers again once it is resumed). `None` when the
+    /// worker stopped for its [`shutdown`](WorkerOptions::shutdown) token first.
+    pub job_status: Option<JobStatus>,
+    /// Whether the worker stopped because its shutdown token was cancelled.
+    pub shut_down: bool,
 }
 
-/// Runs a worker on `job_id` until the job is finalized: it claims a batch, runs `processor` on
-/// its records (with per-record retries), saves the outcomes, completes the batch (fenced by the
-/// claim, with a heartbeat keeping a long batch claimed) and tries to finalize the job; when no
-/// batch is left to claim, it reclaims stale batches of dead workers or waits for the others.
+/// Runs a worker on `job_id` until the job is finished or paused, or the worker is shut down:
+/// it claims a batch, runs `processor` on its records (with per-record retries), saves the
+/// outcomes, completes the batch (fenced by the claim, with a heartbeat keeping a long batch
+/// claimed) and tries to finalize the job; when no batch is left to claim, it reclaims stale
+/// batches of dead workers or waits for the others. While the job is still being prepared
+/// (`CREATED`) it waits for it to start; a job left `CREATED` by a prepare that died half way
+/// starts when [`prepare`] runs again (or the worker is shut down).
 ///
 /// `processor` is called once per record to process (records already `processed` or `failed`
-/// by an earlier run are skipped), with the record's parsed value.
+/// by an earlier run are skipped), with the record's parsed value deserialized into `T`
+/// (`serde_json::Value` takes any record). A record that does not deserialize fails without
+/// being retried, its processing error saying why.
+///
+/// The report says how the job stood when the worker returned
+/// ([`WorkerReport::job_status`]): a `PAUSED` job makes every worker return, to be run again
+/// when the job is resumed.
 ///
 /// # Errors
 ///
 /// [`Error::NotFound`] when the job does not exist; store errors that are not retryable
 /// (retryable ones are retried with backoff).
 #[tracing::instrument(skip(store, processor, options), err)]
-pub async fn run_worker<F, Fut>(
+pub async fn run_worker<T, F, Fut>(
     store: Arc<dyn DistributedStateStore>,
     job_id: &str,
     worker_id: &str,
@@ -266,17 +322,30 @@ pub async fn run_worker<F, Fut>(
     options: WorkerOptions,
 ) -> Result<WorkerReport>
 where
-    F: Fn(RecordContext, Value) -> Fut + Send + Sync,
+    T: DeserializeOwned,
+    F: Fn(RecordContext, T) -> Fut + Send + Sync,
     Fut: Future<Output = std::result::Result<(), ProcessError>> + Send,
 {
     let mut report = WorkerReport::default();
     let mut errors: u32 = 0;
     let mut config: Option<JobConfig> = None;
+    let shutdown = &options.shutdown;
+    // Kept across a failed claim and a failed finalization, so that their retries recognize
+    // one that took effect although its answer was lost.
+    let mut claim_id = unique_id("claim");
+    let mut finalizer = Finalizer {
+        id: unique_id("finalize"),
+        unsure: false,
+    };
     loop {
+        if shutdown.is_cancelled() {
+            report.shut_down = true;
+            return Ok(report);
+        }
         let step = async {
             if config.is_none() {
                 let job = store
-                    .get_job_state(job_id)
+                    .get_job_without_batches(job_id)
                     .await?
                     .ok_or_else(|| Error::NotFound {
                         entity: "job",
@@ -285,7 +354,12 @@ where
                 config = Some(job.config);
             }
             let settings = Settings::new(config.as_ref(), &options);
-            match store.claim_batch(job_id, worker_id).await? {
+            let claimed = store
+                .claim_batch_with_id(job_id, worker_id, &claim_id)
+                .await?;
+            // Answered: the next claim is a new one.
+            claim_id = unique_id("claim");
+            match claimed {
                 ClaimBatchResult::Claimed(reservation) => {
                     let processed = process_batch(
                         &store,
@@ -294,38 +368,76 @@ where
                         &settings,
                         &options,
                         &mut report,
+                        &mut finalizer,
                     )
                     .await;
                     if let Err(err) = processed {
-                        // Give the batch back rather than leave it to the stale timeout (a
-                        // finished batch is left alone); when that fails too, the timeout
-                        // reclaims it.
-                        if let Err(release) = store
-                            .release_batch(job_id, &reservation.batch_id, worker_id)
-                            .await
-                        {
+                        // Give the batch back rather than leave it to the stale timeout (fenced:
+                        // a finished batch, or one claimed again since, is left alone); when
+                        // that fails too, the timeout reclaims it.
+                        if let Err(release) = store.release_batch(&reservation).await {
                             tracing::warn!(error = %release, "could not release the batch");
                         }
                         return Err(err);
                     }
-                    Ok(false)
+                    Ok(None)
                 }
                 ClaimBatchResult::NoPendingBatches => {
                     let status = store.get_distributed_status(job_id).await?;
                     if status.is_complete {
-                        finalize(&*store, job_id, worker_id, &options, &mut report).await?;
-                        return Ok(true);
+                        // Whoever finalizes, the next claim finds the job finished.
+                        finalize(
+                            &*store,
+                            job_id,
+                            worker_id,
+                            &mut finalizer,
+                            &options,
+                            &mut report,
+                        )
+                        .await?;
+                        return Ok(None);
                     }
                     let reclaimed = store
                         .reclaim_stale_batches(job_id, options.stale_timeout)
                         .await?;
                     report.reclaimed += reclaimed;
                     if reclaimed == 0 {
-                        tokio::time::sleep(options.poll_interval).await;
+                        pause(shutdown, options.poll_interval).await;
                     }
-                    Ok(false)
+                    Ok(None)
                 }
-                ClaimBatchResult::JobNotProcessing => Ok(true),
+                ClaimBatchResult::JobNotProcessing => {
+                    let job = store
+                        .get_job_without_batches(job_id)
+                        .await?
+                        .ok_or_else(|| Error::NotFound {
+                            entity: "job",
+                            key: job_id.to_owned(),
+                        })?;
+                    match job.status {
+                        // Not started yet: a prepare is still saving its records.
+                        JobStatus::Created | JobStatus::Previewing | JobStatus::Previewed => {
+                            pause(shutdown, options.poll_interval).await;
+                            Ok(None)
+                        }
+                        // Paused or finished: nothing to do for now. When this worker's
+                        // finalization failed without an answer, ask whether it took effect.
+                        status => {
+                            if finalizer.unsure {
+                                finalize(
+                                    &*store,
+                                    job_id,
+                                    worker_id,
+                                    &mut finalizer,
+                                    &options,
+                                    &mut report,
+                                )
+                                .await?;
+                            }
+                            Ok(Some(status))
+                        }
+                    }
+                }
                 ClaimBatchResult::JobNotFound => Err(Error::NotFound {
                     entity: "job",
                     key: job_id.to_owned(),
@@ -333,15 +445,26 @@ where
             }
         };
         match step.await {
-            Ok(true) => return Ok(report),
-            Ok(false) => errors = 0,
+            Ok(Some(status)) => {
+                report.job_status = Some(status);
+                return Ok(report);
+            }
+            Ok(None) => errors = 0,
             Err(err) if err.is_retryable() && errors < MAX_ERRORS => {
                 errors += 1;
                 tracing::warn!(error = %err, errors, "worker step failed; backing off");
-                tokio::time::sleep(backoff(errors)).await;
+                pause(shutdown, backoff(errors)).await;
             }
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// Sleeps for `duration`, or until `shutdown` is cancelled.
+async fn pause(shutdown: &CancellationToken, duration: Duration) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(duration) => {}
     }
 }
 
@@ -397,17 +520,31 @@ impl Settings {
     }
 }
 
+/// This worker's finalizer id, and whether its last finalization failed without an answer.
+struct Finalizer {
+    id: String,
+    unsure: bool,
+}
+
 async fn finalize(
     store: &dyn DistributedStateStore,
     job_id: &str,
     worker_id: &str,
+    finalizer: &mut Finalizer,
     options: &WorkerOptions,
     report: &mut WorkerReport,
 ) -> Result<()> {
-    if store.try_finalize_job(job_id).await? {
+    // Cleared only by an answer: after an error the finalization may have taken effect.
+    finalizer.unsure = true;
+    let finalized = store
+        .try_finalize_job_with_id(job_id, &finalizer.id)
+        .await?;
+    finalizer.unsure = false;
+    if finalized && !report.finalized {
         report.finalized = true;
+        // The job row only: a batch row that cannot be read must not fail the finalizer.
         let status = store
-            .get_job_state(job_id)
+            .get_job_without_batches(job_id)
             .await?
             .map_or(JobStatus::Completed, |j| j.status);
         tracing::info!(%status, "job finalized");
@@ -429,16 +566,18 @@ fn emit(options: &WorkerOptions, event: WorkerEvent) {
 }
 
 #[tracing::instrument(skip_all, fields(batch_index = reservation.batch_index))]
-async fn process_batch<F, Fut>(
+async fn process_batch<T, F, Fut>(
     store: &Arc<dyn DistributedStateStore>,
     reservation: &BatchReservation,
     processor: &F,
     settings: &Settings,
     options: &WorkerOptions,
     report: &mut WorkerReport,
+    finalizer: &mut Finalizer,
 ) -> Result<()>
 where
-    F: Fn(RecordContext, Value) -> Fut + Send + Sync,
+    T: DeserializeOwned,
+    F: Fn(RecordContext, T) -> Fut + Send + Sync,
     Fut: Future<Output = std::result::Result<(), ProcessError>> + Send,
 {
     let records = retrying("get_batch_records", || {
@@ -491,7 +630,7 @@ where
             }
             RecordStatus::Pending | RecordStatus::Valid => {}
         }
-        if stopped || lost.is_cancelled() {
+        if stopped || lost.is_cancelled() || options.shutdown.is_cancelled() {
             break;
         }
         let outcome = process_record(reservation, record, processor, settings).await;
@@ -509,6 +648,14 @@ where
     let _ = heartbeat.await;
 
     let worker_id = reservation.worker_id.clone();
+    if options.shutdown.is_cancelled() && !lost.is_cancelled() {
+        // Shut down part way: give the batch back at once rather than leave it to the stale
+        // timeout. Fenced, so a claim lost meanwhile is left to its new owner.
+        if !retrying("release_batch", || store.release_batch(reservation)).await? {
+            tracing::warn!("claim lost before the batch could be given back");
+        }
+        return Ok(());
+    }
     if lost.is_cancelled() {
         report.claims_lost += 1;
         emit(
@@ -559,28 +706,48 @@ where
             batch_failed: stopped,
         },
     );
-    finalize(&**store, &reservation.job_id, &worker_id, options, report).await
+    finalize(
+        &**store,
+        &reservation.job_id,
+        &worker_id,
+        finalizer,
+        options,
+        report,
+    )
+    .await
 }
 
-async fn process_record<F, Fut>(
+async fn process_record<T, F, Fut>(
     reservation: &BatchReservation,
     mut record: ProcessedRecord,
     processor: &F,
     settings: &Settings,
 ) -> ProcessedRecord
 where
-    F: Fn(RecordContext, Value) -> Fut + Send + Sync,
+    T: DeserializeOwned,
+    F: Fn(RecordContext, T) -> Fut + Send + Sync,
     Fut: Future<Output = std::result::Result<(), ProcessError>> + Send,
 {
     let mut attempt = 0;
     loop {
+        // Deserialized for each attempt, so `T` need not be `Clone`.
+        let input = match T::deserialize(&record.parsed) {
+            Ok(input) => input,
+            Err(err) => {
+                // Retrying cannot change the record: it fails at once.
+                record.status = RecordStatus::Failed;
+                record.processing_error = Some(format!("record does not deserialize: {err}"));
+                record.retry_count = attempt;
+                return record;
+            }
+        };
         let ctx = RecordContext {
             job_id: reservation.job_id.clone(),
             batch_id: reservation.batch_id.clone(),
             index: record.index,
             attempt,
         };
-        match processor(ctx, record.parsed.clone()).await {
+        match processor(ctx, input).await {
             Ok(()) => {
                 record.status = RecordStatus::Processed;
                 record.processing_error = None;

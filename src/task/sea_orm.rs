@@ -20,10 +20,7 @@ use sea_orm::sea_query::{
     OnConflict, Order, Query, ReturningClause, SelectStatement, SimpleExpr, UpdateStatement, Value,
     WithClause, WithQuery,
 };
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IntoActiveModel, Iterable,
-    QueryResult, QueryTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Iterable, QueryResult};
 use sea_orm_durable_entity::{finished_child_task_executions as fc, task_executions as te};
 
 use super::mapper;
@@ -126,16 +123,13 @@ fn bool_lit(value: bool) -> SimpleExpr {
     Expr::cust(if value { "TRUE" } else { "FALSE" })
 }
 
-fn json_val(value: serde_json::Value) -> SimpleExpr {
-    Expr::val(Value::Json(Some(Box::new(value))))
-}
-
 fn null_json() -> SimpleExpr {
     Expr::val(Value::Json(None))
 }
 
-fn error_val(error: &ExecutionError) -> Result<SimpleExpr> {
-    Ok(json_val(mapper::error_json(error)?))
+/// An execution error for the `error` column ([`dialect::json_expr`]: any text round-trips).
+fn error_val(backend: DbBackend, error: &ExecutionError) -> Result<SimpleExpr> {
+    Ok(dialect::json_expr(backend, &mapper::error_json(error)?))
 }
 
 fn int_val(name: &'static str, value: u32) -> Result<SimpleExpr> {
@@ -159,7 +153,7 @@ fn finished_at(now: i64) -> SimpleExpr {
         .into()
 }
 
-fn update_sets(update: &TaskExecutionUpdate) -> Result<Vec<(Col, SimpleExpr)>> {
+fn update_sets(backend: DbBackend, update: &TaskExecutionUpdate) -> Result<Vec<(Col, SimpleExpr)>> {
     let now = update.now;
     let mut sets = Vec::new();
     if let Some(status) = update.status {
@@ -184,7 +178,7 @@ fn update_sets(update: &TaskExecutionUpdate) -> Result<Vec<(Col, SimpleExpr)>> {
     if update.clear_error {
         sets.push((Col::Error, null_json()));
     } else if let Some(e) = &update.error {
-        sets.push((Col::Error, error_val(e)?));
+        sets.push((Col::Error, error_val(backend, e)?));
     }
     if let Some(v) = update.cancel_requested {
         sets.push((Col::CancelRequested, Expr::val(v)));
@@ -408,13 +402,7 @@ pub(crate) async fn enqueue_in<C: ConnectionTrait>(
 async fn insert_models<C: ConnectionTrait>(conn: &C, models: &[te::Model]) -> Result<()> {
     let backend = conn.get_database_backend();
     for chunk in dialect::chunks(backend, te::Column::iter().count(), models, execution_bytes) {
-        let stmt = te::Entity::insert_many(
-            chunk
-                .iter()
-                .cloned()
-                .map(IntoActiveModel::into_active_model),
-        )
-        .into_query();
+        let stmt = dialect::insert_models(backend, chunk)?;
         conn.execute(&stmt)
             .await
             .map_err(|e| match Error::from(e) {
@@ -560,7 +548,7 @@ async fn update_in<C: ConnectionTrait>(
     if matches_nothing(guard) {
         return Ok(0);
     }
-    let sets = update_sets(update)?;
+    let sets = update_sets(conn.get_database_backend(), update)?;
     let mut matched = 0;
     for chunk in id_chunks(conn.get_database_backend(), &guard.execution_ids) {
         let stmt = guarded_update(chunk, guard, sets.clone());
@@ -641,14 +629,8 @@ async fn record_finished_children_in<C: ConnectionTrait>(
         &models,
         finished_child_bytes,
     ) {
-        let stmt = fc::Entity::insert_many(
-            chunk
-                .iter()
-                .cloned()
-                .map(IntoActiveModel::into_active_model),
-        )
-        .on_conflict(on_conflict.clone())
-        .into_query();
+        let mut stmt = dialect::insert_models(backend, chunk)?;
+        stmt.on_conflict(on_conflict.clone());
         conn.execute(&stmt).await?;
     }
     for chunk in id_chunks(backend, &parents) {
@@ -763,7 +745,11 @@ async fn fail_unreadable<C: ConnectionTrait>(
             ..Default::default()
         };
         let guard = TaskExecutionGuard::id(key).status(held);
-        let mut stmt = guarded_update(&guard.execution_ids, &guard, update_sets(&update)?);
+        let mut stmt = guarded_update(
+            &guard.execution_ids,
+            &guard,
+            update_sets(conn.get_database_backend(), &update)?,
+        );
         stmt.and_where(Expr::col(Col::ExecutorId).eq(executor_id));
         conn.execute(&stmt).await?;
     }
@@ -828,6 +814,7 @@ async fn claim_in<C: ConnectionTrait>(
 }
 
 async fn expire_in<C: ConnectionTrait>(conn: &C, now: i64, limit: u64) -> Result<u64> {
+    let backend = conn.get_database_backend();
     let pick = Pick {
         filter: Condition::all()
             .add(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::Running)))
@@ -860,8 +847,8 @@ async fn expire_in<C: ConnectionTrait>(conn: &C, now: i64, limit: u64) -> Result
         (
             Col::Error,
             choose(
-                error_val(&super::lease_expired_error(true))?,
-                error_val(&super::lease_expired_error(false))?,
+                error_val(backend, &super::lease_expired_error(true))?,
+                error_val(backend, &super::lease_expired_error(false))?,
             ),
         ),
         (
@@ -1001,11 +988,11 @@ async fn cancel_children_in<C: ConnectionTrait>(
     };
     let errors = parents
         .iter()
-        .map(|(id, error)| Ok((*id, error_val(error)?, error.message.len())))
+        .map(|(id, error)| Ok((*id, error_val(backend, error)?, error.message.len())))
         .collect::<Result<Vec<_>>>()?;
     // Each parent adds its id twice and its error once: bound by binds and bytes.
     for chunk in dialect::chunks(backend, 3, &errors, |(id, _, len)| 2 * id.len() + len + 64) {
-        let mut sets = update_sets(&cancel)?;
+        let mut sets = update_sets(backend, &cancel)?;
         let error = match chunk {
             [(_, only, _)] => only.clone(),
             [(first_id, first, _), rest @ ..] => {

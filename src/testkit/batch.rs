@@ -178,6 +178,19 @@ macro_rules! batch_store_conformance {
             concurrent_finalize_has_exactly_one_winner,
             concurrent_reclaim_counts_each_stale_batch_once,
             reclaim_racing_completion_has_one_winner,
+            late_prepare_loses_no_processed_record,
+            saving_batch_records_again_keeps_outcomes,
+            saving_a_finished_job_as_unfinished_is_refused,
+            stale_release_with_the_same_worker_id_is_refused,
+            ids_are_exact,
+            json_with_nul_round_trips,
+            prepare_reads_the_store_clock,
+            prepare_checks_the_job_id_length_up_front,
+            claim_retried_with_its_id_gets_the_same_batch,
+            finalize_retried_with_its_id_is_told_it_won,
+            worker_recovers_a_claim_and_a_finalization_whose_answers_were_lost,
+            saving_records_never_moves_a_finished_record_back,
+            reset_job_state_moves_a_finished_job_back,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -940,11 +953,12 @@ pub async fn claim_of_missing_job_is_job_not_found(ctx: Ctx) -> CaseResult {
 /// Claiming from a job that is not `PROCESSING` answers `JobNotProcessing`.
 pub async fn claim_of_job_not_processing_is_refused(ctx: Ctx) -> CaseResult {
     for status in [JobStatus::Completed, JobStatus::Created, JobStatus::Paused] {
-        let mut job = distributed_job("job-001", 2, 3);
+        let id = format!("job-{status}");
+        let mut job = distributed_job(&id, 2, 3);
         job.status = status;
         ctx.store.save_job_state(&job).await?;
         ensure_eq!(
-            ctx.store.claim_batch("job-001", "worker-1").await?,
+            ctx.store.claim_batch(&id, "worker-1").await?,
             ClaimBatchResult::JobNotProcessing
         );
     }
@@ -990,12 +1004,7 @@ pub async fn released_batch_is_claimable_again(ctx: Ctx) -> CaseResult {
         .save_job_state(&distributed_job("job-001", 3, 3))
         .await?;
     let first = claim(&ctx, "job-001", "worker-1").await?;
-    ensure!(
-        ctx.store
-            .release_batch("job-001", &first.batch_id, "worker-1")
-            .await?,
-        "release refused"
-    );
+    ensure!(ctx.store.release_batch(&first).await?, "release refused");
     let batch = &load_job(&ctx, "job-001").await?.batches[0];
     ensure_eq!(
         (batch.status, batch.worker_id.as_deref()),
@@ -1013,16 +1022,20 @@ pub async fn release_by_another_worker_is_a_no_op(ctx: Ctx) -> CaseResult {
         .save_job_state(&distributed_job("job-001", 3, 3))
         .await?;
     let first = claim(&ctx, "job-001", "worker-1").await?;
+    let stranger = BatchReservation {
+        worker_id: "worker-2".into(),
+        ..first.clone()
+    };
     ensure!(
-        !ctx.store
-            .release_batch("job-001", &first.batch_id, "worker-2")
-            .await?,
+        !ctx.store.release_batch(&stranger).await?,
         "released by a stranger"
     );
+    let other_job = BatchReservation {
+        job_id: "job-002".into(),
+        ..first.clone()
+    };
     ensure!(
-        !ctx.store
-            .release_batch("job-002", &first.batch_id, "worker-1")
-            .await?,
+        !ctx.store.release_batch(&other_job).await?,
         "released through another job"
     );
     let next = claim(&ctx, "job-001", "worker-2").await?;
@@ -1044,9 +1057,7 @@ pub async fn release_never_resets_a_finished_batch(ctx: Ctx) -> CaseResult {
         "completion refused"
     );
     ensure!(
-        !ctx.store
-            .release_batch("job-001", &r.batch_id, "worker-1")
-            .await?,
+        !ctx.store.release_batch(&r).await?,
         "finished batch released"
     );
     let status = ctx.store.get_distributed_status("job-001").await?;
@@ -1069,9 +1080,7 @@ pub async fn release_after_reclaim_is_a_no_op(ctx: Ctx) -> CaseResult {
     );
     let new = claim(&ctx, "job-001", "worker-2").await?;
     ensure!(
-        !ctx.store
-            .release_batch("job-001", &old.batch_id, "worker-1")
-            .await?,
+        !ctx.store.release_batch(&old).await?,
         "old owner released the new claim"
     );
     ensure!(ctx.store.heartbeat_batch(&new).await?, "new claim lost");
@@ -2347,5 +2356,754 @@ pub async fn reclaim_racing_completion_has_one_winner(ctx: Ctx) -> CaseResult {
             );
         }
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Preparing from many places, fenced releases, exact ids, any JSON
+// ---------------------------------------------------------------------------------------------
+
+/// A store that runs the first call made through it and then holds its answer until
+/// [`open`](Self::open) is called: a preparer that read the store before another one finished,
+/// and writes after it.
+///
+/// It can also lose answers: the first claim and the first finalization made through a store
+/// built by [`losing_answers`](Self::losing_answers) take effect, but their caller gets a
+/// retryable error instead of the answer (a commit whose reply never came).
+struct HeldStore {
+    inner: Arc<dyn DistributedStateStore>,
+    first: std::sync::atomic::AtomicBool,
+    gate: tokio::sync::Semaphore,
+    lose_claim: std::sync::atomic::AtomicBool,
+    lose_finalize: std::sync::atomic::AtomicBool,
+}
+
+impl HeldStore {
+    fn new(inner: Arc<dyn DistributedStateStore>) -> Self {
+        Self {
+            inner,
+            first: std::sync::atomic::AtomicBool::new(true),
+            gate: tokio::sync::Semaphore::new(0),
+            lose_claim: std::sync::atomic::AtomicBool::new(false),
+            lose_finalize: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// A store that holds nothing back but loses the answer of the first claim that takes a
+    /// batch and of the first finalization that finalizes.
+    fn losing_answers(inner: Arc<dyn DistributedStateStore>) -> Self {
+        let store = Self::new(inner);
+        store
+            .first
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        store
+            .lose_claim
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        store
+            .lose_finalize
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        store
+    }
+
+    /// `answer`, or a retryable error in its place when `flag` is still set and `took_effect`.
+    fn lose<T>(
+        flag: &std::sync::atomic::AtomicBool,
+        answer: crate::Result<T>,
+        took_effect: impl Fn(&T) -> bool,
+    ) -> crate::Result<T> {
+        match answer {
+            Ok(value)
+                if took_effect(&value) && flag.swap(false, std::sync::atomic::Ordering::SeqCst) =>
+            {
+                Err(crate::Error::from(sea_orm::DbErr::ConnectionAcquire(
+                    sea_orm::ConnAcquireErr::ConnectionClosed,
+                )))
+            }
+            other => other,
+        }
+    }
+
+    fn open(&self) {
+        self.gate.add_permits(1_000);
+    }
+
+    async fn hold<T>(&self, value: T) -> T {
+        if self.first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.gate.acquire().await;
+        }
+        value
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::batch::StateStore for HeldStore {
+    async fn save_job_state(&self, job: &JobState) -> crate::Result<()> {
+        let r = self.inner.save_job_state(job).await;
+        self.hold(r).await
+    }
+    async fn reset_job_state(&self, job: &JobState) -> crate::Result<()> {
+        let r = self.inner.reset_job_state(job).await;
+        self.hold(r).await
+    }
+    async fn get_job_without_batches(&self, job_id: &str) -> crate::Result<Option<JobState>> {
+        let r = self.inner.get_job_without_batches(job_id).await;
+        self.hold(r).await
+    }
+    async fn reset_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> crate::Result<()> {
+        let r = self.inner.reset_records(job_id, batch_id, records).await;
+        self.hold(r).await
+    }
+    async fn get_job_state(&self, job_id: &str) -> crate::Result<Option<JobState>> {
+        let r = self.inner.get_job_state(job_id).await;
+        self.hold(r).await
+    }
+    async fn update_batch_state(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        state: &BatchState,
+    ) -> crate::Result<()> {
+        let r = self.inner.update_batch_state(job_id, batch_id, state).await;
+        self.hold(r).await
+    }
+    async fn save_processed_record(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        record: &ProcessedRecord,
+    ) -> crate::Result<()> {
+        let r = self
+            .inner
+            .save_processed_record(job_id, batch_id, record)
+            .await;
+        self.hold(r).await
+    }
+    async fn get_records(
+        &self,
+        job_id: &str,
+        filter: &RecordFilter,
+    ) -> crate::Result<Vec<ProcessedRecord>> {
+        let r = self.inner.get_records(job_id, filter).await;
+        self.hold(r).await
+    }
+    async fn get_progress(&self, job_id: &str) -> crate::Result<crate::batch::JobProgress> {
+        let r = self.inner.get_progress(job_id).await;
+        self.hold(r).await
+    }
+}
+
+#[async_trait::async_trait]
+impl DistributedStateStore for HeldStore {
+    async fn create_job(&self, job: &JobState) -> crate::Result<bool> {
+        let r = self.inner.create_job(job).await;
+        self.hold(r).await
+    }
+    async fn start_job(&self, job: &JobState) -> crate::Result<bool> {
+        let r = self.inner.start_job(job).await;
+        self.hold(r).await
+    }
+    async fn claim_batch_with_id(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        claim_id: &str,
+    ) -> crate::Result<ClaimBatchResult> {
+        let r = self
+            .inner
+            .claim_batch_with_id(job_id, worker_id, claim_id)
+            .await;
+        let r = Self::lose(&self.lose_claim, r, |c| c.reservation().is_some());
+        self.hold(r).await
+    }
+    async fn release_batch(&self, reservation: &BatchReservation) -> crate::Result<bool> {
+        let r = self.inner.release_batch(reservation).await;
+        self.hold(r).await
+    }
+    async fn reclaim_stale_batches(&self, job_id: &str, timeout: Duration) -> crate::Result<u64> {
+        let r = self.inner.reclaim_stale_batches(job_id, timeout).await;
+        self.hold(r).await
+    }
+    async fn save_batch_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> crate::Result<()> {
+        let r = self
+            .inner
+            .save_batch_records(job_id, batch_id, records)
+            .await;
+        self.hold(r).await
+    }
+    async fn get_distributed_status(
+        &self,
+        job_id: &str,
+    ) -> crate::Result<crate::batch::DistributedJobStatus> {
+        let r = self.inner.get_distributed_status(job_id).await;
+        self.hold(r).await
+    }
+    async fn try_finalize_job_with_id(
+        &self,
+        job_id: &str,
+        finalizer_id: &str,
+    ) -> crate::Result<bool> {
+        let r = self
+            .inner
+            .try_finalize_job_with_id(job_id, finalizer_id)
+            .await;
+        let r = Self::lose(&self.lose_finalize, r, |finalized| *finalized);
+        self.hold(r).await
+    }
+    async fn complete_batch(
+        &self,
+        reservation: &BatchReservation,
+        outcome: BatchOutcome,
+    ) -> crate::Result<bool> {
+        let r = self.inner.complete_batch(reservation, outcome).await;
+        self.hold(r).await
+    }
+    async fn heartbeat_batch(&self, reservation: &BatchReservation) -> crate::Result<bool> {
+        let r = self.inner.heartbeat_batch(reservation).await;
+        self.hold(r).await
+    }
+    async fn save_processed_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> crate::Result<()> {
+        let r = self
+            .inner
+            .save_processed_records(job_id, batch_id, records)
+            .await;
+        self.hold(r).await
+    }
+    async fn save_record_outcomes(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        outcomes: &[RecordOutcome],
+    ) -> crate::Result<u64> {
+        let r = self
+            .inner
+            .save_record_outcomes(job_id, batch_id, outcomes)
+            .await;
+        self.hold(r).await
+    }
+    async fn complete_batch_with_outcomes(
+        &self,
+        reservation: &BatchReservation,
+        outcome: BatchOutcome,
+        outcomes: &[RecordOutcome],
+    ) -> crate::Result<bool> {
+        let r = self
+            .inner
+            .complete_batch_with_outcomes(reservation, outcome, outcomes)
+            .await;
+        self.hold(r).await
+    }
+}
+
+/// Claims, processes (every record `processed`) and completes every batch of `job_id` as
+/// `worker`, then finalizes the job; returns how many batches it finished.
+async fn work_off(ctx: &Ctx, job_id: &str, worker: &str) -> Result<u64, BoxError> {
+    let mut finished = 0;
+    while let ClaimBatchResult::Claimed(r) = ctx.store.claim_batch(job_id, worker).await? {
+        let outcomes: Vec<RecordOutcome> = (r.record_start_index..=r.record_end_index)
+            .map(|i| RecordOutcome::of(&record(i, RecordStatus::Processed)))
+            .collect();
+        let n = u64::try_from(outcomes.len())?;
+        ensure!(
+            ctx.store
+                .complete_batch_with_outcomes(&r, BatchOutcome::completed(n, 0), &outcomes)
+                .await?,
+            "{worker} lost {}",
+            r.batch_id
+        );
+        finished += 1;
+    }
+    ctx.store.try_finalize_job(job_id).await?;
+    Ok(finished)
+}
+
+/// Two prepares of one job at once: the late one read the store before the early one finished
+/// and writes after the workers finished the job. Nothing is redone or lost: every record
+/// stays `processed`, every batch `COMPLETED`, the job `COMPLETED`, and both prepares report
+/// the same totals.
+pub async fn late_prepare_loses_no_processed_record(ctx: Ctx) -> CaseResult {
+    let held = Arc::new(HeldStore::new(Arc::clone(&ctx.store)));
+    let late = {
+        let held = Arc::clone(&held);
+        tokio::spawn(async move {
+            crate::batch::prepare(
+                &*held,
+                "job-001",
+                JobConfig::new(4),
+                (0..12u64).map(|i| json!({ "i": i })),
+            )
+            .await
+        })
+    };
+    // Let the late prepare make its first store call, then prepare and finish the job.
+    while held.first.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let early = crate::batch::prepare(
+        &*ctx.store,
+        "job-001",
+        JobConfig::new(4),
+        (0..12u64).map(|i| json!({ "i": i })),
+    )
+    .await?;
+    ensure_eq!((early.total_records, early.total_batches), (12, 3));
+    ensure_eq!(work_off(&ctx, "job-001", "worker-1").await?, 3);
+    ensure_eq!(
+        load_job(&ctx, "job-001").await?.status,
+        JobStatus::Completed
+    );
+    held.open();
+    let late = late.await??;
+    ensure_eq!(late, early);
+    let job = load_job(&ctx, "job-001").await?;
+    ensure_eq!(job.status, JobStatus::Completed);
+    ensure!(
+        job.batches
+            .iter()
+            .all(|b| b.status == BatchStatus::Completed),
+        "batches reset: {:?}",
+        job.batches
+    );
+    let progress = ctx.store.get_progress("job-001").await?;
+    ensure_eq!(
+        (progress.processed_records, progress.pending_records),
+        (12, 0)
+    );
+    ensure_eq!(
+        ctx.store.claim_batch("job-001", "worker-2").await?,
+        ClaimBatchResult::JobNotProcessing
+    );
+    Ok(())
+}
+
+/// Saving a batch's records again (as a repeated prepare does) never resets records that
+/// already have an outcome.
+pub async fn saving_batch_records_again_keeps_outcomes(ctx: Ctx) -> CaseResult {
+    ctx.store
+        .save_batch_records("job-001", "b1", &pending_records(0..4))
+        .await?;
+    let outcomes: Vec<RecordOutcome> = (0..4)
+        .map(|i| RecordOutcome::of(&record(i, RecordStatus::Processed)))
+        .collect();
+    ensure_eq!(
+        ctx.store
+            .save_record_outcomes("job-001", "b1", &outcomes)
+            .await?,
+        4
+    );
+    ctx.store
+        .save_batch_records("job-001", "b1", &pending_records(0..6))
+        .await?;
+    let stored = ctx.store.get_batch_records("job-001", "b1").await?;
+    let statuses: Vec<RecordStatus> = stored.iter().map(|r| r.status).collect();
+    ensure_eq!(
+        statuses,
+        vec![
+            RecordStatus::Processed,
+            RecordStatus::Processed,
+            RecordStatus::Processed,
+            RecordStatus::Processed,
+            RecordStatus::Pending,
+            RecordStatus::Pending,
+        ]
+    );
+    Ok(())
+}
+
+/// Saving a finished job as unfinished again is refused with a conflict and changes nothing.
+pub async fn saving_a_finished_job_as_unfinished_is_refused(ctx: Ctx) -> CaseResult {
+    let mut job = distributed_job("job-001", 2, 2);
+    ctx.store.save_job_state(&job).await?;
+    job.status = JobStatus::Completed;
+    job.completed_at = Some(START_MS + 5);
+    ctx.store.save_job_state(&job).await?;
+    let mut again = distributed_job("job-001", 2, 2);
+    again.total_records = 99;
+    match ctx.store.save_job_state(&again).await {
+        Err(Error::Conflict { .. }) => {}
+        other => return Err(format!("expected a conflict, got {other:?}").into()),
+    }
+    let stored = load_job(&ctx, "job-001").await?;
+    ensure_eq!(
+        (stored.status, stored.total_records, stored.completed_at),
+        (JobStatus::Completed, 4, Some(START_MS + 5))
+    );
+    Ok(())
+}
+
+/// A process whose claim went stale releases "its" batch after another process with the same
+/// worker id claimed it again: the release is refused, the live claim keeps the batch, and no
+/// third worker can claim it.
+pub async fn stale_release_with_the_same_worker_id_is_refused(ctx: Ctx) -> CaseResult {
+    ctx.store
+        .save_job_state(&distributed_job("job-001", 1, 3))
+        .await?;
+    let stale = claim(&ctx, "job-001", "worker-1").await?;
+    ctx.clock.advance(60_000);
+    ensure_eq!(
+        ctx.store
+            .reclaim_stale_batches("job-001", Duration::from_secs(30))
+            .await?,
+        1
+    );
+    let live = claim(&ctx, "job-001", "worker-1").await?;
+    ensure_eq!(live.batch_id, stale.batch_id);
+    ensure!(
+        !ctx.store.release_batch(&stale).await?,
+        "a stale claim released the live one"
+    );
+    ensure_eq!(
+        ctx.store.claim_batch("job-001", "worker-3").await?,
+        ClaimBatchResult::NoPendingBatches
+    );
+    ensure!(ctx.store.heartbeat_batch(&live).await?, "live claim lost");
+    Ok(())
+}
+
+/// Ids are compared exactly: ids that differ only in case, a trailing space or an accent name
+/// different jobs, batches and records.
+pub async fn ids_are_exact(ctx: Ctx) -> CaseResult {
+    let pairs = [
+        ("CaseJob", "casejob"),
+        ("pad", "pad "),
+        ("resume", "résumé"),
+    ];
+    for (n, (a, b)) in pairs.into_iter().enumerate() {
+        let per_batch = u64::try_from(n)? + 2;
+        let job_a = distributed_job(a, 1, per_batch);
+        let job_b = distributed_job(b, 2, per_batch);
+        for job in [&job_a, &job_b] {
+            for batch in &job.batches {
+                let start = batch.record_start_index.unwrap_or(0);
+                let end = batch.record_end_index.unwrap_or(0);
+                ctx.store
+                    .save_batch_records(&job.id, &batch.id, &pending_records(start..end + 1))
+                    .await?;
+            }
+            ctx.store.save_job_state(job).await?;
+        }
+        for job in [&job_a, &job_b] {
+            let stored = load_job(&ctx, &job.id).await?;
+            ensure_eq!(stored.id, job.id);
+            ensure_eq!(stored.total_records, job.total_records);
+            ensure_eq!(stored.batches.len(), job.batches.len());
+            let records = ctx.store.get_records(&job.id, &RecordFilter::new()).await?;
+            ensure_eq!(u64::try_from(records.len())?, job.total_records);
+            let status = ctx.store.get_distributed_status(&job.id).await?;
+            ensure_eq!(status.total_batches, u64::try_from(job.batches.len())?);
+        }
+        let r = claim(&ctx, b, "worker-1").await?;
+        ensure_eq!(r.job_id, b);
+        ensure_eq!(r.batch_id, batch_id(b, 0));
+        ensure_eq!(
+            ctx.store.get_batch_records(b, &r.batch_id).await?.len(),
+            usize::try_from(per_batch)?
+        );
+        ensure_eq!(
+            ctx.store.get_distributed_status(a).await?.pending_batches,
+            1
+        );
+    }
+    ensure!(
+        ctx.store.get_job_state("CASEJOB").await?.is_none(),
+        "CASEJOB found"
+    );
+    Ok(())
+}
+
+/// Any valid JSON round-trips, including strings holding U+0000, in records (payloads,
+/// errors, outcomes) and in job configurations.
+pub async fn json_with_nul_round_trips(ctx: Ctx) -> CaseResult {
+    let nul = "a\u{0}b";
+    let mut saved = ProcessedRecord::pending(0, json!({ "s": nul, nul: [nul] }));
+    saved.parsed = json!(nul);
+    saved.errors = vec![ValidationError::new(nul, nul, "NUL")];
+    ctx.store
+        .save_batch_records("job-001", "b1", std::slice::from_ref(&saved))
+        .await?;
+    ctx.store
+        .save_processed_records("job-001", "b1", std::slice::from_ref(&saved))
+        .await?;
+    ensure_eq!(
+        ctx.store.get_batch_records("job-001", "b1").await?,
+        vec![saved.clone()]
+    );
+    let mut outcome = RecordOutcome::of(&saved);
+    outcome.status = RecordStatus::Invalid;
+    outcome.errors = vec![ValidationError::new("f", format!("bad {nul}"), "NUL")];
+    ctx.store
+        .save_record_outcomes("job-001", "b1", std::slice::from_ref(&outcome))
+        .await?;
+    let read = ctx.store.get_batch_records("job-001", "b1").await?;
+    ensure_eq!(read[0].errors, outcome.errors);
+    let mut job = fixture_job("job-002");
+    job.config.extra.insert(nul.into(), json!({ "v": nul }));
+    job.config.schema = Some(json!([nul]));
+    ctx.store.save_job_state(&job).await?;
+    ensure_eq!(load_job(&ctx, "job-002").await?, job);
+    ctx.store
+        .update_batch_state(
+            "job-002",
+            "b2",
+            &BatchState {
+                status: BatchStatus::Completed,
+                processed_count: 10,
+                failed_count: 0,
+            },
+        )
+        .await?;
+    ensure_eq!(load_job(&ctx, "job-002").await?.config, job.config);
+    let mut distributed = distributed_job("job-003", 1, 1);
+    distributed.config.extra.insert("k".into(), json!(nul));
+    ctx.store.save_job_state(&distributed).await?;
+    ensure_eq!(load_job(&ctx, "job-003").await?.config, distributed.config);
+    Ok(())
+}
+
+/// `prepare` stamps the job with the store's clock, not the system's.
+pub async fn prepare_reads_the_store_clock(ctx: Ctx) -> CaseResult {
+    crate::batch::prepare(&*ctx.store, "job-001", JobConfig::new(2), [1, 2, 3]).await?;
+    ensure_eq!(load_job(&ctx, "job-001").await?.started_at, Some(START_MS));
+    crate::batch::prepare(&*ctx.store, "job-002", JobConfig::new(2), Vec::<u8>::new()).await?;
+    let empty = load_job(&ctx, "job-002").await?;
+    ensure_eq!(
+        (empty.status, empty.started_at, empty.completed_at),
+        (JobStatus::Completed, Some(START_MS), Some(START_MS))
+    );
+    Ok(())
+}
+
+/// The longest job id `prepare` accepts works with any number of batches; a longer one is
+/// rejected before anything is written.
+pub async fn prepare_checks_the_job_id_length_up_front(ctx: Ctx) -> CaseResult {
+    let longest = "j".repeat(crate::batch::MAX_PREPARED_JOB_ID_LEN);
+    let prepared =
+        crate::batch::prepare(&*ctx.store, &longest, JobConfig::new(1), 0..12u32).await?;
+    ensure_eq!(prepared.total_batches, 12);
+    ensure_eq!(
+        ctx.store
+            .get_distributed_status(&longest)
+            .await?
+            .pending_batches,
+        12
+    );
+    // One character too many, and so many that the ids of later batches would not fit.
+    let too_long = "k".repeat(crate::batch::MAX_PREPARED_JOB_ID_LEN + 1);
+    is_invalid(crate::batch::prepare(&*ctx.store, &too_long, JobConfig::new(1), 0..12u32).await)?;
+    let too_long = "k".repeat(crate::batch::MAX_PREPARED_JOB_ID_LEN + 9);
+    is_invalid(crate::batch::prepare(&*ctx.store, &too_long, JobConfig::new(1), 0..12u32).await)?;
+    ensure!(
+        ctx.store
+            .get_records(&too_long, &RecordFilter::new())
+            .await?
+            .is_empty(),
+        "records of a rejected job were saved"
+    );
+    ensure!(
+        ctx.store.get_job_state(&too_long).await?.is_none(),
+        "a rejected job was saved"
+    );
+    Ok(())
+}
+
+/// A claim retried with the same claim id after its answer was lost (the first call took a
+/// batch) gets that same claim back, at the same version, instead of taking a second batch
+/// and leaving the first idle until it goes stale; another claim id gets the next batch.
+pub async fn claim_retried_with_its_id_gets_the_same_batch(ctx: Ctx) -> CaseResult {
+    ctx.store
+        .save_job_state(&distributed_job("job-001", 3, 2))
+        .await?;
+    let first = ctx
+        .store
+        .claim_batch_with_id("job-001", "worker-1", "claim-a")
+        .await?;
+    let again = ctx
+        .store
+        .claim_batch_with_id("job-001", "worker-1", "claim-a")
+        .await?;
+    ensure_eq!(again, first);
+    let first = first
+        .reservation()
+        .cloned()
+        .ok_or("first claim took nothing")?;
+    let other = claim(&ctx, "job-001", "worker-1").await?;
+    ensure_eq!(other.batch_index, 1);
+    ensure!(
+        ctx.store
+            .complete_batch(&first, BatchOutcome::completed(2, 0))
+            .await?,
+        "the recovered claim does not hold"
+    );
+    // Finished: the id no longer names a claim, so a retry claims a new batch.
+    let next = ctx
+        .store
+        .claim_batch_with_id("job-001", "worker-1", "claim-a")
+        .await?;
+    ensure_eq!(next.reservation().map(|r| r.batch_index), Some(2));
+    Ok(())
+}
+
+/// A finalize retried with the same finalizer id after its answer was lost (the first call
+/// finalized the job) is told `true` again; any other finalizer gets `false`.
+pub async fn finalize_retried_with_its_id_is_told_it_won(ctx: Ctx) -> CaseResult {
+    let mut job = distributed_job("job-001", 2, 2);
+    for batch in &mut job.batches {
+        batch.status = BatchStatus::Completed;
+    }
+    ctx.store.save_job_state(&job).await?;
+    ensure!(
+        ctx.store
+            .try_finalize_job_with_id("job-001", "fin-a")
+            .await?,
+        "finalize refused"
+    );
+    ensure!(
+        ctx.store
+            .try_finalize_job_with_id("job-001", "fin-a")
+            .await?,
+        "the retried finalizer was told it lost"
+    );
+    ensure!(
+        !ctx.store
+            .try_finalize_job_with_id("job-001", "fin-b")
+            .await?,
+        "a second finalizer won"
+    );
+    ensure!(
+        !ctx.store.try_finalize_job("job-001").await?,
+        "a second finalizer won"
+    );
+    ensure_eq!(
+        load_job(&ctx, "job-001").await?.status,
+        JobStatus::Completed
+    );
+    Ok(())
+}
+
+/// A worker whose first claim and whose finalization took effect but whose answers were lost
+/// (it got retryable errors) processes the claimed batch at once instead of leaving it idle
+/// until it goes stale, and learns that it finalized the job.
+pub async fn worker_recovers_a_claim_and_a_finalization_whose_answers_were_lost(
+    ctx: Ctx,
+) -> CaseResult {
+    crate::batch::prepare(&*ctx.store, "job-001", JobConfig::new(2), 0..6u32).await?;
+    let store: Arc<dyn DistributedStateStore> =
+        Arc::new(HeldStore::losing_answers(Arc::clone(&ctx.store)));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let options = crate::batch::WorkerOptions {
+        // A batch left idle would wait for this: far longer than the case may take.
+        stale_timeout: Duration::from_secs(3600),
+        poll_interval: Duration::from_millis(5),
+        progress: Some(tx),
+        ..crate::batch::WorkerOptions::default()
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        crate::batch::run_worker(
+            store,
+            "job-001",
+            "worker-1",
+            |_: crate::batch::RecordContext, _: serde_json::Value| async { Ok(()) },
+            options,
+        ),
+    )
+    .await
+    .map_err(|_| "the worker waited for its own lost claim to go stale")??;
+    ensure_eq!(report.batches, 3);
+    ensure_eq!(report.job_status, Some(JobStatus::Completed));
+    ensure!(
+        report.finalized,
+        "the finalizer was told it lost: {report:?}"
+    );
+    let mut finalized_events = 0;
+    while let Ok(event) = rx.try_recv() {
+        if matches!(event, crate::batch::WorkerEvent::JobFinalized { .. }) {
+            finalized_events += 1;
+        }
+    }
+    ensure_eq!(finalized_events, 1);
+    let status = ctx.store.get_distributed_status("job-001").await?;
+    ensure_eq!(
+        (status.completed_batches, status.processing_batches),
+        (3, 0)
+    );
+    Ok(())
+}
+
+/// Saving records never moves a finished record (`processed`, `failed`, `invalid`) back to
+/// `pending` or `valid` (that write leaves it as it is), while other writes in the same call,
+/// and finished-to-finished changes, go through; `reset_records` replaces on purpose.
+pub async fn saving_records_never_moves_a_finished_record_back(ctx: Ctx) -> CaseResult {
+    let s = &ctx.store;
+    let done = [
+        record(0, RecordStatus::Processed),
+        record(1, RecordStatus::Failed),
+        record(2, RecordStatus::Invalid),
+        record(3, RecordStatus::Pending),
+    ];
+    s.save_processed_records("job-001", "b1", &done).await?;
+    let mut back: Vec<ProcessedRecord> = (0..4)
+        .map(|i| {
+            let mut r = ProcessedRecord::pending(i, json!({ "changed": i }));
+            if i == 2 {
+                r.status = RecordStatus::Valid;
+            }
+            r
+        })
+        .collect();
+    back.push(record(4, RecordStatus::Pending));
+    s.save_processed_records("job-001", "b2", &back).await?;
+    let stored = s.get_records("job-001", &RecordFilter::new()).await?;
+    ensure_eq!(stored[..3].to_vec(), done[..3].to_vec());
+    ensure_eq!(stored[3], back[3]);
+    ensure_eq!(stored[4], back[4]);
+    ensure_eq!(s.get_batch_records("job-001", "b1").await?.len(), 3);
+    // Finished to finished (a retried record that now succeeds) is a change forward.
+    let mut retried = record(1, RecordStatus::Processed);
+    retried.retry_count = 3;
+    s.save_processed_record("job-001", "b1", &retried).await?;
+    let stored = s.get_records("job-001", &RecordFilter::new()).await?;
+    ensure_eq!(stored[1], retried);
+    // On purpose: every record replaced, finished or not.
+    s.reset_records("job-001", "b3", &back).await?;
+    ensure_eq!(s.get_records("job-001", &RecordFilter::new()).await?, back);
+    ensure_eq!(s.get_batch_records("job-001", "b3").await?.len(), 5);
+    Ok(())
+}
+
+/// `reset_job_state` moves a finished job back on purpose; its batch rows stay as they are.
+pub async fn reset_job_state_moves_a_finished_job_back(ctx: Ctx) -> CaseResult {
+    let job = distributed_job("job-001", 2, 2);
+    ctx.store.save_job_state(&job).await?;
+    let r = claim(&ctx, "job-001", "worker-1").await?;
+    ensure!(
+        ctx.store
+            .complete_batch(&r, BatchOutcome::completed(2, 0))
+            .await?,
+        "completion refused"
+    );
+    let mut finished = job.clone();
+    finished.status = JobStatus::Failed;
+    ctx.store.save_job_state(&finished).await?;
+    ctx.store.reset_job_state(&job).await?;
+    let stored = load_job(&ctx, "job-001").await?;
+    ensure_eq!(stored.status, JobStatus::Processing);
+    ensure_eq!(stored.batches[0].status, BatchStatus::Completed);
+    ensure_eq!(claim(&ctx, "job-001", "worker-2").await?.batch_index, 1);
     Ok(())
 }

@@ -120,6 +120,8 @@ macro_rules! task_storage_conformance {
             claims_take_only_the_tasks_and_queues_they_admit,
             resumed_claim_takes_back_what_the_lost_claim_took,
             many_megabytes_of_children_enqueue_in_one_call,
+            ids_compare_exactly,
+            json_and_text_with_nul_round_trip,
         );
     };
     (@cases (storage: $make:expr); $($case:ident),* $(,)?) => {
@@ -1551,5 +1553,128 @@ pub async fn many_megabytes_of_children_enqueue_in_one_call(storage: Storage) ->
     );
     let child = get(&storage, "c19").await?;
     check!(child.input == big, "a child input differs");
+    Ok(())
+}
+
+/// Ids are compared byte for byte: ids that differ only in case, accents or trailing spaces are
+/// different executions, and task ids and parent ids match exactly too.
+pub async fn ids_compare_exactly(storage: Storage) -> CaseResult {
+    let ids = ["CaseJob", "casejob", "pad", "pad ", "resume", "résumé"];
+    storage
+        .enqueue_task_executions(
+            ids.iter()
+                .map(|id| NewTaskExecution {
+                    input: format!("input of {id:?}"),
+                    ..new_execution(id)
+                })
+                .collect(),
+            T0,
+        )
+        .await?;
+    for id in ids {
+        let e = get(&storage, id).await?;
+        check_eq!(e.execution_id.as_str(), id);
+        check_eq!(e.input, format!("input of {id:?}"));
+    }
+    check!(
+        storage.get_task_execution("CASEJOB").await?.is_none(),
+        "an id matched another case"
+    );
+    let found = storage
+        .get_task_executions(&TaskExecutionFilter {
+            execution_ids: Some(vec!["casejob".to_owned(), "pad".to_owned()]),
+            ..Default::default()
+        })
+        .await?;
+    let mut found_ids = ids_of_owned(&found);
+    found_ids.sort();
+    check_eq!(found_ids, vec!["casejob".to_owned(), "pad".to_owned()]);
+    // Updates and claims filtered by task id address exactly one of them.
+    check_eq!(
+        force_status(&storage, "pad", TaskExecutionStatus::Cancelled, T0 + 1).await?,
+        1
+    );
+    check_eq!(
+        get(&storage, "pad ").await?.status,
+        TaskExecutionStatus::Ready
+    );
+    let exact_task = ClaimParams {
+        task_ids: Some(vec!["TASK".to_owned()]),
+        ..claim("e", T0 + 2, 10)
+    };
+    check!(
+        storage.claim_task_executions(&exact_task).await?.is_empty(),
+        "a task id matched another case"
+    );
+    // Children of "CaseJob" are not children of "casejob".
+    storage
+        .add_finished_child_task_executions(vec![finished_child(
+            "CaseJob",
+            "child",
+            0,
+            TaskExecutionStatus::Completed,
+        )])
+        .await?;
+    check!(
+        storage
+            .get_finished_child_task_executions("casejob")
+            .await?
+            .is_empty(),
+        "finished children matched another parent's case"
+    );
+    check_eq!(get(&storage, "CaseJob").await?.finished_children_count, 1);
+    check_eq!(get(&storage, "casejob").await?.finished_children_count, 0);
+    Ok(())
+}
+
+fn ids_of_owned(executions: &[TaskExecution]) -> Vec<String> {
+    executions.iter().map(|e| e.execution_id.clone()).collect()
+}
+
+/// Any valid JSON round-trips, U+0000 included: in an input, an output, an execution's error
+/// (a JSON column), the error a lease expiry or a cancellation writes, and a finished child's
+/// error.
+pub async fn json_and_text_with_nul_round_trip(storage: Storage) -> CaseResult {
+    let text = "nul \u{0} inside, ü and 🚀";
+    let json = serde_json::to_string(text).map_err(|e| CaseFailure(e.to_string()))?;
+    check!(json.contains("\\u0000"), "serialized as {json}");
+    storage
+        .enqueue_task_executions(
+            vec![NewTaskExecution {
+                input: json.clone(),
+                ..new_execution("nul")
+            }],
+            T0,
+        )
+        .await?;
+    let error = ExecutionError::generic(text, false);
+    check_eq!(
+        storage
+            .update_task_executions(
+                &TaskExecutionGuard::id("nul"),
+                &TaskExecutionUpdate {
+                    now: T0 + 1,
+                    status: Some(TaskExecutionStatus::Failed),
+                    output: Some(json.clone()),
+                    error: Some(error.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?,
+        1
+    );
+    let e = get(&storage, "nul").await?;
+    check_eq!(e.input, json);
+    check_eq!(e.output.as_deref(), Some(json.as_str()));
+    check_eq!(e.error.as_ref(), Some(&error));
+    let mut record = finished_child("nul", "child", 0, TaskExecutionStatus::Failed);
+    record.error = Some(error.clone());
+    storage
+        .add_finished_child_task_executions(vec![record.clone()])
+        .await?;
+    check_eq!(
+        storage.get_finished_child_task_executions("nul").await?,
+        vec![record]
+    );
     Ok(())
 }

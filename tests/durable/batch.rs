@@ -62,6 +62,7 @@ mod conformance {
 per_backend!(
     corrupt_record_row_is_named_and_other_rows_stay_readable,
     corrupt_batch_row_is_named_and_claims_go_on,
+    corrupt_pending_batch_is_failed_and_the_job_finishes,
     corrupt_job_row_is_named_and_other_jobs_stay_readable,
     saves_join_the_callers_transaction,
     sixteen_workers_race_a_thousand_batches,
@@ -244,6 +245,68 @@ async fn corrupt_batch_row_is_named_and_claims_go_on(t: TestDb) -> anyhow::Resul
     )?;
     ensure!(store.try_finalize_job("job-1").await?, "finalize refused");
     Ok(())
+}
+
+/// A pending batch row that cannot be read (a negative record range here; on SQLite also
+/// text in an integer column) does not block its job: the claim that meets it marks it
+/// `FAILED`, the healthy batches are claimed and finished, and the job finishes `FAILED`.
+async fn corrupt_pending_batch_is_failed_and_the_job_finishes(t: TestDb) -> anyhow::Result<()> {
+    let store = store(&t);
+    let mut damages = vec![
+        "UPDATE batchactions_batches SET record_start_index = -1 WHERE id = 'job-1-b0'",
+        "UPDATE batchactions_batches SET batch_index = -7 WHERE id = 'job-1-b2'",
+    ];
+    if t.backend == Backend::Sqlite {
+        damages.push("UPDATE batchactions_batches SET version = 'x' WHERE id = 'job-1-b3'");
+    }
+    store
+        .save_job_state(&distributed_job("job-1", 5, 2))
+        .await?;
+    for sql in &damages {
+        t.db.execute_unprepared(sql).await?;
+    }
+    let mut claimed = Vec::new();
+    loop {
+        match store.claim_batch("job-1", "w").await? {
+            ClaimBatchResult::Claimed(r) => {
+                ensure!(
+                    store
+                        .complete_batch(&r, BatchOutcome::completed(2, 0))
+                        .await?,
+                    "refused"
+                );
+                claimed.push(r.batch_index);
+            }
+            ClaimBatchResult::NoPendingBatches => break,
+            other => bail!("{other:?}"),
+        }
+    }
+    let healthy = 5 - damages.len();
+    ensure!(claimed.len() == healthy, "claimed {claimed:?}");
+    let status = store.get_distributed_status("job-1").await?;
+    ensure!(
+        status.failed_batches == u64::try_from(damages.len())?
+            && status.completed_batches == u64::try_from(healthy)?
+            && status.is_complete,
+        "{status:?}"
+    );
+    ensure!(store.try_finalize_job("job-1").await?, "finalize refused");
+    let (job_status,): (String,) =
+        sea_orm::FromQueryResult::find_by_statement(sea_orm::Statement::from_string(
+            t.db_backend(),
+            "SELECT status FROM batchactions_jobs WHERE id = 'job-1'",
+        ))
+        .one(&t.db)
+        .await?
+        .map(|row: JobStatusRow| (row.status,))
+        .context("job gone")?;
+    ensure!(job_status == "FAILED", "job {job_status}");
+    Ok(())
+}
+
+#[derive(sea_orm::FromQueryResult)]
+struct JobStatusRow {
+    status: String,
 }
 
 async fn corrupt_job_row_is_named_and_other_jobs_stay_readable(t: TestDb) -> anyhow::Result<()> {

@@ -19,6 +19,8 @@ per_backend!(
     every_column_round_trips,
     duplicate_key_is_conflict,
     deadlock_or_busy_is_retryable,
+    ids_compare_exactly_in_every_table,
+    install_from_older_migrations_upgrades_in_place,
 );
 
 const TABLES: [&str; 5] = [
@@ -28,7 +30,7 @@ const TABLES: [&str; 5] = [
     "task_executions",
     "finished_child_task_executions",
 ];
-const INDEXES: [(&str, &str); 12] = [
+const INDEXES: [(&str, &str); 13] = [
     ("task_executions", "ix_task_executions_ready_claim"),
     ("task_executions", "ix_task_executions_executor_claim"),
     ("task_executions", "ix_task_executions_running"),
@@ -45,6 +47,7 @@ const INDEXES: [(&str, &str); 12] = [
         "ux_batchactions_batches_job_id_batch_index",
     ),
     ("batchactions_batches", "ix_batchactions_batches_pending"),
+    ("batchactions_batches", "ix_batchactions_batches_claim_id"),
     (
         "batchactions_records",
         "ix_batchactions_records_job_id_status",
@@ -125,6 +128,7 @@ async fn every_column_round_trips(t: TestDb) -> anyhow::Result<()> {
         distributed: true,
         created_at: i64::MAX,
         updated_at: -1,
+        finalized_by: Some("finalize-Ü".to_owned()),
     };
     let batch = batchactions_batches::Model {
         id: "batch-0".to_owned(),
@@ -142,6 +146,7 @@ async fn every_column_round_trips(t: TestDb) -> anyhow::Result<()> {
         created_at: 1_700_000_000_123,
         updated_at: 1_700_000_000_456,
         completed_at: None,
+        claim_id: Some("claim-ÄÖ".to_owned()),
     };
     let record = batchactions_records::Model {
         job_id: job.id.clone(),
@@ -162,6 +167,7 @@ async fn every_column_round_trips(t: TestDb) -> anyhow::Result<()> {
         claimed_at: None,
         heartbeat_at: None,
         completed_at: Some(0),
+        claim_id: None,
         ..batch.clone()
     };
     let sparse_record = batchactions_records::Model {
@@ -233,6 +239,7 @@ async fn duplicate_key_is_conflict(t: TestDb) -> anyhow::Result<()> {
         distributed: false,
         created_at: 1,
         updated_at: 1,
+        finalized_by: None,
     };
     batchactions_jobs::Entity::insert(job.clone().into_active_model())
         .exec(&t.db)
@@ -344,4 +351,206 @@ async fn sqlite_busy(t: &TestDb) -> anyhow::Result<sea_orm::DbErr> {
         .context("write succeeded while another connection held the lock")?;
     holder.rollback().await?;
     Ok(err)
+}
+
+/// Inserts a minimal task execution row with execution id and task id `id`.
+async fn insert_execution(t: &TestDb, id: &str) -> anyhow::Result<()> {
+    t.db.execute_raw(Statement::from_sql_and_values(
+        t.db_backend(),
+        match t.db_backend() {
+            DbBackend::Postgres => {
+                "INSERT INTO task_executions (execution_id, task_id, retry_options, timeout_ms, \
+                 status, input, start_at, created_at, updated_at) \
+                 VALUES ($1, $2, '{}', 1000, 'ready', '', 1, 1, 1)"
+            }
+            _ => {
+                "INSERT INTO task_executions (execution_id, task_id, retry_options, timeout_ms, \
+                 status, input, start_at, created_at, updated_at) \
+                 VALUES (?, ?, '{}', 1000, 'ready', '', 1, 1, 1)"
+            }
+        },
+        [id.into(), id.into()],
+    ))
+    .await
+    .with_context(|| format!("inserting execution {id:?}"))?;
+    Ok(())
+}
+
+/// How many rows of `table` have `column` equal to `value`.
+async fn count_where(t: &TestDb, table: &str, column: &str, value: &str) -> anyhow::Result<i64> {
+    let placeholder = if t.db_backend() == DbBackend::Postgres {
+        "$1"
+    } else {
+        "?"
+    };
+    let row =
+        t.db.query_one_raw(Statement::from_sql_and_values(
+            t.db_backend(),
+            format!("SELECT COUNT(*) AS n FROM {table} WHERE {column} = {placeholder}"),
+            [value.into()],
+        ))
+        .await?
+        .context("no count")?;
+    Ok(row.try_get::<i64>("", "n")?)
+}
+
+/// Ids that differ only in case, a trailing space or an accent are different keys in every
+/// table of the crate (MySQL/MariaDB compare them with a binary, no-pad collation).
+async fn ids_compare_exactly_in_every_table(t: TestDb) -> anyhow::Result<()> {
+    let pairs = [
+        ("CaseJob", "casejob"),
+        ("pad", "pad "),
+        ("resume", "résumé"),
+    ];
+    let store = sea_orm_durable::SeaOrmStateStore::new(t.db.clone());
+    for (a, b) in pairs {
+        for id in [a, b] {
+            insert_execution(&t, id).await?;
+            ensure!(
+                count_where(&t, "task_executions", "execution_id", id).await? == 1,
+                "execution {id:?} matches another row"
+            );
+            ensure!(
+                count_where(&t, "task_executions", "task_id", id).await? == 1,
+                "task {id:?} matches another row"
+            );
+            t.db.execute_raw(Statement::from_sql_and_values(
+                t.db_backend(),
+                if t.db_backend() == DbBackend::Postgres {
+                    "INSERT INTO finished_child_task_executions (parent_execution_id, \
+                     child_execution_id, child_task_id, child_index, status, created_at) \
+                     VALUES ($1, $2, $3, 0, 'completed', 1)"
+                } else {
+                    "INSERT INTO finished_child_task_executions (parent_execution_id, \
+                     child_execution_id, child_task_id, child_index, status, created_at) \
+                     VALUES (?, ?, ?, 0, 'completed', 1)"
+                },
+                [id.into(), id.into(), id.into()],
+            ))
+            .await
+            .with_context(|| format!("finished child {id:?}"))?;
+            let prepared =
+                sea_orm_durable::prepare(&store, id, sea_orm_durable::JobConfig::new(2), [1, 2, 3])
+                    .await?;
+            ensure!(
+                prepared.total_records == 3 && prepared.total_batches == 2,
+                "{id:?}: {prepared:?}"
+            );
+            ensure!(
+                count_where(&t, "batchactions_jobs", "id", id).await? == 1,
+                "job {id:?} matches another row"
+            );
+            ensure!(
+                count_where(&t, "batchactions_records", "job_id", id).await? == 3,
+                "records of {id:?} mixed with another job's"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A database migrated with the migrations before the binary-id one, holding data, upgrades
+/// in place: the data stays readable, keys and indexes stay, ids become exact; rolling the
+/// upgrade back and applying it again works.
+async fn install_from_older_migrations_upgrades_in_place(t: TestDb) -> anyhow::Result<()> {
+    use sea_orm_durable::{DistributedStateStore, StateStore};
+    let store = sea_orm_durable::SeaOrmStateStore::new(t.db.clone());
+    sea_orm_durable::prepare(
+        &store,
+        "Import",
+        sea_orm_durable::JobConfig::new(2),
+        [1, 2, 3],
+    )
+    .await?;
+    insert_execution(&t, "Exec").await?;
+    // Back to the schema of the first two migrations, with the data in it.
+    let applied = Migrator::get_applied_migrations(&t.db).await?.len();
+    let steps = u32::try_from(applied)? - 2;
+    Migrator::down(&t.db, Some(steps)).await?;
+    ensure!(Migrator::get_applied_migrations(&t.db).await?.len() == 2);
+    if t.backend == Backend::MySql {
+        ensure!(
+            count_where(&t, "task_executions", "execution_id", "exec").await? == 1,
+            "the old schema compares ids exactly"
+        );
+    }
+    let nullable_before = nullability(&t).await?;
+
+    Migrator::up(&t.db, None).await?;
+    ensure!(Migrator::get_pending_migrations(&t.db).await?.is_empty());
+    assert_schema(&t, true).await?;
+    ensure!(
+        nullability(&t).await? == nullable_before,
+        "NULL/NOT NULL changed"
+    );
+    let job = store.get_job_state("Import").await?.context("job lost")?;
+    ensure!(job.total_records == 3 && job.batches.len() == 2, "{job:?}");
+    ensure!(count_where(&t, "task_executions", "execution_id", "Exec").await? == 1);
+    ensure!(count_where(&t, "task_executions", "execution_id", "exec").await? == 0);
+    sea_orm_durable::prepare(&store, "import", sea_orm_durable::JobConfig::new(2), [1]).await?;
+    ensure!(
+        store
+            .get_job_state("import")
+            .await?
+            .context("import")?
+            .total_records
+            == 1,
+        "import mixed with Import"
+    );
+    ensure!(
+        store
+            .claim_batch("Import", "w")
+            .await?
+            .reservation()
+            .is_some()
+    );
+
+    // The upgrade rolls back and applies again (ids that only differ in case were saved
+    // meanwhile, so the rollback is tried on a copy of the schema without them).
+    if t.backend == Backend::MySql {
+        t.db.execute_unprepared("DELETE FROM batchactions_records WHERE job_id = 'import'")
+            .await?;
+        t.db.execute_unprepared("DELETE FROM batchactions_batches WHERE job_id = 'import'")
+            .await?;
+        t.db.execute_unprepared("DELETE FROM batchactions_jobs WHERE id = 'import'")
+            .await?;
+    }
+    Migrator::down(&t.db, Some(steps)).await?;
+    if t.backend == Backend::MySql {
+        ensure!(
+            count_where(&t, "task_executions", "execution_id", "exec").await? == 1,
+            "rollback kept the binary collation"
+        );
+    }
+    Migrator::up(&t.db, None).await?;
+    ensure!(count_where(&t, "task_executions", "execution_id", "exec").await? == 0);
+    assert_schema(&t, true).await
+}
+
+/// `(table, column, nullable, length)` of every column the older migrations created, on
+/// MySQL; empty elsewhere (the collation upgrade changes nothing there).
+async fn nullability(t: &TestDb) -> anyhow::Result<Vec<(String, String, String, Option<i64>)>> {
+    if t.backend != Backend::MySql {
+        return Ok(Vec::new());
+    }
+    let rows =
+        t.db.query_all_raw(Statement::from_string(
+            t.db_backend(),
+            "SELECT TABLE_NAME AS t, COLUMN_NAME AS c, IS_NULLABLE AS n, \
+             CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) AS l FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() \
+             AND COLUMN_NAME NOT IN ('claim_id', 'finalized_by', 'queue') \
+             ORDER BY TABLE_NAME, COLUMN_NAME",
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("", "t")?,
+                r.try_get("", "c")?,
+                r.try_get("", "n")?,
+                r.try_get("", "l")?,
+            ))
+        })
+        .collect()
 }

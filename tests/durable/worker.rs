@@ -27,6 +27,11 @@ per_backend!(
     killed_worker_batch_is_reclaimed_and_finished,
     prepare_twice_changes_nothing,
     prepare_rejects_bad_arguments_and_completes_an_empty_job,
+    concurrent_prepares_and_workers_process_every_record_once,
+    paused_job_returns_its_workers,
+    shutdown_gives_the_batch_back,
+    typed_input_fails_records_that_do_not_fit,
+    corrupt_pending_batch_fails_the_job_instead_of_blocking_it,
 );
 
 mod memory {
@@ -55,6 +60,26 @@ mod memory {
     async fn prepare_rejects_bad_arguments_and_completes_an_empty_job() -> anyhow::Result<()> {
         super::prepare_edges(store()).await
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_prepares_and_workers_process_every_record_once() -> anyhow::Result<()> {
+        super::concurrent_prepares(store()).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn paused_job_returns_its_workers() -> anyhow::Result<()> {
+        super::paused_job(store()).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn shutdown_gives_the_batch_back() -> anyhow::Result<()> {
+        super::shutdown(store()).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn typed_input_fails_records_that_do_not_fit() -> anyhow::Result<()> {
+        super::typed_input(store()).await
+    }
 }
 
 fn sea_orm_store(t: &TestDb) -> Arc<dyn DistributedStateStore> {
@@ -75,6 +100,74 @@ async fn prepare_twice_changes_nothing(t: TestDb) -> anyhow::Result<()> {
 
 async fn prepare_rejects_bad_arguments_and_completes_an_empty_job(t: TestDb) -> anyhow::Result<()> {
     prepare_edges(sea_orm_store(&t)).await
+}
+
+async fn concurrent_prepares_and_workers_process_every_record_once(
+    t: TestDb,
+) -> anyhow::Result<()> {
+    let pool = t.connect(8).await?;
+    concurrent_prepares(Arc::new(SeaOrmStateStore::new(pool))).await
+}
+
+async fn paused_job_returns_its_workers(t: TestDb) -> anyhow::Result<()> {
+    paused_job(sea_orm_store(&t)).await
+}
+
+async fn shutdown_gives_the_batch_back(t: TestDb) -> anyhow::Result<()> {
+    shutdown(sea_orm_store(&t)).await
+}
+
+async fn typed_input_fails_records_that_do_not_fit(t: TestDb) -> anyhow::Result<()> {
+    typed_input(sea_orm_store(&t)).await
+}
+
+/// A pending batch row that cannot be read (a negative record range) fails that batch: the
+/// workers finish every other batch and the job ends `FAILED` instead of never ending.
+async fn corrupt_pending_batch_fails_the_job_instead_of_blocking_it(
+    t: TestDb,
+) -> anyhow::Result<()> {
+    let store = sea_orm_store(&t);
+    let job = "corrupt";
+    prepare(&*store, job, JobConfig::new(10), records(50)).await?;
+    t.db.execute_unprepared(
+        "UPDATE batchactions_batches SET record_end_index = -5 WHERE id = 'corrupt-b2'",
+    )
+    .await?;
+    let calls = Calls::new(50);
+    let processor = {
+        let calls = Arc::clone(&calls);
+        move |ctx: RecordContext, value: Value| {
+            let calls = Arc::clone(&calls);
+            async move {
+                calls.record(&ctx, &value);
+                Ok(())
+            }
+        }
+    };
+    let reports = tokio::time::timeout(
+        Duration::from_secs(60),
+        run_workers(&store, job, 3, processor, &options(None)),
+    )
+    .await
+    .context("workers blocked by a corrupt batch")??;
+    ensure!(
+        reports.iter().map(|r| r.batches).sum::<u64>() == 4,
+        "{reports:?}"
+    );
+    ensure!(
+        reports
+            .iter()
+            .all(|r| r.job_status == Some(JobStatus::Failed)),
+        "{reports:?}"
+    );
+    let processed = (0..50).filter(|&i| calls.get(i) == 1).count();
+    ensure!(processed == 40, "{processed} records processed");
+    let status = store.get_distributed_status(job).await?;
+    ensure!(
+        status.failed_batches == 1 && status.completed_batches == 4,
+        "{status:?}"
+    );
+    Ok(())
 }
 
 /// Records `{"i": 0}`, `{"i": 1}`, ... so a processor can check it got the right one.
@@ -518,13 +611,17 @@ async fn prepare_edges(store: Arc<dyn DistributedStateStore>) -> anyhow::Result<
             Arc::clone(&store),
             "empty",
             "w",
-            |_, _| async { Ok(()) },
+            |_, _: Value| async { Ok(()) },
             options(None),
         ),
     )
     .await
     .context("a worker on an empty job did not return")??;
-    ensure!(report == WorkerReport::default(), "{report:?}");
+    let expected = WorkerReport {
+        job_status: Some(JobStatus::Completed),
+        ..WorkerReport::default()
+    };
+    ensure!(report == expected, "{report:?}");
     Ok(())
 }
 
@@ -553,7 +650,7 @@ async fn child_worker() -> anyhow::Result<()> {
         store,
         CRASH_JOB,
         DOOMED,
-        |ctx, _| async move {
+        |ctx, _: Value| async move {
             if ctx.index % 50 == 25 {
                 tokio::time::sleep(Duration::from_secs(120)).await;
             }
@@ -741,4 +838,201 @@ async fn take_away(
     let ended: i64 = row.try_get("", "ended")?;
     tokio::time::sleep(length).await;
     Ok(ended)
+}
+
+/// Four processes prepare the same job at once and each runs a worker right after: the job is
+/// prepared once, every record processed exactly once, and every prepare reports the same
+/// totals.
+async fn concurrent_prepares(store: Arc<dyn DistributedStateStore>) -> anyhow::Result<()> {
+    const RECORDS: u64 = 400;
+    for round in 0..3 {
+        let job = format!("prepared-at-once-{round}");
+        let calls = Calls::new(RECORDS);
+        let barrier = Arc::new(tokio::sync::Barrier::new(4));
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..4 {
+            let (store, job, calls, barrier) = (
+                Arc::clone(&store),
+                job.clone(),
+                Arc::clone(&calls),
+                Arc::clone(&barrier),
+            );
+            tasks.spawn(async move {
+                barrier.wait().await;
+                let prepared = prepare(&*store, &job, JobConfig::new(20), records(RECORDS)).await?;
+                let processor = move |ctx: RecordContext, value: Value| {
+                    let calls = Arc::clone(&calls);
+                    async move {
+                        calls.record(&ctx, &value);
+                        Ok(())
+                    }
+                };
+                let report = run_worker(
+                    store,
+                    &job,
+                    &format!("worker-{w}"),
+                    processor,
+                    options(None),
+                )
+                .await?;
+                anyhow::Ok((prepared, report))
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            results.push(joined??);
+        }
+        calls.check_matched()?;
+        for i in 0..usize::try_from(RECORDS)? {
+            ensure!(calls.get(i) == 1, "record {i}: {} calls", calls.get(i));
+        }
+        for (prepared, report) in &results {
+            ensure!(
+                prepared.total_records == RECORDS && prepared.total_batches == 20,
+                "{prepared:?}"
+            );
+            ensure!(
+                report.job_status == Some(JobStatus::Completed),
+                "{report:?}"
+            );
+        }
+        ensure!(
+            results.iter().filter(|(_, r)| r.finalized).count() == 1,
+            "{results:?}"
+        );
+        let progress = store.get_progress(&job).await?;
+        ensure!(
+            progress.processed_records == RECORDS && progress.pending_records == 0,
+            "{progress:?}"
+        );
+        // And once more, after the fact: nothing changes.
+        let again = prepare(&*store, &job, JobConfig::new(20), records(RECORDS)).await?;
+        ensure!(again.total_records == RECORDS, "{again:?}");
+        let state = store.get_job_state(&job).await?.context("job gone")?;
+        ensure!(state.status == JobStatus::Completed, "job {}", state.status);
+    }
+    Ok(())
+}
+
+/// Workers of a paused job return at once, saying it is paused, without processing anything;
+/// once it is resumed, workers finish it.
+async fn paused_job(store: Arc<dyn DistributedStateStore>) -> anyhow::Result<()> {
+    let job = "paused";
+    prepare(&*store, job, JobConfig::new(10), records(30)).await?;
+    let mut state = store.get_job_state(job).await?.context("job gone")?;
+    state.status = JobStatus::Paused;
+    store.save_job_state(&state).await?;
+    let noop = |_: RecordContext, _: Value| async { Ok(()) };
+    let report = tokio::time::timeout(
+        Duration::from_secs(10),
+        run_worker(Arc::clone(&store), job, "w", noop, options(None)),
+    )
+    .await
+    .context("a worker kept polling a paused job")??;
+    ensure!(
+        report.job_status == Some(JobStatus::Paused) && report.batches == 0,
+        "{report:?}"
+    );
+    state.status = JobStatus::Processing;
+    store.save_job_state(&state).await?;
+    let report = run_worker(Arc::clone(&store), job, "w", noop, options(None)).await?;
+    ensure!(
+        report.job_status == Some(JobStatus::Completed) && report.batches == 3,
+        "{report:?}"
+    );
+    Ok(())
+}
+
+/// A worker shut down in the middle of a batch stops after the record in progress, gives the
+/// batch back at once (no stale timeout), and returns saying it was shut down; another worker
+/// then finishes every record.
+async fn shutdown(store: Arc<dyn DistributedStateStore>) -> anyhow::Result<()> {
+    let job = "shutdown";
+    prepare(&*store, job, JobConfig::new(10), records(20)).await?;
+    let token = sea_orm_durable::CancellationToken::new();
+    let worker_options = WorkerOptions {
+        shutdown: token.clone(),
+        ..options(None)
+    };
+    let processor = {
+        let token = token.clone();
+        move |ctx: RecordContext, _: Value| {
+            let token = token.clone();
+            async move {
+                if ctx.index == 3 {
+                    token.cancel();
+                }
+                Ok(())
+            }
+        }
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(10),
+        run_worker(Arc::clone(&store), job, "w1", processor, worker_options),
+    )
+    .await
+    .context("shutdown ignored")??;
+    ensure!(
+        report.shut_down && report.batches == 0 && report.job_status.is_none(),
+        "{report:?}"
+    );
+    let status = store.get_distributed_status(job).await?;
+    ensure!(
+        status.pending_batches == 2 && status.processing_batches == 0,
+        "{status:?}"
+    );
+    let noop = |_: RecordContext, _: Value| async { Ok(()) };
+    let report = run_worker(Arc::clone(&store), job, "w2", noop, options(None)).await?;
+    ensure!(
+        report.batches == 2 && report.job_status == Some(JobStatus::Completed),
+        "{report:?}"
+    );
+    Ok(())
+}
+
+/// The processor's input type.
+#[derive(Debug, serde::Deserialize)]
+struct Order {
+    i: u64,
+}
+
+/// A processor taking a typed input gets each record deserialized; a record that does not fit
+/// the type fails once, saying why, and the others are processed.
+async fn typed_input(store: Arc<dyn DistributedStateStore>) -> anyhow::Result<()> {
+    let job = "typed";
+    let source = (0..10u64).map(|i| {
+        if i == 4 {
+            json!({ "i": "four" })
+        } else {
+            json!({ "i": i })
+        }
+    });
+    prepare(&*store, job, JobConfig::new(5), source).await?;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let processor = {
+        let seen = Arc::clone(&seen);
+        move |ctx: RecordContext, order: Order| {
+            let seen = Arc::clone(&seen);
+            async move {
+                if order.i != ctx.index {
+                    return Err(ProcessError::from("wrong record"));
+                }
+                seen.lock().map_err(|e| e.to_string())?.push(order.i);
+                Ok(())
+            }
+        }
+    };
+    let report = run_worker(Arc::clone(&store), job, "w", processor, options(None)).await?;
+    ensure!(report.processed == 9 && report.failed == 1, "{report:?}");
+    let failed = store.get_failed_records(job).await?;
+    ensure!(failed.len() == 1 && failed[0].index == 4, "{failed:?}");
+    let error = failed[0].processing_error.clone().unwrap_or_default();
+    ensure!(
+        error.contains("does not deserialize") && failed[0].retry_count == 0,
+        "{error}"
+    );
+    let mut seen = seen.lock().map_err(|e| anyhow::anyhow!("{e}"))?.clone();
+    seen.sort_unstable();
+    ensure!(seen == [0, 1, 2, 3, 5, 6, 7, 8, 9], "{seen:?}");
+    Ok(())
 }
