@@ -769,44 +769,64 @@ fn remaining(limit: u64, held: usize) -> u64 {
     limit.saturating_sub(u64::try_from(held).unwrap_or(u64::MAX))
 }
 
-async fn claim_in<C: ConnectionTrait>(
+/// A claim of rows `held` in `status` by `params.executor_id`: first what an earlier attempt
+/// of the same claim took (when resuming), then up to the rest of the limit of fresh rows
+/// matching `filter`, in `order`, updated with `sets`. Rows that cannot be read are failed
+/// ([`fail_unreadable`]) instead of returned.
+async fn claim_rows<C: ConnectionTrait>(
     conn: &C,
     params: &ClaimParams,
     resume: bool,
+    held: TaskExecutionStatus,
+    filter: Condition,
+    order: [Col; 2],
+    sets: Vec<(Col, SimpleExpr)>,
 ) -> Result<Vec<TaskExecution>> {
     let mut rows = if resume {
-        taken_back(conn, params, TaskExecutionStatus::Running).await?
+        taken_back(conn, params, held).await?
     } else {
         Vec::new()
     };
     let limit = remaining(params.limit, rows.len());
     if limit > 0 {
         let pick = Pick {
-            filter: Condition::all()
-                .add(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::Ready)))
-                .add(Expr::col(Col::StartAt).lte(params.now))
-                .add(admitted(params)),
-            order: [Col::StartAt, Col::ExecutionId],
+            filter: filter.add(admitted(params)),
+            order,
             limit,
         };
-        let sets = vec![
-            (Col::Status, status_lit(TaskExecutionStatus::Running)),
-            (Col::ExecutorId, Expr::val(params.executor_id.as_str())),
-            (Col::ClaimId, Expr::val(params.claim_id.as_deref())),
-            (Col::StartedAt, Expr::val(params.now)),
-            (Col::ExpiresAt, clamped_timeout().add(params.lease_base())),
-            (Col::FencingToken, next_fencing()),
-            (Col::UpdatedAt, Expr::val(params.now)),
-        ];
         rows.extend(pick_and_update(conn, &pick, sets, true).await?.rows);
     }
-    let (mut claimed, bad) = map_lenient(&rows);
-    fail_unreadable(
+    let (claimed, bad) = map_lenient(&rows);
+    fail_unreadable(conn, bad, held, &params.executor_id, params.now).await?;
+    Ok(claimed)
+}
+
+async fn claim_in<C: ConnectionTrait>(
+    conn: &C,
+    params: &ClaimParams,
+    resume: bool,
+) -> Result<Vec<TaskExecution>> {
+    let filter = Condition::all()
+        .add(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::Ready)))
+        .add(Expr::col(Col::StartAt).lte(params.now));
+    let sets = vec![
+        (Col::Status, status_lit(TaskExecutionStatus::Running)),
+        (Col::ExecutorId, Expr::val(params.executor_id.as_str())),
+        (Col::ClaimId, Expr::val(params.claim_id.as_deref())),
+        (Col::StartedAt, Expr::val(params.now)),
+        (Col::ExpiresAt, clamped_timeout().add(params.lease_base())),
+        (Col::FencingToken, next_fencing()),
+        (Col::UpdatedAt, Expr::val(params.now)),
+    ];
+    let order = [Col::StartAt, Col::ExecutionId];
+    let mut claimed = claim_rows(
         conn,
-        bad,
+        params,
+        resume,
         TaskExecutionStatus::Running,
-        &params.executor_id,
-        params.now,
+        filter,
+        order,
+        sets,
     )
     .await?;
     sort_by_start(&mut claimed);
@@ -873,50 +893,35 @@ async fn claim_parents_in<C: ConnectionTrait>(
     params: &ClaimParams,
     resume: bool,
 ) -> Result<Vec<TaskExecution>> {
-    let mut rows = if resume {
-        taken_back(conn, params, TaskExecutionStatus::WaitingForChildren).await?
-    } else {
-        Vec::new()
-    };
-    let limit = remaining(params.limit, rows.len());
-    if limit > 0 {
-        let pick = Pick {
-            filter: Condition::all()
-                .add(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::WaitingForChildren)))
-                .add(
-                    Condition::any()
-                        .add(
-                            Expr::col(Col::FinishedChildrenCount)
-                                .gte(Expr::col(Col::ChildrenCount)),
-                        )
-                        .add(Expr::col(Col::FailedChildrenCount).gt(0)),
-                )
-                .add(
-                    Condition::any()
-                        .add(Expr::col(Col::ExpiresAt).is_null())
-                        .add(Expr::col(Col::ExpiresAt).lte(params.now)),
-                )
-                .add(admitted(params)),
-            order: [Col::UpdatedAt, Col::ExecutionId],
-            limit,
-        };
-        let sets = vec![
-            (Col::ExecutorId, Expr::val(params.executor_id.as_str())),
-            (Col::ClaimId, Expr::val(params.claim_id.as_deref())),
-            (Col::FencingToken, next_fencing()),
-            (Col::ExpiresAt, Expr::val(params.lease_base())),
-            (Col::UpdatedAt, Expr::val(params.now)),
-        ];
-        rows.extend(pick_and_update(conn, &pick, sets, true).await?.rows);
-    }
-    let (mut claimed, bad) = map_lenient(&rows);
-    // A parent that cannot be read would otherwise be claimed again after every lease, forever.
-    fail_unreadable(
+    let filter = Condition::all()
+        .add(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::WaitingForChildren)))
+        .add(
+            Condition::any()
+                .add(Expr::col(Col::FinishedChildrenCount).gte(Expr::col(Col::ChildrenCount)))
+                .add(Expr::col(Col::FailedChildrenCount).gt(0)),
+        )
+        .add(
+            Condition::any()
+                .add(Expr::col(Col::ExpiresAt).is_null())
+                .add(Expr::col(Col::ExpiresAt).lte(params.now)),
+        );
+    let sets = vec![
+        (Col::ExecutorId, Expr::val(params.executor_id.as_str())),
+        (Col::ClaimId, Expr::val(params.claim_id.as_deref())),
+        (Col::FencingToken, next_fencing()),
+        (Col::ExpiresAt, Expr::val(params.lease_base())),
+        (Col::UpdatedAt, Expr::val(params.now)),
+    ];
+    // A parent that cannot be read is failed by the claim; it would otherwise be claimed again
+    // after every lease, forever.
+    let mut claimed = claim_rows(
         conn,
-        bad,
+        params,
+        resume,
         TaskExecutionStatus::WaitingForChildren,
-        &params.executor_id,
-        params.now,
+        filter,
+        [Col::UpdatedAt, Col::ExecutionId],
+        sets,
     )
     .await?;
     claimed.sort_by(|a, b| (a.updated_at, &a.execution_id).cmp(&(b.updated_at, &b.execution_id)));
