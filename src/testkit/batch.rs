@@ -111,10 +111,29 @@ where
 /// Declares one `#[tokio::test]` per case of the batch-store conformance suite, each running
 /// [`run`](crate::testkit::batch::run) with `$factory`, an expression of type
 /// `FnOnce(ManualClock) -> impl Future<Output = Result<Option<StoreUnderTest>, BoxError>>`.
+/// `batch_store_conformance!(#[attr]... factory: $factory)` puts the attributes on every
+/// generated test (for example an `ignore` when the store's server is not configured).
 #[macro_export]
 macro_rules! batch_store_conformance {
+    (@cases $attrs:tt $factory:expr; $($case:ident),* $(,)?) => {
+        $( $crate::batch_store_conformance!(@case $attrs $factory; $case); )*
+    };
+    (@case [$(#[$attr:meta])*] $factory:expr; $case:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
+        async fn $case() -> $crate::testkit::batch::CaseResult {
+            $crate::testkit::batch::run($factory, $crate::testkit::batch::$case).await
+        }
+    };
+    ($(#[$attr:meta])+ factory: $factory:expr) => {
+        $crate::batch_store_conformance!(@all [$(#[$attr])*] $factory);
+    };
     ($factory:expr) => {
-        $crate::batch_store_conformance!(@cases $factory;
+        $crate::batch_store_conformance!(@all [] $factory);
+    };
+    // The one list of cases, for both forms.
+    (@all $attrs:tt $factory:expr) => {
+        $crate::batch_store_conformance!(@cases $attrs $factory;
             saved_job_round_trips,
             missing_job_reads_as_none,
             saving_again_replaces_the_job,
@@ -193,14 +212,7 @@ macro_rules! batch_store_conformance {
             reset_job_state_moves_a_finished_job_back,
         );
     };
-    (@cases $factory:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $case() -> $crate::testkit::batch::CaseResult {
-                $crate::testkit::batch::run($factory, $crate::testkit::batch::$case).await
-            }
-        )*
-    };
+
 }
 
 /// Fails the case with a message unless `cond` holds.

@@ -85,17 +85,20 @@ macro_rules! check_eq {
 ///   Future<Output = CaseResult>`) and cleans up; it returns a `Result` whose error converts
 ///   into `Box<dyn Error + Send + Sync>`. It may skip the case by returning `Ok(())` without
 ///   running it.
+///
+/// Attributes written before either form are put on every generated test, for example
+/// `#[ignore = "no server configured"]` or a `cfg_attr` of it.
 #[macro_export]
 macro_rules! task_storage_conformance {
-    (storage: $make:expr) => {
-        $crate::task_storage_conformance!(@all (storage: $make));
+    ($(#[$attr:meta])* storage: $make:expr) => {
+        $crate::task_storage_conformance!(@all [$(#[$attr])*] (storage: $make));
     };
-    (runner: $runner:path) => {
-        $crate::task_storage_conformance!(@all (runner: $runner));
+    ($(#[$attr:meta])* runner: $runner:path) => {
+        $crate::task_storage_conformance!(@all [$(#[$attr])*] (runner: $runner));
     };
     // The one list of cases, for both forms.
-    (@all $how:tt) => {
-        $crate::task_storage_conformance!(@cases $how;
+    (@all $attrs:tt $how:tt) => {
+        $crate::task_storage_conformance!(@cases $attrs $how;
             enqueue_then_get_round_trips_every_field,
             enqueue_of_nothing_is_a_no_op,
             duplicate_enqueue_is_conflict_and_inserts_nothing,
@@ -124,22 +127,23 @@ macro_rules! task_storage_conformance {
             json_and_text_with_nul_round_trip,
         );
     };
-    (@cases (storage: $make:expr); $($case:ident),* $(,)?) => {
-        $(
-            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() -> ::std::result::Result<(), $crate::testkit::task::CaseFailure> {
-                let storage: $crate::testkit::task::Storage = $make;
-                $crate::testkit::task::$case(storage).await
-            }
-        )*
+    (@cases $attrs:tt $how:tt; $($case:ident),* $(,)?) => {
+        $( $crate::task_storage_conformance!(@case $attrs $how; $case); )*
     };
-    (@cases (runner: $runner:path); $($case:ident),* $(,)?) => {
-        $(
-            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() -> ::std::result::Result<(), ::std::boxed::Box<dyn ::std::error::Error + Send + Sync>> {
-                $runner($crate::testkit::task::$case).await.map_err(::std::convert::Into::into)
-            }
-        )*
+    (@case [$(#[$attr:meta])*] (storage: $make:expr); $case:ident) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $case() -> ::std::result::Result<(), $crate::testkit::task::CaseFailure> {
+            let storage: $crate::testkit::task::Storage = $make;
+            $crate::testkit::task::$case(storage).await
+        }
+    };
+    (@case [$(#[$attr:meta])*] (runner: $runner:path); $case:ident) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $case() -> ::std::result::Result<(), ::std::boxed::Box<dyn ::std::error::Error + Send + Sync>> {
+            $runner($crate::testkit::task::$case).await.map_err(::std::convert::Into::into)
+        }
     };
 }
 

@@ -46,13 +46,17 @@ mod conformance {
         ));
     }
     mod postgres {
-        sea_orm_durable::batch_store_conformance!(|clock| crate::batch::sea_orm_store(
+        sea_orm_durable::batch_store_conformance!(
+            #[cfg_attr(durable_no_postgres, ignore = "DATABASE_URL_POSTGRES is not set")]
+            factory: |clock| crate::batch::sea_orm_store(
             crate::harness::Backend::Postgres,
             clock
         ));
     }
     mod mysql {
-        sea_orm_durable::batch_store_conformance!(|clock| crate::batch::sea_orm_store(
+        sea_orm_durable::batch_store_conformance!(
+            #[cfg_attr(durable_no_mysql, ignore = "DATABASE_URL_MYSQL is not set")]
+            factory: |clock| crate::batch::sea_orm_store(
             crate::harness::Backend::MySql,
             clock
         ));

@@ -46,77 +46,92 @@ where
     }
 }
 
-/// Declares one test per executor case on the storage selected by `$backend`.
+/// Declares one test per executor case on the storage selected by `$backend`, each with the
+/// attributes given after it (for example, ignored when that server is not configured).
 macro_rules! executor_cases {
-    ($backend:expr) => {
+    ($backend:expr $(, #[$attr:meta])*) => {
         use super::*;
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn upstream_scenario_one_executor() -> anyhow::Result<()> {
             on_storage($backend, |s| cases::upstream_scenario(s, 1)).await
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn upstream_scenario_three_executors() -> anyhow::Result<()> {
             on_storage($backend, |s| cases::upstream_scenario(s, 3)).await
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn cancel_ready_execution() -> anyhow::Result<()> {
             on_storage($backend, cases::cancel_ready_execution).await
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn cancel_running_execution() -> anyhow::Result<()> {
             on_storage($backend, cases::cancel_running_execution).await
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn cancel_parent_cancels_children() -> anyhow::Result<()> {
             on_storage($backend, cases::cancel_parent_cancels_children).await
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn timeout_ends_timed_out_after_retries() -> anyhow::Result<()> {
             on_storage($backend, cases::timeout_ends_timed_out_after_retries).await
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn shutdown_lets_running_executions_finish() -> anyhow::Result<()> {
             on_storage($backend, cases::shutdown_lets_running_executions_finish).await
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn panicking_task_fails_its_execution() -> anyhow::Result<()> {
             on_storage($backend, cases::panicking_task_fails_its_execution).await
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn delays_are_honoured() -> anyhow::Result<()> {
             on_storage($backend, cases::delays_are_honoured).await
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn options_beyond_the_limits_are_refused() -> anyhow::Result<()> {
             on_storage($backend, cases::options_beyond_the_limits_are_refused).await
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn executors_claim_only_their_tasks_and_queues() -> anyhow::Result<()> {
             on_storage($backend, cases::executors_claim_only_their_tasks_and_queues).await
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn outputs_are_stored_once() -> anyhow::Result<()> {
             on_storage($backend, cases::outputs_are_stored_once).await
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn claims_whose_reply_was_lost_are_taken_back() -> anyhow::Result<()> {
             on_storage($backend, cases::claims_whose_reply_was_lost_are_taken_back).await
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn cancellation_before_the_run_is_registered_is_kept() -> anyhow::Result<()> {
             on_storage(
                 $backend,
@@ -136,11 +151,17 @@ mod sqlite {
 }
 
 mod postgres {
-    executor_cases!(Some(Backend::Postgres));
+    executor_cases!(
+        Some(Backend::Postgres),
+        #[cfg_attr(durable_no_postgres, ignore = "DATABASE_URL_POSTGRES is not set")]
+    );
 }
 
 mod mysql {
-    executor_cases!(Some(Backend::MySql));
+    executor_cases!(
+        Some(Backend::MySql),
+        #[cfg_attr(durable_no_mysql, ignore = "DATABASE_URL_MYSQL is not set")]
+    );
 }
 
 mod sql {

@@ -254,12 +254,14 @@ macro_rules! per_backend {
         }
         mod postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[cfg_attr(durable_no_postgres, ignore = "DATABASE_URL_POSTGRES is not set")]
             async fn $name() -> anyhow::Result<()> {
                 crate::harness::run(crate::harness::Backend::Postgres, super::$name).await
             })*
         }
         mod mysql {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[cfg_attr(durable_no_mysql, ignore = "DATABASE_URL_MYSQL is not set")]
             async fn $name() -> anyhow::Result<()> {
                 crate::harness::run(crate::harness::Backend::MySql, super::$name).await
             })*

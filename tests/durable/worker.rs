@@ -738,6 +738,7 @@ async fn killed_worker_batch_is_reclaimed_and_finished(t: TestDb) -> anyhow::Res
 
 mod postgres_outage {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(durable_no_postgres, ignore = "DATABASE_URL_POSTGRES is not set")]
     async fn workers_back_off_and_finish() -> anyhow::Result<()> {
         crate::harness::run(crate::harness::Backend::Postgres, super::outage).await
     }
