@@ -180,3 +180,22 @@ pub(crate) fn insert_models<M: sea_orm::ModelTrait>(
     }
     Ok(insert)
 }
+
+/// The token (a fencing token, an optimistic-lock version) that follows `token`: one more,
+/// wrapping to 1 instead of overflowing. Tokens are only ever compared for equality, so the
+/// wrap keeps them changing with every claim, whatever number a row was left with.
+pub(crate) fn next_token(token: i64) -> i64 {
+    if token < i64::MAX { token + 1 } else { 1 }
+}
+
+/// [`next_token`] of `column`, in SQL: a row holding `i64::MAX` can never make the update that
+/// claims it overflow (and so fail every claim for as long as it sorts first).
+pub(crate) fn next_token_expr<C>(column: C) -> sea_orm::sea_query::SimpleExpr
+where
+    C: sea_orm::sea_query::IntoColumnRef + Copy,
+{
+    use sea_orm::sea_query::{Expr, ExprTrait};
+    Expr::case(Expr::col(column).lt(i64::MAX), Expr::col(column).add(1))
+        .finally(Expr::val(1_i64))
+        .into()
+}

@@ -274,7 +274,7 @@ pub(crate) fn reservation_from_model(
         claimed_at: now,
         record_start_index: batch.record_start_index.unwrap_or(0),
         record_end_index: batch.record_end_index.unwrap_or(0),
-        version: model.version.saturating_add(1),
+        version: crate::dialect::next_token(model.version),
     })
 }
 

@@ -352,7 +352,7 @@ impl StateStore for InMemoryStateStore {
 /// goes to `PROCESSING`.
 fn apply_batch_state(row: &mut BatchRow, new: &BatchState, now: i64) {
     if row.batch.status != new.status {
-        row.version += 1;
+        row.version = crate::dialect::next_token(row.version);
         row.claim_id = None;
         match new.status {
             BatchStatus::Pending => {
@@ -460,7 +460,7 @@ impl DistributedStateStore for InMemoryStateStore {
         row.batch.claimed_at = Some(now);
         row.heartbeat_at = Some(now);
         row.updated_at = now;
-        row.version += 1;
+        row.version = crate::dialect::next_token(row.version);
         row.claim_id = Some(claim_id.to_owned());
         Ok(ClaimBatchResult::Claimed(reservation(
             job_id, row, worker_id,
@@ -482,7 +482,7 @@ impl DistributedStateStore for InMemoryStateStore {
         row.heartbeat_at = None;
         row.claim_id = None;
         row.updated_at = now;
-        row.version += 1;
+        row.version = crate::dialect::next_token(row.version);
         Ok(true)
     }
 
@@ -503,7 +503,7 @@ impl DistributedStateStore for InMemoryStateStore {
                 row.heartbeat_at = None;
                 row.claim_id = None;
                 row.updated_at = now;
-                row.version += 1;
+                row.version = crate::dialect::next_token(row.version);
                 reclaimed += 1;
             }
         }

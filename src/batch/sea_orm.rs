@@ -289,7 +289,7 @@ impl SeaOrmStateStore {
                         )
                         .col_expr(
                             batches::Column::Version,
-                            Expr::col(batches::Column::Version).add(1),
+                            dialect::next_token_expr(batches::Column::Version),
                         )
                         .col_expr(batches::Column::CompletedAt, Expr::value(now))
                         .col_expr(batches::Column::UpdatedAt, Expr::value(now))
@@ -314,7 +314,7 @@ impl SeaOrmStateStore {
                 .col_expr(batches::Column::UpdatedAt, Expr::value(now))
                 .col_expr(
                     batches::Column::Version,
-                    Expr::col(batches::Column::Version).add(1),
+                    dialect::next_token_expr(batches::Column::Version),
                 )
                 .filter(batches::Column::Id.eq(&candidate.id))
                 .filter(batches::Column::Version.eq(candidate.version))
@@ -808,7 +808,7 @@ async fn update_batch_state_in<C: ConnectionTrait>(
         update = update
             .col_expr(
                 batches::Column::Version,
-                Expr::value(batch.version.saturating_add(1)),
+                Expr::value(dialect::next_token(batch.version)),
             )
             .col_expr(
                 batches::Column::ClaimId,
@@ -1359,7 +1359,7 @@ fn back_to_pending(now: i64) -> sea_orm::UpdateMany<batches::Entity> {
         .col_expr(batches::Column::UpdatedAt, Expr::value(now))
         .col_expr(
             batches::Column::Version,
-            Expr::col(batches::Column::Version).add(1),
+            dialect::next_token_expr(batches::Column::Version),
         )
 }
 

@@ -6,7 +6,6 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::model::next_fencing_token;
 use super::model::{
     ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionFilter,
     TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate,
@@ -301,7 +300,7 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
                 e.claim_id.clone_from(&params.claim_id);
                 e.started_at = Some(params.now);
                 e.expires_at = Some(params.lease_base().saturating_add(e.timeout_ms));
-                e.fencing_token = next_fencing_token(e.fencing_token);
+                e.fencing_token = crate::dialect::next_token(e.fencing_token);
                 e.updated_at = params.now;
                 claimed.push(e.clone());
             }
@@ -409,7 +408,7 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
                 e.executor_id = Some(params.executor_id.clone());
                 e.claim_id.clone_from(&params.claim_id);
                 e.expires_at = Some(params.lease_base());
-                e.fencing_token = next_fencing_token(e.fencing_token);
+                e.fencing_token = crate::dialect::next_token(e.fencing_token);
                 e.updated_at = params.now;
                 claimed.push(e.clone());
             }

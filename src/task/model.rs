@@ -595,9 +595,3 @@ impl ClaimParams {
             || self.queues.as_ref().is_some_and(Vec::is_empty)
     }
 }
-
-/// The fencing token a claim gives an execution that had `token`: the next one, wrapping to 1
-/// instead of overflowing (tokens are compared for equality only).
-pub(crate) fn next_fencing_token(token: i64) -> i64 {
-    if token < i64::MAX { token + 1 } else { 1 }
-}

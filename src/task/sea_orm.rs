@@ -682,17 +682,6 @@ fn clamped_timeout() -> SimpleExpr {
     .into()
 }
 
-/// The next fencing token, as [`next_fencing_token`](super::model::next_fencing_token): one
-/// more, wrapping to 1 instead of overflowing.
-fn next_fencing() -> SimpleExpr {
-    Expr::case(
-        Expr::col(Col::FencingToken).lt(i64::MAX),
-        Expr::col(Col::FencingToken).add(1),
-    )
-    .finally(Expr::val(1_i64))
-    .into()
-}
-
 /// The executions `params.executor_id` took under `params.claim_id` and still holds in
 /// `status`: what an earlier attempt of this claim took if its reply was lost.
 async fn taken_back<C: ConnectionTrait>(
@@ -815,7 +804,10 @@ async fn claim_in<C: ConnectionTrait>(
         (Col::ClaimId, Expr::val(params.claim_id.as_deref())),
         (Col::StartedAt, Expr::val(params.now)),
         (Col::ExpiresAt, clamped_timeout().add(params.lease_base())),
-        (Col::FencingToken, next_fencing()),
+        (
+            Col::FencingToken,
+            dialect::next_token_expr(Col::FencingToken),
+        ),
         (Col::UpdatedAt, Expr::val(params.now)),
     ];
     let order = [Col::StartAt, Col::ExecutionId];
@@ -908,7 +900,10 @@ async fn claim_parents_in<C: ConnectionTrait>(
     let sets = vec![
         (Col::ExecutorId, Expr::val(params.executor_id.as_str())),
         (Col::ClaimId, Expr::val(params.claim_id.as_deref())),
-        (Col::FencingToken, next_fencing()),
+        (
+            Col::FencingToken,
+            dialect::next_token_expr(Col::FencingToken),
+        ),
         (Col::ExpiresAt, Expr::val(params.lease_base())),
         (Col::UpdatedAt, Expr::val(params.now)),
     ];

@@ -70,7 +70,56 @@ per_backend!(
     corrupt_job_row_is_named_and_other_jobs_stay_readable,
     saves_join_the_callers_transaction,
     sixteen_workers_race_a_thousand_batches,
+    a_version_at_the_end_of_bigint_wraps_instead_of_blocking_claims,
 );
+
+/// A batch whose version was left at the end of `BIGINT` (written behind the store's back) is
+/// still claimed, released, reclaimed and completed: the version wraps to 1 instead of making
+/// every claim of the job fail on an overflow, and the fence still holds.
+async fn a_version_at_the_end_of_bigint_wraps_instead_of_blocking_claims(
+    t: TestDb,
+) -> anyhow::Result<()> {
+    use sea_orm_durable::{BatchOutcome, DistributedStateStore};
+    let store = store(&t);
+    sea_orm_durable::prepare(&store, "wrap", sea_orm_durable::JobConfig::new(2), 0..4).await?;
+    t.db.execute_unprepared(
+        "UPDATE batchactions_batches SET version = 9223372036854775807 WHERE job_id = 'wrap'",
+    )
+    .await?;
+    let first = store.claim_batch("wrap", "w1").await?;
+    let first = first.reservation().context("no batch claimed")?.clone();
+    ensure!(first.version == 1, "version {}", first.version);
+    ensure!(store.release_batch(&first).await?, "release refused");
+    let again = store.claim_batch("wrap", "w2").await?;
+    let again = again
+        .reservation()
+        .context("no batch claimed again")?
+        .clone();
+    ensure!(
+        !store
+            .complete_batch(&first, BatchOutcome::completed(2, 0))
+            .await?,
+        "the released claim still completed"
+    );
+    for reservation in [again] {
+        ensure!(
+            store
+                .complete_batch(&reservation, BatchOutcome::completed(2, 0))
+                .await?
+        );
+    }
+    let second = store.claim_batch("wrap", "w1").await?;
+    let second = second
+        .reservation()
+        .context("second batch not claimed")?
+        .clone();
+    ensure!(
+        store
+            .complete_batch(&second, BatchOutcome::completed(2, 0))
+            .await?
+    );
+    Ok(())
+}
 
 fn store(t: &TestDb) -> SeaOrmStateStore {
     SeaOrmStateStore::new(t.db.clone())
