@@ -86,8 +86,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result, UnknownStatus};
 pub use task::executor::{
     ChildOutput, ChildTask, Executor, ExecutorOptions, FinalizeInput, FinishedExecution,
-    ParentDefinition, ParentOutcome, ParentTaskOutput, Sequence, TaskContext, TaskDefinition,
-    TaskError, TaskHandle, TaskOptions, WaitOptions,
+    ParentDefinition, ParentOutcome, ParentTaskOutput, Retention, Sequence, TaskContext,
+    TaskDefinition, TaskError, TaskHandle, TaskOptions, WaitOptions,
 };
 pub use task::{
     ClaimParams, DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,

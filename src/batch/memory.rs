@@ -246,6 +246,59 @@ impl StateStore for InMemoryStateStore {
         self.save_job(job, true)
     }
 
+    async fn prune_finished_jobs(&self, finished_before: i64, limit: u64) -> Result<u64> {
+        let mut state = self.lock();
+        let oldest = state
+            .jobs
+            .values()
+            .filter(|j| {
+                j.job.status.is_terminal()
+                    && j.job.completed_at.is_some_and(|at| at < finished_before)
+            })
+            .min_by_key(|j| (j.job.completed_at, j.job.id.clone()))
+            .map(|j| j.job.id.clone());
+        let Some(job_id) = oldest else {
+            return Ok(0);
+        };
+        let mut budget = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut deleted = 0_u64;
+        if let Some(records) = state.records.get_mut(&job_id) {
+            while budget > 0 && records.pop_first().is_some() {
+                budget -= 1;
+                deleted += 1;
+            }
+            if records.is_empty() {
+                state.records.remove(&job_id);
+            }
+        }
+        let rows: Vec<(u32, String)> = state
+            .jobs
+            .get(&job_id)
+            .map(|j| {
+                j.rows
+                    .iter()
+                    .take(budget)
+                    .map(|(i, r)| (*i, r.batch.id.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (index, batch_id) in rows {
+            if let Some(job) = state.jobs.get_mut(&job_id) {
+                job.rows.remove(&index);
+            }
+            state.batch_ids.remove(&batch_id);
+            budget -= 1;
+            deleted += 1;
+        }
+        let empty = !state.records.contains_key(&job_id)
+            && state.jobs.get(&job_id).is_some_and(|j| j.rows.is_empty());
+        if budget > 0 && empty {
+            state.jobs.remove(&job_id);
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
     async fn reset_records(
         &self,
         job_id: &str,

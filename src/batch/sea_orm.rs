@@ -387,6 +387,85 @@ async fn stored_job_status<C: ConnectionTrait>(conn: &C, job_id: &str) -> Result
     Ok(select.into_tuple().one(conn).await?)
 }
 
+/// The finished statuses a prune may delete.
+const FINISHED_JOB_STATUSES: [JobStatus; 3] =
+    [JobStatus::Completed, JobStatus::Failed, JobStatus::Aborted];
+
+/// Deletes up to `limit` rows of the oldest finished job completed before `finished_before`:
+/// records, then batches, then the job row. `conn` must be a write transaction: the job row is
+/// locked and its status checked again first, so a job reset meanwhile is left alone.
+async fn prune_oldest_job<C: ConnectionTrait>(
+    conn: &C,
+    finished_before: i64,
+    limit: u64,
+) -> Result<u64> {
+    let finished = FINISHED_JOB_STATUSES.map(JobStatus::as_str);
+    let oldest: Option<String> = jobs::Entity::find()
+        .select_only()
+        .column(jobs::Column::Id)
+        .filter(jobs::Column::Status.is_in(finished))
+        .filter(jobs::Column::CompletedAt.lt(finished_before))
+        .order_by_asc(jobs::Column::CompletedAt)
+        .order_by_asc(jobs::Column::Id)
+        .into_tuple()
+        .one(conn)
+        .await?;
+    let Some(job_id) = oldest else {
+        return Ok(0);
+    };
+    let still_finished = stored_job_status(conn, &job_id)
+        .await?
+        .and_then(|s| s.parse::<JobStatus>().ok())
+        .is_some_and(|s| s.is_terminal());
+    if !still_finished {
+        return Ok(0);
+    }
+    let backend = conn.get_database_backend();
+    let mut deleted = 0;
+    // Records, then batches, each in bounded statements (MySQL: `DELETE … ORDER BY … LIMIT`,
+    // which it has and PostgreSQL lacks; elsewhere a key subquery with the limit, which MySQL
+    // refuses).
+    for (table, key, order) in [
+        ("batchactions_records", "record_index", "record_index"),
+        ("batchactions_batches", "id", "batch_index"),
+    ] {
+        let budget = limit.saturating_sub(deleted);
+        if budget == 0 {
+            return Ok(deleted);
+        }
+        let sql = match backend {
+            DbBackend::MySql => {
+                format!("DELETE FROM {table} WHERE job_id = ? ORDER BY {order} LIMIT {budget}")
+            }
+            DbBackend::Postgres => format!(
+                "DELETE FROM {table} WHERE job_id = $1 AND {key} IN \
+                 (SELECT {key} FROM {table} WHERE job_id = $1 ORDER BY {order} LIMIT {budget})"
+            ),
+            _ => format!(
+                "DELETE FROM {table} WHERE job_id = ?1 AND {key} IN \
+                 (SELECT {key} FROM {table} WHERE job_id = ?1 ORDER BY {order} LIMIT {budget})"
+            ),
+        };
+        let result = conn
+            .execute_raw(sea_orm::Statement::from_sql_and_values(
+                backend,
+                sql,
+                [job_id.as_str().into()],
+            ))
+            .await?;
+        deleted += result.rows_affected();
+        if deleted >= limit {
+            return Ok(deleted);
+        }
+    }
+    let result = jobs::Entity::delete_many()
+        .filter(jobs::Column::Id.eq(job_id.as_str()))
+        .filter(jobs::Column::Status.is_in(finished))
+        .exec(conn)
+        .await?;
+    Ok(deleted + result.rows_affected)
+}
+
 /// Upserts the job row and, for a distributed job, inserts the batch rows it lacks.
 async fn save_job<C: ConnectionTrait>(
     conn: &C,
@@ -1034,6 +1113,20 @@ impl StateStore for SeaOrmStateStore {
             .iter()
             .map(mapper::record_from_row)
             .collect()
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn prune_finished_jobs(&self, finished_before: i64, limit: u64) -> Result<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let db = &self.db;
+        in_write_txn!(db, "prune_finished_jobs", |txn| prune_oldest_job(
+            &txn,
+            finished_before,
+            limit
+        )
+        .await?)
     }
 
     #[tracing::instrument(skip(self), err)]

@@ -175,6 +175,17 @@ pub trait StateStore: Send + Sync {
     /// [`Error::CorruptRow`](crate::Error::CorruptRow) when the job row cannot be read;
     /// database errors.
     async fn get_progress(&self, job_id: &str) -> Result<JobProgress>;
+
+    /// Deletes finished jobs (`COMPLETED`, `FAILED`, `ABORTED`) whose `completed_at` is before
+    /// `finished_before`, oldest first, with their batches and records: at most `limit` rows a
+    /// call, records first, then batches, then the job row once nothing of it is left. Returns
+    /// how many rows it deleted; call it again until it returns 0. A job that is not finished
+    /// (or was reset meanwhile) is never touched.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn prune_finished_jobs(&self, finished_before: i64, limit: u64) -> Result<u64>;
 }
 
 /// A [`StateStore`] whose batches many workers claim at once.

@@ -481,4 +481,28 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
         }
         Ok(cleared)
     }
+
+    async fn prune_task_executions(
+        &self,
+        statuses: &[TaskExecutionStatus],
+        finished_before: i64,
+        limit: u64,
+    ) -> Result<u64> {
+        let mut state = self.state();
+        let ids = state.pick(
+            limit,
+            |e| {
+                e.is_finished
+                    && e.is_closed
+                    && statuses.contains(&e.status)
+                    && e.finished_at.is_some_and(|at| at < finished_before)
+            },
+            |e| (e.finished_at, e.execution_id.clone()),
+        );
+        for id in &ids {
+            state.executions.remove(id);
+            state.finished.remove(id);
+        }
+        Ok(u64::try_from(ids.len()).unwrap_or(u64::MAX))
+    }
 }

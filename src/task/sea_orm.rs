@@ -1189,6 +1189,46 @@ async fn close_as_failure_in<C: ConnectionTrait>(
     Ok(1)
 }
 
+/// Deletes up to `limit` finished, closed executions in `statuses` finished before
+/// `finished_before` (oldest first, served by `ix_task_executions_closed`), and the
+/// finished-child records of those that were parents.
+async fn prune_in<C: ConnectionTrait>(
+    conn: &C,
+    statuses: &[TaskExecutionStatus],
+    finished_before: i64,
+    limit: u64,
+) -> Result<u64> {
+    let select = Query::select()
+        .column(Col::ExecutionId)
+        .from(te::Entity)
+        .and_where(Expr::col(Col::IsClosed).eq(bool_lit(true)))
+        .and_where(Expr::col(Col::FinishedAt).lt(finished_before))
+        .and_where(Expr::col(Col::Status).is_in(statuses.iter().map(|s| s.as_str())))
+        .order_by(Col::FinishedAt, Order::Asc)
+        .order_by(Col::ExecutionId, Order::Asc)
+        .limit(limit)
+        .to_owned();
+    let ids = ids_of(&conn.query_all(&select).await?)?;
+    let backend = conn.get_database_backend();
+    let mut deleted = 0;
+    for chunk in id_chunks(backend, &ids) {
+        let records = Query::delete()
+            .from_table(fc::Entity)
+            .and_where(
+                Expr::col(ChildCol::ParentExecutionId).is_in(chunk.iter().map(String::as_str)),
+            )
+            .to_owned();
+        conn.execute(&records).await?;
+        let executions = Query::delete()
+            .from_table(te::Entity)
+            .and_where(Expr::col(Col::ExecutionId).is_in(chunk.iter().map(String::as_str)))
+            .and_where(Expr::col(Col::IsClosed).eq(bool_lit(true)))
+            .to_owned();
+        deleted += conn.execute(&executions).await?.rows_affected();
+    }
+    Ok(deleted)
+}
+
 /// Up to `limit` executions with a cancellation request addressed to `executor_id`.
 async fn cancellation_requests_in<C: ConnectionTrait>(
     conn: &C,
@@ -1506,6 +1546,26 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
             cancellation_requests_in(&self.db, executor_id, limit)
         })
         .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn prune_task_executions(
+        &self,
+        statuses: &[TaskExecutionStatus],
+        finished_before: i64,
+        limit: u64,
+    ) -> Result<u64> {
+        if statuses.is_empty() || limit == 0 {
+            return Ok(0);
+        }
+        // Deleting finished, closed rows is idempotent: a retry after a lost reply deletes the
+        // next ones, or nothing.
+        in_write_transaction!(self, "prune_task_executions", |txn| prune_in(
+            &txn,
+            statuses,
+            finished_before,
+            limit
+        ))
     }
 
     #[tracing::instrument(skip(self), err)]

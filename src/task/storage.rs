@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::model::{
     ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionFilter,
-    TaskExecutionGuard, TaskExecutionUpdate,
+    TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate,
 };
 use crate::error::Result;
 
@@ -204,6 +204,24 @@ pub trait TaskExecutionStorage: Send + Sync {
         executor_id: &str,
         execution_ids: &[String],
         now: i64,
+    ) -> Result<u64>;
+
+    /// Deletes up to `limit` finished, closed executions whose status is one of `statuses` and
+    /// whose `finished_at` is before `finished_before`, oldest first, with the finished-child
+    /// records of those that were parents. Returns how many executions it deleted; call it again
+    /// until it returns less than `limit`.
+    ///
+    /// Only rows no executor works on are touched: unfinished and unclosed executions are never
+    /// deleted, so a parent still waiting keeps its children's records.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn prune_task_executions(
+        &self,
+        statuses: &[TaskExecutionStatus],
+        finished_before: i64,
+        limit: u64,
     ) -> Result<u64>;
 
     /// The storage's own clock (the database server's), in epoch milliseconds, when it has

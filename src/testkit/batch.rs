@@ -134,6 +134,7 @@ macro_rules! batch_store_conformance {
     // The one list of cases, for both forms.
     (@all $attrs:tt $factory:expr) => {
         $crate::batch_store_conformance!(@cases $attrs $factory;
+            prune_deletes_finished_jobs_in_bounded_steps,
             saved_job_round_trips,
             missing_job_reads_as_none,
             saving_again_replaces_the_job,
@@ -2453,6 +2454,10 @@ impl crate::batch::StateStore for HeldStore {
         let r = self.inner.save_job_state(job).await;
         self.hold(r).await
     }
+    async fn prune_finished_jobs(&self, finished_before: i64, limit: u64) -> crate::Result<u64> {
+        let r = self.inner.prune_finished_jobs(finished_before, limit).await;
+        self.hold(r).await
+    }
     async fn reset_job_state(&self, job: &JobState) -> crate::Result<()> {
         let r = self.inner.reset_job_state(job).await;
         self.hold(r).await
@@ -3117,5 +3122,71 @@ pub async fn reset_job_state_moves_a_finished_job_back(ctx: Ctx) -> CaseResult {
     ensure_eq!(stored.status, JobStatus::Processing);
     ensure_eq!(stored.batches[0].status, BatchStatus::Completed);
     ensure_eq!(claim(&ctx, "job-001", "worker-2").await?.batch_index, 1);
+    Ok(())
+}
+
+/// Pruning deletes finished jobs completed before the cutoff with their batches and records,
+/// oldest first, at most `limit` rows a call (records, then batches, then the job); unfinished
+/// jobs and jobs finished after the cutoff stay whole.
+pub async fn prune_deletes_finished_jobs_in_bounded_steps(ctx: Ctx) -> CaseResult {
+    let store = &ctx.store;
+    for (id, finish) in [("old", true), ("newer", true), ("running", false)] {
+        store.save_job_state(&distributed_job(id, 2, 3)).await?;
+        store
+            .save_batch_records(id, &batch_id(id, 0), &pending_records(0..3))
+            .await?;
+        store
+            .save_batch_records(id, &batch_id(id, 1), &pending_records(3..6))
+            .await?;
+        if finish {
+            finish_all(&ctx, id, None).await?;
+            ensure!(store.try_finalize_job(id).await?, "{id} not finalized");
+        }
+        ctx.clock.advance(1_000);
+    }
+    // "old" finished at START_MS, "newer" a second later.
+    let cutoff = START_MS + 500;
+    ensure!(
+        store.prune_finished_jobs(cutoff, 0).await? == 0,
+        "limit 0 deleted"
+    );
+    // 6 records, 2 batches, 1 job, 4 rows a call.
+    let mut calls = Vec::new();
+    loop {
+        let n = store.prune_finished_jobs(cutoff, 4).await?;
+        if n == 0 {
+            break;
+        }
+        ensure!(n <= 4, "deleted {n} rows in one call");
+        calls.push(n);
+        ensure!(calls.len() < 10, "pruning does not end: {calls:?}");
+    }
+    ensure!(calls.iter().sum::<u64>() == 9, "deleted {calls:?}");
+    ensure!(store.get_job_state("old").await?.is_none(), "old job kept");
+    ensure!(
+        store
+            .get_records("old", &RecordFilter::new())
+            .await?
+            .is_empty(),
+        "old records kept"
+    );
+    for kept in ["newer", "running"] {
+        let job = load_job(&ctx, kept).await?;
+        ensure!(job.batches.len() == 2, "{kept} lost batches");
+        ensure!(
+            store.get_records(kept, &RecordFilter::new()).await?.len() == 6,
+            "{kept} lost records"
+        );
+    }
+    // A later cutoff takes the newer job too, never the running one.
+    while store.prune_finished_jobs(START_MS + 10_000, 100).await? > 0 {}
+    ensure!(
+        store.get_job_state("newer").await?.is_none(),
+        "newer job kept"
+    );
+    ensure!(
+        store.get_job_state("running").await?.is_some(),
+        "the running job was pruned"
+    );
     Ok(())
 }

@@ -1088,6 +1088,19 @@ impl TaskExecutionStorage for LossyStorage {
             .acknowledge_cancellation_requests(executor_id, execution_ids, now)
             .await
     }
+    async fn prune_task_executions(
+        &self,
+        statuses: &[TaskExecutionStatus],
+        finished_before: i64,
+        limit: u64,
+    ) -> crate::Result<u64> {
+        self.inner
+            .prune_task_executions(statuses, finished_before, limit)
+            .await
+    }
+    async fn database_time_ms(&self) -> crate::Result<Option<i64>> {
+        self.inner.database_time_ms().await
+    }
 }
 
 /// Claims whose replies are lost after they committed are taken back by the executor's next
@@ -1219,4 +1232,81 @@ pub async fn cancellation_before_the_run_is_registered_is_kept(
     }
     executor.shutdown().await;
     Ok(())
+}
+
+/// With a retention, an executor deletes finished executions once they are older than their
+/// status's age, and keeps the others; [`Executor::prune`] does the same on demand.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn retention_deletes_old_finished_executions(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let echo = TaskDefinition::new("retained", |_ctx, ok: bool| async move {
+        if ok {
+            Ok(ok)
+        } else {
+            Err(TaskError::fatal("no"))
+        }
+    });
+    let executor = Executor::new(
+        Arc::clone(&storage),
+        ExecutorOptions {
+            retention: Some(crate::Retention {
+                completed: Some(Duration::ZERO),
+                failed: None,
+                cancelled: None,
+                batch_size: 2,
+                interval: Duration::from_millis(50),
+            }),
+            ..fast_options()
+        },
+    );
+    executor.register(&echo)?;
+    executor.start();
+    let mut handles = Vec::new();
+    for ok in [true, true, true, true, true, false] {
+        handles.push(executor.enqueue(&echo, &ok).await?);
+    }
+    let failed = handles.pop().ok_or("no handle")?;
+    testkit_ensure!(
+        wait(&failed).await?.status() == TaskExecutionStatus::Failed,
+        "the failing task did not fail"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count_executions(&storage).await? > 1 {
+        testkit_ensure!(
+            Instant::now() < deadline,
+            "{} executions left, expected the failed one only",
+            count_executions(&storage).await?
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    testkit_ensure!(
+        failed.get().await?.status == TaskExecutionStatus::Failed,
+        "the failed execution was pruned"
+    );
+    executor.shutdown().await;
+    // On demand, with the failed age.
+    let pruned = executor
+        .prune(&crate::Retention {
+            completed: None,
+            failed: Some(Duration::ZERO),
+            cancelled: None,
+            batch_size: 10,
+            interval: Duration::from_secs(60),
+        })
+        .await?;
+    testkit_ensure!(pruned == 1, "pruned {pruned}");
+    testkit_ensure!(count_executions(&storage).await? == 0, "executions left");
+    Ok(())
+}
+
+/// How many executions `storage` holds.
+async fn count_executions(storage: &Arc<dyn TaskExecutionStorage>) -> TestResult<usize> {
+    Ok(storage
+        .get_task_executions(&crate::TaskExecutionFilter::default())
+        .await?
+        .len())
 }

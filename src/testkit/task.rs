@@ -125,6 +125,7 @@ macro_rules! task_storage_conformance {
             many_megabytes_of_children_enqueue_in_one_call,
             ids_compare_exactly,
             json_and_text_with_nul_round_trip,
+            prune_deletes_only_closed_executions_finished_before_the_cutoff,
         );
     };
     (@cases $attrs:tt $how:tt; $($case:ident),* $(,)?) => {
@@ -1679,6 +1680,109 @@ pub async fn json_and_text_with_nul_round_trip(storage: Storage) -> CaseResult {
     check_eq!(
         storage.get_finished_child_task_executions("nul").await?,
         vec![record]
+    );
+    Ok(())
+}
+
+/// Pruning deletes closed executions of the given statuses finished before the cutoff, oldest
+/// first, at most `limit` a call, with the finished-child records of pruned parents; it never
+/// touches unfinished or unclosed executions, nor a waiting parent's records.
+pub async fn prune_deletes_only_closed_executions_finished_before_the_cutoff(
+    storage: Storage,
+) -> CaseResult {
+    use TaskExecutionStatus::{Cancelled, Completed, Failed};
+    let ids = [
+        "old-done",
+        "older-done",
+        "old-failed",
+        "new-done",
+        "open",
+        "unclosed",
+    ];
+    storage
+        .enqueue_task_executions(ids.iter().map(|id| new_execution(id)).collect(), T0)
+        .await?;
+    finish(&storage, "older-done", Completed, Some("1"), T0 + 5).await?;
+    finish(&storage, "old-done", Completed, Some("2"), T0 + 10).await?;
+    finish(&storage, "old-failed", Failed, None, T0 + 10).await?;
+    finish(&storage, "new-done", Completed, Some("3"), T0 + 1_000).await?;
+    // A finished parent with records of its children.
+    waiting_parent(&storage, "parent", 1, T0).await?;
+    storage
+        .add_finished_child_task_executions(vec![finished_child("parent", "p0", 0, Completed)])
+        .await?;
+    finish(&storage, "parent", Completed, Some("4"), T0 + 10).await?;
+    // A waiting parent keeps its records whatever happens to its finished children.
+    waiting_parent(&storage, "waiting", 1, T0).await?;
+    storage
+        .add_finished_child_task_executions(vec![finished_child("waiting", "w0", 0, Completed)])
+        .await?;
+    // Everything finished is closed except `unclosed`, finished after the close.
+    check_eq!(
+        storage.close_finished_task_executions(T0 + 20, 100).await?,
+        5
+    );
+    finish(&storage, "unclosed", Completed, Some("5"), T0 + 10).await?;
+
+    check_eq!(
+        storage
+            .prune_task_executions(&[Completed], T0 + 100, 0)
+            .await?,
+        0
+    );
+    check_eq!(storage.prune_task_executions(&[], T0 + 100, 10).await?, 0);
+    // Oldest first, at most the limit.
+    check_eq!(
+        storage
+            .prune_task_executions(&[Completed], T0 + 100, 1)
+            .await?,
+        1
+    );
+    check!(
+        storage.get_task_execution("older-done").await?.is_none(),
+        "the oldest was not pruned first"
+    );
+    check_eq!(
+        storage
+            .prune_task_executions(&[Completed], T0 + 100, 10)
+            .await?,
+        2
+    );
+    for gone in ["old-done", "parent"] {
+        check!(
+            storage.get_task_execution(gone).await?.is_none(),
+            "{gone} was not pruned"
+        );
+    }
+    check!(
+        storage
+            .get_finished_child_task_executions("parent")
+            .await?
+            .is_empty(),
+        "a pruned parent's records remain"
+    );
+    for kept in ["old-failed", "new-done", "open", "unclosed", "waiting"] {
+        check!(
+            storage.get_task_execution(kept).await?.is_some(),
+            "{kept} was pruned"
+        );
+    }
+    check_eq!(
+        storage
+            .get_finished_child_task_executions("waiting")
+            .await?
+            .len(),
+        1
+    );
+    check_eq!(
+        storage
+            .prune_task_executions(&[Failed, Cancelled], T0 + 100, 10)
+            .await?,
+        1
+    );
+    check!(
+        storage.get_task_execution("old-failed").await?.is_none(),
+        "the failed execution was not pruned"
     );
     Ok(())
 }

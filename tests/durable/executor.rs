@@ -120,6 +120,12 @@ macro_rules! executor_cases {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         $(#[$attr])*
+        async fn retention_deletes_old_finished_executions() -> anyhow::Result<()> {
+            on_storage($backend, cases::retention_deletes_old_finished_executions).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn outputs_are_stored_once() -> anyhow::Result<()> {
             on_storage($backend, cases::outputs_are_stored_once).await
         }

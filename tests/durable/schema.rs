@@ -30,8 +30,9 @@ const TABLES: [&str; 5] = [
     "task_executions",
     "finished_child_task_executions",
 ];
-const INDEXES: [(&str, &str); 13] = [
+const INDEXES: [(&str, &str); 14] = [
     ("task_executions", "ix_task_executions_ready_claim"),
+    ("task_executions", "ix_task_executions_closed"),
     ("task_executions", "ix_task_executions_executor_claim"),
     ("task_executions", "ix_task_executions_running"),
     ("task_executions", "ix_task_executions_waiting_for_children"),

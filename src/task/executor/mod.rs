@@ -76,6 +76,9 @@ pub struct ExecutorOptions {
     /// The queues this executor claims from (`None`, the default: every queue). Either way it
     /// only claims executions of tasks registered with it.
     pub queues: Option<Vec<String>>,
+    /// How long finished executions are kept before this executor deletes them (`None`, the
+    /// default: kept forever). Any number of executors may prune at once.
+    pub retention: Option<Retention>,
     /// Where time is read from.
     pub clock: Arc<dyn Clock>,
 }
@@ -91,8 +94,52 @@ impl Default for ExecutorOptions {
             expire_interval: Duration::from_secs(1),
             lease_margin: Duration::from_secs(60),
             queues: None,
+            retention: None,
             clock: Arc::new(SystemClock),
         }
+    }
+}
+
+/// How long finished executions are kept, by how they ended; see [`Executor::prune`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep `completed` executions this long after they finished (`None`: forever).
+    pub completed: Option<Duration>,
+    /// Keep executions that failed (`failed`, `timed_out`, `children_tasks_failed`,
+    /// `finalize_task_failed`) this long.
+    pub failed: Option<Duration>,
+    /// Keep `cancelled` executions this long.
+    pub cancelled: Option<Duration>,
+    /// Most executions deleted by one storage call (one transaction).
+    pub batch_size: u64,
+    /// How often an executor with this retention prunes.
+    pub interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            completed: Some(Duration::from_secs(24 * 3600)),
+            failed: Some(Duration::from_secs(7 * 24 * 3600)),
+            cancelled: Some(Duration::from_secs(24 * 3600)),
+            batch_size: 1_000,
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Retention {
+    /// Each kept age with the statuses it applies to.
+    fn ages(&self) -> [(Option<Duration>, &'static [TaskExecutionStatus]); 3] {
+        use TaskExecutionStatus as S;
+        [
+            (self.completed, &[S::Completed]),
+            (
+                self.failed,
+                &[S::Failed, S::TimedOut, S::ChildrenFailed, S::FinalizeFailed],
+            ),
+            (self.cancelled, &[S::Cancelled]),
+        ]
     }
 }
 
@@ -137,6 +184,8 @@ struct Inner {
     clock_skew_ms: AtomicI64,
     /// When the clock skew was measured last.
     skew_measured: Mutex<Option<std::time::Instant>>,
+    /// When finished executions were pruned last.
+    pruned: Mutex<Option<std::time::Instant>>,
     wake_claim: Notify,
     wake_parents: Notify,
     /// Shared with the batch writer, which wakes the close loop once per written batch.
@@ -283,6 +332,7 @@ impl Executor {
                 failed_parent_claim: Mutex::new(None),
                 clock_skew_ms: AtomicI64::new(NO_SKEW),
                 skew_measured: Mutex::new(None),
+                pruned: Mutex::new(None),
                 wake_claim: Notify::new(),
                 wake_parents: Notify::new(),
                 wake_close: Arc::new(Notify::new()),
@@ -495,6 +545,18 @@ impl Executor {
             NO_SKEW => None,
             skew => Some(skew),
         }
+    }
+
+    /// Deletes the finished, closed executions older than `retention` keeps (with the
+    /// finished-child records of pruned parents), in batches of `retention.batch_size`, until
+    /// none is left; returns how many it deleted. Unfinished work is never touched. An executor
+    /// with [`ExecutorOptions::retention`] does this by itself every `retention.interval`.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors; what was deleted before stays deleted.
+    pub async fn prune(&self, retention: &Retention) -> Result<u64> {
+        self.inner.prune(retention).await
     }
 
     /// How many executions this executor is running now.
@@ -1218,10 +1280,55 @@ impl Inner {
         Ok(())
     }
 
+    /// Deletes what `retention` no longer keeps; see [`Executor::prune`].
+    async fn prune(&self, retention: &Retention) -> Result<u64> {
+        let batch = retention.batch_size.max(1);
+        let mut deleted = 0;
+        for (age, statuses) in retention.ages() {
+            let Some(age) = age else { continue };
+            let before = self.now().saturating_sub(millis(age));
+            loop {
+                let n = self
+                    .storage
+                    .prune_task_executions(statuses, before, batch)
+                    .await?;
+                deleted += n;
+                if n < batch || self.shutdown.is_cancelled() {
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "pruned finished executions");
+        }
+        Ok(deleted)
+    }
+
+    /// Prunes when [`ExecutorOptions::retention`] asks for it and its interval passed.
+    async fn prune_when_due(&self) -> Result<()> {
+        let Some(retention) = &self.options.retention else {
+            return Ok(());
+        };
+        {
+            let mut pruned = self
+                .pruned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if pruned.is_some_and(|at| at.elapsed() < retention.interval) {
+                return Ok(());
+            }
+            *pruned = Some(std::time::Instant::now());
+        }
+        self.prune(retention).await.map(|_| ())
+    }
+
     /// One iteration of the expire loop.
     async fn expire(self: Arc<Self>) -> Result<bool> {
         if let Err(err) = self.measure_clock_skew().await {
             tracing::debug!(error = %err, "measuring the clock skew failed");
+        }
+        if let Err(err) = self.prune_when_due().await {
+            tracing::warn!(error = %err, "pruning finished executions failed");
         }
         let limit = self.options.background_batch_size;
         let expired = self

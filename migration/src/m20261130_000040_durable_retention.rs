@@ -1,0 +1,63 @@
+//! Serves retention: an index on closed executions in the order they are pruned (oldest
+//! finish first), so deleting old work never scans live rows.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::schema::create_filtered_index;
+
+/// The migration; its name is this file's stem.
+#[derive(DeriveMigrationName)]
+pub(crate) struct Migration;
+
+const EXECUTIONS: &str = "task_executions";
+const INDEX: &str = "ix_task_executions_closed";
+
+#[derive(DeriveIden)]
+enum TaskExecutions {
+    ExecutionId,
+    IsClosed,
+    FinishedAt,
+}
+
+fn index() -> IndexCreateStatement {
+    Index::create()
+        .name(INDEX)
+        .table(Alias::new(EXECUTIONS))
+        .to_owned()
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use TaskExecutions as T;
+        create_filtered_index(
+            manager,
+            EXECUTIONS,
+            index().col(T::FinishedAt).col(T::ExecutionId).to_owned(),
+            Expr::col(T::IsClosed).eq(true),
+            index()
+                .col(T::IsClosed)
+                .col(T::FinishedAt)
+                .col(T::ExecutionId)
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let mut drop = Index::drop()
+            .name(INDEX)
+            .table(Alias::new(EXECUTIONS))
+            .to_owned();
+        if manager.get_database_backend() == DbBackend::MySql {
+            // MySQL has no `DROP INDEX IF EXISTS`.
+            if !manager.has_index(EXECUTIONS, INDEX).await? {
+                return Ok(());
+            }
+        } else {
+            drop.if_exists();
+        }
+        manager.drop_index(drop).await
+    }
+}
