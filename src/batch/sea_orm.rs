@@ -859,17 +859,21 @@ async fn finalize<C: ConnectionTrait>(
             .to_owned()
     };
     let any_batch = of_job();
+    // The statuses are SQL literals, not parameters, so that the planners can use the partial
+    // indexes `ix_batchactions_batches_unfinished` and `ix_batchactions_batches_failed`: each
+    // question is one index probe, however many batches have finished.
+    let literal = |status: BatchStatus| Expr::cust(format!("'{}'", status.as_str()));
     let unfinished = of_job()
         .and_where(
             Expr::col((batches::Entity, batches::Column::Status)).is_not_in([
-                BatchStatus::Completed.as_str(),
-                BatchStatus::Failed.as_str(),
+                literal(BatchStatus::Completed),
+                literal(BatchStatus::Failed),
             ]),
         )
         .to_owned();
     let failed = of_job()
         .and_where(
-            Expr::col((batches::Entity, batches::Column::Status)).eq(BatchStatus::Failed.as_str()),
+            Expr::col((batches::Entity, batches::Column::Status)).eq(literal(BatchStatus::Failed)),
         )
         .to_owned();
     let result = jobs::Entity::update_many()

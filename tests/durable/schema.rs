@@ -30,12 +30,12 @@ const TABLES: [&str; 5] = [
     "task_executions",
     "finished_child_task_executions",
 ];
-const INDEXES: [(&str, &str); 13] = [
+const INDEXES: [(&str, &str); 14] = [
     ("task_executions", "ix_task_executions_ready_claim"),
     ("task_executions", "ix_task_executions_executor_claim"),
-    ("task_executions", "ix_task_executions_running"),
-    ("task_executions", "ix_task_executions_waiting_for_children"),
-    ("task_executions", "ix_task_executions_unclosed"),
+    ("task_executions", "ix_task_executions_running_claim"),
+    ("task_executions", "ix_task_executions_waiting_claim"),
+    ("task_executions", "ix_task_executions_unclosed_claim"),
     ("task_executions", "ix_task_executions_executor_cancel"),
     ("task_executions", "ix_task_executions_parent"),
     (
@@ -48,6 +48,7 @@ const INDEXES: [(&str, &str); 13] = [
     ),
     ("batchactions_batches", "ix_batchactions_batches_pending"),
     ("batchactions_batches", "ix_batchactions_batches_claim_id"),
+    ("batchactions_batches", "ix_batchactions_batches_unfinished"),
     (
         "batchactions_records",
         "ix_batchactions_records_job_id_status",
