@@ -617,7 +617,7 @@ fn record_conflict(backend: DbBackend, mode: RecordWrite) -> OnConflict {
 }
 
 /// The statements that write `records` of `job_id` for `batch_id` as `mode` says: as few as
-/// the backend's parameter limit and [`dialect::MAX_STATEMENT_BYTES`] allow, each one
+/// the backend's parameter limit and [`dialect::max_statement_bytes`] allow, each one
 /// `INSERT … ON CONFLICT (job_id, record_index) …` (PostgreSQL, SQLite) or
 /// `INSERT … ON DUPLICATE KEY UPDATE …` (MySQL), so writing again never fails.
 fn record_writes(
