@@ -3,7 +3,8 @@
 //! what the library costs on top of the SQL it needs.
 //!
 //! ```text
-//! cargo bench --bench throughput -- [--database-url URL] [--workload w1,w2,w3] [--quick] [--repeat N]
+//! cargo bench --bench throughput -- [--database-url URL] [--workload w1,w2,w3,w4,w5] [--quick] [--repeat N]
+//! cargo bench --bench throughput -- [--database-url URL] --scale [--quick]
 //! ```
 //!
 //! Without `--database-url` it runs on a SQLite file in a temporary directory. A PostgreSQL or
@@ -15,7 +16,15 @@
 //! Workloads:
 //! - W1: a distributed job of 200 batches × 10 records, 4 workers, a processor that does nothing;
 //! - W2: a distributed job of 100 000 records in batches of 500, 4 workers;
-//! - W3: 10 000 no-op durable tasks, one executor, then three executors.
+//! - W3: 10 000 no-op durable tasks, one executor, then three executors;
+//! - W4: parents and children: 3 executors, 100 parents × 100 no-op children + a finalize each
+//!   (10 200 executions), one warm-up run and then `--repeat` measured ones (no floor: the
+//!   target is absolute);
+//! - W5: `prepare` of a job of 100 000 records in batches of 500, beside the same INSERTs by hand.
+//!
+//! `--scale` runs W2 at 10 000, 100 000 and 1 000 000 records and W3 (one executor) at 10 000 and
+//! 100 000 tasks, ours only, and prints the throughput and the peak memory (the process's peak
+//! resident set, reset before each run) per size: a flat line is linear cost.
 
 // A benchmark is a program that prints its figures.
 #![allow(clippy::print_stdout)]
@@ -30,9 +39,9 @@ use sea_orm::{
 };
 use sea_orm_durable::migration::{Migrator, MigratorTrait};
 use sea_orm_durable::{
-    DistributedStateStore, Executor, ExecutorOptions, JobConfig, JobStatus, NewTaskExecution,
-    SeaOrmStateStore, SeaOrmTaskExecutionStorage, TaskDefinition, TaskError, TaskExecutionStorage,
-    WorkerOptions, prepare, run_worker,
+    DistributedStateStore, Executor, ExecutorOptions, FinalizeInput, JobConfig, JobStatus,
+    NewTaskExecution, ParentOutcome, SeaOrmStateStore, SeaOrmTaskExecutionStorage, TaskDefinition,
+    TaskError, TaskExecutionStorage, WorkerOptions, prepare, run_worker,
 };
 use serde_json::json;
 
@@ -628,6 +637,358 @@ async fn tasks_floor_loop(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Parents and children (W4)
+
+/// `parents` parents with `children` no-op children and a no-op finalize each, run by
+/// `executors` executors; the time from the first enqueue until every parent completed.
+async fn parent_child_library(
+    target: &Target,
+    parents: usize,
+    children: u32,
+    executors: usize,
+) -> Result<Duration> {
+    let scratch = target.scratch().await?;
+    let child = TaskDefinition::new("pc_child", |_ctx, ()| async { Ok::<_, TaskError>(()) });
+    let finalize = TaskDefinition::new("pc_finalize", |_ctx, _input: FinalizeInput<u32>| async {
+        Ok::<_, TaskError>(())
+    });
+    let spawn = child.clone();
+    let parent = TaskDefinition::parent("pc_parent", move |_ctx, count: u32| {
+        let spawn = spawn.clone();
+        async move {
+            let mut outcome = ParentOutcome::new(count);
+            for _ in 0..count {
+                outcome = outcome.child(&spawn, &());
+            }
+            Ok::<_, TaskError>(outcome)
+        }
+    })
+    .finalize(&finalize);
+    let mut pool = Vec::new();
+    for _ in 0..executors {
+        let db =
+            Database::connect(options(target.backend, &scratch.url, target.pool_size())).await?;
+        let executor = Executor::new(
+            Arc::new(SeaOrmTaskExecutionStorage::new(db.clone())),
+            ExecutorOptions {
+                poll_interval: Duration::from_millis(10),
+                ..ExecutorOptions::default()
+            },
+        );
+        executor.register(&parent)?;
+        executor.register(&child)?;
+        executor.start();
+        pool.push((executor, db));
+    }
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(parents);
+    for _ in 0..parents {
+        ids.push(
+            pool[0]
+                .0
+                .enqueue(&parent, &children)
+                .await?
+                .execution_id()
+                .to_owned(),
+        );
+    }
+    let list = ids
+        .iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    // The parents by primary key: the watching costs the database next to nothing.
+    let probe = format!(
+        "SELECT COUNT(*) AS n FROM task_executions WHERE execution_id IN ({list}) AND is_finished = TRUE"
+    );
+    loop {
+        let row = scratch
+            .db
+            .query_one_raw(stmt(target.backend, &probe, vec![]))
+            .await?
+            .context("no count")?;
+        if row.try_get::<i64>("", "n")? == i64::try_from(parents)? {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "parents did not finish in 600 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed();
+    let done = scratch
+        .db
+        .query_one_raw(stmt(
+            target.backend,
+            &format!(
+                "SELECT COUNT(*) AS n FROM task_executions WHERE execution_id IN ({list}) AND status = 'completed'"
+            ),
+            vec![],
+        ))
+        .await?
+        .context("no count")?;
+    ensure!(
+        done.try_get::<i64>("", "n")? == i64::try_from(parents)?,
+        "parents did not all complete"
+    );
+    for (executor, db) in &pool {
+        executor.shutdown().await;
+        db.clone().close().await?;
+    }
+    target.drop_scratch(scratch).await?;
+    Ok(took)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prepare (W5)
+
+fn job_record(i: u64) -> serde_json::Value {
+    json!({ "id": i, "name": format!("record {i}") })
+}
+
+/// `prepare` of a job of `records` records in batches of `batch_size`.
+async fn prepare_library(target: &Target, records: u64, batch_size: u32) -> Result<Duration> {
+    let scratch = target.scratch().await?;
+    let store = SeaOrmStateStore::new(scratch.db.clone());
+    let started = Instant::now();
+    prepare(
+        &store,
+        "job",
+        JobConfig::new(batch_size),
+        (0..records).map(job_record),
+    )
+    .await?;
+    let took = started.elapsed();
+    target.drop_scratch(scratch).await?;
+    Ok(took)
+}
+
+/// What `prepare` writes, by hand: the job row, one multi-row insert-if-absent of the records
+/// of each batch (10 bound values a row, JSON cast from text on PostgreSQL as the library
+/// writes it), the batch rows, the job's start.
+async fn prepare_floor(target: &Target, records: u64, batch_size: u32) -> Result<Duration> {
+    let scratch = target.scratch().await?;
+    let backend = target.backend;
+    let db = &scratch.db;
+    let json_value = |v: serde_json::Value| -> (Value, &'static str) {
+        if backend == DbBackend::Postgres {
+            (v.to_string().into(), "CAST(? AS json)")
+        } else {
+            (v.into(), "?")
+        }
+    };
+    let conflict = match backend {
+        DbBackend::MySql => " ON DUPLICATE KEY UPDATE job_id = job_id",
+        _ => " ON CONFLICT (job_id, record_index) DO NOTHING",
+    };
+    let started = Instant::now();
+    let now = now_ms();
+    let config = if backend == DbBackend::Postgres {
+        "CAST($2 AS json)"
+    } else {
+        "$2"
+    };
+    db.execute_raw(stmt(
+        backend,
+        &format!(
+            "INSERT INTO batchactions_jobs (id, status, config, batches, total_records, distributed, \
+             created_at, updated_at) VALUES ($1, 'CREATED', {config}, '[]', 0, TRUE, $3, $4)"
+        ),
+        vec![
+            "job".into(),
+            json!({ "batchSize": batch_size }).to_string().into(),
+            now.into(),
+            now.into(),
+        ],
+    ))
+    .await?;
+    let size = u64::from(batch_size);
+    let mut batches = Vec::new();
+    let mut first = 0;
+    while first < records {
+        let last = (first + size).min(records) - 1;
+        let batch_id = format!("job-b{}", batches.len());
+        // Split as the library splits a batch: by the bytes of the values, so that each
+        // statement fits one TCP segment (see `statement_bytes`).
+        let mut start = first;
+        while start <= last {
+            let mut sql = String::from(
+                "INSERT INTO batchactions_records (job_id, record_index, batch_id, status, raw, \
+                 parsed, errors, processing_error, retry_count, updated_at) VALUES ",
+            );
+            let mut values: Vec<Value> = Vec::new();
+            let mut bytes = 0;
+            let mut i = start;
+            while i <= last {
+                let record = job_record(i);
+                let row_bytes =
+                    2 * record.to_string().len() + 2 + "job".len() + batch_id.len() + 64;
+                if i > start && bytes + row_bytes > statement_bytes(backend) {
+                    break;
+                }
+                bytes += row_bytes;
+                let (raw, cast) = json_value(record.clone());
+                let (parsed, _) = json_value(record);
+                let (errors, _) = json_value(json!([]));
+                if i > start {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(?, ?, ?, ?, {cast}, {cast}, {cast}, ?, ?, ?)"));
+                values.extend([
+                    "job".into(),
+                    i64::try_from(i)?.into(),
+                    batch_id.clone().into(),
+                    "pending".into(),
+                    raw,
+                    parsed,
+                    errors,
+                    Option::<String>::None.into(),
+                    0_i32.into(),
+                    now_ms().into(),
+                ]);
+                i += 1;
+            }
+            sql.push_str(conflict);
+            db.execute_raw(placeholders(backend, &sql, values)).await?;
+            start = i;
+        }
+        batches.push((batch_id, first, last));
+        first = last + 1;
+    }
+    for chunk in batches.chunks(500) {
+        let mut sql = String::from(
+            "INSERT INTO batchactions_batches (id, job_id, batch_index, status, record_start_index, \
+             record_end_index, created_at, updated_at) VALUES ",
+        );
+        let mut values: Vec<Value> = Vec::new();
+        for (n, (id, start, end)) in chunk.iter().enumerate() {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str("(?, ?, ?, 'PENDING', ?, ?, ?, ?)");
+            let index = id.rsplit('b').next().context("batch id")?.parse::<i32>()?;
+            values.extend([
+                id.clone().into(),
+                "job".into(),
+                index.into(),
+                i64::try_from(*start)?.into(),
+                i64::try_from(*end)?.into(),
+                now.into(),
+                now.into(),
+            ]);
+        }
+        db.execute_raw(placeholders(backend, &sql, values)).await?;
+    }
+    db.execute_raw(stmt(
+        backend,
+        "UPDATE batchactions_jobs SET status = 'PROCESSING', total_records = $1, started_at = $2, \
+         updated_at = $3 WHERE id = $4 AND status = 'CREATED'",
+        vec![
+            i64::try_from(records)?.into(),
+            now.into(),
+            now.into(),
+            "job".into(),
+        ],
+    ))
+    .await?;
+    let took = started.elapsed();
+    target.drop_scratch(scratch).await?;
+    Ok(took)
+}
+
+/// The bytes of values the library puts in one multi-row statement on `backend`: PostgreSQL
+/// 12 KiB and MySQL 48 KiB, so that each statement fits one TCP segment (sqlx 0.9.0 does not set
+/// `TCP_NODELAY`); SQLite 2 MiB.
+fn statement_bytes(backend: DbBackend) -> usize {
+    match backend {
+        DbBackend::Postgres => 12 * 1024,
+        DbBackend::MySql => 48 * 1024,
+        _ => 2 * 1024 * 1024,
+    }
+}
+
+/// A statement with `?` placeholders, numbered `$1, $2, …` for PostgreSQL.
+fn placeholders(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
+    if backend != DbBackend::Postgres {
+        return Statement::from_sql_and_values(backend, sql, values);
+    }
+    let mut out = String::with_capacity(sql.len() + sql.len() / 2);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    Statement::from_sql_and_values(backend, out, values)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scale (--scale)
+
+/// Resets the process's peak resident set (Linux: `5` into `/proc/self/clear_refs`), so that
+/// [`peak_memory_mib`] reports the peak of what runs next. Elsewhere it does nothing.
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident set in MiB since the last [`reset_peak_memory`] (Linux
+/// `VmHWM`), if known.
+fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+async fn scale(target: &Target, quick: bool) -> Result<()> {
+    println!("scale: ours only; throughput and peak memory per size (flat = linear)");
+    let sizes: &[u64] = if quick {
+        &[2_000, 10_000]
+    } else {
+        &[10_000, 100_000, 1_000_000]
+    };
+    let mut first: Option<f64> = None;
+    for &records in sizes {
+        let shape = JobShape {
+            records,
+            batch_size: 500,
+            workers: 4,
+        };
+        reset_peak_memory();
+        let took = job_library(target, &shape).await?;
+        let r = rate(f64::from(u32::try_from(records)?), took);
+        let base = *first.get_or_insert(r);
+        println!(
+            "W2 job {records:>9} records, batch 500, 4 workers {:>9.3} s {r:>11.0} rec/s  {:>6.2} × smallest   peak {:>7.1} MiB",
+            took.as_secs_f64(),
+            r / base,
+            peak_memory_mib().unwrap_or(f64::NAN)
+        );
+    }
+    let sizes: &[usize] = if quick {
+        &[1_000, 5_000]
+    } else {
+        &[10_000, 100_000]
+    };
+    let mut first: Option<f64> = None;
+    for &count in sizes {
+        reset_peak_memory();
+        let took = tasks_library(target, count, 1).await?;
+        let r = rate(f64::from(u32::try_from(count)?), took);
+        let base = *first.get_or_insert(r);
+        println!(
+            "W3 {count:>9} no-op tasks queued, 1 executor      {:>9.3} s {r:>11.0} task/s {:>6.2} × smallest   peak {:>7.1} MiB",
+            took.as_secs_f64(),
+            r / base,
+            peak_memory_mib().unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}
+
 /// Runs `ours` and `floor` alternately `repeat` times; the median time of each.
 async fn median_pair<A, B, FA, FB>(repeat: usize, ours: A, floor: B) -> Result<(Duration, Duration)>
 where
@@ -681,8 +1042,9 @@ async fn main() -> Result<()> {
     let mut url = std::env::var("DATABASE_URL")
         .ok()
         .filter(|u| !u.starts_with("sqlite"));
-    let mut workloads = vec!["w1".to_owned(), "w2".to_owned(), "w3".to_owned()];
+    let mut workloads: Vec<String> = ["w1", "w2", "w3", "w4", "w5"].map(str::to_owned).to_vec();
     let mut quick = false;
+    let mut scale_mode = false;
     let mut repeat: usize = 0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -697,6 +1059,7 @@ async fn main() -> Result<()> {
                     .collect();
             }
             "--quick" => quick = true,
+            "--scale" => scale_mode = true,
             "--repeat" => repeat = args.next().context("--repeat needs a value")?.parse()?,
             "--bench" => {}
             other => bail!("unknown argument {other}; see the file's docs"),
@@ -719,6 +1082,9 @@ async fn main() -> Result<()> {
         println!(
             "debug build: figures are far below a release build's (`cargo bench` builds release)"
         );
+    }
+    if scale_mode {
+        return scale(&target, quick).await;
     }
     let mut rows = Vec::new();
     for workload in &workloads {
@@ -808,6 +1174,52 @@ async fn main() -> Result<()> {
                     );
                     rows.push(row);
                 }
+            }
+            "w4" => {
+                let (parents, children) = if quick { (10, 20) } else { (100, 100) };
+                let executions = parents * (usize::try_from(children)? + 2);
+                // One warm-up run, then the measured ones.
+                parent_child_library(&target, parents, children, 3).await?;
+                let mut runs = Vec::new();
+                for _ in 0..repeat {
+                    runs.push(parent_child_library(&target, parents, children, 3).await?);
+                }
+                runs.sort();
+                let ours = runs[runs.len() / 2];
+                let goal = if pg {
+                    "≥ 7 000 exec/s"
+                } else {
+                    "≥ 5 000 exec/s"
+                };
+                println!(
+                    "{:<44} {:>9.3} s {:>11.0} exec/s  (no floor)   target {goal}",
+                    format!("W4 {parents} parents × {children} children + finalize, 3 executors"),
+                    ours.as_secs_f64(),
+                    rate(f64::from(u32::try_from(executions)?), ours),
+                );
+            }
+            "w5" => {
+                let records: u64 = if quick { 10_000 } else { 100_000 };
+                let (ours, floor) = median_pair(
+                    repeat,
+                    || prepare_library(&target, records, 500),
+                    || prepare_floor(&target, records, 500),
+                )
+                .await?;
+                let row = Row {
+                    workload: format!("W5 prepare {records} records, batch 500"),
+                    items: f64::from(u32::try_from(records)?),
+                    unit: "rec",
+                    ours,
+                    floor,
+                    target: if pg {
+                        "≥ 50 000 rec/s, ratio ≥ 0.7".to_owned()
+                    } else {
+                        "—".to_owned()
+                    },
+                };
+                print_row(&row);
+                rows.push(row);
             }
             other => bail!("unknown workload {other}"),
         }

@@ -23,6 +23,7 @@ mod m20261123_000002_durable_create_task_tables;
 mod m20261130_000003_durable_task_queues;
 mod m20261130_000010_durable_binary_id_collation;
 mod m20261130_000011_durable_batch_claim_ids;
+mod m20261130_000020_durable_ordered_indexes;
 mod m20261130_000040_durable_retention;
 mod schema;
 
@@ -44,6 +45,7 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         Box::new(m20261130_000003_durable_task_queues::Migration),
         Box::new(m20261130_000010_durable_binary_id_collation::Migration),
         Box::new(m20261130_000011_durable_batch_claim_ids::Migration),
+        Box::new(m20261130_000020_durable_ordered_indexes::Migration),
         Box::new(m20261130_000040_durable_retention::Migration),
     ]
 }

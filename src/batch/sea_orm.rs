@@ -696,7 +696,7 @@ fn record_conflict(backend: DbBackend, mode: RecordWrite) -> OnConflict {
 }
 
 /// The statements that write `records` of `job_id` for `batch_id` as `mode` says: as few as
-/// the backend's parameter limit and [`dialect::MAX_STATEMENT_BYTES`] allow, each one
+/// the backend's parameter limit and [`dialect::max_statement_bytes`] allow, each one
 /// `INSERT … ON CONFLICT (job_id, record_index) …` (PostgreSQL, SQLite) or
 /// `INSERT … ON DUPLICATE KEY UPDATE …` (MySQL), so writing again never fails.
 fn record_writes(
@@ -938,17 +938,21 @@ async fn finalize<C: ConnectionTrait>(
             .to_owned()
     };
     let any_batch = of_job();
+    // The statuses are SQL literals, not parameters, so that the planners can use the partial
+    // indexes `ix_batchactions_batches_unfinished` and `ix_batchactions_batches_failed`: each
+    // question is one index probe, however many batches have finished.
+    let literal = |status: BatchStatus| Expr::cust(format!("'{}'", status.as_str()));
     let unfinished = of_job()
         .and_where(
             Expr::col((batches::Entity, batches::Column::Status)).is_not_in([
-                BatchStatus::Completed.as_str(),
-                BatchStatus::Failed.as_str(),
+                literal(BatchStatus::Completed),
+                literal(BatchStatus::Failed),
             ]),
         )
         .to_owned();
     let failed = of_job()
         .and_where(
-            Expr::col((batches::Entity, batches::Column::Status)).eq(BatchStatus::Failed.as_str()),
+            Expr::col((batches::Entity, batches::Column::Status)).eq(literal(BatchStatus::Failed)),
         )
         .to_owned();
     let result = jobs::Entity::update_many()

@@ -11,7 +11,7 @@
 //! parameters: the partial indexes of the migration (`WHERE status = 'ready'`, ...) can only be
 //! used when the planner sees the same constant in the query.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
 use async_trait::async_trait;
@@ -570,14 +570,22 @@ async fn update_and_enqueue_in<C: ConnectionTrait>(
     Ok(true)
 }
 
-/// Records finished children, once per (parent, child), and recounts each parent.
+/// Records finished children, once per (parent, child), and adds to each parent's counters
+/// exactly the records this call inserted.
 ///
 /// The parents are locked first, in execution-id order (PostgreSQL/MySQL `SELECT … FOR
-/// UPDATE`; SQLite's `IMMEDIATE` transaction already excludes every other writer). A
-/// transaction recording children of the same parent therefore waits for this one to commit,
-/// and its recount (READ COMMITTED: every statement sees what was committed before it) counts
-/// this one's records too, so the counters always equal the records however many children
-/// finish at once. `conn` must be a write transaction.
+/// UPDATE`; SQLite's `IMMEDIATE` transaction already excludes every other writer), so two
+/// transactions recording children of one parent run one after the other and never deadlock on
+/// the counter updates. The counters grow by the rows inserted, not by a recount, so recording
+/// the last of N children costs the same as recording the first:
+///
+/// - PostgreSQL and SQLite: `INSERT … ON CONFLICT DO NOTHING RETURNING` names the rows that
+///   were new; a record that exists already (a retried close) is not returned.
+/// - MySQL/MariaDB: no `RETURNING`, and `ON DUPLICATE KEY` reports a conflict as a success, so
+///   the records that exist already are read first ([`existing_children`]). Under the parent
+///   locks nothing else can insert records of these parents, so the rest are all new.
+///
+/// `conn` must be a write transaction.
 async fn record_finished_children_in<C: ConnectionTrait>(
     conn: &C,
     children: Vec<FinishedChildTaskExecution>,
@@ -609,19 +617,29 @@ async fn record_finished_children_in<C: ConnectionTrait>(
             conn.query_all(&lock).await?;
         }
     }
+    let children = if backend == DbBackend::MySql {
+        let existing = existing_children(conn, &children).await?;
+        children
+            .into_iter()
+            .filter(|c| {
+                !existing.contains(&(c.parent_execution_id.clone(), c.child_execution_id.clone()))
+            })
+            .collect()
+    } else {
+        children
+    };
     let models = children
         .into_iter()
         .map(mapper::finished_child_to_model)
         .collect::<Result<Vec<_>>>()?;
-    let on_conflict = match backend {
-        // sea-query renders `do_nothing()` as invalid SQL on MySQL; assigning the key column to
-        // itself is MySQL's insert-if-absent.
-        DbBackend::MySql => OnConflict::new()
-            .update_column(ChildCol::ParentExecutionId)
-            .to_owned(),
-        _ => OnConflict::columns([ChildCol::ParentExecutionId, ChildCol::ChildExecutionId])
-            .do_nothing()
-            .to_owned(),
+    // Per parent: (records added, of which not completed).
+    let mut added: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut count = |parent: String, status: &str| {
+        let entry = added.entry(parent).or_default();
+        entry.0 += 1;
+        if status != TaskExecutionStatus::Completed.as_str() {
+            entry.1 += 1;
+        }
     };
     for chunk in dialect::chunks(
         backend,
@@ -630,32 +648,102 @@ async fn record_finished_children_in<C: ConnectionTrait>(
         finished_child_bytes,
     ) {
         let mut stmt = dialect::insert_models(backend, chunk)?;
-        stmt.on_conflict(on_conflict.clone());
-        conn.execute(&stmt).await?;
+        match backend {
+            // sea-query renders `do_nothing()` as invalid SQL on MySQL; assigning the key column
+            // to itself is MySQL's insert-if-absent. The rows were checked absent above, so it
+            // only matters for records of a parent that does not exist (nothing to count).
+            DbBackend::MySql => {
+                stmt.on_conflict(
+                    OnConflict::new()
+                        .update_column(ChildCol::ParentExecutionId)
+                        .to_owned(),
+                );
+                conn.execute(&stmt).await?;
+                for m in chunk {
+                    count(m.parent_execution_id.clone(), &m.status);
+                }
+            }
+            _ => {
+                stmt.on_conflict(
+                    OnConflict::columns([ChildCol::ParentExecutionId, ChildCol::ChildExecutionId])
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .returning(
+                    Query::returning().columns([ChildCol::ParentExecutionId, ChildCol::Status]),
+                );
+                for row in conn.query_all(&stmt).await? {
+                    count(
+                        row.try_get::<String>("", "parent_execution_id")?,
+                        &row.try_get::<String>("", "status")?,
+                    );
+                }
+            }
+        }
     }
-    for chunk in id_chunks(backend, &parents) {
-        let recount = Query::update()
-            .table(te::Entity)
-            .value(
-                Col::FinishedChildrenCount,
-                Expr::cust(
-                    "(SELECT COUNT(*) FROM finished_child_task_executions f \
-                     WHERE f.parent_execution_id = task_executions.execution_id)",
-                ),
-            )
-            .value(
-                Col::FailedChildrenCount,
-                Expr::cust(
-                    "(SELECT COUNT(*) FROM finished_child_task_executions f \
-                     WHERE f.parent_execution_id = task_executions.execution_id \
-                     AND f.status <> 'completed')",
-                ),
-            )
-            .and_where(Expr::col(Col::ExecutionId).is_in(chunk.iter().map(String::as_str)))
-            .to_owned();
-        conn.execute(&recount).await?;
+    // Parents that gained the same counts share one statement (often all of them: one child
+    // each).
+    let mut by_increment: BTreeMap<(i64, i64), Vec<String>> = BTreeMap::new();
+    for (parent, increment) in added {
+        by_increment.entry(increment).or_default().push(parent);
+    }
+    for ((finished, failed), parents) in by_increment {
+        for chunk in id_chunks(backend, &parents) {
+            let mut update = Query::update();
+            update
+                .table(te::Entity)
+                .value(
+                    Col::FinishedChildrenCount,
+                    Expr::col(Col::FinishedChildrenCount).add(finished),
+                )
+                .and_where(Expr::col(Col::ExecutionId).is_in(chunk.iter().map(String::as_str)));
+            if failed > 0 {
+                update.value(
+                    Col::FailedChildrenCount,
+                    Expr::col(Col::FailedChildrenCount).add(failed),
+                );
+            }
+            conn.execute(&update).await?;
+        }
     }
     Ok(())
+}
+
+/// Which of `children` are recorded already, as (parent, child) pairs; read with the parents
+/// locked, so the answer holds until the transaction ends.
+async fn existing_children<C: ConnectionTrait>(
+    conn: &C,
+    children: &[FinishedChildTaskExecution],
+) -> Result<HashSet<(String, String)>> {
+    let backend = conn.get_database_backend();
+    let mut existing = HashSet::new();
+    let size = |c: &FinishedChildTaskExecution| {
+        c.parent_execution_id.len() + c.child_execution_id.len() + 16
+    };
+    for chunk in dialect::chunks(backend, 2, children, size) {
+        let parents: BTreeSet<&str> = chunk
+            .iter()
+            .map(|c| c.parent_execution_id.as_str())
+            .collect();
+        // Both lists are served by the primary key; pairs that only cross-match are dropped
+        // below.
+        let select = Query::select()
+            .columns([ChildCol::ParentExecutionId, ChildCol::ChildExecutionId])
+            .from(fc::Entity)
+            .and_where(Expr::col(ChildCol::ParentExecutionId).is_in(parents))
+            .and_where(
+                Expr::col(ChildCol::ChildExecutionId)
+                    .is_in(chunk.iter().map(|c| c.child_execution_id.as_str())),
+            )
+            .to_owned();
+        for row in conn.query_all(&select).await? {
+            existing.insert((
+                row.try_get::<String>("", "parent_execution_id")?,
+                row.try_get::<String>("", "child_execution_id")?,
+            ));
+        }
+    }
+    Ok(existing)
 }
 
 /// The tasks and queues a claim admits, as a condition.
