@@ -85,16 +85,16 @@ pub use batch::{
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result, UnknownStatus};
 pub use task::executor::{
-    ChildOutput, ChildTask, Executor, ExecutorOptions, FinalizeInput, FinishedExecution,
-    ParentDefinition, ParentOutcome, ParentTaskOutput, Sequence, TaskContext, TaskDefinition,
-    TaskError, TaskHandle, TaskOptions, WaitOptions,
+    ChildOutput, ChildTask, EnqueueOptions, Executor, ExecutorOptions, FinalizeInput,
+    FinishedExecution, ParentDefinition, ParentOutcome, ParentTaskOutput, Sequence, TaskContext,
+    TaskDefinition, TaskError, TaskHandle, TaskOptions, WaitOptions,
 };
 pub use task::{
     ClaimParams, DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
     InMemoryTaskExecutionStorage, MAX_LEASE_MARGIN, MAX_QUEUE_LEN, MAX_SLEEP_BEFORE_RUN,
     MAX_TIMEOUT, NewTaskExecution, ParentRef, RetryOptions, SeaOrmTaskExecutionStorage,
     TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus,
-    TaskExecutionStorage, TaskExecutionUpdate,
+    TaskExecutionStorage, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
 };
 /// The token that shuts a batch worker down ([`WorkerOptions::shutdown`]).
 pub use tokio_util::sync::CancellationToken;

@@ -124,6 +124,12 @@ pub(crate) fn execution_to_model(e: TaskExecution) -> Result<te::Model> {
         execution_id: e.execution_id,
         task_id: e.task_id,
         queue: e.queue,
+        // Set only while sleeping: the unique index then holds each key once among sleepers.
+        sleeping_key: e
+            .wake_key
+            .clone()
+            .filter(|_| e.status == TaskExecutionStatus::Sleeping),
+        wake_key: e.wake_key,
         root_task_id,
         root_execution_id,
         parent_task_id,
@@ -219,6 +225,7 @@ pub(crate) fn execution_from_model(m: te::Model) -> Result<TaskExecution> {
         execution_id: m.execution_id,
         task_id: m.task_id,
         queue: m.queue,
+        wake_key: m.wake_key,
         root,
         parent,
         retry_options,
@@ -278,6 +285,8 @@ pub(crate) fn execution_from_row(row: &QueryResult) -> Result<TaskExecution> {
                 execution_id: String,
                 task_id: String,
                 queue: String,
+                wake_key: Option<String>,
+                sleeping_key: Option<String>,
                 root_task_id: Option<String>,
                 root_execution_id: Option<String>,
                 parent_task_id: Option<String>,

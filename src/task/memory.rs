@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use super::model::next_fencing_token;
 use super::model::{
     ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionFilter,
-    TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate,
+    TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeResult,
 };
 use super::storage::TaskExecutionStorage;
 use super::validate_new;
@@ -103,10 +103,19 @@ pub(crate) fn apply_update(e: &mut TaskExecution, update: &TaskExecutionUpdate) 
 impl State {
     fn insert(&mut self, executions: Vec<NewTaskExecution>, now: i64) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
         for e in &executions {
             if self.executions.contains_key(&e.execution_id) || !seen.insert(&e.execution_id) {
                 return Err(Error::Conflict {
                     message: format!("task execution {} already exists", e.execution_id),
+                    source: None,
+                });
+            }
+            if let Some(key) = &e.wake_key
+                && (!keys.insert(key) || self.sleeping(key).is_some())
+            {
+                return Err(Error::Conflict {
+                    message: format!("an execution already sleeps under wake key {key}"),
                     source: None,
                 });
             }
@@ -116,6 +125,16 @@ impl State {
                 .insert(e.execution_id.clone(), e.into_execution(now));
         }
         Ok(())
+    }
+
+    /// The id of the execution sleeping under `key`, if any.
+    fn sleeping(&self, key: &str) -> Option<String> {
+        self.executions
+            .values()
+            .find(|e| {
+                e.status == TaskExecutionStatus::Sleeping && e.wake_key.as_deref() == Some(key)
+            })
+            .map(|e| e.execution_id.clone())
     }
 
     fn update(&mut self, guard: &TaskExecutionGuard, update: &TaskExecutionUpdate) -> u64 {
@@ -255,6 +274,11 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
                         .parent_execution_id
                         .as_ref()
                         .is_none_or(|p| e.parent.as_ref().is_some_and(|ep| &ep.execution_id == p))
+                    && filter.starts_after.is_none_or(|t| e.start_at > t)
+                    && filter
+                        .wake_key
+                        .as_ref()
+                        .is_none_or(|k| e.wake_key.as_ref() == Some(k))
             })
             .cloned()
             .collect();
@@ -368,13 +392,48 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
             |e| e.status == TaskExecutionStatus::Running && e.expires_at.is_some_and(|x| x < now),
             |e| (e.expires_at, e.execution_id.clone()),
         );
-        let count = u64::try_from(ids.len()).unwrap_or(u64::MAX);
+        let mut count = u64::try_from(ids.len()).unwrap_or(u64::MAX);
         for id in ids {
             if let Some(e) = state.executions.get_mut(&id) {
                 apply_update(e, &super::expiry_update(e, now));
             }
         }
+        let sleepers = state.pick(
+            limit,
+            |e| e.status == TaskExecutionStatus::Sleeping && e.expires_at.is_some_and(|x| x < now),
+            |e| (e.expires_at, e.execution_id.clone()),
+        );
+        let timed_out = super::TaskExecutionUpdate {
+            now,
+            status: Some(TaskExecutionStatus::TimedOut),
+            error: Some(super::sleep_timed_out_error()),
+            ..Default::default()
+        };
+        count = count.saturating_add(u64::try_from(sleepers.len()).unwrap_or(u64::MAX));
+        for id in sleepers {
+            if let Some(e) = state.executions.get_mut(&id) {
+                apply_update(e, &timed_out);
+            }
+        }
         Ok(count)
+    }
+
+    async fn wake_task_execution(&self, wake: &Wake) -> Result<WakeResult> {
+        super::validate_wake_key(&wake.wake_key)?;
+        let mut state = self.state();
+        if let Some(id) = state.sleeping(&wake.wake_key)
+            && let Some(e) = state.executions.get_mut(&id)
+        {
+            apply_update(e, &super::wake_update(&wake.outcome, wake.now));
+            return Ok(WakeResult::Woken(e.clone()));
+        }
+        state
+            .executions
+            .values()
+            .filter(|e| e.wake_key.as_deref() == Some(wake.wake_key.as_str()))
+            .max_by(|a, b| (a.created_at, &a.execution_id).cmp(&(b.created_at, &b.execution_id)))
+            .map(|e| WakeResult::AlreadyFinished(e.clone()))
+            .ok_or_else(|| super::unknown_wake_key(&wake.wake_key))
     }
 
     async fn claim_parents_with_finished_children(

@@ -27,7 +27,7 @@ use super::mapper;
 use super::model::{
     ClaimParams, ExecutionError, FinishedChildTaskExecution, MAX_TIMEOUT_MS, NewTaskExecution,
     TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionStatus,
-    TaskExecutionUpdate,
+    TaskExecutionUpdate, Wake, WakeResult,
 };
 use super::storage::TaskExecutionStorage;
 use crate::dialect::{self, begin_write, retry};
@@ -108,6 +108,22 @@ impl SeaOrmTaskExecutionStorage {
         executions.iter().try_for_each(super::validate_new)?;
         enqueue_in(conn, executions, now).await
     }
+
+    /// [`wake_task_execution`](TaskExecutionStorage::wake_task_execution) on `conn`, for example
+    /// the application's own `DatabaseTransaction`: the execution is woken if and only if that
+    /// transaction commits (say, together with the webhook's own writes).
+    ///
+    /// # Errors
+    ///
+    /// As [`TaskExecutionStorage::wake_task_execution`].
+    #[tracing::instrument(skip(self, conn), fields(wake_key = %wake.wake_key), err)]
+    pub async fn wake_task_execution_in<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        wake: &Wake,
+    ) -> Result<WakeResult> {
+        wake_in(conn, wake).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -167,6 +183,10 @@ fn update_sets(backend: DbBackend, update: &TaskExecutionUpdate) -> Result<Vec<(
             if status != TaskExecutionStatus::Cancelled {
                 sets.push((Col::ExecutorId, Expr::val(Option::<String>::None)));
             }
+        }
+        if status != TaskExecutionStatus::Sleeping {
+            // Frees the key for the next sleeper; `wake_key` keeps it for later wakes' answers.
+            sets.push((Col::SleepingKey, Expr::val(Option::<String>::None)));
         }
     }
     if let Some(v) = &update.run_output {
@@ -407,7 +427,9 @@ async fn insert_models<C: ConnectionTrait>(conn: &C, models: &[te::Model]) -> Re
             .await
             .map_err(|e| match Error::from(e) {
                 Error::Conflict { source, .. } => Error::Conflict {
-                    message: "a task execution with one of these ids already exists".to_owned(),
+                    message: "a task execution with one of these ids, or a sleeping one with one \
+                              of these wake keys, already exists"
+                        .to_owned(),
                     source,
                 },
                 other => other,
@@ -460,6 +482,12 @@ fn filter_select(filter: &TaskExecutionFilter, ids: Option<&[String]>) -> Select
     }
     if let Some(parent) = &filter.parent_execution_id {
         select.and_where(Expr::col(Col::ParentExecutionId).eq(parent.as_str()));
+    }
+    if let Some(after) = filter.starts_after {
+        select.and_where(Expr::col(Col::StartAt).gt(after));
+    }
+    if let Some(key) = &filter.wake_key {
+        select.and_where(Expr::col(Col::WakeKey).eq(key.as_str()));
     }
     select
         .order_by(Col::CreatedAt, Order::Asc)
@@ -865,7 +893,78 @@ async fn expire_in<C: ConnectionTrait>(conn: &C, now: i64, limit: u64) -> Result
         ),
     ];
     let picked = pick_and_update(conn, &pick, sets, false).await?;
-    Ok(u64::try_from(picked.ids.len()).unwrap_or(u64::MAX))
+    // Sleeping executions past their timeout end `timed_out`; the status condition of the pick
+    // makes this and a concurrent wake exclude each other.
+    let sleepers = Pick {
+        filter: Condition::all()
+            .add(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::Sleeping)))
+            .add(Expr::col(Col::ExpiresAt).lt(now)),
+        order: [Col::ExpiresAt, Col::ExecutionId],
+        limit,
+    };
+    let timed_out = TaskExecutionUpdate {
+        now,
+        status: Some(TaskExecutionStatus::TimedOut),
+        error: Some(super::sleep_timed_out_error()),
+        ..Default::default()
+    };
+    let slept = pick_and_update(conn, &sleepers, update_sets(backend, &timed_out)?, false).await?;
+    Ok(u64::try_from(picked.ids.len() + slept.ids.len()).unwrap_or(u64::MAX))
+}
+
+/// How many times a wake looks for the sleeper again after losing it to a concurrent change.
+const WAKE_ATTEMPTS: usize = 3;
+
+pub(crate) async fn wake_in<C: ConnectionTrait>(conn: &C, wake: &Wake) -> Result<WakeResult> {
+    super::validate_wake_key(&wake.wake_key)?;
+    let key = wake.wake_key.as_str();
+    let update = super::wake_update(&wake.outcome, wake.now);
+    let sets = update_sets(conn.get_database_backend(), &update)?;
+    for _ in 0..WAKE_ATTEMPTS {
+        let sleeper = Query::select()
+            .column(Col::ExecutionId)
+            .from(te::Entity)
+            .and_where(Expr::col(Col::SleepingKey).eq(key))
+            .to_owned();
+        let Some(row) = conn.query_one(&sleeper).await? else {
+            break;
+        };
+        let id: String = row.try_get("", "execution_id")?;
+        // The one conditional update that decides between this wake, another wake, a
+        // cancellation and the timeout: whichever changes the `sleeping` row first wins.
+        let guard = TaskExecutionGuard::id(id.clone()).status(TaskExecutionStatus::Sleeping);
+        let mut stmt = guarded_update(&guard.execution_ids, &guard, sets.clone());
+        stmt.and_where(Expr::col(Col::SleepingKey).eq(key));
+        if conn.execute(&stmt).await?.rows_affected() > 0 {
+            let select = Query::select()
+                .column(Asterisk)
+                .from(te::Entity)
+                .and_where(Expr::col(Col::ExecutionId).eq(id.as_str()))
+                .to_owned();
+            let row = conn
+                .query_one(&select)
+                .await?
+                .ok_or_else(|| Error::NotFound {
+                    entity: "task execution",
+                    key: id,
+                })?;
+            return Ok(WakeResult::Woken(mapper::execution_from_row(&row)?));
+        }
+    }
+    let latest = Query::select()
+        .column(Asterisk)
+        .from(te::Entity)
+        .and_where(Expr::col(Col::WakeKey).eq(key))
+        .order_by(Col::CreatedAt, Order::Desc)
+        .order_by(Col::ExecutionId, Order::Desc)
+        .limit(1)
+        .to_owned();
+    match conn.query_one(&latest).await? {
+        Some(row) => Ok(WakeResult::AlreadyFinished(mapper::execution_from_row(
+            &row,
+        )?)),
+        None => Err(super::unknown_wake_key(key)),
+    }
 }
 
 async fn claim_parents_in<C: ConnectionTrait>(
@@ -1506,6 +1605,13 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
             cancellation_requests_in(&self.db, executor_id, limit)
         })
         .await
+    }
+
+    #[tracing::instrument(skip(self), fields(wake_key = %wake.wake_key), err)]
+    async fn wake_task_execution(&self, wake: &Wake) -> Result<WakeResult> {
+        // A retry after a lost reply finds the execution finished by the first attempt and
+        // answers `AlreadyFinished` with it: never a second change.
+        retry("wake_task_execution", || wake_in(&self.db, wake)).await
     }
 
     #[tracing::instrument(skip(self), err)]

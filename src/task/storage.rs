@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::model::{
     ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionFilter,
-    TaskExecutionGuard, TaskExecutionUpdate,
+    TaskExecutionGuard, TaskExecutionUpdate, Wake, WakeResult,
 };
 use crate::error::Result;
 
@@ -25,10 +25,14 @@ pub trait TaskExecutionStorage: Send + Sync {
     /// Statements stay within the backend's limits however large the inputs (split by bind
     /// parameters and by bytes).
     ///
+    /// An execution with a [`wake_key`](NewTaskExecution::wake_key) is inserted `sleeping`
+    /// (see [`NewTaskExecution::into_execution`]).
+    ///
     /// # Errors
     ///
-    /// [`Error::Conflict`](crate::Error::Conflict) when an execution id already exists (nothing
-    /// is inserted then); [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty
+    /// [`Error::Conflict`](crate::Error::Conflict) when an execution id already exists, or an
+    /// execution already sleeps under one of the wake keys (nothing is inserted then);
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty
     /// or too long id or queue, a timeout outside 1 ms..=[`MAX_TIMEOUT`](crate::MAX_TIMEOUT), a
     /// delay outside 0..=[`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN) or retry options
     /// that do not fit (nothing is written then).
@@ -143,8 +147,11 @@ pub trait TaskExecutionStorage: Send + Sync {
 
     /// Recovers executions whose executor died: every `running` execution whose lease passed
     /// (`expires_at < now`), up to `limit`, goes back to `ready` (`start_at = now`) with the
-    /// attempt counted against its retries, or, with no retries left, to `failed`. Returns how
-    /// many it recovered.
+    /// attempt counted against its retries, or, with no retries left, to `failed`. Also times
+    /// out, up to `limit` more, the `sleeping` executions whose timeout passed (`expires_at <
+    /// now`): they end `timed_out`, never retried. Each row changes through one conditional
+    /// update, so a concurrent [`wake_task_execution`](Self::wake_task_execution) and the timeout
+    /// have exactly one winner. Returns how many it recovered or timed out.
     ///
     /// # Errors
     ///
@@ -205,6 +212,18 @@ pub trait TaskExecutionStorage: Send + Sync {
         execution_ids: &[String],
         now: i64,
     ) -> Result<u64>;
+
+    /// Wakes the execution sleeping under `wake.wake_key`: it finishes `completed` with the
+    /// output or `failed` with the error, and frees the key, through one conditional update
+    /// (it must still be `sleeping`), so of a wake racing another wake, a cancellation or its
+    /// timeout exactly one wins. Its parent learns of it when it is closed, as of any child.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`](crate::Error::NotFound) when no execution was ever enqueued under
+    /// the key (an execution that finished answers [`WakeResult::AlreadyFinished`] instead);
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty or too long key.
+    async fn wake_task_execution(&self, wake: &Wake) -> Result<WakeResult>;
 
     /// The storage's own clock (the database server's), in epoch milliseconds, when it has
     /// one; `None` (the default) when it does not. Executors compare it with their clock to

@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 
 use super::TestResult;
 use crate::task::executor::{
-    Executor, ExecutorOptions, FinalizeInput, FinishedExecution, ParentOutcome, ParentTaskOutput,
-    Sequence, TaskDefinition, TaskError, TaskHandle, WaitOptions,
+    EnqueueOptions, Executor, ExecutorOptions, FinalizeInput, FinishedExecution, ParentOutcome,
+    ParentTaskOutput, Sequence, TaskDefinition, TaskError, TaskHandle, WaitOptions,
 };
 use crate::testkit_ensure;
-use crate::{RetryOptions, TaskExecutionStatus, TaskExecutionStorage};
+use crate::{
+    Error, RetryOptions, TaskExecutionFilter, TaskExecutionStatus, TaskExecutionStorage, WakeResult,
+};
 
 /// Executor options suited to tests: short polls, everything else default.
 pub fn fast_options() -> ExecutorOptions {
@@ -1078,6 +1080,9 @@ impl TaskExecutionStorage for LossyStorage {
     ) -> crate::Result<Vec<String>> {
         self.inner.cancellation_requests(executor_id, limit).await
     }
+    async fn wake_task_execution(&self, wake: &crate::Wake) -> crate::Result<crate::WakeResult> {
+        self.inner.wake_task_execution(wake).await
+    }
     async fn acknowledge_cancellation_requests(
         &self,
         executor_id: &str,
@@ -1218,5 +1223,270 @@ pub async fn cancellation_before_the_run_is_registered_is_kept(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     executor.shutdown().await;
+    Ok(())
+}
+
+/// Executions enqueued with a delay or a run-at time wait `ready` with their `start_at` in the
+/// future (listed by `starts_after`) and start no earlier; both options at once are refused.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn delayed_enqueue_runs_at_its_time(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let task = TaskDefinition::new(
+        "delayed",
+        |_ctx, n: u32| async move { Ok::<_, TaskError>(n) },
+    );
+    let executor = start_with(&storage, |e| e.register(&task))?;
+    let now = crate::Clock::now_ms(&crate::SystemClock);
+    let by_delay = executor
+        .enqueue_with(
+            &task,
+            &1,
+            &EnqueueOptions::delay(Duration::from_millis(600)),
+        )
+        .await?;
+    let by_time = executor
+        .enqueue_with(&task, &2, &EnqueueOptions::run_at(now + 700))
+        .await?;
+    let in_the_past = executor
+        .enqueue_with(&task, &3, &EnqueueOptions::run_at(now - 60_000))
+        .await?;
+    let both = executor
+        .enqueue_with(
+            &task,
+            &4,
+            &EnqueueOptions {
+                delay: Some(Duration::from_millis(1)),
+                run_at: Some(now),
+            },
+        )
+        .await;
+    testkit_ensure!(
+        matches!(both, Err(Error::InvalidArgument { .. })),
+        "delay and run-at together: {both:?}"
+    );
+    let e = by_delay.get().await?;
+    testkit_ensure!(
+        e.status == TaskExecutionStatus::Ready && e.start_at == e.created_at + 600,
+        "delayed execution as stored: {:?} start {} created {}",
+        e.status,
+        e.start_at,
+        e.created_at
+    );
+    let pending = storage
+        .get_task_executions(&TaskExecutionFilter {
+            statuses: Some(vec![TaskExecutionStatus::Ready]),
+            starts_after: Some(crate::Clock::now_ms(&crate::SystemClock)),
+            ..TaskExecutionFilter::default()
+        })
+        .await?;
+    testkit_ensure!(
+        pending
+            .iter()
+            .any(|p| p.execution_id == by_delay.execution_id())
+            && pending
+                .iter()
+                .any(|p| p.execution_id == by_time.execution_id()),
+        "delayed executions not listed as pending: {:?}",
+        pending.iter().map(|p| &p.execution_id).collect::<Vec<_>>()
+    );
+    let past = wait(&in_the_past).await?;
+    for (done, at_least) in [(wait(&by_delay).await?, 600), (wait(&by_time).await?, 650)] {
+        let e = &done.execution;
+        let waited = e.started_at.unwrap_or_default() - e.created_at;
+        testkit_ensure!(
+            done.status() == TaskExecutionStatus::Completed && waited >= at_least,
+            "started {waited} ms after enqueue, expected >= {at_least} ({:?})",
+            done.status()
+        );
+    }
+    executor.shutdown().await;
+    testkit_ensure!(
+        past.status() == TaskExecutionStatus::Completed && past.output == Some(3),
+        "a run-at time in the past: {:?}",
+        past.status()
+    );
+    Ok(())
+}
+
+/// The sleeping child of a parent waits (holding no executor slot) until woken by its key;
+/// the wake's output reaches the parent's finalize; a second wake answers `AlreadyFinished`,
+/// an unknown key `NotFound`.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn sleeping_child_woken_by_key_lets_its_parent_finish(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let webhook =
+        TaskDefinition::<String, u64>::sleeping("paymentWebhook").timeout(Duration::from_secs(60));
+    let total = TaskDefinition::new(
+        "paymentTotal",
+        |_ctx, input: FinalizeInput<u64>| async move {
+            let paid = input
+                .children
+                .first()
+                .map(|c| c.output_as::<u64>())
+                .transpose()?
+                .unwrap_or_default();
+            Ok::<_, TaskError>(input.output + paid)
+        },
+    );
+    let child = webhook.clone();
+    let order = TaskDefinition::parent("order", move |_ctx, key: String| {
+        let webhook = child.clone();
+        async move { Ok(ParentOutcome::new(1_u64).child(&webhook, &key)) }
+    })
+    .finalize(&total);
+    let executor = start_with(&storage, |e| e.register(&order))?;
+    let key = format!("payment-{}", fastrand::u64(..));
+    let handle = executor.enqueue(&order, &key).await?;
+    until_status(&handle, TaskExecutionStatus::WaitingForChildren).await?;
+    let sleeping = sleeper_of(&storage, &key).await?;
+    testkit_ensure!(
+        executor.running_count() == 0,
+        "a sleeper holds an executor slot"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = storage
+        .get_task_execution(&sleeping)
+        .await?
+        .ok_or("sleeper vanished")?;
+    testkit_ensure!(
+        e.status == TaskExecutionStatus::Sleeping,
+        "sleeper {:?}",
+        e.status
+    );
+    let woken = executor.wake(&key, &41_u64).await?;
+    testkit_ensure!(woken.is_woken(), "first wake: {woken:?}");
+    let done = wait(&handle).await?;
+    let again = executor.wake(&key, &0_u64).await?;
+    let unknown = executor.wake("no-such-key", &0_u64).await;
+    executor.shutdown().await;
+    testkit_ensure!(
+        done.status() == TaskExecutionStatus::Completed && done.output == Some(42),
+        "parent {:?} {:?} {:?}",
+        done.status(),
+        done.output,
+        done.error()
+    );
+    testkit_ensure!(
+        matches!(&again, WakeResult::AlreadyFinished(a) if a.status == TaskExecutionStatus::Completed && a.output.as_deref() == Some("41")),
+        "second wake: {again:?}"
+    );
+    testkit_ensure!(
+        matches!(unknown, Err(Error::NotFound { .. })),
+        "unknown key: {unknown:?}"
+    );
+    Ok(())
+}
+
+/// The id of the execution sleeping under `key`, once it exists (at most 30 s).
+async fn sleeper_of(storage: &Arc<dyn TaskExecutionStorage>, key: &str) -> TestResult<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = storage
+            .get_task_executions(&TaskExecutionFilter {
+                wake_key: Some(key.to_owned()),
+                ..TaskExecutionFilter::default()
+            })
+            .await?;
+        if let Some(e) = found.into_iter().next() {
+            return Ok(e.execution_id);
+        }
+        testkit_ensure!(Instant::now() < deadline, "no execution sleeps under {key}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A sleeping task not woken within its timeout ends `timed_out`, and so does its parent's
+/// child: the parent fails.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn sleeping_task_times_out_when_not_woken(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let webhook =
+        TaskDefinition::<String, ()>::sleeping("neverCalled").timeout(Duration::from_millis(300));
+    let child = webhook.clone();
+    let parent = TaskDefinition::parent("waitsInVain", move |_ctx, key: String| {
+        let webhook = child.clone();
+        async move { Ok(ParentOutcome::new(()).child(&webhook, &key)) }
+    })
+    .without_finalize();
+    let executor = start_with(&storage, |e| {
+        e.register(&webhook)?;
+        e.register(&parent)
+    })?;
+    let alone = executor
+        .enqueue(&webhook, &format!("alone-{}", fastrand::u64(..)))
+        .await?;
+    let waiting = executor
+        .enqueue(&parent, &format!("child-{}", fastrand::u64(..)))
+        .await?;
+    let (alone, waiting) = (wait(&alone).await?, wait(&waiting).await?);
+    executor.shutdown().await;
+    testkit_ensure!(
+        alone.status() == TaskExecutionStatus::TimedOut
+            && alone.execution.finished_at.unwrap_or_default() - alone.execution.created_at >= 300,
+        "sleeper alone: {:?} {:?}",
+        alone.status(),
+        alone.error()
+    );
+    testkit_ensure!(
+        waiting.status() == TaskExecutionStatus::ChildrenFailed,
+        "parent of a timed out sleeper: {:?}",
+        waiting.status()
+    );
+    Ok(())
+}
+
+/// A wait survives its executors: the one that spawned the sleeper shuts down, another one
+/// started later on the same storage wakes it, and the parent finishes there.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn sleeping_wait_survives_executor_restart(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let approval =
+        TaskDefinition::<String, String>::sleeping("approval").timeout(Duration::from_secs(60));
+    let child = approval.clone();
+    let request = TaskDefinition::parent("request", move |_ctx, key: String| {
+        let approval = child.clone();
+        async move { Ok(ParentOutcome::new(()).child(&approval, &key)) }
+    })
+    .without_finalize();
+    let key = format!("approval-{}", fastrand::u64(..));
+    let first = start_with(&storage, |e| e.register(&request))?;
+    let handle = first.enqueue(&request, &key).await?;
+    until_status(&handle, TaskExecutionStatus::WaitingForChildren).await?;
+    sleeper_of(&storage, &key).await?;
+    first.shutdown().await;
+    drop(first);
+    let second = start_with(&storage, |e| e.register(&request))?;
+    let woken = second.wake(&key, &"approved".to_owned()).await?;
+    testkit_ensure!(woken.is_woken(), "wake after restart: {woken:?}");
+    let done = wait(&second.handle::<ParentTaskOutput<()>>(handle.execution_id())).await?;
+    second.shutdown().await;
+    testkit_ensure!(
+        done.status() == TaskExecutionStatus::Completed,
+        "parent {:?} {:?}",
+        done.status(),
+        done.error()
+    );
+    let output = done.output.ok_or("no output")?;
+    testkit_ensure!(
+        output.children.len() == 1 && output.children[0].output == "approved",
+        "children outputs {:?}",
+        output.children
+    );
     Ok(())
 }

@@ -23,9 +23,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::task::{
-    ClaimParams, ExecutionError, FinishedChildTaskExecution, NewTaskExecution, ParentRef,
-    RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef,
-    TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate,
+    ClaimParams, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution, NewTaskExecution,
+    ParentRef, RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
+    TaskExecutionRef, TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate, Wake,
+    WakeOutcome, WakeResult,
 };
 use crate::{Error, Result};
 
@@ -122,6 +123,12 @@ macro_rules! task_storage_conformance {
             many_megabytes_of_children_enqueue_in_one_call,
             ids_compare_exactly,
             json_and_text_with_nul_round_trip,
+            delayed_executions_are_listed_and_claimed_only_when_due,
+            sleeping_executions_wake_once_by_key,
+            sleeping_executions_time_out_once_and_free_their_key,
+            cancelled_sleeper_frees_its_key,
+            woken_sleeping_child_is_recorded_for_its_parent,
+            wake_racing_timeout_has_exactly_one_winner,
         );
     };
     (@cases (storage: $make:expr); $($case:ident),* $(,)?) => {
@@ -1675,6 +1682,344 @@ pub async fn json_and_text_with_nul_round_trip(storage: Storage) -> CaseResult {
     check_eq!(
         storage.get_finished_child_task_executions("nul").await?,
         vec![record]
+    );
+    Ok(())
+}
+
+fn sleeper(id: &str, key: &str) -> NewTaskExecution {
+    NewTaskExecution {
+        wake_key: Some(key.to_owned()),
+        ..new_execution(id)
+    }
+}
+
+fn wake_completed(key: &str, output: &str, now: i64) -> Wake {
+    Wake {
+        wake_key: key.to_owned(),
+        outcome: WakeOutcome::Completed {
+            output: output.to_owned(),
+        },
+        now,
+    }
+}
+
+/// An execution enqueued with a delay is listed by `starts_after` while it is not due, and is
+/// claimed only once its `start_at` has come.
+pub async fn delayed_executions_are_listed_and_claimed_only_when_due(
+    storage: Storage,
+) -> CaseResult {
+    let later = NewTaskExecution {
+        sleep_ms_before_run: 1_000,
+        ..new_execution("later")
+    };
+    storage
+        .enqueue_task_executions(vec![later, new_execution("now")], T0)
+        .await?;
+    let e = get(&storage, "later").await?;
+    check_eq!(e.start_at, T0 + 1_000);
+    check_eq!(e.sleep_ms_before_run, 1_000);
+    let delayed = storage
+        .get_task_executions(&TaskExecutionFilter {
+            statuses: Some(vec![TaskExecutionStatus::Ready]),
+            starts_after: Some(T0),
+            ..TaskExecutionFilter::default()
+        })
+        .await?;
+    check_eq!(ids(&delayed), vec!["later"]);
+    check_eq!(
+        ids(&storage.claim_task_executions(&claim("x", T0, 10)).await?),
+        vec!["now"]
+    );
+    check!(
+        storage
+            .claim_task_executions(&claim("x", T0 + 999, 10))
+            .await?
+            .is_empty(),
+        "a delayed execution was claimed before its start"
+    );
+    check_eq!(
+        ids(&storage
+            .claim_task_executions(&claim("x", T0 + 1_000, 10))
+            .await?),
+        vec!["later"]
+    );
+    Ok(())
+}
+
+/// A sleeping execution is never claimed; its key is unique among sleepers; the first wake
+/// finishes it, a second one answers `AlreadyFinished`, an unknown key is `NotFound`; once
+/// woken, the key can be slept under again, and both executions are found by the key.
+pub async fn sleeping_executions_wake_once_by_key(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![sleeper("s1", "k1")], T0)
+        .await?;
+    let e = get(&storage, "s1").await?;
+    check_eq!(e.status, TaskExecutionStatus::Sleeping);
+    check_eq!(e.wake_key.as_deref(), Some("k1"));
+    check_eq!(e.expires_at, Some(T0 + TIMEOUT));
+    check!(!e.is_finished, "a sleeper is finished");
+    check!(
+        storage
+            .claim_task_executions(&claim("x", T0 + 1, 10))
+            .await?
+            .is_empty(),
+        "a sleeping execution was claimed"
+    );
+    for batch in [
+        vec![sleeper("s2", "k1")],
+        vec![sleeper("s3", "k3"), sleeper("s4", "k3")],
+    ] {
+        let result = storage.enqueue_task_executions(batch, T0).await;
+        check!(
+            matches!(result, Err(Error::Conflict { .. })),
+            "expected a conflict for a key already sleeping, got {result:?}"
+        );
+    }
+    check!(
+        storage.get_task_execution("s3").await?.is_none(),
+        "a sleeper of the refused batch was inserted"
+    );
+    let unknown = storage
+        .wake_task_execution(&wake_completed("nobody", "1", T0 + 2))
+        .await;
+    check!(
+        matches!(unknown, Err(Error::NotFound { .. })),
+        "expected NotFound for an unknown key, got {unknown:?}"
+    );
+    let woken = storage
+        .wake_task_execution(&wake_completed("k1", "\"paid\"", T0 + 3))
+        .await?;
+    let WakeResult::Woken(e) = woken else {
+        return Err(CaseFailure(format!("first wake did not wake: {woken:?}")));
+    };
+    check_eq!(e.status, TaskExecutionStatus::Completed);
+    check_eq!(e.output.as_deref(), Some("\"paid\""));
+    check_eq!(e.finished_at, Some(T0 + 3));
+    check_eq!(e.expires_at, None);
+    check_eq!(get(&storage, "s1").await?, e);
+    let again = storage
+        .wake_task_execution(&wake_completed("k1", "\"twice\"", T0 + 4))
+        .await?;
+    check!(
+        matches!(&again, WakeResult::AlreadyFinished(a) if *a == e),
+        "second wake: {again:?}"
+    );
+    // The key is free again once its sleeper woke.
+    storage
+        .enqueue_task_executions(vec![sleeper("s5", "k1")], T0 + 5)
+        .await?;
+    let failed = storage
+        .wake_task_execution(&Wake {
+            wake_key: "k1".to_owned(),
+            outcome: WakeOutcome::Failed {
+                error: ExecutionError::generic("declined", false),
+            },
+            now: T0 + 6,
+        })
+        .await?;
+    check!(
+        matches!(&failed, WakeResult::Woken(f) if f.execution_id == "s5"
+            && f.status == TaskExecutionStatus::Failed
+            && f.error.as_ref().is_some_and(|e| e.message == "declined")),
+        "wake with a failure: {failed:?}"
+    );
+    let by_key = storage
+        .get_task_executions(&TaskExecutionFilter {
+            wake_key: Some("k1".to_owned()),
+            ..TaskExecutionFilter::default()
+        })
+        .await?;
+    check_eq!(ids(&by_key), vec!["s1", "s5"]);
+    let empty = storage
+        .wake_task_execution(&wake_completed("", "1", T0 + 7))
+        .await;
+    check!(
+        matches!(empty, Err(Error::InvalidArgument { .. })),
+        "expected InvalidArgument for an empty key, got {empty:?}"
+    );
+    Ok(())
+}
+
+/// A sleeper not woken by its timeout ends `timed_out` through expiry, once; a later wake
+/// answers `AlreadyFinished`, and the key can be slept under again.
+pub async fn sleeping_executions_time_out_once_and_free_their_key(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![sleeper("s", "k"), sleeper("other", "k2")], T0)
+        .await?;
+    check_eq!(storage.expire_task_executions(T0 + TIMEOUT, 10).await?, 0);
+    storage
+        .wake_task_execution(&wake_completed("k2", "1", T0 + 1))
+        .await?;
+    check_eq!(
+        storage.expire_task_executions(T0 + TIMEOUT + 1, 10).await?,
+        1
+    );
+    let e = get(&storage, "s").await?;
+    check_eq!(e.status, TaskExecutionStatus::TimedOut);
+    check!(e.is_finished, "a timed out sleeper is not finished");
+    check!(
+        e.error
+            .as_ref()
+            .is_some_and(|err| err.kind == ExecutionErrorKind::TimedOut && !err.is_retryable),
+        "error {:?}",
+        e.error
+    );
+    check_eq!(
+        storage.expire_task_executions(T0 + TIMEOUT + 2, 10).await?,
+        0
+    );
+    let late = storage
+        .wake_task_execution(&wake_completed("k", "1", T0 + TIMEOUT + 3))
+        .await?;
+    check!(
+        matches!(&late, WakeResult::AlreadyFinished(a) if a.status == TaskExecutionStatus::TimedOut),
+        "wake after the timeout: {late:?}"
+    );
+    storage
+        .enqueue_task_executions(vec![sleeper("s-again", "k")], T0 + TIMEOUT + 4)
+        .await?;
+    Ok(())
+}
+
+/// Cancelling a sleeper (directly or through its parent's close) frees its key; a wake then
+/// answers `AlreadyFinished` with the cancelled execution.
+pub async fn cancelled_sleeper_frees_its_key(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(
+            vec![
+                sleeper("s", "k"),
+                new_execution("p"),
+                NewTaskExecution {
+                    wake_key: Some("child-key".to_owned()),
+                    ..new_child("c", "p", 0)
+                },
+            ],
+            T0,
+        )
+        .await?;
+    force_status(&storage, "s", TaskExecutionStatus::Cancelled, T0 + 1).await?;
+    let answer = storage
+        .wake_task_execution(&wake_completed("k", "1", T0 + 2))
+        .await?;
+    check!(
+        matches!(&answer, WakeResult::AlreadyFinished(a) if a.status == TaskExecutionStatus::Cancelled),
+        "wake of a cancelled sleeper: {answer:?}"
+    );
+    storage
+        .enqueue_task_executions(vec![sleeper("s2", "k")], T0 + 3)
+        .await?;
+    // A parent that fails cancels its sleeping child when it is closed.
+    force_status(&storage, "p", TaskExecutionStatus::Failed, T0 + 4).await?;
+    storage.close_finished_task_executions(T0 + 5, 10).await?;
+    check_eq!(
+        get(&storage, "c").await?.status,
+        TaskExecutionStatus::Cancelled
+    );
+    storage
+        .enqueue_task_executions(vec![sleeper("c2", "child-key")], T0 + 6)
+        .await?;
+    Ok(())
+}
+
+/// A sleeping child woken by its key is closed like any child: recorded for its parent, whose
+/// children have then all finished.
+pub async fn woken_sleeping_child_is_recorded_for_its_parent(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![new_execution("p")], T0)
+        .await?;
+    let spawned = storage
+        .update_task_execution_and_enqueue(
+            &TaskExecutionGuard::id("p"),
+            &TaskExecutionUpdate {
+                now: T0 + 1,
+                status: Some(TaskExecutionStatus::WaitingForChildren),
+                children_count: Some(1),
+                ..Default::default()
+            },
+            vec![NewTaskExecution {
+                wake_key: Some("webhook".to_owned()),
+                ..new_child("c", "p", 0)
+            }],
+        )
+        .await?;
+    check!(spawned, "the parent did not spawn its sleeping child");
+    check!(
+        storage
+            .claim_parents_with_finished_children(&claim("x", T0 + 2, 10))
+            .await?
+            .is_empty(),
+        "the parent was claimed while its child sleeps"
+    );
+    let woken = storage
+        .wake_task_execution(&wake_completed("webhook", "42", T0 + 3))
+        .await?;
+    check!(woken.is_woken(), "wake: {woken:?}");
+    check_eq!(storage.close_finished_task_executions(T0 + 4, 10).await?, 1);
+    let records = storage.get_finished_child_task_executions("p").await?;
+    check_eq!(records.len(), 1);
+    check_eq!(records[0].output.as_deref(), Some("42"));
+    check_eq!(
+        ids(&storage
+            .claim_parents_with_finished_children(&claim("x", T0 + 5, 10))
+            .await?),
+        vec!["p"]
+    );
+    Ok(())
+}
+
+/// Wakes racing the expiry of the same sleepers past their timeout: every sleeper ends with
+/// exactly one outcome, and each wake's answer agrees with it.
+pub async fn wake_racing_timeout_has_exactly_one_winner(storage: Storage) -> CaseResult {
+    const SLEEPERS: usize = 24;
+    let sleepers = (0..SLEEPERS)
+        .map(|i| sleeper(&format!("s{i:02}"), &format!("k{i:02}")))
+        .collect();
+    storage.enqueue_task_executions(sleepers, T0).await?;
+    let late = T0 + TIMEOUT + 1;
+    let mut wakes = Vec::new();
+    for i in 0..SLEEPERS {
+        let storage = Arc::clone(&storage);
+        wakes.push(tokio::spawn(async move {
+            storage
+                .wake_task_execution(&wake_completed(&format!("k{i:02}"), "1", late))
+                .await
+        }));
+    }
+    let expirer = {
+        let storage = Arc::clone(&storage);
+        tokio::spawn(async move {
+            let mut expired = 0;
+            for _ in 0..4 {
+                expired += storage.expire_task_executions(late, 5).await?;
+            }
+            Ok::<u64, Error>(expired)
+        })
+    };
+    let mut woken = 0;
+    for (i, wake) in wakes.into_iter().enumerate() {
+        let answer = wake
+            .await
+            .map_err(|e| CaseFailure(format!("wake task: {e}")))??;
+        let e = get(&storage, &format!("s{i:02}")).await?;
+        match &answer {
+            WakeResult::Woken(w) => {
+                woken += 1;
+                check_eq!(e.status, TaskExecutionStatus::Completed);
+                check_eq!(w.status, TaskExecutionStatus::Completed);
+            }
+            WakeResult::AlreadyFinished(_) => {
+                check_eq!(e.status, TaskExecutionStatus::TimedOut);
+            }
+        }
+    }
+    let mut expired = expirer
+        .await
+        .map_err(|e| CaseFailure(format!("expire task: {e}")))??;
+    // Whatever the racing expiry left, a last one finishes.
+    expired += storage.expire_task_executions(late, 100).await?;
+    check_eq!(
+        woken + usize::try_from(expired).unwrap_or(usize::MAX),
+        SLEEPERS
     );
     Ok(())
 }

@@ -97,6 +97,30 @@ macro_rules! executor_cases {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn delayed_enqueue_runs_at_its_time() -> anyhow::Result<()> {
+            on_storage($backend, cases::delayed_enqueue_runs_at_its_time).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn sleeping_child_woken_by_key_lets_its_parent_finish() -> anyhow::Result<()> {
+            on_storage(
+                $backend,
+                cases::sleeping_child_woken_by_key_lets_its_parent_finish,
+            )
+            .await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn sleeping_task_times_out_when_not_woken() -> anyhow::Result<()> {
+            on_storage($backend, cases::sleeping_task_times_out_when_not_woken).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn sleeping_wait_survives_executor_restart() -> anyhow::Result<()> {
+            on_storage($backend, cases::sleeping_wait_survives_executor_restart).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn options_beyond_the_limits_are_refused() -> anyhow::Result<()> {
             on_storage($backend, cases::options_beyond_the_limits_are_refused).await
         }

@@ -30,7 +30,10 @@ const TABLES: [&str; 5] = [
     "task_executions",
     "finished_child_task_executions",
 ];
-const INDEXES: [(&str, &str); 13] = [
+const INDEXES: [(&str, &str); 16] = [
+    ("task_executions", "ux_task_executions_sleeping_key"),
+    ("task_executions", "ix_task_executions_wake_key"),
+    ("task_executions", "ix_task_executions_sleeping"),
     ("task_executions", "ix_task_executions_ready_claim"),
     ("task_executions", "ix_task_executions_executor_claim"),
     ("task_executions", "ix_task_executions_running"),
@@ -539,7 +542,7 @@ async fn nullability(t: &TestDb) -> anyhow::Result<Vec<(String, String, String, 
             "SELECT TABLE_NAME AS t, COLUMN_NAME AS c, IS_NULLABLE AS n, \
              CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) AS l FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = DATABASE() \
-             AND COLUMN_NAME NOT IN ('claim_id', 'finalized_by', 'queue') \
+             AND COLUMN_NAME NOT IN ('claim_id', 'finalized_by', 'queue', 'wake_key', 'sleeping_key') \
              ORDER BY TABLE_NAME, COLUMN_NAME",
         ))
         .await?;

@@ -47,7 +47,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::task::model::{
     ClaimParams, ExecutionError, ExecutionErrorKind, NewTaskExecution, ParentRef, TaskExecution,
-    TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate,
+    TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate, Wake,
+    WakeOutcome, WakeResult,
 };
 use crate::task::storage::TaskExecutionStorage;
 
@@ -92,6 +93,55 @@ impl Default for ExecutorOptions {
             lease_margin: Duration::from_secs(60),
             queues: None,
             clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// When an enqueued execution may first run ([`Executor::enqueue_with`]).
+///
+/// By default the task's [`sleep_before_run`](TaskOptions::sleep_before_run) applies; a delay
+/// or a run-at time replaces it for this one execution. Either way the execution waits `ready`
+/// with its `start_at` in the future, which the inspection API shows
+/// ([`TaskExecution::start_at`], [`TaskExecutionFilter::starts_after`](crate::TaskExecutionFilter::starts_after)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnqueueOptions {
+    /// Run no earlier than this long after the enqueue. At most
+    /// [`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN).
+    pub delay: Option<Duration>,
+    /// Run no earlier than this time (epoch ms, on the executor's [`Clock`]); a time already
+    /// past runs as soon as possible. At most
+    /// [`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN) ahead.
+    pub run_at: Option<i64>,
+}
+
+impl EnqueueOptions {
+    /// Runs no earlier than `delay` after the enqueue.
+    pub fn delay(delay: Duration) -> Self {
+        Self {
+            delay: Some(delay),
+            run_at: None,
+        }
+    }
+
+    /// Runs no earlier than `run_at` (epoch ms).
+    pub fn run_at(run_at: i64) -> Self {
+        Self {
+            delay: None,
+            run_at: Some(run_at),
+        }
+    }
+
+    /// The delay before the first run of an execution enqueued at `now`, if these options set
+    /// one.
+    fn sleep_ms(&self, now: i64) -> Result<Option<i64>> {
+        match (self.delay, self.run_at) {
+            (Some(_), Some(_)) => Err(Error::InvalidArgument {
+                name: "enqueue options",
+                reason: "set a delay or a run-at time, not both".to_owned(),
+            }),
+            (Some(delay), None) => Ok(Some(millis(delay))),
+            (None, Some(at)) => Ok(Some(at.saturating_sub(now).max(0))),
+            (None, None) => Ok(None),
         }
     }
 }
@@ -422,6 +472,27 @@ impl Executor {
         ))
     }
 
+    /// Like [`new_execution`](Self::new_execution), first running when `options` say, as of
+    /// `now` (epoch ms).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialization`] when `input` does not serialize;
+    /// [`Error::InvalidArgument`] when `options` set both a delay and a run-at time.
+    pub fn new_execution_with<I: Serialize, O>(
+        &self,
+        task: &TaskDefinition<I, O>,
+        input: &I,
+        options: &EnqueueOptions,
+        now: i64,
+    ) -> Result<NewTaskExecution> {
+        let mut execution = self.new_execution(task, input)?;
+        if let Some(sleep_ms) = options.sleep_ms(now)? {
+            execution.sleep_ms_before_run = sleep_ms;
+        }
+        Ok(execution)
+    }
+
     /// Enqueues an execution of `task` with `input` and returns its handle.
     ///
     /// # Errors
@@ -432,9 +503,27 @@ impl Executor {
         task: &TaskDefinition<I, O>,
         input: &I,
     ) -> Result<TaskHandle<O>> {
-        let execution = self.new_execution(task, input)?;
-        let id = execution.execution_id.clone();
+        self.enqueue_with(task, input, &EnqueueOptions::default())
+            .await
+    }
+
+    /// Enqueues an execution of `task` with `input` that first runs when `options` say (after
+    /// a delay, or at a time), and returns its handle.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialization`] when `input` does not serialize;
+    /// [`Error::InvalidArgument`] when `options` set both a delay and a run-at time, or one
+    /// further ahead than [`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN); storage errors.
+    pub async fn enqueue_with<I: Serialize, O: DeserializeOwned>(
+        &self,
+        task: &TaskDefinition<I, O>,
+        input: &I,
+        options: &EnqueueOptions,
+    ) -> Result<TaskHandle<O>> {
         let now = self.inner.options.clock.now_ms();
+        let execution = self.new_execution_with(task, input, options, now)?;
+        let id = execution.execution_id.clone();
         self.inner
             .storage
             .enqueue_task_executions(vec![execution], now)
@@ -461,15 +550,85 @@ impl Executor {
         I: Serialize,
         O: DeserializeOwned,
     {
-        let execution = self.new_execution(task, input)?;
+        self.enqueue_in_with(conn, task, input, &EnqueueOptions::default())
+            .await
+    }
+
+    /// [`enqueue_in`](Self::enqueue_in) with a delay or a run-at time, as
+    /// [`enqueue_with`](Self::enqueue_with).
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue_with`](Self::enqueue_with); database errors.
+    pub async fn enqueue_in_with<C, I, O>(
+        &self,
+        conn: &C,
+        task: &TaskDefinition<I, O>,
+        input: &I,
+        options: &EnqueueOptions,
+    ) -> Result<TaskHandle<O>>
+    where
+        C: sea_orm::ConnectionTrait,
+        I: Serialize,
+        O: DeserializeOwned,
+    {
+        let now = self.inner.options.clock.now_ms();
+        let execution = self.new_execution_with(task, input, options, now)?;
         crate::task::validate_new(&execution)?;
         let id = execution.execution_id.clone();
-        crate::task::sea_orm::enqueue_in(conn, vec![execution], self.inner.options.clock.now_ms())
-            .await?;
+        crate::task::sea_orm::enqueue_in(conn, vec![execution], now).await?;
         // Wakes the claim loop early; if the transaction is still open the claim finds nothing
         // yet and the regular poll picks the execution up after the commit.
         self.inner.wake_claim.notify_one();
         Ok(self.handle(id))
+    }
+
+    /// Wakes the execution of a [sleeping task](TaskDefinition::sleeping) enqueued under
+    /// `wake_key`: it completes with `output`, and its parent, if any, continues. The first wake
+    /// wins; a later one changes nothing and answers [`WakeResult::AlreadyFinished`] with the
+    /// finished execution (also when its timeout or a cancellation came first).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when nothing was ever enqueued under `wake_key`;
+    /// [`Error::Serialization`] when `output` does not serialize; storage errors.
+    pub async fn wake<O: Serialize>(&self, wake_key: &str, output: &O) -> Result<WakeResult> {
+        let outcome = WakeOutcome::Completed {
+            output: serde_json::to_string(output)?,
+        };
+        self.wake_with(wake_key, outcome).await
+    }
+
+    /// Wakes the execution sleeping under `wake_key` with a failure: it ends `failed` with
+    /// `message`, and its parent sees a failed child. Otherwise as [`wake`](Self::wake).
+    ///
+    /// # Errors
+    ///
+    /// As [`wake`](Self::wake).
+    pub async fn wake_failed(
+        &self,
+        wake_key: &str,
+        message: impl Into<String>,
+    ) -> Result<WakeResult> {
+        let outcome = WakeOutcome::Failed {
+            error: ExecutionError::generic(message, false),
+        };
+        self.wake_with(wake_key, outcome).await
+    }
+
+    #[tracing::instrument(skip(self, outcome), err)]
+    async fn wake_with(&self, wake_key: &str, outcome: WakeOutcome) -> Result<WakeResult> {
+        let wake = Wake {
+            wake_key: wake_key.to_owned(),
+            outcome,
+            now: self.inner.options.clock.now_ms(),
+        };
+        let result = self.inner.storage.wake_task_execution(&wake).await?;
+        if result.is_woken() {
+            // The woken execution is the close loop's next work (its parent's, after that).
+            self.inner.wake_close.notify_one();
+        }
+        Ok(result)
     }
 
     /// The handle of an existing execution.
@@ -513,10 +672,15 @@ fn new_execution(
     root: Option<TaskExecutionRef>,
     parent: Option<ParentRef>,
 ) -> NewTaskExecution {
+    // A sleeping task's input is its wake key (a JSON string).
+    let wake_key = spec
+        .sleeping
+        .then(|| serde_json::from_str::<String>(&input).unwrap_or_else(|_| input.clone()));
     NewTaskExecution {
         execution_id: new_id("te_"),
         task_id: spec.id.clone(),
         queue: Some(spec.options.queue.clone()),
+        wake_key,
         root,
         parent,
         retry_options: spec.options.retry.clone(),
