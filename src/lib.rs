@@ -96,6 +96,9 @@ pub use task::{
     TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus,
     TaskExecutionStorage, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
 };
+pub use task::{
+    MAX_SCHEDULE_ID_LEN, MissedTicks, Schedule, ScheduleFire, ScheduleSpec, TaskSchedule,
+};
 /// The token that shuts a batch worker down ([`WorkerOptions::shutdown`]).
 pub use tokio_util::sync::CancellationToken;
 

@@ -24,6 +24,7 @@ mod m20261130_000003_durable_task_queues;
 mod m20261130_000010_durable_binary_id_collation;
 mod m20261130_000011_durable_batch_claim_ids;
 mod m20261130_000030_durable_waiting;
+mod m20261130_000031_durable_task_schedules;
 mod schema;
 
 /// The migrator for the `sea-orm-durable` tables, with its own bookkeeping table.
@@ -45,6 +46,7 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         Box::new(m20261130_000010_durable_binary_id_collation::Migration),
         Box::new(m20261130_000011_durable_batch_claim_ids::Migration),
         Box::new(m20261130_000030_durable_waiting::Migration),
+        Box::new(m20261130_000031_durable_task_schedules::Migration),
     ]
 }
 

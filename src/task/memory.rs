@@ -11,6 +11,7 @@ use super::model::{
     ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionFilter,
     TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeResult,
 };
+use super::schedule::{ScheduleFire, TaskSchedule};
 use super::storage::TaskExecutionStorage;
 use super::validate_new;
 use crate::error::{Error, Result};
@@ -26,6 +27,8 @@ struct State {
     executions: HashMap<String, TaskExecution>,
     /// Finished children by parent, then by (child index, child execution id).
     finished: HashMap<String, BTreeMap<(u32, String), FinishedChildTaskExecution>>,
+    /// Periodic schedules by id.
+    schedules: BTreeMap<String, TaskSchedule>,
 }
 
 impl InMemoryTaskExecutionStorage {
@@ -416,6 +419,72 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
             }
         }
         Ok(count)
+    }
+
+    async fn save_task_schedule(&self, schedule: TaskSchedule) -> Result<TaskSchedule> {
+        super::validate_schedule(&schedule)?;
+        let mut state = self.state();
+        let stored = match state.schedules.get(&schedule.schedule_id) {
+            Some(existing) if existing.same_definition(&schedule) => existing.clone(),
+            Some(existing) => TaskSchedule {
+                created_at: existing.created_at,
+                last_tick_at: existing.last_tick_at,
+                ..schedule
+            },
+            None => schedule,
+        };
+        state
+            .schedules
+            .insert(stored.schedule_id.clone(), stored.clone());
+        Ok(stored)
+    }
+
+    async fn get_task_schedules(&self) -> Result<Vec<TaskSchedule>> {
+        Ok(self.state().schedules.values().cloned().collect())
+    }
+
+    async fn delete_task_schedule(&self, schedule_id: &str) -> Result<bool> {
+        Ok(self.state().schedules.remove(schedule_id).is_some())
+    }
+
+    async fn due_task_schedules(
+        &self,
+        now: i64,
+        task_ids: Option<&[String]>,
+        limit: u64,
+    ) -> Result<Vec<TaskSchedule>> {
+        let state = self.state();
+        let mut due: Vec<TaskSchedule> = state
+            .schedules
+            .values()
+            .filter(|s| {
+                s.next_tick_at <= now && task_ids.is_none_or(|ids| ids.contains(&s.task_id))
+            })
+            .cloned()
+            .collect();
+        due.sort_by(|a, b| (a.next_tick_at, &a.schedule_id).cmp(&(b.next_tick_at, &b.schedule_id)));
+        due.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(due)
+    }
+
+    async fn fire_task_schedule(&self, fire: &ScheduleFire) -> Result<bool> {
+        fire.executions.iter().try_for_each(validate_new)?;
+        let mut state = self.state();
+        let due = state
+            .schedules
+            .get(&fire.schedule_id)
+            .is_some_and(|s| s.next_tick_at == fire.expected_next_tick_at);
+        if !due {
+            return Ok(false);
+        }
+        // Insert first: a conflict must leave the schedule where it was.
+        state.insert(fire.executions.clone(), fire.now)?;
+        if let Some(schedule) = state.schedules.get_mut(&fire.schedule_id) {
+            schedule.next_tick_at = fire.new_next_tick_at;
+            schedule.last_tick_at = Some(fire.last_tick_at);
+            schedule.updated_at = fire.now;
+        }
+        Ok(true)
     }
 
     async fn wake_task_execution(&self, wake: &Wake) -> Result<WakeResult> {

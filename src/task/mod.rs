@@ -7,6 +7,7 @@ pub(crate) mod executor;
 mod mapper;
 mod memory;
 mod model;
+mod schedule;
 pub(crate) mod sea_orm;
 mod storage;
 
@@ -17,6 +18,10 @@ pub use model::{
     ParentRef, RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
     TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
 };
+pub use schedule::{
+    MAX_SCHEDULE_ID_LEN, MissedTicks, Schedule, ScheduleFire, ScheduleSpec, TaskSchedule,
+};
+pub(crate) use schedule::{Ticks, tick_execution_id, validate_schedule_id};
 pub use sea_orm::SeaOrmTaskExecutionStorage;
 pub use storage::TaskExecutionStorage;
 
@@ -186,6 +191,13 @@ pub(crate) fn unknown_wake_key(key: &str) -> Error {
         entity: "sleeping task execution",
         key: key.to_owned(),
     }
+}
+
+/// Checks a schedule before it is saved.
+pub(crate) fn validate_schedule(schedule: &TaskSchedule) -> Result<()> {
+    validate_schedule_id(&schedule.schedule_id)?;
+    validate_task_id(&schedule.task_id)?;
+    Ticks::parse(&schedule.spec).map(|_| ())
 }
 
 /// The update that recovers a running execution whose lease passed: back to `ready` with the

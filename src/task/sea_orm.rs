@@ -21,7 +21,9 @@ use sea_orm::sea_query::{
     WithClause, WithQuery,
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Iterable, QueryResult};
-use sea_orm_durable_entity::{finished_child_task_executions as fc, task_executions as te};
+use sea_orm_durable_entity::{
+    finished_child_task_executions as fc, task_executions as te, task_schedules as ts,
+};
 
 use super::mapper;
 use super::model::{
@@ -29,6 +31,7 @@ use super::model::{
     TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionStatus,
     TaskExecutionUpdate, Wake, WakeResult,
 };
+use super::schedule::{ScheduleFire, TaskSchedule};
 use super::storage::TaskExecutionStorage;
 use crate::dialect::{self, begin_write, retry};
 use crate::error::{Error, Result};
@@ -912,6 +915,63 @@ async fn expire_in<C: ConnectionTrait>(conn: &C, now: i64, limit: u64) -> Result
     Ok(u64::try_from(picked.ids.len() + slept.ids.len()).unwrap_or(u64::MAX))
 }
 
+/// Saves a schedule (see [`TaskExecutionStorage::save_task_schedule`]); `conn` must be a write
+/// transaction. The existing row is read under a row lock (PostgreSQL/MySQL; SQLite's
+/// `IMMEDIATE` transaction already excludes other writers), so two savers never interleave.
+async fn save_schedule_in<C: ConnectionTrait>(
+    conn: &C,
+    schedule: &TaskSchedule,
+) -> Result<TaskSchedule> {
+    use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, QuerySelect};
+    let mut find = ts::Entity::find_by_id(schedule.schedule_id.clone());
+    if conn.get_database_backend() != DbBackend::Sqlite {
+        find = find.lock_exclusive();
+    }
+    let existing = match find.one(conn).await? {
+        Some(m) => Some(mapper::schedule_from_model(m)?),
+        None => None,
+    };
+    match existing {
+        Some(existing) if existing.same_definition(schedule) => Ok(existing),
+        Some(existing) => {
+            let stored = TaskSchedule {
+                created_at: existing.created_at,
+                last_tick_at: existing.last_tick_at,
+                ..schedule.clone()
+            };
+            let model = mapper::schedule_to_model(stored.clone());
+            // Every column written, so the update does not depend on what the row held.
+            model.into_active_model().reset_all().update(conn).await?;
+            Ok(stored)
+        }
+        None => {
+            let model = mapper::schedule_to_model(schedule.clone());
+            ts::Entity::insert(model.into_active_model())
+                .exec_without_returning(conn)
+                .await?;
+            Ok(schedule.clone())
+        }
+    }
+}
+
+/// Fires a schedule (see [`TaskExecutionStorage::fire_task_schedule`]); `conn` must be a write
+/// transaction, so that the tick's executions exist if and only if the tick moved.
+async fn fire_schedule_in<C: ConnectionTrait>(conn: &C, fire: &ScheduleFire) -> Result<bool> {
+    let moved = Query::update()
+        .table(ts::Entity)
+        .value(ts::Column::NextTickAt, fire.new_next_tick_at)
+        .value(ts::Column::LastTickAt, fire.last_tick_at)
+        .value(ts::Column::UpdatedAt, fire.now)
+        .and_where(Expr::col(ts::Column::ScheduleId).eq(fire.schedule_id.as_str()))
+        .and_where(Expr::col(ts::Column::NextTickAt).eq(fire.expected_next_tick_at))
+        .to_owned();
+    if conn.execute(&moved).await?.rows_affected() == 0 {
+        return Ok(false);
+    }
+    enqueue_in(conn, fire.executions.clone(), fire.now).await?;
+    Ok(true)
+}
+
 /// How many times a wake looks for the sleeper again after losing it to a concurrent change.
 const WAKE_ATTEMPTS: usize = 3;
 
@@ -1605,6 +1665,85 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
             cancellation_requests_in(&self.db, executor_id, limit)
         })
         .await
+    }
+
+    #[tracing::instrument(skip(self, schedule), fields(schedule_id = %schedule.schedule_id), err)]
+    async fn save_task_schedule(&self, schedule: TaskSchedule) -> Result<TaskSchedule> {
+        super::validate_schedule(&schedule)?;
+        // Executors starting together insert the same schedule at once: the loser's conflict
+        // is retried once, and then finds the winner's row.
+        match in_write_transaction!(self, "save_task_schedule", |txn| save_schedule_in(
+            &txn, &schedule
+        )) {
+            Err(Error::Conflict { .. }) => {
+                in_write_transaction!(self, "save_task_schedule", |txn| save_schedule_in(
+                    &txn, &schedule
+                ))
+            }
+            other => other,
+        }
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn get_task_schedules(&self) -> Result<Vec<TaskSchedule>> {
+        use sea_orm::{EntityTrait, QueryOrder};
+        let rows = retry("get_task_schedules", || async {
+            Ok(ts::Entity::find()
+                .order_by_asc(ts::Column::ScheduleId)
+                .all(&self.db)
+                .await?)
+        })
+        .await?;
+        rows.into_iter().map(mapper::schedule_from_model).collect()
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn delete_task_schedule(&self, schedule_id: &str) -> Result<bool> {
+        use sea_orm::EntityTrait;
+        retry("delete_task_schedule", || async {
+            Ok(ts::Entity::delete_by_id(schedule_id.to_owned())
+                .exec(&self.db)
+                .await?
+                .rows_affected
+                > 0)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self, task_ids), err)]
+    async fn due_task_schedules(
+        &self,
+        now: i64,
+        task_ids: Option<&[String]>,
+        limit: u64,
+    ) -> Result<Vec<TaskSchedule>> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+        if limit == 0 || task_ids.is_some_and(<[String]>::is_empty) {
+            return Ok(Vec::new());
+        }
+        let mut find = ts::Entity::find()
+            .filter(ts::Column::NextTickAt.lte(now))
+            .order_by_asc(ts::Column::NextTickAt)
+            .order_by_asc(ts::Column::ScheduleId)
+            .limit(limit);
+        if let Some(ids) = task_ids {
+            find = find.filter(ts::Column::TaskId.is_in(ids.iter().map(String::as_str)));
+        }
+        let rows = retry("due_task_schedules", || async {
+            Ok(find.clone().all(&self.db).await?)
+        })
+        .await?;
+        rows.into_iter().map(mapper::schedule_from_model).collect()
+    }
+
+    #[tracing::instrument(skip(self, fire), fields(schedule_id = %fire.schedule_id), err)]
+    async fn fire_task_schedule(&self, fire: &ScheduleFire) -> Result<bool> {
+        fire.executions.iter().try_for_each(super::validate_new)?;
+        // A retry after a lost commit finds the tick moved and answers false: the executions
+        // of the first attempt are there, once.
+        in_write_transaction!(self, "fire_task_schedule", |txn| fire_schedule_in(
+            &txn, fire
+        ))
     }
 
     #[tracing::instrument(skip(self), fields(wake_key = %wake.wake_key), err)]

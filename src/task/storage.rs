@@ -6,6 +6,7 @@ use super::model::{
     ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionFilter,
     TaskExecutionGuard, TaskExecutionUpdate, Wake, WakeResult,
 };
+use super::schedule::{ScheduleFire, TaskSchedule};
 use crate::error::Result;
 
 /// Storage of task executions shared by any number of executors.
@@ -224,6 +225,55 @@ pub trait TaskExecutionStorage: Send + Sync {
     /// the key (an execution that finished answers [`WakeResult::AlreadyFinished`] instead);
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty or too long key.
     async fn wake_task_execution(&self, wake: &Wake) -> Result<WakeResult>;
+
+    /// Saves a periodic schedule: inserts it when its id is new; when a schedule with the id
+    /// exists and [defines the same](TaskSchedule::same_definition) ticks of the same task with
+    /// the same input, leaves it as it is (its progress, `next_tick_at`, is kept: every executor
+    /// can save its schedules at start); otherwise replaces its definition and `next_tick_at`.
+    /// Returns the schedule as stored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an id outside
+    /// 1..=[`MAX_SCHEDULE_ID_LEN`](crate::MAX_SCHEDULE_ID_LEN) bytes, a bad task id, or a
+    /// cron expression, time zone or interval that does not parse.
+    async fn save_task_schedule(&self, schedule: TaskSchedule) -> Result<TaskSchedule>;
+
+    /// Every schedule, by id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) when a row cannot be read.
+    async fn get_task_schedules(&self) -> Result<Vec<TaskSchedule>>;
+
+    /// Deletes a schedule (the executions it enqueued stay); returns whether it existed.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn delete_task_schedule(&self, schedule_id: &str) -> Result<bool>;
+
+    /// Up to `limit` schedules whose `next_tick_at <= now`, of the tasks in `task_ids` (`None`:
+    /// any), earliest tick first. Reading takes nothing: the firing decides.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) when a due row cannot be read.
+    async fn due_task_schedules(
+        &self,
+        now: i64,
+        task_ids: Option<&[String]>,
+        limit: u64,
+    ) -> Result<Vec<TaskSchedule>>;
+
+    /// Fires a due schedule: if its `next_tick_at` is still `fire.expected_next_tick_at`, moves
+    /// it to `fire.new_next_tick_at` and enqueues `fire.executions`, in one transaction; returns
+    /// whether it did. Of any number of executors firing the same tick, exactly one succeeds.
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue_task_executions`](Self::enqueue_task_executions) (nothing is written then).
+    async fn fire_task_schedule(&self, fire: &ScheduleFire) -> Result<bool>;
 
     /// The storage's own clock (the database server's), in epoch milliseconds, when it has
     /// one; `None` (the default) when it does not. Executors compare it with their clock to

@@ -11,7 +11,8 @@ use crate::task::executor::{
 };
 use crate::testkit_ensure;
 use crate::{
-    Error, RetryOptions, TaskExecutionFilter, TaskExecutionStatus, TaskExecutionStorage, WakeResult,
+    Error, ManualClock, MissedTicks, RetryOptions, Schedule, TaskExecution, TaskExecutionFilter,
+    TaskExecutionStatus, TaskExecutionStorage, WakeResult,
 };
 
 /// Executor options suited to tests: short polls, everything else default.
@@ -1083,6 +1084,29 @@ impl TaskExecutionStorage for LossyStorage {
     async fn wake_task_execution(&self, wake: &crate::Wake) -> crate::Result<crate::WakeResult> {
         self.inner.wake_task_execution(wake).await
     }
+    async fn save_task_schedule(
+        &self,
+        schedule: crate::TaskSchedule,
+    ) -> crate::Result<crate::TaskSchedule> {
+        self.inner.save_task_schedule(schedule).await
+    }
+    async fn get_task_schedules(&self) -> crate::Result<Vec<crate::TaskSchedule>> {
+        self.inner.get_task_schedules().await
+    }
+    async fn delete_task_schedule(&self, schedule_id: &str) -> crate::Result<bool> {
+        self.inner.delete_task_schedule(schedule_id).await
+    }
+    async fn due_task_schedules(
+        &self,
+        now: i64,
+        task_ids: Option<&[String]>,
+        limit: u64,
+    ) -> crate::Result<Vec<crate::TaskSchedule>> {
+        self.inner.due_task_schedules(now, task_ids, limit).await
+    }
+    async fn fire_task_schedule(&self, fire: &crate::ScheduleFire) -> crate::Result<bool> {
+        self.inner.fire_task_schedule(fire).await
+    }
     async fn acknowledge_cancellation_requests(
         &self,
         executor_id: &str,
@@ -1487,6 +1511,196 @@ pub async fn sleeping_wait_survives_executor_restart(
         output.children.len() == 1 && output.children[0].output == "approved",
         "children outputs {:?}",
         output.children
+    );
+    Ok(())
+}
+
+/// The ticks (epoch ms) of the executions `schedule_id` enqueued, in order.
+async fn ticks_of(
+    storage: &Arc<dyn TaskExecutionStorage>,
+    schedule_id: &str,
+) -> TestResult<Vec<(i64, TaskExecution)>> {
+    let prefix = format!("sch_{schedule_id}_");
+    let mut ticks = Vec::new();
+    for e in storage
+        .get_task_executions(&TaskExecutionFilter::default())
+        .await?
+    {
+        if let Some(tick) = e.execution_id.strip_prefix(&prefix) {
+            ticks.push((tick.parse::<i64>()?, e));
+        }
+    }
+    ticks.sort_by_key(|(tick, _)| *tick);
+    Ok(ticks)
+}
+
+/// Three executors saving and serving the same interval schedule enqueue every tick exactly
+/// once: consecutive ticks, none missing, none twice, each run once.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn many_executors_enqueue_each_tick_once(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const EVERY: i64 = 150;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let tick = TaskDefinition::new("tick", move |_ctx, ()| {
+        let counter = Arc::clone(&counter);
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, TaskError>(())
+        }
+    });
+    let every = Schedule::interval("heartbeat", Duration::from_millis(150))
+        .missed_ticks(MissedTicks::CatchUp);
+    let mut executors = Vec::new();
+    for _ in 0..3 {
+        let executor = Executor::new(Arc::clone(&storage), fast_options());
+        // Every executor saves the schedule at its start; the first save wins, the others keep it.
+        executor.schedule(&tick, &(), &every).await?;
+        executor.start();
+        executors.push(executor);
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    testkit_ensure!(executors[0].unschedule("heartbeat").await?, "unschedule");
+    // Let the last ticks' runs finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for executor in &executors {
+        executor.shutdown().await;
+    }
+    let ticks = ticks_of(&storage, "heartbeat").await?;
+    testkit_ensure!(ticks.len() >= 5, "only {} ticks in 1.5 s", ticks.len());
+    for pair in ticks.windows(2) {
+        testkit_ensure!(
+            pair[1].0 - pair[0].0 == EVERY,
+            "ticks {} and {} are not one interval apart",
+            pair[0].0,
+            pair[1].0
+        );
+    }
+    testkit_ensure!(
+        ticks
+            .iter()
+            .all(|(_, e)| e.status == TaskExecutionStatus::Completed),
+        "not every tick completed"
+    );
+    testkit_ensure!(
+        runs.load(Ordering::SeqCst) == ticks.len(),
+        "{} runs for {} ticks",
+        runs.load(Ordering::SeqCst),
+        ticks.len()
+    );
+    Ok(())
+}
+
+/// Ticks missed while no executor ran: a `Skip` schedule enqueues only the latest, a
+/// `CatchUp` one every missed tick.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn missed_ticks_follow_the_schedule_policy(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let t0 = 1_800_000_000_000;
+    let clock = Arc::new(ManualClock::new(t0));
+    let task = TaskDefinition::new("report", |_ctx, ()| async move { Ok::<_, TaskError>(()) });
+    let options = || {
+        let clock: Arc<dyn crate::Clock> = clock.clone();
+        ExecutorOptions {
+            clock,
+            ..fast_options()
+        }
+    };
+    let second = Duration::from_secs(1);
+    let before = Executor::new(Arc::clone(&storage), options());
+    before
+        .schedule(&task, &(), &Schedule::interval("skipping", second))
+        .await?;
+    before
+        .schedule(
+            &task,
+            &(),
+            &Schedule::interval("catching-up", second).missed_ticks(MissedTicks::CatchUp),
+        )
+        .await?;
+    // Down for 5.5 s: ticks at +1 s .. +5 s were missed.
+    clock.advance(5_500);
+    let after = Executor::new(Arc::clone(&storage), options());
+    after.register(&task)?;
+    after.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (skipped, caught_up) = (
+            ticks_of(&storage, "skipping").await?,
+            ticks_of(&storage, "catching-up").await?,
+        );
+        if !skipped.is_empty() && caught_up.len() >= 5 {
+            break;
+        }
+        testkit_ensure!(Instant::now() < deadline, "the missed ticks never fired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give a wrong extra firing the time to show.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    after.shutdown().await;
+    let skipped: Vec<i64> = ticks_of(&storage, "skipping")
+        .await?
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    let caught_up: Vec<i64> = ticks_of(&storage, "catching-up")
+        .await?
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    testkit_ensure!(skipped == vec![t0 + 5_000], "skip enqueued {skipped:?}");
+    testkit_ensure!(
+        caught_up == (1..=5).map(|k| t0 + k * 1_000).collect::<Vec<_>>(),
+        "catch-up enqueued {caught_up:?}"
+    );
+    let stored = storage.get_task_schedules().await?;
+    testkit_ensure!(
+        stored.iter().all(|s| s.next_tick_at == t0 + 6_000),
+        "next ticks {:?}",
+        stored.iter().map(|s| s.next_tick_at).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// A schedule with a bad cron expression or time zone is refused when saved.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn bad_schedules_are_refused(storage: Arc<dyn TaskExecutionStorage>) -> TestResult {
+    let task = TaskDefinition::new("cronTask", |_ctx, ()| async move { Ok::<_, TaskError>(()) });
+    let executor = Executor::new(Arc::clone(&storage), fast_options());
+    for schedule in [
+        Schedule::cron("bad-expression", "61 * * * *"),
+        Schedule::cron("bad-zone", "0 3 * * *").time_zone("Atlantis/Capital"),
+        Schedule::interval("zero", Duration::ZERO),
+    ] {
+        let result = executor.schedule(&task, &(), &schedule).await;
+        testkit_ensure!(
+            matches!(result, Err(Error::InvalidArgument { .. })),
+            "{schedule:?}: {result:?}"
+        );
+    }
+    let stored = executor
+        .schedule(
+            &task,
+            &(),
+            &Schedule::cron("nightly", "0 3 * * *").time_zone("Europe/Zurich"),
+        )
+        .await?;
+    testkit_ensure!(
+        stored.next_tick_at > crate::Clock::now_ms(&crate::SystemClock),
+        "next tick {}",
+        stored.next_tick_at
     );
     Ok(())
 }

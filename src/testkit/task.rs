@@ -29,6 +29,7 @@ use crate::task::{
     WakeOutcome, WakeResult,
 };
 use crate::{Error, Result};
+use crate::{MissedTicks, ScheduleFire, ScheduleSpec, TaskSchedule};
 
 /// A storage under test.
 pub type Storage = Arc<dyn TaskExecutionStorage>;
@@ -129,6 +130,10 @@ macro_rules! task_storage_conformance {
             cancelled_sleeper_frees_its_key,
             woken_sleeping_child_is_recorded_for_its_parent,
             wake_racing_timeout_has_exactly_one_winner,
+            schedules_are_saved_once_and_keep_their_progress,
+            due_schedules_fire_once_per_tick,
+            concurrent_fires_of_one_tick_enqueue_once,
+            invalid_schedules_are_rejected_before_writing,
         );
     };
     (@cases (storage: $make:expr); $($case:ident),* $(,)?) => {
@@ -2020,6 +2025,255 @@ pub async fn wake_racing_timeout_has_exactly_one_winner(storage: Storage) -> Cas
     check_eq!(
         woken + usize::try_from(expired).unwrap_or(usize::MAX),
         SLEEPERS
+    );
+    Ok(())
+}
+
+fn schedule(id: &str, next_tick_at: i64) -> TaskSchedule {
+    TaskSchedule {
+        schedule_id: id.to_owned(),
+        task_id: "task".to_owned(),
+        input: "{\"report\":\"daily\"}".to_owned(),
+        spec: ScheduleSpec::Cron {
+            expression: "0 3 * * *".to_owned(),
+            time_zone: "Europe/Zurich".to_owned(),
+        },
+        missed_ticks: MissedTicks::CatchUp,
+        next_tick_at,
+        last_tick_at: None,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+fn fire(id: &str, expected: i64, next: i64, executions: Vec<NewTaskExecution>) -> ScheduleFire {
+    ScheduleFire {
+        schedule_id: id.to_owned(),
+        expected_next_tick_at: expected,
+        new_next_tick_at: next,
+        last_tick_at: expected,
+        executions,
+        now: expected + 1,
+    }
+}
+
+/// Saving a schedule inserts it; saving the same definition again keeps its progress; saving a
+/// changed one replaces it; deleting it works once.
+pub async fn schedules_are_saved_once_and_keep_their_progress(storage: Storage) -> CaseResult {
+    let first = storage
+        .save_task_schedule(schedule("nightly", T0 + 10))
+        .await?;
+    check_eq!(first, schedule("nightly", T0 + 10));
+    storage
+        .save_task_schedule(TaskSchedule {
+            spec: ScheduleSpec::Interval { every_ms: 60_000 },
+            missed_ticks: MissedTicks::Skip,
+            ..schedule("hourly", T0 + 20)
+        })
+        .await?;
+    // Saved again at a later start: same definition, so the stored progress stays.
+    let again = storage
+        .save_task_schedule(TaskSchedule {
+            updated_at: T0 + 5,
+            ..schedule("nightly", T0 + 99)
+        })
+        .await?;
+    check_eq!(again, first);
+    let changed = storage
+        .save_task_schedule(TaskSchedule {
+            input: "{}".to_owned(),
+            created_at: T0 + 7,
+            updated_at: T0 + 7,
+            ..schedule("nightly", T0 + 70)
+        })
+        .await?;
+    check_eq!(changed.input, "{}");
+    check_eq!(changed.next_tick_at, T0 + 70);
+    check_eq!(changed.created_at, T0);
+    let all = storage.get_task_schedules().await?;
+    check_eq!(
+        all.iter()
+            .map(|s| s.schedule_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["hourly", "nightly"]
+    );
+    check_eq!(all[1], changed);
+    check_eq!(all[0].spec, ScheduleSpec::Interval { every_ms: 60_000 });
+    check!(storage.delete_task_schedule("hourly").await?, "delete");
+    check!(
+        !storage.delete_task_schedule("hourly").await?,
+        "deleted twice"
+    );
+    check_eq!(storage.get_task_schedules().await?.len(), 1);
+    Ok(())
+}
+
+/// A schedule is due once its next tick has come (for the tasks asked for); firing it moves the
+/// tick and enqueues the executions once: a second firing of the same tick does nothing.
+pub async fn due_schedules_fire_once_per_tick(storage: Storage) -> CaseResult {
+    storage.save_task_schedule(schedule("s", T0 + 10)).await?;
+    storage
+        .save_task_schedule(TaskSchedule {
+            task_id: "other".to_owned(),
+            ..schedule("t", T0)
+        })
+        .await?;
+    check!(
+        storage
+            .due_task_schedules(T0 + 9, Some(&["task".to_owned()]), 10)
+            .await?
+            .is_empty(),
+        "a schedule was due before its tick"
+    );
+    let due = storage
+        .due_task_schedules(T0 + 10, Some(&["task".to_owned()]), 10)
+        .await?;
+    check_eq!(
+        due.iter()
+            .map(|s| s.schedule_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["s"]
+    );
+    check_eq!(
+        storage.due_task_schedules(T0 + 10, None, 10).await?.len(),
+        2
+    );
+    let tick = || vec![new_execution("s@10")];
+    check!(
+        storage
+            .fire_task_schedule(&fire("s", T0 + 10, T0 + 20, tick()))
+            .await?,
+        "the first firing did not fire"
+    );
+    check!(
+        !storage
+            .fire_task_schedule(&fire("s", T0 + 10, T0 + 20, tick()))
+            .await?,
+        "the same tick fired twice"
+    );
+    check!(
+        !storage
+            .fire_task_schedule(&fire("gone", T0, T0 + 1, vec![new_execution("x")]))
+            .await?,
+        "a missing schedule fired"
+    );
+    check!(
+        storage.get_task_execution("x").await?.is_none(),
+        "a failed firing enqueued"
+    );
+    let s = storage
+        .get_task_schedules()
+        .await?
+        .into_iter()
+        .find(|s| s.schedule_id == "s")
+        .ok_or_else(|| CaseFailure("schedule s vanished".to_owned()))?;
+    check_eq!(s.next_tick_at, T0 + 20);
+    check_eq!(s.last_tick_at, Some(T0 + 10));
+    check_eq!(s.updated_at, T0 + 11);
+    check_eq!(
+        get(&storage, "s@10").await?.status,
+        TaskExecutionStatus::Ready
+    );
+    check!(
+        storage
+            .due_task_schedules(T0 + 19, Some(&["task".to_owned()]), 10)
+            .await?
+            .is_empty(),
+        "still due after firing"
+    );
+    // A firing whose execution exists already changes nothing.
+    let clash = storage
+        .fire_task_schedule(&fire("s", T0 + 20, T0 + 30, vec![new_execution("s@10")]))
+        .await;
+    check!(
+        matches!(clash, Err(Error::Conflict { .. })),
+        "expected a conflict, got {clash:?}"
+    );
+    let s = storage.get_task_schedules().await?;
+    check!(
+        s.iter()
+            .any(|s| s.schedule_id == "s" && s.next_tick_at == T0 + 20),
+        "a conflicting firing moved the tick"
+    );
+    Ok(())
+}
+
+/// Many firings of the same tick at once: exactly one wins and the tick's execution exists
+/// once.
+pub async fn concurrent_fires_of_one_tick_enqueue_once(storage: Storage) -> CaseResult {
+    const FIRERS: usize = 8;
+    storage.save_task_schedule(schedule("s", T0 + 10)).await?;
+    let mut firers = Vec::new();
+    for _ in 0..FIRERS {
+        let storage = Arc::clone(&storage);
+        firers.push(tokio::spawn(async move {
+            storage
+                .fire_task_schedule(&fire("s", T0 + 10, T0 + 20, vec![new_execution("s@10")]))
+                .await
+        }));
+    }
+    let mut won = 0;
+    for firer in firers {
+        match firer
+            .await
+            .map_err(|e| CaseFailure(format!("firer: {e}")))?
+        {
+            Ok(true) => won += 1,
+            Ok(false) => {}
+            // A firer that read the tick before the winner committed may meet its execution.
+            Err(Error::Conflict { .. }) => {}
+            Err(other) => return Err(other.into()),
+        }
+    }
+    check_eq!(won, 1);
+    check_eq!(
+        storage
+            .get_task_executions(&TaskExecutionFilter::default())
+            .await?
+            .len(),
+        1
+    );
+    Ok(())
+}
+
+/// Bad ids, expressions, time zones and intervals are refused before anything is written.
+pub async fn invalid_schedules_are_rejected_before_writing(storage: Storage) -> CaseResult {
+    let bad = [
+        schedule("", T0),
+        schedule(&"s".repeat(201), T0),
+        TaskSchedule {
+            spec: ScheduleSpec::Cron {
+                expression: "every day".to_owned(),
+                time_zone: "UTC".to_owned(),
+            },
+            ..schedule("cron", T0)
+        },
+        TaskSchedule {
+            spec: ScheduleSpec::Cron {
+                expression: "* * * * *".to_owned(),
+                time_zone: "Nowhere/Special".to_owned(),
+            },
+            ..schedule("zone", T0)
+        },
+        TaskSchedule {
+            spec: ScheduleSpec::Interval { every_ms: 0 },
+            ..schedule("interval", T0)
+        },
+        TaskSchedule {
+            task_id: String::new(),
+            ..schedule("task", T0)
+        },
+    ];
+    for s in bad {
+        let result = storage.save_task_schedule(s.clone()).await;
+        check!(
+            matches!(result, Err(Error::InvalidArgument { .. })),
+            "{s:?}: expected InvalidArgument, got {result:?}"
+        );
+    }
+    check!(
+        storage.get_task_schedules().await?.is_empty(),
+        "a refused schedule was saved"
     );
     Ok(())
 }

@@ -121,6 +121,21 @@ macro_rules! executor_cases {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn many_executors_enqueue_each_tick_once() -> anyhow::Result<()> {
+            on_storage($backend, cases::many_executors_enqueue_each_tick_once).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn missed_ticks_follow_the_schedule_policy() -> anyhow::Result<()> {
+            on_storage($backend, cases::missed_ticks_follow_the_schedule_policy).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn bad_schedules_are_refused() -> anyhow::Result<()> {
+            on_storage($backend, cases::bad_schedules_are_refused).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn options_beyond_the_limits_are_refused() -> anyhow::Result<()> {
             on_storage($backend, cases::options_beyond_the_limits_are_refused).await
         }

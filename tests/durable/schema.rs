@@ -23,14 +23,16 @@ per_backend!(
     install_from_older_migrations_upgrades_in_place,
 );
 
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 6] = [
+    "task_schedules",
     "batchactions_jobs",
     "batchactions_batches",
     "batchactions_records",
     "task_executions",
     "finished_child_task_executions",
 ];
-const INDEXES: [(&str, &str); 16] = [
+const INDEXES: [(&str, &str); 17] = [
+    ("task_schedules", "ix_task_schedules_next_tick"),
     ("task_executions", "ux_task_executions_sleeping_key"),
     ("task_executions", "ix_task_executions_wake_key"),
     ("task_executions", "ix_task_executions_sleeping"),
@@ -541,7 +543,7 @@ async fn nullability(t: &TestDb) -> anyhow::Result<Vec<(String, String, String, 
             t.db_backend(),
             "SELECT TABLE_NAME AS t, COLUMN_NAME AS c, IS_NULLABLE AS n, \
              CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) AS l FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = DATABASE() \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME <> 'task_schedules' \
              AND COLUMN_NAME NOT IN ('claim_id', 'finalized_by', 'queue', 'wake_key', 'sleeping_key') \
              ORDER BY TABLE_NAME, COLUMN_NAME",
         ))

@@ -1,14 +1,15 @@
 //! The durable executor: runs registered tasks from a [`TaskExecutionStorage`] shared by any
 //! number of executors.
 //!
-//! An executor runs five background loops:
+//! An executor runs six background loops:
 //! - **claim**: claims ready executions in batches up to its free capacity and runs each;
 //! - **parents**: claims parents whose children all finished, and completes them, fails them or
 //!   spawns their finalize execution;
 //! - **close**: propagates finished executions to their parents and cancels the children of
 //!   executions that did not complete;
 //! - **expire**: returns executions whose executor died (their lease lapsed) to `ready`;
-//! - **cancel**: stops local runs of executions that were cancelled.
+//! - **cancel**: stops local runs of executions that were cancelled;
+//! - **schedules**: enqueues the due ticks of the periodic schedules of its tasks.
 //!
 //! A loop that found a full batch runs again at once; an idle loop sleeps its poll interval with
 //! jitter, and is woken early by in-process events (an enqueue wakes the claim loop, a finished
@@ -51,6 +52,10 @@ use crate::task::model::{
     WakeOutcome, WakeResult,
 };
 use crate::task::storage::TaskExecutionStorage;
+use crate::task::{
+    Schedule, ScheduleFire, TaskExecutionFilter, TaskSchedule, Ticks, tick_execution_id,
+    validate_schedule_id,
+};
 
 /// Settings of an [`Executor`].
 #[derive(Debug, Clone)]
@@ -148,12 +153,13 @@ impl EnqueueOptions {
 
 /// Runs durable tasks registered with it, from a storage shared by any number of executors.
 ///
-/// It runs five background loops: **claim** (claims ready executions in batches up to its free
+/// It runs six background loops: **claim** (claims ready executions in batches up to its free
 /// capacity and runs each), **parents** (completes, fails or finalizes parents whose children
 /// all finished), **close** (propagates finished executions to their parents and cancels the
 /// children of executions that did not complete), **expire** (returns executions whose executor
-/// died to `ready`, counting the attempt) and **cancel** (stops local runs of cancelled
-/// executions). A loop that found a full batch runs again at once; an idle one sleeps its poll
+/// died to `ready`, counting the attempt, and times out sleepers), **cancel** (stops local runs
+/// of cancelled executions) and **schedules** (enqueues each due tick of a periodic schedule,
+/// once across all executors). A loop that found a full batch runs again at once; an idle one sleeps its poll
 /// interval with jitter and is woken early by in-process events. Every write of a run is
 /// guarded by its claim's fencing token.
 #[derive(Clone)]
@@ -429,6 +435,9 @@ impl Executor {
         loops.push(tokio::spawn(
             Arc::clone(inner).background_loop("cancel", |i| i.take_cancellations()),
         ));
+        loops.push(tokio::spawn(
+            Arc::clone(inner).background_loop("schedules", |i| i.fire_schedules()),
+        ));
         tracing::info!(executor_id = %inner.id, "executor started");
     }
 
@@ -629,6 +638,59 @@ impl Executor {
             self.inner.wake_close.notify_one();
         }
         Ok(result)
+    }
+
+    /// Saves a periodic schedule of `task` with `input` and registers the task: every
+    /// executor that has the task registered enqueues its due ticks, each tick once however
+    /// many executors run. Saving the same schedule again (every executor may do so at start)
+    /// keeps its progress; saving a changed one under the same id replaces it, its next tick
+    /// counted from now. Returns the schedule as stored.
+    ///
+    /// Each tick's execution has the id `sch_<schedule id>_<tick in epoch ms>`. Ticks missed
+    /// while no executor ran follow [`Schedule::missed_ticks`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a schedule id outside 1..=[`MAX_SCHEDULE_ID_LEN`](crate::MAX_SCHEDULE_ID_LEN)
+    /// bytes, a cron expression or time zone that does not parse, or an interval below 1 ms;
+    /// as [`register`](Self::register); [`Error::Serialization`] when `input` does not
+    /// serialize; storage errors.
+    pub async fn schedule<I: Serialize, O>(
+        &self,
+        task: &TaskDefinition<I, O>,
+        input: &I,
+        schedule: &Schedule,
+    ) -> Result<TaskSchedule> {
+        validate_schedule_id(&schedule.id)?;
+        let ticks = Ticks::parse(&schedule.spec)?;
+        self.register(task)?;
+        let now = self.inner.now();
+        let stored = self
+            .inner
+            .storage
+            .save_task_schedule(TaskSchedule {
+                schedule_id: schedule.id.clone(),
+                task_id: task.spec.id.clone(),
+                input: serde_json::to_string(input)?,
+                spec: schedule.spec.clone(),
+                missed_ticks: schedule.missed_ticks,
+                next_tick_at: ticks.next_after(now)?,
+                last_tick_at: None,
+                created_at: now,
+                updated_at: now,
+            })
+            .await?;
+        Ok(stored)
+    }
+
+    /// Deletes the periodic schedule `schedule_id`; the executions it enqueued stay. Returns
+    /// whether it existed.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub async fn unschedule(&self, schedule_id: &str) -> Result<bool> {
+        self.inner.storage.delete_task_schedule(schedule_id).await
     }
 
     /// The handle of an existing execution.
@@ -1332,6 +1394,93 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// One iteration of the schedules loop: fires the due schedules of the tasks registered
+    /// here; true when the batch was full.
+    async fn fire_schedules(self: Arc<Self>) -> Result<bool> {
+        let limit = self.options.background_batch_size;
+        let now = self.now();
+        let mut task_ids: Vec<String> = self
+            .tasks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        task_ids.sort_unstable();
+        let due = self
+            .storage
+            .due_task_schedules(now, Some(&task_ids), limit)
+            .await?;
+        let mut fired = false;
+        for schedule in &due {
+            // One schedule that cannot fire must not hold up the others.
+            match self.fire_schedule(schedule, now).await {
+                Ok(won) => fired |= won,
+                Err(err) => {
+                    tracing::warn!(schedule_id = %schedule.schedule_id, error = %err, "firing a schedule failed");
+                }
+            }
+        }
+        if fired {
+            self.wake_claim.notify_one();
+        }
+        Ok(u64::try_from(due.len()).unwrap_or(u64::MAX) >= limit)
+    }
+
+    /// Enqueues the due ticks of `schedule` if no other executor did first; returns whether
+    /// this one did.
+    #[tracing::instrument(skip_all, fields(schedule_id = %schedule.schedule_id))]
+    async fn fire_schedule(&self, schedule: &TaskSchedule, now: i64) -> Result<bool> {
+        let Some(spec) = self.task(&schedule.task_id) else {
+            return Ok(false);
+        };
+        let ticks = Ticks::parse(&schedule.spec)?;
+        let (due, next) = ticks.due(schedule.next_tick_at, now, schedule.missed_ticks)?;
+        let Some(&last) = due.last() else {
+            return Ok(false);
+        };
+        let executions = due
+            .iter()
+            .map(|tick| NewTaskExecution {
+                execution_id: tick_execution_id(&schedule.schedule_id, *tick),
+                ..new_execution(&spec, schedule.input.clone(), None, None)
+            })
+            .collect();
+        let mut fire = ScheduleFire {
+            schedule_id: schedule.schedule_id.clone(),
+            expected_next_tick_at: schedule.next_tick_at,
+            new_next_tick_at: next,
+            last_tick_at: last,
+            executions,
+            now,
+        };
+        match self.storage.fire_task_schedule(&fire).await {
+            Err(Error::Conflict { .. }) => {
+                // Some of these ticks were enqueued already (the schedule was deleted and saved
+                // again): enqueue the others, and move on.
+                let ids = fire
+                    .executions
+                    .iter()
+                    .map(|e| e.execution_id.clone())
+                    .collect();
+                let existing: Vec<String> = self
+                    .storage
+                    .get_task_executions(&TaskExecutionFilter {
+                        execution_ids: Some(ids),
+                        ..TaskExecutionFilter::default()
+                    })
+                    .await?
+                    .into_iter()
+                    .map(|e| e.execution_id)
+                    .collect();
+                fire.executions
+                    .retain(|e| !existing.contains(&e.execution_id));
+                self.storage.fire_task_schedule(&fire).await
+            }
+            other => other,
+        }
     }
 
     /// One iteration of the close loop.
