@@ -5,9 +5,10 @@
 //!
 //! - **durable task executions** ([`Executor`], [`TaskDefinition`], [`TaskExecutionStorage`]):
 //!   tasks with typed input and output, retries with backoff, timeouts, parents that spawn
-//!   children and a finalize task, cancellation, and recovery when a process dies, with any
-//!   number of executors sharing one database (tables `task_executions` and
-//!   `finished_child_task_executions`);
+//!   children and a finalize task, cancellation, and recovery when a process dies, delayed
+//!   enqueue ([`EnqueueOptions`]), sleeping tasks woken by a key ([`Executor::wake`]) and
+//!   periodic schedules ([`Schedule`]), with any number of executors sharing one database
+//!   (tables `task_executions`, `finished_child_task_executions` and `task_schedules`);
 //! - **batch job state** ([`DistributedStateStore`], [`prepare`], [`run_worker`]): a job split
 //!   into batches of records that many workers claim atomically, with stale-batch recovery,
 //!   exactly-once finalization and per-record outcomes (tables `batchactions_jobs`,
