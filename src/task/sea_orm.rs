@@ -1733,7 +1733,17 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
             Ok(find.clone().all(&self.db).await?)
         })
         .await?;
-        rows.into_iter().map(mapper::schedule_from_model).collect()
+        // A schedule that cannot be read must not keep the others from firing.
+        Ok(rows
+            .into_iter()
+            .filter_map(|m| match mapper::schedule_from_model(m) {
+                Ok(schedule) => Some(schedule),
+                Err(err) => {
+                    tracing::error!(error = %err, "a due schedule cannot be read; skipping it");
+                    None
+                }
+            })
+            .collect())
     }
 
     #[tracing::instrument(skip(self, fire), fields(schedule_id = %fire.schedule_id), err)]

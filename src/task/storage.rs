@@ -254,11 +254,12 @@ pub trait TaskExecutionStorage: Send + Sync {
     async fn delete_task_schedule(&self, schedule_id: &str) -> Result<bool>;
 
     /// Up to `limit` schedules whose `next_tick_at <= now`, of the tasks in `task_ids` (`None`:
-    /// any), earliest tick first. Reading takes nothing: the firing decides.
+    /// any), earliest tick first. Reading takes nothing: the firing decides. A due row that
+    /// cannot be read is left out (and logged), so it never keeps the others from firing.
     ///
     /// # Errors
     ///
-    /// [`Error::CorruptRow`](crate::Error::CorruptRow) when a due row cannot be read.
+    /// Database errors.
     async fn due_task_schedules(
         &self,
         now: i64,

@@ -81,6 +81,7 @@ per_backend!(
     a_record_that_cannot_be_written_fails_its_parent_without_blocking_closes,
     wake_in_transaction_applies_only_on_commit,
     concurrent_wakes_and_timeouts_have_one_winner_per_sleeper,
+    unreadable_schedule_does_not_keep_the_others_from_firing,
 );
 
 const T0: i64 = 1_700_000_000_000;
@@ -1045,6 +1046,45 @@ async fn concurrent_wakes_and_timeouts_have_one_winner_per_sleeper(
         usize::try_from(expired)? == timed_out && woken.len() + timed_out == SLEEPERS,
         "woken {}, expired {expired}, timed out {timed_out}",
         woken.len()
+    );
+    Ok(())
+}
+
+/// A schedule row with an unknown missed-ticks policy is left out of the due schedules, and the
+/// readable ones still come back.
+async fn unreadable_schedule_does_not_keep_the_others_from_firing(t: TestDb) -> anyhow::Result<()> {
+    let storage = SeaOrmTaskExecutionStorage::new(t.db.clone());
+    for id in ["bad", "good"] {
+        storage
+            .save_task_schedule(sea_orm_durable::TaskSchedule {
+                schedule_id: id.to_owned(),
+                task_id: "task".to_owned(),
+                input: "null".to_owned(),
+                spec: sea_orm_durable::ScheduleSpec::Interval { every_ms: 1_000 },
+                missed_ticks: sea_orm_durable::MissedTicks::Skip,
+                next_tick_at: T0,
+                last_tick_at: None,
+                created_at: T0,
+                updated_at: T0,
+            })
+            .await?;
+    }
+    t.db.execute_unprepared(
+        "UPDATE task_schedules SET missed_ticks = 'sometimes' WHERE schedule_id = 'bad'",
+    )
+    .await?;
+    let due = storage.due_task_schedules(T0, None, 10).await?;
+    ensure!(
+        due.iter()
+            .map(|s| s.schedule_id.as_str())
+            .collect::<Vec<_>>()
+            == vec!["good"],
+        "{due:?}"
+    );
+    let all = storage.get_task_schedules().await;
+    ensure!(
+        matches!(all, Err(Error::CorruptRow { .. })),
+        "listing reports the bad row: {all:?}"
     );
     Ok(())
 }
