@@ -187,7 +187,11 @@ fn update_sets(backend: DbBackend, update: &TaskExecutionUpdate) -> Result<Vec<(
                 sets.push((Col::ExecutorId, Expr::val(Option::<String>::None)));
             }
         }
-        if status != TaskExecutionStatus::Sleeping {
+        if status == TaskExecutionStatus::Sleeping {
+            // Back to sleep (only a caller forcing the status does this): the key is taken
+            // again, as the in-memory storage reads it.
+            sets.push((Col::SleepingKey, Expr::col(Col::WakeKey)));
+        } else {
             // Frees the key for the next sleeper; `wake_key` keeps it for later wakes' answers.
             sets.push((Col::SleepingKey, Expr::val(Option::<String>::None)));
         }

@@ -1318,15 +1318,26 @@ pub async fn delayed_enqueue_runs_at_its_time(
         pending.iter().map(|p| &p.execution_id).collect::<Vec<_>>()
     );
     let past = wait(&in_the_past).await?;
-    for (done, at_least) in [(wait(&by_delay).await?, 600), (wait(&by_time).await?, 650)] {
-        let e = &done.execution;
-        let waited = e.started_at.unwrap_or_default() - e.created_at;
-        testkit_ensure!(
-            done.status() == TaskExecutionStatus::Completed && waited >= at_least,
-            "started {waited} ms after enqueue, expected >= {at_least} ({:?})",
-            done.status()
-        );
-    }
+    let delayed = wait(&by_delay).await?;
+    let e = &delayed.execution;
+    let waited = e.started_at.unwrap_or_default() - e.created_at;
+    testkit_ensure!(
+        delayed.status() == TaskExecutionStatus::Completed && waited >= 600,
+        "started {waited} ms after enqueue, before its 600 ms delay ({:?})",
+        delayed.status()
+    );
+    let timed = wait(&by_time).await?;
+    let e = &timed.execution;
+    testkit_ensure!(
+        timed.status() == TaskExecutionStatus::Completed
+            && e.start_at == now + 700
+            && e.started_at.unwrap_or_default() >= now + 700,
+        "run at {} started at {:?} (start_at {}, {:?})",
+        now + 700,
+        e.started_at,
+        e.start_at,
+        timed.status()
+    );
     executor.shutdown().await;
     testkit_ensure!(
         past.status() == TaskExecutionStatus::Completed && past.output == Some(3),
@@ -1566,8 +1577,17 @@ pub async fn many_executors_enqueue_each_tick_once(
     }
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     testkit_ensure!(executors[0].unschedule("heartbeat").await?, "unschedule");
-    // Let the last ticks' runs finish.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A firing read before the delete may still land; then let every tick's run finish.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ticks_of(&storage, "heartbeat")
+        .await?
+        .iter()
+        .any(|(_, e)| !e.is_finished)
+    {
+        testkit_ensure!(Instant::now() < deadline, "the ticks' runs never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for executor in &executors {
         executor.shutdown().await;
     }
