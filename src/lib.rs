@@ -5,9 +5,10 @@
 //!
 //! - **durable task executions** ([`Executor`], [`TaskDefinition`], [`TaskExecutionStorage`]):
 //!   tasks with typed input and output, retries with backoff, timeouts, parents that spawn
-//!   children and a finalize task, cancellation, and recovery when a process dies, with any
-//!   number of executors sharing one database (tables `task_executions` and
-//!   `finished_child_task_executions`);
+//!   children and a finalize task, cancellation, and recovery when a process dies, delayed
+//!   enqueue ([`EnqueueOptions`]), sleeping tasks woken by a key ([`Executor::wake`]) and
+//!   periodic schedules ([`Schedule`]), with any number of executors sharing one database
+//!   (tables `task_executions`, `finished_child_task_executions` and `task_schedules`);
 //! - **batch job state** ([`DistributedStateStore`], [`prepare`], [`run_worker`]): a job split
 //!   into batches of records that many workers claim atomically, with stale-batch recovery,
 //!   exactly-once finalization and per-record outcomes (tables `batchactions_jobs`,
@@ -85,16 +86,19 @@ pub use batch::{
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result, UnknownStatus};
 pub use task::executor::{
-    ChildOutput, ChildTask, Executor, ExecutorOptions, FinalizeInput, FinishedExecution,
-    ParentDefinition, ParentOutcome, ParentTaskOutput, Retention, Sequence, TaskContext,
-    TaskDefinition, TaskError, TaskHandle, TaskOptions, WaitOptions,
+    ChildOutput, ChildTask, EnqueueOptions, Executor, ExecutorOptions, FinalizeInput,
+    FinishedExecution, ParentDefinition, ParentOutcome, ParentTaskOutput, Retention, Sequence,
+    TaskContext, TaskDefinition, TaskError, TaskHandle, TaskOptions, WaitOptions,
 };
 pub use task::{
     ClaimParams, DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
     InMemoryTaskExecutionStorage, MAX_LEASE_MARGIN, MAX_QUEUE_LEN, MAX_SLEEP_BEFORE_RUN,
     MAX_TIMEOUT, NewTaskExecution, ParentRef, RetryOptions, SeaOrmTaskExecutionStorage,
     TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus,
-    TaskExecutionStorage, TaskExecutionUpdate,
+    TaskExecutionStorage, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
+};
+pub use task::{
+    MAX_SCHEDULE_ID_LEN, MissedTicks, Schedule, ScheduleFire, ScheduleSpec, TaskSchedule,
 };
 /// The token that shuts a batch worker down ([`WorkerOptions::shutdown`]).
 pub use tokio_util::sync::CancellationToken;

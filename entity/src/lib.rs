@@ -4,7 +4,8 @@
 //! normally never touch them, but they are public so that reports, admin screens and ad-hoc
 //! queries can read the same tables with SeaORM.
 //!
-//! The durable task tables are [`task_executions`] and [`finished_child_task_executions`].
+//! The durable task tables are [`task_executions`], [`finished_child_task_executions`] and
+//! [`task_schedules`].
 //!
 //! Every timestamp column is an `i64` holding milliseconds since the Unix epoch, written from the
 //! application's clock, never the database's.
@@ -15,3 +16,4 @@ pub mod batchactions_records;
 pub mod finished_child_task_executions;
 pub mod prelude;
 pub mod task_executions;
+pub mod task_schedules;

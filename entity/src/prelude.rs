@@ -5,3 +5,4 @@ pub use crate::batchactions_jobs::Entity as BatchactionsJobs;
 pub use crate::batchactions_records::Entity as BatchactionsRecords;
 pub use crate::finished_child_task_executions::Entity as FinishedChildTaskExecutions;
 pub use crate::task_executions::Entity as TaskExecutions;
+pub use crate::task_schedules::Entity as TaskSchedules;

@@ -13,6 +13,11 @@ pub struct Model {
     pub task_id: String,
     /// The queue the execution waits in.
     pub queue: String,
+    /// The key a sleeping task's execution is woken by (kept after it wakes).
+    pub wake_key: Option<String>,
+    /// The wake key while the execution is `sleeping`, NULL otherwise: a unique index on it
+    /// keeps each key once among sleeping executions.
+    pub sleeping_key: Option<String>,
     /// Task id of the top-most ancestor, for children and finalize executions.
     pub root_task_id: Option<String>,
     /// Execution id of the top-most ancestor.

@@ -24,6 +24,8 @@ mod m20261130_000003_durable_task_queues;
 mod m20261130_000010_durable_binary_id_collation;
 mod m20261130_000011_durable_batch_claim_ids;
 mod m20261130_000020_durable_ordered_indexes;
+mod m20261130_000030_durable_waiting;
+mod m20261130_000031_durable_task_schedules;
 mod m20261130_000040_durable_retention;
 mod schema;
 
@@ -46,6 +48,8 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         Box::new(m20261130_000010_durable_binary_id_collation::Migration),
         Box::new(m20261130_000011_durable_batch_claim_ids::Migration),
         Box::new(m20261130_000020_durable_ordered_indexes::Migration),
+        Box::new(m20261130_000030_durable_waiting::Migration),
+        Box::new(m20261130_000031_durable_task_schedules::Migration),
         Box::new(m20261130_000040_durable_retention::Migration),
     ]
 }

@@ -6,7 +6,11 @@
 //! column, never a panic.
 
 use sea_orm::{FromQueryResult, QueryResult};
-use sea_orm_durable_entity::{finished_child_task_executions as fc, task_executions as te};
+use sea_orm_durable_entity::{
+    finished_child_task_executions as fc, task_executions as te, task_schedules as ts,
+};
+
+use super::schedule::{ScheduleSpec, TaskSchedule};
 use serde::de::DeserializeOwned;
 
 use super::model::{
@@ -124,6 +128,12 @@ pub(crate) fn execution_to_model(e: TaskExecution) -> Result<te::Model> {
         execution_id: e.execution_id,
         task_id: e.task_id,
         queue: e.queue,
+        // Set only while sleeping: the unique index then holds each key once among sleepers.
+        sleeping_key: e
+            .wake_key
+            .clone()
+            .filter(|_| e.status == TaskExecutionStatus::Sleeping),
+        wake_key: e.wake_key,
         root_task_id,
         root_execution_id,
         parent_task_id,
@@ -219,6 +229,7 @@ pub(crate) fn execution_from_model(m: te::Model) -> Result<TaskExecution> {
         execution_id: m.execution_id,
         task_id: m.task_id,
         queue: m.queue,
+        wake_key: m.wake_key,
         root,
         parent,
         retry_options,
@@ -278,6 +289,8 @@ pub(crate) fn execution_from_row(row: &QueryResult) -> Result<TaskExecution> {
                 execution_id: String,
                 task_id: String,
                 queue: String,
+                wake_key: Option<String>,
+                sleeping_key: Option<String>,
                 root_task_id: Option<String>,
                 root_execution_id: Option<String>,
                 parent_task_id: Option<String>,
@@ -400,4 +413,72 @@ pub(crate) fn finished_child_from_row(row: &QueryResult) -> Result<FinishedChild
             .corrupt(column, reason))
         }
     }
+}
+
+/// The table of periodic schedules.
+pub(crate) const SCHEDULES: &str = "task_schedules";
+
+/// The row of a schedule.
+pub(crate) fn schedule_to_model(s: TaskSchedule) -> ts::Model {
+    let (cron_expression, time_zone, interval_ms) = match s.spec {
+        ScheduleSpec::Cron {
+            expression,
+            time_zone,
+        } => (Some(expression), Some(time_zone), None),
+        ScheduleSpec::Interval { every_ms } => (None, None, Some(every_ms)),
+    };
+    ts::Model {
+        schedule_id: s.schedule_id,
+        task_id: s.task_id,
+        input: s.input,
+        cron_expression,
+        time_zone,
+        interval_ms,
+        missed_ticks: s.missed_ticks.as_str().to_owned(),
+        next_tick_at: s.next_tick_at,
+        last_tick_at: s.last_tick_at,
+        created_at: s.created_at,
+        updated_at: s.updated_at,
+    }
+}
+
+/// The schedule a row holds.
+///
+/// # Errors
+///
+/// [`Error::CorruptRow`] when the row holds neither a cron expression with its time zone nor
+/// an interval, or an unknown missed-ticks policy.
+pub(crate) fn schedule_from_model(m: ts::Model) -> Result<TaskSchedule> {
+    let row = Row {
+        table: SCHEDULES,
+        key: &m.schedule_id,
+    };
+    let spec = match (m.cron_expression, m.time_zone, m.interval_ms) {
+        (Some(expression), Some(time_zone), None) => ScheduleSpec::Cron {
+            expression,
+            time_zone,
+        },
+        (None, None, Some(every_ms)) => ScheduleSpec::Interval { every_ms },
+        _ => {
+            return Err(row.corrupt(
+                "cron_expression",
+                "expected a cron expression with its time zone, or an interval",
+            ));
+        }
+    };
+    let missed_ticks = m
+        .missed_ticks
+        .parse()
+        .map_err(|e: crate::error::UnknownStatus| row.corrupt("missed_ticks", e.to_string()))?;
+    Ok(TaskSchedule {
+        schedule_id: m.schedule_id,
+        task_id: m.task_id,
+        input: m.input,
+        spec,
+        missed_ticks,
+        next_tick_at: m.next_tick_at,
+        last_tick_at: m.last_tick_at,
+        created_at: m.created_at,
+        updated_at: m.updated_at,
+    })
 }

@@ -8,8 +8,9 @@ use async_trait::async_trait;
 
 use super::model::{
     ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionFilter,
-    TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate,
+    TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeResult,
 };
+use super::schedule::{ScheduleFire, TaskSchedule};
 use super::storage::TaskExecutionStorage;
 use super::validate_new;
 use crate::error::{Error, Result};
@@ -25,6 +26,8 @@ struct State {
     executions: HashMap<String, TaskExecution>,
     /// Finished children by parent, then by (child index, child execution id).
     finished: HashMap<String, BTreeMap<(u32, String), FinishedChildTaskExecution>>,
+    /// Periodic schedules by id.
+    schedules: BTreeMap<String, TaskSchedule>,
 }
 
 impl InMemoryTaskExecutionStorage {
@@ -102,10 +105,19 @@ pub(crate) fn apply_update(e: &mut TaskExecution, update: &TaskExecutionUpdate) 
 impl State {
     fn insert(&mut self, executions: Vec<NewTaskExecution>, now: i64) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
         for e in &executions {
             if self.executions.contains_key(&e.execution_id) || !seen.insert(&e.execution_id) {
                 return Err(Error::Conflict {
                     message: format!("task execution {} already exists", e.execution_id),
+                    source: None,
+                });
+            }
+            if let Some(key) = &e.wake_key
+                && (!keys.insert(key) || self.sleeping(key).is_some())
+            {
+                return Err(Error::Conflict {
+                    message: format!("an execution already sleeps under wake key {key}"),
                     source: None,
                 });
             }
@@ -115,6 +127,16 @@ impl State {
                 .insert(e.execution_id.clone(), e.into_execution(now));
         }
         Ok(())
+    }
+
+    /// The id of the execution sleeping under `key`, if any.
+    fn sleeping(&self, key: &str) -> Option<String> {
+        self.executions
+            .values()
+            .find(|e| {
+                e.status == TaskExecutionStatus::Sleeping && e.wake_key.as_deref() == Some(key)
+            })
+            .map(|e| e.execution_id.clone())
     }
 
     fn update(&mut self, guard: &TaskExecutionGuard, update: &TaskExecutionUpdate) -> u64 {
@@ -254,6 +276,11 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
                         .parent_execution_id
                         .as_ref()
                         .is_none_or(|p| e.parent.as_ref().is_some_and(|ep| &ep.execution_id == p))
+                    && filter.starts_after.is_none_or(|t| e.start_at > t)
+                    && filter
+                        .wake_key
+                        .as_ref()
+                        .is_none_or(|k| e.wake_key.as_ref() == Some(k))
             })
             .cloned()
             .collect();
@@ -367,13 +394,114 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
             |e| e.status == TaskExecutionStatus::Running && e.expires_at.is_some_and(|x| x < now),
             |e| (e.expires_at, e.execution_id.clone()),
         );
-        let count = u64::try_from(ids.len()).unwrap_or(u64::MAX);
+        let mut count = u64::try_from(ids.len()).unwrap_or(u64::MAX);
         for id in ids {
             if let Some(e) = state.executions.get_mut(&id) {
                 apply_update(e, &super::expiry_update(e, now));
             }
         }
+        let sleepers = state.pick(
+            limit,
+            |e| e.status == TaskExecutionStatus::Sleeping && e.expires_at.is_some_and(|x| x < now),
+            |e| (e.expires_at, e.execution_id.clone()),
+        );
+        let timed_out = super::TaskExecutionUpdate {
+            now,
+            status: Some(TaskExecutionStatus::TimedOut),
+            error: Some(super::sleep_timed_out_error()),
+            ..Default::default()
+        };
+        count = count.saturating_add(u64::try_from(sleepers.len()).unwrap_or(u64::MAX));
+        for id in sleepers {
+            if let Some(e) = state.executions.get_mut(&id) {
+                apply_update(e, &timed_out);
+            }
+        }
         Ok(count)
+    }
+
+    async fn save_task_schedule(&self, schedule: TaskSchedule) -> Result<TaskSchedule> {
+        super::validate_schedule(&schedule)?;
+        let mut state = self.state();
+        let stored = match state.schedules.get(&schedule.schedule_id) {
+            Some(existing) if existing.same_definition(&schedule) => existing.clone(),
+            Some(existing) => TaskSchedule {
+                created_at: existing.created_at,
+                last_tick_at: existing.last_tick_at,
+                ..schedule
+            },
+            None => schedule,
+        };
+        state
+            .schedules
+            .insert(stored.schedule_id.clone(), stored.clone());
+        Ok(stored)
+    }
+
+    async fn get_task_schedules(&self) -> Result<Vec<TaskSchedule>> {
+        Ok(self.state().schedules.values().cloned().collect())
+    }
+
+    async fn delete_task_schedule(&self, schedule_id: &str) -> Result<bool> {
+        Ok(self.state().schedules.remove(schedule_id).is_some())
+    }
+
+    async fn due_task_schedules(
+        &self,
+        now: i64,
+        task_ids: Option<&[String]>,
+        limit: u64,
+    ) -> Result<Vec<TaskSchedule>> {
+        let state = self.state();
+        let mut due: Vec<TaskSchedule> = state
+            .schedules
+            .values()
+            .filter(|s| {
+                s.next_tick_at <= now && task_ids.is_none_or(|ids| ids.contains(&s.task_id))
+            })
+            .cloned()
+            .collect();
+        due.sort_by(|a, b| (a.next_tick_at, &a.schedule_id).cmp(&(b.next_tick_at, &b.schedule_id)));
+        due.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(due)
+    }
+
+    async fn fire_task_schedule(&self, fire: &ScheduleFire) -> Result<bool> {
+        fire.executions.iter().try_for_each(validate_new)?;
+        let mut state = self.state();
+        let due = state
+            .schedules
+            .get(&fire.schedule_id)
+            .is_some_and(|s| s.next_tick_at == fire.expected_next_tick_at);
+        if !due {
+            return Ok(false);
+        }
+        // Insert first: a conflict must leave the schedule where it was.
+        state.insert(fire.executions.clone(), fire.now)?;
+        if let Some(schedule) = state.schedules.get_mut(&fire.schedule_id) {
+            schedule.next_tick_at = fire.new_next_tick_at;
+            schedule.last_tick_at = Some(fire.last_tick_at);
+            schedule.updated_at = fire.now;
+        }
+        Ok(true)
+    }
+
+    async fn wake_task_execution(&self, wake: &Wake) -> Result<WakeResult> {
+        super::validate_wake_key(&wake.wake_key)?;
+        let mut state = self.state();
+        if let Some(id) = state.sleeping(&wake.wake_key)
+            && let Some(e) = state.executions.get_mut(&id)
+        {
+            apply_update(e, &super::wake_update(&wake.outcome, wake.now));
+            return Ok(WakeResult::Woken(e.clone()));
+        }
+        state
+            .executions
+            .values()
+            .filter(|e| e.wake_key.as_deref() == Some(wake.wake_key.as_str()))
+            .max_by(|a, b| (a.created_at, &a.execution_id).cmp(&(b.created_at, &b.execution_id)))
+            .map(|e| WakeResult::AlreadyFinished(e.clone()))
+            .ok_or_else(|| super::unknown_wake_key(&wake.wake_key))
     }
 
     async fn claim_parents_with_finished_children(

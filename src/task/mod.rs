@@ -7,6 +7,7 @@ pub(crate) mod executor;
 mod mapper;
 mod memory;
 mod model;
+mod schedule;
 pub(crate) mod sea_orm;
 mod storage;
 
@@ -15,8 +16,12 @@ pub use model::{
     ClaimParams, DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
     MAX_LEASE_MARGIN, MAX_QUEUE_LEN, MAX_SLEEP_BEFORE_RUN, MAX_TIMEOUT, NewTaskExecution,
     ParentRef, RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
-    TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate,
+    TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
 };
+pub use schedule::{
+    MAX_SCHEDULE_ID_LEN, MissedTicks, Schedule, ScheduleFire, ScheduleSpec, TaskSchedule,
+};
+pub(crate) use schedule::{Ticks, tick_execution_id, validate_schedule_id};
 pub use sea_orm::SeaOrmTaskExecutionStorage;
 pub use storage::TaskExecutionStorage;
 
@@ -122,6 +127,9 @@ pub(crate) fn validate_new(e: &NewTaskExecution) -> Result<()> {
     validate_timeout_ms(e.timeout_ms)?;
     validate_sleep_ms(e.sleep_ms_before_run)?;
     validate_retry(&e.retry_options)?;
+    if let Some(key) = &e.wake_key {
+        validate_wake_key(key)?;
+    }
     if let Some(parent) = &e.parent {
         validate_id("parent.execution_id", &parent.execution_id)?;
         validate_task_id(&parent.task_id)?;
@@ -137,6 +145,59 @@ pub(crate) fn validate_new(e: &NewTaskExecution) -> Result<()> {
         validate_task_id(&root.task_id)?;
     }
     Ok(())
+}
+
+/// Checks a wake key: not empty, at most [`MAX_ID_LEN`] bytes.
+pub(crate) fn validate_wake_key(key: &str) -> Result<()> {
+    validate_id("wake_key", key)
+}
+
+/// The message recorded on a sleeping execution that was not woken in time.
+pub(crate) const SLEEP_TIMED_OUT: &str = "the sleeping execution was not woken before its timeout";
+
+/// The error recorded on a sleeping execution that was not woken in time (not retryable: a
+/// sleeping execution has nothing to run again).
+pub(crate) fn sleep_timed_out_error() -> ExecutionError {
+    ExecutionError {
+        kind: ExecutionErrorKind::TimedOut,
+        is_retryable: false,
+        is_internal: false,
+        message: SLEEP_TIMED_OUT.to_owned(),
+    }
+}
+
+/// The update that wakes a sleeping execution with `outcome`.
+pub(crate) fn wake_update(outcome: &WakeOutcome, now: i64) -> TaskExecutionUpdate {
+    match outcome {
+        WakeOutcome::Completed { output } => TaskExecutionUpdate {
+            now,
+            status: Some(TaskExecutionStatus::Completed),
+            output: Some(output.clone()),
+            clear_error: true,
+            ..Default::default()
+        },
+        WakeOutcome::Failed { error } => TaskExecutionUpdate {
+            now,
+            status: Some(TaskExecutionStatus::Failed),
+            error: Some(error.clone()),
+            ..Default::default()
+        },
+    }
+}
+
+/// The error of a wake under a key nothing was ever enqueued under.
+pub(crate) fn unknown_wake_key(key: &str) -> Error {
+    Error::NotFound {
+        entity: "sleeping task execution",
+        key: key.to_owned(),
+    }
+}
+
+/// Checks a schedule before it is saved.
+pub(crate) fn validate_schedule(schedule: &TaskSchedule) -> Result<()> {
+    validate_schedule_id(&schedule.schedule_id)?;
+    validate_task_id(&schedule.task_id)?;
+    Ticks::parse(&schedule.spec).map(|_| ())
 }
 
 /// The update that recovers a running execution whose lease passed: back to `ready` with the

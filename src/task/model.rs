@@ -26,7 +26,17 @@ use serde::{Deserialize, Serialize};
 ///     running --> cancelled: cancel
 ///     waiting_for_children_tasks --> cancelled: cancel
 ///     waiting_for_finalize_task --> cancelled: cancel, or parent closed unsuccessfully
+///     [*] --> sleeping: enqueue of a sleeping task (under its wake key)
+///     sleeping --> completed: woken with an output
+///     sleeping --> failed: woken with an error
+///     sleeping --> timed_out: not woken before its timeout
+///     sleeping --> cancelled: cancel, or parent closed unsuccessfully
 /// ```
+///
+/// A `sleeping` execution is never claimed and holds no executor slot: it waits, durably, until
+/// some process wakes it by its key
+/// ([`wake_task_execution`](super::TaskExecutionStorage::wake_task_execution)) or lease expiry
+/// times it out.
 ///
 /// Every finished execution is later *closed*: its outcome is propagated to its parent (a
 /// finished-child record, or the parent's final status for a finalize execution) and, when it did
@@ -58,11 +68,13 @@ pub enum TaskExecutionStatus {
     Completed,
     /// Cancelled before it finished.
     Cancelled,
+    /// A sleeping task's execution, waiting to be woken by its key or to time out.
+    Sleeping,
 }
 
 impl TaskExecutionStatus {
     /// Every status, in declaration order.
-    pub const ALL: [TaskExecutionStatus; 10] = [
+    pub const ALL: [TaskExecutionStatus; 11] = [
         Self::Ready,
         Self::Running,
         Self::Failed,
@@ -73,14 +85,16 @@ impl TaskExecutionStatus {
         Self::FinalizeFailed,
         Self::Completed,
         Self::Cancelled,
+        Self::Sleeping,
     ];
 
     /// The statuses of executions that have not finished.
-    pub const ACTIVE: [TaskExecutionStatus; 4] = [
+    pub const ACTIVE: [TaskExecutionStatus; 5] = [
         Self::Ready,
         Self::Running,
         Self::WaitingForChildren,
         Self::WaitingForFinalize,
+        Self::Sleeping,
     ];
 
     /// The stored string (the upstream names: `ready`, `waiting_for_children_tasks`, ...).
@@ -96,6 +110,7 @@ impl TaskExecutionStatus {
             Self::FinalizeFailed => "finalize_task_failed",
             Self::Completed => "completed",
             Self::Cancelled => "cancelled",
+            Self::Sleeping => "sleeping",
         }
     }
 
@@ -280,6 +295,9 @@ pub struct TaskExecution {
     pub task_id: String,
     /// The queue it waits in; executors claim from the queues they serve.
     pub queue: String,
+    /// The key a sleeping task's execution is woken by (kept after it wakes, so a second wake
+    /// can be answered); `None` for every other execution.
+    pub wake_key: Option<String>,
     /// The top-most ancestor, for children and finalize executions.
     pub root: Option<TaskExecutionRef>,
     /// The direct parent, for children and finalize executions.
@@ -347,6 +365,10 @@ pub struct NewTaskExecution {
     pub task_id: String,
     /// The queue to wait in (`None`: [`DEFAULT_QUEUE`]).
     pub queue: Option<String>,
+    /// Enqueues the execution `sleeping` under this key instead of `ready`: it is never claimed
+    /// and finishes when woken by the key, or times out `timeout_ms` after its `start_at`. The
+    /// key is unique among sleeping executions.
+    pub wake_key: Option<String>,
     /// The top-most ancestor, for children and finalize executions.
     pub root: Option<TaskExecutionRef>,
     /// The direct parent, for children and finalize executions.
@@ -362,19 +384,28 @@ pub struct NewTaskExecution {
 }
 
 impl NewTaskExecution {
-    /// The stored execution as enqueued at `now`: `ready`, starting after the sleep.
+    /// The stored execution as enqueued at `now`: `ready`, starting after the sleep; or, with a
+    /// wake key, `sleeping` until `start_at + timeout_ms` (its `expires_at`).
     pub fn into_execution(self, now: i64) -> TaskExecution {
+        let start_at = now.saturating_add(self.sleep_ms_before_run.max(0));
+        let sleeping = self.wake_key.is_some();
         TaskExecution {
-            start_at: now.saturating_add(self.sleep_ms_before_run.max(0)),
+            start_at,
+            status: if sleeping {
+                TaskExecutionStatus::Sleeping
+            } else {
+                TaskExecutionStatus::Ready
+            },
+            expires_at: sleeping.then(|| start_at.saturating_add(self.timeout_ms.max(1))),
             execution_id: self.execution_id,
             task_id: self.task_id,
             queue: self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned()),
+            wake_key: self.wake_key,
             root: self.root,
             parent: self.parent,
             retry_options: self.retry_options,
             sleep_ms_before_run: self.sleep_ms_before_run.max(0),
             timeout_ms: self.timeout_ms,
-            status: TaskExecutionStatus::Ready,
             is_finished: false,
             input: self.input,
             run_output: None,
@@ -386,7 +417,6 @@ impl NewTaskExecution {
             cancel_requested: false,
             retry_attempts: 0,
             started_at: None,
-            expires_at: None,
             finished_at: None,
             children_count: 0,
             finished_children_count: 0,
@@ -432,6 +462,12 @@ pub struct TaskExecutionFilter {
     pub statuses: Option<Vec<TaskExecutionStatus>>,
     /// Only children and the finalize execution of this parent.
     pub parent_execution_id: Option<String>,
+    /// Only executions whose `start_at` is later than this (epoch ms). With `statuses:
+    /// [Ready]` and the current time, the executions enqueued with a delay that are not due yet.
+    pub starts_after: Option<i64>,
+    /// Only executions of sleeping tasks enqueued under this wake key (the sleeping one and
+    /// any that finished before it).
+    pub wake_key: Option<String>,
     /// At most this many rows.
     pub limit: Option<u64>,
 }
@@ -487,6 +523,8 @@ impl TaskExecutionGuard {
 ///   later (executors' clocks, or the `now` they hold, may differ);
 /// - any status other than `running` clears `expires_at`, and any status other than `running` or
 ///   `cancelled` clears `executor_id`;
+/// - any status other than `sleeping` frees the execution's wake key for another sleeper (the
+///   key itself stays readable in [`TaskExecution::wake_key`]);
 /// - `updated_at = now` always.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskExecutionUpdate {
@@ -593,5 +631,56 @@ impl ClaimParams {
         self.limit == 0
             || self.task_ids.as_ref().is_some_and(Vec::is_empty)
             || self.queues.as_ref().is_some_and(Vec::is_empty)
+    }
+}
+
+/// How a sleeping execution is woken ([`Wake::outcome`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum WakeOutcome {
+    /// The execution completes with this serialized output.
+    Completed {
+        /// The serialized output.
+        output: String,
+    },
+    /// The execution fails with this error.
+    Failed {
+        /// The error recorded on it.
+        error: ExecutionError,
+    },
+}
+
+/// A request to wake the sleeping execution enqueued under a key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wake {
+    /// The key the execution sleeps under.
+    pub wake_key: String,
+    /// How it finishes.
+    pub outcome: WakeOutcome,
+    /// The time of the wake (epoch ms).
+    pub now: i64,
+}
+
+/// The answer to a [`Wake`] whose key is known.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WakeResult {
+    /// This call woke the execution; it is returned as it is now (finished, not closed yet).
+    Woken(TaskExecution),
+    /// No execution sleeps under the key any more: the latest one enqueued under it finished
+    /// already (woken earlier, timed out or cancelled), and is returned as it is. Waking is
+    /// idempotent: the first wake wins, later ones get this answer and change nothing.
+    AlreadyFinished(TaskExecution),
+}
+
+impl WakeResult {
+    /// The execution, however the wake went.
+    pub fn execution(&self) -> &TaskExecution {
+        match self {
+            Self::Woken(e) | Self::AlreadyFinished(e) => e,
+        }
+    }
+
+    /// Whether this call woke it.
+    pub fn is_woken(&self) -> bool {
+        matches!(self, Self::Woken(_))
     }
 }

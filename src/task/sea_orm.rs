@@ -21,14 +21,17 @@ use sea_orm::sea_query::{
     WithClause, WithQuery,
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Iterable, QueryResult};
-use sea_orm_durable_entity::{finished_child_task_executions as fc, task_executions as te};
+use sea_orm_durable_entity::{
+    finished_child_task_executions as fc, task_executions as te, task_schedules as ts,
+};
 
 use super::mapper;
 use super::model::{
     ClaimParams, ExecutionError, FinishedChildTaskExecution, MAX_TIMEOUT_MS, NewTaskExecution,
     TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionStatus,
-    TaskExecutionUpdate,
+    TaskExecutionUpdate, Wake, WakeResult,
 };
+use super::schedule::{ScheduleFire, TaskSchedule};
 use super::storage::TaskExecutionStorage;
 use crate::dialect::{self, begin_write, retry};
 use crate::error::{Error, Result};
@@ -108,6 +111,22 @@ impl SeaOrmTaskExecutionStorage {
         executions.iter().try_for_each(super::validate_new)?;
         enqueue_in(conn, executions, now).await
     }
+
+    /// [`wake_task_execution`](TaskExecutionStorage::wake_task_execution) on `conn`, for example
+    /// the application's own `DatabaseTransaction`: the execution is woken if and only if that
+    /// transaction commits (say, together with the webhook's own writes).
+    ///
+    /// # Errors
+    ///
+    /// As [`TaskExecutionStorage::wake_task_execution`].
+    #[tracing::instrument(skip(self, conn), fields(wake_key = %wake.wake_key), err)]
+    pub async fn wake_task_execution_in<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        wake: &Wake,
+    ) -> Result<WakeResult> {
+        wake_in(conn, wake).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -167,6 +186,14 @@ fn update_sets(backend: DbBackend, update: &TaskExecutionUpdate) -> Result<Vec<(
             if status != TaskExecutionStatus::Cancelled {
                 sets.push((Col::ExecutorId, Expr::val(Option::<String>::None)));
             }
+        }
+        if status == TaskExecutionStatus::Sleeping {
+            // Back to sleep (only a caller forcing the status does this): the key is taken
+            // again, as the in-memory storage reads it.
+            sets.push((Col::SleepingKey, Expr::col(Col::WakeKey)));
+        } else {
+            // Frees the key for the next sleeper; `wake_key` keeps it for later wakes' answers.
+            sets.push((Col::SleepingKey, Expr::val(Option::<String>::None)));
         }
     }
     if let Some(v) = &update.run_output {
@@ -407,7 +434,9 @@ async fn insert_models<C: ConnectionTrait>(conn: &C, models: &[te::Model]) -> Re
             .await
             .map_err(|e| match Error::from(e) {
                 Error::Conflict { source, .. } => Error::Conflict {
-                    message: "a task execution with one of these ids already exists".to_owned(),
+                    message: "a task execution with one of these ids, or a sleeping one with one \
+                              of these wake keys, already exists"
+                        .to_owned(),
                     source,
                 },
                 other => other,
@@ -460,6 +489,12 @@ fn filter_select(filter: &TaskExecutionFilter, ids: Option<&[String]>) -> Select
     }
     if let Some(parent) = &filter.parent_execution_id {
         select.and_where(Expr::col(Col::ParentExecutionId).eq(parent.as_str()));
+    }
+    if let Some(after) = filter.starts_after {
+        select.and_where(Expr::col(Col::StartAt).gt(after));
+    }
+    if let Some(key) = &filter.wake_key {
+        select.and_where(Expr::col(Col::WakeKey).eq(key.as_str()));
     }
     select
         .order_by(Col::CreatedAt, Order::Asc)
@@ -965,7 +1000,135 @@ async fn expire_in<C: ConnectionTrait>(conn: &C, now: i64, limit: u64) -> Result
         ),
     ];
     let picked = pick_and_update(conn, &pick, sets, false).await?;
-    Ok(u64::try_from(picked.ids.len()).unwrap_or(u64::MAX))
+    // Sleeping executions past their timeout end `timed_out`; the status condition of the pick
+    // makes this and a concurrent wake exclude each other.
+    let sleepers = Pick {
+        filter: Condition::all()
+            .add(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::Sleeping)))
+            .add(Expr::col(Col::ExpiresAt).lt(now)),
+        order: [Col::ExpiresAt, Col::ExecutionId],
+        limit,
+    };
+    let timed_out = TaskExecutionUpdate {
+        now,
+        status: Some(TaskExecutionStatus::TimedOut),
+        error: Some(super::sleep_timed_out_error()),
+        ..Default::default()
+    };
+    let slept = pick_and_update(conn, &sleepers, update_sets(backend, &timed_out)?, false).await?;
+    Ok(u64::try_from(picked.ids.len() + slept.ids.len()).unwrap_or(u64::MAX))
+}
+
+/// Saves a schedule (see [`TaskExecutionStorage::save_task_schedule`]); `conn` must be a write
+/// transaction. The existing row is read under a row lock (PostgreSQL/MySQL; SQLite's
+/// `IMMEDIATE` transaction already excludes other writers), so two savers never interleave.
+async fn save_schedule_in<C: ConnectionTrait>(
+    conn: &C,
+    schedule: &TaskSchedule,
+) -> Result<TaskSchedule> {
+    use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, QuerySelect};
+    let mut find = ts::Entity::find_by_id(schedule.schedule_id.clone());
+    if conn.get_database_backend() != DbBackend::Sqlite {
+        find = find.lock_exclusive();
+    }
+    let existing = match find.one(conn).await? {
+        Some(m) => Some(mapper::schedule_from_model(m)?),
+        None => None,
+    };
+    match existing {
+        Some(existing) if existing.same_definition(schedule) => Ok(existing),
+        Some(existing) => {
+            let stored = TaskSchedule {
+                created_at: existing.created_at,
+                last_tick_at: existing.last_tick_at,
+                ..schedule.clone()
+            };
+            let model = mapper::schedule_to_model(stored.clone());
+            // Every column written, so the update does not depend on what the row held.
+            model.into_active_model().reset_all().update(conn).await?;
+            Ok(stored)
+        }
+        None => {
+            let model = mapper::schedule_to_model(schedule.clone());
+            ts::Entity::insert(model.into_active_model())
+                .exec_without_returning(conn)
+                .await?;
+            Ok(schedule.clone())
+        }
+    }
+}
+
+/// Fires a schedule (see [`TaskExecutionStorage::fire_task_schedule`]); `conn` must be a write
+/// transaction, so that the tick's executions exist if and only if the tick moved.
+async fn fire_schedule_in<C: ConnectionTrait>(conn: &C, fire: &ScheduleFire) -> Result<bool> {
+    let moved = Query::update()
+        .table(ts::Entity)
+        .value(ts::Column::NextTickAt, fire.new_next_tick_at)
+        .value(ts::Column::LastTickAt, fire.last_tick_at)
+        .value(ts::Column::UpdatedAt, fire.now)
+        .and_where(Expr::col(ts::Column::ScheduleId).eq(fire.schedule_id.as_str()))
+        .and_where(Expr::col(ts::Column::NextTickAt).eq(fire.expected_next_tick_at))
+        .to_owned();
+    if conn.execute(&moved).await?.rows_affected() == 0 {
+        return Ok(false);
+    }
+    enqueue_in(conn, fire.executions.clone(), fire.now).await?;
+    Ok(true)
+}
+
+/// How many times a wake looks for the sleeper again after losing it to a concurrent change.
+const WAKE_ATTEMPTS: usize = 3;
+
+pub(crate) async fn wake_in<C: ConnectionTrait>(conn: &C, wake: &Wake) -> Result<WakeResult> {
+    super::validate_wake_key(&wake.wake_key)?;
+    let key = wake.wake_key.as_str();
+    let update = super::wake_update(&wake.outcome, wake.now);
+    let sets = update_sets(conn.get_database_backend(), &update)?;
+    for _ in 0..WAKE_ATTEMPTS {
+        let sleeper = Query::select()
+            .column(Col::ExecutionId)
+            .from(te::Entity)
+            .and_where(Expr::col(Col::SleepingKey).eq(key))
+            .to_owned();
+        let Some(row) = conn.query_one(&sleeper).await? else {
+            break;
+        };
+        let id: String = row.try_get("", "execution_id")?;
+        // The one conditional update that decides between this wake, another wake, a
+        // cancellation and the timeout: whichever changes the `sleeping` row first wins.
+        let guard = TaskExecutionGuard::id(id.clone()).status(TaskExecutionStatus::Sleeping);
+        let mut stmt = guarded_update(&guard.execution_ids, &guard, sets.clone());
+        stmt.and_where(Expr::col(Col::SleepingKey).eq(key));
+        if conn.execute(&stmt).await?.rows_affected() > 0 {
+            let select = Query::select()
+                .column(Asterisk)
+                .from(te::Entity)
+                .and_where(Expr::col(Col::ExecutionId).eq(id.as_str()))
+                .to_owned();
+            let row = conn
+                .query_one(&select)
+                .await?
+                .ok_or_else(|| Error::NotFound {
+                    entity: "task execution",
+                    key: id,
+                })?;
+            return Ok(WakeResult::Woken(mapper::execution_from_row(&row)?));
+        }
+    }
+    let latest = Query::select()
+        .column(Asterisk)
+        .from(te::Entity)
+        .and_where(Expr::col(Col::WakeKey).eq(key))
+        .order_by(Col::CreatedAt, Order::Desc)
+        .order_by(Col::ExecutionId, Order::Desc)
+        .limit(1)
+        .to_owned();
+    match conn.query_one(&latest).await? {
+        Some(row) => Ok(WakeResult::AlreadyFinished(mapper::execution_from_row(
+            &row,
+        )?)),
+        None => Err(super::unknown_wake_key(key)),
+    }
 }
 
 async fn claim_parents_in<C: ConnectionTrait>(
@@ -1634,6 +1797,102 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
             cancellation_requests_in(&self.db, executor_id, limit)
         })
         .await
+    }
+
+    #[tracing::instrument(skip(self, schedule), fields(schedule_id = %schedule.schedule_id), err)]
+    async fn save_task_schedule(&self, schedule: TaskSchedule) -> Result<TaskSchedule> {
+        super::validate_schedule(&schedule)?;
+        // Executors starting together insert the same schedule at once: the loser's conflict
+        // is retried once, and then finds the winner's row.
+        match in_write_transaction!(self, "save_task_schedule", |txn| save_schedule_in(
+            &txn, &schedule
+        )) {
+            Err(Error::Conflict { .. }) => {
+                in_write_transaction!(self, "save_task_schedule", |txn| save_schedule_in(
+                    &txn, &schedule
+                ))
+            }
+            other => other,
+        }
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn get_task_schedules(&self) -> Result<Vec<TaskSchedule>> {
+        use sea_orm::{EntityTrait, QueryOrder};
+        let rows = retry("get_task_schedules", || async {
+            Ok(ts::Entity::find()
+                .order_by_asc(ts::Column::ScheduleId)
+                .all(&self.db)
+                .await?)
+        })
+        .await?;
+        rows.into_iter().map(mapper::schedule_from_model).collect()
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn delete_task_schedule(&self, schedule_id: &str) -> Result<bool> {
+        use sea_orm::EntityTrait;
+        retry("delete_task_schedule", || async {
+            Ok(ts::Entity::delete_by_id(schedule_id.to_owned())
+                .exec(&self.db)
+                .await?
+                .rows_affected
+                > 0)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip(self, task_ids), err)]
+    async fn due_task_schedules(
+        &self,
+        now: i64,
+        task_ids: Option<&[String]>,
+        limit: u64,
+    ) -> Result<Vec<TaskSchedule>> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+        if limit == 0 || task_ids.is_some_and(<[String]>::is_empty) {
+            return Ok(Vec::new());
+        }
+        let mut find = ts::Entity::find()
+            .filter(ts::Column::NextTickAt.lte(now))
+            .order_by_asc(ts::Column::NextTickAt)
+            .order_by_asc(ts::Column::ScheduleId)
+            .limit(limit);
+        if let Some(ids) = task_ids {
+            find = find.filter(ts::Column::TaskId.is_in(ids.iter().map(String::as_str)));
+        }
+        let rows = retry("due_task_schedules", || async {
+            Ok(find.clone().all(&self.db).await?)
+        })
+        .await?;
+        // A schedule that cannot be read must not keep the others from firing.
+        Ok(rows
+            .into_iter()
+            .filter_map(|m| match mapper::schedule_from_model(m) {
+                Ok(schedule) => Some(schedule),
+                Err(err) => {
+                    tracing::error!(error = %err, "a due schedule cannot be read; skipping it");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    #[tracing::instrument(skip(self, fire), fields(schedule_id = %fire.schedule_id), err)]
+    async fn fire_task_schedule(&self, fire: &ScheduleFire) -> Result<bool> {
+        fire.executions.iter().try_for_each(super::validate_new)?;
+        // A retry after a lost commit finds the tick moved and answers false: the executions
+        // of the first attempt are there, once.
+        in_write_transaction!(self, "fire_task_schedule", |txn| fire_schedule_in(
+            &txn, fire
+        ))
+    }
+
+    #[tracing::instrument(skip(self), fields(wake_key = %wake.wake_key), err)]
+    async fn wake_task_execution(&self, wake: &Wake) -> Result<WakeResult> {
+        // A retry after a lost reply finds the execution finished by the first attempt and
+        // answers `AlreadyFinished` with it: never a second change.
+        retry("wake_task_execution", || wake_in(&self.db, wake)).await
     }
 
     #[tracing::instrument(skip(self), err)]

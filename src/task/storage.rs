@@ -4,8 +4,9 @@ use async_trait::async_trait;
 
 use super::model::{
     ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionFilter,
-    TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate,
+    TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeResult,
 };
+use super::schedule::{ScheduleFire, TaskSchedule};
 use crate::error::Result;
 
 /// Storage of task executions shared by any number of executors.
@@ -25,10 +26,14 @@ pub trait TaskExecutionStorage: Send + Sync {
     /// Statements stay within the backend's limits however large the inputs (split by bind
     /// parameters and by bytes).
     ///
+    /// An execution with a [`wake_key`](NewTaskExecution::wake_key) is inserted `sleeping`
+    /// (see [`NewTaskExecution::into_execution`]).
+    ///
     /// # Errors
     ///
-    /// [`Error::Conflict`](crate::Error::Conflict) when an execution id already exists (nothing
-    /// is inserted then); [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty
+    /// [`Error::Conflict`](crate::Error::Conflict) when an execution id already exists, or an
+    /// execution already sleeps under one of the wake keys (nothing is inserted then);
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty
     /// or too long id or queue, a timeout outside 1 ms..=[`MAX_TIMEOUT`](crate::MAX_TIMEOUT), a
     /// delay outside 0..=[`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN) or retry options
     /// that do not fit (nothing is written then).
@@ -143,8 +148,11 @@ pub trait TaskExecutionStorage: Send + Sync {
 
     /// Recovers executions whose executor died: every `running` execution whose lease passed
     /// (`expires_at < now`), up to `limit`, goes back to `ready` (`start_at = now`) with the
-    /// attempt counted against its retries, or, with no retries left, to `failed`. Returns how
-    /// many it recovered.
+    /// attempt counted against its retries, or, with no retries left, to `failed`. Also times
+    /// out, up to `limit` more, the `sleeping` executions whose timeout passed (`expires_at <
+    /// now`): they end `timed_out`, never retried. Each row changes through one conditional
+    /// update, so a concurrent [`wake_task_execution`](Self::wake_task_execution) and the timeout
+    /// have exactly one winner. Returns how many it recovered or timed out.
     ///
     /// # Errors
     ///
@@ -223,6 +231,68 @@ pub trait TaskExecutionStorage: Send + Sync {
         finished_before: i64,
         limit: u64,
     ) -> Result<u64>;
+
+    /// Wakes the execution sleeping under `wake.wake_key`: it finishes `completed` with the
+    /// output or `failed` with the error, and frees the key, through one conditional update
+    /// (it must still be `sleeping`), so of a wake racing another wake, a cancellation or its
+    /// timeout exactly one wins. Its parent learns of it when it is closed, as of any child.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`](crate::Error::NotFound) when no execution was ever enqueued under
+    /// the key (an execution that finished answers [`WakeResult::AlreadyFinished`] instead);
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty or too long key.
+    async fn wake_task_execution(&self, wake: &Wake) -> Result<WakeResult>;
+
+    /// Saves a periodic schedule: inserts it when its id is new; when a schedule with the id
+    /// exists and [defines the same](TaskSchedule::same_definition) ticks of the same task with
+    /// the same input, leaves it as it is (its progress, `next_tick_at`, is kept: every executor
+    /// can save its schedules at start); otherwise replaces its definition and `next_tick_at`.
+    /// Returns the schedule as stored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an id outside
+    /// 1..=[`MAX_SCHEDULE_ID_LEN`](crate::MAX_SCHEDULE_ID_LEN) bytes, a bad task id, or a
+    /// cron expression, time zone or interval that does not parse.
+    async fn save_task_schedule(&self, schedule: TaskSchedule) -> Result<TaskSchedule>;
+
+    /// Every schedule, by id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptRow`](crate::Error::CorruptRow) when a row cannot be read.
+    async fn get_task_schedules(&self) -> Result<Vec<TaskSchedule>>;
+
+    /// Deletes a schedule (the executions it enqueued stay); returns whether it existed.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn delete_task_schedule(&self, schedule_id: &str) -> Result<bool>;
+
+    /// Up to `limit` schedules whose `next_tick_at <= now`, of the tasks in `task_ids` (`None`:
+    /// any), earliest tick first. Reading takes nothing: the firing decides. A due row that
+    /// cannot be read is left out (and logged), so it never keeps the others from firing.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn due_task_schedules(
+        &self,
+        now: i64,
+        task_ids: Option<&[String]>,
+        limit: u64,
+    ) -> Result<Vec<TaskSchedule>>;
+
+    /// Fires a due schedule: if its `next_tick_at` is still `fire.expected_next_tick_at`, moves
+    /// it to `fire.new_next_tick_at` and enqueues `fire.executions`, in one transaction; returns
+    /// whether it did. Of any number of executors firing the same tick, exactly one succeeds.
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue_task_executions`](Self::enqueue_task_executions) (nothing is written then).
+    async fn fire_task_schedule(&self, fire: &ScheduleFire) -> Result<bool>;
 
     /// The storage's own clock (the database server's), in epoch milliseconds, when it has
     /// one; `None` (the default) when it does not. Executors compare it with their clock to

@@ -6,11 +6,14 @@ use std::time::{Duration, Instant};
 
 use super::TestResult;
 use crate::task::executor::{
-    Executor, ExecutorOptions, FinalizeInput, FinishedExecution, ParentOutcome, ParentTaskOutput,
-    Sequence, TaskDefinition, TaskError, TaskHandle, WaitOptions,
+    EnqueueOptions, Executor, ExecutorOptions, FinalizeInput, FinishedExecution, ParentOutcome,
+    ParentTaskOutput, Sequence, TaskDefinition, TaskError, TaskHandle, WaitOptions,
 };
 use crate::testkit_ensure;
-use crate::{RetryOptions, TaskExecutionStatus, TaskExecutionStorage};
+use crate::{
+    Error, ManualClock, MissedTicks, RetryOptions, Schedule, TaskExecution, TaskExecutionFilter,
+    TaskExecutionStatus, TaskExecutionStorage, WakeResult,
+};
 
 /// Executor options suited to tests: short polls, everything else default.
 pub fn fast_options() -> ExecutorOptions {
@@ -1078,6 +1081,32 @@ impl TaskExecutionStorage for LossyStorage {
     ) -> crate::Result<Vec<String>> {
         self.inner.cancellation_requests(executor_id, limit).await
     }
+    async fn wake_task_execution(&self, wake: &crate::Wake) -> crate::Result<crate::WakeResult> {
+        self.inner.wake_task_execution(wake).await
+    }
+    async fn save_task_schedule(
+        &self,
+        schedule: crate::TaskSchedule,
+    ) -> crate::Result<crate::TaskSchedule> {
+        self.inner.save_task_schedule(schedule).await
+    }
+    async fn get_task_schedules(&self) -> crate::Result<Vec<crate::TaskSchedule>> {
+        self.inner.get_task_schedules().await
+    }
+    async fn delete_task_schedule(&self, schedule_id: &str) -> crate::Result<bool> {
+        self.inner.delete_task_schedule(schedule_id).await
+    }
+    async fn due_task_schedules(
+        &self,
+        now: i64,
+        task_ids: Option<&[String]>,
+        limit: u64,
+    ) -> crate::Result<Vec<crate::TaskSchedule>> {
+        self.inner.due_task_schedules(now, task_ids, limit).await
+    }
+    async fn fire_task_schedule(&self, fire: &crate::ScheduleFire) -> crate::Result<bool> {
+        self.inner.fire_task_schedule(fire).await
+    }
     async fn acknowledge_cancellation_requests(
         &self,
         executor_id: &str,
@@ -1309,4 +1338,479 @@ async fn count_executions(storage: &Arc<dyn TaskExecutionStorage>) -> TestResult
         .get_task_executions(&crate::TaskExecutionFilter::default())
         .await?
         .len())
+}
+
+/// Executions enqueued with a delay or a run-at time wait `ready` with their `start_at` in the
+/// future (listed by `starts_after`) and start no earlier; both options at once are refused.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn delayed_enqueue_runs_at_its_time(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let task = TaskDefinition::new(
+        "delayed",
+        |_ctx, n: u32| async move { Ok::<_, TaskError>(n) },
+    );
+    let executor = start_with(&storage, |e| e.register(&task))?;
+    let now = crate::Clock::now_ms(&crate::SystemClock);
+    let by_delay = executor
+        .enqueue_with(
+            &task,
+            &1,
+            &EnqueueOptions::delay(Duration::from_millis(600)),
+        )
+        .await?;
+    let by_time = executor
+        .enqueue_with(&task, &2, &EnqueueOptions::run_at(now + 700))
+        .await?;
+    let in_the_past = executor
+        .enqueue_with(&task, &3, &EnqueueOptions::run_at(now - 60_000))
+        .await?;
+    let both = executor
+        .enqueue_with(
+            &task,
+            &4,
+            &EnqueueOptions {
+                delay: Some(Duration::from_millis(1)),
+                run_at: Some(now),
+            },
+        )
+        .await;
+    testkit_ensure!(
+        matches!(both, Err(Error::InvalidArgument { .. })),
+        "delay and run-at together: {both:?}"
+    );
+    let e = by_delay.get().await?;
+    testkit_ensure!(
+        e.status == TaskExecutionStatus::Ready && e.start_at == e.created_at + 600,
+        "delayed execution as stored: {:?} start {} created {}",
+        e.status,
+        e.start_at,
+        e.created_at
+    );
+    let pending = storage
+        .get_task_executions(&TaskExecutionFilter {
+            statuses: Some(vec![TaskExecutionStatus::Ready]),
+            starts_after: Some(crate::Clock::now_ms(&crate::SystemClock)),
+            ..TaskExecutionFilter::default()
+        })
+        .await?;
+    testkit_ensure!(
+        pending
+            .iter()
+            .any(|p| p.execution_id == by_delay.execution_id())
+            && pending
+                .iter()
+                .any(|p| p.execution_id == by_time.execution_id()),
+        "delayed executions not listed as pending: {:?}",
+        pending.iter().map(|p| &p.execution_id).collect::<Vec<_>>()
+    );
+    let past = wait(&in_the_past).await?;
+    let delayed = wait(&by_delay).await?;
+    let e = &delayed.execution;
+    let waited = e.started_at.unwrap_or_default() - e.created_at;
+    testkit_ensure!(
+        delayed.status() == TaskExecutionStatus::Completed && waited >= 600,
+        "started {waited} ms after enqueue, before its 600 ms delay ({:?})",
+        delayed.status()
+    );
+    let timed = wait(&by_time).await?;
+    let e = &timed.execution;
+    testkit_ensure!(
+        timed.status() == TaskExecutionStatus::Completed
+            && e.start_at == now + 700
+            && e.started_at.unwrap_or_default() >= now + 700,
+        "run at {} started at {:?} (start_at {}, {:?})",
+        now + 700,
+        e.started_at,
+        e.start_at,
+        timed.status()
+    );
+    executor.shutdown().await;
+    testkit_ensure!(
+        past.status() == TaskExecutionStatus::Completed && past.output == Some(3),
+        "a run-at time in the past: {:?}",
+        past.status()
+    );
+    Ok(())
+}
+
+/// The sleeping child of a parent waits (holding no executor slot) until woken by its key;
+/// the wake's output reaches the parent's finalize; a second wake answers `AlreadyFinished`,
+/// an unknown key `NotFound`.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn sleeping_child_woken_by_key_lets_its_parent_finish(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let webhook =
+        TaskDefinition::<String, u64>::sleeping("paymentWebhook").timeout(Duration::from_secs(60));
+    let total = TaskDefinition::new(
+        "paymentTotal",
+        |_ctx, input: FinalizeInput<u64>| async move {
+            let paid = input
+                .children
+                .first()
+                .map(|c| c.output_as::<u64>())
+                .transpose()?
+                .unwrap_or_default();
+            Ok::<_, TaskError>(input.output + paid)
+        },
+    );
+    let child = webhook.clone();
+    let order = TaskDefinition::parent("order", move |_ctx, key: String| {
+        let webhook = child.clone();
+        async move { Ok(ParentOutcome::new(1_u64).child(&webhook, &key)) }
+    })
+    .finalize(&total);
+    let executor = start_with(&storage, |e| e.register(&order))?;
+    let key = format!("payment-{}", fastrand::u64(..));
+    let handle = executor.enqueue(&order, &key).await?;
+    until_status(&handle, TaskExecutionStatus::WaitingForChildren).await?;
+    let sleeping = sleeper_of(&storage, &key).await?;
+    testkit_ensure!(
+        executor.running_count() == 0,
+        "a sleeper holds an executor slot"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = storage
+        .get_task_execution(&sleeping)
+        .await?
+        .ok_or("sleeper vanished")?;
+    testkit_ensure!(
+        e.status == TaskExecutionStatus::Sleeping,
+        "sleeper {:?}",
+        e.status
+    );
+    let woken = executor.wake(&key, &41_u64).await?;
+    testkit_ensure!(woken.is_woken(), "first wake: {woken:?}");
+    let done = wait(&handle).await?;
+    let again = executor.wake(&key, &0_u64).await?;
+    let unknown = executor.wake("no-such-key", &0_u64).await;
+    executor.shutdown().await;
+    testkit_ensure!(
+        done.status() == TaskExecutionStatus::Completed && done.output == Some(42),
+        "parent {:?} {:?} {:?}",
+        done.status(),
+        done.output,
+        done.error()
+    );
+    testkit_ensure!(
+        matches!(&again, WakeResult::AlreadyFinished(a) if a.status == TaskExecutionStatus::Completed && a.output.as_deref() == Some("41")),
+        "second wake: {again:?}"
+    );
+    testkit_ensure!(
+        matches!(unknown, Err(Error::NotFound { .. })),
+        "unknown key: {unknown:?}"
+    );
+    Ok(())
+}
+
+/// The id of the execution sleeping under `key`, once it exists (at most 30 s).
+async fn sleeper_of(storage: &Arc<dyn TaskExecutionStorage>, key: &str) -> TestResult<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = storage
+            .get_task_executions(&TaskExecutionFilter {
+                wake_key: Some(key.to_owned()),
+                ..TaskExecutionFilter::default()
+            })
+            .await?;
+        if let Some(e) = found.into_iter().next() {
+            return Ok(e.execution_id);
+        }
+        testkit_ensure!(Instant::now() < deadline, "no execution sleeps under {key}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A sleeping task not woken within its timeout ends `timed_out`, and so does its parent's
+/// child: the parent fails.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn sleeping_task_times_out_when_not_woken(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let webhook =
+        TaskDefinition::<String, ()>::sleeping("neverCalled").timeout(Duration::from_millis(300));
+    let child = webhook.clone();
+    let parent = TaskDefinition::parent("waitsInVain", move |_ctx, key: String| {
+        let webhook = child.clone();
+        async move { Ok(ParentOutcome::new(()).child(&webhook, &key)) }
+    })
+    .without_finalize();
+    let executor = start_with(&storage, |e| {
+        e.register(&webhook)?;
+        e.register(&parent)
+    })?;
+    let alone = executor
+        .enqueue(&webhook, &format!("alone-{}", fastrand::u64(..)))
+        .await?;
+    let waiting = executor
+        .enqueue(&parent, &format!("child-{}", fastrand::u64(..)))
+        .await?;
+    let (alone, waiting) = (wait(&alone).await?, wait(&waiting).await?);
+    executor.shutdown().await;
+    testkit_ensure!(
+        alone.status() == TaskExecutionStatus::TimedOut
+            && alone.execution.finished_at.unwrap_or_default() - alone.execution.created_at >= 300,
+        "sleeper alone: {:?} {:?}",
+        alone.status(),
+        alone.error()
+    );
+    testkit_ensure!(
+        waiting.status() == TaskExecutionStatus::ChildrenFailed,
+        "parent of a timed out sleeper: {:?}",
+        waiting.status()
+    );
+    Ok(())
+}
+
+/// A wait survives its executors: the one that spawned the sleeper shuts down, another one
+/// started later on the same storage wakes it, and the parent finishes there.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn sleeping_wait_survives_executor_restart(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let approval =
+        TaskDefinition::<String, String>::sleeping("approval").timeout(Duration::from_secs(60));
+    let child = approval.clone();
+    let request = TaskDefinition::parent("request", move |_ctx, key: String| {
+        let approval = child.clone();
+        async move { Ok(ParentOutcome::new(()).child(&approval, &key)) }
+    })
+    .without_finalize();
+    let key = format!("approval-{}", fastrand::u64(..));
+    let first = start_with(&storage, |e| e.register(&request))?;
+    let handle = first.enqueue(&request, &key).await?;
+    until_status(&handle, TaskExecutionStatus::WaitingForChildren).await?;
+    sleeper_of(&storage, &key).await?;
+    first.shutdown().await;
+    drop(first);
+    let second = start_with(&storage, |e| e.register(&request))?;
+    let woken = second.wake(&key, &"approved".to_owned()).await?;
+    testkit_ensure!(woken.is_woken(), "wake after restart: {woken:?}");
+    let done = wait(&second.handle::<ParentTaskOutput<()>>(handle.execution_id())).await?;
+    second.shutdown().await;
+    testkit_ensure!(
+        done.status() == TaskExecutionStatus::Completed,
+        "parent {:?} {:?}",
+        done.status(),
+        done.error()
+    );
+    let output = done.output.ok_or("no output")?;
+    testkit_ensure!(
+        output.children.len() == 1 && output.children[0].output == "approved",
+        "children outputs {:?}",
+        output.children
+    );
+    Ok(())
+}
+
+/// The ticks (epoch ms) of the executions `schedule_id` enqueued, in order.
+async fn ticks_of(
+    storage: &Arc<dyn TaskExecutionStorage>,
+    schedule_id: &str,
+) -> TestResult<Vec<(i64, TaskExecution)>> {
+    let prefix = format!("sch_{schedule_id}_");
+    let mut ticks = Vec::new();
+    for e in storage
+        .get_task_executions(&TaskExecutionFilter::default())
+        .await?
+    {
+        if let Some(tick) = e.execution_id.strip_prefix(&prefix) {
+            ticks.push((tick.parse::<i64>()?, e));
+        }
+    }
+    ticks.sort_by_key(|(tick, _)| *tick);
+    Ok(ticks)
+}
+
+/// Three executors saving and serving the same interval schedule enqueue every tick exactly
+/// once: consecutive ticks, none missing, none twice, each run once.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn many_executors_enqueue_each_tick_once(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const EVERY: i64 = 150;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let tick = TaskDefinition::new("tick", move |_ctx, ()| {
+        let counter = Arc::clone(&counter);
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, TaskError>(())
+        }
+    });
+    let every = Schedule::interval("heartbeat", Duration::from_millis(150))
+        .missed_ticks(MissedTicks::CatchUp);
+    let mut executors = Vec::new();
+    for _ in 0..3 {
+        let executor = Executor::new(Arc::clone(&storage), fast_options());
+        // Every executor saves the schedule at its start; the first save wins, the others keep it.
+        executor.schedule(&tick, &(), &every).await?;
+        executor.start();
+        executors.push(executor);
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    testkit_ensure!(executors[0].unschedule("heartbeat").await?, "unschedule");
+    // A firing read before the delete may still land; then let every tick's run finish.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ticks_of(&storage, "heartbeat")
+        .await?
+        .iter()
+        .any(|(_, e)| !e.is_finished)
+    {
+        testkit_ensure!(Instant::now() < deadline, "the ticks' runs never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for executor in &executors {
+        executor.shutdown().await;
+    }
+    let ticks = ticks_of(&storage, "heartbeat").await?;
+    testkit_ensure!(ticks.len() >= 5, "only {} ticks in 1.5 s", ticks.len());
+    for pair in ticks.windows(2) {
+        testkit_ensure!(
+            pair[1].0 - pair[0].0 == EVERY,
+            "ticks {} and {} are not one interval apart",
+            pair[0].0,
+            pair[1].0
+        );
+    }
+    testkit_ensure!(
+        ticks
+            .iter()
+            .all(|(_, e)| e.status == TaskExecutionStatus::Completed),
+        "not every tick completed"
+    );
+    testkit_ensure!(
+        runs.load(Ordering::SeqCst) == ticks.len(),
+        "{} runs for {} ticks",
+        runs.load(Ordering::SeqCst),
+        ticks.len()
+    );
+    Ok(())
+}
+
+/// Ticks missed while no executor ran: a `Skip` schedule enqueues only the latest, a
+/// `CatchUp` one every missed tick.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn missed_ticks_follow_the_schedule_policy(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> TestResult {
+    let t0 = 1_800_000_000_000;
+    let clock = Arc::new(ManualClock::new(t0));
+    let task = TaskDefinition::new("report", |_ctx, ()| async move { Ok::<_, TaskError>(()) });
+    let options = || {
+        let clock: Arc<dyn crate::Clock> = clock.clone();
+        ExecutorOptions {
+            clock,
+            ..fast_options()
+        }
+    };
+    let second = Duration::from_secs(1);
+    let before = Executor::new(Arc::clone(&storage), options());
+    before
+        .schedule(&task, &(), &Schedule::interval("skipping", second))
+        .await?;
+    before
+        .schedule(
+            &task,
+            &(),
+            &Schedule::interval("catching-up", second).missed_ticks(MissedTicks::CatchUp),
+        )
+        .await?;
+    // Down for 5.5 s: ticks at +1 s .. +5 s were missed.
+    clock.advance(5_500);
+    let after = Executor::new(Arc::clone(&storage), options());
+    after.register(&task)?;
+    after.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (skipped, caught_up) = (
+            ticks_of(&storage, "skipping").await?,
+            ticks_of(&storage, "catching-up").await?,
+        );
+        if !skipped.is_empty() && caught_up.len() >= 5 {
+            break;
+        }
+        testkit_ensure!(Instant::now() < deadline, "the missed ticks never fired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give a wrong extra firing the time to show.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    after.shutdown().await;
+    let skipped: Vec<i64> = ticks_of(&storage, "skipping")
+        .await?
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    let caught_up: Vec<i64> = ticks_of(&storage, "catching-up")
+        .await?
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    testkit_ensure!(skipped == vec![t0 + 5_000], "skip enqueued {skipped:?}");
+    testkit_ensure!(
+        caught_up == (1..=5).map(|k| t0 + k * 1_000).collect::<Vec<_>>(),
+        "catch-up enqueued {caught_up:?}"
+    );
+    let stored = storage.get_task_schedules().await?;
+    testkit_ensure!(
+        stored.iter().all(|s| s.next_tick_at == t0 + 6_000),
+        "next ticks {:?}",
+        stored.iter().map(|s| s.next_tick_at).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// A schedule with a bad cron expression or time zone is refused when saved.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn bad_schedules_are_refused(storage: Arc<dyn TaskExecutionStorage>) -> TestResult {
+    let task = TaskDefinition::new("cronTask", |_ctx, ()| async move { Ok::<_, TaskError>(()) });
+    let executor = Executor::new(Arc::clone(&storage), fast_options());
+    for schedule in [
+        Schedule::cron("bad-expression", "61 * * * *"),
+        Schedule::cron("bad-zone", "0 3 * * *").time_zone("Atlantis/Capital"),
+        Schedule::interval("zero", Duration::ZERO),
+    ] {
+        let result = executor.schedule(&task, &(), &schedule).await;
+        testkit_ensure!(
+            matches!(result, Err(Error::InvalidArgument { .. })),
+            "{schedule:?}: {result:?}"
+        );
+    }
+    let stored = executor
+        .schedule(
+            &task,
+            &(),
+            &Schedule::cron("nightly", "0 3 * * *").time_zone("Europe/Zurich"),
+        )
+        .await?;
+    testkit_ensure!(
+        stored.next_tick_at > crate::Clock::now_ms(&crate::SystemClock),
+        "next tick {}",
+        stored.next_tick_at
+    );
+    Ok(())
 }

@@ -23,11 +23,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::task::{
-    ClaimParams, ExecutionError, FinishedChildTaskExecution, NewTaskExecution, ParentRef,
-    RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef,
-    TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate,
+    ClaimParams, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution, NewTaskExecution,
+    ParentRef, RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
+    TaskExecutionRef, TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate, Wake,
+    WakeOutcome, WakeResult,
 };
 use crate::{Error, Result};
+use crate::{MissedTicks, ScheduleFire, ScheduleSpec, TaskSchedule};
 
 /// A storage under test.
 pub type Storage = Arc<dyn TaskExecutionStorage>;
@@ -126,6 +128,16 @@ macro_rules! task_storage_conformance {
             ids_compare_exactly,
             json_and_text_with_nul_round_trip,
             prune_deletes_only_closed_executions_finished_before_the_cutoff,
+            delayed_executions_are_listed_and_claimed_only_when_due,
+            sleeping_executions_wake_once_by_key,
+            sleeping_executions_time_out_once_and_free_their_key,
+            cancelled_sleeper_frees_its_key,
+            woken_sleeping_child_is_recorded_for_its_parent,
+            wake_racing_timeout_has_exactly_one_winner,
+            schedules_are_saved_once_and_keep_their_progress,
+            due_schedules_fire_once_per_tick,
+            concurrent_fires_of_one_tick_enqueue_once,
+            invalid_schedules_are_rejected_before_writing,
         );
     };
     (@cases $attrs:tt $how:tt; $($case:ident),* $(,)?) => {
@@ -1783,6 +1795,593 @@ pub async fn prune_deletes_only_closed_executions_finished_before_the_cutoff(
     check!(
         storage.get_task_execution("old-failed").await?.is_none(),
         "the failed execution was not pruned"
+    );
+    Ok(())
+}
+
+fn sleeper(id: &str, key: &str) -> NewTaskExecution {
+    NewTaskExecution {
+        wake_key: Some(key.to_owned()),
+        ..new_execution(id)
+    }
+}
+
+fn wake_completed(key: &str, output: &str, now: i64) -> Wake {
+    Wake {
+        wake_key: key.to_owned(),
+        outcome: WakeOutcome::Completed {
+            output: output.to_owned(),
+        },
+        now,
+    }
+}
+
+/// An execution enqueued with a delay is listed by `starts_after` while it is not due, and is
+/// claimed only once its `start_at` has come.
+pub async fn delayed_executions_are_listed_and_claimed_only_when_due(
+    storage: Storage,
+) -> CaseResult {
+    let later = NewTaskExecution {
+        sleep_ms_before_run: 1_000,
+        ..new_execution("later")
+    };
+    storage
+        .enqueue_task_executions(vec![later, new_execution("now")], T0)
+        .await?;
+    let e = get(&storage, "later").await?;
+    check_eq!(e.start_at, T0 + 1_000);
+    check_eq!(e.sleep_ms_before_run, 1_000);
+    let delayed = storage
+        .get_task_executions(&TaskExecutionFilter {
+            statuses: Some(vec![TaskExecutionStatus::Ready]),
+            starts_after: Some(T0),
+            ..TaskExecutionFilter::default()
+        })
+        .await?;
+    check_eq!(ids(&delayed), vec!["later"]);
+    check_eq!(
+        ids(&storage.claim_task_executions(&claim("x", T0, 10)).await?),
+        vec!["now"]
+    );
+    check!(
+        storage
+            .claim_task_executions(&claim("x", T0 + 999, 10))
+            .await?
+            .is_empty(),
+        "a delayed execution was claimed before its start"
+    );
+    check_eq!(
+        ids(&storage
+            .claim_task_executions(&claim("x", T0 + 1_000, 10))
+            .await?),
+        vec!["later"]
+    );
+    Ok(())
+}
+
+/// A sleeping execution is never claimed; its key is unique among sleepers; the first wake
+/// finishes it, a second one answers `AlreadyFinished`, an unknown key is `NotFound`; once
+/// woken, the key can be slept under again, and both executions are found by the key.
+pub async fn sleeping_executions_wake_once_by_key(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![sleeper("s1", "k1")], T0)
+        .await?;
+    let e = get(&storage, "s1").await?;
+    check_eq!(e.status, TaskExecutionStatus::Sleeping);
+    check_eq!(e.wake_key.as_deref(), Some("k1"));
+    check_eq!(e.expires_at, Some(T0 + TIMEOUT));
+    check!(!e.is_finished, "a sleeper is finished");
+    check!(
+        storage
+            .claim_task_executions(&claim("x", T0 + 1, 10))
+            .await?
+            .is_empty(),
+        "a sleeping execution was claimed"
+    );
+    for batch in [
+        vec![sleeper("s2", "k1")],
+        vec![sleeper("s3", "k3"), sleeper("s4", "k3")],
+    ] {
+        let result = storage.enqueue_task_executions(batch, T0).await;
+        check!(
+            matches!(result, Err(Error::Conflict { .. })),
+            "expected a conflict for a key already sleeping, got {result:?}"
+        );
+    }
+    check!(
+        storage.get_task_execution("s3").await?.is_none(),
+        "a sleeper of the refused batch was inserted"
+    );
+    let unknown = storage
+        .wake_task_execution(&wake_completed("nobody", "1", T0 + 2))
+        .await;
+    check!(
+        matches!(unknown, Err(Error::NotFound { .. })),
+        "expected NotFound for an unknown key, got {unknown:?}"
+    );
+    let woken = storage
+        .wake_task_execution(&wake_completed("k1", "\"paid\"", T0 + 3))
+        .await?;
+    let WakeResult::Woken(e) = woken else {
+        return Err(CaseFailure(format!("first wake did not wake: {woken:?}")));
+    };
+    check_eq!(e.status, TaskExecutionStatus::Completed);
+    check_eq!(e.output.as_deref(), Some("\"paid\""));
+    check_eq!(e.finished_at, Some(T0 + 3));
+    check_eq!(e.expires_at, None);
+    check_eq!(get(&storage, "s1").await?, e);
+    let again = storage
+        .wake_task_execution(&wake_completed("k1", "\"twice\"", T0 + 4))
+        .await?;
+    check!(
+        matches!(&again, WakeResult::AlreadyFinished(a) if *a == e),
+        "second wake: {again:?}"
+    );
+    // The key is free again once its sleeper woke.
+    storage
+        .enqueue_task_executions(vec![sleeper("s5", "k1")], T0 + 5)
+        .await?;
+    let failed = storage
+        .wake_task_execution(&Wake {
+            wake_key: "k1".to_owned(),
+            outcome: WakeOutcome::Failed {
+                error: ExecutionError::generic("declined", false),
+            },
+            now: T0 + 6,
+        })
+        .await?;
+    check!(
+        matches!(&failed, WakeResult::Woken(f) if f.execution_id == "s5"
+            && f.status == TaskExecutionStatus::Failed
+            && f.error.as_ref().is_some_and(|e| e.message == "declined")),
+        "wake with a failure: {failed:?}"
+    );
+    let by_key = storage
+        .get_task_executions(&TaskExecutionFilter {
+            wake_key: Some("k1".to_owned()),
+            ..TaskExecutionFilter::default()
+        })
+        .await?;
+    check_eq!(ids(&by_key), vec!["s1", "s5"]);
+    let empty = storage
+        .wake_task_execution(&wake_completed("", "1", T0 + 7))
+        .await;
+    check!(
+        matches!(empty, Err(Error::InvalidArgument { .. })),
+        "expected InvalidArgument for an empty key, got {empty:?}"
+    );
+    Ok(())
+}
+
+/// A sleeper not woken by its timeout ends `timed_out` through expiry, once; a later wake
+/// answers `AlreadyFinished`, and the key can be slept under again.
+pub async fn sleeping_executions_time_out_once_and_free_their_key(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![sleeper("s", "k"), sleeper("other", "k2")], T0)
+        .await?;
+    check_eq!(storage.expire_task_executions(T0 + TIMEOUT, 10).await?, 0);
+    storage
+        .wake_task_execution(&wake_completed("k2", "1", T0 + 1))
+        .await?;
+    check_eq!(
+        storage.expire_task_executions(T0 + TIMEOUT + 1, 10).await?,
+        1
+    );
+    let e = get(&storage, "s").await?;
+    check_eq!(e.status, TaskExecutionStatus::TimedOut);
+    check!(e.is_finished, "a timed out sleeper is not finished");
+    check!(
+        e.error
+            .as_ref()
+            .is_some_and(|err| err.kind == ExecutionErrorKind::TimedOut && !err.is_retryable),
+        "error {:?}",
+        e.error
+    );
+    check_eq!(
+        storage.expire_task_executions(T0 + TIMEOUT + 2, 10).await?,
+        0
+    );
+    let late = storage
+        .wake_task_execution(&wake_completed("k", "1", T0 + TIMEOUT + 3))
+        .await?;
+    check!(
+        matches!(&late, WakeResult::AlreadyFinished(a) if a.status == TaskExecutionStatus::TimedOut),
+        "wake after the timeout: {late:?}"
+    );
+    storage
+        .enqueue_task_executions(vec![sleeper("s-again", "k")], T0 + TIMEOUT + 4)
+        .await?;
+    Ok(())
+}
+
+/// Cancelling a sleeper (directly or through its parent's close) frees its key; a wake then
+/// answers `AlreadyFinished` with the cancelled execution.
+pub async fn cancelled_sleeper_frees_its_key(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(
+            vec![
+                sleeper("s", "k"),
+                new_execution("p"),
+                NewTaskExecution {
+                    wake_key: Some("child-key".to_owned()),
+                    ..new_child("c", "p", 0)
+                },
+            ],
+            T0,
+        )
+        .await?;
+    force_status(&storage, "s", TaskExecutionStatus::Cancelled, T0 + 1).await?;
+    let answer = storage
+        .wake_task_execution(&wake_completed("k", "1", T0 + 2))
+        .await?;
+    check!(
+        matches!(&answer, WakeResult::AlreadyFinished(a) if a.status == TaskExecutionStatus::Cancelled),
+        "wake of a cancelled sleeper: {answer:?}"
+    );
+    storage
+        .enqueue_task_executions(vec![sleeper("s2", "k")], T0 + 3)
+        .await?;
+    // A parent that fails cancels its sleeping child when it is closed.
+    force_status(&storage, "p", TaskExecutionStatus::Failed, T0 + 4).await?;
+    storage.close_finished_task_executions(T0 + 5, 10).await?;
+    check_eq!(
+        get(&storage, "c").await?.status,
+        TaskExecutionStatus::Cancelled
+    );
+    storage
+        .enqueue_task_executions(vec![sleeper("c2", "child-key")], T0 + 6)
+        .await?;
+    Ok(())
+}
+
+/// A sleeping child woken by its key is closed like any child: recorded for its parent, whose
+/// children have then all finished.
+pub async fn woken_sleeping_child_is_recorded_for_its_parent(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![new_execution("p")], T0)
+        .await?;
+    let spawned = storage
+        .update_task_execution_and_enqueue(
+            &TaskExecutionGuard::id("p"),
+            &TaskExecutionUpdate {
+                now: T0 + 1,
+                status: Some(TaskExecutionStatus::WaitingForChildren),
+                children_count: Some(1),
+                ..Default::default()
+            },
+            vec![NewTaskExecution {
+                wake_key: Some("webhook".to_owned()),
+                ..new_child("c", "p", 0)
+            }],
+        )
+        .await?;
+    check!(spawned, "the parent did not spawn its sleeping child");
+    check!(
+        storage
+            .claim_parents_with_finished_children(&claim("x", T0 + 2, 10))
+            .await?
+            .is_empty(),
+        "the parent was claimed while its child sleeps"
+    );
+    let woken = storage
+        .wake_task_execution(&wake_completed("webhook", "42", T0 + 3))
+        .await?;
+    check!(woken.is_woken(), "wake: {woken:?}");
+    check_eq!(storage.close_finished_task_executions(T0 + 4, 10).await?, 1);
+    let records = storage.get_finished_child_task_executions("p").await?;
+    check_eq!(records.len(), 1);
+    check_eq!(records[0].output.as_deref(), Some("42"));
+    check_eq!(
+        ids(&storage
+            .claim_parents_with_finished_children(&claim("x", T0 + 5, 10))
+            .await?),
+        vec!["p"]
+    );
+    Ok(())
+}
+
+/// Wakes racing the expiry of the same sleepers past their timeout: every sleeper ends with
+/// exactly one outcome, and each wake's answer agrees with it.
+pub async fn wake_racing_timeout_has_exactly_one_winner(storage: Storage) -> CaseResult {
+    const SLEEPERS: usize = 24;
+    let sleepers = (0..SLEEPERS)
+        .map(|i| sleeper(&format!("s{i:02}"), &format!("k{i:02}")))
+        .collect();
+    storage.enqueue_task_executions(sleepers, T0).await?;
+    let late = T0 + TIMEOUT + 1;
+    let mut wakes = Vec::new();
+    for i in 0..SLEEPERS {
+        let storage = Arc::clone(&storage);
+        wakes.push(tokio::spawn(async move {
+            storage
+                .wake_task_execution(&wake_completed(&format!("k{i:02}"), "1", late))
+                .await
+        }));
+    }
+    let expirer = {
+        let storage = Arc::clone(&storage);
+        tokio::spawn(async move {
+            let mut expired = 0;
+            for _ in 0..4 {
+                expired += storage.expire_task_executions(late, 5).await?;
+            }
+            Ok::<u64, Error>(expired)
+        })
+    };
+    let mut woken = 0;
+    for (i, wake) in wakes.into_iter().enumerate() {
+        let answer = wake
+            .await
+            .map_err(|e| CaseFailure(format!("wake task: {e}")))??;
+        let e = get(&storage, &format!("s{i:02}")).await?;
+        match &answer {
+            WakeResult::Woken(w) => {
+                woken += 1;
+                check_eq!(e.status, TaskExecutionStatus::Completed);
+                check_eq!(w.status, TaskExecutionStatus::Completed);
+            }
+            WakeResult::AlreadyFinished(_) => {
+                check_eq!(e.status, TaskExecutionStatus::TimedOut);
+            }
+        }
+    }
+    let mut expired = expirer
+        .await
+        .map_err(|e| CaseFailure(format!("expire task: {e}")))??;
+    // Whatever the racing expiry left, a last one finishes.
+    expired += storage.expire_task_executions(late, 100).await?;
+    check_eq!(
+        woken + usize::try_from(expired).unwrap_or(usize::MAX),
+        SLEEPERS
+    );
+    Ok(())
+}
+
+fn schedule(id: &str, next_tick_at: i64) -> TaskSchedule {
+    TaskSchedule {
+        schedule_id: id.to_owned(),
+        task_id: "task".to_owned(),
+        input: "{\"report\":\"daily\"}".to_owned(),
+        spec: ScheduleSpec::Cron {
+            expression: "0 3 * * *".to_owned(),
+            time_zone: "Europe/Zurich".to_owned(),
+        },
+        missed_ticks: MissedTicks::CatchUp,
+        next_tick_at,
+        last_tick_at: None,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+fn fire(id: &str, expected: i64, next: i64, executions: Vec<NewTaskExecution>) -> ScheduleFire {
+    ScheduleFire {
+        schedule_id: id.to_owned(),
+        expected_next_tick_at: expected,
+        new_next_tick_at: next,
+        last_tick_at: expected,
+        executions,
+        now: expected + 1,
+    }
+}
+
+/// Saving a schedule inserts it; saving the same definition again keeps its progress; saving a
+/// changed one replaces it; deleting it works once.
+pub async fn schedules_are_saved_once_and_keep_their_progress(storage: Storage) -> CaseResult {
+    let first = storage
+        .save_task_schedule(schedule("nightly", T0 + 10))
+        .await?;
+    check_eq!(first, schedule("nightly", T0 + 10));
+    storage
+        .save_task_schedule(TaskSchedule {
+            spec: ScheduleSpec::Interval { every_ms: 60_000 },
+            missed_ticks: MissedTicks::Skip,
+            ..schedule("hourly", T0 + 20)
+        })
+        .await?;
+    // Saved again at a later start: same definition, so the stored progress stays.
+    let again = storage
+        .save_task_schedule(TaskSchedule {
+            updated_at: T0 + 5,
+            ..schedule("nightly", T0 + 99)
+        })
+        .await?;
+    check_eq!(again, first);
+    let changed = storage
+        .save_task_schedule(TaskSchedule {
+            input: "{}".to_owned(),
+            created_at: T0 + 7,
+            updated_at: T0 + 7,
+            ..schedule("nightly", T0 + 70)
+        })
+        .await?;
+    check_eq!(changed.input, "{}");
+    check_eq!(changed.next_tick_at, T0 + 70);
+    check_eq!(changed.created_at, T0);
+    let all = storage.get_task_schedules().await?;
+    check_eq!(
+        all.iter()
+            .map(|s| s.schedule_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["hourly", "nightly"]
+    );
+    check_eq!(all[1], changed);
+    check_eq!(all[0].spec, ScheduleSpec::Interval { every_ms: 60_000 });
+    check!(storage.delete_task_schedule("hourly").await?, "delete");
+    check!(
+        !storage.delete_task_schedule("hourly").await?,
+        "deleted twice"
+    );
+    check_eq!(storage.get_task_schedules().await?.len(), 1);
+    Ok(())
+}
+
+/// A schedule is due once its next tick has come (for the tasks asked for); firing it moves the
+/// tick and enqueues the executions once: a second firing of the same tick does nothing.
+pub async fn due_schedules_fire_once_per_tick(storage: Storage) -> CaseResult {
+    storage.save_task_schedule(schedule("s", T0 + 10)).await?;
+    storage
+        .save_task_schedule(TaskSchedule {
+            task_id: "other".to_owned(),
+            ..schedule("t", T0)
+        })
+        .await?;
+    check!(
+        storage
+            .due_task_schedules(T0 + 9, Some(&["task".to_owned()]), 10)
+            .await?
+            .is_empty(),
+        "a schedule was due before its tick"
+    );
+    let due = storage
+        .due_task_schedules(T0 + 10, Some(&["task".to_owned()]), 10)
+        .await?;
+    check_eq!(
+        due.iter()
+            .map(|s| s.schedule_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["s"]
+    );
+    check_eq!(
+        storage.due_task_schedules(T0 + 10, None, 10).await?.len(),
+        2
+    );
+    let tick = || vec![new_execution("s@10")];
+    check!(
+        storage
+            .fire_task_schedule(&fire("s", T0 + 10, T0 + 20, tick()))
+            .await?,
+        "the first firing did not fire"
+    );
+    check!(
+        !storage
+            .fire_task_schedule(&fire("s", T0 + 10, T0 + 20, tick()))
+            .await?,
+        "the same tick fired twice"
+    );
+    check!(
+        !storage
+            .fire_task_schedule(&fire("gone", T0, T0 + 1, vec![new_execution("x")]))
+            .await?,
+        "a missing schedule fired"
+    );
+    check!(
+        storage.get_task_execution("x").await?.is_none(),
+        "a failed firing enqueued"
+    );
+    let s = storage
+        .get_task_schedules()
+        .await?
+        .into_iter()
+        .find(|s| s.schedule_id == "s")
+        .ok_or_else(|| CaseFailure("schedule s vanished".to_owned()))?;
+    check_eq!(s.next_tick_at, T0 + 20);
+    check_eq!(s.last_tick_at, Some(T0 + 10));
+    check_eq!(s.updated_at, T0 + 11);
+    check_eq!(
+        get(&storage, "s@10").await?.status,
+        TaskExecutionStatus::Ready
+    );
+    check!(
+        storage
+            .due_task_schedules(T0 + 19, Some(&["task".to_owned()]), 10)
+            .await?
+            .is_empty(),
+        "still due after firing"
+    );
+    // A firing whose execution exists already changes nothing.
+    let clash = storage
+        .fire_task_schedule(&fire("s", T0 + 20, T0 + 30, vec![new_execution("s@10")]))
+        .await;
+    check!(
+        matches!(clash, Err(Error::Conflict { .. })),
+        "expected a conflict, got {clash:?}"
+    );
+    let s = storage.get_task_schedules().await?;
+    check!(
+        s.iter()
+            .any(|s| s.schedule_id == "s" && s.next_tick_at == T0 + 20),
+        "a conflicting firing moved the tick"
+    );
+    Ok(())
+}
+
+/// Many firings of the same tick at once: exactly one wins and the tick's execution exists
+/// once.
+pub async fn concurrent_fires_of_one_tick_enqueue_once(storage: Storage) -> CaseResult {
+    const FIRERS: usize = 8;
+    storage.save_task_schedule(schedule("s", T0 + 10)).await?;
+    let mut firers = Vec::new();
+    for _ in 0..FIRERS {
+        let storage = Arc::clone(&storage);
+        firers.push(tokio::spawn(async move {
+            storage
+                .fire_task_schedule(&fire("s", T0 + 10, T0 + 20, vec![new_execution("s@10")]))
+                .await
+        }));
+    }
+    let mut won = 0;
+    for firer in firers {
+        match firer
+            .await
+            .map_err(|e| CaseFailure(format!("firer: {e}")))?
+        {
+            Ok(true) => won += 1,
+            Ok(false) => {}
+            // A firer that read the tick before the winner committed may meet its execution.
+            Err(Error::Conflict { .. }) => {}
+            Err(other) => return Err(other.into()),
+        }
+    }
+    check_eq!(won, 1);
+    check_eq!(
+        storage
+            .get_task_executions(&TaskExecutionFilter::default())
+            .await?
+            .len(),
+        1
+    );
+    Ok(())
+}
+
+/// Bad ids, expressions, time zones and intervals are refused before anything is written.
+pub async fn invalid_schedules_are_rejected_before_writing(storage: Storage) -> CaseResult {
+    let bad = [
+        schedule("", T0),
+        schedule(&"s".repeat(201), T0),
+        TaskSchedule {
+            spec: ScheduleSpec::Cron {
+                expression: "every day".to_owned(),
+                time_zone: "UTC".to_owned(),
+            },
+            ..schedule("cron", T0)
+        },
+        TaskSchedule {
+            spec: ScheduleSpec::Cron {
+                expression: "* * * * *".to_owned(),
+                time_zone: "Nowhere/Special".to_owned(),
+            },
+            ..schedule("zone", T0)
+        },
+        TaskSchedule {
+            spec: ScheduleSpec::Interval { every_ms: 0 },
+            ..schedule("interval", T0)
+        },
+        TaskSchedule {
+            task_id: String::new(),
+            ..schedule("task", T0)
+        },
+    ];
+    for s in bad {
+        let result = storage.save_task_schedule(s.clone()).await;
+        check!(
+            matches!(result, Err(Error::InvalidArgument { .. })),
+            "{s:?}: expected InvalidArgument, got {result:?}"
+        );
+    }
+    check!(
+        storage.get_task_schedules().await?.is_empty(),
+        "a refused schedule was saved"
     );
     Ok(())
 }

@@ -1,19 +1,23 @@
 //! Crash recovery with real processes: an executor in a child process is killed with SIGKILL
-//! while it runs a task, and another executor takes the task over once the lease lapsed.
+//! while it runs a task, and another executor takes the task over once the lease lapsed; and a
+//! sleeping execution outlives the killed executor that spawned it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
 use sea_orm_durable::{
-    Executor, ExecutorOptions, RetryOptions, SeaOrmTaskExecutionStorage, TaskDefinition, TaskError,
-    TaskExecutionGuard, TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate,
-    WaitOptions,
+    Executor, ExecutorOptions, ParentOutcome, ParentTaskOutput, RetryOptions,
+    SeaOrmTaskExecutionStorage, TaskDefinition, TaskError, TaskExecutionFilter, TaskExecutionGuard,
+    TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate, WaitOptions,
 };
 
 use crate::harness::{TestDb, child_db, per_backend, spawn_child};
 
-per_backend!(killed_executor_task_is_rerun_and_its_token_refused);
+per_backend!(
+    killed_executor_task_is_rerun_and_its_token_refused,
+    sleeping_child_outlives_its_killed_executor,
+);
 
 const DOOMED: &str = "doomed-executor";
 
@@ -141,6 +145,93 @@ async fn killed_executor_task_is_rerun_and_its_token_refused(t: TestDb) -> anyho
         after.output.as_deref() == Some("1"),
         "output overwritten: {:?}",
         after.output
+    );
+    Ok(())
+}
+
+/// A parent whose only child sleeps until an approval arrives under the key it was given.
+fn awaits_approval() -> TaskDefinition<String, ParentTaskOutput<()>> {
+    let approval =
+        TaskDefinition::<String, String>::sleeping("approval").timeout(Duration::from_secs(120));
+    TaskDefinition::parent("awaitsApproval", move |_ctx, key: String| {
+        let approval = approval.clone();
+        async move { Ok(ParentOutcome::new(()).child(&approval, &key)) }
+    })
+    .without_finalize()
+}
+
+/// The child process of the sleeping test: an executor that spawns the sleeper and is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of the sleeping crash test's child process"]
+async fn child_sleeping_executor() -> anyhow::Result<()> {
+    let db = child_db(4).await?;
+    let executor = Executor::new(
+        Arc::new(SeaOrmTaskExecutionStorage::new(db)),
+        options(Some(DOOMED)),
+    );
+    executor.register(&awaits_approval())?;
+    executor.start();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    bail!("the child executor was not killed")
+}
+
+async fn sleeping_child_outlives_its_killed_executor(t: TestDb) -> anyhow::Result<()> {
+    let storage: Arc<dyn TaskExecutionStorage> =
+        Arc::new(SeaOrmTaskExecutionStorage::new(t.db.clone()));
+    let task = awaits_approval();
+    let enqueuer = Executor::new(Arc::clone(&storage), options(None));
+    let key = format!("approval-{}", fastrand::u64(..));
+    let handle = enqueuer.enqueue(&task, &key).await?;
+
+    let mut child = spawn_child(&t, "crash::child_sleeping_executor")?;
+    // Wait until the child's run spawned the sleeper, then kill it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sleepers = storage
+            .get_task_executions(&TaskExecutionFilter {
+                wake_key: Some(key.clone()),
+                ..TaskExecutionFilter::default()
+            })
+            .await?;
+        if sleepers
+            .first()
+            .is_some_and(|s| s.status == TaskExecutionStatus::Sleeping)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the child never spawned the sleeper");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill()?; // SIGKILL
+    child.wait()?;
+
+    // Another process (here: this one) wakes the sleeper; a new executor finishes the parent.
+    let survivor = Executor::new(Arc::clone(&storage), options(None));
+    survivor.register(&task)?;
+    survivor.start();
+    let woken = survivor.wake(&key, &"approved".to_owned()).await?;
+    ensure!(woken.is_woken(), "{woken:?}");
+    let wait = WaitOptions {
+        poll_interval: Duration::from_millis(50),
+        timeout: Some(Duration::from_secs(60)),
+    };
+    let done = handle.wait_with(&wait).await;
+    survivor.shutdown().await;
+    let done = done?;
+    ensure!(
+        done.status() == TaskExecutionStatus::Completed,
+        "status {:?}, error {:?}",
+        done.status(),
+        done.error()
+    );
+    let output = done.output.ok_or_else(|| anyhow::anyhow!("no output"))?;
+    ensure!(
+        output.children.len() == 1 && output.children[0].output == "approved",
+        "{:?}",
+        output.children
     );
     Ok(())
 }

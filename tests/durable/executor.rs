@@ -108,6 +108,52 @@ macro_rules! executor_cases {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         $(#[$attr])*
+        async fn delayed_enqueue_runs_at_its_time() -> anyhow::Result<()> {
+            on_storage($backend, cases::delayed_enqueue_runs_at_its_time).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
+        async fn sleeping_child_woken_by_key_lets_its_parent_finish() -> anyhow::Result<()> {
+            on_storage(
+                $backend,
+                cases::sleeping_child_woken_by_key_lets_its_parent_finish,
+            )
+            .await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
+        async fn sleeping_task_times_out_when_not_woken() -> anyhow::Result<()> {
+            on_storage($backend, cases::sleeping_task_times_out_when_not_woken).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
+        async fn sleeping_wait_survives_executor_restart() -> anyhow::Result<()> {
+            on_storage($backend, cases::sleeping_wait_survives_executor_restart).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
+        async fn many_executors_enqueue_each_tick_once() -> anyhow::Result<()> {
+            on_storage($backend, cases::many_executors_enqueue_each_tick_once).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
+        async fn missed_ticks_follow_the_schedule_policy() -> anyhow::Result<()> {
+            on_storage($backend, cases::missed_ticks_follow_the_schedule_policy).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
+        async fn bad_schedules_are_refused() -> anyhow::Result<()> {
+            on_storage($backend, cases::bad_schedules_are_refused).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn options_beyond_the_limits_are_refused() -> anyhow::Result<()> {
             on_storage($backend, cases::options_beyond_the_limits_are_refused).await
         }

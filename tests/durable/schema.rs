@@ -24,14 +24,19 @@ per_backend!(
     hot_queries_read_an_index_in_their_order,
 );
 
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 6] = [
+    "task_schedules",
     "batchactions_jobs",
     "batchactions_batches",
     "batchactions_records",
     "task_executions",
     "finished_child_task_executions",
 ];
-const INDEXES: [(&str, &str); 15] = [
+const INDEXES: [(&str, &str); 19] = [
+    ("task_schedules", "ix_task_schedules_next_tick"),
+    ("task_executions", "ux_task_executions_sleeping_key"),
+    ("task_executions", "ix_task_executions_wake_key"),
+    ("task_executions", "ix_task_executions_sleeping"),
     ("task_executions", "ix_task_executions_ready_claim"),
     ("task_executions", "ix_task_executions_closed"),
     ("task_executions", "ix_task_executions_executor_claim"),
@@ -541,8 +546,8 @@ async fn nullability(t: &TestDb) -> anyhow::Result<Vec<(String, String, String, 
             t.db_backend(),
             "SELECT TABLE_NAME AS t, COLUMN_NAME AS c, IS_NULLABLE AS n, \
              CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) AS l FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = DATABASE() \
-             AND COLUMN_NAME NOT IN ('claim_id', 'finalized_by', 'queue') \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME <> 'task_schedules' \
+             AND COLUMN_NAME NOT IN ('claim_id', 'finalized_by', 'queue', 'wake_key', 'sleeping_key') \
              ORDER BY TABLE_NAME, COLUMN_NAME",
         ))
         .await?;

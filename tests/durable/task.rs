@@ -12,7 +12,7 @@ use sea_orm_durable::testkit::task::{CaseResult, Storage};
 use sea_orm_durable::{
     ClaimParams, Error, FinishedChildTaskExecution, NewTaskExecution, ParentRef,
     SeaOrmTaskExecutionStorage, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
-    TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate,
+    TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
 };
 
 use crate::harness::{Backend, TestDb, per_backend};
@@ -85,6 +85,9 @@ per_backend!(
     extreme_stored_numbers_neither_overflow_nor_block_claims,
     unreadable_parents_children_and_finalizes_end_explained,
     a_record_that_cannot_be_written_fails_its_parent_without_blocking_closes,
+    wake_in_transaction_applies_only_on_commit,
+    concurrent_wakes_and_timeouts_have_one_winner_per_sleeper,
+    unreadable_schedule_does_not_keep_the_others_from_firing,
 );
 
 const T0: i64 = 1_700_000_000_000;
@@ -906,4 +909,190 @@ mod lost_reply {
         })
         .await
     }
+}
+
+fn sleeper(id: String, key: String, timeout_ms: i64) -> NewTaskExecution {
+    NewTaskExecution {
+        wake_key: Some(key),
+        timeout_ms,
+        ..execution(id)
+    }
+}
+
+fn wake_completed(key: &str, now: i64) -> Wake {
+    Wake {
+        wake_key: key.to_owned(),
+        outcome: WakeOutcome::Completed {
+            output: "true".to_owned(),
+        },
+        now,
+    }
+}
+
+/// A wake inside the application's transaction happens only if that transaction commits.
+async fn wake_in_transaction_applies_only_on_commit(t: TestDb) -> anyhow::Result<()> {
+    use sea_orm::TransactionTrait;
+    let storage = SeaOrmTaskExecutionStorage::new(t.db.clone());
+    storage
+        .enqueue_task_executions(vec![sleeper("s".into(), "hook".into(), 60_000)], T0)
+        .await?;
+    let txn = t.db.begin().await?;
+    let woken = storage
+        .wake_task_execution_in(&txn, &wake_completed("hook", T0 + 1))
+        .await?;
+    ensure!(woken.is_woken(), "{woken:?}");
+    txn.rollback().await?;
+    let e = storage.get_task_execution("s").await?.context("s")?;
+    ensure!(
+        e.status == TaskExecutionStatus::Sleeping,
+        "rolled back wake left {:?}",
+        e.status
+    );
+    let txn = t.db.begin().await?;
+    let woken = storage
+        .wake_task_execution_in(&txn, &wake_completed("hook", T0 + 2))
+        .await?;
+    ensure!(woken.is_woken(), "{woken:?}");
+    txn.commit().await?;
+    let e = storage.get_task_execution("s").await?.context("s")?;
+    ensure!(
+        e.status == TaskExecutionStatus::Completed && e.output.as_deref() == Some("true"),
+        "committed wake left {:?}",
+        e.status
+    );
+    let again = storage
+        .wake_task_execution(&wake_completed("hook", T0 + 3))
+        .await?;
+    ensure!(matches!(again, WakeResult::AlreadyFinished(_)), "{again:?}");
+    Ok(())
+}
+
+/// Many wakers on their own connections wake the same keys while expiry times the sleepers
+/// out: each sleeper ends with one outcome, exactly one waker or the expiry won it, and every
+/// other waker was told it had finished already.
+async fn concurrent_wakes_and_timeouts_have_one_winner_per_sleeper(
+    t: TestDb,
+) -> anyhow::Result<()> {
+    const SLEEPERS: usize = 60;
+    const WAKERS: usize = 4;
+    let pool = t.connect(u32::try_from(WAKERS + 2)?).await?;
+    let storage = Arc::new(SeaOrmTaskExecutionStorage::new(pool));
+    storage
+        .enqueue_task_executions(
+            (0..SLEEPERS)
+                .map(|i| sleeper(format!("s{i:03}"), format!("k{i:03}"), 1_000))
+                .collect(),
+            T0,
+        )
+        .await?;
+    let late = T0 + 1_001;
+    let barrier = Arc::new(tokio::sync::Barrier::new(WAKERS + 1));
+    let mut wakers = tokio::task::JoinSet::new();
+    for w in 0..WAKERS {
+        let (storage, barrier) = (storage.clone(), barrier.clone());
+        wakers.spawn(async move {
+            barrier.wait().await;
+            let mut won = Vec::new();
+            // Each waker goes through the keys in its own order.
+            for j in 0..SLEEPERS {
+                let i = (j * (w + 1) * 7 + w) % SLEEPERS;
+                let key = format!("k{i:03}");
+                if storage
+                    .wake_task_execution(&wake_completed(&key, late))
+                    .await?
+                    .is_woken()
+                {
+                    won.push(format!("s{i:03}"));
+                }
+            }
+            anyhow::Ok(won)
+        });
+    }
+    let expirer = {
+        let (storage, barrier) = (storage.clone(), barrier.clone());
+        tokio::spawn(async move {
+            barrier.wait().await;
+            let mut expired = 0;
+            for _ in 0..SLEEPERS {
+                expired += storage.expire_task_executions(late, 2).await?;
+            }
+            anyhow::Ok(expired)
+        })
+    };
+    let mut woken = HashSet::new();
+    while let Some(won) = wakers.join_next().await {
+        for id in won?? {
+            ensure!(woken.insert(id.clone()), "{id} woken twice");
+        }
+    }
+    let expired = expirer.await??;
+    let all = storage
+        .get_task_executions(&TaskExecutionFilter::default())
+        .await?;
+    let mut timed_out = 0;
+    for e in &all {
+        match e.status {
+            TaskExecutionStatus::Completed => {
+                ensure!(
+                    woken.contains(&e.execution_id),
+                    "{} completed by nobody",
+                    e.execution_id
+                );
+            }
+            TaskExecutionStatus::TimedOut => {
+                ensure!(
+                    !woken.contains(&e.execution_id),
+                    "{} woken and timed out",
+                    e.execution_id
+                );
+                timed_out += 1;
+            }
+            other => anyhow::bail!("{} ended {other:?}", e.execution_id),
+        }
+    }
+    ensure!(
+        usize::try_from(expired)? == timed_out && woken.len() + timed_out == SLEEPERS,
+        "woken {}, expired {expired}, timed out {timed_out}",
+        woken.len()
+    );
+    Ok(())
+}
+
+/// A schedule row with an unknown missed-ticks policy is left out of the due schedules, and the
+/// readable ones still come back.
+async fn unreadable_schedule_does_not_keep_the_others_from_firing(t: TestDb) -> anyhow::Result<()> {
+    let storage = SeaOrmTaskExecutionStorage::new(t.db.clone());
+    for id in ["bad", "good"] {
+        storage
+            .save_task_schedule(sea_orm_durable::TaskSchedule {
+                schedule_id: id.to_owned(),
+                task_id: "task".to_owned(),
+                input: "null".to_owned(),
+                spec: sea_orm_durable::ScheduleSpec::Interval { every_ms: 1_000 },
+                missed_ticks: sea_orm_durable::MissedTicks::Skip,
+                next_tick_at: T0,
+                last_tick_at: None,
+                created_at: T0,
+                updated_at: T0,
+            })
+            .await?;
+    }
+    t.db.execute_unprepared(
+        "UPDATE task_schedules SET missed_ticks = 'sometimes' WHERE schedule_id = 'bad'",
+    )
+    .await?;
+    let due = storage.due_task_schedules(T0, None, 10).await?;
+    ensure!(
+        due.iter()
+            .map(|s| s.schedule_id.as_str())
+            .collect::<Vec<_>>()
+            == vec!["good"],
+        "{due:?}"
+    );
+    let all = storage.get_task_schedules().await;
+    ensure!(
+        matches!(all, Err(Error::CorruptRow { .. })),
+        "listing reports the bad row: {all:?}"
+    );
+    Ok(())
 }

@@ -255,6 +255,9 @@ pub(crate) struct TaskSpec {
     pub(crate) run: Arc<Runner>,
     /// Whether the run returns children (a parent task).
     pub(crate) is_parent: bool,
+    /// Whether this is a sleeping task: its executions are enqueued `sleeping` under the key
+    /// they get as input and are never run.
+    pub(crate) sleeping: bool,
     /// The task run after the children complete, whose output becomes the parent's.
     pub(crate) finalize: Option<Arc<TaskSpec>>,
     /// Tasks this one spawns that registering it registers too.
@@ -266,6 +269,7 @@ impl fmt::Debug for TaskSpec {
         f.debug_struct("TaskSpec")
             .field("id", &self.id)
             .field("is_parent", &self.is_parent)
+            .field("sleeping", &self.sleeping)
             .field("finalize", &self.finalize.as_ref().map(|f| &f.id))
             .finish()
     }
@@ -328,6 +332,7 @@ impl<I, O> TaskDefinition<I, O> {
             options: self.spec.options.clone(),
             run: Arc::clone(&self.spec.run),
             is_parent: self.spec.is_parent,
+            sleeping: self.spec.sleeping,
             finalize: self.spec.finalize.clone(),
             dependencies: self.spec.dependencies.clone(),
         };
@@ -385,6 +390,42 @@ where
             options: TaskOptions::default(),
             run: runner,
             is_parent: false,
+            sleeping: false,
+            finalize: None,
+            dependencies: Vec::new(),
+        })
+    }
+}
+
+impl<O> TaskDefinition<String, O>
+where
+    O: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// A sleeping task: an execution of it waits, durably and without holding an executor
+    /// slot, until some process wakes it by the key it was enqueued with (its input), or its
+    /// [`timeout`](Self::timeout) passes (it then ends `timed_out`, without retries).
+    ///
+    /// Enqueue it like any task, on its own or as a parent's child ("wait for the payment
+    /// webhook"), with the key as input; the key is unique among sleeping executions (a second
+    /// sleeper under the same key is a conflict). Wake it with
+    /// [`Executor::wake`](super::Executor::wake) (its output becomes the execution's), from any
+    /// process, or through the storage
+    /// ([`TaskExecutionStorage::wake_task_execution`](crate::TaskExecutionStorage::wake_task_execution),
+    /// also inside the application's transaction).
+    pub fn sleeping(id: impl Into<String>) -> Self {
+        let runner: Arc<Runner> = Arc::new(|_ctx, _input: String| {
+            Box::pin(async {
+                Err(TaskError::fatal(
+                    "a sleeping task is woken by its key, never run",
+                ))
+            })
+        });
+        Self::from_spec(TaskSpec {
+            id: id.into(),
+            options: TaskOptions::default(),
+            run: runner,
+            is_parent: false,
+            sleeping: true,
             finalize: None,
             dependencies: Vec::new(),
         })
@@ -421,6 +462,7 @@ where
                 options: TaskOptions::default(),
                 run: runner,
                 is_parent: true,
+                sleeping: false,
                 finalize: None,
                 dependencies: Vec::new(),
             },

@@ -1,14 +1,15 @@
 //! The durable executor: runs registered tasks from a [`TaskExecutionStorage`] shared by any
 //! number of executors.
 //!
-//! An executor runs five background loops:
+//! An executor runs six background loops:
 //! - **claim**: claims ready executions in batches up to its free capacity and runs each;
 //! - **parents**: claims parents whose children all finished, and completes them, fails them or
 //!   spawns their finalize execution;
 //! - **close**: propagates finished executions to their parents and cancels the children of
 //!   executions that did not complete;
 //! - **expire**: returns executions whose executor died (their lease lapsed) to `ready`;
-//! - **cancel**: stops local runs of executions that were cancelled.
+//! - **cancel**: stops local runs of executions that were cancelled;
+//! - **schedules**: enqueues the due ticks of the periodic schedules of its tasks.
 //!
 //! A loop that found a full batch runs again at once; an idle loop sleeps its poll interval with
 //! jitter, and is woken early by in-process events (an enqueue wakes the claim loop, a finished
@@ -47,9 +48,14 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::task::model::{
     ClaimParams, ExecutionError, ExecutionErrorKind, NewTaskExecution, ParentRef, TaskExecution,
-    TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate,
+    TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate, Wake,
+    WakeOutcome, WakeResult,
 };
 use crate::task::storage::TaskExecutionStorage;
+use crate::task::{
+    Schedule, ScheduleFire, TaskExecutionFilter, TaskSchedule, Ticks, tick_execution_id,
+    validate_schedule_id,
+};
 
 /// Settings of an [`Executor`].
 #[derive(Debug, Clone)]
@@ -143,14 +149,64 @@ impl Retention {
     }
 }
 
+/// When an enqueued execution may first run ([`Executor::enqueue_with`]).
+///
+/// By default the task's [`sleep_before_run`](TaskOptions::sleep_before_run) applies; a delay
+/// or a run-at time replaces it for this one execution. Either way the execution waits `ready`
+/// with its `start_at` in the future, which the inspection API shows
+/// ([`TaskExecution::start_at`], [`TaskExecutionFilter::starts_after`](crate::TaskExecutionFilter::starts_after)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnqueueOptions {
+    /// Run no earlier than this long after the enqueue. At most
+    /// [`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN).
+    pub delay: Option<Duration>,
+    /// Run no earlier than this time (epoch ms, on the executor's [`Clock`]); a time already
+    /// past runs as soon as possible. At most
+    /// [`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN) ahead.
+    pub run_at: Option<i64>,
+}
+
+impl EnqueueOptions {
+    /// Runs no earlier than `delay` after the enqueue.
+    pub fn delay(delay: Duration) -> Self {
+        Self {
+            delay: Some(delay),
+            run_at: None,
+        }
+    }
+
+    /// Runs no earlier than `run_at` (epoch ms).
+    pub fn run_at(run_at: i64) -> Self {
+        Self {
+            delay: None,
+            run_at: Some(run_at),
+        }
+    }
+
+    /// The delay before the first run of an execution enqueued at `now`, if these options set
+    /// one.
+    fn sleep_ms(&self, now: i64) -> Result<Option<i64>> {
+        match (self.delay, self.run_at) {
+            (Some(_), Some(_)) => Err(Error::InvalidArgument {
+                name: "enqueue options",
+                reason: "set a delay or a run-at time, not both".to_owned(),
+            }),
+            (Some(delay), None) => Ok(Some(millis(delay))),
+            (None, Some(at)) => Ok(Some(at.saturating_sub(now).max(0))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 /// Runs durable tasks registered with it, from a storage shared by any number of executors.
 ///
-/// It runs five background loops: **claim** (claims ready executions in batches up to its free
+/// It runs six background loops: **claim** (claims ready executions in batches up to its free
 /// capacity and runs each), **parents** (completes, fails or finalizes parents whose children
 /// all finished), **close** (propagates finished executions to their parents and cancels the
 /// children of executions that did not complete), **expire** (returns executions whose executor
-/// died to `ready`, counting the attempt) and **cancel** (stops local runs of cancelled
-/// executions). A loop that found a full batch runs again at once; an idle one sleeps its poll
+/// died to `ready`, counting the attempt, and times out sleepers), **cancel** (stops local runs
+/// of cancelled executions) and **schedules** (enqueues each due tick of a periodic schedule,
+/// once across all executors). A loop that found a full batch runs again at once; an idle one sleeps its poll
 /// interval with jitter and is woken early by in-process events. Every write of a run is
 /// guarded by its claim's fencing token.
 #[derive(Clone)]
@@ -429,6 +485,9 @@ impl Executor {
         loops.push(tokio::spawn(
             Arc::clone(inner).background_loop("cancel", |i| i.take_cancellations()),
         ));
+        loops.push(tokio::spawn(
+            Arc::clone(inner).background_loop("schedules", |i| i.fire_schedules()),
+        ));
         tracing::info!(executor_id = %inner.id, "executor started");
     }
 
@@ -472,6 +531,27 @@ impl Executor {
         ))
     }
 
+    /// Like [`new_execution`](Self::new_execution), first running when `options` say, as of
+    /// `now` (epoch ms).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialization`] when `input` does not serialize;
+    /// [`Error::InvalidArgument`] when `options` set both a delay and a run-at time.
+    pub fn new_execution_with<I: Serialize, O>(
+        &self,
+        task: &TaskDefinition<I, O>,
+        input: &I,
+        options: &EnqueueOptions,
+        now: i64,
+    ) -> Result<NewTaskExecution> {
+        let mut execution = self.new_execution(task, input)?;
+        if let Some(sleep_ms) = options.sleep_ms(now)? {
+            execution.sleep_ms_before_run = sleep_ms;
+        }
+        Ok(execution)
+    }
+
     /// Enqueues an execution of `task` with `input` and returns its handle.
     ///
     /// # Errors
@@ -482,9 +562,27 @@ impl Executor {
         task: &TaskDefinition<I, O>,
         input: &I,
     ) -> Result<TaskHandle<O>> {
-        let execution = self.new_execution(task, input)?;
-        let id = execution.execution_id.clone();
+        self.enqueue_with(task, input, &EnqueueOptions::default())
+            .await
+    }
+
+    /// Enqueues an execution of `task` with `input` that first runs when `options` say (after
+    /// a delay, or at a time), and returns its handle.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialization`] when `input` does not serialize;
+    /// [`Error::InvalidArgument`] when `options` set both a delay and a run-at time, or one
+    /// further ahead than [`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN); storage errors.
+    pub async fn enqueue_with<I: Serialize, O: DeserializeOwned>(
+        &self,
+        task: &TaskDefinition<I, O>,
+        input: &I,
+        options: &EnqueueOptions,
+    ) -> Result<TaskHandle<O>> {
         let now = self.inner.options.clock.now_ms();
+        let execution = self.new_execution_with(task, input, options, now)?;
+        let id = execution.execution_id.clone();
         self.inner
             .storage
             .enqueue_task_executions(vec![execution], now)
@@ -511,15 +609,138 @@ impl Executor {
         I: Serialize,
         O: DeserializeOwned,
     {
-        let execution = self.new_execution(task, input)?;
+        self.enqueue_in_with(conn, task, input, &EnqueueOptions::default())
+            .await
+    }
+
+    /// [`enqueue_in`](Self::enqueue_in) with a delay or a run-at time, as
+    /// [`enqueue_with`](Self::enqueue_with).
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue_with`](Self::enqueue_with); database errors.
+    pub async fn enqueue_in_with<C, I, O>(
+        &self,
+        conn: &C,
+        task: &TaskDefinition<I, O>,
+        input: &I,
+        options: &EnqueueOptions,
+    ) -> Result<TaskHandle<O>>
+    where
+        C: sea_orm::ConnectionTrait,
+        I: Serialize,
+        O: DeserializeOwned,
+    {
+        let now = self.inner.options.clock.now_ms();
+        let execution = self.new_execution_with(task, input, options, now)?;
         crate::task::validate_new(&execution)?;
         let id = execution.execution_id.clone();
-        crate::task::sea_orm::enqueue_in(conn, vec![execution], self.inner.options.clock.now_ms())
-            .await?;
+        crate::task::sea_orm::enqueue_in(conn, vec![execution], now).await?;
         // Wakes the claim loop early; if the transaction is still open the claim finds nothing
         // yet and the regular poll picks the execution up after the commit.
         self.inner.wake_claim.notify_one();
         Ok(self.handle(id))
+    }
+
+    /// Wakes the execution of a [sleeping task](TaskDefinition::sleeping) enqueued under
+    /// `wake_key`: it completes with `output`, and its parent, if any, continues. The first wake
+    /// wins; a later one changes nothing and answers [`WakeResult::AlreadyFinished`] with the
+    /// finished execution (also when its timeout or a cancellation came first).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when nothing was ever enqueued under `wake_key`;
+    /// [`Error::Serialization`] when `output` does not serialize; storage errors.
+    pub async fn wake<O: Serialize>(&self, wake_key: &str, output: &O) -> Result<WakeResult> {
+        let outcome = WakeOutcome::Completed {
+            output: serde_json::to_string(output)?,
+        };
+        self.wake_with(wake_key, outcome).await
+    }
+
+    /// Wakes the execution sleeping under `wake_key` with a failure: it ends `failed` with
+    /// `message`, and its parent sees a failed child. Otherwise as [`wake`](Self::wake).
+    ///
+    /// # Errors
+    ///
+    /// As [`wake`](Self::wake).
+    pub async fn wake_failed(
+        &self,
+        wake_key: &str,
+        message: impl Into<String>,
+    ) -> Result<WakeResult> {
+        let outcome = WakeOutcome::Failed {
+            error: ExecutionError::generic(message, false),
+        };
+        self.wake_with(wake_key, outcome).await
+    }
+
+    #[tracing::instrument(skip(self, outcome), err)]
+    async fn wake_with(&self, wake_key: &str, outcome: WakeOutcome) -> Result<WakeResult> {
+        let wake = Wake {
+            wake_key: wake_key.to_owned(),
+            outcome,
+            now: self.inner.options.clock.now_ms(),
+        };
+        let result = self.inner.storage.wake_task_execution(&wake).await?;
+        if result.is_woken() {
+            // The woken execution is the close loop's next work (its parent's, after that).
+            self.inner.wake_close.notify_one();
+        }
+        Ok(result)
+    }
+
+    /// Saves a periodic schedule of `task` with `input` and registers the task: every
+    /// executor that has the task registered enqueues its due ticks, each tick once however
+    /// many executors run. Saving the same schedule again (every executor may do so at start)
+    /// keeps its progress; saving a changed one under the same id replaces it, its next tick
+    /// counted from now. Returns the schedule as stored.
+    ///
+    /// Each tick's execution has the id `sch_<schedule id>_<tick in epoch ms>`. Ticks missed
+    /// while no executor ran follow [`Schedule::missed_ticks`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a schedule id outside 1..=[`MAX_SCHEDULE_ID_LEN`](crate::MAX_SCHEDULE_ID_LEN)
+    /// bytes, a cron expression or time zone that does not parse, or an interval below 1 ms;
+    /// as [`register`](Self::register); [`Error::Serialization`] when `input` does not
+    /// serialize; storage errors.
+    pub async fn schedule<I: Serialize, O>(
+        &self,
+        task: &TaskDefinition<I, O>,
+        input: &I,
+        schedule: &Schedule,
+    ) -> Result<TaskSchedule> {
+        validate_schedule_id(&schedule.id)?;
+        let ticks = Ticks::parse(&schedule.spec)?;
+        self.register(task)?;
+        let now = self.inner.now();
+        let stored = self
+            .inner
+            .storage
+            .save_task_schedule(TaskSchedule {
+                schedule_id: schedule.id.clone(),
+                task_id: task.spec.id.clone(),
+                input: serde_json::to_string(input)?,
+                spec: schedule.spec.clone(),
+                missed_ticks: schedule.missed_ticks,
+                next_tick_at: ticks.next_after(now)?,
+                last_tick_at: None,
+                created_at: now,
+                updated_at: now,
+            })
+            .await?;
+        Ok(stored)
+    }
+
+    /// Deletes the periodic schedule `schedule_id`; the executions it enqueued stay. Returns
+    /// whether it existed.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub async fn unschedule(&self, schedule_id: &str) -> Result<bool> {
+        self.inner.storage.delete_task_schedule(schedule_id).await
     }
 
     /// The handle of an existing execution.
@@ -575,10 +796,15 @@ fn new_execution(
     root: Option<TaskExecutionRef>,
     parent: Option<ParentRef>,
 ) -> NewTaskExecution {
+    // A sleeping task's input is its wake key (a JSON string).
+    let wake_key = spec
+        .sleeping
+        .then(|| serde_json::from_str::<String>(&input).unwrap_or_else(|_| input.clone()));
     NewTaskExecution {
         execution_id: new_id("te_"),
         task_id: spec.id.clone(),
         queue: Some(spec.options.queue.clone()),
+        wake_key,
         root,
         parent,
         retry_options: spec.options.retry.clone(),
@@ -1230,6 +1456,93 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// One iteration of the schedules loop: fires the due schedules of the tasks registered
+    /// here; true when the batch was full.
+    async fn fire_schedules(self: Arc<Self>) -> Result<bool> {
+        let limit = self.options.background_batch_size;
+        let now = self.now();
+        let mut task_ids: Vec<String> = self
+            .tasks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        task_ids.sort_unstable();
+        let due = self
+            .storage
+            .due_task_schedules(now, Some(&task_ids), limit)
+            .await?;
+        let mut fired = false;
+        for schedule in &due {
+            // One schedule that cannot fire must not hold up the others.
+            match self.fire_schedule(schedule, now).await {
+                Ok(won) => fired |= won,
+                Err(err) => {
+                    tracing::warn!(schedule_id = %schedule.schedule_id, error = %err, "firing a schedule failed");
+                }
+            }
+        }
+        if fired {
+            self.wake_claim.notify_one();
+        }
+        Ok(u64::try_from(due.len()).unwrap_or(u64::MAX) >= limit)
+    }
+
+    /// Enqueues the due ticks of `schedule` if no other executor did first; returns whether
+    /// this one did.
+    #[tracing::instrument(skip_all, fields(schedule_id = %schedule.schedule_id))]
+    async fn fire_schedule(&self, schedule: &TaskSchedule, now: i64) -> Result<bool> {
+        let Some(spec) = self.task(&schedule.task_id) else {
+            return Ok(false);
+        };
+        let ticks = Ticks::parse(&schedule.spec)?;
+        let (due, next) = ticks.due(schedule.next_tick_at, now, schedule.missed_ticks)?;
+        let Some(&last) = due.last() else {
+            return Ok(false);
+        };
+        let executions = due
+            .iter()
+            .map(|tick| NewTaskExecution {
+                execution_id: tick_execution_id(&schedule.schedule_id, *tick),
+                ..new_execution(&spec, schedule.input.clone(), None, None)
+            })
+            .collect();
+        let mut fire = ScheduleFire {
+            schedule_id: schedule.schedule_id.clone(),
+            expected_next_tick_at: schedule.next_tick_at,
+            new_next_tick_at: next,
+            last_tick_at: last,
+            executions,
+            now,
+        };
+        match self.storage.fire_task_schedule(&fire).await {
+            Err(Error::Conflict { .. }) => {
+                // Some of these ticks were enqueued already (the schedule was deleted and saved
+                // again): enqueue the others, and move on.
+                let ids = fire
+                    .executions
+                    .iter()
+                    .map(|e| e.execution_id.clone())
+                    .collect();
+                let existing: Vec<String> = self
+                    .storage
+                    .get_task_executions(&TaskExecutionFilter {
+                        execution_ids: Some(ids),
+                        ..TaskExecutionFilter::default()
+                    })
+                    .await?
+                    .into_iter()
+                    .map(|e| e.execution_id)
+                    .collect();
+                fire.executions
+                    .retain(|e| !existing.contains(&e.execution_id));
+                self.storage.fire_task_schedule(&fire).await
+            }
+            other => other,
+        }
     }
 
     /// One iteration of the close loop.

@@ -1,0 +1,127 @@
+//! Sleeping task executions: woken by a key from any process, or timed out.
+//!
+//! - `wake_key`: the key a sleeping task's execution was enqueued under, kept after it wakes so
+//!   that a second wake can be answered with the finished execution
+//!   (`ix_task_executions_wake_key`).
+//! - `sleeping_key`: the same key while the execution is `sleeping`, NULL otherwise. Its unique
+//!   index `ux_task_executions_sleeping_key` keeps each key once among sleeping executions on
+//!   every backend: NULLs never collide, so MySQL needs no partial unique index.
+//! - `ix_task_executions_sleeping`: timeouts of sleeping executions, by `expires_at` (partial
+//!   on PostgreSQL and SQLite; `(status, expires_at)` on MySQL).
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::schema::{create_index, create_partial_index, id_column};
+
+/// The migration; its name is this file's stem.
+#[derive(DeriveMigrationName)]
+pub(crate) struct Migration;
+
+const EXECUTIONS: &str = "task_executions";
+
+/// Longest wake key (bytes), as long as an execution id.
+const KEY_LEN: u32 = 255;
+
+const INDEXES: [&str; 3] = [
+    "ux_task_executions_sleeping_key",
+    "ix_task_executions_wake_key",
+    "ix_task_executions_sleeping",
+];
+
+#[derive(DeriveIden)]
+enum TaskExecutions {
+    WakeKey,
+    SleepingKey,
+    Status,
+    ExpiresAt,
+}
+
+fn index(name: &str) -> IndexCreateStatement {
+    Index::create()
+        .name(name)
+        .table(Alias::new(EXECUTIONS))
+        .to_owned()
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use TaskExecutions as T;
+        for (name, column) in [("wake_key", T::WakeKey), ("sleeping_key", T::SleepingKey)] {
+            if !manager.has_column(EXECUTIONS, name).await? {
+                manager
+                    .alter_table(
+                        Table::alter()
+                            .table(Alias::new(EXECUTIONS))
+                            .add_column(id_column(manager, column, KEY_LEN).await?)
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+        }
+        create_index(
+            manager,
+            EXECUTIONS,
+            index("ux_task_executions_sleeping_key")
+                .col(T::SleepingKey)
+                .unique()
+                .to_owned(),
+        )
+        .await?;
+        create_index(
+            manager,
+            EXECUTIONS,
+            index("ix_task_executions_wake_key")
+                .col(T::WakeKey)
+                .to_owned(),
+        )
+        .await?;
+        create_partial_index(
+            manager,
+            EXECUTIONS,
+            index("ix_task_executions_sleeping")
+                .col(T::ExpiresAt)
+                .to_owned(),
+            ("status", "sleeping"),
+            index("ix_task_executions_sleeping")
+                .col(T::Status)
+                .col(T::ExpiresAt)
+                .to_owned(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // Indexes first: SQLite cannot drop an indexed column.
+        for name in INDEXES {
+            let mut drop = Index::drop()
+                .name(name)
+                .table(Alias::new(EXECUTIONS))
+                .to_owned();
+            if manager.get_database_backend() == DbBackend::MySql {
+                // MySQL has no `DROP INDEX IF EXISTS`.
+                if !manager.has_index(EXECUTIONS, name).await? {
+                    continue;
+                }
+            } else {
+                drop.if_exists();
+            }
+            manager.drop_index(drop).await?;
+        }
+        for column in ["sleeping_key", "wake_key"] {
+            if manager.has_column(EXECUTIONS, column).await? {
+                manager
+                    .alter_table(
+                        Table::alter()
+                            .table(Alias::new(EXECUTIONS))
+                            .drop_column(Alias::new(column))
+                            .to_owned(),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
