@@ -9,9 +9,8 @@
 //!   and filter by task and queue, which the index answers without reading the rows.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::schema::{create_index, create_partial_index, id_column};
+use crate::schema::{create_index, create_partial_index, drop_index, id_column};
 
 /// The migration; its name is this file's stem.
 #[derive(DeriveMigrationName)]
@@ -41,22 +40,6 @@ fn index(name: &str) -> IndexCreateStatement {
         .name(name)
         .table(Alias::new(EXECUTIONS))
         .to_owned()
-}
-
-async fn drop_index(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
-    let mut drop = Index::drop()
-        .name(name)
-        .table(Alias::new(EXECUTIONS))
-        .to_owned();
-    if manager.get_database_backend() == DbBackend::MySql {
-        // MySQL has no `DROP INDEX IF EXISTS`.
-        if !manager.has_index(EXECUTIONS, name).await? {
-            return Ok(());
-        }
-    } else {
-        drop.if_exists();
-    }
-    manager.drop_index(drop).await
 }
 
 #[async_trait::async_trait]
@@ -108,7 +91,7 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        drop_index(manager, "ix_task_executions_ready").await?;
+        drop_index(manager, EXECUTIONS, "ix_task_executions_ready").await?;
         // Taking back what a claim took: by executor and claim id.
         create_index(
             manager,
@@ -135,8 +118,8 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        drop_index(manager, "ix_task_executions_ready_claim").await?;
-        drop_index(manager, "ix_task_executions_executor_claim").await?;
+        drop_index(manager, EXECUTIONS, "ix_task_executions_ready_claim").await?;
+        drop_index(manager, EXECUTIONS, "ix_task_executions_executor_claim").await?;
         for column in ["claim_id", "queue"] {
             if manager.has_column(EXECUTIONS, column).await? {
                 manager

@@ -5,7 +5,7 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::schema::{create_index, id_column};
+use crate::schema::{create_index, drop_index, id_column};
 
 /// The migration; its name is this file's stem.
 #[derive(DeriveMigrationName)]
@@ -66,16 +66,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.has_index(BATCHES, CLAIM_INDEX).await? {
-            manager
-                .drop_index(
-                    Index::drop()
-                        .name(CLAIM_INDEX)
-                        .table(Alias::new(BATCHES))
-                        .to_owned(),
-                )
-                .await?;
-        }
+        drop_index(manager, BATCHES, CLAIM_INDEX).await?;
         if manager.has_column(BATCHES, "claim_id").await? {
             manager
                 .alter_table(

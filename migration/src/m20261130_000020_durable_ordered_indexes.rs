@@ -29,7 +29,7 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::schema::{create_filtered_index, create_partial_index};
+use crate::schema::{create_filtered_index, create_partial_index, drop_index};
 
 /// The migration; its name is this file's stem.
 #[derive(DeriveMigrationName)]
@@ -59,19 +59,6 @@ fn index(table: &str, name: &str) -> IndexCreateStatement {
         .name(name)
         .table(Alias::new(table))
         .to_owned()
-}
-
-async fn drop_index(manager: &SchemaManager<'_>, table: &str, name: &str) -> Result<(), DbErr> {
-    let mut drop = Index::drop().name(name).table(Alias::new(table)).to_owned();
-    if manager.get_database_backend() == DbBackend::MySql {
-        // MySQL has no `DROP INDEX IF EXISTS`.
-        if !manager.has_index(table, name).await? {
-            return Ok(());
-        }
-    } else {
-        drop.if_exists();
-    }
-    manager.drop_index(drop).await
 }
 
 fn finished_not_closed() -> SimpleExpr {

@@ -10,9 +10,8 @@
 //!   on PostgreSQL and SQLite; `(status, expires_at)` on MySQL).
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::schema::{create_index, create_partial_index, id_column};
+use crate::schema::{create_index, create_partial_index, drop_index, id_column};
 
 /// The migration; its name is this file's stem.
 #[derive(DeriveMigrationName)]
@@ -96,19 +95,7 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         // Indexes first: SQLite cannot drop an indexed column.
         for name in INDEXES {
-            let mut drop = Index::drop()
-                .name(name)
-                .table(Alias::new(EXECUTIONS))
-                .to_owned();
-            if manager.get_database_backend() == DbBackend::MySql {
-                // MySQL has no `DROP INDEX IF EXISTS`.
-                if !manager.has_index(EXECUTIONS, name).await? {
-                    continue;
-                }
-            } else {
-                drop.if_exists();
-            }
-            manager.drop_index(drop).await?;
+            drop_index(manager, EXECUTIONS, name).await?;
         }
         for column in ["sleeping_key", "wake_key"] {
             if manager.has_column(EXECUTIONS, column).await? {

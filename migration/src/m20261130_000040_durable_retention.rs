@@ -2,9 +2,8 @@
 //! finish first), so deleting old work never scans live rows.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::schema::create_filtered_index;
+use crate::schema::{create_filtered_index, drop_index};
 
 /// The migration; its name is this file's stem.
 #[derive(DeriveMigrationName)]
@@ -46,18 +45,6 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let mut drop = Index::drop()
-            .name(INDEX)
-            .table(Alias::new(EXECUTIONS))
-            .to_owned();
-        if manager.get_database_backend() == DbBackend::MySql {
-            // MySQL has no `DROP INDEX IF EXISTS`.
-            if !manager.has_index(EXECUTIONS, INDEX).await? {
-                return Ok(());
-            }
-        } else {
-            drop.if_exists();
-        }
-        manager.drop_index(drop).await
+        drop_index(manager, EXECUTIONS, INDEX).await
     }
 }

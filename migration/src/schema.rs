@@ -137,3 +137,21 @@ pub(crate) async fn id_column(
     };
     Ok(def.null().take())
 }
+
+/// Drops an index if it exists. MySQL has no `DROP INDEX IF EXISTS`, so there the existence is
+/// checked first; PostgreSQL and SQLite use the clause itself.
+pub(crate) async fn drop_index(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    name: &str,
+) -> Result<(), DbErr> {
+    let mut drop = Index::drop().name(name).table(Alias::new(table)).to_owned();
+    if manager.get_database_backend() == DbBackend::MySql {
+        if !manager.has_index(table, name).await? {
+            return Ok(());
+        }
+    } else {
+        drop.if_exists();
+    }
+    manager.drop_index(drop).await
+}
