@@ -6,7 +6,7 @@ use sea_orm_migration::schema::{
 };
 
 use crate::schema::{
-    create_filtered_index, create_index, create_partial_index, long_text, long_text_null,
+    create_filtered_index, create_index, create_partial_index, index, long_text, long_text_null,
 };
 
 /// The migration; its name is this file's stem.
@@ -70,13 +70,6 @@ enum FinishedChildTaskExecutions {
     CreatedAt,
 }
 
-fn index(name: &str) -> IndexCreateStatement {
-    Index::create()
-        .name(name)
-        .table(Alias::new(EXECUTIONS))
-        .to_owned()
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -133,9 +126,11 @@ impl MigrationTrait for Migration {
         create_partial_index(
             manager,
             EXECUTIONS,
-            index("ix_task_executions_ready").col(T::StartAt).to_owned(),
+            index(EXECUTIONS, "ix_task_executions_ready")
+                .col(T::StartAt)
+                .to_owned(),
             ("status", "ready"),
-            index("ix_task_executions_ready")
+            index(EXECUTIONS, "ix_task_executions_ready")
                 .col(T::Status)
                 .col(T::StartAt)
                 .to_owned(),
@@ -145,11 +140,11 @@ impl MigrationTrait for Migration {
         create_partial_index(
             manager,
             EXECUTIONS,
-            index("ix_task_executions_running")
+            index(EXECUTIONS, "ix_task_executions_running")
                 .col(T::ExpiresAt)
                 .to_owned(),
             ("status", "running"),
-            index("ix_task_executions_running")
+            index(EXECUTIONS, "ix_task_executions_running")
                 .col(T::Status)
                 .col(T::ExpiresAt)
                 .to_owned(),
@@ -159,11 +154,11 @@ impl MigrationTrait for Migration {
         create_partial_index(
             manager,
             EXECUTIONS,
-            index("ix_task_executions_waiting_for_children")
+            index(EXECUTIONS, "ix_task_executions_waiting_for_children")
                 .col(T::UpdatedAt)
                 .to_owned(),
             ("status", "waiting_for_children_tasks"),
-            index("ix_task_executions_waiting_for_children")
+            index(EXECUTIONS, "ix_task_executions_waiting_for_children")
                 .col(T::Status)
                 .col(T::UpdatedAt)
                 .to_owned(),
@@ -174,13 +169,13 @@ impl MigrationTrait for Migration {
         create_filtered_index(
             manager,
             EXECUTIONS,
-            index("ix_task_executions_unclosed")
+            index(EXECUTIONS, "ix_task_executions_unclosed")
                 .col(T::UpdatedAt)
                 .to_owned(),
             Expr::col(T::IsFinished)
                 .eq(true)
                 .and(Expr::col(T::IsClosed).eq(false)),
-            index("ix_task_executions_unclosed")
+            index(EXECUTIONS, "ix_task_executions_unclosed")
                 .col(T::IsFinished)
                 .col(T::IsClosed)
                 .col(T::UpdatedAt)
@@ -191,7 +186,7 @@ impl MigrationTrait for Migration {
         create_index(
             manager,
             EXECUTIONS,
-            index("ix_task_executions_executor_cancel")
+            index(EXECUTIONS, "ix_task_executions_executor_cancel")
                 .col(T::ExecutorId)
                 .col(T::CancelRequested)
                 .to_owned(),
@@ -201,7 +196,7 @@ impl MigrationTrait for Migration {
         create_index(
             manager,
             EXECUTIONS,
-            index("ix_task_executions_parent")
+            index(EXECUTIONS, "ix_task_executions_parent")
                 .col(T::ParentExecutionId)
                 .col(T::IsFinished)
                 .to_owned(),

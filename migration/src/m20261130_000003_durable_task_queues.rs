@@ -10,7 +10,7 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::schema::{create_index, create_partial_index, drop_index, id_column};
+use crate::schema::{create_index, create_partial_index, drop_index, id_column, index};
 
 /// The migration; its name is this file's stem.
 #[derive(DeriveMigrationName)]
@@ -33,13 +33,6 @@ enum TaskExecutions {
     Status,
     StartAt,
     ExecutorId,
-}
-
-fn index(name: &str) -> IndexCreateStatement {
-    Index::create()
-        .name(name)
-        .table(Alias::new(EXECUTIONS))
-        .to_owned()
 }
 
 #[async_trait::async_trait]
@@ -75,14 +68,14 @@ impl MigrationTrait for Migration {
         create_partial_index(
             manager,
             EXECUTIONS,
-            index("ix_task_executions_ready_claim")
+            index(EXECUTIONS, "ix_task_executions_ready_claim")
                 .col(T::StartAt)
                 .col(T::ExecutionId)
                 .col(T::TaskId)
                 .col(T::Queue)
                 .to_owned(),
             ("status", "ready"),
-            index("ix_task_executions_ready_claim")
+            index(EXECUTIONS, "ix_task_executions_ready_claim")
                 .col(T::Status)
                 .col(T::StartAt)
                 .col(T::ExecutionId)
@@ -96,7 +89,7 @@ impl MigrationTrait for Migration {
         create_index(
             manager,
             EXECUTIONS,
-            index("ix_task_executions_executor_claim")
+            index(EXECUTIONS, "ix_task_executions_executor_claim")
                 .col(T::ExecutorId)
                 .col(T::ClaimId)
                 .to_owned(),
@@ -110,9 +103,11 @@ impl MigrationTrait for Migration {
         create_partial_index(
             manager,
             EXECUTIONS,
-            index("ix_task_executions_ready").col(T::StartAt).to_owned(),
+            index(EXECUTIONS, "ix_task_executions_ready")
+                .col(T::StartAt)
+                .to_owned(),
             ("status", "ready"),
-            index("ix_task_executions_ready")
+            index(EXECUTIONS, "ix_task_executions_ready")
                 .col(T::Status)
                 .col(T::StartAt)
                 .to_owned(),

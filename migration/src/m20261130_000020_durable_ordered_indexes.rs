@@ -29,7 +29,7 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::schema::{create_filtered_index, create_partial_index, drop_index};
+use crate::schema::{create_filtered_index, create_partial_index, drop_index, index};
 
 /// The migration; its name is this file's stem.
 #[derive(DeriveMigrationName)]
@@ -52,13 +52,6 @@ enum TaskExecutions {
 enum Batches {
     JobId,
     Status,
-}
-
-fn index(table: &str, name: &str) -> IndexCreateStatement {
-    Index::create()
-        .name(name)
-        .table(Alias::new(table))
-        .to_owned()
 }
 
 fn finished_not_closed() -> SimpleExpr {

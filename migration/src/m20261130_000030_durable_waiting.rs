@@ -11,7 +11,7 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::schema::{create_index, create_partial_index, drop_index, id_column};
+use crate::schema::{create_index, create_partial_index, drop_index, id_column, index};
 
 /// The migration; its name is this file's stem.
 #[derive(DeriveMigrationName)]
@@ -36,13 +36,6 @@ enum TaskExecutions {
     ExpiresAt,
 }
 
-fn index(name: &str) -> IndexCreateStatement {
-    Index::create()
-        .name(name)
-        .table(Alias::new(EXECUTIONS))
-        .to_owned()
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -62,7 +55,7 @@ impl MigrationTrait for Migration {
         create_index(
             manager,
             EXECUTIONS,
-            index("ux_task_executions_sleeping_key")
+            index(EXECUTIONS, "ux_task_executions_sleeping_key")
                 .col(T::SleepingKey)
                 .unique()
                 .to_owned(),
@@ -71,7 +64,7 @@ impl MigrationTrait for Migration {
         create_index(
             manager,
             EXECUTIONS,
-            index("ix_task_executions_wake_key")
+            index(EXECUTIONS, "ix_task_executions_wake_key")
                 .col(T::WakeKey)
                 .to_owned(),
         )
@@ -79,11 +72,11 @@ impl MigrationTrait for Migration {
         create_partial_index(
             manager,
             EXECUTIONS,
-            index("ix_task_executions_sleeping")
+            index(EXECUTIONS, "ix_task_executions_sleeping")
                 .col(T::ExpiresAt)
                 .to_owned(),
             ("status", "sleeping"),
-            index("ix_task_executions_sleeping")
+            index(EXECUTIONS, "ix_task_executions_sleeping")
                 .col(T::Status)
                 .col(T::ExpiresAt)
                 .to_owned(),

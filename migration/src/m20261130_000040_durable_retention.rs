@@ -3,7 +3,7 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::schema::{create_filtered_index, drop_index};
+use crate::schema::{create_filtered_index, drop_index, index};
 
 /// The migration; its name is this file's stem.
 #[derive(DeriveMigrationName)]
@@ -19,13 +19,6 @@ enum TaskExecutions {
     FinishedAt,
 }
 
-fn index() -> IndexCreateStatement {
-    Index::create()
-        .name(INDEX)
-        .table(Alias::new(EXECUTIONS))
-        .to_owned()
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -33,9 +26,12 @@ impl MigrationTrait for Migration {
         create_filtered_index(
             manager,
             EXECUTIONS,
-            index().col(T::FinishedAt).col(T::ExecutionId).to_owned(),
+            index(EXECUTIONS, INDEX)
+                .col(T::FinishedAt)
+                .col(T::ExecutionId)
+                .to_owned(),
             Expr::col(T::IsClosed).eq(true),
-            index()
+            index(EXECUTIONS, INDEX)
                 .col(T::IsClosed)
                 .col(T::FinishedAt)
                 .col(T::ExecutionId)

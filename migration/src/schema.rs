@@ -155,3 +155,11 @@ pub(crate) async fn drop_index(
     }
     manager.drop_index(drop).await
 }
+
+/// The start of a `CREATE INDEX name ON table` statement; the caller adds the columns.
+pub(crate) fn index(table: &str, name: &str) -> IndexCreateStatement {
+    Index::create()
+        .name(name)
+        .table(Alias::new(table))
+        .to_owned()
+}
