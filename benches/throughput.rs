@@ -405,7 +405,7 @@ async fn enqueue_noops(storage: &dyn TaskExecutionStorage, count: usize) -> Resu
             .map(|i| NewTaskExecution {
                 execution_id: format!("te_{i:08}"),
                 task_id: "noop".to_owned(),
-                timeout_ms: 60_000,
+                timeout: Duration::from_secs(60),
                 input: "null".to_owned(),
                 ..Default::default()
             })
@@ -420,7 +420,7 @@ async fn completed(db: &DatabaseConnection, backend: DbBackend) -> Result<i64> {
     let row = db
         .query_one_raw(stmt(
             backend,
-            "SELECT COUNT(*) AS n FROM task_executions WHERE status = 'completed'",
+            "SELECT COUNT(*) AS n FROM durable_task_executions WHERE status = 'completed'",
             vec![],
         ))
         .await?
@@ -436,7 +436,9 @@ async fn unfinished(db: &DatabaseConnection, backend: DbBackend) -> Result<bool>
     for status in ["ready", "running"] {
         let probe = stmt(
             backend,
-            &format!("SELECT execution_id FROM task_executions WHERE status = '{status}' LIMIT 1"),
+            &format!(
+                "SELECT execution_id FROM durable_task_executions WHERE status = '{status}' LIMIT 1"
+            ),
             vec![],
         );
         if db.query_one_raw(probe).await?.is_some() {
@@ -530,9 +532,9 @@ async fn claim_floor(
             db.query_all_raw(stmt(
                 backend,
                 &format!(
-                    "WITH picked AS MATERIALIZED (SELECT execution_id FROM task_executions WHERE status = 'ready' \
+                    "WITH picked AS MATERIALIZED (SELECT execution_id FROM durable_task_executions WHERE status = 'ready' \
                      AND start_at <= $5 ORDER BY start_at, execution_id LIMIT 100 FOR UPDATE SKIP LOCKED) \
-                     UPDATE task_executions t SET {set} FROM picked WHERE t.execution_id = picked.execution_id \
+                     UPDATE durable_task_executions t SET {set} FROM picked WHERE t.execution_id = picked.execution_id \
                      RETURNING t.execution_id, t.fencing_token"
                 ),
                 vec![executor.into(), now.into(), now.into(), now.into(), now.into()],
@@ -545,8 +547,8 @@ async fn claim_floor(
                 .query_all_raw(stmt(
                     backend,
                     &format!(
-                        "UPDATE task_executions SET {set} WHERE execution_id IN (SELECT execution_id FROM \
-                         task_executions WHERE status = 'ready' AND start_at <= $5 ORDER BY start_at, execution_id \
+                        "UPDATE durable_task_executions SET {set} WHERE execution_id IN (SELECT execution_id FROM \
+                         durable_task_executions WHERE status = 'ready' AND start_at <= $5 ORDER BY start_at, execution_id \
                          LIMIT 100) RETURNING execution_id, fencing_token"
                     ),
                     vec![executor.into(), now.into(), now.into(), now.into(), now.into()],
@@ -560,7 +562,7 @@ async fn claim_floor(
             let picked = txn
                 .query_all_raw(stmt(
                     backend,
-                    "SELECT execution_id FROM task_executions WHERE status = 'ready' AND start_at <= $1 \
+                    "SELECT execution_id FROM durable_task_executions WHERE status = 'ready' AND start_at <= $1 \
                      ORDER BY start_at, execution_id LIMIT 100 FOR UPDATE SKIP LOCKED",
                     vec![now.into()],
                 ))
@@ -573,14 +575,14 @@ async fn claim_floor(
             let list = ids.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(", ");
             txn.execute_raw(stmt(
                 backend,
-                &format!("UPDATE task_executions SET {set} WHERE execution_id IN ({list})"),
+                &format!("UPDATE durable_task_executions SET {set} WHERE execution_id IN ({list})"),
                 vec![executor.into(), now.into(), now.into(), now.into()],
             ))
             .await?;
             let rows = txn
                 .query_all_raw(stmt(
                     backend,
-                    &format!("SELECT execution_id, fencing_token FROM task_executions WHERE execution_id IN ({list})"),
+                    &format!("SELECT execution_id, fencing_token FROM durable_task_executions WHERE execution_id IN ({list})"),
                     vec![],
                 ))
                 .await?;
@@ -612,7 +614,7 @@ async fn tasks_floor_loop(
         for (id, token) in &claimed {
             txn.execute_raw(stmt(
                 backend,
-                "UPDATE task_executions SET status = 'completed', is_finished = TRUE, run_output = 'null', \
+                "UPDATE durable_task_executions SET status = 'completed', is_finished = TRUE, run_output = 'null', \
                  output = 'null', error = NULL, finished_at = $1, expires_at = NULL, executor_id = NULL, \
                  updated_at = $2 WHERE execution_id = $3 AND status = 'running' AND fencing_token = $4",
                 vec![now_ms().into(), now_ms().into(), id.clone().into(), (*token).into()],
@@ -628,7 +630,7 @@ async fn tasks_floor_loop(
         db.execute_raw(stmt(
             backend,
             &format!(
-                "UPDATE task_executions SET is_closed = TRUE, closed_at = $1, updated_at = $2 \
+                "UPDATE durable_task_executions SET is_closed = TRUE, closed_at = $1, updated_at = $2 \
                  WHERE execution_id IN ({list}) AND is_finished = TRUE AND is_closed = FALSE"
             ),
             vec![now_ms().into(), now_ms().into()],
@@ -701,7 +703,7 @@ async fn parent_child_library(
     let deadline = Instant::now() + Duration::from_secs(600);
     // The parents by primary key: the watching costs the database next to nothing.
     let probe = format!(
-        "SELECT COUNT(*) AS n FROM task_executions WHERE execution_id IN ({list}) AND is_finished = TRUE"
+        "SELECT COUNT(*) AS n FROM durable_task_executions WHERE execution_id IN ({list}) AND is_finished = TRUE"
     );
     loop {
         let row = scratch
@@ -721,7 +723,7 @@ async fn parent_child_library(
         .query_one_raw(stmt(
             target.backend,
             &format!(
-                "SELECT COUNT(*) AS n FROM task_executions WHERE execution_id IN ({list}) AND status = 'completed'"
+                "SELECT COUNT(*) AS n FROM durable_task_executions WHERE execution_id IN ({list}) AND status = 'completed'"
             ),
             vec![],
         ))

@@ -133,9 +133,9 @@ async fn durable_tasks(db: &DatabaseConnection) -> anyhow::Result<()> {
     })
     .retry(RetryOptions {
         max_attempts: 2,
-        base_delay_ms: 50,
+        base_delay: Duration::from_millis(50),
         delay_multiplier: 2.0,
-        max_delay_ms: None,
+        max_delay: None,
     });
     // The finalize task runs once every child completed, with their outputs in order.
     let total = TaskDefinition::new(
@@ -212,7 +212,7 @@ async fn batch_job(db: &DatabaseConnection, args: &Args) -> anyhow::Result<()> {
     );
     let config = JobConfig {
         max_retries: Some(2),
-        retry_delay_ms: Some(5),
+        retry_delay: Some(Duration::from_millis(5)),
         ..JobConfig::new(100)
     };
     let orders = (0..args.records).map(|i| {

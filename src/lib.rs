@@ -8,7 +8,7 @@
 //!   children and a finalize task, cancellation, and recovery when a process dies, delayed
 //!   enqueue ([`EnqueueOptions`]), sleeping tasks woken by a key ([`Executor::wake`]) and
 //!   periodic schedules ([`Schedule`]), with any number of executors sharing one database
-//!   (tables `task_executions`, `finished_child_task_executions` and `task_schedules`);
+//!   (tables `durable_task_executions`, `durable_finished_child_task_executions` and `durable_task_schedules`);
 //! - **batch job state** ([`DistributedStateStore`], [`prepare`], [`run_worker`]): a job split
 //!   into batches of records that many workers claim atomically, with stale-batch recovery,
 //!   exactly-once finalization and per-record outcomes (tables `batchactions_jobs`,
@@ -83,7 +83,7 @@ pub use batch::{
     RecordContext, RecordCounts, RecordFilter, RecordOutcome, RecordStatus, SeaOrmStateStore,
     StateStore, ValidationError, WorkerEvent, WorkerOptions, WorkerReport, prepare, run_worker,
 };
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ClockSkew, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result, UnknownStatus};
 pub use task::executor::{
     ChildOutput, ChildTask, EnqueueOptions, Executor, ExecutorOptions, FinalizeInput,

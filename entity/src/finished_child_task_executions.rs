@@ -1,10 +1,10 @@
-//! `finished_child_task_executions`: one row per finished child of a parent execution.
+//! `durable_finished_child_task_executions`: one row per finished child of a parent execution.
 
 use sea_orm::entity::prelude::*;
 
 /// A finished child as recorded for its parent.
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-#[sea_orm(table_name = "finished_child_task_executions")]
+#[sea_orm(table_name = "durable_finished_child_task_executions")]
 pub struct Model {
     /// The parent's execution id.
     #[sea_orm(primary_key, auto_increment = false)]
@@ -27,7 +27,7 @@ pub struct Model {
     pub created_at: i64,
 }
 
-/// `finished_child_task_executions` has no declared relations.
+/// `durable_finished_child_task_executions` has no declared relations.
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {}
 

@@ -1,10 +1,10 @@
-//! `task_executions`: one row per execution of a durable task.
+//! `durable_task_executions`: one row per execution of a durable task.
 
 use sea_orm::entity::prelude::*;
 
 /// A task execution as stored.
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-#[sea_orm(table_name = "task_executions")]
+#[sea_orm(table_name = "durable_task_executions")]
 pub struct Model {
     /// Unique id of the execution.
     #[sea_orm(primary_key, auto_increment = false)]
@@ -74,7 +74,7 @@ pub struct Model {
     pub finished_at: Option<i64>,
     /// Number of children the run spawned.
     pub children_count: i32,
-    /// Number of finished children recorded in `finished_child_task_executions`.
+    /// Number of finished children recorded in `durable_finished_child_task_executions`.
     pub finished_children_count: i32,
     /// Number of those that did not complete.
     pub failed_children_count: i32,
@@ -92,7 +92,7 @@ pub struct Model {
     pub updated_at: i64,
 }
 
-/// `task_executions` has no declared relations (parents and children are found by id).
+/// `durable_task_executions` has no declared relations (parents and children are found by id).
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {}
 

@@ -1,10 +1,10 @@
-//! `task_schedules`: one row per periodic schedule of a task.
+//! `durable_task_schedules`: one row per periodic schedule of a task.
 
 use sea_orm::entity::prelude::*;
 
 /// A schedule as stored.
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-#[sea_orm(table_name = "task_schedules")]
+#[sea_orm(table_name = "durable_task_schedules")]
 pub struct Model {
     /// Unique id of the schedule.
     #[sea_orm(primary_key, auto_increment = false)]
@@ -32,7 +32,7 @@ pub struct Model {
     pub updated_at: i64,
 }
 
-/// `task_schedules` has no declared relations.
+/// `durable_task_schedules` has no declared relations.
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {}
 

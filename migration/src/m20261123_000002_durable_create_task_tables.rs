@@ -1,4 +1,4 @@
-//! Creates `task_executions` and `finished_child_task_executions`.
+//! Creates `durable_task_executions` and `durable_finished_child_task_executions`.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
@@ -13,8 +13,8 @@ use crate::schema::{
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
 
-const EXECUTIONS: &str = "task_executions";
-const FINISHED_CHILDREN: &str = "finished_child_task_executions";
+const EXECUTIONS: &str = "durable_task_executions";
+const FINISHED_CHILDREN: &str = "durable_finished_child_task_executions";
 
 /// Task and execution ids are at most 255 bytes (checked before insert).
 const ID_LEN: u32 = 255;
@@ -126,11 +126,11 @@ impl MigrationTrait for Migration {
         create_partial_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_ready")
+            index(EXECUTIONS, "ix_durable_task_executions_ready")
                 .col(T::StartAt)
                 .to_owned(),
             ("status", "ready"),
-            index(EXECUTIONS, "ix_task_executions_ready")
+            index(EXECUTIONS, "ix_durable_task_executions_ready")
                 .col(T::Status)
                 .col(T::StartAt)
                 .to_owned(),
@@ -140,11 +140,11 @@ impl MigrationTrait for Migration {
         create_partial_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_running")
+            index(EXECUTIONS, "ix_durable_task_executions_running")
                 .col(T::ExpiresAt)
                 .to_owned(),
             ("status", "running"),
-            index(EXECUTIONS, "ix_task_executions_running")
+            index(EXECUTIONS, "ix_durable_task_executions_running")
                 .col(T::Status)
                 .col(T::ExpiresAt)
                 .to_owned(),
@@ -154,14 +154,20 @@ impl MigrationTrait for Migration {
         create_partial_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_waiting_for_children")
-                .col(T::UpdatedAt)
-                .to_owned(),
+            index(
+                EXECUTIONS,
+                "ix_durable_task_executions_waiting_for_children",
+            )
+            .col(T::UpdatedAt)
+            .to_owned(),
             ("status", "waiting_for_children_tasks"),
-            index(EXECUTIONS, "ix_task_executions_waiting_for_children")
-                .col(T::Status)
-                .col(T::UpdatedAt)
-                .to_owned(),
+            index(
+                EXECUTIONS,
+                "ix_durable_task_executions_waiting_for_children",
+            )
+            .col(T::Status)
+            .col(T::UpdatedAt)
+            .to_owned(),
         )
         .await?;
         // Closing: finished executions not closed yet. Closed rows pile up forever, so the
@@ -169,13 +175,13 @@ impl MigrationTrait for Migration {
         create_filtered_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_unclosed")
+            index(EXECUTIONS, "ix_durable_task_executions_unclosed")
                 .col(T::UpdatedAt)
                 .to_owned(),
             Expr::col(T::IsFinished)
                 .eq(true)
                 .and(Expr::col(T::IsClosed).eq(false)),
-            index(EXECUTIONS, "ix_task_executions_unclosed")
+            index(EXECUTIONS, "ix_durable_task_executions_unclosed")
                 .col(T::IsFinished)
                 .col(T::IsClosed)
                 .col(T::UpdatedAt)
@@ -186,7 +192,7 @@ impl MigrationTrait for Migration {
         create_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_executor_cancel")
+            index(EXECUTIONS, "ix_durable_task_executions_executor_cancel")
                 .col(T::ExecutorId)
                 .col(T::CancelRequested)
                 .to_owned(),
@@ -196,7 +202,7 @@ impl MigrationTrait for Migration {
         create_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_parent")
+            index(EXECUTIONS, "ix_durable_task_executions_parent")
                 .col(T::ParentExecutionId)
                 .col(T::IsFinished)
                 .to_owned(),
@@ -233,7 +239,7 @@ impl MigrationTrait for Migration {
             manager,
             FINISHED_CHILDREN,
             Index::create()
-                .name("ix_finished_child_task_executions_parent_index")
+                .name("ix_durable_finished_child_task_executions_parent_index")
                 .table(Alias::new(FINISHED_CHILDREN))
                 .col(F::ParentExecutionId)
                 .col(F::ChildIndex)

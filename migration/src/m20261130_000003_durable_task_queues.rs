@@ -1,10 +1,10 @@
-//! Adds queues and claim ids to `task_executions`, and serves claims filtered by task and queue
+//! Adds queues and claim ids to `durable_task_executions`, and serves claims filtered by task and queue
 //! from one index in the claim's own order.
 //!
 //! - `queue`: the queue an execution waits in (`'default'` for the rows that exist already).
 //! - `claim_id`: the id of the claim that took an execution last, so that a claim whose reply
 //!   was lost can be taken back by its retry.
-//! - `ix_task_executions_ready` (on `start_at`) is replaced by `ix_task_executions_ready_claim`
+//! - `ix_durable_task_executions_ready` (on `start_at`) is replaced by `ix_durable_task_executions_ready_claim`
 //!   on `(start_at, execution_id, task_id, queue)`: claims order by `(start_at, execution_id)`
 //!   and filter by task and queue, which the index answers without reading the rows.
 
@@ -16,7 +16,7 @@ use crate::schema::{create_index, create_partial_index, drop_index, id_column, i
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
 
-const EXECUTIONS: &str = "task_executions";
+const EXECUTIONS: &str = "durable_task_executions";
 
 /// Longest queue name (bytes); short enough that the claim index fits MySQL's 3072-byte keys.
 const QUEUE_LEN: u32 = 64;
@@ -68,14 +68,14 @@ impl MigrationTrait for Migration {
         create_partial_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_ready_claim")
+            index(EXECUTIONS, "ix_durable_task_executions_ready_claim")
                 .col(T::StartAt)
                 .col(T::ExecutionId)
                 .col(T::TaskId)
                 .col(T::Queue)
                 .to_owned(),
             ("status", "ready"),
-            index(EXECUTIONS, "ix_task_executions_ready_claim")
+            index(EXECUTIONS, "ix_durable_task_executions_ready_claim")
                 .col(T::Status)
                 .col(T::StartAt)
                 .col(T::ExecutionId)
@@ -84,12 +84,12 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        drop_index(manager, EXECUTIONS, "ix_task_executions_ready").await?;
+        drop_index(manager, EXECUTIONS, "ix_durable_task_executions_ready").await?;
         // Taking back what a claim took: by executor and claim id.
         create_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_executor_claim")
+            index(EXECUTIONS, "ix_durable_task_executions_executor_claim")
                 .col(T::ExecutorId)
                 .col(T::ClaimId)
                 .to_owned(),
@@ -103,18 +103,28 @@ impl MigrationTrait for Migration {
         create_partial_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_ready")
+            index(EXECUTIONS, "ix_durable_task_executions_ready")
                 .col(T::StartAt)
                 .to_owned(),
             ("status", "ready"),
-            index(EXECUTIONS, "ix_task_executions_ready")
+            index(EXECUTIONS, "ix_durable_task_executions_ready")
                 .col(T::Status)
                 .col(T::StartAt)
                 .to_owned(),
         )
         .await?;
-        drop_index(manager, EXECUTIONS, "ix_task_executions_ready_claim").await?;
-        drop_index(manager, EXECUTIONS, "ix_task_executions_executor_claim").await?;
+        drop_index(
+            manager,
+            EXECUTIONS,
+            "ix_durable_task_executions_ready_claim",
+        )
+        .await?;
+        drop_index(
+            manager,
+            EXECUTIONS,
+            "ix_durable_task_executions_executor_claim",
+        )
+        .await?;
         for column in ["claim_id", "queue"] {
             if manager.has_column(EXECUTIONS, column).await? {
                 manager

@@ -29,7 +29,7 @@ const ID_COLUMNS: [(&str, &[&str]); 5] = [
     ("batchactions_batches", &["id", "job_id", "worker_id"]),
     ("batchactions_records", &["job_id", "batch_id"]),
     (
-        "task_executions",
+        "durable_task_executions",
         &[
             "execution_id",
             "task_id",
@@ -45,7 +45,7 @@ const ID_COLUMNS: [(&str, &[&str]); 5] = [
         ],
     ),
     (
-        "finished_child_task_executions",
+        "durable_finished_child_task_executions",
         &["parent_execution_id", "child_execution_id", "child_task_id"],
     ),
 ];

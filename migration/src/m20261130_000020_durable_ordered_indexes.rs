@@ -9,11 +9,11 @@
 //! `n` are known. The indexes below end with `execution_id`, so a pick reads `n` entries however
 //! large the tie group:
 //!
-//! - `ix_task_executions_running` → `ix_task_executions_running_claim`
+//! - `ix_durable_task_executions_running` → `ix_durable_task_executions_running_claim`
 //!   `(expires_at, execution_id) WHERE status = 'running'`
-//! - `ix_task_executions_waiting_for_children` → `ix_task_executions_waiting_claim`
+//! - `ix_durable_task_executions_waiting_for_children` → `ix_durable_task_executions_waiting_claim`
 //!   `(updated_at, execution_id) WHERE status = 'waiting_for_children_tasks'`
-//! - `ix_task_executions_unclosed` → `ix_task_executions_unclosed_claim`
+//! - `ix_durable_task_executions_unclosed` → `ix_durable_task_executions_unclosed_claim`
 //!   `(updated_at, execution_id) WHERE is_finished AND NOT is_closed`
 //!
 //! MySQL has no partial indexes: its forms lead with the filtered columns, as before (InnoDB
@@ -35,7 +35,7 @@ use crate::schema::{create_filtered_index, create_partial_index, drop_index, ind
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
 
-const EXECUTIONS: &str = "task_executions";
+const EXECUTIONS: &str = "durable_task_executions";
 const BATCHES: &str = "batchactions_batches";
 
 #[derive(DeriveIden)]
@@ -70,28 +70,28 @@ impl MigrationTrait for Migration {
         create_partial_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_running_claim")
+            index(EXECUTIONS, "ix_durable_task_executions_running_claim")
                 .col(T::ExpiresAt)
                 .col(T::ExecutionId)
                 .to_owned(),
             ("status", "running"),
-            index(EXECUTIONS, "ix_task_executions_running_claim")
+            index(EXECUTIONS, "ix_durable_task_executions_running_claim")
                 .col(T::Status)
                 .col(T::ExpiresAt)
                 .col(T::ExecutionId)
                 .to_owned(),
         )
         .await?;
-        drop_index(manager, EXECUTIONS, "ix_task_executions_running").await?;
+        drop_index(manager, EXECUTIONS, "ix_durable_task_executions_running").await?;
         create_partial_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_waiting_claim")
+            index(EXECUTIONS, "ix_durable_task_executions_waiting_claim")
                 .col(T::UpdatedAt)
                 .col(T::ExecutionId)
                 .to_owned(),
             ("status", "waiting_for_children_tasks"),
-            index(EXECUTIONS, "ix_task_executions_waiting_claim")
+            index(EXECUTIONS, "ix_durable_task_executions_waiting_claim")
                 .col(T::Status)
                 .col(T::UpdatedAt)
                 .col(T::ExecutionId)
@@ -101,18 +101,18 @@ impl MigrationTrait for Migration {
         drop_index(
             manager,
             EXECUTIONS,
-            "ix_task_executions_waiting_for_children",
+            "ix_durable_task_executions_waiting_for_children",
         )
         .await?;
         create_filtered_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_unclosed_claim")
+            index(EXECUTIONS, "ix_durable_task_executions_unclosed_claim")
                 .col(T::UpdatedAt)
                 .col(T::ExecutionId)
                 .to_owned(),
             finished_not_closed(),
-            index(EXECUTIONS, "ix_task_executions_unclosed_claim")
+            index(EXECUTIONS, "ix_durable_task_executions_unclosed_claim")
                 .col(T::IsFinished)
                 .col(T::IsClosed)
                 .col(T::UpdatedAt)
@@ -120,7 +120,7 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        drop_index(manager, EXECUTIONS, "ix_task_executions_unclosed").await?;
+        drop_index(manager, EXECUTIONS, "ix_durable_task_executions_unclosed").await?;
 
         create_filtered_index(
             manager,
@@ -161,46 +161,67 @@ impl MigrationTrait for Migration {
         create_partial_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_running")
+            index(EXECUTIONS, "ix_durable_task_executions_running")
                 .col(T::ExpiresAt)
                 .to_owned(),
             ("status", "running"),
-            index(EXECUTIONS, "ix_task_executions_running")
+            index(EXECUTIONS, "ix_durable_task_executions_running")
                 .col(T::Status)
                 .col(T::ExpiresAt)
                 .to_owned(),
         )
         .await?;
-        drop_index(manager, EXECUTIONS, "ix_task_executions_running_claim").await?;
+        drop_index(
+            manager,
+            EXECUTIONS,
+            "ix_durable_task_executions_running_claim",
+        )
+        .await?;
         create_partial_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_waiting_for_children")
-                .col(T::UpdatedAt)
-                .to_owned(),
+            index(
+                EXECUTIONS,
+                "ix_durable_task_executions_waiting_for_children",
+            )
+            .col(T::UpdatedAt)
+            .to_owned(),
             ("status", "waiting_for_children_tasks"),
-            index(EXECUTIONS, "ix_task_executions_waiting_for_children")
-                .col(T::Status)
-                .col(T::UpdatedAt)
-                .to_owned(),
+            index(
+                EXECUTIONS,
+                "ix_durable_task_executions_waiting_for_children",
+            )
+            .col(T::Status)
+            .col(T::UpdatedAt)
+            .to_owned(),
         )
         .await?;
-        drop_index(manager, EXECUTIONS, "ix_task_executions_waiting_claim").await?;
+        drop_index(
+            manager,
+            EXECUTIONS,
+            "ix_durable_task_executions_waiting_claim",
+        )
+        .await?;
         create_filtered_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_unclosed")
+            index(EXECUTIONS, "ix_durable_task_executions_unclosed")
                 .col(T::UpdatedAt)
                 .to_owned(),
             finished_not_closed(),
-            index(EXECUTIONS, "ix_task_executions_unclosed")
+            index(EXECUTIONS, "ix_durable_task_executions_unclosed")
                 .col(T::IsFinished)
                 .col(T::IsClosed)
                 .col(T::UpdatedAt)
                 .to_owned(),
         )
         .await?;
-        drop_index(manager, EXECUTIONS, "ix_task_executions_unclosed_claim").await?;
+        drop_index(
+            manager,
+            EXECUTIONS,
+            "ix_durable_task_executions_unclosed_claim",
+        )
+        .await?;
         Ok(())
     }
 }

@@ -2,11 +2,11 @@
 //!
 //! - `wake_key`: the key a sleeping task's execution was enqueued under, kept after it wakes so
 //!   that a second wake can be answered with the finished execution
-//!   (`ix_task_executions_wake_key`).
+//!   (`ix_durable_task_executions_wake_key`).
 //! - `sleeping_key`: the same key while the execution is `sleeping`, NULL otherwise. Its unique
-//!   index `ux_task_executions_sleeping_key` keeps each key once among sleeping executions on
+//!   index `ux_durable_task_executions_sleeping_key` keeps each key once among sleeping executions on
 //!   every backend: NULLs never collide, so MySQL needs no partial unique index.
-//! - `ix_task_executions_sleeping`: timeouts of sleeping executions, by `expires_at` (partial
+//! - `ix_durable_task_executions_sleeping`: timeouts of sleeping executions, by `expires_at` (partial
 //!   on PostgreSQL and SQLite; `(status, expires_at)` on MySQL).
 
 use sea_orm_migration::prelude::*;
@@ -17,15 +17,15 @@ use crate::schema::{create_index, create_partial_index, drop_index, id_column, i
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
 
-const EXECUTIONS: &str = "task_executions";
+const EXECUTIONS: &str = "durable_task_executions";
 
 /// Longest wake key (bytes), as long as an execution id.
 const KEY_LEN: u32 = 255;
 
 const INDEXES: [&str; 3] = [
-    "ux_task_executions_sleeping_key",
-    "ix_task_executions_wake_key",
-    "ix_task_executions_sleeping",
+    "ux_durable_task_executions_sleeping_key",
+    "ix_durable_task_executions_wake_key",
+    "ix_durable_task_executions_sleeping",
 ];
 
 #[derive(DeriveIden)]
@@ -55,7 +55,7 @@ impl MigrationTrait for Migration {
         create_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ux_task_executions_sleeping_key")
+            index(EXECUTIONS, "ux_durable_task_executions_sleeping_key")
                 .col(T::SleepingKey)
                 .unique()
                 .to_owned(),
@@ -64,7 +64,7 @@ impl MigrationTrait for Migration {
         create_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_wake_key")
+            index(EXECUTIONS, "ix_durable_task_executions_wake_key")
                 .col(T::WakeKey)
                 .to_owned(),
         )
@@ -72,11 +72,11 @@ impl MigrationTrait for Migration {
         create_partial_index(
             manager,
             EXECUTIONS,
-            index(EXECUTIONS, "ix_task_executions_sleeping")
+            index(EXECUTIONS, "ix_durable_task_executions_sleeping")
                 .col(T::ExpiresAt)
                 .to_owned(),
             ("status", "sleeping"),
-            index(EXECUTIONS, "ix_task_executions_sleeping")
+            index(EXECUTIONS, "ix_durable_task_executions_sleeping")
                 .col(T::Status)
                 .col(T::ExpiresAt)
                 .to_owned(),

@@ -1,8 +1,8 @@
-//! Periodic schedules: `task_schedules`, one row per schedule.
+//! Periodic schedules: `durable_task_schedules`, one row per schedule.
 //!
 //! A tick is enqueued by the executor that moves the row's `next_tick_at` from the value it read
 //! to the next one (a compare-and-swap), in the same transaction as the tick's execution, so any
-//! number of executors enqueue each tick once. `ix_task_schedules_next_tick` finds the due
+//! number of executors enqueue each tick once. `ix_durable_task_schedules_next_tick` finds the due
 //! schedules.
 
 use sea_orm_migration::prelude::*;
@@ -14,10 +14,11 @@ use crate::schema::{create_index, id_column, long_text};
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
 
-const SCHEDULES: &str = "task_schedules";
+const SCHEDULES: &str = "durable_task_schedules";
 
 #[derive(DeriveIden)]
 enum TaskSchedules {
+    #[sea_orm(iden = "durable_task_schedules")]
     Table,
     ScheduleId,
     TaskId,
@@ -75,7 +76,7 @@ impl MigrationTrait for Migration {
             manager,
             SCHEDULES,
             Index::create()
-                .name("ix_task_schedules_next_tick")
+                .name("ix_durable_task_schedules_next_tick")
                 .table(T::Table)
                 .col(T::NextTickAt)
                 .to_owned(),

@@ -9,8 +9,8 @@ use crate::schema::{create_filtered_index, drop_index, index};
 #[derive(DeriveMigrationName)]
 pub(crate) struct Migration;
 
-const EXECUTIONS: &str = "task_executions";
-const INDEX: &str = "ix_task_executions_closed";
+const EXECUTIONS: &str = "durable_task_executions";
+const INDEX: &str = "ix_durable_task_executions_closed";
 
 #[derive(DeriveIden)]
 enum TaskExecutions {

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -163,9 +164,14 @@ pub struct JobConfig {
     /// Processing attempts after the first for a failing record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
-    /// Base delay between processing attempts, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_delay_ms: Option<u64>,
+    /// Base delay between processing attempts (kept as whole milliseconds, key `retryDelayMs`).
+    #[serde(
+        default,
+        rename = "retryDelayMs",
+        skip_serializing_if = "Option::is_none",
+        with = "crate::clock::serde_millis::option"
+    )]
+    pub retry_delay: Option<Duration>,
     /// Whether empty source rows are skipped (and not counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_empty_rows: Option<bool>,
@@ -183,7 +189,7 @@ impl JobConfig {
             max_concurrent_batches: None,
             continue_on_error: None,
             max_retries: None,
-            retry_delay_ms: None,
+            retry_delay: None,
             skip_empty_rows: None,
             extra: Map::new(),
         }
@@ -629,9 +635,9 @@ pub struct JobProgress {
     pub completed_batches: u64,
     /// Batches of the job.
     pub total_batches: u64,
-    /// Milliseconds from the job's start to its completion, or to now while it runs; 0 before
-    /// it starts.
-    pub elapsed_ms: i64,
+    /// Time from the job's start to its completion, or to now while it runs (whole
+    /// milliseconds); zero before it starts.
+    pub elapsed: Duration,
 }
 
 impl JobProgress {
@@ -657,9 +663,11 @@ impl JobProgress {
                 .unwrap_or(0);
             u8::try_from(scaled.min(100)).unwrap_or(100)
         };
-        let elapsed_ms = started_at
-            .map(|start| completed_at.unwrap_or(now_ms).saturating_sub(start).max(0))
-            .unwrap_or(0);
+        let elapsed = started_at
+            .and_then(|start| {
+                crate::clock::from_millis(completed_at.unwrap_or(now_ms).saturating_sub(start))
+            })
+            .unwrap_or_default();
         Self {
             total_records: counts.total,
             processed_records: counts.processed,
@@ -668,7 +676,7 @@ impl JobProgress {
             percentage,
             completed_batches,
             total_batches,
-            elapsed_ms,
+            elapsed,
         }
     }
 }

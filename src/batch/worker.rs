@@ -202,7 +202,7 @@ pub struct WorkerOptions {
     /// overrides it).
     pub max_retries: u32,
     /// Delay before the first retry of a record, doubled for each further one (the job's
-    /// `retry_delay_ms` overrides it).
+    /// `retry_delay` overrides it).
     pub retry_delay: Duration,
     /// Whether a failed record lets the rest of the batch go on (the job's
     /// `continue_on_error` overrides it). When not, the batch stops and is marked `FAILED`.
@@ -511,8 +511,8 @@ impl Settings {
                 .and_then(|c| c.max_retries)
                 .unwrap_or(options.max_retries),
             retry_delay: config
-                .and_then(|c| c.retry_delay_ms)
-                .map_or(options.retry_delay, Duration::from_millis),
+                .and_then(|c| c.retry_delay)
+                .unwrap_or(options.retry_delay),
             continue_on_error: config
                 .and_then(|c| c.continue_on_error)
                 .unwrap_or(options.continue_on_error),

@@ -1,4 +1,4 @@
-//! Rows of `task_executions` and `finished_child_task_executions` to domain values and back.
+//! Rows of `durable_task_executions` and `durable_finished_child_task_executions` to domain values and back.
 //!
 //! The only module that knows both the entities and the domain types. Every conversion is
 //! checked: a stored value the domain cannot hold (an unknown status, malformed JSON, a negative
@@ -17,12 +17,15 @@ use super::model::{
     ExecutionError, FinishedChildTaskExecution, ParentRef, RetryOptions, TaskExecution,
     TaskExecutionRef, TaskExecutionStatus,
 };
+use std::time::Duration;
+
+use crate::clock::millis;
 use crate::error::{Error, Result};
 
 /// The table of task executions.
-pub(crate) const EXECUTIONS: &str = "task_executions";
+pub(crate) const EXECUTIONS: &str = "durable_task_executions";
 /// The table of finished-child records.
-pub(crate) const FINISHED_CHILDREN: &str = "finished_child_task_executions";
+pub(crate) const FINISHED_CHILDREN: &str = "durable_finished_child_task_executions";
 
 /// Builds [`Error::CorruptRow`] for one column of one row.
 struct Row<'a> {
@@ -51,6 +54,13 @@ impl Row<'_> {
         } else {
             Err(self.corrupt(column, format!("{value} is outside {min}..={max}")))
         }
+    }
+
+    /// Milliseconds within `min..=max` (`min >= 0`) as a duration.
+    fn duration(&self, column: &'static str, value: i64, min: i64, max: i64) -> Result<Duration> {
+        let ms = self.within(column, value, min, max)?;
+        crate::clock::from_millis(ms)
+            .ok_or_else(|| self.corrupt(column, format!("{ms} is negative")))
     }
 
     fn status(&self, column: &'static str, value: &str) -> Result<TaskExecutionStatus> {
@@ -140,8 +150,8 @@ pub(crate) fn execution_to_model(e: TaskExecution) -> Result<te::Model> {
         parent_execution_id,
         index_in_parent,
         is_finalize,
-        sleep_ms_before_run: e.sleep_ms_before_run,
-        timeout_ms: e.timeout_ms,
+        sleep_ms_before_run: millis(e.sleep_before_run),
+        timeout_ms: millis(e.timeout),
         status: e.status.as_str().to_owned(),
         is_finished: e.is_finished,
         input: e.input,
@@ -219,13 +229,13 @@ pub(crate) fn execution_from_model(m: te::Model) -> Result<TaskExecution> {
         children_count: row.count("children_count", m.children_count)?,
         finished_children_count: row.count("finished_children_count", m.finished_children_count)?,
         failed_children_count: row.count("failed_children_count", m.failed_children_count)?,
-        sleep_ms_before_run: row.within(
+        sleep_before_run: row.duration(
             "sleep_ms_before_run",
             m.sleep_ms_before_run,
             0,
             super::model::MAX_SLEEP_MS,
         )?,
-        timeout_ms: row.within("timeout_ms", m.timeout_ms, 1, super::model::MAX_TIMEOUT_MS)?,
+        timeout: row.duration("timeout_ms", m.timeout_ms, 1, super::model::MAX_TIMEOUT_MS)?,
         execution_id: m.execution_id,
         task_id: m.task_id,
         queue: m.queue,
@@ -416,7 +426,7 @@ pub(crate) fn finished_child_from_row(row: &QueryResult) -> Result<FinishedChild
 }
 
 /// The table of periodic schedules.
-pub(crate) const SCHEDULES: &str = "task_schedules";
+pub(crate) const SCHEDULES: &str = "durable_task_schedules";
 
 /// The row of a schedule.
 pub(crate) fn schedule_to_model(s: TaskSchedule) -> ts::Model {

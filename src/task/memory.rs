@@ -326,7 +326,11 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
                 e.executor_id = Some(params.executor_id.clone());
                 e.claim_id.clone_from(&params.claim_id);
                 e.started_at = Some(params.now);
-                e.expires_at = Some(params.lease_base().saturating_add(e.timeout_ms));
+                e.expires_at = Some(
+                    params
+                        .lease_base()
+                        .saturating_add(crate::clock::millis(e.timeout)),
+                );
                 e.fencing_token = crate::dialect::next_token(e.fencing_token);
                 e.updated_at = params.now;
                 claimed.push(e.clone());

@@ -124,8 +124,8 @@ pub(crate) fn validate_new(e: &NewTaskExecution) -> Result<()> {
     if let Some(queue) = &e.queue {
         validate_queue(queue)?;
     }
-    validate_timeout_ms(e.timeout_ms)?;
-    validate_sleep_ms(e.sleep_ms_before_run)?;
+    validate_timeout_ms(crate::clock::millis(e.timeout))?;
+    validate_sleep_ms(crate::clock::millis(e.sleep_before_run))?;
     validate_retry(&e.retry_options)?;
     if let Some(key) = &e.wake_key {
         validate_wake_key(key)?;

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -126,6 +127,7 @@ impl fmt::Display for TaskExecutionStatus {
     }
 }
 
+use crate::clock::{millis, whole_millis};
 use crate::error::UnknownStatus;
 
 impl FromStr for TaskExecutionStatus {
@@ -165,22 +167,27 @@ pub struct ParentRef {
 
 /// How an execution is retried after a retryable error.
 ///
-/// The delay before retry `n` (1-based) is `base_delay_ms * delay_multiplier^(n-1)`, capped at
-/// `max_delay_ms`, with jitter applied by the executor.
+/// The delay before retry `n` (1-based) is `base_delay * delay_multiplier^(n-1)`, capped at
+/// `max_delay`, in whole milliseconds, with jitter applied by the executor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryOptions {
     /// Retries allowed after the first run (`3` allows four runs).
     pub max_attempts: u32,
-    /// Delay before the first retry, in milliseconds.
-    #[serde(default)]
-    pub base_delay_ms: u32,
+    /// Delay before the first retry.
+    #[serde(default, rename = "baseDelayMs", with = "crate::clock::serde_millis")]
+    pub base_delay: Duration,
     /// Factor applied to the delay for each further retry.
     #[serde(default = "one")]
     pub delay_multiplier: f64,
-    /// Upper bound of the delay, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_delay_ms: Option<u32>,
+    /// Upper bound of the delay.
+    #[serde(
+        default,
+        rename = "maxDelayMs",
+        skip_serializing_if = "Option::is_none",
+        with = "crate::clock::serde_millis::option"
+    )]
+    pub max_delay: Option<Duration>,
 }
 
 fn one() -> f64 {
@@ -191,30 +198,32 @@ impl Default for RetryOptions {
     fn default() -> Self {
         Self {
             max_attempts: 0,
-            base_delay_ms: 0,
+            base_delay: Duration::ZERO,
             delay_multiplier: 1.0,
-            max_delay_ms: None,
+            max_delay: None,
         }
     }
 }
 
 impl RetryOptions {
-    /// The delay before retry number `attempt` (1 for the first retry), without jitter.
-    pub fn delay_ms(&self, attempt: u32) -> u64 {
+    /// The delay before retry number `attempt` (1 for the first retry), without jitter, in
+    /// whole milliseconds (saturating).
+    pub fn delay(&self, attempt: u32) -> Duration {
         let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
-        let raw = f64::from(self.base_delay_ms) * self.delay_multiplier.max(0.0).powi(exponent);
-        let capped = match self.max_delay_ms {
-            Some(max) => raw.min(f64::from(max)),
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let raw = ms(self.base_delay) * self.delay_multiplier.max(0.0).powi(exponent);
+        let capped = match self.max_delay {
+            Some(max) => raw.min(ms(max)),
             None => raw,
         };
         if !capped.is_finite() {
-            return u64::MAX;
+            return Duration::from_millis(u64::MAX);
         }
         // There is no lossless float-to-integer conversion; `as` saturates at the bounds, which
         // is exactly what a delay wants.
         #[allow(clippy::as_conversions)]
         let delay = capped.max(0.0).round() as u64;
-        delay
+        Duration::from_millis(delay)
     }
 }
 
@@ -304,10 +313,10 @@ pub struct TaskExecution {
     pub parent: Option<ParentRef>,
     /// How the execution is retried.
     pub retry_options: RetryOptions,
-    /// Delay between enqueueing and the first run, in milliseconds.
-    pub sleep_ms_before_run: i64,
-    /// Maximum duration of one run, in milliseconds.
-    pub timeout_ms: i64,
+    /// Delay between enqueueing and the first run (whole milliseconds).
+    pub sleep_before_run: Duration,
+    /// Maximum duration of one run (whole milliseconds).
+    pub timeout: Duration,
     /// Current status.
     pub status: TaskExecutionStatus,
     /// Whether the status is final (kept as a column so scans need not list statuses).
@@ -366,7 +375,7 @@ pub struct NewTaskExecution {
     /// The queue to wait in (`None`: [`DEFAULT_QUEUE`]).
     pub queue: Option<String>,
     /// Enqueues the execution `sleeping` under this key instead of `ready`: it is never claimed
-    /// and finishes when woken by the key, or times out `timeout_ms` after its `start_at`. The
+    /// and finishes when woken by the key, or times out `timeout` after its `start_at`. The
     /// key is unique among sleeping executions.
     pub wake_key: Option<String>,
     /// The top-most ancestor, for children and finalize executions.
@@ -375,19 +384,20 @@ pub struct NewTaskExecution {
     pub parent: Option<ParentRef>,
     /// How the execution is retried.
     pub retry_options: RetryOptions,
-    /// Delay before the first run, in milliseconds.
-    pub sleep_ms_before_run: i64,
-    /// Maximum duration of one run, in milliseconds.
-    pub timeout_ms: i64,
+    /// Delay before the first run (whole milliseconds), at most
+    /// [`MAX_SLEEP_BEFORE_RUN`].
+    pub sleep_before_run: Duration,
+    /// Maximum duration of one run (whole milliseconds), 1 ms to [`MAX_TIMEOUT`].
+    pub timeout: Duration,
     /// The serialized input.
     pub input: String,
 }
 
 impl NewTaskExecution {
     /// The stored execution as enqueued at `now`: `ready`, starting after the sleep; or, with a
-    /// wake key, `sleeping` until `start_at + timeout_ms` (its `expires_at`).
+    /// wake key, `sleeping` until `start_at + timeout` (its `expires_at`).
     pub fn into_execution(self, now: i64) -> TaskExecution {
-        let start_at = now.saturating_add(self.sleep_ms_before_run.max(0));
+        let start_at = now.saturating_add(millis(self.sleep_before_run));
         let sleeping = self.wake_key.is_some();
         TaskExecution {
             start_at,
@@ -396,16 +406,21 @@ impl NewTaskExecution {
             } else {
                 TaskExecutionStatus::Ready
             },
-            expires_at: sleeping.then(|| start_at.saturating_add(self.timeout_ms.max(1))),
+            expires_at: sleeping.then(|| start_at.saturating_add(millis(self.timeout).max(1))),
             execution_id: self.execution_id,
             task_id: self.task_id,
             queue: self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned()),
             wake_key: self.wake_key,
             root: self.root,
             parent: self.parent,
-            retry_options: self.retry_options,
-            sleep_ms_before_run: self.sleep_ms_before_run.max(0),
-            timeout_ms: self.timeout_ms,
+            retry_options: RetryOptions {
+                base_delay: whole_millis(self.retry_options.base_delay),
+                max_delay: self.retry_options.max_delay.map(whole_millis),
+                ..self.retry_options
+            },
+            // Kept as the columns keep them, so every storage returns the same values.
+            sleep_before_run: whole_millis(self.sleep_before_run),
+            timeout: whole_millis(self.timeout),
             is_finished: false,
             input: self.input,
             run_output: None,
@@ -561,10 +576,10 @@ pub struct ClaimParams {
     pub now: i64,
     /// At most this many executions.
     pub limit: u64,
-    /// Lease length beyond the execution's own timeout, in milliseconds: a running execution's
-    /// lease lapses at `now + timeout_ms + lease_margin_ms`; a parent claimed for processing
-    /// holds it until `now + lease_margin_ms`. Taken as at most [`MAX_LEASE_MARGIN`].
-    pub lease_margin_ms: i64,
+    /// Lease length beyond the execution's own timeout (whole milliseconds): a running
+    /// execution's lease lapses at `now + timeout + lease_margin`; a parent claimed for
+    /// processing holds it until `now + lease_margin`. Taken as at most [`MAX_LEASE_MARGIN`].
+    pub lease_margin: Duration,
     /// Only executions of these tasks (`None`: any task). An executor passes the tasks it has
     /// registered, so it never takes work it cannot run.
     pub task_ids: Option<Vec<String>>,
@@ -605,7 +620,7 @@ pub(crate) const MAX_LEASE_MARGIN_MS: i64 = MAX_TIMEOUT_MS;
 impl ClaimParams {
     /// The lease margin as used: within `0..=MAX_LEASE_MARGIN`.
     pub(crate) fn margin_ms(&self) -> i64 {
-        self.lease_margin_ms.clamp(0, MAX_LEASE_MARGIN_MS)
+        millis(self.lease_margin).min(MAX_LEASE_MARGIN_MS)
     }
 
     /// `now + margin`, kept low enough that adding any valid timeout cannot overflow.

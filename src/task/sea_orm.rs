@@ -1441,7 +1441,7 @@ async fn close_as_failure_in<C: ConnectionTrait>(
 }
 
 /// Deletes up to `limit` finished, closed executions in `statuses` finished before
-/// `finished_before` (oldest first, served by `ix_task_executions_closed`), and the
+/// `finished_before` (oldest first, served by `ix_durable_task_executions_closed`), and the
 /// finished-child records of those that were parents.
 async fn prune_in<C: ConnectionTrait>(
     conn: &C,
@@ -1983,11 +1983,11 @@ mod tests {
         assert_eq!(
             sql,
             "WITH \"picked\" AS  MATERIALIZED (SELECT \"execution_id\" AS \"picked_id\" \
-             FROM \"task_executions\" WHERE \"status\" = ('ready') AND \"start_at\" <= 5 \
+             FROM \"durable_task_executions\" WHERE \"status\" = ('ready') AND \"start_at\" <= 5 \
              ORDER BY \"start_at\" ASC, \"execution_id\" ASC LIMIT 10 FOR UPDATE SKIP LOCKED) \
-             UPDATE \"task_executions\" SET \"fencing_token\" = \"fencing_token\" + 1 \
-             FROM \"picked\" WHERE \"task_executions\".\"execution_id\" = \"picked\".\"picked_id\" \
-             RETURNING \"task_executions\".*"
+             UPDATE \"durable_task_executions\" SET \"fencing_token\" = \"fencing_token\" + 1 \
+             FROM \"picked\" WHERE \"durable_task_executions\".\"execution_id\" = \"picked\".\"picked_id\" \
+             RETURNING \"durable_task_executions\".*"
         );
     }
 }

@@ -62,7 +62,7 @@ pub trait TaskExecutionStorage: Send + Sync {
     /// Moves up to `limit` `ready` executions whose `start_at <= now`, of the tasks and queues
     /// `params` admits, to `running` for `executor_id`, earliest `start_at` first (then by
     /// execution id): sets `started_at = now`, the lease
-    /// `expires_at = now + timeout_ms + lease_margin_ms`, a new fencing token and the claim id.
+    /// `expires_at = now + timeout + lease_margin`, a new fencing token and the claim id.
     /// Returns the executions as they are after the update.
     ///
     /// With [`ClaimParams::resume`], the executions an earlier call with the same claim id took
@@ -162,7 +162,7 @@ pub trait TaskExecutionStorage: Send + Sync {
     /// Claims up to `limit` parents waiting for children whose children have all finished (or
     /// one of which failed), of the tasks and queues `params` admits, and that no live claim
     /// holds: sets `executor_id`, the claim id, a new fencing token and
-    /// `expires_at = now + lease_margin_ms`. Returns them as they are after the update.
+    /// `expires_at = now + lease_margin`. Returns them as they are after the update.
     /// [`ClaimParams::resume`] takes back an earlier attempt's parents as for
     /// [`claim_task_executions`](TaskExecutionStorage::claim_task_executions).
     ///

@@ -303,7 +303,7 @@ fn fixture_job(id: &str) -> JobState {
     config.continue_on_error = Some(true);
     config.max_concurrent_batches = Some(2);
     config.max_retries = Some(3);
-    config.retry_delay_ms = Some(250);
+    config.retry_delay = Some(Duration::from_millis(250));
     config.skip_empty_rows = Some(false);
     let mut b1 = Batch::new("b1", 0).with_records(0, 9);
     b1.status = BatchStatus::Completed;
@@ -740,7 +740,7 @@ pub async fn progress_counts_processed_failed_and_pending(ctx: Ctx) -> CaseResul
         ],
     )
     .await?;
-    ctx.clock.advance(5_000);
+    ctx.clock.advance(Duration::from_millis(5_000));
     let progress = ctx.store.get_progress("job-001").await?;
     ensure_eq!(progress.total_records, 10);
     ensure_eq!(progress.processed_records, 2);
@@ -749,7 +749,7 @@ pub async fn progress_counts_processed_failed_and_pending(ctx: Ctx) -> CaseResul
     ensure_eq!(progress.percentage, 40);
     ensure_eq!(progress.completed_batches, 1);
     ensure_eq!(progress.total_batches, 2);
-    ensure_eq!(progress.elapsed_ms, 5_000);
+    ensure_eq!(progress.elapsed, Duration::from_millis(5_000));
     Ok(())
 }
 
@@ -765,7 +765,7 @@ pub async fn progress_of_missing_job_counts_stored_records(ctx: Ctx) -> CaseResu
         ),
         (0, 0, 0, 0)
     );
-    ensure_eq!((empty.total_batches, empty.elapsed_ms), (0, 0));
+    ensure_eq!((empty.total_batches, empty.elapsed), (0, Duration::ZERO));
     save_statuses(
         &ctx,
         "records-only",
@@ -803,15 +803,18 @@ pub async fn progress_clamps_pending_and_measures_elapsed(ctx: Ctx) -> CaseResul
         ],
     )
     .await?;
-    ctx.clock.advance(60_000);
+    ctx.clock.advance(Duration::from_millis(60_000));
     let progress = ctx.store.get_progress("job-001").await?;
     ensure_eq!(progress.pending_records, 0);
     ensure_eq!(progress.percentage, 100);
-    ensure_eq!(progress.elapsed_ms, 1_234);
+    ensure_eq!(progress.elapsed, Duration::from_millis(1_234));
     let mut unstarted = fixture_job("job-002");
     unstarted.started_at = None;
     ctx.store.save_job_state(&unstarted).await?;
-    ensure_eq!(ctx.store.get_progress("job-002").await?.elapsed_ms, 0);
+    ensure_eq!(
+        ctx.store.get_progress("job-002").await?.elapsed,
+        Duration::ZERO
+    );
     Ok(())
 }
 
@@ -1084,7 +1087,7 @@ pub async fn release_after_reclaim_is_a_no_op(ctx: Ctx) -> CaseResult {
         .save_job_state(&distributed_job("job-001", 1, 3))
         .await?;
     let old = claim(&ctx, "job-001", "worker-1").await?;
-    ctx.clock.advance(60_000);
+    ctx.clock.advance(Duration::from_millis(60_000));
     ensure_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::from_secs(30))
@@ -1107,7 +1110,7 @@ pub async fn stale_batch_is_reclaimed_and_claimable(ctx: Ctx) -> CaseResult {
         .save_job_state(&distributed_job("job-001", 3, 3))
         .await?;
     let old = claim(&ctx, "job-001", "worker-1").await?;
-    ctx.clock.advance(60_000);
+    ctx.clock.advance(Duration::from_millis(60_000));
     ensure_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::from_secs(30))
@@ -1148,7 +1151,7 @@ pub async fn fresh_batch_is_not_reclaimed(ctx: Ctx) -> CaseResult {
         0
     );
     let r = claim(&ctx, "job-001", "worker-1").await?;
-    ctx.clock.advance(30_000);
+    ctx.clock.advance(Duration::from_millis(30_000));
     // Exactly at the timeout is not yet stale.
     ensure_eq!(
         ctx.store
@@ -1168,7 +1171,7 @@ pub async fn heartbeat_keeps_a_batch_from_being_reclaimed(ctx: Ctx) -> CaseResul
         .await?;
     let r = claim(&ctx, "job-001", "worker-1").await?;
     for _ in 0..4 {
-        ctx.clock.advance(20_000);
+        ctx.clock.advance(Duration::from_millis(20_000));
         ensure!(ctx.store.heartbeat_batch(&r).await?, "heartbeat refused");
         ensure_eq!(
             ctx.store
@@ -1177,7 +1180,7 @@ pub async fn heartbeat_keeps_a_batch_from_being_reclaimed(ctx: Ctx) -> CaseResul
             0
         );
     }
-    ctx.clock.advance(31_000);
+    ctx.clock.advance(Duration::from_millis(31_000));
     ensure_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::from_secs(30))
@@ -1197,7 +1200,7 @@ pub async fn zero_timeout_reclaims_claims_older_than_now(ctx: Ctx) -> CaseResult
         .save_job_state(&distributed_job("job-001", 3, 3))
         .await?;
     claim(&ctx, "job-001", "worker-1").await?;
-    ctx.clock.advance(1);
+    ctx.clock.advance(Duration::from_millis(1));
     claim(&ctx, "job-001", "worker-2").await?;
     ensure_eq!(
         ctx.store
@@ -1205,7 +1208,7 @@ pub async fn zero_timeout_reclaims_claims_older_than_now(ctx: Ctx) -> CaseResult
             .await?,
         1
     );
-    ctx.clock.advance(1);
+    ctx.clock.advance(Duration::from_millis(1));
     ensure_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::ZERO)
@@ -1396,7 +1399,7 @@ pub async fn finalize_completes_job_when_all_batches_finished(ctx: Ctx) -> CaseR
         .save_job_state(&distributed_job("job-001", 3, 3))
         .await?;
     finish_all(&ctx, "job-001", None).await?;
-    ctx.clock.advance(777);
+    ctx.clock.advance(Duration::from_millis(777));
     ensure!(
         ctx.store.try_finalize_job("job-001").await?,
         "finalize refused"
@@ -1593,7 +1596,7 @@ pub async fn zombie_worker_cannot_complete_reclaimed_batch(ctx: Ctx) -> CaseResu
         .save_job_state(&distributed_job("job-001", 1, 3))
         .await?;
     let zombie = claim(&ctx, "job-001", "worker-a").await?;
-    ctx.clock.advance(120_000);
+    ctx.clock.advance(Duration::from_millis(120_000));
     ensure_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::from_secs(60))
@@ -1643,7 +1646,7 @@ pub async fn zombie_worker_writes_no_outcomes(ctx: Ctx) -> CaseResult {
     ctx.store
         .save_batch_records("job-001", &zombie.batch_id, &records)
         .await?;
-    ctx.clock.advance(120_000);
+    ctx.clock.advance(Duration::from_millis(120_000));
     ctx.store
         .reclaim_stale_batches("job-001", Duration::from_secs(60))
         .await?;
@@ -1766,7 +1769,7 @@ pub async fn job_batches_and_progress_come_from_batch_rows(ctx: Ctx) -> CaseResu
     ctx.store
         .complete_batch(&a, BatchOutcome::completed(2, 1))
         .await?;
-    ctx.clock.advance(10);
+    ctx.clock.advance(Duration::from_millis(10));
     let b = claim(&ctx, "job-001", "worker-2").await?;
     let job = load_job(&ctx, "job-001").await?;
     let summary: Vec<_> = job
@@ -1969,7 +1972,7 @@ pub async fn batch_saved_as_processing_is_reclaimable(ctx: Ctx) -> CaseResult {
         ctx.store.reclaim_stale_batches("job-001", timeout).await?,
         0
     );
-    ctx.clock.advance(30_001);
+    ctx.clock.advance(Duration::from_millis(30_001));
     ensure_eq!(
         ctx.store.reclaim_stale_batches("job-001", timeout).await?,
         1
@@ -2256,7 +2259,7 @@ pub async fn concurrent_reclaim_counts_each_stale_batch_once(ctx: Ctx) -> CaseRe
         for _ in 0..20 {
             claim(&ctx, &job_id, "old").await?;
         }
-        ctx.clock.advance(60_000);
+        ctx.clock.advance(Duration::from_millis(60_000));
         let mut fresh = Vec::new();
         for _ in 0..5 {
             fresh.push(claim(&ctx, &job_id, "new").await?);
@@ -2325,7 +2328,7 @@ pub async fn reclaim_racing_completion_has_one_winner(ctx: Ctx) -> CaseResult {
             .save_job_state(&distributed_job(&job_id, 1, 3))
             .await?;
         let r = claim(&ctx, &job_id, "slow").await?;
-        ctx.clock.advance(60_000);
+        ctx.clock.advance(Duration::from_millis(60_000));
         let barrier = Arc::new(tokio::sync::Barrier::new(2));
         let complete = {
             let (store, barrier, r) = (Arc::clone(&ctx.store), Arc::clone(&barrier), r.clone());
@@ -2771,7 +2774,7 @@ pub async fn stale_release_with_the_same_worker_id_is_refused(ctx: Ctx) -> CaseR
         .save_job_state(&distributed_job("job-001", 1, 3))
         .await?;
     let stale = claim(&ctx, "job-001", "worker-1").await?;
-    ctx.clock.advance(60_000);
+    ctx.clock.advance(Duration::from_millis(60_000));
     ensure_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::from_secs(30))
@@ -3142,7 +3145,7 @@ pub async fn prune_deletes_finished_jobs_in_bounded_steps(ctx: Ctx) -> CaseResul
             finish_all(&ctx, id, None).await?;
             ensure!(store.try_finalize_job(id).await?, "{id} not finalized");
         }
-        ctx.clock.advance(1_000);
+        ctx.clock.advance(Duration::from_millis(1_000));
     }
     // "old" finished at START_MS, "newer" a second later.
     let cutoff = START_MS + 500;

@@ -678,7 +678,7 @@ pub async fn delays_are_honoured(storage: Arc<dyn TaskExecutionStorage>) -> Test
     })
     .retry(RetryOptions {
         max_attempts: 1,
-        base_delay_ms: 600,
+        base_delay: Duration::from_millis(600),
         ..RetryOptions::default()
     });
     let executor = start_with(&storage, |e| {
@@ -1738,7 +1738,7 @@ pub async fn missed_ticks_follow_the_schedule_policy(
         )
         .await?;
     // Down for 5.5 s: ticks at +1 s .. +5 s were missed.
-    clock.advance(5_500);
+    clock.advance(Duration::from_millis(5_500));
     let after = Executor::new(Arc::clone(&storage), options());
     after.register(&task)?;
     after.start();

@@ -21,6 +21,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::task::{
     ClaimParams, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution, NewTaskExecution,
@@ -163,15 +164,19 @@ macro_rules! task_storage_conformance {
 /// The time the cases start at (epoch ms).
 const T0: i64 = 1_700_000_000_000;
 /// Lease margin used by the cases' claims.
-const MARGIN: i64 = 1_000;
+const MARGIN: Duration = Duration::from_millis(1_000);
+/// [`MARGIN`] in milliseconds, for arithmetic on timestamps.
+const MARGIN_MS: i64 = 1_000;
 /// Timeout of the cases' executions.
-const TIMEOUT: i64 = 5_000;
+const TIMEOUT: Duration = Duration::from_millis(5_000);
+/// [`TIMEOUT`] in milliseconds.
+const TIMEOUT_MS: i64 = 5_000;
 
 fn new_execution(id: &str) -> NewTaskExecution {
     NewTaskExecution {
         execution_id: id.to_owned(),
         task_id: "task".to_owned(),
-        timeout_ms: TIMEOUT,
+        timeout: TIMEOUT,
         input: format!("input of {id}"),
         ..Default::default()
     }
@@ -206,7 +211,7 @@ fn claim(executor: &str, now: i64, limit: u64) -> ClaimParams {
         executor_id: executor.to_owned(),
         now,
         limit,
-        lease_margin_ms: MARGIN,
+        lease_margin: MARGIN,
         ..ClaimParams::default()
     }
 }
@@ -266,11 +271,11 @@ pub async fn enqueue_then_get_round_trips_every_field(storage: Storage) -> CaseR
     let new = NewTaskExecution {
         retry_options: RetryOptions {
             max_attempts: 3,
-            base_delay_ms: 10,
+            base_delay: Duration::from_millis(10),
             delay_multiplier: 2.5,
-            max_delay_ms: Some(100),
+            max_delay: Some(Duration::from_millis(100)),
         },
-        sleep_ms_before_run: 50,
+        sleep_before_run: Duration::from_millis(50),
         ..new_child("child-ü", "parent-東京", 7)
     };
     storage
@@ -336,7 +341,7 @@ pub async fn invalid_executions_are_rejected_before_writing(storage: Storage) ->
             ..new_execution("x")
         },
         NewTaskExecution {
-            timeout_ms: 0,
+            timeout: Duration::ZERO,
             ..new_execution("y")
         },
         NewTaskExecution {
@@ -445,7 +450,7 @@ pub async fn claim_takes_due_ready_executions_earliest_first(storage: Storage) -
             vec![
                 new_execution("now"),
                 NewTaskExecution {
-                    sleep_ms_before_run: 100,
+                    sleep_before_run: Duration::from_millis(100),
                     ..new_execution("later")
                 },
             ],
@@ -458,7 +463,7 @@ pub async fn claim_takes_due_ready_executions_earliest_first(storage: Storage) -
         check_eq!(e.status, TaskExecutionStatus::Running);
         check_eq!(e.executor_id.as_deref(), Some("e1"));
         check_eq!(e.started_at, Some(T0));
-        check_eq!(e.expires_at, Some(T0 + TIMEOUT + MARGIN));
+        check_eq!(e.expires_at, Some(T0 + TIMEOUT_MS + MARGIN_MS));
         check_eq!(e.fencing_token, 1);
         check_eq!(e.updated_at, T0);
         check_eq!(&get(&storage, &e.execution_id).await?, e);
@@ -811,7 +816,7 @@ pub async fn expiry_counts_the_attempt_and_fails_when_retries_are_exhausted(
         .enqueue_task_executions(vec![with_retry, new_execution("once")], T0)
         .await?;
     storage.claim_task_executions(&claim("e", T0, 2)).await?;
-    let lapse = T0 + TIMEOUT + MARGIN;
+    let lapse = T0 + TIMEOUT_MS + MARGIN_MS;
     check_eq!(storage.expire_task_executions(lapse, 10).await?, 0);
     check_eq!(storage.expire_task_executions(lapse + 1, 0).await?, 0);
     check_eq!(storage.expire_task_executions(lapse + 1, 10).await?, 2);
@@ -841,7 +846,7 @@ pub async fn expiry_counts_the_attempt_and_fails_when_retries_are_exhausted(
     );
     check_eq!(
         storage
-            .expire_task_executions(now + TIMEOUT + MARGIN + 1, 1)
+            .expire_task_executions(now + TIMEOUT_MS + MARGIN_MS + 1, 1)
             .await?,
         1
     );
@@ -901,20 +906,20 @@ pub async fn claim_parents_when_children_finished_or_one_failed(storage: Storage
     let all = &claimed[0];
     check_eq!(all.executor_id.as_deref(), Some("e"));
     check_eq!(all.fencing_token, 1);
-    check_eq!(all.expires_at, Some(now + MARGIN));
+    check_eq!(all.expires_at, Some(now + MARGIN_MS));
     check_eq!(all.updated_at, now);
     check_eq!(all.status, TaskExecutionStatus::WaitingForChildren);
     check_eq!(&get(&storage, "all").await?, all);
     check!(
         storage
-            .claim_parents_with_finished_children(&claim("f", now + MARGIN - 1, 10))
+            .claim_parents_with_finished_children(&claim("f", now + MARGIN_MS - 1, 10))
             .await?
             .is_empty(),
         "a parent was claimed during another claim's lease"
     );
     // Once the leases pass both are claimable again, oldest change first.
     let reclaimed = storage
-        .claim_parents_with_finished_children(&claim("f", now + MARGIN, 10))
+        .claim_parents_with_finished_children(&claim("f", now + MARGIN_MS, 10))
         .await?;
     check_eq!(ids(&reclaimed), vec!["all", "one-failed"]);
     check!(
@@ -923,7 +928,7 @@ pub async fn claim_parents_when_children_finished_or_one_failed(storage: Storage
     );
     check!(
         storage
-            .claim_parents_with_finished_children(&claim("f", now + MARGIN, 0))
+            .claim_parents_with_finished_children(&claim("f", now + MARGIN_MS, 0))
             .await?
             .is_empty(),
         "limit 0 claimed a parent"
@@ -1245,27 +1250,31 @@ pub async fn megabyte_non_ascii_payloads_round_trip(storage: Storage) -> CaseRes
 /// Timeouts, delays, retry options, queues and parent indexes outside the documented limits are
 /// refused with a typed error before anything is written, whatever else the batch holds.
 pub async fn numbers_beyond_the_limits_are_rejected_before_writing(storage: Storage) -> CaseResult {
-    let max_timeout = i64::try_from(crate::MAX_TIMEOUT.as_millis()).unwrap_or(i64::MAX);
+    let max_timeout = crate::MAX_TIMEOUT;
     let bad = [
         NewTaskExecution {
-            timeout_ms: i64::MAX,
+            timeout: Duration::MAX,
             ..new_execution("timeout-max")
         },
         NewTaskExecution {
-            timeout_ms: max_timeout + 1,
+            timeout: max_timeout + Duration::from_millis(1),
             ..new_execution("timeout-over")
         },
         NewTaskExecution {
-            timeout_ms: -5,
-            ..new_execution("timeout-negative")
+            timeout: Duration::ZERO,
+            ..new_execution("timeout-zero")
         },
         NewTaskExecution {
-            sleep_ms_before_run: i64::MAX,
+            timeout: Duration::from_micros(999),
+            ..new_execution("timeout-below-a-millisecond")
+        },
+        NewTaskExecution {
+            sleep_before_run: Duration::MAX,
             ..new_execution("sleep-max")
         },
         NewTaskExecution {
-            sleep_ms_before_run: -1,
-            ..new_execution("sleep-negative")
+            sleep_before_run: crate::MAX_SLEEP_BEFORE_RUN + Duration::from_millis(1),
+            ..new_execution("sleep-over")
         },
         NewTaskExecution {
             retry_options: RetryOptions {
@@ -1319,15 +1328,15 @@ pub async fn numbers_beyond_the_limits_are_rejected_before_writing(storage: Stor
     storage
         .enqueue_task_executions(
             vec![NewTaskExecution {
-                timeout_ms: max_timeout,
-                sleep_ms_before_run: max_timeout,
+                timeout: max_timeout,
+                sleep_before_run: crate::MAX_SLEEP_BEFORE_RUN,
                 ..new_execution("at-limits")
             }],
             T0,
         )
         .await?;
     let mut late = claim("e", i64::MAX, 1);
-    late.lease_margin_ms = i64::MAX;
+    late.lease_margin = Duration::MAX;
     let claimed = storage.claim_task_executions(&late).await?;
     check_eq!(ids(&claimed), vec!["at-limits"]);
     check!(
@@ -1822,7 +1831,7 @@ pub async fn delayed_executions_are_listed_and_claimed_only_when_due(
     storage: Storage,
 ) -> CaseResult {
     let later = NewTaskExecution {
-        sleep_ms_before_run: 1_000,
+        sleep_before_run: Duration::from_millis(1_000),
         ..new_execution("later")
     };
     storage
@@ -1830,7 +1839,7 @@ pub async fn delayed_executions_are_listed_and_claimed_only_when_due(
         .await?;
     let e = get(&storage, "later").await?;
     check_eq!(e.start_at, T0 + 1_000);
-    check_eq!(e.sleep_ms_before_run, 1_000);
+    check_eq!(e.sleep_before_run, Duration::from_millis(1_000));
     let delayed = storage
         .get_task_executions(&TaskExecutionFilter {
             statuses: Some(vec![TaskExecutionStatus::Ready]),
@@ -1869,7 +1878,7 @@ pub async fn sleeping_executions_wake_once_by_key(storage: Storage) -> CaseResul
     let e = get(&storage, "s1").await?;
     check_eq!(e.status, TaskExecutionStatus::Sleeping);
     check_eq!(e.wake_key.as_deref(), Some("k1"));
-    check_eq!(e.expires_at, Some(T0 + TIMEOUT));
+    check_eq!(e.expires_at, Some(T0 + TIMEOUT_MS));
     check!(!e.is_finished, "a sleeper is finished");
     check!(
         storage
@@ -1959,12 +1968,17 @@ pub async fn sleeping_executions_time_out_once_and_free_their_key(storage: Stora
     storage
         .enqueue_task_executions(vec![sleeper("s", "k"), sleeper("other", "k2")], T0)
         .await?;
-    check_eq!(storage.expire_task_executions(T0 + TIMEOUT, 10).await?, 0);
+    check_eq!(
+        storage.expire_task_executions(T0 + TIMEOUT_MS, 10).await?,
+        0
+    );
     storage
         .wake_task_execution(&wake_completed("k2", "1", T0 + 1))
         .await?;
     check_eq!(
-        storage.expire_task_executions(T0 + TIMEOUT + 1, 10).await?,
+        storage
+            .expire_task_executions(T0 + TIMEOUT_MS + 1, 10)
+            .await?,
         1
     );
     let e = get(&storage, "s").await?;
@@ -1978,18 +1992,20 @@ pub async fn sleeping_executions_time_out_once_and_free_their_key(storage: Stora
         e.error
     );
     check_eq!(
-        storage.expire_task_executions(T0 + TIMEOUT + 2, 10).await?,
+        storage
+            .expire_task_executions(T0 + TIMEOUT_MS + 2, 10)
+            .await?,
         0
     );
     let late = storage
-        .wake_task_execution(&wake_completed("k", "1", T0 + TIMEOUT + 3))
+        .wake_task_execution(&wake_completed("k", "1", T0 + TIMEOUT_MS + 3))
         .await?;
     check!(
         matches!(&late, WakeResult::AlreadyFinished(a) if a.status == TaskExecutionStatus::TimedOut),
         "wake after the timeout: {late:?}"
     );
     storage
-        .enqueue_task_executions(vec![sleeper("s-again", "k")], T0 + TIMEOUT + 4)
+        .enqueue_task_executions(vec![sleeper("s-again", "k")], T0 + TIMEOUT_MS + 4)
         .await?;
     Ok(())
 }
@@ -2088,7 +2104,7 @@ pub async fn wake_racing_timeout_has_exactly_one_winner(storage: Storage) -> Cas
         .map(|i| sleeper(&format!("s{i:02}"), &format!("k{i:02}")))
         .collect();
     storage.enqueue_task_executions(sleepers, T0).await?;
-    let late = T0 + TIMEOUT + 1;
+    let late = T0 + TIMEOUT_MS + 1;
     let mut wakes = Vec::new();
     for i in 0..SLEEPERS {
         let storage = Arc::clone(&storage);

@@ -258,12 +258,16 @@ mod sql {
                     ..fast_options()
                 },
             );
-            ensure!(executor.clock_skew_ms().is_none());
+            ensure!(executor.clock_skew().is_none());
             executor.start();
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             let skew = loop {
-                if let Some(skew) = executor.clock_skew_ms() {
-                    break skew;
+                if let Some(skew) = executor.clock_skew() {
+                    let ms = i64::try_from(skew.magnitude().as_millis())?;
+                    break match skew {
+                        sea_orm_durable::ClockSkew::Ahead(_) => ms,
+                        sea_orm_durable::ClockSkew::Behind(_) => -ms,
+                    };
                 }
                 ensure!(
                     std::time::Instant::now() < deadline,
@@ -285,7 +289,7 @@ mod sql {
         executor.start();
         tokio::time::sleep(Duration::from_millis(300)).await;
         executor.shutdown().await;
-        ensure!(executor.clock_skew_ms().is_none());
+        ensure!(executor.clock_skew().is_none());
         Ok(())
     }
 
@@ -295,7 +299,7 @@ mod sql {
     async fn a_result_that_cannot_be_stored_fails_with_the_real_error(
         t: TestDb,
     ) -> anyhow::Result<()> {
-        crate::task::poison_writes(&t, "task_executions", "UPDATE").await?;
+        crate::task::poison_writes(&t, "durable_task_executions", "UPDATE").await?;
         let storage = Arc::new(SeaOrmTaskExecutionStorage::new(t.db.clone()));
         let executor = Executor::new(storage, fast_options());
         let echo = TaskDefinition::new(

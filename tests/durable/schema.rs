@@ -25,29 +25,65 @@ per_backend!(
 );
 
 const TABLES: [&str; 6] = [
-    "task_schedules",
+    "durable_task_schedules",
     "batchactions_jobs",
     "batchactions_batches",
     "batchactions_records",
-    "task_executions",
-    "finished_child_task_executions",
+    "durable_task_executions",
+    "durable_finished_child_task_executions",
 ];
 const INDEXES: [(&str, &str); 19] = [
-    ("task_schedules", "ix_task_schedules_next_tick"),
-    ("task_executions", "ux_task_executions_sleeping_key"),
-    ("task_executions", "ix_task_executions_wake_key"),
-    ("task_executions", "ix_task_executions_sleeping"),
-    ("task_executions", "ix_task_executions_ready_claim"),
-    ("task_executions", "ix_task_executions_closed"),
-    ("task_executions", "ix_task_executions_executor_claim"),
-    ("task_executions", "ix_task_executions_running_claim"),
-    ("task_executions", "ix_task_executions_waiting_claim"),
-    ("task_executions", "ix_task_executions_unclosed_claim"),
-    ("task_executions", "ix_task_executions_executor_cancel"),
-    ("task_executions", "ix_task_executions_parent"),
     (
-        "finished_child_task_executions",
-        "ix_finished_child_task_executions_parent_index",
+        "durable_task_schedules",
+        "ix_durable_task_schedules_next_tick",
+    ),
+    (
+        "durable_task_executions",
+        "ux_durable_task_executions_sleeping_key",
+    ),
+    (
+        "durable_task_executions",
+        "ix_durable_task_executions_wake_key",
+    ),
+    (
+        "durable_task_executions",
+        "ix_durable_task_executions_sleeping",
+    ),
+    (
+        "durable_task_executions",
+        "ix_durable_task_executions_ready_claim",
+    ),
+    (
+        "durable_task_executions",
+        "ix_durable_task_executions_closed",
+    ),
+    (
+        "durable_task_executions",
+        "ix_durable_task_executions_executor_claim",
+    ),
+    (
+        "durable_task_executions",
+        "ix_durable_task_executions_running_claim",
+    ),
+    (
+        "durable_task_executions",
+        "ix_durable_task_executions_waiting_claim",
+    ),
+    (
+        "durable_task_executions",
+        "ix_durable_task_executions_unclosed_claim",
+    ),
+    (
+        "durable_task_executions",
+        "ix_durable_task_executions_executor_cancel",
+    ),
+    (
+        "durable_task_executions",
+        "ix_durable_task_executions_parent",
+    ),
+    (
+        "durable_finished_child_task_executions",
+        "ix_durable_finished_child_task_executions_parent_index",
     ),
     (
         "batchactions_batches",
@@ -367,12 +403,12 @@ async fn insert_execution(t: &TestDb, id: &str) -> anyhow::Result<()> {
         t.db_backend(),
         match t.db_backend() {
             DbBackend::Postgres => {
-                "INSERT INTO task_executions (execution_id, task_id, retry_options, timeout_ms, \
+                "INSERT INTO durable_task_executions (execution_id, task_id, retry_options, timeout_ms, \
                  status, input, start_at, created_at, updated_at) \
                  VALUES ($1, $2, '{}', 1000, 'ready', '', 1, 1, 1)"
             }
             _ => {
-                "INSERT INTO task_executions (execution_id, task_id, retry_options, timeout_ms, \
+                "INSERT INTO durable_task_executions (execution_id, task_id, retry_options, timeout_ms, \
                  status, input, start_at, created_at, updated_at) \
                  VALUES (?, ?, '{}', 1000, 'ready', '', 1, 1, 1)"
             }
@@ -415,21 +451,21 @@ async fn ids_compare_exactly_in_every_table(t: TestDb) -> anyhow::Result<()> {
         for id in [a, b] {
             insert_execution(&t, id).await?;
             ensure!(
-                count_where(&t, "task_executions", "execution_id", id).await? == 1,
+                count_where(&t, "durable_task_executions", "execution_id", id).await? == 1,
                 "execution {id:?} matches another row"
             );
             ensure!(
-                count_where(&t, "task_executions", "task_id", id).await? == 1,
+                count_where(&t, "durable_task_executions", "task_id", id).await? == 1,
                 "task {id:?} matches another row"
             );
             t.db.execute_raw(Statement::from_sql_and_values(
                 t.db_backend(),
                 if t.db_backend() == DbBackend::Postgres {
-                    "INSERT INTO finished_child_task_executions (parent_execution_id, \
+                    "INSERT INTO durable_finished_child_task_executions (parent_execution_id, \
                      child_execution_id, child_task_id, child_index, status, created_at) \
                      VALUES ($1, $2, $3, 0, 'completed', 1)"
                 } else {
-                    "INSERT INTO finished_child_task_executions (parent_execution_id, \
+                    "INSERT INTO durable_finished_child_task_executions (parent_execution_id, \
                      child_execution_id, child_task_id, child_index, status, created_at) \
                      VALUES (?, ?, ?, 0, 'completed', 1)"
                 },
@@ -478,7 +514,7 @@ async fn install_from_older_migrations_upgrades_in_place(t: TestDb) -> anyhow::R
     ensure!(Migrator::get_applied_migrations(&t.db).await?.len() == 2);
     if t.backend == Backend::MySql {
         ensure!(
-            count_where(&t, "task_executions", "execution_id", "exec").await? == 1,
+            count_where(&t, "durable_task_executions", "execution_id", "exec").await? == 1,
             "the old schema compares ids exactly"
         );
     }
@@ -493,8 +529,8 @@ async fn install_from_older_migrations_upgrades_in_place(t: TestDb) -> anyhow::R
     );
     let job = store.get_job_state("Import").await?.context("job lost")?;
     ensure!(job.total_records == 3 && job.batches.len() == 2, "{job:?}");
-    ensure!(count_where(&t, "task_executions", "execution_id", "Exec").await? == 1);
-    ensure!(count_where(&t, "task_executions", "execution_id", "exec").await? == 0);
+    ensure!(count_where(&t, "durable_task_executions", "execution_id", "Exec").await? == 1);
+    ensure!(count_where(&t, "durable_task_executions", "execution_id", "exec").await? == 0);
     sea_orm_durable::prepare(&store, "import", sea_orm_durable::JobConfig::new(2), [1]).await?;
     ensure!(
         store
@@ -526,12 +562,12 @@ async fn install_from_older_migrations_upgrades_in_place(t: TestDb) -> anyhow::R
     Migrator::down(&t.db, Some(steps)).await?;
     if t.backend == Backend::MySql {
         ensure!(
-            count_where(&t, "task_executions", "execution_id", "exec").await? == 1,
+            count_where(&t, "durable_task_executions", "execution_id", "exec").await? == 1,
             "rollback kept the binary collation"
         );
     }
     Migrator::up(&t.db, None).await?;
-    ensure!(count_where(&t, "task_executions", "execution_id", "exec").await? == 0);
+    ensure!(count_where(&t, "durable_task_executions", "execution_id", "exec").await? == 0);
     assert_schema(&t, true).await
 }
 
@@ -546,7 +582,7 @@ async fn nullability(t: &TestDb) -> anyhow::Result<Vec<(String, String, String, 
             t.db_backend(),
             "SELECT TABLE_NAME AS t, COLUMN_NAME AS c, IS_NULLABLE AS n, \
              CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) AS l FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME <> 'task_schedules' \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME <> 'durable_task_schedules' \
              AND COLUMN_NAME NOT IN ('claim_id', 'finalized_by', 'queue', 'wake_key', 'sleeping_key') \
              ORDER BY TABLE_NAME, COLUMN_NAME",
         ))
@@ -567,25 +603,25 @@ async fn nullability(t: &TestDb) -> anyhow::Result<Vec<(String, String, String, 
 /// (statuses as literals), and the index each must be served by without a sort.
 const HOT_QUERIES: [(&str, &str); 6] = [
     (
-        "SELECT execution_id FROM task_executions WHERE status = 'ready' AND start_at <= 9999 \
+        "SELECT execution_id FROM durable_task_executions WHERE status = 'ready' AND start_at <= 9999 \
          AND task_id IN ('child') ORDER BY start_at, execution_id LIMIT 100",
-        "ix_task_executions_ready_claim",
+        "ix_durable_task_executions_ready_claim",
     ),
     (
-        "SELECT execution_id FROM task_executions WHERE status = 'running' AND expires_at < 9999 \
+        "SELECT execution_id FROM durable_task_executions WHERE status = 'running' AND expires_at < 9999 \
          ORDER BY expires_at, execution_id LIMIT 100",
-        "ix_task_executions_running_claim",
+        "ix_durable_task_executions_running_claim",
     ),
     (
-        "SELECT execution_id FROM task_executions WHERE status = 'waiting_for_children_tasks' \
+        "SELECT execution_id FROM durable_task_executions WHERE status = 'waiting_for_children_tasks' \
          AND (finished_children_count >= children_count OR failed_children_count > 0) \
          ORDER BY updated_at, execution_id LIMIT 100",
-        "ix_task_executions_waiting_claim",
+        "ix_durable_task_executions_waiting_claim",
     ),
     (
-        "SELECT execution_id FROM task_executions WHERE is_finished = TRUE AND is_closed = FALSE \
+        "SELECT execution_id FROM durable_task_executions WHERE is_finished = TRUE AND is_closed = FALSE \
          ORDER BY updated_at, execution_id LIMIT 100",
-        "ix_task_executions_unclosed_claim",
+        "ix_durable_task_executions_unclosed_claim",
     ),
     (
         "SELECT 1 FROM batchactions_batches WHERE job_id = 'j' \
@@ -632,7 +668,7 @@ async fn hot_queries_read_an_index_in_their_order(t: TestDb) -> anyhow::Result<(
             .collect::<Vec<_>>()
             .join(", ");
         t.db.execute_unprepared(&format!(
-            "INSERT INTO task_executions (execution_id, task_id, parent_execution_id, \
+            "INSERT INTO durable_task_executions (execution_id, task_id, parent_execution_id, \
              retry_options, timeout_ms, status, is_finished, input, start_at, created_at, \
              updated_at, expires_at) VALUES {rows}"
         ))

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use sea_orm::ConnectionTrait;
@@ -96,7 +96,7 @@ fn execution(id: String) -> NewTaskExecution {
     NewTaskExecution {
         execution_id: id,
         task_id: "task".to_owned(),
-        timeout_ms: 60_000,
+        timeout: Duration::from_secs(60),
         input: "{}".to_owned(),
         ..Default::default()
     }
@@ -107,7 +107,7 @@ fn claim(executor: &str, now: i64, limit: u64, lease_margin_ms: i64) -> ClaimPar
         executor_id: executor.to_owned(),
         now,
         limit,
-        lease_margin_ms,
+        lease_margin: Duration::from_millis(u64::try_from(lease_margin_ms).unwrap_or(u64::MAX)),
         ..ClaimParams::default()
     }
 }
@@ -400,17 +400,17 @@ async fn corrupt_rows_are_reported_and_do_not_block_claims(t: TestDb) -> anyhow:
     // PostgreSQL and MariaDB validate JSON columns, so malformed JSON can only be planted in
     // SQLite; an unknown status and a negative counter can be planted everywhere.
     t.db.execute_unprepared(
-        "UPDATE task_executions SET status = 'exploded' WHERE execution_id = 'bad-status'",
+        "UPDATE durable_task_executions SET status = 'exploded' WHERE execution_id = 'bad-status'",
     )
     .await?;
     t.db.execute_unprepared(
-        "UPDATE task_executions SET children_count = -1 WHERE execution_id = 'bad-count'",
+        "UPDATE durable_task_executions SET children_count = -1 WHERE execution_id = 'bad-count'",
     )
     .await?;
     let mut expected = vec![("bad-status", "status"), ("bad-count", "children_count")];
     if t.backend == Backend::Sqlite {
         t.db.execute_unprepared(
-            "UPDATE task_executions SET retry_options = '{not json' WHERE execution_id = 'bad-json'",
+            "UPDATE durable_task_executions SET retry_options = '{not json' WHERE execution_id = 'bad-json'",
         )
         .await?;
         expected.push(("bad-json", "retry_options"));
@@ -420,7 +420,7 @@ async fn corrupt_rows_are_reported_and_do_not_block_claims(t: TestDb) -> anyhow:
             Err(Error::CorruptRow {
                 table, key, column, ..
             }) => ensure!(
-                table == "task_executions" && key == *id && column == *column_name,
+                table == "durable_task_executions" && key == *id && column == *column_name,
                 "wrong corrupt-row details for {id}: {table} {key} {column}"
             ),
             other => anyhow::bail!("reading {id} gave {other:?}"),
@@ -450,7 +450,7 @@ async fn corrupt_rows_are_reported_and_do_not_block_claims(t: TestDb) -> anyhow:
         .db
         .query_one_raw(sea_orm::Statement::from_string(
             t.db.get_database_backend(),
-            "SELECT COUNT(*) AS n FROM task_executions WHERE status = 'failed' AND is_finished = TRUE",
+            "SELECT COUNT(*) AS n FROM durable_task_executions WHERE status = 'failed' AND is_finished = TRUE",
         ))
         .await?
         .context("no count")?
@@ -553,9 +553,9 @@ async fn extreme_stored_numbers_neither_overflow_nor_block_claims(t: TestDb) -> 
             T0,
         )
         .await?;
-    exec(&t, "UPDATE task_executions SET timeout_ms = 9223372036854775807 WHERE execution_id = 'huge-timeout'").await?;
-    exec(&t, "UPDATE task_executions SET fencing_token = 9223372036854775807 WHERE execution_id = 'huge-fence'").await?;
-    exec(&t, "UPDATE task_executions SET timeout_ms = -9223372036854775807 WHERE execution_id = 'negative-timeout'").await?;
+    exec(&t, "UPDATE durable_task_executions SET timeout_ms = 9223372036854775807 WHERE execution_id = 'huge-timeout'").await?;
+    exec(&t, "UPDATE durable_task_executions SET fencing_token = 9223372036854775807 WHERE execution_id = 'huge-fence'").await?;
+    exec(&t, "UPDATE durable_task_executions SET timeout_ms = -9223372036854775807 WHERE execution_id = 'negative-timeout'").await?;
     let claimed = storage
         .claim_task_executions(&claim("e", T0, 10, i64::MAX))
         .await?;
@@ -579,7 +579,9 @@ async fn extreme_stored_numbers_neither_overflow_nor_block_claims(t: TestDb) -> 
         let row =
             t.db.query_one_raw(sea_orm::Statement::from_string(
                 t.db.get_database_backend(),
-                format!("SELECT status, error FROM task_executions WHERE execution_id = '{id}'"),
+                format!(
+                    "SELECT status, error FROM durable_task_executions WHERE execution_id = '{id}'"
+                ),
             ))
             .await?
             .context("row vanished")?;
@@ -592,7 +594,7 @@ async fn extreme_stored_numbers_neither_overflow_nor_block_claims(t: TestDb) -> 
         );
     }
     // The parents claim wraps the token too.
-    exec(&t, "UPDATE task_executions SET status = 'waiting_for_children_tasks', children_count = 0, fencing_token = 9223372036854775807, expires_at = NULL WHERE execution_id = 'plain'").await?;
+    exec(&t, "UPDATE durable_task_executions SET status = 'waiting_for_children_tasks', children_count = 0, fencing_token = 9223372036854775807, expires_at = NULL WHERE execution_id = 'plain'").await?;
     let parents = storage
         .claim_parents_with_finished_children(&claim("e", T0 + 1, 10, i64::MAX))
         .await?;
@@ -625,7 +627,7 @@ async fn unreadable_parents_children_and_finalizes_end_explained(t: TestDb) -> a
         .await?;
     exec(
         &t,
-        "UPDATE task_executions SET retry_attempts = -1 WHERE execution_id = 'bad-parent'",
+        "UPDATE durable_task_executions SET retry_attempts = -1 WHERE execution_id = 'bad-parent'",
     )
     .await?;
     ensure!(
@@ -644,7 +646,7 @@ async fn unreadable_parents_children_and_finalizes_end_explained(t: TestDb) -> a
     let status: String =
         t.db.query_one_raw(sea_orm::Statement::from_string(
             t.db.get_database_backend(),
-            "SELECT status FROM task_executions WHERE execution_id = 'bad-parent'",
+            "SELECT status FROM durable_task_executions WHERE execution_id = 'bad-parent'",
         ))
         .await?
         .context("row vanished")?
@@ -656,7 +658,7 @@ async fn unreadable_parents_children_and_finalizes_end_explained(t: TestDb) -> a
     complete(&storage, &["good", "bad-child"], "2").await?;
     exec(
         &t,
-        "UPDATE task_executions SET status = 'exploded' WHERE execution_id = 'bad-child'",
+        "UPDATE durable_task_executions SET status = 'exploded' WHERE execution_id = 'bad-child'",
     )
     .await?;
     // A finalize execution that cannot be read.
@@ -688,7 +690,7 @@ async fn unreadable_parents_children_and_finalizes_end_explained(t: TestDb) -> a
     complete(&storage, &["bad-finalize"], "3").await?;
     exec(
         &t,
-        "UPDATE task_executions SET children_count = -7 WHERE execution_id = 'bad-finalize'",
+        "UPDATE durable_task_executions SET children_count = -7 WHERE execution_id = 'bad-finalize'",
     )
     .await?;
 
@@ -739,7 +741,7 @@ async fn unreadable_parents_children_and_finalizes_end_explained(t: TestDb) -> a
 async fn a_record_that_cannot_be_written_fails_its_parent_without_blocking_closes(
     t: TestDb,
 ) -> anyhow::Result<()> {
-    poison_inserts(&t, "finished_child_task_executions").await?;
+    poison_inserts(&t, "durable_finished_child_task_executions").await?;
     let storage = SeaOrmTaskExecutionStorage::new(t.db.clone());
     spawn_children(&storage, "p", &["c0", "c1", "c2"]).await?;
     spawn_children(&storage, "q", &["d0"]).await?;
@@ -914,7 +916,7 @@ mod lost_reply {
 fn sleeper(id: String, key: String, timeout_ms: i64) -> NewTaskExecution {
     NewTaskExecution {
         wake_key: Some(key),
-        timeout_ms,
+        timeout: Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(u64::MAX)),
         ..execution(id)
     }
 }
@@ -1078,7 +1080,7 @@ async fn unreadable_schedule_does_not_keep_the_others_from_firing(t: TestDb) -> 
             .await?;
     }
     t.db.execute_unprepared(
-        "UPDATE task_schedules SET missed_ticks = 'sometimes' WHERE schedule_id = 'bad'",
+        "UPDATE durable_task_schedules SET missed_ticks = 'sometimes' WHERE schedule_id = 'bad'",
     )
     .await?;
     let due = storage.due_task_schedules(T0, None, 10).await?;

@@ -41,16 +41,11 @@ impl TaskOptions {
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming the first option out of
     /// range.
     pub fn validate(&self) -> crate::Result<()> {
-        crate::task::validate_timeout_ms(duration_ms(self.timeout))?;
-        crate::task::validate_sleep_ms(duration_ms(self.sleep_before_run))?;
+        crate::task::validate_timeout_ms(crate::clock::millis(self.timeout))?;
+        crate::task::validate_sleep_ms(crate::clock::millis(self.sleep_before_run))?;
         crate::task::validate_retry(&self.retry)?;
         crate::task::validate_queue(&self.queue)
     }
-}
-
-/// A duration in whole milliseconds, saturating (a saturated value fails validation).
-pub(crate) fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Default for TaskOptions {

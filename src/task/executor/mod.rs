@@ -42,7 +42,8 @@ pub use definition::{
 };
 pub use handle::{FinishedExecution, TaskHandle, WaitOptions};
 
-use definition::{RunOutcome, TaskSpec, duration_ms as millis};
+use crate::clock::millis;
+use definition::{RunOutcome, TaskSpec};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -77,7 +78,7 @@ pub struct ExecutorOptions {
     /// most [`MAX_LEASE_MARGIN`](crate::MAX_LEASE_MARGIN).
     ///
     /// Leases compare the clocks of the executors that share the storage: keep their skew well
-    /// below this margin (see [`Executor::clock_skew_ms`]).
+    /// below this margin (see [`Executor::clock_skew`]).
     pub lease_margin: Duration,
     /// The queues this executor claims from (`None`, the default: every queue). Either way it
     /// only claims executions of tasks registered with it.
@@ -185,14 +186,16 @@ impl EnqueueOptions {
 
     /// The delay before the first run of an execution enqueued at `now`, if these options set
     /// one.
-    fn sleep_ms(&self, now: i64) -> Result<Option<i64>> {
+    fn sleep(&self, now: i64) -> Result<Option<Duration>> {
         match (self.delay, self.run_at) {
             (Some(_), Some(_)) => Err(Error::InvalidArgument {
                 name: "enqueue options",
                 reason: "set a delay or a run-at time, not both".to_owned(),
             }),
-            (Some(delay), None) => Ok(Some(millis(delay))),
-            (None, Some(at)) => Ok(Some(at.saturating_sub(now).max(0))),
+            (Some(delay), None) => Ok(Some(delay)),
+            (None, Some(at)) => Ok(Some(
+                crate::clock::from_millis(at.saturating_sub(now)).unwrap_or_default(),
+            )),
             (None, None) => Ok(None),
         }
     }
@@ -546,8 +549,8 @@ impl Executor {
         now: i64,
     ) -> Result<NewTaskExecution> {
         let mut execution = self.new_execution(task, input)?;
-        if let Some(sleep_ms) = options.sleep_ms(now)? {
-            execution.sleep_ms_before_run = sleep_ms;
+        if let Some(sleep) = options.sleep(now)? {
+            execution.sleep_before_run = sleep;
         }
         Ok(execution)
     }
@@ -753,18 +756,18 @@ impl Executor {
     }
 
     /// How far this executor's clock was ahead of the storage's (the database server's) at the
-    /// last measurement, in milliseconds (negative: behind); `None` before the first one or
-    /// when the storage has no clock of its own.
+    /// last measurement, in whole milliseconds; `None` before the first one or when the storage
+    /// has no clock of its own.
     ///
     /// Leases are written with one executor's clock and judged by another's, so every executor
     /// sharing the tables should stay within a small part of
     /// [`lease_margin`](ExecutorOptions::lease_margin) of one reference. The expire loop
     /// measures the skew against the database at start and every minute after, and logs a
     /// warning when it exceeds a quarter of the lease margin.
-    pub fn clock_skew_ms(&self) -> Option<i64> {
+    pub fn clock_skew(&self) -> Option<crate::ClockSkew> {
         match self.inner.clock_skew_ms.load(Ordering::SeqCst) {
             NO_SKEW => None,
-            skew => Some(skew),
+            skew => Some(crate::ClockSkew::from_millis(skew)),
         }
     }
 
@@ -808,8 +811,8 @@ fn new_execution(
         root,
         parent,
         retry_options: spec.options.retry.clone(),
-        sleep_ms_before_run: millis(spec.options.sleep_before_run),
-        timeout_ms: millis(spec.options.timeout),
+        sleep_before_run: spec.options.sleep_before_run,
+        timeout: spec.options.timeout,
         input,
     }
 }
@@ -892,7 +895,7 @@ impl Inner {
             executor_id: self.id.clone(),
             now: self.now(),
             limit,
-            lease_margin_ms: millis(self.options.lease_margin),
+            lease_margin: self.options.lease_margin,
             task_ids: Some(task_ids),
             queues: self.options.queues.clone(),
             claim_id: Some(failed.unwrap_or_else(|| new_id("cl_"))),
@@ -1070,7 +1073,7 @@ impl Inner {
             prev_error: execution.error.clone(),
             cancellation: token.clone(),
         };
-        let timeout = Duration::from_millis(u64::try_from(execution.timeout_ms).unwrap_or(1));
+        let timeout = execution.timeout.max(Duration::from_millis(1));
         // The run gets a task of its own, so that a panic in task code is caught here (and
         // recorded as the run's failure) instead of unwinding through the executor.
         let mut run = tokio::spawn((spec.run)(ctx, execution.input.clone()));
@@ -1083,7 +1086,7 @@ impl Inner {
                     ExecutionErrorKind::Generic,
                 ),
                 Err(_) => RunResult::Failed(
-                    TaskError::retryable(format!("task timed out after {} ms", execution.timeout_ms)),
+                    TaskError::retryable(format!("task timed out after {} ms", execution.timeout.as_millis())),
                     ExecutionErrorKind::TimedOut,
                 ),
             },
@@ -1159,9 +1162,9 @@ impl Inner {
         };
         if retry {
             let attempt = execution.retry_attempts.saturating_add(1);
-            let delay = execution.retry_options.delay_ms(attempt);
+            let delay = execution.retry_options.delay(attempt);
             // Jitter only lengthens the delay: a retry never runs before its configured delay.
-            let delay = Duration::from_millis(delay).mul_f64(1.0 + fastrand::f64() * 0.25);
+            let delay = delay.mul_f64(1.0 + fastrand::f64() * 0.25);
             TaskExecutionUpdate {
                 now,
                 status: Some(TaskExecutionStatus::Ready),
