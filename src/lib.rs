@@ -8,7 +8,8 @@
 //!   children and a finalize task, cancellation, and recovery when a process dies, delayed
 //!   enqueue ([`EnqueueOptions`]), sleeping tasks woken by a key ([`Executor::wake`]) and
 //!   periodic schedules ([`Schedule`]), with any number of executors sharing one database
-//!   (tables `durable_task_executions`, `durable_finished_child_task_executions` and `durable_task_schedules`);
+//!   (tables `durable_task_executions`, `durable_finished_child_task_executions` and
+//!   `durable_task_schedules`);
 //! - **batch job state** ([`DistributedStateStore`], [`prepare`], [`run_worker`]): a job split
 //!   into batches of records that many workers claim atomically, with stale-batch recovery,
 //!   exactly-once finalization and per-record outcomes (tables `batchactions_jobs`,

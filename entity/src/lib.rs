@@ -4,8 +4,9 @@
 //! normally never touch them, but they are public so that reports, admin screens and ad-hoc
 //! queries can read the same tables with SeaORM.
 //!
-//! The durable task tables are [`durable_task_executions`], [`durable_finished_child_task_executions`] and
-//! [`durable_task_schedules`].
+//! The durable task tables are `durable_task_executions` ([`task_executions`]),
+//! `durable_finished_child_task_executions` ([`finished_child_task_executions`]) and
+//! `durable_task_schedules` ([`task_schedules`]).
 //!
 //! Every timestamp column is an `i64` holding milliseconds since the Unix epoch, written from the
 //! application's clock, never the database's.

@@ -1,4 +1,5 @@
-//! Rows of `durable_task_executions` and `durable_finished_child_task_executions` to domain values and back.
+//! Rows of `durable_task_executions` and `durable_finished_child_task_executions` to domain
+//! values and back.
 //!
 //! The only module that knows both the entities and the domain types. Every conversion is
 //! checked: a stored value the domain cannot hold (an unknown status, malformed JSON, a negative
