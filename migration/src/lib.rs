@@ -18,6 +18,7 @@ use sea_orm_migration::prelude::*;
 /// The traits a caller needs to run the migrator (`Migrator::up(&db, None)`) or splice its list.
 pub use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
+pub mod limit;
 mod m20261123_000001_durable_create_batch_tables;
 mod m20261123_000002_durable_create_task_tables;
 mod m20261130_000003_durable_task_queues;

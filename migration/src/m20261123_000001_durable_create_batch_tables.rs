@@ -15,9 +15,8 @@ const JOBS: &str = "batchactions_jobs";
 const BATCHES: &str = "batchactions_batches";
 const RECORDS: &str = "batchactions_records";
 
-/// Ids are application-chosen strings (UUIDs upstream); 128 characters leaves room for prefixed
-/// ids while keeping composite keys well under MySQL's index length limit.
-const ID_LEN: u32 = 128;
+/// Ids are application-chosen strings ([`BATCH_ID_LEN`](crate::limit::BATCH_ID_LEN)).
+const ID_LEN: u32 = crate::limit::BATCH_ID_LEN;
 
 #[derive(DeriveIden)]
 enum Jobs {

@@ -16,8 +16,8 @@ pub(crate) struct Migration;
 const EXECUTIONS: &str = "durable_task_executions";
 const FINISHED_CHILDREN: &str = "durable_finished_child_task_executions";
 
-/// Task and execution ids are at most 255 bytes (checked before insert).
-const ID_LEN: u32 = 255;
+/// Task and execution ids ([`TASK_ID_LEN`](crate::limit::TASK_ID_LEN), checked before insert).
+const ID_LEN: u32 = crate::limit::TASK_ID_LEN;
 
 #[derive(DeriveIden)]
 enum TaskExecutions {

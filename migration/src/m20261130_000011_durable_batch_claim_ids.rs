@@ -15,8 +15,8 @@ const JOBS: &str = "batchactions_jobs";
 const BATCHES: &str = "batchactions_batches";
 const CLAIM_INDEX: &str = "ix_batchactions_batches_claim_id";
 
-/// Claim and finalizer ids are generated (a prefix and 128 random bits) or chosen by callers.
-const ID_LEN: u32 = 64;
+/// Claim and finalizer ids ([`CLAIM_ID_LEN`](crate::limit::CLAIM_ID_LEN)).
+const ID_LEN: u32 = crate::limit::CLAIM_ID_LEN;
 
 #[derive(DeriveIden)]
 enum Batches {

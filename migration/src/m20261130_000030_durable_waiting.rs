@@ -20,7 +20,7 @@ pub(crate) struct Migration;
 const EXECUTIONS: &str = "durable_task_executions";
 
 /// Longest wake key (bytes), as long as an execution id.
-const KEY_LEN: u32 = 255;
+const KEY_LEN: u32 = crate::limit::TASK_ID_LEN;
 
 const INDEXES: [&str; 3] = [
     "ux_durable_task_executions_sleeping_key",

@@ -8,6 +8,7 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{big_integer, big_integer_null};
 
+use crate::limit::TASK_ID_LEN;
 use crate::schema::{create_index, id_column, long_text};
 
 /// The migration; its name is this file's stem.
@@ -43,14 +44,14 @@ impl MigrationTrait for Migration {
                     .table(T::Table)
                     .if_not_exists()
                     .col(
-                        id_column(manager, T::ScheduleId, 255)
+                        id_column(manager, T::ScheduleId, TASK_ID_LEN)
                             .await?
                             .not_null()
                             .primary_key()
                             .to_owned(),
                     )
                     .col(
-                        id_column(manager, T::TaskId, 255)
+                        id_column(manager, T::TaskId, TASK_ID_LEN)
                             .await?
                             .not_null()
                             .to_owned(),

@@ -1,12 +1,23 @@
-//! Argument checks shared by every store, so that all of them reject the same inputs.
+//! The rules every batch store follows, written once so that the in-memory and the SeaORM
+//! store agree: the argument checks (id lengths come from the migration crate, which sizes the
+//! columns) and when a claim is stale.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
-use super::model::JobState;
+use sea_orm_durable_migration::limit;
+
+use super::model::{JobState, ProcessedRecord};
+use crate::dialect::column_len;
 use crate::error::{Error, Result};
 
-/// Longest id the tables hold (`VARCHAR(128)`), in characters.
-pub(crate) const MAX_ID_LEN: usize = 128;
+/// Longest id the tables hold, in characters.
+pub(crate) const MAX_ID_LEN: usize = column_len(limit::BATCH_ID_LEN);
+
+/// The longest job id [`prepare`](crate::prepare) accepts, in characters: the ids it derives
+/// for the job's batches (`{job_id}-b{index}`, the index a `u32`) must fit the ids every store
+/// holds.
+pub const MAX_PREPARED_JOB_ID_LEN: usize = MAX_ID_LEN - "-b4294967295".len();
 
 /// Rejects an empty id or one longer than [`MAX_ID_LEN`] characters.
 pub(crate) fn id(name: &'static str, value: &str) -> Result<()> {
@@ -22,8 +33,8 @@ pub(crate) fn id(name: &'static str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// Longest claim or finalizer id the tables hold (`VARCHAR(64)`), in characters.
-pub(crate) const MAX_CLAIM_ID_LEN: usize = 64;
+/// Longest claim or finalizer id the tables hold, in characters.
+pub(crate) const MAX_CLAIM_ID_LEN: usize = column_len(limit::CLAIM_ID_LEN);
 
 /// Rejects an empty claim or finalizer id, or one longer than [`MAX_CLAIM_ID_LEN`].
 pub(crate) fn claim_id(name: &'static str, value: &str) -> Result<()> {
@@ -37,6 +48,13 @@ pub(crate) fn claim_id(name: &'static str, value: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Rejects the arguments of a batch claim: empty ids, ids too long.
+pub(crate) fn claim_args(job_id: &str, worker_id: &str, claim_id: &str) -> Result<()> {
+    id("job_id", job_id)?;
+    id("worker_id", worker_id)?;
+    self::claim_id("claim_id", claim_id)
 }
 
 /// Rejects a job that cannot be saved.
@@ -111,8 +129,16 @@ pub(crate) fn fits_i64(name: &'static str, value: u64) -> Result<i64> {
     i64::try_from(value).map_err(|_| Error::invalid(name, format!("{value} exceeds i64::MAX")))
 }
 
+/// Rejects empty ids and records that do not fit their columns: the arguments of a record
+/// write.
+pub(crate) fn record_args(job_id: &str, batch_id: &str, records: &[ProcessedRecord]) -> Result<()> {
+    id("job_id", job_id)?;
+    id("batch_id", batch_id)?;
+    self::records(records)
+}
+
 /// Rejects records whose index or retry count do not fit their columns.
-pub(crate) fn records(records: &[super::model::ProcessedRecord]) -> Result<()> {
+pub(crate) fn records(records: &[ProcessedRecord]) -> Result<()> {
     for record in records {
         fits_i64("record.index", record.index)?;
         if i32::try_from(record.retry_count).is_err() {
@@ -123,4 +149,11 @@ pub(crate) fn records(records: &[super::model::ProcessedRecord]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The time before which a claim's last sign of life makes it stale, for a stale `timeout`.
+pub(crate) fn stale_cutoff(now: i64, timeout: Duration) -> Result<i64> {
+    let timeout = i64::try_from(timeout.as_millis())
+        .map_err(|_| Error::invalid("timeout", "more than i64::MAX milliseconds"))?;
+    Ok(now.saturating_sub(timeout))
 }

@@ -227,9 +227,7 @@ impl InMemoryStateStore {
         records: &[ProcessedRecord],
         mode: RecordWrite,
     ) -> Result<()> {
-        check::id("job_id", job_id)?;
-        check::id("batch_id", batch_id)?;
-        check::records(records)?;
+        check::record_args(job_id, batch_id, records)?;
         let mut state = self.lock();
         write_records(&mut state, job_id, batch_id, records, mode);
         Ok(())
@@ -483,9 +481,7 @@ impl DistributedStateStore for InMemoryStateStore {
         worker_id: &str,
         claim_id: &str,
     ) -> Result<ClaimBatchResult> {
-        check::id("job_id", job_id)?;
-        check::id("worker_id", worker_id)?;
-        check::claim_id("claim_id", claim_id)?;
+        check::claim_args(job_id, worker_id, claim_id)?;
         let now = self.clock.now_ms();
         let mut state = self.lock();
         let Some(stored) = state.jobs.get_mut(job_id) else {
@@ -523,25 +519,16 @@ impl DistributedStateStore for InMemoryStateStore {
     async fn release_batch(&self, reservation: &BatchReservation) -> Result<bool> {
         let now = self.clock.now_ms();
         let mut state = self.lock();
-        let Some(row) = row_mut(&mut state, &reservation.job_id, &reservation.batch_id) else {
+        let Some(row) = held_row(&mut state, reservation) else {
             return Ok(false);
         };
-        if !holds(row, reservation) {
-            return Ok(false);
-        }
-        row.batch.status = BatchStatus::Pending;
-        row.batch.worker_id = None;
-        row.batch.claimed_at = None;
-        row.heartbeat_at = None;
-        row.claim_id = None;
-        row.updated_at = now;
-        row.version = crate::dialect::next_token(row.version);
+        back_to_pending(row, now);
         Ok(true)
     }
 
     async fn reclaim_stale_batches(&self, job_id: &str, timeout: Duration) -> Result<u64> {
         let now = self.clock.now_ms();
-        let cutoff = stale_cutoff(now, timeout)?;
+        let cutoff = check::stale_cutoff(now, timeout)?;
         let mut state = self.lock();
         let Some(stored) = state.jobs.get_mut(job_id) else {
             return Ok(0);
@@ -550,13 +537,7 @@ impl DistributedStateStore for InMemoryStateStore {
         for row in stored.rows.values_mut() {
             let last_sign = row.heartbeat_at.unwrap_or(row.updated_at);
             if row.batch.status == BatchStatus::Processing && last_sign < cutoff {
-                row.batch.status = BatchStatus::Pending;
-                row.batch.worker_id = None;
-                row.batch.claimed_at = None;
-                row.heartbeat_at = None;
-                row.claim_id = None;
-                row.updated_at = now;
-                row.version = crate::dialect::next_token(row.version);
+                back_to_pending(row, now);
                 reclaimed += 1;
             }
         }
@@ -626,12 +607,9 @@ impl DistributedStateStore for InMemoryStateStore {
     ) -> Result<bool> {
         let now = self.clock.now_ms();
         let mut state = self.lock();
-        let Some(row) = row_mut(&mut state, &reservation.job_id, &reservation.batch_id) else {
+        let Some(row) = held_row(&mut state, reservation) else {
             return Ok(false);
         };
-        if !holds(row, reservation) {
-            return Ok(false);
-        }
         row.batch.status = outcome.status();
         row.batch.processed_count = outcome.processed_count;
         row.batch.failed_count = outcome.failed_count;
@@ -648,12 +626,9 @@ impl DistributedStateStore for InMemoryStateStore {
     async fn heartbeat_batch(&self, reservation: &BatchReservation) -> Result<bool> {
         let now = self.clock.now_ms();
         let mut state = self.lock();
-        let Some(row) = row_mut(&mut state, &reservation.job_id, &reservation.batch_id) else {
+        let Some(row) = held_row(&mut state, reservation) else {
             return Ok(false);
         };
-        if !holds(row, reservation) {
-            return Ok(false);
-        }
         row.heartbeat_at = Some(now);
         row.updated_at = now;
         Ok(true)
@@ -724,16 +699,24 @@ fn reservation(job_id: &str, row: &BatchRow, worker_id: &str) -> BatchReservatio
     }
 }
 
-/// Whether `row` is still claimed by `reservation`.
-fn holds(row: &BatchRow, reservation: &BatchReservation) -> bool {
-    row.batch.status == BatchStatus::Processing
-        && row.version == reservation.version
-        && row.batch.worker_id.as_deref() == Some(reservation.worker_id.as_str())
+/// Puts a batch back to `PENDING` without an owner, bumping its version so that the former
+/// owner's claim no longer holds.
+fn back_to_pending(row: &mut BatchRow, now: i64) {
+    row.batch.status = BatchStatus::Pending;
+    row.batch.worker_id = None;
+    row.batch.claimed_at = None;
+    row.heartbeat_at = None;
+    row.claim_id = None;
+    row.updated_at = now;
+    row.version = crate::dialect::next_token(row.version);
 }
 
-/// The time before which a claim's last sign of life makes it stale.
-pub(crate) fn stale_cutoff(now: i64, timeout: Duration) -> Result<i64> {
-    let timeout = i64::try_from(timeout.as_millis())
-        .map_err(|_| Error::invalid("timeout", "more than i64::MAX milliseconds"))?;
-    Ok(now.saturating_sub(timeout))
+/// The row of the batch `reservation` claimed, while the claim still holds it: still
+/// `PROCESSING`, under the same worker and version (a reclaim or release bumps the version).
+fn held_row<'a>(state: &'a mut State, reservation: &BatchReservation) -> Option<&'a mut BatchRow> {
+    row_mut(state, &reservation.job_id, &reservation.batch_id).filter(|row| {
+        row.batch.status == BatchStatus::Processing
+            && row.version == reservation.version
+            && row.batch.worker_id.as_deref() == Some(reservation.worker_id.as_str())
+    })
 }

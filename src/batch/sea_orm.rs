@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, LockBehavior, LockType, OnConflict, Query};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, OnConflict, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect, QueryTrait,
@@ -16,7 +16,6 @@ use sea_orm_durable_entity::{
 
 use super::check;
 use super::mapper::{self, JobRow};
-use super::memory::stale_cutoff;
 use super::model::{
     BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedJobStatus, JobProgress, JobState, JobStatus, ProcessedRecord, RecordCounts,
@@ -24,7 +23,7 @@ use super::model::{
 };
 use super::store::{DistributedStateStore, StateStore};
 use crate::clock::{self, Clock};
-use crate::dialect;
+use crate::dialect::{self, Backoff, in_write_transaction};
 use crate::error::{Error, Result};
 
 /// A [`DistributedStateStore`] in the tables `batchactions_jobs`, `batchactions_batches` and
@@ -66,20 +65,6 @@ use crate::error::{Error, Result};
 pub struct SeaOrmStateStore {
     db: DatabaseConnection,
     clock: Arc<dyn Clock>,
-}
-
-/// Runs `$body` (which uses the transaction `$txn`) in a write transaction, committing on
-/// success and starting over on a transient error. `$body` must only capture references.
-macro_rules! in_write_txn {
-    ($db:expr, $what:literal, |$txn:ident| $body:expr) => {
-        dialect::retry($what, || async move {
-            let $txn = dialect::begin_write($db).await?;
-            let value = $body;
-            $txn.commit().await?;
-            Ok(value)
-        })
-        .await
-    };
 }
 
 /// Longest a claim waits for pending batches locked by other claimers before giving up.
@@ -131,9 +116,16 @@ impl SeaOrmStateStore {
         batch_id: &str,
         records: &[ProcessedRecord],
     ) -> Result<()> {
-        check_record_args(job_id, batch_id, records)?;
+        check::record_args(job_id, batch_id, records)?;
         let now = self.clock.now_ms();
         write_records(conn, job_id, batch_id, records, now, RecordWrite::IfAbsent).await
+    }
+
+    /// Checks `job` and saves it as `mode` says, in a write transaction.
+    async fn write_job(&self, what: &'static str, job: &JobState, mode: JobSave) -> Result<()> {
+        check::job(job)?;
+        let now = self.clock.now_ms();
+        in_write_transaction!(&self.db, what, |txn| save_job(&txn, job, now, mode))
     }
 
     /// Writes `records` as `mode` says: one statement on its own, several in one transaction
@@ -146,7 +138,7 @@ impl SeaOrmStateStore {
         records: &[ProcessedRecord],
         mode: RecordWrite,
     ) -> Result<()> {
-        check_record_args(job_id, batch_id, records)?;
+        check::record_args(job_id, batch_id, records)?;
         let db = &self.db;
         let now = self.clock.now_ms();
         let inserts = &record_writes(
@@ -160,23 +152,19 @@ impl SeaOrmStateStore {
         match inserts.as_slice() {
             [] => Ok(()),
             [insert] => {
-                dialect::retry(what, || async move {
-                    db.execute(insert).await?;
-                    Ok(())
-                })
-                .await
+                Backoff::STORE
+                    .retry(what, || async move {
+                        db.execute(insert).await?;
+                        Ok(())
+                    })
+                    .await
             }
-            _ => {
-                dialect::retry(what, || async move {
-                    let txn = dialect::begin_write(db).await?;
-                    for insert in inserts {
-                        txn.execute(insert).await?;
-                    }
-                    txn.commit().await?;
-                    Ok(())
-                })
-                .await
-            }
+            _ => in_write_transaction!(db, what, |txn| async {
+                for insert in inserts {
+                    txn.execute(insert).await?;
+                }
+                Ok::<_, Error>(())
+            }),
         }
     }
 
@@ -228,20 +216,10 @@ impl SeaOrmStateStore {
                 .filter(batches::Column::JobId.eq(job_id))
                 .filter(batches::Column::Status.eq(BatchStatus::Pending.as_str()))
                 .order_by_asc(batches::Column::BatchIndex);
-            let candidate: Option<String> = match backend {
-                // SQLite has no row locks (the clause would be dropped anyway); the IMMEDIATE
-                // transaction already holds the database's write lock.
-                DbBackend::Sqlite => pending.clone().into_tuple().one(&txn).await?,
-                // Skip rows other claimers hold, so claimers do not queue behind one row.
-                _ => {
-                    pending
-                        .clone()
-                        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-                        .into_tuple()
-                        .one(&txn)
-                        .await?
-                }
-            };
+            // Skip rows other claimers hold, so claimers do not queue behind one row.
+            let mut skip_locked = pending.clone();
+            dialect::lock_skip_locked(backend, QueryTrait::query(&mut skip_locked));
+            let candidate: Option<String> = skip_locked.into_tuple().one(&txn).await?;
             let Some(candidate) = candidate else {
                 // SKIP LOCKED also hides pending rows that other transactions hold right now.
                 // Only when a plain read sees none either is the job out of pending batches;
@@ -252,7 +230,7 @@ impl SeaOrmStateStore {
                 if !locked_elsewhere {
                     return Ok(ClaimBatchResult::NoPendingBatches);
                 }
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=3))).await;
+                tokio::time::sleep(dialect::jitter(Duration::from_millis(2))).await;
                 continue;
             };
             let now = self.clock.now_ms();
@@ -336,13 +314,6 @@ impl SeaOrmStateStore {
     }
 }
 
-/// Rejects empty ids and records that do not fit their columns.
-fn check_record_args(job_id: &str, batch_id: &str, records: &[ProcessedRecord]) -> Result<()> {
-    check::id("job_id", job_id)?;
-    check::id("batch_id", batch_id)?;
-    check::records(records)
-}
-
 /// Whether a job save may move a finished job back to an unfinished status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JobSave {
@@ -350,13 +321,6 @@ enum JobSave {
     Forward,
     /// [`StateStore::reset_job_state`]: whatever the stored status.
     Reset,
-}
-
-/// A statement that could not be built (a column and value count that differ), as an error.
-fn statement_error(err: sea_orm::sea_query::error::Error) -> Error {
-    Error::from(sea_orm::DbErr::Custom(format!(
-        "statement not built: {err}"
-    )))
 }
 
 /// `INSERT INTO batchactions_jobs` of the row for `job`.
@@ -370,7 +334,7 @@ fn job_insert(
         .into_table(jobs::Entity)
         .columns(mapper::JOB_COLUMNS)
         .values(mapper::job_values(backend, job, now)?)
-        .map_err(statement_error)?;
+        .map_err(dialect::statement_error)?;
     Ok(insert)
 }
 
@@ -381,9 +345,7 @@ async fn stored_job_status<C: ConnectionTrait>(conn: &C, job_id: &str) -> Result
     let mut select = jobs::Entity::find_by_id(job_id)
         .select_only()
         .column(jobs::Column::Status);
-    if conn.get_database_backend() != DbBackend::Sqlite {
-        select = select.lock(LockType::Update);
-    }
+    dialect::lock_for_update(conn.get_database_backend(), QueryTrait::query(&mut select));
     Ok(select.into_tuple().one(conn).await?)
 }
 
@@ -487,17 +449,13 @@ async fn save_job<C: ConnectionTrait>(
     }
     let mut upsert = job_insert(conn.get_database_backend(), job, now)?;
     upsert.on_conflict(
+        // Every column written but the key and the creation time.
         OnConflict::column(jobs::Column::Id)
-            .update_columns([
-                jobs::Column::Status,
-                jobs::Column::Config,
-                jobs::Column::Batches,
-                jobs::Column::TotalRecords,
-                jobs::Column::StartedAt,
-                jobs::Column::CompletedAt,
-                jobs::Column::Distributed,
-                jobs::Column::UpdatedAt,
-            ])
+            .update_columns(
+                mapper::JOB_COLUMNS
+                    .into_iter()
+                    .filter(|c| !matches!(c, jobs::Column::Id | jobs::Column::CreatedAt)),
+            )
             .to_owned(),
     );
     conn.execute(&upsert).await?;
@@ -509,25 +467,8 @@ async fn save_job<C: ConnectionTrait>(
 
 /// Inserts the job row for `job` unless job `job.id` exists; returns whether it did.
 async fn create_job_in<C: ConnectionTrait>(conn: &C, job: &JobState, now: i64) -> Result<bool> {
-    let backend = conn.get_database_backend();
-    let mut insert = job_insert(backend, job, now)?;
-    match backend {
-        // MySQL's insert-if-absent (`ON DUPLICATE KEY UPDATE id = id`) reports a row either
-        // way, and `INSERT IGNORE` would also turn other errors into warnings: a plain insert
-        // whose duplicate key error means "there is one already" tells the two apart.
-        DbBackend::MySql => match conn.execute(&insert).await {
-            Ok(_) => Ok(true),
-            Err(err) => match Error::from(err) {
-                Error::Conflict { .. } => Ok(false),
-                other => Err(other),
-            },
-        },
-        // PostgreSQL and SQLite report no row for `ON CONFLICT DO NOTHING`.
-        _ => {
-            insert.on_conflict(OnConflict::column(jobs::Column::Id).do_nothing().to_owned());
-            Ok(conn.execute(&insert).await?.rows_affected() == 1)
-        }
-    }
+    let insert = job_insert(conn.get_database_backend(), job, now)?;
+    dialect::insert_one_if_absent(conn, insert, [jobs::Column::Id]).await
 }
 
 /// [`DistributedStateStore::start_job`] inside write transaction `conn`.
@@ -581,18 +522,18 @@ async fn insert_batches<C: ConnectionTrait>(conn: &C, job: &JobState, now: i64) 
         .iter()
         .map(|b| Ok((b.index, mapper::batch_to_model(&job.id, b, now)?)))
         .collect::<Result<Vec<_>>>()?;
-    // 15 columns a row; batch rows are small.
-    for chunk in dialect::chunks(backend, 15, &rows, |_| 256) {
+    // Batch rows are small.
+    let columns = dialect::column_count::<batches::Entity>();
+    for chunk in dialect::chunks(backend, columns, &rows, |_| 256) {
         let mut insert =
             batches::Entity::insert_many(chunk.iter().map(|(_, model)| model.clone())).into_query();
         // Insert-if-absent by (job, index): a batch that already has a row keeps it as it is.
-        // On MySQL this renders `ON DUPLICATE KEY UPDATE id = id`, which also swallows a clash
-        // of the batch id with another row, so that case is checked below.
-        insert.on_conflict(
-            OnConflict::columns([batches::Column::JobId, batches::Column::BatchIndex])
-                .do_nothing_on([batches::Column::Id])
-                .to_owned(),
-        );
+        // On MySQL it also swallows a clash of the batch id with another row, so that case is
+        // checked below.
+        insert.on_conflict(dialect::if_absent([
+            batches::Column::JobId,
+            batches::Column::BatchIndex,
+        ]));
         conn.execute(&insert).await?;
         if backend == DbBackend::MySql {
             let indexes: Vec<i32> = chunk
@@ -647,12 +588,10 @@ const REPLACED_RECORD_COLUMNS: [(records::Column, &str); 8] = [
 
 /// The conflict clause of a record write of kind `mode` on `backend`.
 fn record_conflict(backend: DbBackend, mode: RecordWrite) -> OnConflict {
-    let mut on_conflict =
-        OnConflict::columns([records::Column::JobId, records::Column::RecordIndex]);
+    let key = [records::Column::JobId, records::Column::RecordIndex];
+    let mut on_conflict = OnConflict::columns(key);
     match (mode, backend) {
-        (RecordWrite::IfAbsent, _) => {
-            on_conflict.do_nothing_on([records::Column::JobId]);
-        }
+        (RecordWrite::IfAbsent, _) => return dialect::if_absent(key),
         (RecordWrite::Replace, _) => {
             on_conflict.update_columns(REPLACED_RECORD_COLUMNS.map(|(column, _)| column));
         }
@@ -696,7 +635,7 @@ fn record_conflict(backend: DbBackend, mode: RecordWrite) -> OnConflict {
 }
 
 /// The statements that write `records` of `job_id` for `batch_id` as `mode` says: as few as
-/// the backend's parameter limit and [`dialect::max_statement_bytes`] allow, each one
+/// the backend's parameter and byte limits allow ([`dialect::chunks`]), each one
 /// `INSERT … ON CONFLICT (job_id, record_index) …` (PostgreSQL, SQLite) or
 /// `INSERT … ON DUPLICATE KEY UPDATE …` (MySQL), so writing again never fails.
 fn record_writes(
@@ -731,7 +670,6 @@ fn record_writes(
         .collect::<Result<Vec<_>>>()?;
     let on_conflict = record_conflict(backend, mode);
     let mut statements = Vec::new();
-    // 10 columns a row.
     for chunk in dialect::chunks(backend, mapper::RECORD_COLUMNS.len(), &rows, |(size, _)| {
         *size
     }) {
@@ -740,7 +678,9 @@ fn record_writes(
             .into_table(records::Entity)
             .columns(mapper::RECORD_COLUMNS);
         for (_, values) in chunk {
-            insert.values(values.clone()).map_err(statement_error)?;
+            insert
+                .values(values.clone())
+                .map_err(dialect::statement_error)?;
         }
         insert.on_conflict(on_conflict.clone());
         statements.push(insert);
@@ -833,11 +773,9 @@ async fn update_batch_state_in<C: ConnectionTrait>(
     now: i64,
 ) -> Result<()> {
     let backend = txn.get_database_backend();
+    // The job row's batch list is read, changed and written back: hold the row meanwhile.
     let mut select = jobs::Entity::find_by_id(job_id);
-    if backend != DbBackend::Sqlite {
-        // The job row's batch list is read, changed and written back: hold the row meanwhile.
-        select = select.lock(LockType::Update);
-    }
+    dialect::lock_for_update(backend, QueryTrait::query(&mut select));
     let Some(row) = txn.query_one(&select.into_query()).await? else {
         return Ok(());
     };
@@ -870,9 +808,7 @@ async fn update_batch_state_in<C: ConnectionTrait>(
     let mut select = batches::Entity::find()
         .filter(batches::Column::Id.eq(batch_id))
         .filter(batches::Column::JobId.eq(job_id));
-    if backend != DbBackend::Sqlite {
-        select = select.lock(LockType::Update);
-    }
+    dialect::lock_for_update(backend, QueryTrait::query(&mut select));
     let Some(batch) = select.one(txn).await? else {
         return Ok(());
     };
@@ -884,33 +820,27 @@ async fn update_batch_state_in<C: ConnectionTrait>(
     if batch.status != new.status.as_str() {
         // A status change from outside the claim protocol fences whoever held the batch, and
         // its claim id no longer names a claim.
-        update = update
-            .col_expr(
-                batches::Column::Version,
-                Expr::value(dialect::next_token(batch.version)),
-            )
-            .col_expr(
-                batches::Column::ClaimId,
-                Expr::value(Option::<String>::None),
-            );
+        update = update.col_expr(
+            batches::Column::Version,
+            Expr::value(dialect::next_token(batch.version)),
+        );
         update = match new.status {
-            BatchStatus::Pending => update
-                .col_expr(
-                    batches::Column::WorkerId,
+            BatchStatus::Pending => without_owner(update),
+            status => {
+                let update = update.col_expr(
+                    batches::Column::ClaimId,
                     Expr::value(Option::<String>::None),
-                )
-                .col_expr(batches::Column::ClaimedAt, Expr::value(Option::<i64>::None))
-                .col_expr(
-                    batches::Column::HeartbeatAt,
-                    Expr::value(Option::<i64>::None),
-                ),
-            BatchStatus::Processing => {
-                update.col_expr(batches::Column::HeartbeatAt, Expr::value(now))
+                );
+                match status {
+                    BatchStatus::Processing => {
+                        update.col_expr(batches::Column::HeartbeatAt, Expr::value(now))
+                    }
+                    BatchStatus::Completed | BatchStatus::Failed => {
+                        update.col_expr(batches::Column::CompletedAt, Expr::value(now))
+                    }
+                    BatchStatus::Pending | BatchStatus::Paused => update,
+                }
             }
-            BatchStatus::Completed | BatchStatus::Failed => {
-                update.col_expr(batches::Column::CompletedAt, Expr::value(now))
-            }
-            BatchStatus::Paused => update,
         };
     }
     update
@@ -994,30 +924,13 @@ async fn finalize<C: ConnectionTrait>(
 impl StateStore for SeaOrmStateStore {
     #[tracing::instrument(skip_all, fields(job_id = %job.id), err)]
     async fn save_job_state(&self, job: &JobState) -> Result<()> {
-        check::job(job)?;
-        let db = &self.db;
-        let now = self.clock.now_ms();
-        in_write_txn!(db, "save_job_state", |txn| save_job(
-            &txn,
-            job,
-            now,
-            JobSave::Forward
-        )
-        .await?)
+        self.write_job("save_job_state", job, JobSave::Forward)
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(job_id = %job.id), err)]
     async fn reset_job_state(&self, job: &JobState) -> Result<()> {
-        check::job(job)?;
-        let db = &self.db;
-        let now = self.clock.now_ms();
-        in_write_txn!(db, "reset_job_state", |txn| save_job(
-            &txn,
-            job,
-            now,
-            JobSave::Reset
-        )
-        .await?)
+        self.write_job("reset_job_state", job, JobSave::Reset).await
     }
 
     #[tracing::instrument(skip(self, records), fields(records = records.len()), err)]
@@ -1070,8 +983,8 @@ impl StateStore for SeaOrmStateStore {
     ) -> Result<()> {
         let db = &self.db;
         let now = self.clock.now_ms();
-        in_write_txn!(db, "update_batch_state", |txn| {
-            update_batch_state_in(&txn, job_id, batch_id, state, now).await?
+        in_write_transaction!(db, "update_batch_state", |txn| {
+            update_batch_state_in(&txn, job_id, batch_id, state, now)
         })
     }
 
@@ -1125,12 +1038,11 @@ impl StateStore for SeaOrmStateStore {
             return Ok(0);
         }
         let db = &self.db;
-        in_write_txn!(db, "prune_finished_jobs", |txn| prune_oldest_job(
+        in_write_transaction!(db, "prune_finished_jobs", |txn| prune_oldest_job(
             &txn,
             finished_before,
             limit
-        )
-        .await?)
+        ))
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -1192,7 +1104,9 @@ impl DistributedStateStore for SeaOrmStateStore {
         check::job(job)?;
         let db = &self.db;
         let now = self.clock.now_ms();
-        dialect::retry("create_job", || create_job_in(db, job, now)).await
+        Backoff::STORE
+            .retry("create_job", || create_job_in(db, job, now))
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(job_id = %job.id), err)]
@@ -1206,7 +1120,7 @@ impl DistributedStateStore for SeaOrmStateStore {
         }
         let db = &self.db;
         let now = self.clock.now_ms();
-        in_write_txn!(db, "start_job", |txn| start_job_in(&txn, job, now).await?)
+        in_write_transaction!(db, "start_job", |txn| start_job_in(&txn, job, now))
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -1216,42 +1130,42 @@ impl DistributedStateStore for SeaOrmStateStore {
         worker_id: &str,
         claim_id: &str,
     ) -> Result<ClaimBatchResult> {
-        check::id("job_id", job_id)?;
-        check::id("worker_id", worker_id)?;
-        check::claim_id("claim_id", claim_id)?;
+        check::claim_args(job_id, worker_id, claim_id)?;
         // Every attempt uses the same claim id, so one whose commit took effect although it
         // failed is recovered by the next.
-        dialect::retry("claim_batch", || {
-            self.claim_once(job_id, worker_id, claim_id)
-        })
-        .await
+        Backoff::STORE
+            .retry("claim_batch", || {
+                self.claim_once(job_id, worker_id, claim_id)
+            })
+            .await
     }
 
     #[tracing::instrument(skip(self), err)]
     async fn release_batch(&self, reservation: &BatchReservation) -> Result<bool> {
         let db = &self.db;
         let now = self.clock.now_ms();
-        dialect::retry("release_batch", || async move {
-            // Fenced like a completion: never a finished batch, never a claim taken since.
-            let result = back_to_pending(now)
-                .filter(holds(reservation))
-                .exec(db)
-                .await?;
-            Ok(result.rows_affected == 1)
-        })
-        .await
+        Backoff::STORE
+            .retry("release_batch", || async move {
+                // Fenced like a completion: never a finished batch, never a claim taken since.
+                let result = back_to_pending(now)
+                    .filter(holds(reservation))
+                    .exec(db)
+                    .await?;
+                Ok(result.rows_affected == 1)
+            })
+            .await
     }
 
     #[tracing::instrument(skip(self), err)]
     async fn reclaim_stale_batches(&self, job_id: &str, timeout: Duration) -> Result<u64> {
         let now = self.clock.now_ms();
-        let cutoff = stale_cutoff(now, timeout)?;
+        let cutoff = check::stale_cutoff(now, timeout)?;
         let db = &self.db;
         // One UPDATE: each stale row is re-checked under its row lock, so concurrent
         // reclaimers split the rows between them and their counts add up to the stale count.
         // It runs in a READ COMMITTED transaction so that MySQL takes no gap locks.
-        in_write_txn!(db, "reclaim_stale_batches", |txn| {
-            back_to_pending(now)
+        in_write_transaction!(db, "reclaim_stale_batches", |txn| async {
+            let reclaimed = back_to_pending(now)
                 .filter(batches::Column::JobId.eq(job_id))
                 .filter(batches::Column::Status.eq(BatchStatus::Processing.as_str()))
                 // Staleness runs from the last heartbeat; a row made PROCESSING without one
@@ -1265,7 +1179,8 @@ impl DistributedStateStore for SeaOrmStateStore {
                 )
                 .exec(&txn)
                 .await?
-                .rows_affected
+                .rows_affected;
+            Ok::<_, Error>(reclaimed)
         })
     }
 
@@ -1296,13 +1211,12 @@ impl DistributedStateStore for SeaOrmStateStore {
         check::claim_id("finalizer_id", finalizer_id)?;
         let db = &self.db;
         let now = self.clock.now_ms();
-        in_write_txn!(db, "try_finalize_job", |txn| finalize(
+        in_write_transaction!(db, "try_finalize_job", |txn| finalize(
             &txn,
             job_id,
             finalizer_id,
             now
-        )
-        .await?)
+        ))
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -1313,10 +1227,11 @@ impl DistributedStateStore for SeaOrmStateStore {
     ) -> Result<bool> {
         let db = &self.db;
         let completion = &completion(reservation, outcome, self.clock.now_ms())?;
-        dialect::retry("complete_batch", || async move {
-            Ok(completion.clone().exec(db).await?.rows_affected == 1)
-        })
-        .await
+        Backoff::STORE
+            .retry("complete_batch", || async move {
+                Ok(completion.clone().exec(db).await?.rows_affected == 1)
+            })
+            .await
     }
 
     #[tracing::instrument(skip(self, outcomes), fields(count = outcomes.len()), err)]
@@ -1338,14 +1253,14 @@ impl DistributedStateStore for SeaOrmStateStore {
         )?;
         // The fenced completion first: it locks the batch row, and when the claim was lost
         // nothing else is written.
-        in_write_txn!(db, "complete_batch_with_outcomes", |txn| {
+        in_write_transaction!(db, "complete_batch_with_outcomes", |txn| async {
             let completed = completion.clone().exec(&txn).await?.rows_affected == 1;
             if completed {
                 for update in updates {
                     update.clone().exec(&txn).await?;
                 }
             }
-            completed
+            Ok::<_, Error>(completed)
         })
     }
 
@@ -1353,16 +1268,17 @@ impl DistributedStateStore for SeaOrmStateStore {
     async fn heartbeat_batch(&self, reservation: &BatchReservation) -> Result<bool> {
         let db = &self.db;
         let now = self.clock.now_ms();
-        dialect::retry("heartbeat_batch", || async move {
-            let result = batches::Entity::update_many()
-                .col_expr(batches::Column::HeartbeatAt, Expr::value(now))
-                .col_expr(batches::Column::UpdatedAt, Expr::value(now))
-                .filter(holds(reservation))
-                .exec(db)
-                .await?;
-            Ok(result.rows_affected == 1)
-        })
-        .await
+        Backoff::STORE
+            .retry("heartbeat_batch", || async move {
+                let result = batches::Entity::update_many()
+                    .col_expr(batches::Column::HeartbeatAt, Expr::value(now))
+                    .col_expr(batches::Column::UpdatedAt, Expr::value(now))
+                    .filter(holds(reservation))
+                    .exec(db)
+                    .await?;
+                Ok(result.rows_affected == 1)
+            })
+            .await
     }
 
     #[tracing::instrument(skip(self, records), fields(records = records.len()), err)]
@@ -1403,18 +1319,19 @@ impl DistributedStateStore for SeaOrmStateStore {
         match statements.as_slice() {
             [] => Ok(0),
             [update] => {
-                dialect::retry("save_record_outcomes", || async move {
-                    Ok(update.clone().exec(db).await?.rows_affected)
-                })
-                .await
+                Backoff::STORE
+                    .retry("save_record_outcomes", || async move {
+                        Ok(update.clone().exec(db).await?.rows_affected)
+                    })
+                    .await
             }
             // Several statements: all or none.
-            _ => in_write_txn!(db, "save_record_outcomes", |txn| {
+            _ => in_write_transaction!(db, "save_record_outcomes", |txn| async {
                 let mut updated = 0;
                 for update in statements {
                     updated += update.clone().exec(&txn).await?.rows_affected;
                 }
-                updated
+                Ok::<_, Error>(updated)
             }),
         }
     }
@@ -1435,28 +1352,36 @@ fn holds(reservation: &BatchReservation) -> sea_orm::Condition {
 /// Puts batches back to `PENDING` without an owner, bumping `version` so that the former
 /// owner's claim no longer holds (the caller adds which batches).
 fn back_to_pending(now: i64) -> sea_orm::UpdateMany<batches::Entity> {
-    batches::Entity::update_many()
+    without_owner(batches::Entity::update_many())
         .col_expr(
             batches::Column::Status,
             Expr::value(BatchStatus::Pending.as_str()),
         )
+        .col_expr(batches::Column::UpdatedAt, Expr::value(now))
+        .col_expr(
+            batches::Column::Version,
+            dialect::next_token_expr(batches::Column::Version),
+        )
+}
+
+/// `update` clearing what ties a batch to a claim: its worker, claim id, claim time and
+/// heartbeat.
+fn without_owner(
+    update: sea_orm::UpdateMany<batches::Entity>,
+) -> sea_orm::UpdateMany<batches::Entity> {
+    update
         .col_expr(
             batches::Column::WorkerId,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            batches::Column::ClaimId,
             Expr::value(Option::<String>::None),
         )
         .col_expr(batches::Column::ClaimedAt, Expr::value(Option::<i64>::None))
         .col_expr(
             batches::Column::HeartbeatAt,
             Expr::value(Option::<i64>::None),
-        )
-        .col_expr(
-            batches::Column::ClaimId,
-            Expr::value(Option::<String>::None),
-        )
-        .col_expr(batches::Column::UpdatedAt, Expr::value(now))
-        .col_expr(
-            batches::Column::Version,
-            dialect::next_token_expr(batches::Column::Version),
         )
 }
 
@@ -1480,11 +1405,8 @@ fn completion(
         .filter(holds(reservation)))
 }
 
-/// Most record indexes in one `IN` list (well under every backend's bind-parameter limit).
-const OUTCOME_INDEXES_PER_STATEMENT: usize = 5000;
-
 /// One `UPDATE … WHERE record_index IN (…)` per group of alike outcomes (and per
-/// [`OUTCOME_INDEXES_PER_STATEMENT`] indexes).
+/// [`dialect::chunks`] of its indexes: a `BIGINT` bind is 8 bytes and a 4-byte length).
 fn outcome_updates(
     backend: DbBackend,
     job_id: &str,
@@ -1511,7 +1433,7 @@ fn outcome_updates(
         let errors: serde_json::Value = serde_json::from_str(&errors)?;
         let retry_count = i32::try_from(retry_count)
             .map_err(|_| Error::invalid("retry_count", "more than i32::MAX"))?;
-        for chunk in indexes.chunks(OUTCOME_INDEXES_PER_STATEMENT) {
+        for chunk in dialect::chunks(backend, 1, &indexes, |_| 12) {
             updates.push(
                 records::Entity::update_many()
                     .col_expr(records::Column::Status, Expr::value(status))

@@ -27,6 +27,7 @@ use super::model::{
     ProcessedRecord, RecordOutcome, RecordStatus,
 };
 use super::store::{DistributedStateStore, unique_id};
+use crate::dialect::Backoff;
 use crate::error::{Error, Result};
 
 /// What [`prepare`] created.
@@ -40,9 +41,7 @@ pub struct PreparedJob {
     pub total_batches: u32,
 }
 
-/// The longest job id [`prepare`] accepts, in characters: the ids it derives for the job's
-/// batches (`{job_id}-b{index}`) must fit the 128 characters every store holds.
-pub const MAX_PREPARED_JOB_ID_LEN: usize = 116;
+pub use super::check::MAX_PREPARED_JOB_ID_LEN;
 
 /// The id of batch `index` of `job_id`: derived, so that preparing again finds the same rows.
 fn batch_id(job_id: &str, index: u32) -> String {
@@ -450,10 +449,13 @@ where
                 return Ok(report);
             }
             Ok(None) => errors = 0,
-            Err(err) if err.is_retryable() && errors < MAX_ERRORS => {
+            Err(err) if err.is_retryable() => {
                 errors += 1;
+                let Some(delay) = Backoff::RUNNER.pause(errors) else {
+                    return Err(err);
+                };
                 tracing::warn!(error = %err, errors, "worker step failed; backing off");
-                pause(shutdown, backoff(errors)).await;
+                pause(shutdown, delay).await;
             }
             Err(err) => return Err(err),
         }
@@ -465,35 +467,6 @@ async fn pause(shutdown: &CancellationToken, duration: Duration) {
     tokio::select! {
         () = shutdown.cancelled() => {}
         () = tokio::time::sleep(duration) => {}
-    }
-}
-
-/// Consecutive retryable failures a worker rides out (about 50 s of backoff in all, enough for
-/// a database server restart) before it gives up with the last error.
-const MAX_ERRORS: u32 = 20;
-
-/// The pause after the `errors`-th consecutive failure: 100 ms doubling up to 3.2 s.
-fn backoff(errors: u32) -> Duration {
-    Duration::from_millis(50u64 << errors.clamp(1, 6))
-}
-
-/// Runs a store call of a claimed batch, retrying retryable failures with [`backoff`], so that a
-/// short outage does not throw away the batch's work.
-async fn retrying<T, F, Fut>(what: &'static str, mut op: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let mut errors = 0;
-    loop {
-        match op().await {
-            Err(err) if err.is_retryable() && errors < MAX_ERRORS => {
-                errors += 1;
-                tracing::warn!(operation = what, error = %err, errors, "store call failed; backing off");
-                tokio::time::sleep(backoff(errors)).await;
-            }
-            result => return result,
-        }
     }
 }
 
@@ -580,10 +553,11 @@ where
     F: Fn(RecordContext, T) -> Fut + Send + Sync,
     Fut: Future<Output = std::result::Result<(), ProcessError>> + Send,
 {
-    let records = retrying("get_batch_records", || {
-        store.get_batch_records(&reservation.job_id, &reservation.batch_id)
-    })
-    .await?;
+    let records = Backoff::RUNNER
+        .retry("get_batch_records", || {
+            store.get_batch_records(&reservation.job_id, &reservation.batch_id)
+        })
+        .await?;
 
     // The heartbeat runs beside the processing; it stops with the batch, and cancels the
     // processing when the claim turns out to be lost.
@@ -651,7 +625,10 @@ where
     if options.shutdown.is_cancelled() && !lost.is_cancelled() {
         // Shut down part way: give the batch back at once rather than leave it to the stale
         // timeout. Fenced, so a claim lost meanwhile is left to its new owner.
-        if !retrying("release_batch", || store.release_batch(reservation)).await? {
+        if !Backoff::RUNNER
+            .retry("release_batch", || store.release_batch(reservation))
+            .await?
+        {
             tracing::warn!("claim lost before the batch could be given back");
         }
         return Ok(());
@@ -677,10 +654,11 @@ where
     // Outcomes and completion in one fenced write: a worker whose claim was lost writes
     // nothing. A completion that took effect but whose answer was lost reads as a lost claim
     // when retried; the batch is finished either way, and whoever comes next finalizes the job.
-    if !retrying("complete_batch_with_outcomes", || {
-        store.complete_batch_with_outcomes(reservation, outcome, &outcomes)
-    })
-    .await?
+    if !Backoff::RUNNER
+        .retry("complete_batch_with_outcomes", || {
+            store.complete_batch_with_outcomes(reservation, outcome, &outcomes)
+        })
+        .await?
     {
         report.claims_lost += 1;
         tracing::warn!("claim lost before completion; the batch belongs to another worker now");

@@ -284,17 +284,7 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
             })
             .cloned()
             .collect();
-        found.sort_by(|a, b| {
-            let index = |e: &TaskExecution| e.parent.as_ref().map_or(0, |p| p.index);
-            (a.created_at, index(a), &a.execution_id).cmp(&(
-                b.created_at,
-                index(b),
-                &b.execution_id,
-            ))
-        });
-        if let Some(limit) = filter.limit {
-            found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        }
+        super::list_in_order(&mut found, filter.limit);
         Ok(found)
     }
 

@@ -1,8 +1,10 @@
 //! Durable task executions: the domain, the storage port and its implementations.
 //!
-//! The [`Executor`](executor::Executor) runs tasks over the storage. The storage rules shared by every implementation (validation, lease expiry, closing) are
-//! here, written once.
+//! The [`Executor`](executor::Executor) runs tasks over the storage. The storage rules shared
+//! by every implementation are written once: the argument checks in `check`, lease expiry and
+//! closing here.
 
+mod check;
 pub(crate) mod executor;
 mod mapper;
 mod memory;
@@ -11,146 +13,28 @@ mod schedule;
 pub(crate) mod sea_orm;
 mod storage;
 
+pub use check::{MAX_QUEUE_LEN, MAX_SCHEDULE_ID_LEN};
+pub(crate) use check::{
+    validate_new, validate_queue, validate_retry, validate_schedule, validate_schedule_id,
+    validate_sleep_ms, validate_task_id, validate_timeout_ms, validate_wake_key,
+};
 pub use memory::InMemoryTaskExecutionStorage;
 pub use model::{
     ClaimParams, DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
-    MAX_LEASE_MARGIN, MAX_QUEUE_LEN, MAX_SLEEP_BEFORE_RUN, MAX_TIMEOUT, NewTaskExecution,
-    ParentRef, RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
-    TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
+    MAX_LEASE_MARGIN, MAX_SLEEP_BEFORE_RUN, MAX_TIMEOUT, NewTaskExecution, ParentRef, RetryOptions,
+    TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus,
+    TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
 };
-pub use schedule::{
-    MAX_SCHEDULE_ID_LEN, MissedTicks, Schedule, ScheduleFire, ScheduleSpec, TaskSchedule,
-};
-pub(crate) use schedule::{Ticks, tick_execution_id, validate_schedule_id};
+pub use schedule::{MissedTicks, Schedule, ScheduleFire, ScheduleSpec, TaskSchedule};
+pub(crate) use schedule::{Ticks, tick_execution_id};
 pub use sea_orm::SeaOrmTaskExecutionStorage;
 pub use storage::TaskExecutionStorage;
 
-use crate::error::{Error, Result};
-
-/// Longest execution id or task id accepted (the columns are `VARCHAR(255)`).
-pub(crate) const MAX_ID_LEN: usize = 255;
+use crate::error::Error;
 
 /// The message recorded on an execution whose lease lapsed while it was running.
 pub(crate) const LEASE_EXPIRED: &str =
     "the execution's lease expired before it finished; its executor is presumed dead";
-
-/// Checks an id: not empty, at most [`MAX_ID_LEN`] bytes.
-fn validate_id(name: &'static str, id: &str) -> Result<()> {
-    if id.is_empty() {
-        return Err(Error::InvalidArgument {
-            name,
-            reason: "must not be empty".to_owned(),
-        });
-    }
-    if id.len() > MAX_ID_LEN {
-        return Err(Error::InvalidArgument {
-            name,
-            reason: format!("longer than {MAX_ID_LEN} bytes"),
-        });
-    }
-    Ok(())
-}
-
-/// Checks a task id.
-pub(crate) fn validate_task_id(id: &str) -> Result<()> {
-    validate_id("task_id", id)
-}
-
-/// Checks a queue name: not empty, at most [`MAX_QUEUE_LEN`] bytes.
-pub(crate) fn validate_queue(queue: &str) -> Result<()> {
-    if queue.is_empty() || queue.len() > MAX_QUEUE_LEN {
-        return Err(Error::InvalidArgument {
-            name: "queue",
-            reason: format!("must be 1 to {MAX_QUEUE_LEN} bytes, got {}", queue.len()),
-        });
-    }
-    Ok(())
-}
-
-/// Checks a run timeout in milliseconds: positive, at most [`MAX_TIMEOUT`].
-pub(crate) fn validate_timeout_ms(timeout_ms: i64) -> Result<()> {
-    if !(1..=model::MAX_TIMEOUT_MS).contains(&timeout_ms) {
-        return Err(Error::InvalidArgument {
-            name: "timeout",
-            reason: format!(
-                "must be 1 ms to {} ms (365 days), got {timeout_ms} ms",
-                model::MAX_TIMEOUT_MS
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Checks a delay before the first run in milliseconds: not negative, at most
-/// [`MAX_SLEEP_BEFORE_RUN`].
-pub(crate) fn validate_sleep_ms(sleep_ms: i64) -> Result<()> {
-    if !(0..=model::MAX_SLEEP_MS).contains(&sleep_ms) {
-        return Err(Error::InvalidArgument {
-            name: "sleep_before_run",
-            reason: format!(
-                "must be 0 ms to {} ms (365 days), got {sleep_ms} ms",
-                model::MAX_SLEEP_MS
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Checks retry options: retries fit the `INT` column, the multiplier is a finite number that
-/// does not shrink delays below zero.
-pub(crate) fn validate_retry(retry: &RetryOptions) -> Result<()> {
-    if i32::try_from(retry.max_attempts).is_err() {
-        return Err(Error::InvalidArgument {
-            name: "retry.max_attempts",
-            reason: format!("at most {}, got {}", i32::MAX, retry.max_attempts),
-        });
-    }
-    if !retry.delay_multiplier.is_finite() || retry.delay_multiplier < 0.0 {
-        return Err(Error::InvalidArgument {
-            name: "retry.delay_multiplier",
-            reason: format!(
-                "must be a finite number >= 0, got {}",
-                retry.delay_multiplier
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Checks a new execution before anything is written.
-pub(crate) fn validate_new(e: &NewTaskExecution) -> Result<()> {
-    validate_id("execution_id", &e.execution_id)?;
-    validate_task_id(&e.task_id)?;
-    if let Some(queue) = &e.queue {
-        validate_queue(queue)?;
-    }
-    validate_timeout_ms(crate::clock::millis(e.timeout))?;
-    validate_sleep_ms(crate::clock::millis(e.sleep_before_run))?;
-    validate_retry(&e.retry_options)?;
-    if let Some(key) = &e.wake_key {
-        validate_wake_key(key)?;
-    }
-    if let Some(parent) = &e.parent {
-        validate_id("parent.execution_id", &parent.execution_id)?;
-        validate_task_id(&parent.task_id)?;
-        if i32::try_from(parent.index).is_err() {
-            return Err(Error::InvalidArgument {
-                name: "parent.index",
-                reason: format!("at most {}, got {}", i32::MAX, parent.index),
-            });
-        }
-    }
-    if let Some(root) = &e.root {
-        validate_id("root.execution_id", &root.execution_id)?;
-        validate_task_id(&root.task_id)?;
-    }
-    Ok(())
-}
-
-/// Checks a wake key: not empty, at most [`MAX_ID_LEN`] bytes.
-pub(crate) fn validate_wake_key(key: &str) -> Result<()> {
-    validate_id("wake_key", key)
-}
 
 /// The message recorded on a sleeping execution that was not woken in time.
 pub(crate) const SLEEP_TIMED_OUT: &str = "the sleeping execution was not woken before its timeout";
@@ -191,13 +75,6 @@ pub(crate) fn unknown_wake_key(key: &str) -> Error {
         entity: "sleeping task execution",
         key: key.to_owned(),
     }
-}
-
-/// Checks a schedule before it is saved.
-pub(crate) fn validate_schedule(schedule: &TaskSchedule) -> Result<()> {
-    validate_schedule_id(&schedule.schedule_id)?;
-    validate_task_id(&schedule.task_id)?;
-    Ticks::parse(&schedule.spec).map(|_| ())
 }
 
 /// The update that recovers a running execution whose lease passed: back to `ready` with the
@@ -282,5 +159,17 @@ pub(crate) fn finished_child_record(
         output: child.output.clone(),
         error: child.error.clone(),
         created_at: now,
+    }
+}
+
+/// Puts executions in the order [`TaskExecutionStorage::get_task_executions`] lists them (by
+/// creation time, then index in the parent, then id) and keeps the first `limit`.
+pub(crate) fn list_in_order(executions: &mut Vec<TaskExecution>, limit: Option<u64>) {
+    executions.sort_by(|a, b| {
+        let index = |e: &TaskExecution| e.parent.as_ref().map_or(0, |p| p.index);
+        (a.created_at, index(a), &a.execution_id).cmp(&(b.created_at, index(b), &b.execution_id))
+    });
+    if let Some(limit) = limit {
+        executions.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     }
 }

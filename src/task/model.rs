@@ -597,9 +597,6 @@ pub struct ClaimParams {
 /// The queue of executions enqueued without one.
 pub const DEFAULT_QUEUE: &str = "default";
 
-/// Longest queue name, in bytes.
-pub const MAX_QUEUE_LEN: usize = 64;
-
 /// Longest run timeout an execution may have (365 days). Longer ones are refused with
 /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) when registered or enqueued.
 pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);

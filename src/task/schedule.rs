@@ -11,10 +11,6 @@ use croner::Cron;
 use super::model::NewTaskExecution;
 use crate::error::{Error, Result};
 
-/// Longest schedule id, in bytes: short enough that the id of a tick's execution
-/// (`sch_<schedule id>_<tick>`) fits the 255-byte execution ids.
-pub const MAX_SCHEDULE_ID_LEN: usize = 200;
-
 /// Most ticks one firing of a [`MissedTicks::CatchUp`] schedule enqueues; the rest follow in the
 /// next firings.
 pub(crate) const MAX_TICKS_PER_FIRE: usize = 100;
@@ -73,7 +69,7 @@ impl FromStr for MissedTicks {
 /// A schedule as stored: which task, with which input, at which ticks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskSchedule {
-    /// Unique id of the schedule (1 to [`MAX_SCHEDULE_ID_LEN`] bytes).
+    /// Unique id of the schedule (1 to [`MAX_SCHEDULE_ID_LEN`](crate::MAX_SCHEDULE_ID_LEN) bytes).
     pub schedule_id: String,
     /// The task enqueued at each tick.
     pub task_id: String,
@@ -127,17 +123,6 @@ pub struct ScheduleFire {
 /// The id of the execution of `schedule_id`'s tick at `tick`: one per schedule and tick.
 pub(crate) fn tick_execution_id(schedule_id: &str, tick: i64) -> String {
     format!("sch_{schedule_id}_{tick}")
-}
-
-/// Checks a schedule id: 1 to [`MAX_SCHEDULE_ID_LEN`] bytes.
-pub(crate) fn validate_schedule_id(id: &str) -> Result<()> {
-    if id.is_empty() || id.len() > MAX_SCHEDULE_ID_LEN {
-        return Err(Error::InvalidArgument {
-            name: "schedule_id",
-            reason: format!("must be 1 to {MAX_SCHEDULE_ID_LEN} bytes, got {}", id.len()),
-        });
-    }
-    Ok(())
 }
 
 /// A parsed spec, ready for tick arithmetic.

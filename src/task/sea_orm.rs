@@ -3,9 +3,10 @@
 //!
 //! Every operation is written once, as a private fn generic over [`ConnectionTrait`], and the
 //! port method runs it on the pool or in a write transaction
-//! ([`dialect::write_transaction`](crate::dialect::write_transaction)), retried on transient
-//! errors. The backends differ only in how rows are picked and updated atomically
-//! ([`pick_and_update`]) and in the insert-if-absent clause.
+//! ([`in_write_transaction!`](crate::dialect::in_write_transaction)), retried on transient
+//! errors ([`Backoff::STORE`](crate::dialect::Backoff::STORE)). The backends differ only in how
+//! rows are picked and updated atomically ([`pick_and_update`]) and in what an insert-if-absent
+//! reports ([`record_finished_children_in`]).
 //!
 //! Status and flag constants in the hot filters are written as SQL literals, not bound
 //! parameters: the partial indexes of the migration (`WHERE status = 'ready'`, ...) can only be
@@ -16,11 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
 use async_trait::async_trait;
 use sea_orm::sea_query::{
-    Alias, Asterisk, CommonTableExpression, Condition, Expr, ExprTrait, LockBehavior, LockType,
-    OnConflict, Order, Query, ReturningClause, SelectStatement, SimpleExpr, UpdateStatement, Value,
-    WithClause, WithQuery,
+    Alias, Asterisk, CommonTableExpression, Condition, Expr, ExprTrait, Order, Query,
+    ReturningClause, SelectStatement, SimpleExpr, UpdateStatement, Value, WithClause, WithQuery,
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Iterable, QueryResult};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult};
 use sea_orm_durable_entity::{
     finished_child_task_executions as fc, task_executions as te, task_schedules as ts,
 };
@@ -33,7 +33,7 @@ use super::model::{
 };
 use super::schedule::{ScheduleFire, TaskSchedule};
 use super::storage::TaskExecutionStorage;
-use crate::dialect::{self, begin_write, retry};
+use crate::dialect::{self, Backoff, begin_write, in_write_transaction};
 use crate::error::{Error, Result};
 
 type Col = te::Column;
@@ -297,11 +297,8 @@ async fn pick_and_update<C: ConnectionTrait>(
             })
         }
         DbBackend::MySql => {
-            let select = pick
-                .select()
-                .column(Col::ExecutionId)
-                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-                .to_owned();
+            let mut select = pick.select().column(Col::ExecutionId).to_owned();
+            dialect::lock_skip_locked(DbBackend::MySql, &mut select);
             let ids = ids_of(&conn.query_all(&select).await?)?;
             if ids.is_empty() {
                 return Ok(Picked {
@@ -354,11 +351,11 @@ fn postgres_pick_and_update(
     returning: ReturningClause,
 ) -> WithQuery {
     let picked = Alias::new("picked");
-    let select = pick
+    let mut select = pick
         .select()
         .expr_as(Expr::col(Col::ExecutionId), Alias::new("picked_id"))
-        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
         .to_owned();
+    dialect::lock_skip_locked(DbBackend::Postgres, &mut select);
     let cte = CommonTableExpression::new()
         .query(select)
         .table_name(picked.clone())
@@ -415,7 +412,13 @@ fn execution_models(executions: Vec<NewTaskExecution>, now: i64) -> Result<Vec<t
 
 /// How many statements [`enqueue_in`] sends for `executions` on `backend`.
 fn enqueue_statements(backend: DbBackend, models: &[te::Model]) -> usize {
-    dialect::chunks(backend, te::Column::iter().count(), models, execution_bytes).len()
+    dialect::chunks(
+        backend,
+        dialect::column_count::<te::Entity>(),
+        models,
+        execution_bytes,
+    )
+    .len()
 }
 
 pub(crate) async fn enqueue_in<C: ConnectionTrait>(
@@ -428,7 +431,12 @@ pub(crate) async fn enqueue_in<C: ConnectionTrait>(
 
 async fn insert_models<C: ConnectionTrait>(conn: &C, models: &[te::Model]) -> Result<()> {
     let backend = conn.get_database_backend();
-    for chunk in dialect::chunks(backend, te::Column::iter().count(), models, execution_bytes) {
+    for chunk in dialect::chunks(
+        backend,
+        dialect::column_count::<te::Entity>(),
+        models,
+        execution_bytes,
+    ) {
         let stmt = dialect::insert_models(backend, chunk)?;
         conn.execute(&stmt)
             .await
@@ -535,17 +543,8 @@ async fn get_many_in<C: ConnectionTrait>(
         .map(mapper::execution_from_row)
         .collect::<Result<Vec<_>>>()?;
     if chunked {
-        found.sort_by(|a, b| {
-            let index = |e: &TaskExecution| e.parent.as_ref().map_or(0, |p| p.index);
-            (a.created_at, index(a), &a.execution_id).cmp(&(
-                b.created_at,
-                index(b),
-                &b.execution_id,
-            ))
-        });
-        if let Some(limit) = filter.limit {
-            found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        }
+        // Each statement was ordered and limited on its own: merge them.
+        super::list_in_order(&mut found, filter.limit);
     }
     Ok(found)
 }
@@ -642,13 +641,13 @@ async fn record_finished_children_in<C: ConnectionTrait>(
         .collect();
     if backend != DbBackend::Sqlite {
         for chunk in id_chunks(backend, &parents) {
-            let lock = Query::select()
+            let mut lock = Query::select()
                 .column(Col::ExecutionId)
                 .from(te::Entity)
                 .and_where(Expr::col(Col::ExecutionId).is_in(chunk.iter().map(String::as_str)))
                 .order_by(Col::ExecutionId, Order::Asc)
-                .lock(LockType::Update)
                 .to_owned();
+            dialect::lock_for_update(backend, &mut lock);
             conn.query_all(&lock).await?;
         }
     }
@@ -678,33 +677,27 @@ async fn record_finished_children_in<C: ConnectionTrait>(
     };
     for chunk in dialect::chunks(
         backend,
-        fc::Column::iter().count(),
+        dialect::column_count::<fc::Entity>(),
         &models,
         finished_child_bytes,
     ) {
         let mut stmt = dialect::insert_models(backend, chunk)?;
+        stmt.on_conflict(dialect::if_absent([
+            ChildCol::ParentExecutionId,
+            ChildCol::ChildExecutionId,
+        ]));
         match backend {
-            // sea-query renders `do_nothing()` as invalid SQL on MySQL; assigning the key column
-            // to itself is MySQL's insert-if-absent. The rows were checked absent above, so it
-            // only matters for records of a parent that does not exist (nothing to count).
+            // The rows were checked absent above (MySQL reports no inserted rows), so
+            // insert-if-absent only matters here for records of a parent that does not exist
+            // (nothing to count).
             DbBackend::MySql => {
-                stmt.on_conflict(
-                    OnConflict::new()
-                        .update_column(ChildCol::ParentExecutionId)
-                        .to_owned(),
-                );
                 conn.execute(&stmt).await?;
                 for m in chunk {
                     count(m.parent_execution_id.clone(), &m.status);
                 }
             }
             _ => {
-                stmt.on_conflict(
-                    OnConflict::columns([ChildCol::ParentExecutionId, ChildCol::ChildExecutionId])
-                        .do_nothing()
-                        .to_owned(),
-                )
-                .returning(
+                stmt.returning(
                     Query::returning().columns([ChildCol::ParentExecutionId, ChildCol::Status]),
                 );
                 for row in conn.query_all(&stmt).await? {
@@ -1026,11 +1019,9 @@ async fn save_schedule_in<C: ConnectionTrait>(
     conn: &C,
     schedule: &TaskSchedule,
 ) -> Result<TaskSchedule> {
-    use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, QuerySelect};
+    use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, QueryTrait};
     let mut find = ts::Entity::find_by_id(schedule.schedule_id.clone());
-    if conn.get_database_backend() != DbBackend::Sqlite {
-        find = find.lock_exclusive();
-    }
+    dialect::lock_for_update(conn.get_database_backend(), QueryTrait::query(&mut find));
     let existing = match find.one(conn).await? {
         Some(m) => Some(mapper::schedule_from_model(m)?),
         None => None,
@@ -1501,17 +1492,31 @@ async fn cancellation_requests_in<C: ConnectionTrait>(
 // ---------------------------------------------------------------------------------------------
 // The port
 
-/// Runs `$body` (an expression using `$txn`) in a write transaction, retried on transient errors.
-macro_rules! in_write_transaction {
-    ($self:ident, $what:literal, |$txn:ident| $body:expr) => {
-        retry($what, || async {
-            let $txn = begin_write(&$self.db).await?;
-            let out = $body.await?;
-            $txn.commit().await?;
-            Ok(out)
-        })
-        .await
-    };
+/// Runs claim `$claim_in` (an operation generic over the connection, taking the params and
+/// whether an earlier attempt may have committed) with `$params`: on PostgreSQL on the pool,
+/// one statement (two when resuming), with no transaction round trips; elsewhere in a write
+/// transaction. A retried attempt resumes the claim of the one before. A macro because the
+/// operation runs on two connection types.
+macro_rules! claim {
+    ($self:ident, $what:literal, $claim_in:ident, $params:expr) => {{
+        let params = $params;
+        if params.admits_nothing() {
+            return Ok(Vec::new());
+        }
+        let attempts = Attempts::new(params.resume);
+        match $self.db.get_database_backend() {
+            DbBackend::Postgres => {
+                Backoff::STORE
+                    .retry($what, || $claim_in(&$self.db, params, attempts.retried()))
+                    .await
+            }
+            _ => in_write_transaction!(&$self.db, $what, |txn| $claim_in(
+                &txn,
+                params,
+                attempts.retried()
+            )),
+        }
+    }};
 }
 
 /// Tells the attempts of a retried operation apart: the first attempt of a call sees `first`,
@@ -1535,7 +1540,7 @@ impl SeaOrmTaskExecutionStorage {
     async fn enqueue_idempotent(&self, models: Vec<te::Model>) -> Result<()> {
         let attempts = Attempts::new(false);
         let single = enqueue_statements(self.db.get_database_backend(), &models) <= 1;
-        retry("enqueue_task_executions", || async {
+        Backoff::STORE.retry("enqueue_task_executions", || async {
             let retried = attempts.retried();
             let inserted = if single {
                 // One statement is atomic on its own.
@@ -1568,7 +1573,7 @@ impl SeaOrmTaskExecutionStorage {
         let ids = ids_of(&self.db.query_all(&candidates).await?)?;
         let mut closed = 0;
         for id in &ids {
-            match in_write_transaction!(self, "close_finished_task_executions", |txn| close_in(
+            match in_write_transaction!(&self.db, "close_finished_task_executions", |txn| close_in(
                 &txn,
                 now,
                 1,
@@ -1578,7 +1583,7 @@ impl SeaOrmTaskExecutionStorage {
                 Err(err) if !err.is_retryable() => {
                     tracing::error!(execution_id = %id, error = %err, "the outcome of a finished execution cannot be written; recording it as a failure");
                     closed +=
-                        in_write_transaction!(self, "close_finished_task_executions", |txn| {
+                        in_write_transaction!(&self.db, "close_finished_task_executions", |txn| {
                             close_as_failure_in(&txn, id, &err, now)
                         })?;
                 }
@@ -1612,10 +1617,11 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
             .from(te::Entity)
             .and_where(Expr::col(Col::ExecutionId).eq(execution_id))
             .to_owned();
-        let row = retry("get_task_execution", || async {
-            Ok(self.db.query_one(&select).await?)
-        })
-        .await?;
+        let row = Backoff::STORE
+            .retry("get_task_execution", || async {
+                Ok(self.db.query_one(&select).await?)
+            })
+            .await?;
         row.as_ref().map(mapper::execution_from_row).transpose()
     }
 
@@ -1624,29 +1630,14 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         &self,
         filter: &TaskExecutionFilter,
     ) -> Result<Vec<TaskExecution>> {
-        retry("get_task_executions", || get_many_in(&self.db, filter)).await
+        Backoff::STORE
+            .retry("get_task_executions", || get_many_in(&self.db, filter))
+            .await
     }
 
     #[tracing::instrument(skip(self), err)]
     async fn claim_task_executions(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>> {
-        if params.admits_nothing() {
-            return Ok(Vec::new());
-        }
-        let attempts = Attempts::new(params.resume);
-        match self.db.get_database_backend() {
-            // One statement (two when resuming): no transaction round trips.
-            DbBackend::Postgres => {
-                retry("claim_task_executions", || {
-                    claim_in(&self.db, params, attempts.retried())
-                })
-                .await
-            }
-            _ => in_write_transaction!(self, "claim_task_executions", |txn| claim_in(
-                &txn,
-                params,
-                attempts.retried()
-            )),
-        }
+        claim!(self, "claim_task_executions", claim_in, params)
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -1659,12 +1650,13 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
             return Ok(0);
         }
         if id_chunks(self.db.get_database_backend(), &guard.execution_ids).len() <= 1 {
-            retry("update_task_executions", || {
-                update_in(&self.db, guard, update)
-            })
-            .await
+            Backoff::STORE
+                .retry("update_task_executions", || {
+                    update_in(&self.db, guard, update)
+                })
+                .await
         } else {
-            in_write_transaction!(self, "update_task_executions", |txn| update_in(
+            in_write_transaction!(&self.db, "update_task_executions", |txn| update_in(
                 &txn, guard, update
             ))
         }
@@ -1679,7 +1671,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
             return Ok(vec![0; updates.len()]);
         }
         // One transaction: one commit (one log flush) for the whole batch.
-        in_write_transaction!(self, "update_task_executions_many", |txn| async {
+        in_write_transaction!(&self.db, "update_task_executions_many", |txn| async {
             let mut matched = Vec::with_capacity(updates.len());
             for (guard, update) in updates {
                 matched.push(if matches_nothing(guard) {
@@ -1703,7 +1695,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         if matches_nothing(guard) {
             return Ok(false);
         }
-        in_write_transaction!(self, "update_task_execution_and_enqueue", |txn| {
+        in_write_transaction!(&self.db, "update_task_execution_and_enqueue", |txn| {
             update_and_enqueue_in(&txn, guard, update, children.clone())
         })
     }
@@ -1716,7 +1708,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         if children.is_empty() {
             return Ok(());
         }
-        in_write_transaction!(self, "add_finished_child_task_executions", |txn| {
+        in_write_transaction!(&self.db, "add_finished_child_task_executions", |txn| {
             record_finished_children_in(&txn, children.clone())
         })
     }
@@ -1733,10 +1725,11 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
             .order_by(ChildCol::ChildIndex, Order::Asc)
             .order_by(ChildCol::ChildExecutionId, Order::Asc)
             .to_owned();
-        let rows = retry("get_finished_child_task_executions", || async {
-            Ok(self.db.query_all(&select).await?)
-        })
-        .await?;
+        let rows = Backoff::STORE
+            .retry("get_finished_child_task_executions", || async {
+                Ok(self.db.query_all(&select).await?)
+            })
+            .await?;
         rows.iter().map(mapper::finished_child_from_row).collect()
     }
 
@@ -1745,7 +1738,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         if limit == 0 {
             return Ok(0);
         }
-        in_write_transaction!(self, "expire_task_executions", |txn| expire_in(
+        in_write_transaction!(&self.db, "expire_task_executions", |txn| expire_in(
             &txn, now, limit
         ))
     }
@@ -1755,21 +1748,12 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         &self,
         params: &ClaimParams,
     ) -> Result<Vec<TaskExecution>> {
-        if params.admits_nothing() {
-            return Ok(Vec::new());
-        }
-        let attempts = Attempts::new(params.resume);
-        match self.db.get_database_backend() {
-            DbBackend::Postgres => {
-                retry("claim_parents_with_finished_children", || {
-                    claim_parents_in(&self.db, params, attempts.retried())
-                })
-                .await
-            }
-            _ => in_write_transaction!(self, "claim_parents_with_finished_children", |txn| {
-                claim_parents_in(&txn, params, attempts.retried())
-            }),
-        }
+        claim!(
+            self,
+            "claim_parents_with_finished_children",
+            claim_parents_in,
+            params
+        )
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -1777,7 +1761,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         if limit == 0 {
             return Ok(0);
         }
-        match in_write_transaction!(self, "close_finished_task_executions", |txn| close_in(
+        match in_write_transaction!(&self.db, "close_finished_task_executions", |txn| close_in(
             &txn, now, limit, None
         )) {
             Err(err) if !err.is_retryable() => {
@@ -1793,10 +1777,11 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        retry("cancellation_requests", || {
-            cancellation_requests_in(&self.db, executor_id, limit)
-        })
-        .await
+        Backoff::STORE
+            .retry("cancellation_requests", || {
+                cancellation_requests_in(&self.db, executor_id, limit)
+            })
+            .await
     }
 
     #[tracing::instrument(skip(self, schedule), fields(schedule_id = %schedule.schedule_id), err)]
@@ -1804,11 +1789,11 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         super::validate_schedule(&schedule)?;
         // Executors starting together insert the same schedule at once: the loser's conflict
         // is retried once, and then finds the winner's row.
-        match in_write_transaction!(self, "save_task_schedule", |txn| save_schedule_in(
+        match in_write_transaction!(&self.db, "save_task_schedule", |txn| save_schedule_in(
             &txn, &schedule
         )) {
             Err(Error::Conflict { .. }) => {
-                in_write_transaction!(self, "save_task_schedule", |txn| save_schedule_in(
+                in_write_transaction!(&self.db, "save_task_schedule", |txn| save_schedule_in(
                     &txn, &schedule
                 ))
             }
@@ -1819,27 +1804,29 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
     #[tracing::instrument(skip(self), err)]
     async fn get_task_schedules(&self) -> Result<Vec<TaskSchedule>> {
         use sea_orm::{EntityTrait, QueryOrder};
-        let rows = retry("get_task_schedules", || async {
-            Ok(ts::Entity::find()
-                .order_by_asc(ts::Column::ScheduleId)
-                .all(&self.db)
-                .await?)
-        })
-        .await?;
+        let rows = Backoff::STORE
+            .retry("get_task_schedules", || async {
+                Ok(ts::Entity::find()
+                    .order_by_asc(ts::Column::ScheduleId)
+                    .all(&self.db)
+                    .await?)
+            })
+            .await?;
         rows.into_iter().map(mapper::schedule_from_model).collect()
     }
 
     #[tracing::instrument(skip(self), err)]
     async fn delete_task_schedule(&self, schedule_id: &str) -> Result<bool> {
         use sea_orm::EntityTrait;
-        retry("delete_task_schedule", || async {
-            Ok(ts::Entity::delete_by_id(schedule_id.to_owned())
-                .exec(&self.db)
-                .await?
-                .rows_affected
-                > 0)
-        })
-        .await
+        Backoff::STORE
+            .retry("delete_task_schedule", || async {
+                Ok(ts::Entity::delete_by_id(schedule_id.to_owned())
+                    .exec(&self.db)
+                    .await?
+                    .rows_affected
+                    > 0)
+            })
+            .await
     }
 
     #[tracing::instrument(skip(self, task_ids), err)]
@@ -1861,10 +1848,11 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         if let Some(ids) = task_ids {
             find = find.filter(ts::Column::TaskId.is_in(ids.iter().map(String::as_str)));
         }
-        let rows = retry("due_task_schedules", || async {
-            Ok(find.clone().all(&self.db).await?)
-        })
-        .await?;
+        let rows = Backoff::STORE
+            .retry("due_task_schedules", || async {
+                Ok(find.clone().all(&self.db).await?)
+            })
+            .await?;
         // A schedule that cannot be read must not keep the others from firing.
         Ok(rows
             .into_iter()
@@ -1883,7 +1871,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         fire.executions.iter().try_for_each(super::validate_new)?;
         // A retry after a lost commit finds the tick moved and answers false: the executions
         // of the first attempt are there, once.
-        in_write_transaction!(self, "fire_task_schedule", |txn| fire_schedule_in(
+        in_write_transaction!(&self.db, "fire_task_schedule", |txn| fire_schedule_in(
             &txn, fire
         ))
     }
@@ -1892,7 +1880,9 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
     async fn wake_task_execution(&self, wake: &Wake) -> Result<WakeResult> {
         // A retry after a lost reply finds the execution finished by the first attempt and
         // answers `AlreadyFinished` with it: never a second change.
-        retry("wake_task_execution", || wake_in(&self.db, wake)).await
+        Backoff::STORE
+            .retry("wake_task_execution", || wake_in(&self.db, wake))
+            .await
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -1907,7 +1897,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         }
         // Deleting finished, closed rows is idempotent: a retry after a lost reply deletes the
         // next ones, or nothing.
-        in_write_transaction!(self, "prune_task_executions", |txn| prune_in(
+        in_write_transaction!(&self.db, "prune_task_executions", |txn| prune_in(
             &txn,
             statuses,
             finished_before,
@@ -1939,22 +1929,25 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
             return Ok(0);
         }
         // Clearing a flag is idempotent: a retry after a lost reply changes nothing more.
-        retry("acknowledge_cancellation_requests", || async {
-            let mut cleared = 0;
-            for chunk in id_chunks(self.db.get_database_backend(), execution_ids) {
-                let stmt = Query::update()
-                    .table(te::Entity)
-                    .value(Col::CancelRequested, false)
-                    .value(Col::UpdatedAt, now)
-                    .and_where(Expr::col(Col::ExecutionId).is_in(chunk.iter().map(String::as_str)))
-                    .and_where(Expr::col(Col::ExecutorId).eq(executor_id))
-                    .and_where(Expr::col(Col::CancelRequested).eq(bool_lit(true)))
-                    .to_owned();
-                cleared += self.db.execute(&stmt).await?.rows_affected();
-            }
-            Ok(cleared)
-        })
-        .await
+        Backoff::STORE
+            .retry("acknowledge_cancellation_requests", || async {
+                let mut cleared = 0;
+                for chunk in id_chunks(self.db.get_database_backend(), execution_ids) {
+                    let stmt = Query::update()
+                        .table(te::Entity)
+                        .value(Col::CancelRequested, false)
+                        .value(Col::UpdatedAt, now)
+                        .and_where(
+                            Expr::col(Col::ExecutionId).is_in(chunk.iter().map(String::as_str)),
+                        )
+                        .and_where(Expr::col(Col::ExecutorId).eq(executor_id))
+                        .and_where(Expr::col(Col::CancelRequested).eq(bool_lit(true)))
+                        .to_owned();
+                    cleared += self.db.execute(&stmt).await?.rows_affected();
+                }
+                Ok(cleared)
+            })
+            .await
     }
 }
 

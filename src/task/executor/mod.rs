@@ -46,6 +46,7 @@ use crate::clock::millis;
 use definition::{RunOutcome, TaskSpec};
 
 use crate::clock::{Clock, SystemClock};
+use crate::dialect::{Backoff, jitter};
 use crate::error::{Error, Result};
 use crate::task::model::{
     ClaimParams, ExecutionError, ExecutionErrorKind, NewTaskExecution, ParentRef, TaskExecution,
@@ -360,10 +361,6 @@ fn panic_message(join: tokio::task::JoinError) -> String {
             .unwrap_or_else(|| "non-string panic payload".to_owned()),
         Err(join) => join.to_string(),
     }
-}
-
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.75 + fastrand::f64() * 0.5)
 }
 
 impl Executor {
@@ -870,9 +867,8 @@ impl Inner {
     }
 
     async fn backoff(&self, errors: u32) {
-        let delay = Duration::from_millis(50u64 << errors.min(7)).min(Duration::from_secs(5));
         tokio::select! {
-            () = tokio::time::sleep(jitter(delay)) => {}
+            () = tokio::time::sleep(Backoff::RUNNER.delay(errors)) => {}
             () = self.shutdown.cancelled() => {}
         }
     }
@@ -1041,8 +1037,7 @@ impl Inner {
                 Err(err) if err.is_retryable() && self.now() < lease_ends => {
                     attempt += 1;
                     tracing::warn!(error = %err, attempt, "recording the run's result failed; retrying");
-                    let delay = Duration::from_millis(50u64 << attempt.min(6));
-                    tokio::time::sleep(jitter(delay)).await;
+                    tokio::time::sleep(Backoff::RUNNER.delay(attempt)).await;
                 }
                 Err(err) if err.is_retryable() => {
                     tracing::error!(error = %err, "recording the run's result failed until its lease ended; the lease will lapse");
