@@ -28,6 +28,7 @@ use super::model::{
 };
 use super::store::{DistributedStateStore, unique_id};
 use crate::error::{Error, Result};
+use crate::metric::WorkerMetrics;
 
 /// What [`prepare`] created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +221,10 @@ pub struct WorkerOptions {
     /// record in progress (the records of that batch it did not save are processed again by
     /// whoever claims it next), and returns with [`WorkerReport::shut_down`] set.
     pub shutdown: CancellationToken,
+    /// Constant labels added to every metric of this worker (default: none), for example
+    /// `("pipeline", "import")`; see [`metric`](crate::metric). Never a job id: each distinct
+    /// set is a time series.
+    pub metric_labels: Vec<(String, String)>,
 }
 
 impl Default for WorkerOptions {
@@ -233,6 +238,7 @@ impl Default for WorkerOptions {
             poll_interval: Duration::from_millis(200),
             progress: None,
             shutdown: CancellationToken::new(),
+            metric_labels: Vec::new(),
         }
     }
 }
@@ -327,6 +333,8 @@ where
     Fut: Future<Output = std::result::Result<(), ProcessError>> + Send,
 {
     let mut report = WorkerReport::default();
+    // Resolved once: a worker's handles are the same for all its batches.
+    let metrics = WorkerMetrics::new(&options.metric_labels);
     let mut errors: u32 = 0;
     let mut config: Option<JobConfig> = None;
     let shutdown = &options.shutdown;
@@ -353,7 +361,7 @@ where
                     })?;
                 config = Some(job.config);
             }
-            let settings = Settings::new(config.as_ref(), &options);
+            let settings = Settings::new(config.as_ref(), &options, &metrics);
             let claimed = store
                 .claim_batch_with_id(job_id, worker_id, &claim_id)
                 .await?;
@@ -361,6 +369,7 @@ where
             claim_id = unique_id("claim");
             match claimed {
                 ClaimBatchResult::Claimed(reservation) => {
+                    metrics.claimed.increment(1);
                     let processed = process_batch(
                         &store,
                         &reservation,
@@ -392,6 +401,7 @@ where
                             worker_id,
                             &mut finalizer,
                             &options,
+                            &metrics,
                             &mut report,
                         )
                         .await?;
@@ -401,6 +411,7 @@ where
                         .reclaim_stale_batches(job_id, options.stale_timeout)
                         .await?;
                     report.reclaimed += reclaimed;
+                    metrics.reclaimed.increment(reclaimed);
                     if reclaimed == 0 {
                         pause(shutdown, options.poll_interval).await;
                     }
@@ -430,6 +441,7 @@ where
                                     worker_id,
                                     &mut finalizer,
                                     &options,
+                                    &metrics,
                                     &mut report,
                                 )
                                 .await?;
@@ -452,6 +464,7 @@ where
             Ok(None) => errors = 0,
             Err(err) if err.is_retryable() && errors < MAX_ERRORS => {
                 errors += 1;
+                metrics.errors.increment(1);
                 tracing::warn!(error = %err, errors, "worker step failed; backing off");
                 pause(shutdown, backoff(errors)).await;
             }
@@ -479,7 +492,7 @@ fn backoff(errors: u32) -> Duration {
 
 /// Runs a store call of a claimed batch, retrying retryable failures with [`backoff`], so that a
 /// short outage does not throw away the batch's work.
-async fn retrying<T, F, Fut>(what: &'static str, mut op: F) -> Result<T>
+async fn retrying<T, F, Fut>(what: &'static str, metrics: &WorkerMetrics, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
@@ -489,6 +502,7 @@ where
         match op().await {
             Err(err) if err.is_retryable() && errors < MAX_ERRORS => {
                 errors += 1;
+                metrics.errors.increment(1);
                 tracing::warn!(operation = what, error = %err, errors, "store call failed; backing off");
                 tokio::time::sleep(backoff(errors)).await;
             }
@@ -497,16 +511,23 @@ where
     }
 }
 
-/// The effective per-record settings: the job's configuration over the worker's options.
-struct Settings {
+/// The effective per-record settings: the job's configuration over the worker's options; and
+/// the worker's metrics.
+struct Settings<'a> {
     max_retries: u32,
     retry_delay: Duration,
     continue_on_error: bool,
+    metrics: &'a WorkerMetrics,
 }
 
-impl Settings {
-    fn new(config: Option<&JobConfig>, options: &WorkerOptions) -> Self {
+impl<'a> Settings<'a> {
+    fn new(
+        config: Option<&JobConfig>,
+        options: &WorkerOptions,
+        metrics: &'a WorkerMetrics,
+    ) -> Self {
         Self {
+            metrics,
             max_retries: config
                 .and_then(|c| c.max_retries)
                 .unwrap_or(options.max_retries),
@@ -532,6 +553,7 @@ async fn finalize(
     worker_id: &str,
     finalizer: &mut Finalizer,
     options: &WorkerOptions,
+    metrics: &WorkerMetrics,
     report: &mut WorkerReport,
 ) -> Result<()> {
     // Cleared only by an answer: after an error the finalization may have taken effect.
@@ -548,6 +570,7 @@ async fn finalize(
             .await?
             .map_or(JobStatus::Completed, |j| j.status);
         tracing::info!(%status, "job finalized");
+        metrics.job_finalized(status.as_str());
         emit(
             options,
             WorkerEvent::JobFinalized {
@@ -570,7 +593,7 @@ async fn process_batch<T, F, Fut>(
     store: &Arc<dyn DistributedStateStore>,
     reservation: &BatchReservation,
     processor: &F,
-    settings: &Settings,
+    settings: &Settings<'_>,
     options: &WorkerOptions,
     report: &mut WorkerReport,
     finalizer: &mut Finalizer,
@@ -580,7 +603,9 @@ where
     F: Fn(RecordContext, T) -> Fut + Send + Sync,
     Fut: Future<Output = std::result::Result<(), ProcessError>> + Send,
 {
-    let records = retrying("get_batch_records", || {
+    let started = std::time::Instant::now();
+    let metrics = settings.metrics;
+    let records = retrying("get_batch_records", metrics, || {
         store.get_batch_records(&reservation.job_id, &reservation.batch_id)
     })
     .await?;
@@ -651,13 +676,18 @@ where
     if options.shutdown.is_cancelled() && !lost.is_cancelled() {
         // Shut down part way: give the batch back at once rather than leave it to the stale
         // timeout. Fenced, so a claim lost meanwhile is left to its new owner.
-        if !retrying("release_batch", || store.release_batch(reservation)).await? {
+        if !retrying("release_batch", metrics, || {
+            store.release_batch(reservation)
+        })
+        .await?
+        {
             tracing::warn!("claim lost before the batch could be given back");
         }
         return Ok(());
     }
     if lost.is_cancelled() {
         report.claims_lost += 1;
+        metrics.claims_lost.increment(1);
         emit(
             options,
             WorkerEvent::ClaimLost {
@@ -677,12 +707,13 @@ where
     // Outcomes and completion in one fenced write: a worker whose claim was lost writes
     // nothing. A completion that took effect but whose answer was lost reads as a lost claim
     // when retried; the batch is finished either way, and whoever comes next finalizes the job.
-    if !retrying("complete_batch_with_outcomes", || {
+    if !retrying("complete_batch_with_outcomes", metrics, || {
         store.complete_batch_with_outcomes(reservation, outcome, &outcomes)
     })
     .await?
     {
         report.claims_lost += 1;
+        metrics.claims_lost.increment(1);
         tracing::warn!("claim lost before completion; the batch belongs to another worker now");
         emit(
             options,
@@ -696,6 +727,14 @@ where
     report.batches += 1;
     report.processed += processed;
     report.failed += failed;
+    metrics.records_processed.increment(processed);
+    metrics.records_failed.increment(failed);
+    if stopped {
+        metrics.failed.increment(1);
+    } else {
+        metrics.completed.increment(1);
+    }
+    metrics.duration.record(started.elapsed());
     emit(
         options,
         WorkerEvent::BatchFinished {
@@ -712,6 +751,7 @@ where
         &worker_id,
         finalizer,
         options,
+        metrics,
         report,
     )
     .await
@@ -721,7 +761,7 @@ async fn process_record<T, F, Fut>(
     reservation: &BatchReservation,
     mut record: ProcessedRecord,
     processor: &F,
-    settings: &Settings,
+    settings: &Settings<'_>,
 ) -> ProcessedRecord
 where
     T: DeserializeOwned,
