@@ -29,6 +29,7 @@ use super::model::{
 use super::store::{DistributedStateStore, unique_id};
 use crate::dialect::Backoff;
 use crate::error::{Error, Result};
+use crate::metric::WorkerMetrics;
 
 /// What [`prepare`] created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +220,10 @@ pub struct WorkerOptions {
     /// record in progress (the records of that batch it did not save are processed again by
     /// whoever claims it next), and returns with [`WorkerReport::shut_down`] set.
     pub shutdown: CancellationToken,
+    /// Constant labels added to every metric of this worker (default: none), for example
+    /// `("pipeline", "import")`; see [`metric`](crate::metric). Never a job id: each distinct
+    /// set is a time series.
+    pub metric_labels: Vec<(String, String)>,
 }
 
 impl Default for WorkerOptions {
@@ -232,6 +237,7 @@ impl Default for WorkerOptions {
             poll_interval: Duration::from_millis(200),
             progress: None,
             shutdown: CancellationToken::new(),
+            metric_labels: Vec::new(),
         }
     }
 }
@@ -326,6 +332,8 @@ where
     Fut: Future<Output = std::result::Result<(), ProcessError>> + Send,
 {
     let mut report = WorkerReport::default();
+    // Resolved once: a worker's handles are the same for all its batches.
+    let metrics = WorkerMetrics::new(&options.metric_labels);
     let mut errors: u32 = 0;
     let mut config: Option<JobConfig> = None;
     let shutdown = &options.shutdown;
@@ -352,7 +360,7 @@ where
                     })?;
                 config = Some(job.config);
             }
-            let settings = Settings::new(config.as_ref(), &options);
+            let settings = Settings::new(config.as_ref(), &options, &metrics);
             let claimed = store
                 .claim_batch_with_id(job_id, worker_id, &claim_id)
                 .await?;
@@ -360,6 +368,7 @@ where
             claim_id = unique_id("claim");
             match claimed {
                 ClaimBatchResult::Claimed(reservation) => {
+                    metrics.claimed.increment(1);
                     let processed = process_batch(
                         &store,
                         &reservation,
@@ -391,6 +400,7 @@ where
                             worker_id,
                             &mut finalizer,
                             &options,
+                            &metrics,
                             &mut report,
                         )
                         .await?;
@@ -400,6 +410,7 @@ where
                         .reclaim_stale_batches(job_id, options.stale_timeout)
                         .await?;
                     report.reclaimed += reclaimed;
+                    metrics.reclaimed.increment(reclaimed);
                     if reclaimed == 0 {
                         pause(shutdown, options.poll_interval).await;
                     }
@@ -429,6 +440,7 @@ where
                                     worker_id,
                                     &mut finalizer,
                                     &options,
+                                    &metrics,
                                     &mut report,
                                 )
                                 .await?;
@@ -454,6 +466,7 @@ where
                 let Some(delay) = Backoff::RUNNER.pause(errors) else {
                     return Err(err);
                 };
+                metrics.errors.increment(1);
                 tracing::warn!(error = %err, errors, "worker step failed; backing off");
                 pause(shutdown, delay).await;
             }
@@ -470,16 +483,23 @@ async fn pause(shutdown: &CancellationToken, duration: Duration) {
     }
 }
 
-/// The effective per-record settings: the job's configuration over the worker's options.
-struct Settings {
+/// The effective per-record settings: the job's configuration over the worker's options; and
+/// the worker's metrics.
+struct Settings<'a> {
     max_retries: u32,
     retry_delay: Duration,
     continue_on_error: bool,
+    metrics: &'a WorkerMetrics,
 }
 
-impl Settings {
-    fn new(config: Option<&JobConfig>, options: &WorkerOptions) -> Self {
+impl<'a> Settings<'a> {
+    fn new(
+        config: Option<&JobConfig>,
+        options: &WorkerOptions,
+        metrics: &'a WorkerMetrics,
+    ) -> Self {
         Self {
+            metrics,
             max_retries: config
                 .and_then(|c| c.max_retries)
                 .unwrap_or(options.max_retries),
@@ -505,6 +525,7 @@ async fn finalize(
     worker_id: &str,
     finalizer: &mut Finalizer,
     options: &WorkerOptions,
+    metrics: &WorkerMetrics,
     report: &mut WorkerReport,
 ) -> Result<()> {
     // Cleared only by an answer: after an error the finalization may have taken effect.
@@ -521,6 +542,7 @@ async fn finalize(
             .await?
             .map_or(JobStatus::Completed, |j| j.status);
         tracing::info!(%status, "job finalized");
+        metrics.job_finalized(status.as_str());
         emit(
             options,
             WorkerEvent::JobFinalized {
@@ -543,7 +565,7 @@ async fn process_batch<T, F, Fut>(
     store: &Arc<dyn DistributedStateStore>,
     reservation: &BatchReservation,
     processor: &F,
-    settings: &Settings,
+    settings: &Settings<'_>,
     options: &WorkerOptions,
     report: &mut WorkerReport,
     finalizer: &mut Finalizer,
@@ -553,10 +575,14 @@ where
     F: Fn(RecordContext, T) -> Fut + Send + Sync,
     Fut: Future<Output = std::result::Result<(), ProcessError>> + Send,
 {
+    let started = std::time::Instant::now();
+    let metrics = settings.metrics;
     let records = Backoff::RUNNER
-        .retry("get_batch_records", || {
-            store.get_batch_records(&reservation.job_id, &reservation.batch_id)
-        })
+        .retry_observed(
+            "get_batch_records",
+            || metrics.errors.increment(1),
+            || store.get_batch_records(&reservation.job_id, &reservation.batch_id),
+        )
         .await?;
 
     // The heartbeat runs beside the processing; it stops with the batch, and cancels the
@@ -626,7 +652,11 @@ where
         // Shut down part way: give the batch back at once rather than leave it to the stale
         // timeout. Fenced, so a claim lost meanwhile is left to its new owner.
         if !Backoff::RUNNER
-            .retry("release_batch", || store.release_batch(reservation))
+            .retry_observed(
+                "release_batch",
+                || metrics.errors.increment(1),
+                || store.release_batch(reservation),
+            )
             .await?
         {
             tracing::warn!("claim lost before the batch could be given back");
@@ -635,6 +665,7 @@ where
     }
     if lost.is_cancelled() {
         report.claims_lost += 1;
+        metrics.claims_lost.increment(1);
         emit(
             options,
             WorkerEvent::ClaimLost {
@@ -655,12 +686,15 @@ where
     // nothing. A completion that took effect but whose answer was lost reads as a lost claim
     // when retried; the batch is finished either way, and whoever comes next finalizes the job.
     if !Backoff::RUNNER
-        .retry("complete_batch_with_outcomes", || {
-            store.complete_batch_with_outcomes(reservation, outcome, &outcomes)
-        })
+        .retry_observed(
+            "complete_batch_with_outcomes",
+            || metrics.errors.increment(1),
+            || store.complete_batch_with_outcomes(reservation, outcome, &outcomes),
+        )
         .await?
     {
         report.claims_lost += 1;
+        metrics.claims_lost.increment(1);
         tracing::warn!("claim lost before completion; the batch belongs to another worker now");
         emit(
             options,
@@ -674,6 +708,14 @@ where
     report.batches += 1;
     report.processed += processed;
     report.failed += failed;
+    metrics.records_processed.increment(processed);
+    metrics.records_failed.increment(failed);
+    if stopped {
+        metrics.failed.increment(1);
+    } else {
+        metrics.completed.increment(1);
+    }
+    metrics.duration.record(started.elapsed());
     emit(
         options,
         WorkerEvent::BatchFinished {
@@ -690,6 +732,7 @@ where
         &worker_id,
         finalizer,
         options,
+        metrics,
         report,
     )
     .await
@@ -699,7 +742,7 @@ async fn process_record<T, F, Fut>(
     reservation: &BatchReservation,
     mut record: ProcessedRecord,
     processor: &F,
-    settings: &Settings,
+    settings: &Settings<'_>,
 ) -> ProcessedRecord
 where
     T: DeserializeOwned,

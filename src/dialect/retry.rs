@@ -83,7 +83,21 @@ impl Backoff {
     ///
     /// `op` must be safe to repeat: an attempt may have taken effect although it failed (its
     /// reply lost), and a transaction it began is rolled back before the next.
-    pub(crate) async fn retry<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T>
+    pub(crate) async fn retry<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.retry_observed(what, || {}, op).await
+    }
+
+    /// [`retry`](Self::retry), calling `on_retry` before each pause (to count the retries).
+    pub(crate) async fn retry_observed<T, F, Fut>(
+        &self,
+        what: &'static str,
+        on_retry: impl Fn(),
+        mut op: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -96,6 +110,7 @@ impl Backoff {
                     let Some(delay) = self.pause(retry) else {
                         return Err(err);
                     };
+                    on_retry();
                     if self.warn {
                         tracing::warn!(operation = what, retry, error = %err, "database operation failed; backing off");
                     } else {

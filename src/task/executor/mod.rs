@@ -19,6 +19,7 @@
 //! lease lapsed and was claimed again elsewhere cannot be overwritten by the old run.
 
 mod definition;
+mod enqueuer;
 mod handle;
 
 use std::collections::HashMap;
@@ -44,10 +45,12 @@ pub use handle::{FinishedExecution, TaskHandle, WaitOptions};
 
 use crate::clock::millis;
 use definition::{RunOutcome, TaskSpec};
+use enqueuer::EnqueueSpans;
 
 use crate::clock::{Clock, SystemClock};
 use crate::dialect::{Backoff, jitter};
 use crate::error::{Error, Result};
+use crate::metric::{ExecutorMetrics, TaskMetrics};
 use crate::task::model::{
     ClaimParams, ExecutionError, ExecutionErrorKind, NewTaskExecution, ParentRef, TaskExecution,
     TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate, Wake,
@@ -89,6 +92,15 @@ pub struct ExecutorOptions {
     pub retention: Option<Retention>,
     /// Where time is read from.
     pub clock: Arc<dyn Clock>,
+    /// Constant labels added to every metric of this executor (default: none), for example
+    /// `("executor", "billing")` to tell two executors of one process apart; see
+    /// [`metric`](crate::metric). Keep their values few: each distinct set is a time series.
+    pub metric_labels: Vec<(String, String)>,
+    /// Whether the span of a run follows from the span that enqueued it, when it was
+    /// enqueued through this executor and is due at once (default: true). The enqueuing span
+    /// is kept until the run starts, so exporters that time a span by its close see it end
+    /// then: turn this off when that matters more than the link.
+    pub follow_enqueuer_spans: bool,
 }
 
 impl Default for ExecutorOptions {
@@ -104,6 +116,8 @@ impl Default for ExecutorOptions {
             queues: None,
             retention: None,
             clock: Arc::new(SystemClock),
+            metric_labels: Vec::new(),
+            follow_enqueuer_spans: true,
         }
     }
 }
@@ -246,6 +260,9 @@ struct Inner {
     skew_measured: Mutex<Option<std::time::Instant>>,
     /// When finished executions were pruned last.
     pruned: Mutex<Option<std::time::Instant>>,
+    metrics: ExecutorMetrics,
+    /// The spans that enqueued executions in this process, for their runs to follow from.
+    enqueuers: EnqueueSpans,
     wake_claim: Notify,
     wake_parents: Notify,
     /// Shared with the batch writer, which wakes the close loop once per written batch.
@@ -363,6 +380,11 @@ fn panic_message(join: tokio::task::JoinError) -> String {
     }
 }
 
+/// A span of epoch milliseconds in seconds, for histograms (negative spans count as 0).
+fn seconds(ms: i64) -> f64 {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0)).as_secs_f64()
+}
+
 impl Executor {
     /// An executor over `storage`. Register tasks, then [`start`](Self::start) it.
     pub fn new(storage: Arc<dyn TaskExecutionStorage>, options: ExecutorOptions) -> Self {
@@ -376,6 +398,7 @@ impl Executor {
         let id = options.executor_id.clone().unwrap_or_else(|| new_id("ex_"));
         let permits = Arc::new(Semaphore::new(options.max_concurrent.max(1)));
         let (writes, pending) = mpsc::unbounded_channel();
+        let metrics = ExecutorMetrics::new(&options.metric_labels);
         Self {
             inner: Arc::new(Inner {
                 id,
@@ -389,6 +412,8 @@ impl Executor {
                 clock_skew_ms: AtomicI64::new(NO_SKEW),
                 skew_measured: Mutex::new(None),
                 pruned: Mutex::new(None),
+                metrics,
+                enqueuers: EnqueueSpans::default(),
                 wake_claim: Notify::new(),
                 wake_parents: Notify::new(),
                 wake_close: Arc::new(Notify::new()),
@@ -583,10 +608,14 @@ impl Executor {
         let now = self.inner.options.clock.now_ms();
         let execution = self.new_execution_with(task, input, options, now)?;
         let id = execution.execution_id.clone();
+        let due_now = execution.sleep_before_run.is_zero();
         self.inner
             .storage
             .enqueue_task_executions(vec![execution], now)
             .await?;
+        if due_now {
+            self.inner.follow_from_current([id.as_str()]);
+        }
         self.inner.wake_claim.notify_one();
         Ok(self.handle(id))
     }
@@ -635,7 +664,12 @@ impl Executor {
         let execution = self.new_execution_with(task, input, options, now)?;
         crate::task::validate_new(&execution)?;
         let id = execution.execution_id.clone();
+        let due_now = execution.sleep_before_run.is_zero();
         crate::task::sea_orm::enqueue_in(conn, vec![execution], now).await?;
+        if due_now {
+            // Forgotten in time if the transaction rolls back.
+            self.inner.follow_from_current([id.as_str()]);
+        }
         // Wakes the claim loop early; if the transaction is still open the claim finds nothing
         // yet and the regular poll picks the execution up after the commit.
         self.inner.wake_claim.notify_one();
@@ -827,6 +861,27 @@ impl Inner {
         self.options.clock.now_ms()
     }
 
+    /// Makes the runs of `ids`, when they run here, follow from the current span.
+    fn follow_from_current<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        if self.options.follow_enqueuer_spans {
+            self.enqueuers.remember(ids);
+        }
+    }
+
+    /// The ids of `executions`, when their runs are to follow from the current span (a run,
+    /// or a parent's processing); `None` without a recording span, so that nothing is copied
+    /// then.
+    fn followers(&self, executions: &[NewTaskExecution]) -> Option<Vec<String>> {
+        (self.options.follow_enqueuer_spans && !tracing::Span::current().is_disabled())
+            .then(|| executions.iter().map(|e| e.execution_id.clone()).collect())
+    }
+
+    fn remember_followers(&self, ids: Option<Vec<String>>) {
+        if let Some(ids) = ids {
+            self.enqueuers.remember(ids.iter().map(String::as_str));
+        }
+    }
+
     fn task(&self, id: &str) -> Option<Arc<TaskSpec>> {
         self.tasks
             .read()
@@ -944,6 +999,7 @@ impl Inner {
                     drop(permits);
                     failed_claim = params.claim_id;
                     errors += 1;
+                    self.metrics.loop_error("claim");
                     tracing::warn!(error = %err, errors, "claiming task executions failed");
                     self.backoff(errors).await;
                 }
@@ -984,6 +1040,7 @@ impl Inner {
                 }
                 Err(err) => {
                     errors += 1;
+                    self.metrics.loop_error(name);
                     tracing::warn!(loop_name = name, error = %err, errors, "executor loop failed");
                     self.backoff(errors).await;
                 }
@@ -995,6 +1052,13 @@ impl Inner {
         // Not a child of the shutdown token: shutting down lets running executions finish.
         let token = CancellationToken::new();
         let fencing_token = execution.fencing_token;
+        let metrics = self.metrics.task(&execution.queue, &execution.task_id);
+        metrics.claimed.increment(1);
+        // The claim records its time as the run's start.
+        let claimed_at = execution.started_at.unwrap_or_else(|| self.now());
+        metrics
+            .claim_latency
+            .record(seconds(claimed_at.saturating_sub(execution.start_at)));
         self.running().insert(
             execution.execution_id.clone(),
             (fencing_token, token.clone()),
@@ -1002,7 +1066,7 @@ impl Inner {
         let inner = Arc::clone(self);
         self.runs.spawn(async move {
             let id = execution.execution_id.clone();
-            inner.run(execution, token).await;
+            inner.run(execution, token, &metrics).await;
             // Only this run's entry: a newer claim of the same execution may have replaced it.
             let mut running = inner.running();
             if running
@@ -1018,13 +1082,21 @@ impl Inner {
     }
 
     #[tracing::instrument(skip_all, fields(execution_id = %execution.execution_id, task_id = %execution.task_id))]
-    async fn run(&self, execution: TaskExecution, token: CancellationToken) {
+    async fn run(&self, execution: TaskExecution, token: CancellationToken, metrics: &TaskMetrics) {
+        if let Some(enqueuer) = self.enqueuers.take(&execution.execution_id) {
+            tracing::Span::current().follows_from(&enqueuer);
+        }
         let result = match self.task(&execution.task_id) {
             None => RunResult::Failed(
                 TaskError::fatal(format!("task `{}` is not registered", execution.task_id)),
                 ExecutionErrorKind::NotFound,
             ),
-            Some(spec) => self.execute(&spec, &execution, token).await,
+            Some(spec) => {
+                let started = std::time::Instant::now();
+                let result = self.execute(&spec, &execution, token).await;
+                metrics.run_duration.record(started.elapsed());
+                result
+            }
         };
         // Retry a result that could not be written for as long as the claim's lease lasts (the
         // fencing token makes a repeated write harmless); after that the lease lapses and the
@@ -1032,7 +1104,7 @@ impl Inner {
         let lease_ends = execution.expires_at.unwrap_or(i64::MIN);
         let mut attempt: u32 = 0;
         loop {
-            match self.record(&execution, &result).await {
+            match self.record(&execution, &result, metrics).await {
                 Ok(()) => break,
                 Err(err) if err.is_retryable() && self.now() < lease_ends => {
                     attempt += 1;
@@ -1048,7 +1120,7 @@ impl Inner {
                     // execution fails with the real reason instead of waiting for its lease to
                     // lapse and being mistaken for a dead executor's.
                     tracing::error!(error = %err, "the run's result cannot be stored; failing the execution");
-                    self.record_unstorable(&execution, &err).await;
+                    self.record_unstorable(&execution, &err, metrics).await;
                     break;
                 }
             }
@@ -1094,21 +1166,39 @@ impl Inner {
     }
 
     /// Writes how a run ended, guarded by the run's claim.
-    async fn record(&self, execution: &TaskExecution, result: &RunResult) -> Result<()> {
+    async fn record(
+        &self,
+        execution: &TaskExecution,
+        result: &RunResult,
+        metrics: &TaskMetrics,
+    ) -> Result<()> {
         let guard = TaskExecutionGuard::id(execution.execution_id.clone())
             .status(TaskExecutionStatus::Running)
             .fencing_token(execution.fencing_token);
         let now = self.now();
         let written = match result {
-            RunResult::Cancelled => return Ok(()),
+            RunResult::Cancelled => {
+                metrics.cancelled.increment(1);
+                return Ok(());
+            }
             RunResult::Failed(err, kind) => {
                 let update = self.failure_update(execution, err, *kind, now);
-                self.write(guard, update).await? > 0
+                let status = update.status;
+                let written = self.write(guard, update).await? > 0;
+                if written {
+                    metrics.result(status);
+                }
+                written
             }
             RunResult::Finished(outcome) => {
                 let spec = self.task(&execution.task_id);
-                self.record_success(execution, &guard, spec.as_deref(), outcome, now)
-                    .await?
+                let written = self
+                    .record_success(execution, &guard, spec.as_deref(), outcome, now)
+                    .await?;
+                if let Some(status) = written {
+                    metrics.result(Some(status));
+                }
+                written.is_some()
             }
         };
         if !written {
@@ -1120,7 +1210,12 @@ impl Inner {
     }
 
     /// Fails `execution`, whose result cannot be stored, with the error that prevented it.
-    async fn record_unstorable(&self, execution: &TaskExecution, cause: &Error) {
+    async fn record_unstorable(
+        &self,
+        execution: &TaskExecution,
+        cause: &Error,
+        metrics: &TaskMetrics,
+    ) {
         let guard = TaskExecutionGuard::id(execution.execution_id.clone())
             .status(TaskExecutionStatus::Running)
             .fencing_token(execution.fencing_token);
@@ -1135,8 +1230,12 @@ impl Inner {
             }),
             ..Default::default()
         };
-        if let Err(err) = self.storage.update_task_executions(&guard, &update).await {
-            tracing::error!(error = %err, "failing the execution failed too; its lease will lapse");
+        match self.storage.update_task_executions(&guard, &update).await {
+            Ok(0) => {}
+            Ok(_) => metrics.result(update.status),
+            Err(err) => {
+                tracing::error!(error = %err, "failing the execution failed too; its lease will lapse");
+            }
         }
     }
 
@@ -1189,7 +1288,7 @@ impl Inner {
         spec: Option<&TaskSpec>,
         outcome: &RunOutcome,
         now: i64,
-    ) -> Result<bool> {
+    ) -> Result<Option<TaskExecutionStatus>> {
         let storage = &self.storage;
         let this = TaskExecutionRef {
             task_id: execution.task_id.clone(),
@@ -1207,7 +1306,8 @@ impl Inner {
                         ));
                         let update =
                             self.failure_update(execution, &err, ExecutionErrorKind::Generic, now);
-                        return Ok(storage.update_task_executions(guard, &update).await? > 0);
+                        let written = storage.update_task_executions(guard, &update).await? > 0;
+                        return Ok(if written { update.status } else { None });
                     }
                 };
                 let parent = ParentRef {
@@ -1231,13 +1331,15 @@ impl Inner {
                 clear_error: true,
                 ..Default::default()
             };
+            let followers = self.followers(&children);
             let written = storage
                 .update_task_execution_and_enqueue(guard, &update, children)
                 .await?;
             if written {
+                self.remember_followers(followers);
                 self.wake_claim.notify_one();
             }
-            return Ok(written);
+            return Ok(written.then_some(TaskExecutionStatus::WaitingForChildren));
         }
         let parent_output = |run_output: &str| -> Result<String> {
             let output: Value = serde_json::from_str(run_output)?;
@@ -1254,7 +1356,7 @@ impl Inner {
                 let written = self
                     .spawn_finalize(execution, guard, &finalize, input, now)
                     .await?;
-                Ok(written)
+                Ok(written.then_some(TaskExecutionStatus::WaitingForFinalize))
             }
             None => {
                 let output = if spec.is_some_and(|s| s.is_parent) {
@@ -1269,7 +1371,8 @@ impl Inner {
                     clear_error: true,
                     ..Default::default()
                 };
-                Ok(self.write(guard.clone(), update).await? > 0)
+                let written = self.write(guard.clone(), update).await? > 0;
+                Ok(written.then_some(TaskExecutionStatus::Completed))
             }
         }
     }
@@ -1305,11 +1408,14 @@ impl Inner {
             clear_error: true,
             ..Default::default()
         };
+        let execution = vec![execution];
+        let followers = self.followers(&execution);
         let written = self
             .storage
-            .update_task_execution_and_enqueue(guard, &update, vec![execution])
+            .update_task_execution_and_enqueue(guard, &update, execution)
             .await?;
         if written {
+            self.remember_followers(followers);
             self.wake_claim.notify_one();
         }
         Ok(written)
@@ -1343,7 +1449,11 @@ impl Inner {
         let parents_empty = parents.is_empty();
         for parent in parents {
             // One parent's failure must not hold up the others claimed with it.
-            if let Err(err) = self.process_parent(&parent).await {
+            let processed = self.process_parent(&parent).await;
+            if let Ok(true) = processed {
+                self.count_parent_finalized(&parent);
+            }
+            if let Err(err) = processed {
                 if err.is_retryable() {
                     tracing::warn!(execution_id = %parent.execution_id, error = %err, "processing a parent failed; it is retried after its lease");
                     continue;
@@ -1363,7 +1473,9 @@ impl Inner {
                     }),
                     ..Default::default()
                 };
-                self.storage.update_task_executions(&guard, &update).await?;
+                if self.storage.update_task_executions(&guard, &update).await? > 0 {
+                    self.count_parent_finalized(&parent);
+                }
             }
         }
         if !parents_empty {
@@ -1373,8 +1485,17 @@ impl Inner {
         Ok(full)
     }
 
+    fn count_parent_finalized(&self, parent: &TaskExecution) {
+        self.metrics
+            .task(&parent.queue, &parent.task_id)
+            .parents_finalized
+            .increment(1);
+    }
+
+    /// Moves a parent whose children all finished on; returns whether it did (false: the
+    /// parent changed meanwhile).
     #[tracing::instrument(skip_all, fields(execution_id = %parent.execution_id))]
-    async fn process_parent(&self, parent: &TaskExecution) -> Result<()> {
+    async fn process_parent(&self, parent: &TaskExecution) -> Result<bool> {
         let guard = TaskExecutionGuard::id(parent.execution_id.clone())
             .status(TaskExecutionStatus::WaitingForChildren)
             .fencing_token(parent.fencing_token);
@@ -1403,8 +1524,7 @@ impl Inner {
                 )),
                 ..Default::default()
             };
-            self.storage.update_task_executions(&guard, &update).await?;
-            return Ok(());
+            return Ok(self.storage.update_task_executions(&guard, &update).await? > 0);
         }
         let mut outputs = Vec::with_capacity(children.len());
         for child in children {
@@ -1434,13 +1554,12 @@ impl Inner {
                 ExecutionErrorKind::NotFound,
                 now,
             );
-            self.storage.update_task_executions(&guard, &update).await?;
-            return Ok(());
+            return Ok(self.storage.update_task_executions(&guard, &update).await? > 0);
         };
         match &spec.finalize {
             Some(finalize) => {
                 self.spawn_finalize(parent, &guard, finalize, combined, now)
-                    .await?;
+                    .await
             }
             None => {
                 let update = TaskExecutionUpdate {
@@ -1450,10 +1569,9 @@ impl Inner {
                     clear_error: true,
                     ..Default::default()
                 };
-                self.storage.update_task_executions(&guard, &update).await?;
+                Ok(self.storage.update_task_executions(&guard, &update).await? > 0)
             }
         }
-        Ok(())
     }
 
     /// One iteration of the schedules loop: fires the due schedules of the tasks registered
@@ -1641,12 +1759,15 @@ impl Inner {
         if let Err(err) = self.prune_when_due().await {
             tracing::warn!(error = %err, "pruning finished executions failed");
         }
+        // A gauge of the queue depth by status would be sampled here, once the storage can
+        // count executions by status (its name goes with the others in `crate::metric`).
         let limit = self.options.background_batch_size;
         let expired = self
             .storage
             .expire_task_executions(self.now(), limit)
             .await?;
         if expired > 0 {
+            self.metrics.expired(expired);
             tracing::warn!(expired, "recovered executions whose lease lapsed");
             self.wake_claim.notify_one();
         }
