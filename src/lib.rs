@@ -94,8 +94,8 @@ pub use task::{
     ClaimParams, DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
     InMemoryTaskExecutionStorage, MAX_LEASE_MARGIN, MAX_QUEUE_LEN, MAX_SLEEP_BEFORE_RUN,
     MAX_TIMEOUT, NewTaskExecution, ParentRef, RetryOptions, SeaOrmTaskExecutionStorage,
-    TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus,
-    TaskExecutionStorage, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
+    TaskExecution, TaskExecutionCount, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef,
+    TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
 };
 pub use task::{
     MAX_SCHEDULE_ID_LEN, MissedTicks, Schedule, ScheduleFire, ScheduleSpec, TaskSchedule,

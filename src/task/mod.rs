@@ -15,8 +15,9 @@ pub use memory::InMemoryTaskExecutionStorage;
 pub use model::{
     ClaimParams, DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
     MAX_LEASE_MARGIN, MAX_QUEUE_LEN, MAX_SLEEP_BEFORE_RUN, MAX_TIMEOUT, NewTaskExecution,
-    ParentRef, RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
-    TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
+    ParentRef, RetryOptions, TaskExecution, TaskExecutionCount, TaskExecutionFilter,
+    TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate, Wake,
+    WakeOutcome, WakeResult,
 };
 pub use schedule::{
     MAX_SCHEDULE_ID_LEN, MissedTicks, Schedule, ScheduleFire, ScheduleSpec, TaskSchedule,
