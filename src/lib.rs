@@ -80,8 +80,9 @@ pub use batch::{
     Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedJobStatus, DistributedStateStore, InMemoryStateStore, JobConfig, JobProgress,
     JobState, JobStatus, MAX_PREPARED_JOB_ID_LEN, PreparedJob, ProcessError, ProcessedRecord,
-    RecordContext, RecordCounts, RecordFilter, RecordOutcome, RecordStatus, SeaOrmStateStore,
-    StateStore, ValidationError, WorkerEvent, WorkerOptions, WorkerReport, prepare, run_worker,
+    RecordContext, RecordCounts, RecordFilter, RecordOutcome, RecordStatus, RequeuedRecords,
+    SeaOrmStateStore, StateStore, ValidationError, WorkerEvent, WorkerOptions, WorkerReport,
+    prepare, run_worker,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result, UnknownStatus};
