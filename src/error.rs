@@ -51,6 +51,18 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
+    /// The operation does not apply to the row as it stands (for example a retry of an
+    /// execution that did not fail); nothing was written. The reason says why and what to do
+    /// instead.
+    #[error("{entity} {key}: {reason}")]
+    InvalidState {
+        /// What the operation was applied to (`task execution`, `job`, ...).
+        entity: &'static str,
+        /// Its key.
+        key: String,
+        /// Why the operation does not apply, and what to do instead.
+        reason: String,
+    },
     /// An operation did not finish in the time it was given.
     #[error("timed out {what}")]
     Timeout {
@@ -97,6 +109,19 @@ impl Error {
             key: key.into(),
             column,
             reason: reason.to_string(),
+        }
+    }
+
+    /// An [`Error::InvalidState`].
+    pub(crate) fn invalid_state(
+        entity: &'static str,
+        key: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::InvalidState {
+            entity,
+            key: key.into(),
+            reason: reason.into(),
         }
     }
 

@@ -82,8 +82,9 @@ pub use batch::{
     Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedJobStatus, DistributedStateStore, InMemoryStateStore, JobConfig, JobProgress,
     JobState, JobStatus, MAX_PREPARED_JOB_ID_LEN, PreparedJob, ProcessError, ProcessedRecord,
-    RecordContext, RecordCounts, RecordFilter, RecordOutcome, RecordStatus, SeaOrmStateStore,
-    StateStore, ValidationError, WorkerEvent, WorkerOptions, WorkerReport, prepare, run_worker,
+    RecordContext, RecordCounts, RecordFilter, RecordOutcome, RecordStatus, RequeuedRecords,
+    SeaOrmStateStore, StateStore, ValidationError, WorkerEvent, WorkerOptions, WorkerReport,
+    prepare, run_worker,
 };
 pub use clock::{Clock, ClockSkew, ManualClock, SystemClock};
 pub use error::{DatabaseError, Error, Result, UnknownStatus};
@@ -96,8 +97,8 @@ pub use task::{
     ClaimParams, DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
     InMemoryTaskExecutionStorage, MAX_LEASE_MARGIN, MAX_QUEUE_LEN, MAX_SLEEP_BEFORE_RUN,
     MAX_TIMEOUT, NewTaskExecution, ParentRef, RetryOptions, SeaOrmTaskExecutionStorage,
-    TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus,
-    TaskExecutionStorage, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
+    TaskExecution, TaskExecutionCount, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef,
+    TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
 };
 pub use task::{
     MAX_SCHEDULE_ID_LEN, MissedTicks, Schedule, ScheduleFire, ScheduleSpec, TaskSchedule,

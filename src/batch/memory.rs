@@ -9,8 +9,9 @@ use async_trait::async_trait;
 use super::check;
 use super::model::{
     Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
-    DistributedJobStatus, JobProgress, JobState, JobStatus, ProcessedRecord, RecordCounts,
-    RecordFilter, RecordOutcome, RecordStatus,
+    DistributedJobStatus, JobProgress, JobState, JobStatus, ProcessedRecord,
+    REQUEUE_WHILE_FINALIZING, RecordCounts, RecordFilter, RecordOutcome, RecordStatus,
+    RequeuedRecords, requeue_refusal,
 };
 use super::store::{DistributedStateStore, StateStore};
 use crate::clock::{self, Clock};
@@ -588,6 +589,88 @@ impl DistributedStateStore for InMemoryStateStore {
         };
         stored.job.completed_at = Some(now);
         Ok(true)
+    }
+
+    async fn requeue_failed_records(&self, job_id: &str) -> Result<RequeuedRecords> {
+        let now = self.clock.now_ms();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let stored = state.jobs.get_mut(job_id).ok_or_else(|| Error::NotFound {
+            entity: "job",
+            key: job_id.to_owned(),
+        })?;
+        if let Some(reason) = requeue_refusal(stored.job.status, stored.job.distributed) {
+            return Err(Error::invalid_state("job", job_id, reason));
+        }
+        let mut done = RequeuedRecords {
+            records: 0,
+            batches: 0,
+            left_failed: 0,
+            job_status: stored.job.status,
+        };
+        let Some(records) = state.records.get_mut(job_id) else {
+            return Ok(done);
+        };
+        let failed: Vec<u64> = records
+            .iter()
+            .filter(|(_, (_, r))| r.status == RecordStatus::Failed)
+            .map(|(index, _)| *index)
+            .collect();
+        if failed.is_empty() {
+            return Ok(done);
+        }
+        if stored.job.status == JobStatus::Processing
+            && stored.rows.values().all(|r| r.batch.status.is_terminal())
+        {
+            return Err(Error::invalid_state(
+                "job",
+                job_id,
+                REQUEUE_WHILE_FINALIZING,
+            ));
+        }
+        for index in failed {
+            let Some((batch_id, record)) = records.get_mut(&index) else {
+                continue;
+            };
+            let row = state
+                .batch_ids
+                .get(batch_id.as_str())
+                .filter(|(owner, _)| owner == job_id)
+                .and_then(|(_, batch_index)| stored.rows.get_mut(batch_index));
+            let Some(row) = row else {
+                // A record of no batch row is claimed by no one; leave it as the SQL store does.
+                done.left_failed += 1;
+                continue;
+            };
+            match row.batch.status {
+                BatchStatus::Completed | BatchStatus::Failed => {
+                    row.batch.status = BatchStatus::Pending;
+                    row.batch.worker_id = None;
+                    row.batch.claimed_at = None;
+                    row.batch.failed_count = 0;
+                    row.heartbeat_at = None;
+                    row.claim_id = None;
+                    row.updated_at = now;
+                    row.version = crate::dialect::next_token(row.version);
+                    done.batches += 1;
+                }
+                BatchStatus::Pending => {}
+                BatchStatus::Processing | BatchStatus::Paused => {
+                    done.left_failed += 1;
+                    continue;
+                }
+            }
+            record.status = RecordStatus::Pending;
+            record.processing_error = None;
+            done.records += 1;
+        }
+        if done.records > 0 && stored.job.status.is_terminal() {
+            stored.job.status = JobStatus::Processing;
+            stored.job.completed_at = None;
+            stored.finalized_by = None;
+        }
+        done.job_status = stored.job.status;
+        Ok(done)
     }
 
     async fn complete_batch(

@@ -13,7 +13,7 @@ pub use self::memory::InMemoryStateStore;
 pub use self::model::{
     Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedJobStatus, JobConfig, JobProgress, JobState, JobStatus, ProcessedRecord,
-    RecordCounts, RecordFilter, RecordOutcome, RecordStatus, ValidationError,
+    RecordCounts, RecordFilter, RecordOutcome, RecordStatus, RequeuedRecords, ValidationError,
 };
 pub use self::sea_orm::SeaOrmStateStore;
 pub use self::store::{DistributedStateStore, StateStore};

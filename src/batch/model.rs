@@ -702,3 +702,49 @@ impl RecordCounts {
         }
     }
 }
+
+/// What [`requeue_failed_records`](super::DistributedStateStore::requeue_failed_records) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequeuedRecords {
+    /// `failed` records moved back to `pending`.
+    pub records: u64,
+    /// Finished batches moved back to `PENDING` because they hold such records.
+    pub batches: u64,
+    /// `failed` records left as they are because a worker holds their batch (or the batch is
+    /// `PAUSED`): requeue again once it finished.
+    pub left_failed: u64,
+    /// The job's status afterwards: `PROCESSING` for a finished job whose records were
+    /// requeued, otherwise as it was.
+    pub job_status: JobStatus,
+}
+
+/// Why the failed records of a job with `status` cannot be requeued, with what to do instead;
+/// `None` when they can (the rules of
+/// [`requeue_failed_records`](super::DistributedStateStore::requeue_failed_records)).
+pub(crate) fn requeue_refusal(status: JobStatus, distributed: bool) -> Option<String> {
+    if !distributed {
+        return Some(
+            "is not distributed: its batches are run by one process, which reprocesses records \
+             itself (reset_records)"
+                .to_owned(),
+        );
+    }
+    match status {
+        JobStatus::Completed | JobStatus::Failed | JobStatus::Processing | JobStatus::Paused => {
+            None
+        }
+        JobStatus::Aborted => Some(
+            "was aborted: its records are not processed any more; prepare a new job to process \
+             them"
+                .to_owned(),
+        ),
+        other => Some(format!(
+            "is {other}: it has not started, so no record has failed yet"
+        )),
+    }
+}
+
+/// The refusal of a requeue on a `PROCESSING` job whose batches have all finished.
+pub(crate) const REQUEUE_WHILE_FINALIZING: &str = "is being finalized (every batch has \
+    finished): requeue its failed records once it is COMPLETED or FAILED";

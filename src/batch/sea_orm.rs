@@ -18,8 +18,9 @@ use super::check;
 use super::mapper::{self, JobRow};
 use super::model::{
     BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
-    DistributedJobStatus, JobProgress, JobState, JobStatus, ProcessedRecord, RecordCounts,
-    RecordFilter, RecordOutcome,
+    DistributedJobStatus, JobProgress, JobState, JobStatus, ProcessedRecord,
+    REQUEUE_WHILE_FINALIZING, RecordCounts, RecordFilter, RecordOutcome, RecordStatus,
+    RequeuedRecords, requeue_refusal,
 };
 use super::store::{DistributedStateStore, StateStore};
 use crate::clock::{self, Clock};
@@ -920,6 +921,139 @@ async fn finalize<C: ConnectionTrait>(
     }))
 }
 
+/// [`DistributedStateStore::requeue_failed_records`] inside write transaction `conn`.
+///
+/// The job row is locked first, so the requeue and any other writer of the job row (a save, a
+/// finalization) are ordered. A finished job cannot be finalized meanwhile (a finalization only
+/// matches a `PROCESSING` row, and a reader that does not wait for the lock sees the finished
+/// one). A `PROCESSING` job could be: a finalization whose statement read the batches before
+/// this commit, and then waited for the job row, would still see them finished. So one of its
+/// unfinished batches is locked too, and there must be one: a completion of that batch waits for
+/// this commit, so no finalization can read the batches all finished before it.
+async fn requeue_in<C: ConnectionTrait>(
+    conn: &C,
+    job_id: &str,
+    now: i64,
+) -> Result<RequeuedRecords> {
+    let backend = conn.get_database_backend();
+    let mut select = jobs::Entity::find_by_id(job_id)
+        .select_only()
+        .column(jobs::Column::Status)
+        .column(jobs::Column::Distributed);
+    dialect::lock_for_update(backend, QueryTrait::query(&mut select));
+    let (status, distributed): (String, bool) =
+        select
+            .into_tuple()
+            .one(conn)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                entity: "job",
+                key: job_id.to_owned(),
+            })?;
+    let status: JobStatus = status
+        .parse()
+        .map_err(|e| Error::corrupt("batchactions_jobs", job_id, "status", e))?;
+    if let Some(reason) = requeue_refusal(status, distributed) {
+        return Err(Error::invalid_state("job", job_id, reason));
+    }
+    let failed = RecordStatus::Failed.as_str();
+    let count_failed = || {
+        records::Entity::find()
+            .filter(records::Column::JobId.eq(job_id))
+            .filter(records::Column::Status.eq(failed))
+            .count(conn)
+    };
+    let mut done = RequeuedRecords {
+        records: 0,
+        batches: 0,
+        left_failed: 0,
+        job_status: status,
+    };
+    if count_failed().await? == 0 {
+        return Ok(done);
+    }
+    let finished = [
+        BatchStatus::Completed.as_str(),
+        BatchStatus::Failed.as_str(),
+    ];
+    if status == JobStatus::Processing {
+        let mut unfinished = batches::Entity::find()
+            .select_only()
+            .column(batches::Column::Id)
+            .filter(batches::Column::JobId.eq(job_id))
+            .filter(batches::Column::Status.is_not_in(finished))
+            .limit(1);
+        dialect::lock_for_update(backend, QueryTrait::query(&mut unfinished));
+        let held: Option<String> = unfinished.into_tuple().one(conn).await?;
+        if held.is_none() {
+            return Err(Error::invalid_state(
+                "job",
+                job_id,
+                REQUEUE_WHILE_FINALIZING,
+            ));
+        }
+    }
+    let batches_with_failed = Query::select()
+        .column(records::Column::BatchId)
+        .from(records::Entity)
+        .and_where(Expr::col(records::Column::JobId).eq(job_id))
+        .and_where(Expr::col(records::Column::Status).eq(failed))
+        .to_owned();
+    done.batches = back_to_pending(now)
+        .col_expr(batches::Column::FailedCount, Expr::value(0_i64))
+        .col_expr(
+            batches::Column::CompletedAt,
+            Expr::value(Option::<i64>::None),
+        )
+        .filter(batches::Column::JobId.eq(job_id))
+        .filter(batches::Column::Status.is_in(finished))
+        .filter(batches::Column::Id.in_subquery(batches_with_failed))
+        .exec(conn)
+        .await?
+        .rows_affected;
+    let pending_batches = Query::select()
+        .column(batches::Column::Id)
+        .from(batches::Entity)
+        .and_where(Expr::col(batches::Column::JobId).eq(job_id))
+        .and_where(Expr::col(batches::Column::Status).eq(BatchStatus::Pending.as_str()))
+        .to_owned();
+    done.records = records::Entity::update_many()
+        .col_expr(
+            records::Column::Status,
+            Expr::value(RecordStatus::Pending.as_str()),
+        )
+        .col_expr(
+            records::Column::ProcessingError,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(records::Column::UpdatedAt, Expr::value(now))
+        .filter(records::Column::JobId.eq(job_id))
+        .filter(records::Column::Status.eq(failed))
+        .filter(records::Column::BatchId.in_subquery(pending_batches))
+        .exec(conn)
+        .await?
+        .rows_affected;
+    done.left_failed = count_failed().await?;
+    if done.records > 0 && status.is_terminal() {
+        jobs::Entity::update_many()
+            .col_expr(
+                jobs::Column::Status,
+                Expr::value(JobStatus::Processing.as_str()),
+            )
+            .col_expr(jobs::Column::CompletedAt, Expr::value(Option::<i64>::None))
+            .col_expr(
+                jobs::Column::FinalizedBy,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(jobs::Column::UpdatedAt, Expr::value(now))
+            .filter(jobs::Column::Id.eq(job_id))
+            .exec(conn)
+            .await?;
+        done.job_status = JobStatus::Processing;
+    }
+    Ok(done)
+}
+
 #[async_trait]
 impl StateStore for SeaOrmStateStore {
     #[tracing::instrument(skip_all, fields(job_id = %job.id), err)]
@@ -1216,6 +1350,15 @@ impl DistributedStateStore for SeaOrmStateStore {
             job_id,
             finalizer_id,
             now
+        ))
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn requeue_failed_records(&self, job_id: &str) -> Result<RequeuedRecords> {
+        let db = &self.db;
+        let now = self.clock.now_ms();
+        in_write_transaction!(db, "requeue_failed_records", |txn| requeue_in(
+            &txn, job_id, now
         ))
     }
 

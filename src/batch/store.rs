@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use super::model::{
     BatchOutcome, BatchReservation, BatchState, ClaimBatchResult, DistributedJobStatus,
     JobProgress, JobState, ProcessedRecord, RecordFilter, RecordOutcome, RecordStatus,
+    RequeuedRecords,
 };
 use crate::error::Result;
 
@@ -353,6 +354,33 @@ pub trait DistributedStateStore: StateStore {
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty or too long
     /// finalizer id; database errors.
     async fn try_finalize_job_with_id(&self, job_id: &str, finalizer_id: &str) -> Result<bool>;
+
+    /// Puts the `failed` records of distributed job `job_id` back to `pending` so that workers
+    /// process them again, all at once (one write transaction):
+    ///
+    /// - each `failed` record whose batch is finished (`COMPLETED`, `FAILED`) or `PENDING`
+    ///   becomes `pending` with its processing error cleared (its `retry_count` and payloads
+    ///   stay);
+    /// - each finished batch holding one goes back to `PENDING` without an owner, its version
+    ///   bumped and its failed count zeroed, to be claimed like any other;
+    /// - a batch a worker holds (`PROCESSING`) or that is `PAUSED` is left alone with its
+    ///   records ([`RequeuedRecords::left_failed`] counts them);
+    /// - a finished job (`COMPLETED`, `FAILED`) that got records back goes back to
+    ///   `PROCESSING` with its completion time and finalizer cleared, so that
+    ///   [`try_finalize_job`](Self::try_finalize_job) finalizes it again, exactly once, when
+    ///   its batches have finished again. A `PROCESSING` or `PAUSED` job keeps its status.
+    ///
+    /// `invalid` records are never requeued: validation rejected their data, and processing
+    /// them would bypass it. A job with no `failed` record is left exactly as it is.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`](crate::Error::NotFound) when the job does not exist;
+    /// [`Error::InvalidState`](crate::Error::InvalidState) (nothing written) when the job is not
+    /// distributed, is `ABORTED` or not started yet, or is `PROCESSING` with every batch
+    /// finished (a worker is finalizing it: requeue once it is `COMPLETED` or `FAILED`);
+    /// database errors.
+    async fn requeue_failed_records(&self, job_id: &str) -> Result<RequeuedRecords>;
 
     /// Finishes the claimed batch with `outcome`, if the reservation still holds (the batch
     /// is `PROCESSING` under the same worker and version). Returns whether it did; `false`

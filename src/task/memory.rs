@@ -7,8 +7,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::model::{
-    ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionFilter,
-    TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeResult,
+    ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionCount,
+    TaskExecutionFilter, TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate, Wake,
+    WakeResult, apply_retry, retry_refusal,
 };
 use super::schedule::{ScheduleFire, TaskSchedule};
 use super::storage::TaskExecutionStorage;
@@ -263,29 +264,54 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
         let mut found: Vec<TaskExecution> = state
             .executions
             .values()
-            .filter(|e| {
-                filter
-                    .execution_ids
-                    .as_ref()
-                    .is_none_or(|ids| ids.contains(&e.execution_id))
-                    && filter
-                        .statuses
-                        .as_ref()
-                        .is_none_or(|s| s.contains(&e.status))
-                    && filter
-                        .parent_execution_id
-                        .as_ref()
-                        .is_none_or(|p| e.parent.as_ref().is_some_and(|ep| &ep.execution_id == p))
-                    && filter.starts_after.is_none_or(|t| e.start_at > t)
-                    && filter
-                        .wake_key
-                        .as_ref()
-                        .is_none_or(|k| e.wake_key.as_ref() == Some(k))
-            })
+            .filter(|e| filter.matches(e))
             .cloned()
             .collect();
         super::list_in_order(&mut found, filter.limit);
         Ok(found)
+    }
+
+    async fn count_task_executions(
+        &self,
+        statuses: &[TaskExecutionStatus],
+        limit: u64,
+    ) -> Result<Vec<TaskExecutionCount>> {
+        let state = self.state();
+        let mut groups: BTreeMap<(String, &'static str), (TaskExecutionStatus, u64)> =
+            BTreeMap::new();
+        for e in state.executions.values() {
+            if statuses.contains(&e.status) {
+                groups
+                    .entry((e.queue.clone(), e.status.as_str()))
+                    .or_insert((e.status, 0))
+                    .1 += 1;
+            }
+        }
+        Ok(groups
+            .into_iter()
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .map(|((queue, _), (status, count))| TaskExecutionCount {
+                queue,
+                status,
+                count,
+            })
+            .collect())
+    }
+
+    async fn retry_task_execution(&self, execution_id: &str, now: i64) -> Result<TaskExecution> {
+        let mut state = self.state();
+        let e = state
+            .executions
+            .get_mut(execution_id)
+            .ok_or_else(|| Error::NotFound {
+                entity: "task execution",
+                key: execution_id.to_owned(),
+            })?;
+        if let Some(reason) = retry_refusal(e) {
+            return Err(Error::invalid_state("task execution", execution_id, reason));
+        }
+        apply_retry(e, now);
+        Ok(e.clone())
     }
 
     async fn claim_task_executions(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>> {

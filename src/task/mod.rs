@@ -22,8 +22,8 @@ pub use memory::InMemoryTaskExecutionStorage;
 pub use model::{
     ClaimParams, DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
     MAX_LEASE_MARGIN, MAX_SLEEP_BEFORE_RUN, MAX_TIMEOUT, NewTaskExecution, ParentRef, RetryOptions,
-    TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus,
-    TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
+    TaskExecution, TaskExecutionCount, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef,
+    TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
 };
 pub use schedule::{MissedTicks, Schedule, ScheduleFire, ScheduleSpec, TaskSchedule};
 pub(crate) use schedule::{Ticks, tick_execution_id};

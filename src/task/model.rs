@@ -483,9 +483,147 @@ pub struct TaskExecutionFilter {
     /// Only executions of sleeping tasks enqueued under this wake key (the sleeping one and
     /// any that finished before it).
     pub wake_key: Option<String>,
+    /// Only executions of these tasks (an empty list matches nothing).
+    pub task_ids: Option<Vec<String>>,
+    /// Only executions waiting in these queues (an empty list matches nothing).
+    pub queues: Option<Vec<String>>,
+    /// Only executions enqueued before this time (`created_at < created_before`, epoch ms).
+    pub created_before: Option<i64>,
+    /// Only executions enqueued at or after this time (`created_at >= created_after`, epoch ms).
+    pub created_after: Option<i64>,
     /// At most this many rows.
     pub limit: Option<u64>,
 }
+
+impl TaskExecutionFilter {
+    /// Whether the filter can match nothing, so no statement needs to be sent.
+    pub(crate) fn matches_nothing(&self) -> bool {
+        self.execution_ids.as_ref().is_some_and(Vec::is_empty)
+            || self.statuses.as_ref().is_some_and(Vec::is_empty)
+            || self.task_ids.as_ref().is_some_and(Vec::is_empty)
+            || self.queues.as_ref().is_some_and(Vec::is_empty)
+            || self.limit == Some(0)
+    }
+
+    /// Whether `e` passes every field but `limit` (the in-memory storage's reading of the
+    /// filter; the SQL storage writes the same conditions as a `WHERE` clause).
+    pub(crate) fn matches(&self, e: &TaskExecution) -> bool {
+        let listed = |list: &Option<Vec<String>>, value: &str| {
+            list.as_ref().is_none_or(|l| l.iter().any(|v| v == value))
+        };
+        listed(&self.execution_ids, &e.execution_id)
+            && self.statuses.as_ref().is_none_or(|s| s.contains(&e.status))
+            && self
+                .parent_execution_id
+                .as_ref()
+                .is_none_or(|p| e.parent.as_ref().is_some_and(|ep| &ep.execution_id == p))
+            && self.starts_after.is_none_or(|t| e.start_at > t)
+            && self
+                .wake_key
+                .as_ref()
+                .is_none_or(|k| e.wake_key.as_ref() == Some(k))
+            && listed(&self.task_ids, &e.task_id)
+            && listed(&self.queues, &e.queue)
+            && self.created_before.is_none_or(|t| e.created_at < t)
+            && self.created_after.is_none_or(|t| e.created_at >= t)
+    }
+}
+
+/// How many executions wait in one queue with one status
+/// ([`count_task_executions`](super::TaskExecutionStorage::count_task_executions)).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskExecutionCount {
+    /// The queue.
+    pub queue: String,
+    /// The status.
+    pub status: TaskExecutionStatus,
+    /// How many executions of the queue have the status (never 0: empty groups are left out).
+    pub count: u64,
+}
+
+/// Why an execution cannot be retried by
+/// [`retry_task_execution`](super::TaskExecutionStorage::retry_task_execution), with what to
+/// do instead; `None` when it can.
+///
+/// Only a root execution whose own run failed or timed out is retried: its outcome reached no
+/// parent and it spawned nothing, so running it again changes nothing anyone else has seen.
+pub(crate) fn retry_refusal(e: &TaskExecution) -> Option<String> {
+    use TaskExecutionStatus as S;
+    if !matches!(e.status, S::Failed | S::TimedOut) {
+        let what = match e.status {
+            S::Completed => "it completed; enqueue a new execution to run the task again",
+            S::Cancelled => "it was cancelled; enqueue a new execution to run the task again",
+            S::ChildrenFailed | S::FinalizeFailed => {
+                "a child or its finalize task failed, and its children already ran; enqueue a \
+                 new execution of the task to run the whole tree again"
+            }
+            _ => "it has not finished; wait for it to fail, or cancel it",
+        };
+        return Some(format!(
+            "cannot be retried: it is {} ({what})",
+            e.status.as_str()
+        ));
+    }
+    if let Some(parent) = &e.parent {
+        return Some(format!(
+            "cannot be retried: it is a {} of execution {}, which has seen its outcome already; \
+             retry or enqueue again the root execution{}",
+            if parent.is_finalize {
+                "finalize execution"
+            } else {
+                "child"
+            },
+            parent.execution_id,
+            e.root
+                .as_ref()
+                .map(|r| format!(" {}", r.execution_id))
+                .unwrap_or_default(),
+        ));
+    }
+    if e.wake_key.is_some() {
+        return Some(
+            "cannot be retried: it is a sleeping task's execution, which finishes only when \
+             woken; enqueue a new one under its wake key"
+                .to_owned(),
+        );
+    }
+    if e.children_count > 0 || e.finalize.is_some() {
+        return Some(format!(
+            "cannot be retried: its run spawned {} children{}, which would run again; enqueue a \
+             new execution of the task instead",
+            e.children_count,
+            if e.finalize.is_some() {
+                " and a finalize task"
+            } else {
+                ""
+            },
+        ));
+    }
+    None
+}
+
+/// The retry update applied to an execution [`retry_refusal`] lets through, at `now`: `ready`
+/// from `now`, one more attempt counted, unfinished and unclosed again, every trace of the
+/// failed run's claim and outputs cleared. The error stays: the new run sees it as its
+/// previous error, and inspection shows it until the run ends.
+pub(crate) fn apply_retry(e: &mut TaskExecution, now: i64) {
+    e.status = TaskExecutionStatus::Ready;
+    e.is_finished = false;
+    e.finished_at = None;
+    e.is_closed = false;
+    e.closed_at = None;
+    e.start_at = now;
+    e.retry_attempts = e.retry_attempts.saturating_add(1).min(MAX_RETRY_ATTEMPTS);
+    e.expires_at = None;
+    e.executor_id = None;
+    e.cancel_requested = false;
+    e.output = None;
+    e.run_output = None;
+    e.updated_at = now;
+}
+
+/// Most retry attempts a row can count (the column is a signed 32-bit integer).
+pub(crate) const MAX_RETRY_ATTEMPTS: u32 = 2_147_483_647;
 
 /// The condition a guarded update requires of each row it changes.
 ///

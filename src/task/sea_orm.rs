@@ -27,9 +27,9 @@ use sea_orm_durable_entity::{
 
 use super::mapper;
 use super::model::{
-    ClaimParams, ExecutionError, FinishedChildTaskExecution, MAX_TIMEOUT_MS, NewTaskExecution,
-    TaskExecution, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionStatus,
-    TaskExecutionUpdate, Wake, WakeResult,
+    ClaimParams, ExecutionError, FinishedChildTaskExecution, MAX_RETRY_ATTEMPTS, MAX_TIMEOUT_MS,
+    NewTaskExecution, TaskExecution, TaskExecutionCount, TaskExecutionFilter, TaskExecutionGuard,
+    TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeResult, retry_refusal,
 };
 use super::schedule::{ScheduleFire, TaskSchedule};
 use super::storage::TaskExecutionStorage;
@@ -504,6 +504,18 @@ fn filter_select(filter: &TaskExecutionFilter, ids: Option<&[String]>) -> Select
     if let Some(key) = &filter.wake_key {
         select.and_where(Expr::col(Col::WakeKey).eq(key.as_str()));
     }
+    if let Some(tasks) = &filter.task_ids {
+        select.and_where(Expr::col(Col::TaskId).is_in(tasks.iter().map(String::as_str)));
+    }
+    if let Some(queues) = &filter.queues {
+        select.and_where(Expr::col(Col::Queue).is_in(queues.iter().map(String::as_str)));
+    }
+    if let Some(before) = filter.created_before {
+        select.and_where(Expr::col(Col::CreatedAt).lt(before));
+    }
+    if let Some(after) = filter.created_after {
+        select.and_where(Expr::col(Col::CreatedAt).gte(after));
+    }
     select
         .order_by(Col::CreatedAt, Order::Asc)
         .order_by(Col::IndexInParent, Order::Asc)
@@ -518,10 +530,7 @@ async fn get_many_in<C: ConnectionTrait>(
     conn: &C,
     filter: &TaskExecutionFilter,
 ) -> Result<Vec<TaskExecution>> {
-    if filter.execution_ids.as_ref().is_some_and(Vec::is_empty)
-        || filter.statuses.as_ref().is_some_and(Vec::is_empty)
-        || filter.limit == Some(0)
-    {
+    if filter.matches_nothing() {
         return Ok(Vec::new());
     }
     let mut rows = Vec::new();
@@ -1471,6 +1480,145 @@ async fn prune_in<C: ConnectionTrait>(
     Ok(deleted)
 }
 
+/// The counts of [`TaskExecutionStorage::count_task_executions`]: one `GROUP BY queue` branch
+/// per status, joined by `UNION ALL`, in one statement. Each branch compares the status with a
+/// literal (see the module docs), so the planner can count a status from the partial index of
+/// its hot path (`ix_task_executions_ready_claim` even holds the queue, so `ready` is counted
+/// from the index alone); a single `status IN (...)` would match no partial index and scan.
+fn count_select(statuses: &[TaskExecutionStatus], limit: u64) -> Option<SelectStatement> {
+    let mut distinct: Vec<TaskExecutionStatus> = Vec::new();
+    for status in statuses {
+        if !distinct.contains(status) {
+            distinct.push(*status);
+        }
+    }
+    let branch = |status: TaskExecutionStatus| {
+        Query::select()
+            .column(Col::Queue)
+            .expr_as(status_lit(status), Alias::new("status"))
+            .expr_as(Expr::col(Col::ExecutionId).count(), Alias::new("n"))
+            .from(te::Entity)
+            .and_where(Expr::col(Col::Status).eq(status_lit(status)))
+            .group_by_col(Col::Queue)
+            .to_owned()
+    };
+    let mut branches = distinct.into_iter().map(branch);
+    let mut select = branches.next()?;
+    for other in branches {
+        select.union(sea_orm::sea_query::UnionType::All, other);
+    }
+    select
+        .order_by(Alias::new("queue"), Order::Asc)
+        .order_by(Alias::new("status"), Order::Asc)
+        .limit(limit);
+    Some(select)
+}
+
+async fn count_in<C: ConnectionTrait>(
+    conn: &C,
+    statuses: &[TaskExecutionStatus],
+    limit: u64,
+) -> Result<Vec<TaskExecutionCount>> {
+    let Some(select) = count_select(statuses, limit).filter(|_| limit > 0) else {
+        return Ok(Vec::new());
+    };
+    conn.query_all(&select)
+        .await?
+        .iter()
+        .map(|row| {
+            let queue: String = row.try_get("", "queue")?;
+            let status: String = row.try_get("", "status")?;
+            let count: i64 = row.try_get("", "n")?;
+            Ok(TaskExecutionCount {
+                status: status
+                    .parse()
+                    .map_err(|e| Error::corrupt("task_executions", &queue, "status", e))?,
+                count: u64::try_from(count).unwrap_or(0),
+                queue,
+            })
+        })
+        .collect()
+}
+
+/// The one conditional update of [`TaskExecutionStorage::retry_task_execution`]: the
+/// conditions of `model::retry_refusal` in SQL, and the changes of `model::apply_retry`.
+fn retry_update(execution_id: &str, now: i64) -> UpdateStatement {
+    let max = i64::from(MAX_RETRY_ATTEMPTS);
+    Query::update()
+        .table(te::Entity)
+        .values([
+            (Col::Status, status_lit(TaskExecutionStatus::Ready)),
+            (Col::IsFinished, Expr::val(false)),
+            (Col::FinishedAt, Expr::val(Option::<i64>::None)),
+            (Col::IsClosed, Expr::val(false)),
+            (Col::ClosedAt, Expr::val(Option::<i64>::None)),
+            (Col::StartAt, Expr::val(now)),
+            (
+                Col::RetryAttempts,
+                Expr::case(
+                    Expr::col(Col::RetryAttempts).lt(max),
+                    Expr::col(Col::RetryAttempts).add(1),
+                )
+                .finally(Expr::val(max))
+                .into(),
+            ),
+            (Col::ExpiresAt, Expr::val(Option::<i64>::None)),
+            (Col::ExecutorId, Expr::val(Option::<String>::None)),
+            (Col::CancelRequested, Expr::val(false)),
+            (Col::Output, Expr::val(Option::<String>::None)),
+            (Col::RunOutput, Expr::val(Option::<String>::None)),
+            (Col::UpdatedAt, Expr::val(now)),
+        ])
+        .and_where(Expr::col(Col::ExecutionId).eq(execution_id))
+        .and_where(Expr::col(Col::Status).is_in([
+            status_lit(TaskExecutionStatus::Failed),
+            status_lit(TaskExecutionStatus::TimedOut),
+        ]))
+        .and_where(Expr::col(Col::ParentExecutionId).is_null())
+        .and_where(Expr::col(Col::WakeKey).is_null())
+        .and_where(Expr::col(Col::ChildrenCount).eq(0))
+        .and_where(Expr::col(Col::FinalizeExecutionId).is_null())
+        .to_owned()
+}
+
+/// [`TaskExecutionStorage::retry_task_execution`] in write transaction `conn`: the
+/// conditional update, then the row read back under the update's lock (so it is returned as
+/// the retry left it, before any executor claims it), or, when the update did not match, the
+/// reason read from the row. `None` when the row reads retryable although the update did not
+/// match (it changed in between).
+async fn retry_in<C: ConnectionTrait>(
+    conn: &C,
+    execution_id: &str,
+    now: i64,
+) -> Result<Option<TaskExecution>> {
+    let matched = conn
+        .execute(&retry_update(execution_id, now))
+        .await?
+        .rows_affected();
+    let select = Query::select()
+        .column(Asterisk)
+        .from(te::Entity)
+        .and_where(Expr::col(Col::ExecutionId).eq(execution_id))
+        .to_owned();
+    let execution = conn
+        .query_one(&select)
+        .await?
+        .as_ref()
+        .map(mapper::execution_from_row)
+        .transpose()?
+        .ok_or_else(|| Error::NotFound {
+            entity: "task execution",
+            key: execution_id.to_owned(),
+        })?;
+    if matched > 0 {
+        return Ok(Some(execution));
+    }
+    match retry_refusal(&execution) {
+        Some(reason) => Err(Error::invalid_state("task execution", execution_id, reason)),
+        None => Ok(None),
+    }
+}
+
 /// Up to `limit` executions with a cancellation request addressed to `executor_id`.
 async fn cancellation_requests_in<C: ConnectionTrait>(
     conn: &C,
@@ -1633,6 +1781,38 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         Backoff::STORE
             .retry("get_task_executions", || get_many_in(&self.db, filter))
             .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn count_task_executions(
+        &self,
+        statuses: &[TaskExecutionStatus],
+        limit: u64,
+    ) -> Result<Vec<TaskExecutionCount>> {
+        Backoff::STORE
+            .retry("count_task_executions", || {
+                count_in(&self.db, statuses, limit)
+            })
+            .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn retry_task_execution(&self, execution_id: &str, now: i64) -> Result<TaskExecution> {
+        // A row that reads retryable after the update did not match was changed back between
+        // the two (failed again after another retry): the retry is tried again, a few times.
+        for _ in 0..3 {
+            let retried = in_write_transaction!(&self.db, "retry_task_execution", |txn| {
+                retry_in(&txn, execution_id, now)
+            })?;
+            if let Some(retried) = retried {
+                return Ok(retried);
+            }
+        }
+        Err(Error::invalid_state(
+            "task execution",
+            execution_id,
+            "kept changing while being retried; try again",
+        ))
     }
 
     #[tracing::instrument(skip(self), err)]

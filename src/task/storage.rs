@@ -3,8 +3,9 @@
 use async_trait::async_trait;
 
 use super::model::{
-    ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionFilter,
-    TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeResult,
+    ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionCount,
+    TaskExecutionFilter, TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate, Wake,
+    WakeResult,
 };
 use super::schedule::{ScheduleFire, TaskSchedule};
 use crate::error::Result;
@@ -58,6 +59,37 @@ pub trait TaskExecutionStorage: Send + Sync {
     /// [`Error::CorruptRow`](crate::Error::CorruptRow) when a matching row cannot be read.
     async fn get_task_executions(&self, filter: &TaskExecutionFilter)
     -> Result<Vec<TaskExecution>>;
+
+    /// How many executions each queue holds in each of `statuses`: one
+    /// [`TaskExecutionCount`] per (queue, status) that has any, ordered by queue then status
+    /// name, at most `limit` of them. Cheap enough to poll: one aggregate query, each status
+    /// counted from the index that serves its hot path where the backend has one (`ready`,
+    /// `running`, `waiting_for_children_tasks`); finished statuses have no such index and are
+    /// counted by a scan of the table.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn count_task_executions(
+        &self,
+        statuses: &[TaskExecutionStatus],
+        limit: u64,
+    ) -> Result<Vec<TaskExecutionCount>>;
+
+    /// Runs a failed root execution again: if it is `failed` or `timed_out`, has no parent,
+    /// spawned no children nor finalize execution and is not a sleeping task's, it goes back
+    /// to `ready` from `now` with one more retry attempt counted, unfinished and unclosed,
+    /// through one conditional update (so of two retries, or a retry racing anything else that
+    /// changes the row, one wins). Its `error` stays: the new run sees it as the previous
+    /// error ([`TaskContext::prev_error`](crate::TaskContext::prev_error)) and inspection shows
+    /// it until the run ends. Returns the execution as stored afterwards.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`](crate::Error::NotFound) for an unknown id;
+    /// [`Error::InvalidState`](crate::Error::InvalidState), saying why and what to do instead,
+    /// for an execution that cannot be retried (nothing is written then).
+    async fn retry_task_execution(&self, execution_id: &str, now: i64) -> Result<TaskExecution>;
 
     /// Moves up to `limit` `ready` executions whose `start_at <= now`, of the tasks and queues
     /// `params` admits, to `running` for `executor_id`, earliest `start_at` first (then by

@@ -211,6 +211,8 @@ macro_rules! batch_store_conformance {
             worker_recovers_a_claim_and_a_finalization_whose_answers_were_lost,
             saving_records_never_moves_a_finished_record_back,
             reset_job_state_moves_a_finished_job_back,
+            requeue_reopens_a_finished_job_that_finalizes_again_once,
+            requeue_leaves_held_batches_and_refuses_what_it_cannot_reopen,
         );
     };
 
@@ -2579,6 +2581,10 @@ impl DistributedStateStore for HeldStore {
         let r = Self::lose(&self.lose_finalize, r, |finalized| *finalized);
         self.hold(r).await
     }
+    async fn requeue_failed_records(&self, job_id: &str) -> crate::Result<crate::RequeuedRecords> {
+        let r = self.inner.requeue_failed_records(job_id).await;
+        self.hold(r).await
+    }
     async fn complete_batch(
         &self,
         reservation: &BatchReservation,
@@ -3190,6 +3196,255 @@ pub async fn prune_deletes_finished_jobs_in_bounded_steps(ctx: Ctx) -> CaseResul
     ensure!(
         store.get_job_state("running").await?.is_some(),
         "the running job was pruned"
+    );
+    Ok(())
+}
+
+/// Saves a distributed job of `batches` × 3 records with its pending records.
+async fn prepared_job(ctx: &Ctx, id: &str, batches: u32) -> CaseResult {
+    let job = distributed_job(id, batches, 3);
+    for batch in &job.batches {
+        let start = batch.record_start_index.unwrap_or(0);
+        ctx.store
+            .save_batch_records(id, &batch.id, &pending_records(start..start + 3))
+            .await?;
+    }
+    ctx.store.save_job_state(&job).await?;
+    Ok(())
+}
+
+/// Claims the next batch of `job_id` for `worker` and completes it with every record
+/// processed except those in `fail` (failed, with a processing error) and `invalid`.
+async fn run_batch(
+    ctx: &Ctx,
+    job_id: &str,
+    worker: &str,
+    fail: &[u64],
+    invalid: &[u64],
+) -> Result<BatchReservation, BoxError> {
+    let r = claim(ctx, job_id, worker).await?;
+    let outcomes: Vec<RecordOutcome> = ctx
+        .store
+        .get_batch_records(job_id, &r.batch_id)
+        .await?
+        .iter()
+        .map(|record| {
+            let mut record = record.clone();
+            if fail.contains(&record.index) {
+                record.status = RecordStatus::Failed;
+                record.processing_error = Some(format!("record {} failed", record.index));
+                record.retry_count = 2;
+            } else if invalid.contains(&record.index) {
+                record.status = RecordStatus::Invalid;
+            } else {
+                record.status = RecordStatus::Processed;
+            }
+            RecordOutcome::of(&record)
+        })
+        .collect();
+    let failed = u64::try_from(
+        outcomes
+            .iter()
+            .filter(|o| o.status != RecordStatus::Processed)
+            .count(),
+    )?;
+    let processed = u64::try_from(outcomes.len())? - failed;
+    ensure!(
+        ctx.store
+            .complete_batch_with_outcomes(&r, BatchOutcome::completed(processed, failed), &outcomes)
+            .await?,
+        "completion refused"
+    );
+    Ok(r)
+}
+
+/// Requeueing the failed records of a finished job puts them back to `pending` (error
+/// cleared, retry count kept) with their batch, and the job back to `PROCESSING` without its
+/// completion or finalizer; `invalid` records stay. Once the batch is processed again, the job
+/// is finalized again, exactly once, and a finalizer of the first round is not told it won.
+pub async fn requeue_reopens_a_finished_job_that_finalizes_again_once(ctx: Ctx) -> CaseResult {
+    prepared_job(&ctx, "job-rq", 3).await?;
+    run_batch(&ctx, "job-rq", "w1", &[], &[]).await?;
+    run_batch(&ctx, "job-rq", "w1", &[4], &[]).await?;
+    run_batch(&ctx, "job-rq", "w1", &[], &[7]).await?;
+    ensure!(
+        ctx.store
+            .try_finalize_job_with_id("job-rq", "finalize-first-round")
+            .await?,
+        "first finalization refused"
+    );
+    ensure_eq!(load_job(&ctx, "job-rq").await?.status, JobStatus::Completed);
+    ctx.clock.advance(Duration::from_millis(1_000));
+
+    let done = ctx.store.requeue_failed_records("job-rq").await?;
+    ensure_eq!(
+        done,
+        crate::RequeuedRecords {
+            records: 1,
+            batches: 1,
+            left_failed: 0,
+            job_status: JobStatus::Processing,
+        }
+    );
+    let job = load_job(&ctx, "job-rq").await?;
+    ensure_eq!(job.status, JobStatus::Processing);
+    ensure_eq!(job.completed_at, None);
+    let statuses: Vec<BatchStatus> = job.batches.iter().map(|b| b.status).collect();
+    ensure_eq!(
+        statuses,
+        vec![
+            BatchStatus::Completed,
+            BatchStatus::Pending,
+            BatchStatus::Completed
+        ]
+    );
+    ensure_eq!(job.batches[1].worker_id, None);
+    ensure_eq!(job.batches[1].failed_count, 0);
+    let failed = ctx.store.get_failed_records("job-rq").await?;
+    ensure_eq!(indexes(&failed), vec![7]);
+    ensure_eq!(failed[0].status, RecordStatus::Invalid);
+    let requeued = ctx
+        .store
+        .get_batch_records("job-rq", &batch_id("job-rq", 1))
+        .await?;
+    ensure_eq!(requeued[1].status, RecordStatus::Pending);
+    ensure_eq!(requeued[1].processing_error, None);
+    ensure_eq!(requeued[1].retry_count, 2);
+    ensure_eq!(requeued[0].status, RecordStatus::Processed);
+    let progress = ctx.store.get_progress("job-rq").await?;
+    ensure_eq!(
+        (progress.processed_records, progress.failed_records),
+        (7, 1)
+    );
+    ensure!(
+        !ctx.store
+            .try_finalize_job_with_id("job-rq", "finalize-first-round")
+            .await?,
+        "the first round's finalizer was told it won while the job runs again"
+    );
+
+    // Processed again: only that batch is claimed, then the job finalizes once.
+    let again = run_batch(&ctx, "job-rq", "w2", &[], &[]).await?;
+    ensure_eq!(again.batch_index, 1);
+    ensure_eq!(
+        ctx.store.claim_batch("job-rq", "w3").await?,
+        ClaimBatchResult::NoPendingBatches
+    );
+    let mut winners = 0;
+    for finalizer in ["finalize-a", "finalize-b", "finalize-first-round"] {
+        if ctx
+            .store
+            .try_finalize_job_with_id("job-rq", finalizer)
+            .await?
+        {
+            winners += 1;
+        }
+    }
+    ensure_eq!(winners, 1);
+    let job = load_job(&ctx, "job-rq").await?;
+    ensure_eq!(job.status, JobStatus::Completed);
+    ensure_eq!(job.completed_at, Some(START_MS + 1_000));
+    ensure_eq!(ctx.store.get_processed_records("job-rq").await?.len(), 8);
+
+    // Nothing failed any more: nothing changes.
+    ensure_eq!(
+        ctx.store.requeue_failed_records("job-rq").await?,
+        crate::RequeuedRecords {
+            records: 0,
+            batches: 0,
+            left_failed: 0,
+            job_status: JobStatus::Completed,
+        }
+    );
+    ensure_eq!(load_job(&ctx, "job-rq").await?.status, JobStatus::Completed);
+    Ok(())
+}
+
+/// On a running job, failed records of a batch a worker holds are left to it (its claim still
+/// holds), those of finished batches are requeued; a job being finalized, an aborted or
+/// non-distributed job is refused with [`Error::InvalidState`] and left as it is, and an
+/// unknown job is [`Error::NotFound`].
+pub async fn requeue_leaves_held_batches_and_refuses_what_it_cannot_reopen(ctx: Ctx) -> CaseResult {
+    prepared_job(&ctx, "job-run", 3).await?;
+    run_batch(&ctx, "job-run", "w1", &[1], &[]).await?;
+    // A worker holds batch 1, whose record 3 an earlier owner recorded as failed.
+    let held = claim(&ctx, "job-run", "w2").await?;
+    let outcome = |index: u64| RecordOutcome {
+        index,
+        status: RecordStatus::Failed,
+        errors: Vec::new(),
+        processing_error: Some("earlier owner".to_owned()),
+        retry_count: 0,
+    };
+    ctx.store
+        .save_record_outcomes("job-run", &held.batch_id, &[outcome(3)])
+        .await?;
+    let done = ctx.store.requeue_failed_records("job-run").await?;
+    ensure_eq!(
+        done,
+        crate::RequeuedRecords {
+            records: 1,
+            batches: 1,
+            left_failed: 1,
+            job_status: JobStatus::Processing,
+        }
+    );
+    ensure!(
+        ctx.store.heartbeat_batch(&held).await?,
+        "the holder lost its claim"
+    );
+    ensure!(
+        ctx.store
+            .complete_batch(&held, BatchOutcome::completed(2, 1))
+            .await?,
+        "the holder could not complete its batch"
+    );
+
+    // Every batch finished, the job not finalized yet: a worker is about to finalize it.
+    run_batch(&ctx, "job-run", "w1", &[], &[]).await?;
+    run_batch(&ctx, "job-run", "w1", &[6], &[]).await?;
+    let refused = |result: crate::Result<crate::RequeuedRecords>, what: &str| match result {
+        Err(Error::InvalidState { .. }) => Ok(()),
+        other => Err(BoxError::from(format!(
+            "{what}: expected an invalid-state error, got {other:?}"
+        ))),
+    };
+    ensure_eq!(
+        ctx.store.claim_batch("job-run", "w9").await?,
+        ClaimBatchResult::NoPendingBatches
+    );
+    refused(
+        ctx.store.requeue_failed_records("job-run").await,
+        "finalizing job",
+    )?;
+    ensure_eq!(ctx.store.get_failed_records("job-run").await?.len(), 2);
+    ensure!(
+        ctx.store.try_finalize_job("job-run").await?,
+        "finalize refused"
+    );
+
+    let mut aborted = distributed_job("job-aborted", 1, 3);
+    aborted.status = JobStatus::Aborted;
+    ctx.store.save_job_state(&aborted).await?;
+    refused(
+        ctx.store.requeue_failed_records("job-aborted").await,
+        "aborted job",
+    )?;
+    ctx.store.save_job_state(&fixture_job("job-local")).await?;
+    ctx.store
+        .save_processed_record("job-local", "b1", &record(0, RecordStatus::Failed))
+        .await?;
+    refused(
+        ctx.store.requeue_failed_records("job-local").await,
+        "non-distributed job",
+    )?;
+    ensure_eq!(ctx.store.get_failed_records("job-local").await?.len(), 1);
+    ensure!(
+        matches!(
+            ctx.store.requeue_failed_records("nope").await,
+            Err(Error::NotFound { .. })
+        ),
+        "unknown job"
     );
     Ok(())
 }

@@ -1130,6 +1130,20 @@ impl TaskExecutionStorage for LossyStorage {
     async fn database_time_ms(&self) -> crate::Result<Option<i64>> {
         self.inner.database_time_ms().await
     }
+    async fn count_task_executions(
+        &self,
+        statuses: &[TaskExecutionStatus],
+        limit: u64,
+    ) -> crate::Result<Vec<crate::TaskExecutionCount>> {
+        self.inner.count_task_executions(statuses, limit).await
+    }
+    async fn retry_task_execution(
+        &self,
+        execution_id: &str,
+        now: i64,
+    ) -> crate::Result<crate::TaskExecution> {
+        self.inner.retry_task_execution(execution_id, now).await
+    }
 }
 
 /// Claims whose replies are lost after they committed are taken back by the executor's next

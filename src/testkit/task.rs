@@ -139,6 +139,11 @@ macro_rules! task_storage_conformance {
             due_schedules_fire_once_per_tick,
             concurrent_fires_of_one_tick_enqueue_once,
             invalid_schedules_are_rejected_before_writing,
+            get_task_executions_filters_by_task_queue_and_age,
+            counts_group_by_queue_and_status,
+            retry_runs_a_failed_root_again_and_keeps_its_error,
+            retry_refuses_what_it_cannot_run_again,
+            concurrent_retries_have_one_winner,
         );
     };
     (@cases $attrs:tt $how:tt; $($case:ident),* $(,)?) => {
@@ -2399,5 +2404,369 @@ pub async fn invalid_schedules_are_rejected_before_writing(storage: Storage) -> 
         storage.get_task_schedules().await?.is_empty(),
         "a refused schedule was saved"
     );
+    Ok(())
+}
+
+/// The filter's task, queue and age bounds: every set field must match; the age bounds are
+/// `created_at < created_before` and `created_at >= created_after`.
+pub async fn get_task_executions_filters_by_task_queue_and_age(storage: Storage) -> CaseResult {
+    let with = |id: &str, task: &str, queue: &str| NewTaskExecution {
+        task_id: task.to_owned(),
+        queue: Some(queue.to_owned()),
+        ..new_execution(id)
+    };
+    storage
+        .enqueue_task_executions(vec![with("a", "t1", "q1"), with("b", "t2", "q1")], T0)
+        .await?;
+    storage
+        .enqueue_task_executions(vec![with("c", "t1", "q2")], T0 + 10)
+        .await?;
+    storage
+        .enqueue_task_executions(vec![with("d", "t2", "q2")], T0 + 20)
+        .await?;
+    let list = |filter: TaskExecutionFilter| {
+        let storage = Arc::clone(&storage);
+        async move {
+            Ok::<_, CaseFailure>(
+                storage
+                    .get_task_executions(&filter)
+                    .await?
+                    .into_iter()
+                    .map(|e| e.execution_id)
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    check_eq!(
+        list(TaskExecutionFilter {
+            task_ids: Some(names(&["t1"])),
+            ..Default::default()
+        })
+        .await?,
+        names(&["a", "c"])
+    );
+    check_eq!(
+        list(TaskExecutionFilter {
+            queues: Some(names(&["q2"])),
+            ..Default::default()
+        })
+        .await?,
+        names(&["c", "d"])
+    );
+    check_eq!(
+        list(TaskExecutionFilter {
+            task_ids: Some(names(&["t2", "nope"])),
+            queues: Some(names(&["q1"])),
+            ..Default::default()
+        })
+        .await?,
+        names(&["b"])
+    );
+    check_eq!(
+        list(TaskExecutionFilter {
+            created_before: Some(T0 + 10),
+            ..Default::default()
+        })
+        .await?,
+        names(&["a", "b"])
+    );
+    check_eq!(
+        list(TaskExecutionFilter {
+            created_after: Some(T0 + 10),
+            ..Default::default()
+        })
+        .await?,
+        names(&["c", "d"])
+    );
+    check_eq!(
+        list(TaskExecutionFilter {
+            created_after: Some(T0 + 5),
+            created_before: Some(T0 + 20),
+            statuses: Some(vec![TaskExecutionStatus::Ready]),
+            ..Default::default()
+        })
+        .await?,
+        names(&["c"])
+    );
+    for filter in [
+        TaskExecutionFilter {
+            task_ids: Some(Vec::new()),
+            ..Default::default()
+        },
+        TaskExecutionFilter {
+            queues: Some(Vec::new()),
+            ..Default::default()
+        },
+    ] {
+        check!(
+            list(filter.clone()).await?.is_empty(),
+            "{filter:?} matched rows"
+        );
+    }
+    Ok(())
+}
+
+/// Counts come one per (queue, status) that has executions, ordered by queue then status
+/// name, only of the statuses asked for, at most `limit` of them.
+pub async fn counts_group_by_queue_and_status(storage: Storage) -> CaseResult {
+    use TaskExecutionStatus as S;
+    let in_queue = |id: &str, queue: &str| NewTaskExecution {
+        queue: Some(queue.to_owned()),
+        ..new_execution(id)
+    };
+    storage
+        .enqueue_task_executions(
+            vec![
+                in_queue("a1", "alpha"),
+                in_queue("a2", "alpha"),
+                in_queue("a3", "alpha"),
+                in_queue("b1", "beta"),
+                new_execution("d1"),
+            ],
+            T0,
+        )
+        .await?;
+    force_status(&storage, "a3", S::Failed, T0 + 1).await?;
+    force_status(&storage, "b1", S::Running, T0 + 1).await?;
+    let count = |queue: &str, status: S, count: u64| crate::TaskExecutionCount {
+        queue: queue.to_owned(),
+        status,
+        count,
+    };
+    check_eq!(
+        storage.count_task_executions(&S::ALL, 100).await?,
+        vec![
+            count("alpha", S::Failed, 1),
+            count("alpha", S::Ready, 2),
+            count("beta", S::Running, 1),
+            count("default", S::Ready, 1),
+        ]
+    );
+    check_eq!(
+        storage
+            .count_task_executions(&[S::Ready, S::Running, S::Ready], 100)
+            .await?,
+        vec![
+            count("alpha", S::Ready, 2),
+            count("beta", S::Running, 1),
+            count("default", S::Ready, 1),
+        ]
+    );
+    check_eq!(
+        storage.count_task_executions(&S::ACTIVE, 2).await?,
+        vec![count("alpha", S::Ready, 2), count("beta", S::Running, 1)]
+    );
+    check!(
+        storage.count_task_executions(&[], 100).await?.is_empty(),
+        "no status counted something"
+    );
+    check!(
+        storage.count_task_executions(&S::ALL, 0).await?.is_empty(),
+        "a limit of 0 counted something"
+    );
+    check!(
+        storage
+            .count_task_executions(&[S::Completed], 100)
+            .await?
+            .is_empty(),
+        "an empty status has a group"
+    );
+    Ok(())
+}
+
+/// Fails `id` (claimed and run to a non-retryable error) at `now`.
+async fn fail_run(storage: &Storage, id: &str, now: i64) -> std::result::Result<(), CaseFailure> {
+    let claimed = storage.claim_task_executions(&claim("ex", now, 10)).await?;
+    let run = claimed
+        .iter()
+        .find(|e| e.execution_id == id)
+        .ok_or_else(|| CaseFailure(format!("{id} was not claimed")))?;
+    let failed = storage
+        .update_task_executions(
+            &TaskExecutionGuard::id(id)
+                .status(TaskExecutionStatus::Running)
+                .fencing_token(run.fencing_token),
+            &TaskExecutionUpdate {
+                now: now + 1,
+                status: Some(TaskExecutionStatus::Failed),
+                error: Some(ExecutionError::generic("boom", false)),
+                run_output: Some("partial".to_owned()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    check_eq!(failed, 1);
+    Ok(())
+}
+
+/// A retried root execution is `ready` again from `now`, one attempt more, unfinished and
+/// unclosed, without its outputs or claim, and keeps its error for the new run to see; it is
+/// claimed and can complete like any other.
+pub async fn retry_runs_a_failed_root_again_and_keeps_its_error(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![new_execution("r")], T0)
+        .await?;
+    fail_run(&storage, "r", T0).await?;
+    // Closed or not, it can be retried; close it to see the retry reopen it.
+    storage.close_finished_task_executions(T0 + 2, 10).await?;
+    check!(get(&storage, "r").await?.is_closed, "r was not closed");
+
+    let retried = storage.retry_task_execution("r", T0 + 100).await?;
+    check_eq!(retried.status, TaskExecutionStatus::Ready);
+    check!(!retried.is_finished && !retried.is_closed, "{retried:?}");
+    check_eq!(retried.finished_at, None);
+    check_eq!(retried.closed_at, None);
+    check_eq!(retried.start_at, T0 + 100);
+    check_eq!(retried.retry_attempts, 1);
+    check_eq!(retried.executor_id, None);
+    check_eq!(retried.expires_at, None);
+    check_eq!(retried.run_output, None);
+    check_eq!(retried.updated_at, T0 + 100);
+    check_eq!(retried.error, Some(ExecutionError::generic("boom", false)));
+    check_eq!(get(&storage, "r").await?, retried);
+
+    // Not before `now`, then like any ready execution.
+    check!(
+        storage
+            .claim_task_executions(&claim("ex", T0 + 99, 10))
+            .await?
+            .is_empty(),
+        "claimed before its new start"
+    );
+    let claimed = storage
+        .claim_task_executions(&claim("ex", T0 + 100, 10))
+        .await?;
+    check_eq!(ids(&claimed), vec!["r"]);
+    check_eq!(
+        claimed[0].error,
+        Some(ExecutionError::generic("boom", false))
+    );
+    let completed = storage
+        .update_task_executions(
+            &TaskExecutionGuard::id("r").fencing_token(claimed[0].fencing_token),
+            &TaskExecutionUpdate {
+                now: T0 + 200,
+                status: Some(TaskExecutionStatus::Completed),
+                output: Some("done".to_owned()),
+                clear_error: true,
+                ..Default::default()
+            },
+        )
+        .await?;
+    check_eq!(completed, 1);
+    let done = get(&storage, "r").await?;
+    check_eq!(done.status, TaskExecutionStatus::Completed);
+    check_eq!(done.retry_attempts, 1);
+
+    // A timed-out root is retried too.
+    storage
+        .enqueue_task_executions(vec![new_execution("t")], T0)
+        .await?;
+    force_status(&storage, "t", TaskExecutionStatus::TimedOut, T0 + 1).await?;
+    check_eq!(
+        storage.retry_task_execution("t", T0 + 5).await?.status,
+        TaskExecutionStatus::Ready
+    );
+    Ok(())
+}
+
+/// What cannot be run again without repeating work someone has seen is refused with
+/// [`Error::InvalidState`], and left exactly as it was; an unknown id is
+/// [`Error::NotFound`].
+pub async fn retry_refuses_what_it_cannot_run_again(storage: Storage) -> CaseResult {
+    use TaskExecutionStatus as S;
+    storage
+        .enqueue_task_executions(
+            vec![
+                new_execution("ready"),
+                new_execution("done"),
+                new_execution("parent"),
+            ],
+            T0,
+        )
+        .await?;
+    force_status(&storage, "done", S::Completed, T0 + 1).await?;
+    // A parent whose run spawned a child, then failed as a whole.
+    let spawned = storage
+        .update_task_execution_and_enqueue(
+            &TaskExecutionGuard::id("parent"),
+            &TaskExecutionUpdate {
+                now: T0 + 1,
+                status: Some(S::WaitingForChildren),
+                children_count: Some(1),
+                ..Default::default()
+            },
+            vec![new_child("child", "parent", 0)],
+        )
+        .await?;
+    check!(spawned, "the parent did not spawn its child");
+    force_status(&storage, "parent", S::Failed, T0 + 2).await?;
+    force_status(&storage, "child", S::Failed, T0 + 2).await?;
+    storage
+        .enqueue_task_executions(
+            vec![NewTaskExecution {
+                wake_key: Some("key".to_owned()),
+                ..new_execution("woken")
+            }],
+            T0,
+        )
+        .await?;
+    storage
+        .wake_task_execution(&Wake {
+            wake_key: "key".to_owned(),
+            outcome: WakeOutcome::Failed {
+                error: ExecutionError::generic("no", false),
+            },
+            now: T0 + 3,
+        })
+        .await?;
+    for id in ["ready", "done", "parent", "child", "woken"] {
+        let before = get(&storage, id).await?;
+        match storage.retry_task_execution(id, T0 + 10).await {
+            Err(Error::InvalidState { reason, .. }) => {
+                check!(reason.contains("cannot be retried"), "{id}: {reason}");
+            }
+            other => return Err(CaseFailure(format!("{id}: {other:?}"))),
+        }
+        check_eq!(get(&storage, id).await?, before);
+    }
+    check!(
+        matches!(
+            storage.retry_task_execution("nope", T0).await,
+            Err(Error::NotFound { .. })
+        ),
+        "unknown id"
+    );
+    Ok(())
+}
+
+/// Of concurrent retries of one failed execution, exactly one succeeds; the others are told
+/// it is not failed any more.
+pub async fn concurrent_retries_have_one_winner(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![new_execution("r")], T0)
+        .await?;
+    fail_run(&storage, "r", T0).await?;
+    let mut racers = Vec::new();
+    for i in 0..8 {
+        let storage = Arc::clone(&storage);
+        racers.push(tokio::spawn(async move {
+            storage.retry_task_execution("r", T0 + 10 + i).await
+        }));
+    }
+    let mut won = 0;
+    for racer in racers {
+        match racer
+            .await
+            .map_err(|e| CaseFailure(format!("racer panicked: {e}")))?
+        {
+            Ok(_) => won += 1,
+            Err(Error::InvalidState { .. }) => {}
+            Err(other) => return Err(other.into()),
+        }
+    }
+    check_eq!(won, 1);
+    check_eq!(get(&storage, "r").await?.retry_attempts, 1);
     Ok(())
 }

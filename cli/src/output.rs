@@ -1,0 +1,106 @@
+//! What the commands print: aligned tables and `key: value` blocks for people, one JSON
+//! document per command for scripts.
+
+use std::io::Write;
+
+/// Where a command's answer goes.
+pub(crate) struct Output {
+    json: bool,
+    out: std::io::StdoutLock<'static>,
+}
+
+impl Output {
+    /// Standard output, as JSON when `json` is set.
+    pub(crate) fn stdout(json: bool) -> Self {
+        Self {
+            json,
+            out: std::io::stdout().lock(),
+        }
+    }
+
+    /// Whether the command should print JSON.
+    pub(crate) fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// Prints `value` as one pretty JSON document.
+    pub(crate) fn json(&mut self, value: &serde_json::Value) -> anyhow::Result<()> {
+        serde_json::to_writer_pretty(&mut self.out, value)?;
+        writeln!(self.out)?;
+        Ok(())
+    }
+
+    /// Prints one line.
+    pub(crate) fn line(&mut self, text: impl std::fmt::Display) -> anyhow::Result<()> {
+        writeln!(self.out, "{text}")?;
+        Ok(())
+    }
+
+    /// Prints `pairs` as `key: value` lines with the values aligned.
+    pub(crate) fn fields(&mut self, pairs: &[(&str, String)]) -> anyhow::Result<()> {
+        let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (key, value) in pairs {
+            writeln!(self.out, "{key:<width$}  {value}", width = width + 1)?;
+        }
+        Ok(())
+    }
+
+    /// Prints a table: a header line, then one line per row, each column as wide as its
+    /// widest cell (multi-line cells are shown on one line).
+    pub(crate) fn table(&mut self, headers: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|row| row.iter().map(|c| c.replace('\n', " ")).collect())
+            .collect();
+        let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+        for row in &cells {
+            for (i, cell) in row.iter().enumerate() {
+                if let Some(w) = widths.get_mut(i) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+        }
+        let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+        for row in std::iter::once(&header).chain(cells.iter()) {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    let width = widths.get(i).copied().unwrap_or(0);
+                    line.push_str(&format!("{cell:<width$}  "));
+                }
+            }
+            writeln!(self.out, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// An epoch-millisecond time for people: UTC, to the millisecond.
+pub(crate) fn time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string(),
+    )
+}
+
+/// An optional time for people (`-` when unset).
+pub(crate) fn opt_time(ms: Option<i64>) -> String {
+    ms.map_or_else(|| "-".to_owned(), time)
+}
+
+/// An optional value for people (`-` when unset).
+pub(crate) fn opt<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// `text` cut to at most `max` characters, marked with `…` when cut.
+pub(crate) fn short(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
