@@ -58,12 +58,12 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 
 use metrics::{Counter, Histogram, Label, Unit};
 
-use crate::task::TaskExecutionStatus;
+use crate::task::{TaskExecutionCount, TaskExecutionStatus};
 
 /// Label of the per-task executor metrics: the execution's queue.
 pub const QUEUE_LABEL: &str = "queue";
@@ -72,7 +72,8 @@ pub const TASK_LABEL: &str = "task";
 /// Label of [`EXECUTOR_LOOP_ERRORS`]: the loop that failed (`claim`, `parents`, `close`,
 /// `expire`, `cancel` or `schedules`).
 pub const LOOP_LABEL: &str = "loop";
-/// Label of [`BATCH_JOBS_FINALIZED`]: the job's final status (`COMPLETED`, `FAILED`, ...).
+/// Label of [`BATCH_JOBS_FINALIZED`] (the job's final status: `COMPLETED`, `FAILED`, ...) and
+/// of [`TASK_QUEUE_DEPTH`] (the executions' status: `ready`, `running`, ...).
 pub const STATUS_LABEL: &str = "status";
 
 /// Counter, per queue and task: executions claimed to run.
@@ -107,8 +108,13 @@ pub const TASK_EXPIRED: &str = "durable_task_executions_expired_total";
 /// is retried with backoff).
 pub const EXECUTOR_LOOP_ERRORS: &str = "durable_executor_loop_errors_total";
 
-// Queue depth by status (a gauge per status and queue) belongs in this list once the storage
-// port can count executions by status; the expire loop is where an executor would sample it.
+/// Gauge, per [`QUEUE_LABEL`] and [`STATUS_LABEL`]: unfinished executions (`ready`,
+/// `running`, `waiting_for_children_tasks`, `waiting_for_finalize_task`, `sleeping`), as
+/// counted by the executor's last sample
+/// ([`ExecutorOptions::queue_depth_interval`](crate::ExecutorOptions::queue_depth_interval)).
+/// Every executor that samples reports the whole table, not only its own queues: read one
+/// executor's series (or the maximum over executors), never their sum.
+pub const TASK_QUEUE_DEPTH: &str = "durable_task_queue_depth";
 
 /// Counter, per worker: records processed successfully, counted when their batch is completed.
 pub const BATCH_RECORDS_PROCESSED: &str = "durable_batch_records_processed_total";
@@ -174,6 +180,11 @@ pub fn describe() {
         TASK_EXPIRED,
         Unit::Count,
         "Executions whose lease lapsed, recovered; sleeping executions timed out."
+    );
+    metrics::describe_gauge!(
+        TASK_QUEUE_DEPTH,
+        Unit::Count,
+        "Unfinished executions by queue and status, at the last sample."
     );
     describe_counter!(
         EXECUTOR_LOOP_ERRORS,
@@ -278,6 +289,8 @@ pub(crate) struct ExecutorMetrics {
     /// Task id → queue → handles. Bounded: an executor only claims the tasks registered with
     /// it, from its queues.
     tasks: RwLock<HashMap<String, HashMap<String, Arc<TaskMetrics>>>>,
+    /// The (queue, status) series the last queue-depth sample set.
+    depth_series: Mutex<HashSet<(String, TaskExecutionStatus)>>,
 }
 
 impl ExecutorMetrics {
@@ -285,6 +298,7 @@ impl ExecutorMetrics {
         Self {
             labels: labels(constant),
             tasks: RwLock::new(HashMap::new()),
+            depth_series: Mutex::new(HashSet::new()),
         }
     }
 
@@ -314,6 +328,34 @@ impl ExecutorMetrics {
     /// Counts executions recovered by the expire loop. Rare: resolved on each call.
     pub(crate) fn expired(&self, count: u64) {
         metrics::counter!(TASK_EXPIRED, self.labels.clone()).increment(count);
+    }
+
+    /// Sets the queue-depth gauges from `counts`, and to 0 those of the previous sample that
+    /// `counts` no longer lists (their queue and status emptied). Every few seconds at most:
+    /// resolved on each call.
+    pub(crate) fn queue_depth(&self, counts: &[TaskExecutionCount]) {
+        let mut seen = self
+            .depth_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now: HashSet<(String, TaskExecutionStatus)> =
+            counts.iter().map(|c| (c.queue.clone(), c.status)).collect();
+        for (queue, status) in seen.difference(&now) {
+            self.depth_gauge(queue, *status).set(0.0);
+        }
+        for count in counts {
+            // Counts above 2^53 lose precision in a gauge's f64, which no queue reaches.
+            #[allow(clippy::as_conversions)]
+            let value = count.count as f64;
+            self.depth_gauge(&count.queue, count.status).set(value);
+        }
+        *seen = now;
+    }
+
+    fn depth_gauge(&self, queue: &str, status: TaskExecutionStatus) -> metrics::Gauge {
+        let mut labels = with(&self.labels, QUEUE_LABEL, queue);
+        labels.push(Label::new(STATUS_LABEL, status.as_str()));
+        metrics::gauge!(TASK_QUEUE_DEPTH, labels)
     }
 
     /// Counts a failed iteration of the loop `name`. Rare: resolved on each call.

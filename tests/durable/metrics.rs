@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use ::metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use anyhow::{Context, bail, ensure};
 use metrics_util::registry::{AtomicStorage, Registry};
-use sea_orm_durable::Clock;
 use sea_orm_durable::metric;
 use sea_orm_durable::testkit::executor::fast_options;
 use sea_orm_durable::{
@@ -24,12 +23,16 @@ use sea_orm_durable::{
     TaskDefinition, TaskError, TaskExecutionStatus, TaskExecutionStorage, TaskHandle, WaitOptions,
     WorkerOptions, prepare, run_worker,
 };
+use sea_orm_durable::{
+    Clock, NewTaskExecution, SystemClock, TaskExecutionGuard, TaskExecutionUpdate,
+};
 use serde_json::{Value, json};
 
 use crate::harness::{TestDb, per_backend};
 
 per_backend!(
     executor_counts_each_outcome,
+    executor_samples_the_queue_depth_by_status,
     worker_counts_records_batches_and_reclaims,
 );
 
@@ -42,6 +45,11 @@ mod memory {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn worker_counts_records_batches_and_reclaims() -> anyhow::Result<()> {
         super::worker_counts(Arc::new(InMemoryStateStore::new())).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn executor_samples_the_queue_depth_by_status() -> anyhow::Result<()> {
+        super::queue_depth(Arc::new(InMemoryTaskExecutionStorage::new())).await
     }
 
     /// One thread, so that the subscriber set for this test sees the spans of the executor's
@@ -60,6 +68,10 @@ async fn executor_counts_each_outcome(t: TestDb) -> anyhow::Result<()> {
 
 async fn worker_counts_records_batches_and_reclaims(t: TestDb) -> anyhow::Result<()> {
     worker_counts(Arc::new(SeaOrmStateStore::new(t.db.clone()))).await
+}
+
+async fn executor_samples_the_queue_depth_by_status(t: TestDb) -> anyhow::Result<()> {
+    queue_depth(Arc::new(SeaOrmTaskExecutionStorage::new(t.db.clone()))).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -118,6 +130,9 @@ fn unique(test: &str) -> String {
 /// A metric's name, the labels it is read with, and the value it should have.
 type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], u64);
 
+/// A gauge's name, the labels it is read with, and the value it should have.
+type ExpectedGauge<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
 /// The series of one test (those labelled `test` = its value), read from the recorder.
 struct Series {
     store: &'static Store,
@@ -151,6 +166,38 @@ impl Series {
             .filter(|(key, _)| self.matches(key, name, with))
             .map(|(_, value)| value.load(Ordering::SeqCst))
             .sum()
+    }
+
+    /// The value of the gauge `name` of this test with the labels `with`, if it was set.
+    fn gauge(&self, name: &str, with: &[(&str, &str)]) -> Option<f64> {
+        self.store
+            .get_gauge_handles()
+            .into_iter()
+            .find(|(key, _)| self.matches(key, name, with))
+            .map(|(_, bits)| f64::from_bits(bits.load(Ordering::SeqCst)))
+    }
+
+    /// Reads the gauges `(name, labels, value)` until they all hold their value or 10 s
+    /// passed; fails with every difference then.
+    async fn expect_gauges(&self, expected: &[ExpectedGauge<'_>]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let wrong: Vec<String> = expected
+                .iter()
+                .filter_map(|(name, with, want)| {
+                    let got = self.gauge(name, with);
+                    (got != Some(*want))
+                        .then(|| format!("{name}{with:?}: {got:?}, expected {want}"))
+                })
+                .collect();
+            if wrong.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("gauges of {}: {}", self.test, wrong.join("; "));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The values recorded by the histograms `name` of this test with the labels `with`.
@@ -210,6 +257,86 @@ async fn until_running<O: serde::de::DeserializeOwned>(
 /// One executor runs tasks that complete, fail, fail once then complete, time out, get
 /// cancelled, a parent with two children, and an execution whose lease lapsed under a dead
 /// executor; each outcome is counted once under its queue and task.
+/// The executor samples the unfinished executions per queue and status into the queue-depth
+/// gauge, and sets a series that emptied back to 0.
+async fn queue_depth(storage: Arc<dyn TaskExecutionStorage>) -> anyhow::Result<()> {
+    let series = Series::new("depth")?;
+    let now = SystemClock.now_ms();
+    let new = |id: &str, queue: &str, wake_key: Option<&str>| NewTaskExecution {
+        execution_id: id.to_owned(),
+        // No executor has this task: its executions stay where they are.
+        task_id: "mNobody".to_owned(),
+        queue: Some(queue.to_owned()),
+        wake_key: wake_key.map(str::to_owned),
+        timeout: Duration::from_secs(600),
+        input: "null".to_owned(),
+        ..NewTaskExecution::default()
+    };
+    storage
+        .enqueue_task_executions(
+            vec![
+                new("a1", "mqa", None),
+                new("a2", "mqa", None),
+                new("a3", "mqa", None),
+                new("b1", "mqb", None),
+                new("b2", "mqb", None),
+                new("s1", "mqa", Some("depth-key")),
+            ],
+            now,
+        )
+        .await?;
+    let executor = Executor::new(
+        Arc::clone(&storage),
+        ExecutorOptions {
+            metric_labels: series.labels(),
+            queue_depth_interval: Some(Duration::from_millis(50)),
+            expire_interval: Duration::from_millis(20),
+            ..fast_options()
+        },
+    );
+    executor.start();
+    let depth = metric::TASK_QUEUE_DEPTH;
+    let result = async {
+        series
+            .expect_gauges(&[
+                (depth, &[("queue", "mqa"), ("status", "ready")], 3.0),
+                (depth, &[("queue", "mqb"), ("status", "ready")], 2.0),
+                (depth, &[("queue", "mqa"), ("status", "sleeping")], 1.0),
+            ])
+            .await?;
+        ensure!(
+            series
+                .gauge(depth, &[("queue", "mqb"), ("status", "running")])
+                .is_none(),
+            "a series was set for a queue and status that holds nothing"
+        );
+        // Queue `mqb` empties: its series goes back to 0 while the others stay.
+        storage
+            .update_task_executions(
+                &TaskExecutionGuard {
+                    execution_ids: vec!["b1".to_owned(), "b2".to_owned()],
+                    ..TaskExecutionGuard::default()
+                },
+                &TaskExecutionUpdate {
+                    now: SystemClock.now_ms(),
+                    status: Some(TaskExecutionStatus::Cancelled),
+                    ..TaskExecutionUpdate::default()
+                },
+            )
+            .await?;
+        series
+            .expect_gauges(&[
+                (depth, &[("queue", "mqa"), ("status", "ready")], 3.0),
+                (depth, &[("queue", "mqb"), ("status", "ready")], 0.0),
+                (depth, &[("queue", "mqa"), ("status", "sleeping")], 1.0),
+            ])
+            .await
+    }
+    .await;
+    executor.shutdown().await;
+    result
+}
+
 async fn executor_counts(storage: Arc<dyn TaskExecutionStorage>) -> anyhow::Result<()> {
     let series = Series::new("executor")?;
     let ok =

@@ -96,6 +96,11 @@ pub struct ExecutorOptions {
     /// `("executor", "billing")` to tell two executors of one process apart; see
     /// [`metric`](crate::metric). Keep their values few: each distinct set is a time series.
     pub metric_labels: Vec<(String, String)>,
+    /// How often this executor samples the number of unfinished executions per queue and
+    /// status for the [`TASK_QUEUE_DEPTH`](crate::metric::TASK_QUEUE_DEPTH) gauge (default:
+    /// every 30 s; `None`: never). One aggregate query per sample; with many executors, one
+    /// or two sampling is enough.
+    pub queue_depth_interval: Option<Duration>,
     /// Whether the span of a run follows from the span that enqueued it, when it was
     /// enqueued through this executor and is due at once (default: true). The enqueuing span
     /// is kept until the run starts, so exporters that time a span by its close see it end
@@ -117,6 +122,7 @@ impl Default for ExecutorOptions {
             retention: None,
             clock: Arc::new(SystemClock),
             metric_labels: Vec::new(),
+            queue_depth_interval: Some(Duration::from_secs(30)),
             follow_enqueuer_spans: true,
         }
     }
@@ -260,6 +266,8 @@ struct Inner {
     skew_measured: Mutex<Option<std::time::Instant>>,
     /// When finished executions were pruned last.
     pruned: Mutex<Option<std::time::Instant>>,
+    /// When the queue depth was sampled last.
+    depth_sampled: Mutex<Option<std::time::Instant>>,
     metrics: ExecutorMetrics,
     /// The spans that enqueued executions in this process, for their runs to follow from.
     enqueuers: EnqueueSpans,
@@ -380,6 +388,21 @@ fn panic_message(join: tokio::task::JoinError) -> String {
     }
 }
 
+/// Most (queue, status) series of the queue-depth gauge one sample sets.
+const QUEUE_DEPTH_SERIES: u64 = 1000;
+
+/// Whether `interval` has passed since `last` (or nothing happened yet); if so, records now.
+fn due(last: &Mutex<Option<std::time::Instant>>, interval: Duration) -> bool {
+    let mut last = last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if last.is_some_and(|at| at.elapsed() < interval) {
+        return false;
+    }
+    *last = Some(std::time::Instant::now());
+    true
+}
+
 /// A span of epoch milliseconds in seconds, for histograms (negative spans count as 0).
 fn seconds(ms: i64) -> f64 {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0)).as_secs_f64()
@@ -412,6 +435,7 @@ impl Executor {
                 clock_skew_ms: AtomicI64::new(NO_SKEW),
                 skew_measured: Mutex::new(None),
                 pruned: Mutex::new(None),
+                depth_sampled: Mutex::new(None),
                 metrics,
                 enqueuers: EnqueueSpans::default(),
                 wake_claim: Notify::new(),
@@ -1738,17 +1762,27 @@ impl Inner {
         let Some(retention) = &self.options.retention else {
             return Ok(());
         };
-        {
-            let mut pruned = self
-                .pruned
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if pruned.is_some_and(|at| at.elapsed() < retention.interval) {
-                return Ok(());
-            }
-            *pruned = Some(std::time::Instant::now());
+        if !due(&self.pruned, retention.interval) {
+            return Ok(());
         }
         self.prune(retention).await.map(|_| ())
+    }
+
+    /// Sets the queue-depth gauges from one count of the unfinished executions, when
+    /// [`ExecutorOptions::queue_depth_interval`] has passed since the last sample.
+    async fn sample_queue_depth(&self) -> Result<()> {
+        let Some(interval) = self.options.queue_depth_interval else {
+            return Ok(());
+        };
+        if !due(&self.depth_sampled, interval) {
+            return Ok(());
+        }
+        let counts = self
+            .storage
+            .count_task_executions(&TaskExecutionStatus::ACTIVE, QUEUE_DEPTH_SERIES)
+            .await?;
+        self.metrics.queue_depth(&counts);
+        Ok(())
     }
 
     /// One iteration of the expire loop.
@@ -1759,8 +1793,9 @@ impl Inner {
         if let Err(err) = self.prune_when_due().await {
             tracing::warn!(error = %err, "pruning finished executions failed");
         }
-        // A gauge of the queue depth by status would be sampled here, once the storage can
-        // count executions by status (its name goes with the others in `crate::metric`).
+        if let Err(err) = self.sample_queue_depth().await {
+            tracing::debug!(error = %err, "sampling the queue depth failed");
+        }
         let limit = self.options.background_batch_size;
         let expired = self
             .storage
