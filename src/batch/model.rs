@@ -4,60 +4,12 @@
 //! [`super::mapper`] turns them into rows and back. Times are epoch milliseconds (`i64`), counts
 //! and indexes are unsigned, and every status is stored as the upstream string.
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::UnknownStatus;
-
-/// Declares a status enum with its stored strings, `as_str`, `Display` and `FromStr`.
-macro_rules! status_enum {
-    (
-        $(#[$meta:meta])*
-        $name:ident, serde = $rename:literal {
-            $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = $rename)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)+
-        }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
-
-            /// The string stored in the database and in JSON.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text,)+
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = UnknownStatus;
-
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    other => Err(UnknownStatus(other.to_owned())),
-                }
-            }
-        }
-    };
-}
+use crate::status::status_enum;
 
 status_enum! {
     /// Where a job is in its life.
@@ -67,23 +19,24 @@ status_enum! {
     /// `PAUSED → PROCESSING | ABORTED`. Stores do not police transitions, except that
     /// [`try_finalize_job`](super::DistributedStateStore::try_finalize_job) only leaves
     /// `PROCESSING`.
-    JobStatus, serde = "SCREAMING_SNAKE_CASE" {
+    #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+    pub enum JobStatus {
         /// Created, not started.
-        Created => "CREATED",
+        Created,
         /// A preview of the first records is running.
-        Previewing => "PREVIEWING",
+        Previewing,
         /// The preview finished.
-        Previewed => "PREVIEWED",
+        Previewed,
         /// Batches are being processed.
-        Processing => "PROCESSING",
+        Processing,
         /// Paused by the application.
-        Paused => "PAUSED",
+        Paused,
         /// Every batch finished and none failed.
-        Completed => "COMPLETED",
+        Completed,
         /// Stopped by the application.
-        Aborted => "ABORTED",
+        Aborted,
         /// Finished with at least one failed batch, or failed outright.
-        Failed => "FAILED",
+        Failed,
     }
 }
 
@@ -99,17 +52,18 @@ impl JobStatus {
 
 status_enum! {
     /// Where a batch is in its life.
-    BatchStatus, serde = "SCREAMING_SNAKE_CASE" {
+    #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+    pub enum BatchStatus {
         /// Waiting to be claimed or processed.
-        Pending => "PENDING",
+        Pending,
         /// Claimed by a worker (distributed) or being processed (single process).
-        Processing => "PROCESSING",
+        Processing,
         /// Paused; never set by the stores themselves.
-        Paused => "PAUSED",
+        Paused,
         /// Processed; its records may still include failures.
-        Completed => "COMPLETED",
+        Completed,
         /// The batch as a whole failed.
-        Failed => "FAILED",
+        Failed,
     }
 }
 
@@ -122,17 +76,18 @@ impl BatchStatus {
 
 status_enum! {
     /// The state of one record.
-    RecordStatus, serde = "lowercase" {
+    #[strum(serialize_all = "lowercase")]
+    pub enum RecordStatus {
         /// Validated, not yet processed.
-        Valid => "valid",
+        Valid,
         /// Rejected by validation; `errors` says why.
-        Invalid => "invalid",
+        Invalid,
         /// Processed successfully.
-        Processed => "processed",
+        Processed,
         /// Processing failed; `processing_error` says why.
-        Failed => "failed",
+        Failed,
         /// Read from the source, not yet validated.
-        Pending => "pending",
+        Pending,
     }
 }
 
