@@ -73,6 +73,7 @@ mod batch;
 mod clock;
 mod dialect;
 mod error;
+mod id;
 mod status;
 mod task;
 #[cfg(feature = "testkit")]
