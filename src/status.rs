@@ -1,7 +1,8 @@
-//! What every stored status type shares: its strings are derived by `strum`, written once per
-//! type (a case rule, and a `serialize` only where a name differs from the rule), and `as_str`,
-//! `ALL`, `Display`, `FromStr` and serde all go through them, so the column, the JSON and the
-//! text can never disagree.
+//! What every stored status type (and [`MissedTicks`](crate::MissedTicks), stored the same way)
+//! shares: its strings are derived by `strum`, written once per type (a case rule, and a
+//! `serialize` only where a name differs from the rule), and `as_str`, `ALL`, `Display`,
+//! `FromStr` and serde all go through them, so the column, the JSON and the text can never
+//! disagree.
 
 use crate::error::UnknownStatus;
 
@@ -78,7 +79,7 @@ mod tests {
     use serde::de::DeserializeOwned;
 
     use crate::error::UnknownStatus;
-    use crate::{BatchStatus, JobStatus, RecordStatus, TaskExecutionStatus};
+    use crate::{BatchStatus, JobStatus, MissedTicks, RecordStatus, TaskExecutionStatus};
 
     type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -149,6 +150,10 @@ mod tests {
         assert_eq!(
             round_trips(RecordStatus::ALL, RecordStatus::as_str)?,
             ["valid", "invalid", "processed", "failed", "pending"]
+        );
+        assert_eq!(
+            round_trips(MissedTicks::ALL, MissedTicks::as_str)?,
+            ["skip", "catch_up"]
         );
         Ok(())
     }
