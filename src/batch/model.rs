@@ -14,18 +14,24 @@ use crate::status::status_enum;
 status_enum! {
     /// Where a job is in its life.
     ///
-    /// `CREATED → PREVIEWING | PROCESSING`, `PREVIEWING → PREVIEWED | FAILED`,
-    /// `PREVIEWED → PROCESSING`, `PROCESSING → PAUSED | COMPLETED | ABORTED | FAILED`,
-    /// `PAUSED → PROCESSING | ABORTED`. Stores do not police transitions, except that
-    /// [`try_finalize_job`](super::DistributedStateStore::try_finalize_job) only leaves
-    /// `PROCESSING`.
+    /// The upstream life of a job is `CREATED → PREVIEWING | PROCESSING`,
+    /// `PREVIEWING → PREVIEWED | FAILED`, `PREVIEWED → PROCESSING`,
+    /// `PROCESSING → PAUSED | COMPLETED | ABORTED | FAILED`, `PAUSED → PROCESSING | ABORTED`.
+    /// This crate makes two of those moves: [`prepare`](super::prepare) starts a job
+    /// (`CREATED → PROCESSING`, or `COMPLETED` when it has no records) and
+    /// [`try_finalize_job`](super::DistributedStateStore::try_finalize_job) ends it
+    /// (`PROCESSING → COMPLETED | FAILED`). The others are the application's (or another
+    /// tool's), written with [`save_job_state`](super::StateStore::save_job_state); workers
+    /// claim batches only of a `PROCESSING` job. Stores do not police transitions, except that
+    /// `try_finalize_job` only leaves `PROCESSING`.
     #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
     pub enum JobStatus {
         /// Created, not started.
         Created,
-        /// A preview of the first records is running.
+        /// A preview of the first records is running (set by the application: this crate
+        /// has no preview).
         Previewing,
-        /// The preview finished.
+        /// The preview finished (set by the application).
         Previewed,
         /// Batches are being processed.
         Processing,
@@ -102,24 +108,38 @@ impl RecordStatus {
 
 /// How a job is run. Serialized with the upstream camelCase keys; keys this type does not know
 /// are kept in [`extra`](Self::extra) and written back unchanged.
+///
+/// This crate acts on `batch_size` ([`prepare`](super::prepare)) and on `continue_on_error`,
+/// `max_retries` and `retry_delay` ([`run_worker`](super::run_worker), where they override its
+/// [`WorkerOptions`](super::WorkerOptions)). `schema`, `max_concurrent_batches` and
+/// `skip_empty_rows` are only stored and read back, for the upstream processors and other tools
+/// that share the tables: nothing here acts on them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobConfig {
     /// Records per batch; at least 1.
     pub batch_size: u32,
-    /// The validation schema, as JSON (field definitions without validator functions).
+    /// The upstream validation schema, as JSON (field definitions without validator functions).
+    /// Stored and read back only: this crate validates nothing; a record processor passed to
+    /// [`run_worker`](super::run_worker) does its own checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<Value>,
-    /// How many batches may run at once in one process.
+    /// How many batches the upstream processor runs at once in one process. Stored and read
+    /// back only: each [`run_worker`](super::run_worker) call processes one batch at a time, so
+    /// a process runs as many batches at once as it runs workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_batches: Option<u32>,
-    /// Whether a failed record lets the batch go on.
+    /// Whether a failed record lets the rest of its batch go on (overrides
+    /// [`WorkerOptions::continue_on_error`](super::WorkerOptions::continue_on_error)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continue_on_error: Option<bool>,
-    /// Processing attempts after the first for a failing record.
+    /// Processing attempts after the first for a failing record (overrides
+    /// [`WorkerOptions::max_retries`](super::WorkerOptions::max_retries)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
-    /// Base delay between processing attempts (kept as whole milliseconds, key `retryDelayMs`).
+    /// Delay before the first retry of a record, doubled for each further one (overrides
+    /// [`WorkerOptions::retry_delay`](super::WorkerOptions::retry_delay); kept as whole
+    /// milliseconds, key `retryDelayMs`).
     #[serde(
         default,
         rename = "retryDelayMs",
@@ -127,7 +147,8 @@ pub struct JobConfig {
         with = "crate::clock::serde_millis::option"
     )]
     pub retry_delay: Option<Duration>,
-    /// Whether empty source rows are skipped (and not counted).
+    /// Whether the upstream source parsers skip empty rows. Stored and read back only:
+    /// [`prepare`](super::prepare) stores every record it is given, empty or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_empty_rows: Option<bool>,
     /// Keys this version does not know, kept as they were.
