@@ -44,7 +44,7 @@ macro_rules! status_enum {
 
         impl $name {
             /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = <$name as strum::VariantArray>::VARIANTS;
+            pub const ALL: &'static [$name] = <$name as ::strum::VariantArray>::VARIANTS;
 
             /// The string stored in the database and in JSON.
             pub fn as_str(self) -> &'static str {
@@ -53,16 +53,22 @@ macro_rules! status_enum {
         }
 
         // Serde goes through the strum strings rather than a second list of renames.
-        impl serde::Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        impl ::serde::Serialize for $name {
+            fn serialize<S>(&self, serializer: S) -> ::core::result::Result<S::Ok, S::Error>
+            where
+                S: ::serde::Serializer,
+            {
                 serializer.serialize_str(self.as_str())
             }
         }
 
-        impl<'de> serde::Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(deserializer)?;
-                text.parse().map_err(serde::de::Error::custom)
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D>(deserializer: D) -> ::core::result::Result<Self, D::Error>
+            where
+                D: ::serde::Deserializer<'de>,
+            {
+                let text = <String as ::serde::Deserialize>::deserialize(deserializer)?;
+                text.parse().map_err(::serde::de::Error::custom)
             }
         }
     };
