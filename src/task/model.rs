@@ -20,16 +20,16 @@ status_enum! {
     ///      │ claim                                │ with retries left
     ///      ▼                                      │
     ///   running ──────────────────────────────────┘
-    ///      ├─ returned; no children, no finalize ───────────► completed
-    ///      ├─ error, or lease lapsed; no retries left ──────► failed
-    ///      ├─ timed out; no retries left ───────────────────► timed_out
+    ///      ├─ returned; no children, no finalize ──────────────────────► completed
+    ///      ├─ fatal error, or no retries left (error or lease lapsed) ─► failed
+    ///      ├─ timed out; no retries left ──────────────────────────────► timed_out
     ///      ├─ returned; no children, a finalize ───────┐
     ///      └─ returned children                        │
     ///            │                                     │
     ///            ▼                                     │
     ///   waiting_for_children_tasks                     │
-    ///      ├─ all children completed; no finalize ─────┼────► completed
-    ///      ├─ a child did not complete ────────────────┼────► children_tasks_failed
+    ///      ├─ all children completed; no finalize ─────┼───────────────► completed
+    ///      ├─ a child did not complete ────────────────┼───────────────► children_tasks_failed
     ///      └─ all children completed; a finalize ──────┤
     ///                                                  ▼
     ///                               waiting_for_finalize_task
