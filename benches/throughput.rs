@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use clap::Parser;
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
     TransactionTrait, Value,
@@ -1039,40 +1040,52 @@ fn print_row(row: &Row) {
     );
 }
 
+/// Throughput of batch jobs and durable tasks beside a raw-SQL floor (see the file's docs).
+#[derive(Parser)]
+#[command(name = "throughput")]
+struct Args {
+    /// Admin URL of a PostgreSQL or MySQL server, where each run creates a scratch database
+    /// (none, or an SQLite URL: an SQLite file in a temporary directory).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    database_url: Option<String>,
+    /// The workloads to run, comma-separated.
+    #[arg(
+        long = "workload",
+        value_name = "LIST",
+        value_delimiter = ',',
+        value_parser = ["w1", "w2", "w3", "w4", "w5"],
+        default_value = "w1,w2,w3,w4,w5"
+    )]
+    workloads: Vec<String>,
+    /// Shrinks every workload to a smoke run of a few seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Runs W2 and W3 at growing sizes and prints throughput and peak memory per size.
+    #[arg(long)]
+    scale: bool,
+    /// Runs per figure, of which the median is shown (default: 3, or 1 with `--quick`).
+    #[arg(long, value_name = "N")]
+    repeat: Option<usize>,
+    /// Passed by `cargo bench` to every bench binary; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let mut url = std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|u| !u.starts_with("sqlite"));
-    let mut workloads: Vec<String> = ["w1", "w2", "w3", "w4", "w5"].map(str::to_owned).to_vec();
-    let mut quick = false;
-    let mut scale_mode = false;
-    let mut repeat: usize = 0;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--database-url" => url = Some(args.next().context("--database-url needs a value")?),
-            "--workload" => {
-                workloads = args
-                    .next()
-                    .context("--workload needs a value")?
-                    .split(',')
-                    .map(str::to_owned)
-                    .collect();
-            }
-            "--quick" => quick = true,
-            "--scale" => scale_mode = true,
-            "--repeat" => repeat = args.next().context("--repeat needs a value")?.parse()?,
-            "--bench" => {}
-            other => bail!("unknown argument {other}; see the file's docs"),
-        }
-    }
-    if url.as_deref().is_some_and(|u| u.starts_with("sqlite")) {
-        url = None;
-    }
-    if repeat == 0 {
-        repeat = if quick { 1 } else { 3 };
-    }
+    let Args {
+        database_url,
+        workloads,
+        quick,
+        scale: scale_mode,
+        repeat,
+        bench: _,
+    } = Args::parse();
+    // SQLite needs no admin URL: it runs on a file of its own.
+    let url = database_url.filter(|u| !u.is_empty() && !u.starts_with("sqlite"));
+    let repeat = repeat
+        .filter(|&n| n > 0)
+        .unwrap_or(if quick { 1 } else { 3 });
     let target = Target::new(url)?;
     let pg = target.backend == DbBackend::Postgres;
     println!(

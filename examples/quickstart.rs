@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use sea_orm_durable::migration::{Migrator, MigratorTrait};
@@ -36,39 +37,26 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-/// Command-line settings.
+/// Durable tasks and a distributed batch job in your own database.
+///
+/// Without a URL (or DATABASE_URL) it uses an SQLite file in the temp directory.
+#[derive(Parser)]
+#[command(name = "quickstart")]
 struct Args {
+    /// The database to use (`postgres://…`, `mysql://…` or `sqlite://…`).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     database_url: Option<String>,
+    /// Records in the batch job.
+    #[arg(long, value_name = "N", default_value_t = 5_000)]
     records: u64,
+    /// Workers processing the batch job at once.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
     workers: usize,
-}
-
-fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        database_url: std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()),
-        records: 5_000,
-        workers: 4,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--database-url" => args.database_url = Some(it.next().context("--database-url URL")?),
-            "--records" => args.records = it.next().context("--records N")?.parse()?,
-            "--workers" => args.workers = it.next().context("--workers N")?.parse()?,
-            "-h" | "--help" => {
-                println!(
-                    "usage: quickstart [--database-url URL] [--records N] [--workers N]\n\
-                     Without a URL (or DATABASE_URL) it uses an SQLite file in the temp directory."
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?} (try --help)"),
-        }
-    }
-    if args.workers == 0 {
-        bail!("--workers must be at least 1");
-    }
-    Ok(args)
 }
 
 /// Connects with a pool fit for several workers. SQLite gets WAL (readers never wait for the
@@ -92,8 +80,9 @@ async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
-    let url = match &args.database_url {
+    let args = Args::parse();
+    // An empty DATABASE_URL means none.
+    let url = match args.database_url.as_ref().filter(|u| !u.is_empty()) {
         Some(url) => url.clone(),
         None => {
             let path = std::env::temp_dir().join("sea-orm-durable-quickstart.db");

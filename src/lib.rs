@@ -73,7 +73,9 @@ mod batch;
 mod clock;
 mod dialect;
 mod error;
+mod id;
 pub mod metric;
+mod status;
 mod task;
 #[cfg(feature = "testkit")]
 pub mod testkit;

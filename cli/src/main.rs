@@ -526,7 +526,7 @@ async fn stats(storage: &dyn TaskExecutionStorage, out: &mut Output) -> anyhow::
     // this table serves, and the cap keeps the answer bounded.
     const MAX_GROUPS: u64 = 100_000;
     let counts = storage
-        .count_task_executions(&TaskExecutionStatus::ALL, MAX_GROUPS)
+        .count_task_executions(TaskExecutionStatus::ALL, MAX_GROUPS)
         .await?;
     let total: u64 = counts.iter().map(|c| c.count).sum();
     let by_status = |status: TaskExecutionStatus| -> u64 {
@@ -538,7 +538,7 @@ async fn stats(storage: &dyn TaskExecutionStorage, out: &mut Output) -> anyhow::
     };
     if out.is_json() {
         let mut statuses = serde_json::Map::new();
-        for status in TaskExecutionStatus::ALL {
+        for &status in TaskExecutionStatus::ALL {
             statuses.insert(status.as_str().to_owned(), json!(by_status(status)));
         }
         return out.json(&json!({
@@ -549,7 +549,8 @@ async fn stats(storage: &dyn TaskExecutionStorage, out: &mut Output) -> anyhow::
     }
     // One row per queue, one column per status that occurs anywhere.
     let columns: Vec<TaskExecutionStatus> = TaskExecutionStatus::ALL
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|s| by_status(*s) > 0)
         .collect();
     let mut queues: Vec<&str> = counts.iter().map(|c| c.queue.as_str()).collect();

@@ -4,86 +4,45 @@
 //! [`super::mapper`] turns them into rows and back. Times are epoch milliseconds (`i64`), counts
 //! and indexes are unsigned, and every status is stored as the upstream string.
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::UnknownStatus;
-
-/// Declares a status enum with its stored strings, `as_str`, `Display` and `FromStr`.
-macro_rules! status_enum {
-    (
-        $(#[$meta:meta])*
-        $name:ident, serde = $rename:literal {
-            $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = $rename)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)+
-        }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
-
-            /// The string stored in the database and in JSON.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text,)+
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = UnknownStatus;
-
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    other => Err(UnknownStatus(other.to_owned())),
-                }
-            }
-        }
-    };
-}
+use crate::status::status_enum;
 
 status_enum! {
     /// Where a job is in its life.
     ///
-    /// `CREATED → PREVIEWING | PROCESSING`, `PREVIEWING → PREVIEWED | FAILED`,
-    /// `PREVIEWED → PROCESSING`, `PROCESSING → PAUSED | COMPLETED | ABORTED | FAILED`,
-    /// `PAUSED → PROCESSING | ABORTED`. Stores do not police transitions, except that
-    /// [`try_finalize_job`](super::DistributedStateStore::try_finalize_job) only leaves
-    /// `PROCESSING`.
-    JobStatus, serde = "SCREAMING_SNAKE_CASE" {
+    /// The upstream life of a job is `CREATED → PREVIEWING | PROCESSING`,
+    /// `PREVIEWING → PREVIEWED | FAILED`, `PREVIEWED → PROCESSING`,
+    /// `PROCESSING → PAUSED | COMPLETED | ABORTED | FAILED`, `PAUSED → PROCESSING | ABORTED`.
+    /// This crate makes two of those moves: [`prepare`](super::prepare) starts a job
+    /// (`CREATED → PROCESSING`, or `COMPLETED` when it has no records) and
+    /// [`try_finalize_job`](super::DistributedStateStore::try_finalize_job) ends it
+    /// (`PROCESSING → COMPLETED | FAILED`). The others are the application's (or another
+    /// tool's), written with [`save_job_state`](super::StateStore::save_job_state); workers
+    /// claim batches only of a `PROCESSING` job. Stores do not police transitions, except that
+    /// `try_finalize_job` only leaves `PROCESSING`.
+    #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+    pub enum JobStatus {
         /// Created, not started.
-        Created => "CREATED",
-        /// A preview of the first records is running.
-        Previewing => "PREVIEWING",
-        /// The preview finished.
-        Previewed => "PREVIEWED",
+        Created,
+        /// A preview of the first records is running (set by the application: this crate
+        /// has no preview).
+        Previewing,
+        /// The preview finished (set by the application).
+        Previewed,
         /// Batches are being processed.
-        Processing => "PROCESSING",
+        Processing,
         /// Paused by the application.
-        Paused => "PAUSED",
+        Paused,
         /// Every batch finished and none failed.
-        Completed => "COMPLETED",
+        Completed,
         /// Stopped by the application.
-        Aborted => "ABORTED",
+        Aborted,
         /// Finished with at least one failed batch, or failed outright.
-        Failed => "FAILED",
+        Failed,
     }
 }
 
@@ -99,17 +58,18 @@ impl JobStatus {
 
 status_enum! {
     /// Where a batch is in its life.
-    BatchStatus, serde = "SCREAMING_SNAKE_CASE" {
+    #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+    pub enum BatchStatus {
         /// Waiting to be claimed or processed.
-        Pending => "PENDING",
+        Pending,
         /// Claimed by a worker (distributed) or being processed (single process).
-        Processing => "PROCESSING",
+        Processing,
         /// Paused; never set by the stores themselves.
-        Paused => "PAUSED",
+        Paused,
         /// Processed; its records may still include failures.
-        Completed => "COMPLETED",
+        Completed,
         /// The batch as a whole failed.
-        Failed => "FAILED",
+        Failed,
     }
 }
 
@@ -122,17 +82,18 @@ impl BatchStatus {
 
 status_enum! {
     /// The state of one record.
-    RecordStatus, serde = "lowercase" {
+    #[strum(serialize_all = "lowercase")]
+    pub enum RecordStatus {
         /// Validated, not yet processed.
-        Valid => "valid",
+        Valid,
         /// Rejected by validation; `errors` says why.
-        Invalid => "invalid",
+        Invalid,
         /// Processed successfully.
-        Processed => "processed",
+        Processed,
         /// Processing failed; `processing_error` says why.
-        Failed => "failed",
+        Failed,
         /// Read from the source, not yet validated.
-        Pending => "pending",
+        Pending,
     }
 }
 
@@ -147,24 +108,38 @@ impl RecordStatus {
 
 /// How a job is run. Serialized with the upstream camelCase keys; keys this type does not know
 /// are kept in [`extra`](Self::extra) and written back unchanged.
+///
+/// This crate acts on `batch_size` ([`prepare`](super::prepare)) and on `continue_on_error`,
+/// `max_retries` and `retry_delay` ([`run_worker`](super::run_worker), where they override its
+/// [`WorkerOptions`](super::WorkerOptions)). `schema`, `max_concurrent_batches` and
+/// `skip_empty_rows` are only stored and read back, for the upstream processors and other tools
+/// that share the tables: nothing here acts on them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobConfig {
     /// Records per batch; at least 1.
     pub batch_size: u32,
-    /// The validation schema, as JSON (field definitions without validator functions).
+    /// The upstream validation schema, as JSON (field definitions without validator functions).
+    /// Stored and read back only: this crate validates nothing; a record processor passed to
+    /// [`run_worker`](super::run_worker) does its own checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<Value>,
-    /// How many batches may run at once in one process.
+    /// How many batches the upstream processor runs at once in one process. Stored and read
+    /// back only: each [`run_worker`](super::run_worker) call processes one batch at a time, so
+    /// a process runs as many batches at once as it runs workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_batches: Option<u32>,
-    /// Whether a failed record lets the batch go on.
+    /// Whether a failed record lets the rest of its batch go on (overrides
+    /// [`WorkerOptions::continue_on_error`](super::WorkerOptions::continue_on_error)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continue_on_error: Option<bool>,
-    /// Processing attempts after the first for a failing record.
+    /// Processing attempts after the first for a failing record (overrides
+    /// [`WorkerOptions::max_retries`](super::WorkerOptions::max_retries)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
-    /// Base delay between processing attempts (kept as whole milliseconds, key `retryDelayMs`).
+    /// Delay before the first retry of a record, doubled for each further one (overrides
+    /// [`WorkerOptions::retry_delay`](super::WorkerOptions::retry_delay); kept as whole
+    /// milliseconds, key `retryDelayMs`).
     #[serde(
         default,
         rename = "retryDelayMs",
@@ -172,7 +147,8 @@ pub struct JobConfig {
         with = "crate::clock::serde_millis::option"
     )]
     pub retry_delay: Option<Duration>,
-    /// Whether empty source rows are skipped (and not counted).
+    /// Whether the upstream source parsers skip empty rows. Stored and read back only:
+    /// [`prepare`](super::prepare) stores every record it is given, empty or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_empty_rows: Option<bool>,
     /// Keys this version does not know, kept as they were.

@@ -10,6 +10,7 @@ use super::model::{
     RequeuedRecords,
 };
 use crate::error::Result;
+use crate::id::new_id;
 
 /// Where a batch job keeps its state: the job, its batches and every record's outcome.
 ///
@@ -248,7 +249,7 @@ pub trait DistributedStateStore: StateStore {
     /// Each call is a new claim; a caller that retries after an error that may have hidden a
     /// successful claim uses [`claim_batch_with_id`](Self::claim_batch_with_id) instead.
     async fn claim_batch(&self, job_id: &str, worker_id: &str) -> Result<ClaimBatchResult> {
-        self.claim_batch_with_id(job_id, worker_id, &unique_id("claim"))
+        self.claim_batch_with_id(job_id, worker_id, &new_id("claim-"))
             .await
     }
 
@@ -340,7 +341,7 @@ pub trait DistributedStateStore: StateStore {
     ///
     /// Database errors.
     async fn try_finalize_job(&self, job_id: &str) -> Result<bool> {
-        self.try_finalize_job_with_id(job_id, &unique_id("finalize"))
+        self.try_finalize_job_with_id(job_id, &new_id("finalize-"))
             .await
     }
 
@@ -457,13 +458,4 @@ pub trait DistributedStateStore: StateStore {
         outcome: BatchOutcome,
         outcomes: &[RecordOutcome],
     ) -> Result<bool>;
-}
-
-/// A fresh id for a claim or a finalization: `prefix`, then 128 random bits in hex.
-pub(crate) fn unique_id(prefix: &str) -> String {
-    format!(
-        "{prefix}-{:016x}{:016x}",
-        fastrand::u64(..),
-        fastrand::u64(..)
-    )
 }

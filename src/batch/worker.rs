@@ -26,9 +26,10 @@ use super::model::{
     Batch, BatchOutcome, BatchReservation, ClaimBatchResult, JobConfig, JobState, JobStatus,
     ProcessedRecord, RecordOutcome, RecordStatus,
 };
-use super::store::{DistributedStateStore, unique_id};
+use super::store::DistributedStateStore;
 use crate::dialect::Backoff;
 use crate::error::{Error, Result};
+use crate::id::new_id;
 use crate::metric::WorkerMetrics;
 
 /// What [`prepare`] created.
@@ -339,9 +340,9 @@ where
     let shutdown = &options.shutdown;
     // Kept across a failed claim and a failed finalization, so that their retries recognize
     // one that took effect although its answer was lost.
-    let mut claim_id = unique_id("claim");
+    let mut claim_id = new_id("claim-");
     let mut finalizer = Finalizer {
-        id: unique_id("finalize"),
+        id: new_id("finalize-"),
         unsure: false,
     };
     loop {
@@ -365,7 +366,7 @@ where
                 .claim_batch_with_id(job_id, worker_id, &claim_id)
                 .await?;
             // Answered: the next claim is a new one.
-            claim_id = unique_id("claim");
+            claim_id = new_id("claim-");
             match claimed {
                 ClaimBatchResult::Claimed(reservation) => {
                     metrics.claimed.increment(1);

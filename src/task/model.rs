@@ -1,94 +1,99 @@
 //! Domain types of durable task executions. Nothing here knows about SeaORM.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The state of a task execution.
-///
-/// ```mermaid
-/// stateDiagram-v2
-///     [*] --> ready: enqueue
-///     ready --> running: claim (executor id, lease, new fencing token)
-///     running --> ready: retryable error, or lease expired with attempts left
-///     running --> completed: run succeeded, no children, no finalize
-///     running --> waiting_for_children_tasks: run returned children
-///     running --> waiting_for_finalize_task: no children, has finalize
-///     running --> failed: error, no attempts left / lease expired with none left
-///     running --> timed_out: run exceeded its timeout, no attempts left
-///     waiting_for_children_tasks --> waiting_for_finalize_task: all children completed, has finalize
-///     waiting_for_children_tasks --> completed: all children completed, no finalize
-///     waiting_for_children_tasks --> children_tasks_failed: a child finished unsuccessfully
-///     waiting_for_finalize_task --> completed: finalize completed
-///     waiting_for_finalize_task --> finalize_task_failed: finalize finished unsuccessfully
-///     ready --> cancelled: cancel
-///     running --> cancelled: cancel
-///     waiting_for_children_tasks --> cancelled: cancel
-///     waiting_for_finalize_task --> cancelled: cancel, or parent closed unsuccessfully
-///     [*] --> sleeping: enqueue of a sleeping task (under its wake key)
-///     sleeping --> completed: woken with an output
-///     sleeping --> failed: woken with an error
-///     sleeping --> timed_out: not woken before its timeout
-///     sleeping --> cancelled: cancel, or parent closed unsuccessfully
-/// ```
-///
-/// A `sleeping` execution is never claimed and holds no executor slot: it waits, durably, until
-/// some process wakes it by its key
-/// ([`wake_task_execution`](super::TaskExecutionStorage::wake_task_execution)) or lease expiry
-/// times it out.
-///
-/// Every finished execution is later *closed*: its outcome is propagated to its parent (a
-/// finished-child record, or the parent's final status for a finalize execution) and, when it did
-/// not complete, its still-active children and finalize execution are cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskExecutionStatus {
-    /// Waiting to be claimed once `start_at` has passed.
-    Ready,
-    /// Claimed by an executor, which is running it under a lease.
-    Running,
-    /// Failed with an error and no retries left.
-    Failed,
-    /// Ran past its timeout with no retries left.
-    TimedOut,
-    /// The run finished and returned children, which have not all finished yet.
-    #[serde(rename = "waiting_for_children_tasks")]
-    WaitingForChildren,
-    /// At least one child finished without completing.
-    #[serde(rename = "children_tasks_failed")]
-    ChildrenFailed,
-    /// Waiting for the finalize execution to finish.
-    #[serde(rename = "waiting_for_finalize_task")]
-    WaitingForFinalize,
-    /// The finalize execution finished without completing.
-    #[serde(rename = "finalize_task_failed")]
-    FinalizeFailed,
-    /// Finished successfully; `output` holds the result.
-    Completed,
-    /// Cancelled before it finished.
-    Cancelled,
-    /// A sleeping task's execution, waiting to be woken by its key or to time out.
-    Sleeping,
+use crate::clock::{millis, whole_millis};
+use crate::status::status_enum;
+
+status_enum! {
+    /// The state of a task execution, and the moves between states that executors and stores
+    /// make:
+    ///
+    /// ```text
+    ///   enqueue
+    ///      │
+    ///      ▼
+    ///    ready ◄──────────────────────────────────┐ retryable error, or lease lapsed,
+    ///      │ claim                                │ with retries left
+    ///      ▼                                      │
+    ///   running ──────────────────────────────────┘
+    ///      ├─ returned; no children, no finalize ──────────────────────► completed
+    ///      ├─ fatal error, or no retries left (error or lease lapsed) ─► failed
+    ///      ├─ timed out; no retries left ──────────────────────────────► timed_out
+    ///      ├─ returned; no children, a finalize ───────┐
+    ///      └─ returned children                        │
+    ///            │                                     │
+    ///            ▼                                     │
+    ///   waiting_for_children_tasks                     │
+    ///      ├─ all children completed; no finalize ─────┼───────────────► completed
+    ///      ├─ a child did not complete ────────────────┼───────────────► children_tasks_failed
+    ///      └─ all children completed; a finalize ──────┤
+    ///                                                  ▼
+    ///                               waiting_for_finalize_task
+    ///                                  ├─ finalize completed ────────► completed
+    ///                                  └─ finalize did not complete ─► finalize_task_failed
+    ///
+    ///   enqueue with a wake key
+    ///      │
+    ///      ▼
+    ///   sleeping
+    ///      ├─ woken with an output ──► completed
+    ///      ├─ woken with an error ───► failed
+    ///      └─ not woken in time ─────► timed_out
+    ///
+    ///   ready, running, waiting_for_children_tasks, waiting_for_finalize_task or sleeping
+    ///      └─ cancel, or the parent closed without completing ──► cancelled
+    /// ```
+    ///
+    /// Besides, an execution a claim finds unreadable ends `failed` (with an internal error)
+    /// instead of running, and so does a waiting parent whose task is not registered with the
+    /// executor that processes it; a parent whose run output or children's outputs cannot be read
+    /// ends `children_tasks_failed`. Processing a parent takes a claim on it but leaves its status
+    /// as it is: if the executor dies, the claim lapses and another executor takes the parent.
+    ///
+    /// A `sleeping` execution is never claimed and holds no executor slot: it waits, durably, until
+    /// some process wakes it by its key
+    /// ([`wake_task_execution`](super::TaskExecutionStorage::wake_task_execution)) or lease expiry
+    /// times it out.
+    ///
+    /// Every finished execution is later *closed*: its outcome is propagated to its parent (a
+    /// finished-child record, or the parent's final status for a finalize execution) and, when it
+    /// did not complete, its still-active children and finalize execution are cancelled.
+    #[strum(serialize_all = "snake_case")]
+    pub enum TaskExecutionStatus {
+        /// Waiting to be claimed once `start_at` has passed.
+        Ready,
+        /// Claimed by an executor, which is running it under a lease.
+        Running,
+        /// Failed with an error and no retries left.
+        Failed,
+        /// Ran past its timeout with no retries left.
+        TimedOut,
+        /// The run finished and returned children, which have not all finished yet.
+        #[strum(serialize = "waiting_for_children_tasks")]
+        WaitingForChildren,
+        /// At least one child finished without completing.
+        #[strum(serialize = "children_tasks_failed")]
+        ChildrenFailed,
+        /// Waiting for the finalize execution to finish.
+        #[strum(serialize = "waiting_for_finalize_task")]
+        WaitingForFinalize,
+        /// The finalize execution finished without completing.
+        #[strum(serialize = "finalize_task_failed")]
+        FinalizeFailed,
+        /// Finished successfully; `output` holds the result.
+        Completed,
+        /// Cancelled before it finished.
+        Cancelled,
+        /// A sleeping task's execution, waiting to be woken by its key or to time out.
+        Sleeping,
+    }
 }
 
 impl TaskExecutionStatus {
-    /// Every status, in declaration order.
-    pub const ALL: [TaskExecutionStatus; 11] = [
-        Self::Ready,
-        Self::Running,
-        Self::Failed,
-        Self::TimedOut,
-        Self::WaitingForChildren,
-        Self::ChildrenFailed,
-        Self::WaitingForFinalize,
-        Self::FinalizeFailed,
-        Self::Completed,
-        Self::Cancelled,
-        Self::Sleeping,
-    ];
-
     /// The statuses of executions that have not finished.
     pub const ACTIVE: [TaskExecutionStatus; 5] = [
         Self::Ready,
@@ -98,46 +103,9 @@ impl TaskExecutionStatus {
         Self::Sleeping,
     ];
 
-    /// The stored string (the upstream names: `ready`, `waiting_for_children_tasks`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ready => "ready",
-            Self::Running => "running",
-            Self::Failed => "failed",
-            Self::TimedOut => "timed_out",
-            Self::WaitingForChildren => "waiting_for_children_tasks",
-            Self::ChildrenFailed => "children_tasks_failed",
-            Self::WaitingForFinalize => "waiting_for_finalize_task",
-            Self::FinalizeFailed => "finalize_task_failed",
-            Self::Completed => "completed",
-            Self::Cancelled => "cancelled",
-            Self::Sleeping => "sleeping",
-        }
-    }
-
     /// Whether this status is final: the execution will never run or change status again.
     pub fn is_finished(self) -> bool {
         !Self::ACTIVE.contains(&self)
-    }
-}
-
-impl fmt::Display for TaskExecutionStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-use crate::clock::{millis, whole_millis};
-use crate::error::UnknownStatus;
-
-impl FromStr for TaskExecutionStatus {
-    type Err = UnknownStatus;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| UnknownStatus(s.to_owned()))
     }
 }
 

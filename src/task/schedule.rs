@@ -10,6 +10,7 @@ use croner::Cron;
 
 use super::model::NewTaskExecution;
 use crate::error::{Error, Result};
+use crate::status::status_enum;
 
 /// Most ticks one firing of a [`MissedTicks::CatchUp`] schedule enqueues; the rest follow in the
 /// next firings.
@@ -33,36 +34,18 @@ pub enum ScheduleSpec {
     },
 }
 
-/// What happens to the ticks a schedule missed while no executor was running it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum MissedTicks {
-    /// Only the most recent missed tick is enqueued; the ones before it are dropped.
-    #[default]
-    Skip,
-    /// Every missed tick is enqueued, oldest first (at most 100 per firing, the rest in the
-    /// next ones).
-    CatchUp,
-}
-
-impl MissedTicks {
-    /// The stored string: `skip` or `catch_up`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Skip => "skip",
-            Self::CatchUp => "catch_up",
-        }
-    }
-}
-
-impl FromStr for MissedTicks {
-    type Err = crate::error::UnknownStatus;
-
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        match s {
-            "skip" => Ok(Self::Skip),
-            "catch_up" => Ok(Self::CatchUp),
-            other => Err(crate::error::UnknownStatus(other.to_owned())),
-        }
+status_enum! {
+    /// What happens to the ticks a schedule missed while no executor was running it. Stored as
+    /// `skip` or `catch_up`.
+    #[derive(Default)]
+    #[strum(serialize_all = "snake_case")]
+    pub enum MissedTicks {
+        /// Only the most recent missed tick is enqueued; the ones before it are dropped.
+        #[default]
+        Skip,
+        /// Every missed tick is enqueued, oldest first (at most 100 per firing, the rest in the
+        /// next ones).
+        CatchUp,
     }
 }
 

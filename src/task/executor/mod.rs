@@ -50,6 +50,7 @@ use enqueuer::EnqueueSpans;
 use crate::clock::{Clock, SystemClock};
 use crate::dialect::{Backoff, jitter};
 use crate::error::{Error, Result};
+use crate::id::new_id;
 use crate::metric::{ExecutorMetrics, TaskMetrics};
 use crate::task::model::{
     ClaimParams, ExecutionError, ExecutionErrorKind, NewTaskExecution, ParentRef, TaskExecution,
@@ -65,7 +66,7 @@ use crate::task::{
 /// Settings of an [`Executor`].
 #[derive(Debug, Clone)]
 pub struct ExecutorOptions {
-    /// This executor's id, recorded on the executions it claims (default: random).
+    /// This executor's id, recorded on the executions it claims (default: a fresh `ex_` id).
     pub executor_id: Option<String>,
     /// Most executions run at once by this executor.
     pub max_concurrent: usize,
@@ -366,14 +367,6 @@ async fn write_batch(storage: &dyn TaskExecutionStorage, batch: Vec<PendingWrite
             }
         }
     }
-}
-
-/// A random id with a prefix, for executions and executors.
-pub(crate) fn new_id(prefix: &str) -> String {
-    let mut id = String::with_capacity(prefix.len() + 24);
-    id.push_str(prefix);
-    id.extend(std::iter::repeat_with(fastrand::alphanumeric).take(24));
-    id
 }
 
 /// The message of a panicked run.
