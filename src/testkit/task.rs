@@ -2535,7 +2535,7 @@ pub async fn counts_group_by_queue_and_status(storage: Storage) -> CaseResult {
         count,
     };
     check_eq!(
-        storage.count_task_executions(&S::ALL, 100).await?,
+        storage.count_task_executions(S::ALL, 100).await?,
         vec![
             count("alpha", S::Failed, 1),
             count("alpha", S::Ready, 2),
@@ -2562,7 +2562,7 @@ pub async fn counts_group_by_queue_and_status(storage: Storage) -> CaseResult {
         "no status counted something"
     );
     check!(
-        storage.count_task_executions(&S::ALL, 0).await?.is_empty(),
+        storage.count_task_executions(S::ALL, 0).await?.is_empty(),
         "a limit of 0 counted something"
     );
     check!(
