@@ -63,6 +63,13 @@ pub enum Error {
         /// Why the operation does not apply, and what to do instead.
         reason: String,
     },
+    /// The storage cannot do this operation (for example join the application's transaction
+    /// when it does not keep its rows in the application's database).
+    #[error("{operation} is not supported by this storage")]
+    Unsupported {
+        /// The operation asked for.
+        operation: &'static str,
+    },
     /// An operation did not finish in the time it was given.
     #[error("timed out {what}")]
     Timeout {

@@ -1744,6 +1744,15 @@ impl SeaOrmTaskExecutionStorage {
 
 #[async_trait]
 impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
+    async fn enqueue_task_executions_in_transaction(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        executions: Vec<NewTaskExecution>,
+        now: i64,
+    ) -> Result<()> {
+        self.enqueue_task_executions_in(txn, executions, now).await
+    }
+
     #[tracing::instrument(skip(self, executions), fields(count = executions.len()), err)]
     async fn enqueue_task_executions(
         &self,

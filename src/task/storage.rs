@@ -44,6 +44,28 @@ pub trait TaskExecutionStorage: Send + Sync {
         now: i64,
     ) -> Result<()>;
 
+    /// Enqueues executions as [`enqueue_task_executions`](Self::enqueue_task_executions) does,
+    /// inside the application's own SeaORM transaction `txn`: they exist if and only if `txn`
+    /// commits (a transactional outbox). Only a storage that keeps its rows in the database
+    /// `txn` belongs to can; the default refuses.
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue_task_executions`](Self::enqueue_task_executions);
+    /// [`Error::Unsupported`](crate::Error::Unsupported) from a storage that cannot join the
+    /// transaction (nothing is written then).
+    async fn enqueue_task_executions_in_transaction(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        executions: Vec<NewTaskExecution>,
+        now: i64,
+    ) -> Result<()> {
+        let _ = (txn, executions, now);
+        Err(crate::Error::Unsupported {
+            operation: "enqueuing in the application's transaction",
+        })
+    }
+
     /// The execution with this id, if any.
     ///
     /// # Errors

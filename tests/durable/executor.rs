@@ -446,6 +446,19 @@ mod sql {
             "rolled back execution exists"
         );
         executor.shutdown().await;
+
+        // A storage outside the application's database cannot join its transaction.
+        let elsewhere = Executor::new(
+            Arc::new(InMemoryTaskExecutionStorage::new()),
+            fast_options(),
+        );
+        let txn = t.db.begin().await?;
+        let refused = elsewhere.enqueue_in(&txn, &double, &1).await;
+        txn.rollback().await?;
+        ensure!(
+            matches!(refused, Err(sea_orm_durable::Error::Unsupported { .. })),
+            "the in-memory storage joined a database transaction: {refused:?}"
+        );
         Ok(())
     }
 }

@@ -1,0 +1,467 @@
+//! The executor's loops: claim, and the background loops (parents, close, expire, cancel,
+//! schedules), each named by a [`Loop`] that carries what wakes it and how often it polls; and
+//! the periodic chores the expire loop does on the side (clock skew, pruning, queue depth).
+
+use super::*;
+
+/// The background loops (the claim loop, which waits for free capacity too, is apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Loop {
+    /// Moves on parents whose children all finished.
+    Parents,
+    /// Propagates finished executions to their parents.
+    Close,
+    /// Recovers executions of dead executors, times out sleepers, and does the periodic chores.
+    Expire,
+    /// Stops local runs of cancelled executions.
+    Cancel,
+    /// Enqueues the due ticks of periodic schedules.
+    Schedules,
+}
+
+/// How an idle loop waits before its next iteration.
+pub(super) enum Idle<'a> {
+    /// The poll interval, or less when this in-process signal fires.
+    Woken(&'a Notify),
+    /// This interval (with jitter); nothing in the process wakes it early.
+    Every(Duration),
+}
+
+impl Loop {
+    /// Every background loop, in the order [`Executor::start`] spawns them.
+    pub(super) const ALL: [Loop; 5] = [
+        Loop::Parents,
+        Loop::Close,
+        Loop::Expire,
+        Loop::Cancel,
+        Loop::Schedules,
+    ];
+
+    /// The loop's name in logs and metrics.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Loop::Parents => "parents",
+            Loop::Close => "close",
+            Loop::Expire => "expire",
+            Loop::Cancel => "cancel",
+            Loop::Schedules => "schedules",
+        }
+    }
+
+    /// How the loop waits when an iteration found less than a full batch: the parents loop is
+    /// woken by finished children and the close loop by written results; the others poll.
+    fn idle(self, inner: &Inner) -> Idle<'_> {
+        match self {
+            Loop::Parents => Idle::Woken(&inner.wake_parents),
+            Loop::Close => Idle::Woken(&inner.wake_close),
+            Loop::Expire => Idle::Every(inner.options.expire_interval),
+            Loop::Cancel | Loop::Schedules => Idle::Every(inner.options.poll_interval),
+        }
+    }
+
+    /// One iteration; `Ok(true)` when it handled a full batch (more may be waiting).
+    async fn iterate(self, inner: Arc<Inner>) -> Result<bool> {
+        match self {
+            Loop::Parents => inner.process_parents().await,
+            Loop::Close => inner.close_finished().await,
+            Loop::Expire => inner.expire().await,
+            Loop::Cancel => inner.take_cancellations().await,
+            Loop::Schedules => inner.fire_schedules().await,
+        }
+    }
+}
+
+/// [`Inner::clock_skew_ms`] before a measurement.
+pub(super) const NO_SKEW: i64 = i64::MIN;
+
+/// How often the expire loop measures the clock skew.
+pub(super) const SKEW_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Most (queue, status) series of the queue-depth gauge one sample sets.
+pub(super) const QUEUE_DEPTH_SERIES: u64 = 1000;
+
+/// Whether `interval` has passed since `last` (or nothing happened yet); if so, records now.
+pub(super) fn due(last: &Mutex<Option<std::time::Instant>>, interval: Duration) -> bool {
+    let mut last = last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if last.is_some_and(|at| at.elapsed() < interval) {
+        return false;
+    }
+    *last = Some(std::time::Instant::now());
+    true
+}
+
+impl Inner {
+    /// Sleeps the poll interval, or less when woken or shut down.
+    pub(super) async fn idle(&self, wake: &Notify) {
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(jitter(self.options.poll_interval)) => {}
+            () = self.shutdown.cancelled() => {}
+        }
+    }
+
+    pub(super) async fn backoff(&self, errors: u32) {
+        tokio::select! {
+            () = tokio::time::sleep(Backoff::RUNNER.delay(errors)) => {}
+            () = self.shutdown.cancelled() => {}
+        }
+    }
+
+    /// The parameters of a claim by this executor: only tasks registered here, only its
+    /// queues. `failed` is the id of the previous claim when it failed (its reply may have been
+    /// lost after it committed): the claim resumes it, taking back what it took.
+    pub(super) fn claim_params(&self, limit: u64, failed: Option<String>) -> ClaimParams {
+        let resume = failed.is_some();
+        let mut task_ids: Vec<String> = self
+            .tasks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        // A stable order keeps the statement text, and so prepared statements, the same.
+        task_ids.sort_unstable();
+        ClaimParams {
+            executor_id: self.id.clone(),
+            now: self.now(),
+            limit,
+            lease_margin: self.options.lease_margin,
+            task_ids: Some(task_ids),
+            queues: self.options.queues.clone(),
+            claim_id: Some(failed.unwrap_or_else(|| new_id("cl_"))),
+            resume,
+        }
+    }
+
+    pub(super) async fn claim_loop(self: Arc<Self>) {
+        let mut errors = 0;
+        // The claim id of a claim that failed, resumed by the next attempt.
+        let mut failed_claim: Option<String> = None;
+        while !self.shutdown.is_cancelled() {
+            let free = self.permits.available_permits();
+            if free == 0 {
+                // A finishing run wakes the claim loop.
+                self.idle(&self.wake_claim).await;
+                continue;
+            }
+            let limit = self
+                .options
+                .claim_batch_size
+                .min(u64::try_from(free).unwrap_or(u64::MAX));
+            let Ok(mut permits) = Arc::clone(&self.permits)
+                .try_acquire_many_owned(u32::try_from(limit).unwrap_or(u32::MAX))
+            else {
+                self.idle(&self.wake_claim).await;
+                continue;
+            };
+            let params = self.claim_params(limit, failed_claim.take());
+            self.claim_epoch.fetch_add(1, Ordering::SeqCst);
+            let claimed = self.storage.claim_task_executions(&params).await;
+            match claimed {
+                Ok(claimed) => {
+                    errors = 0;
+                    let full = u64::try_from(claimed.len()).unwrap_or(u64::MAX) >= limit;
+                    for execution in claimed {
+                        let Some(permit) = permits.split(1) else {
+                            break;
+                        };
+                        self.spawn_run(execution, permit);
+                    }
+                    self.claim_epoch.fetch_add(1, Ordering::SeqCst);
+                    drop(permits);
+                    if !full {
+                        self.idle(&self.wake_claim).await;
+                    }
+                }
+                Err(err) => {
+                    self.claim_epoch.fetch_add(1, Ordering::SeqCst);
+                    drop(permits);
+                    failed_claim = params.claim_id;
+                    errors += 1;
+                    self.metrics.loop_error("claim");
+                    tracing::warn!(error = %err, errors, "claiming task executions failed");
+                    self.backoff(errors).await;
+                }
+            }
+        }
+    }
+
+    /// Runs the background loop `which` until shutdown: again at once while an iteration
+    /// reports a full batch, after the loop's idle wait (see [`Loop::idle`]) when not, with
+    /// backoff on errors.
+    pub(super) async fn background_loop(self: Arc<Self>, which: Loop) {
+        let mut errors = 0;
+        while !self.shutdown.is_cancelled() {
+            match which.iterate(Arc::clone(&self)).await {
+                Ok(true) => errors = 0,
+                Ok(false) => {
+                    errors = 0;
+                    match which.idle(&self) {
+                        Idle::Woken(wake) => self.idle(wake).await,
+                        Idle::Every(interval) => {
+                            tokio::select! {
+                                () = tokio::time::sleep(jitter(interval)) => {}
+                                () = self.shutdown.cancelled() => {}
+                            }
+                        }
+                    }
+                }
+                Err(err) => {
+                    errors += 1;
+                    self.metrics.loop_error(which.name());
+                    tracing::warn!(loop_name = which.name(), error = %err, errors, "executor loop failed");
+                    self.backoff(errors).await;
+                }
+            }
+        }
+    }
+
+    /// One iteration of the schedules loop: fires the due schedules of the tasks registered
+    /// here; true when the batch was full.
+    pub(super) async fn fire_schedules(self: Arc<Self>) -> Result<bool> {
+        let limit = self.options.background_batch_size;
+        let now = self.now();
+        let mut task_ids: Vec<String> = self
+            .tasks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        task_ids.sort_unstable();
+        let due = self
+            .storage
+            .due_task_schedules(now, Some(&task_ids), limit)
+            .await?;
+        let mut fired = false;
+        for schedule in &due {
+            // One schedule that cannot fire must not hold up the others.
+            match self.fire_schedule(schedule, now).await {
+                Ok(won) => fired |= won,
+                Err(err) => {
+                    tracing::warn!(schedule_id = %schedule.schedule_id, error = %err, "firing a schedule failed");
+                }
+            }
+        }
+        if fired {
+            self.wake_claim.notify_one();
+        }
+        Ok(u64::try_from(due.len()).unwrap_or(u64::MAX) >= limit)
+    }
+
+    /// Enqueues the due ticks of `schedule` if no other executor did first; returns whether
+    /// this one did.
+    #[tracing::instrument(skip_all, fields(schedule_id = %schedule.schedule_id))]
+    pub(super) async fn fire_schedule(&self, schedule: &TaskSchedule, now: i64) -> Result<bool> {
+        let Some(spec) = self.task(&schedule.task_id) else {
+            return Ok(false);
+        };
+        let ticks = Ticks::parse(&schedule.spec)?;
+        let (due, next) = ticks.due(schedule.next_tick_at, now, schedule.missed_ticks)?;
+        let Some(&last) = due.last() else {
+            return Ok(false);
+        };
+        let executions = due
+            .iter()
+            .map(|tick| NewTaskExecution {
+                execution_id: tick_execution_id(&schedule.schedule_id, *tick),
+                ..new_execution(&spec, schedule.input.clone(), None, None)
+            })
+            .collect();
+        let mut fire = ScheduleFire {
+            schedule_id: schedule.schedule_id.clone(),
+            expected_next_tick_at: schedule.next_tick_at,
+            new_next_tick_at: next,
+            last_tick_at: last,
+            executions,
+            now,
+        };
+        match self.storage.fire_task_schedule(&fire).await {
+            Err(Error::Conflict { .. }) => {
+                // Some of these ticks were enqueued already (the schedule was deleted and saved
+                // again): enqueue the others, and move on.
+                let ids = fire
+                    .executions
+                    .iter()
+                    .map(|e| e.execution_id.clone())
+                    .collect();
+                let existing: Vec<String> = self
+                    .storage
+                    .get_task_executions(&TaskExecutionFilter {
+                        execution_ids: Some(ids),
+                        ..TaskExecutionFilter::default()
+                    })
+                    .await?
+                    .into_iter()
+                    .map(|e| e.execution_id)
+                    .collect();
+                fire.executions
+                    .retain(|e| !existing.contains(&e.execution_id));
+                self.storage.fire_task_schedule(&fire).await
+            }
+            other => other,
+        }
+    }
+
+    /// One iteration of the close loop.
+    pub(super) async fn close_finished(self: Arc<Self>) -> Result<bool> {
+        let limit = self.options.background_batch_size;
+        let closed = self
+            .storage
+            .close_finished_task_executions(self.now(), limit)
+            .await?;
+        if closed > 0 {
+            self.wake_parents.notify_one();
+            // Closing can finish parents (through their finalize) and cancel children.
+            self.wake_close.notify_one();
+        }
+        Ok(closed >= limit)
+    }
+
+    /// Measures this executor's clock against the storage's when due ([`SKEW_INTERVAL`]),
+    /// and warns when they are further apart than a quarter of the lease margin.
+    pub(super) async fn measure_clock_skew(&self) -> Result<()> {
+        {
+            let mut measured = self
+                .skew_measured
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if measured.is_some_and(|at| at.elapsed() < SKEW_INTERVAL) {
+                return Ok(());
+            }
+            *measured = Some(std::time::Instant::now());
+        }
+        let before = self.now();
+        let Some(database) = self.storage.database_time_ms().await? else {
+            return Ok(());
+        };
+        let after = self.now();
+        // The server read its clock somewhere in the round trip: compare with the middle.
+        let local = before.saturating_add(after.saturating_sub(before) / 2);
+        let skew = local.saturating_sub(database);
+        self.clock_skew_ms.store(skew, Ordering::SeqCst);
+        let tolerance = millis(self.options.lease_margin) / 4;
+        if skew.saturating_abs() > tolerance {
+            tracing::warn!(
+                skew_ms = skew,
+                tolerance_ms = tolerance,
+                "this executor's clock is far from the database's; leases of executions may lapse early or late"
+            );
+        }
+        Ok(())
+    }
+
+    /// Deletes what `retention` no longer keeps; see [`Executor::prune`].
+    pub(super) async fn prune(&self, retention: &Retention) -> Result<u64> {
+        let batch = retention.batch_size.max(1);
+        let mut deleted = 0;
+        for (age, statuses) in retention.ages() {
+            let Some(age) = age else { continue };
+            let before = self.now().saturating_sub(millis(age));
+            loop {
+                let n = self
+                    .storage
+                    .prune_task_executions(statuses, before, batch)
+                    .await?;
+                deleted += n;
+                if n < batch || self.shutdown.is_cancelled() {
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "pruned finished executions");
+        }
+        Ok(deleted)
+    }
+
+    /// Prunes when [`ExecutorOptions::retention`] asks for it and its interval passed.
+    pub(super) async fn prune_when_due(&self) -> Result<()> {
+        let Some(retention) = &self.options.retention else {
+            return Ok(());
+        };
+        if !due(&self.pruned, retention.interval) {
+            return Ok(());
+        }
+        self.prune(retention).await.map(|_| ())
+    }
+
+    /// Sets the queue-depth gauges from one count of the unfinished executions, when
+    /// [`ExecutorOptions::queue_depth_interval`] has passed since the last sample.
+    pub(super) async fn sample_queue_depth(&self) -> Result<()> {
+        let Some(interval) = self.options.queue_depth_interval else {
+            return Ok(());
+        };
+        if !due(&self.depth_sampled, interval) {
+            return Ok(());
+        }
+        let counts = self
+            .storage
+            .count_task_executions(&TaskExecutionStatus::ACTIVE, QUEUE_DEPTH_SERIES)
+            .await?;
+        self.metrics.queue_depth(&counts);
+        Ok(())
+    }
+
+    /// One iteration of the expire loop.
+    pub(super) async fn expire(self: Arc<Self>) -> Result<bool> {
+        if let Err(err) = self.measure_clock_skew().await {
+            tracing::debug!(error = %err, "measuring the clock skew failed");
+        }
+        if let Err(err) = self.prune_when_due().await {
+            tracing::warn!(error = %err, "pruning finished executions failed");
+        }
+        if let Err(err) = self.sample_queue_depth().await {
+            tracing::debug!(error = %err, "sampling the queue depth failed");
+        }
+        let limit = self.options.background_batch_size;
+        let expired = self
+            .storage
+            .expire_task_executions(self.now(), limit)
+            .await?;
+        if expired > 0 {
+            self.metrics.expired(expired);
+            tracing::warn!(expired, "recovered executions whose lease lapsed");
+            self.wake_claim.notify_one();
+        }
+        Ok(expired >= limit)
+    }
+
+    /// One iteration of the cancel loop: stops the local runs of cancelled executions, then
+    /// acknowledges the requests it acted on. A request for an execution whose run is not
+    /// registered yet (its claim's reply still on the way) is left for the next iteration; one
+    /// for an execution no longer running here is acknowledged as stale.
+    pub(super) async fn take_cancellations(self: Arc<Self>) -> Result<bool> {
+        if self.running().is_empty() {
+            return Ok(false);
+        }
+        let limit = self.options.background_batch_size;
+        let epoch = self.claim_epoch.load(Ordering::SeqCst);
+        let ids = self.storage.cancellation_requests(&self.id, limit).await?;
+        if ids.is_empty() {
+            return Ok(false);
+        }
+        let full = u64::try_from(ids.len()).unwrap_or(u64::MAX) >= limit;
+        let mut acted = Vec::with_capacity(ids.len());
+        {
+            let running = self.running();
+            let claims_settled =
+                epoch.is_multiple_of(2) && self.claim_epoch.load(Ordering::SeqCst) == epoch;
+            for id in ids {
+                if let Some((_, token)) = running.get(&id) {
+                    tracing::info!(execution_id = %id, "cancelling a running execution");
+                    token.cancel();
+                    acted.push(id);
+                } else if claims_settled {
+                    acted.push(id);
+                }
+            }
+        }
+        self.storage
+            .acknowledge_cancellation_requests(&self.id, &acted, self.now())
+            .await?;
+        Ok(full && !acted.is_empty())
+    }
+}
