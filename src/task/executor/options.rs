@@ -7,6 +7,8 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::task::TaskExecutionStatus;
+#[cfg(doc)]
+use crate::{Executor, TaskExecution, TaskOptions};
 
 /// Settings of an [`Executor`].
 #[derive(Debug, Clone)]
