@@ -38,11 +38,13 @@ use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
     TransactionTrait, Value,
 };
+use sea_orm_durable::batch::JobStatus;
+use sea_orm_durable::batch::store::DistributedStateStore;
 use sea_orm_durable::migration::{Migrator, MigratorTrait};
+use sea_orm_durable::task::storage::{NewTaskExecution, TaskExecutionStorage};
 use sea_orm_durable::{
-    DistributedStateStore, Executor, ExecutorOptions, FinalizeInput, JobConfig, JobStatus,
-    NewTaskExecution, ParentOutcome, SeaOrmStateStore, SeaOrmTaskExecutionStorage, TaskDefinition,
-    TaskError, TaskExecutionStorage, WorkerOptions, prepare, run_worker,
+    Executor, ExecutorOptions, FinalizeInput, JobConfig, ParentOutcome, SeaOrmStateStore,
+    SeaOrmTaskExecutionStorage, TaskDefinition, TaskError, WorkerOptions, prepare, run_worker,
 };
 use serde_json::json;
 

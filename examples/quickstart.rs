@@ -26,12 +26,13 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm_durable::batch::store::DistributedStateStore;
+use sea_orm_durable::batch::{ProcessError, RecordContext, WorkerEvent, WorkerReport};
 use sea_orm_durable::migration::{Migrator, MigratorTrait};
+use sea_orm_durable::task::{RetryOptions, TaskExecutionStatus, WaitOptions};
 use sea_orm_durable::{
-    DistributedStateStore, Executor, ExecutorOptions, FinalizeInput, JobConfig, ParentOutcome,
-    ProcessError, RecordContext, RetryOptions, SeaOrmStateStore, SeaOrmTaskExecutionStorage,
-    TaskDefinition, TaskError, TaskExecutionStatus, WaitOptions, WorkerEvent, WorkerOptions,
-    WorkerReport, prepare, run_worker,
+    Executor, ExecutorOptions, FinalizeInput, JobConfig, ParentOutcome, SeaOrmStateStore,
+    SeaOrmTaskExecutionStorage, TaskDefinition, TaskError, WorkerOptions, prepare, run_worker,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

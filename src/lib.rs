@@ -3,21 +3,28 @@
 //! `sea-orm-durable` stores two kinds of durable work through SeaORM 2, on PostgreSQL,
 //! MySQL/MariaDB and SQLite, reusing the application's `DatabaseConnection`:
 //!
-//! - **durable task executions** ([`Executor`], [`TaskDefinition`], [`TaskExecutionStorage`]):
+//! - **durable task executions** ([`Executor`], [`TaskDefinition`], module [`task`]):
 //!   tasks with typed input and output, retries with backoff, timeouts, parents that spawn
 //!   children and a finalize task, cancellation, and recovery when a process dies, delayed
 //!   enqueue ([`EnqueueOptions`]), sleeping tasks woken by a key ([`Executor::wake`]) and
 //!   periodic schedules ([`Schedule`]), with any number of executors sharing one database
 //!   (tables `durable_task_executions`, `durable_finished_child_task_executions` and
 //!   `durable_task_schedules`);
-//! - **batch job state** ([`DistributedStateStore`], [`prepare`], [`run_worker`]): a job split
+//! - **batch job state** ([`prepare`], [`run_worker`], module [`batch`]): a job split
 //!   into batches of records that many workers claim atomically, with stale-batch recovery,
 //!   exactly-once finalization and per-record outcomes (tables `batchactions_jobs`,
 //!   `batchactions_batches`, `batchactions_records`).
 //!
-//! Each port has an in-memory implementation for unit tests ([`InMemoryTaskExecutionStorage`],
-//! [`InMemoryStateStore`]) and a SeaORM one ([`SeaOrmTaskExecutionStorage`],
-//! [`SeaOrmStateStore`]). The tables come from the migrations re-exported as [`migration`].
+//! The root holds what an application needs to run work; everything else lives in its module:
+//! the task domain in [`task`] and the batch domain in [`batch`], each with the port a storage
+//! implements and the types only an implementer needs ([`task::storage`], [`batch::store`]);
+//! clocks in [`clock`], errors in [`error`], metric names in [`metric`].
+//!
+//! Each port has an in-memory implementation for unit tests
+//! ([`InMemoryTaskExecutionStorage`](task::InMemoryTaskExecutionStorage),
+//! [`InMemoryStateStore`](batch::InMemoryStateStore)) and a SeaORM one
+//! ([`SeaOrmTaskExecutionStorage`], [`SeaOrmStateStore`]). The tables come from the migrations
+//! re-exported as [`migration`].
 //!
 //! # Quick start
 //!
@@ -69,44 +76,23 @@
 //! # }
 //! ```
 
-mod batch;
-mod clock;
+pub mod batch;
+pub mod clock;
 mod dialect;
-mod error;
+pub mod error;
 mod id;
 pub mod metric;
 mod status;
-mod task;
+pub mod task;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use batch::{
-    Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
-    DistributedJobStatus, DistributedStateStore, InMemoryStateStore, JobConfig, JobProgress,
-    JobState, JobStatus, MAX_PREPARED_JOB_ID_LEN, PreparedJob, ProcessError, ProcessedRecord,
-    RecordContext, RecordCounts, RecordFilter, RecordOutcome, RecordStatus, RequeuedRecords,
-    SeaOrmStateStore, StateStore, ValidationError, WorkerEvent, WorkerOptions, WorkerReport,
-    prepare, run_worker,
-};
-pub use clock::{Clock, ClockSkew, ManualClock, SystemClock};
-pub use error::{DatabaseError, Error, Result, UnknownStatus};
-pub use task::executor::{
-    ChildOutput, ChildTask, EnqueueOptions, Executor, ExecutorOptions, FinalizeInput,
-    FinishedExecution, ParentDefinition, ParentOutcome, ParentTaskOutput, Retention, Sequence,
-    TaskContext, TaskDefinition, TaskError, TaskHandle, TaskOptions, WaitOptions,
-};
+pub use batch::{JobConfig, SeaOrmStateStore, WorkerOptions, prepare, run_worker};
+pub use error::{Error, Result};
 pub use task::{
-    ClaimParams, DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
-    InMemoryTaskExecutionStorage, MAX_LEASE_MARGIN, MAX_QUEUE_LEN, MAX_SLEEP_BEFORE_RUN,
-    MAX_TIMEOUT, NewTaskExecution, ParentRef, RetryOptions, SeaOrmTaskExecutionStorage,
-    TaskExecution, TaskExecutionCount, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef,
-    TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
+    EnqueueOptions, Executor, ExecutorOptions, FinalizeInput, ParentOutcome, Schedule,
+    SeaOrmTaskExecutionStorage, TaskContext, TaskDefinition, TaskError, TaskHandle,
 };
-pub use task::{
-    MAX_SCHEDULE_ID_LEN, MissedTicks, Schedule, ScheduleFire, ScheduleSpec, TaskSchedule,
-};
-/// The token that shuts a batch worker down ([`WorkerOptions::shutdown`]).
-pub use tokio_util::sync::CancellationToken;
 
 /// The migrations that create this crate's tables (the `sea-orm-durable-migration` crate).
 pub use sea_orm_durable_migration as migration;

@@ -1,4 +1,4 @@
-//! What every stored status type (and [`MissedTicks`](crate::MissedTicks), stored the same way)
+//! What every stored status type (and [`MissedTicks`](crate::task::MissedTicks), stored the same way)
 //! shares: its strings are derived by `strum`, written once per type (a case rule, and a
 //! `serialize` only where a name differs from the rule), and `as_str`, `ALL`, `Display`,
 //! `FromStr` and serde all go through them, so the column, the JSON and the text can never
@@ -84,8 +84,9 @@ mod tests {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
+    use crate::batch::{BatchStatus, JobStatus, RecordStatus};
     use crate::error::UnknownStatus;
-    use crate::{BatchStatus, JobStatus, MissedTicks, RecordStatus, TaskExecutionStatus};
+    use crate::task::{MissedTicks, TaskExecutionStatus};
 
     type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 

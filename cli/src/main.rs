@@ -19,10 +19,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm_durable::batch::store::{DistributedStateStore, RecordFilter, StateStore};
+use sea_orm_durable::batch::{JobState, RecordStatus};
+use sea_orm_durable::clock::{Clock, SystemClock};
+use sea_orm_durable::task::storage::TaskExecutionStorage;
+use sea_orm_durable::task::{Retention, TaskExecution, TaskExecutionFilter, TaskExecutionStatus};
 use sea_orm_durable::{
-    Clock, DistributedStateStore, Error, Executor, ExecutorOptions, JobState, RecordFilter,
-    RecordStatus, Retention, SeaOrmStateStore, SeaOrmTaskExecutionStorage, StateStore, SystemClock,
-    TaskExecution, TaskExecutionFilter, TaskExecutionStatus, TaskExecutionStorage,
+    Error, Executor, ExecutorOptions, SeaOrmStateStore, SeaOrmTaskExecutionStorage,
 };
 use serde_json::{Value, json};
 

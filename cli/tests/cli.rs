@@ -14,12 +14,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
+use sea_orm_durable::batch::store::DistributedStateStore;
+use sea_orm_durable::batch::{JobStatus, ProcessError, RecordContext};
 use sea_orm_durable::migration::{Migrator, MigratorTrait};
+use sea_orm_durable::task::storage::TaskExecutionStorage;
+use sea_orm_durable::task::{TaskExecutionStatus, WaitOptions};
 use sea_orm_durable::{
-    DistributedStateStore, EnqueueOptions, Executor, ExecutorOptions, JobConfig, JobStatus,
-    ProcessError, RecordContext, SeaOrmStateStore, SeaOrmTaskExecutionStorage, TaskContext,
-    TaskDefinition, TaskError, TaskExecutionStatus, TaskExecutionStorage, WaitOptions,
-    WorkerOptions, prepare, run_worker,
+    EnqueueOptions, Executor, ExecutorOptions, JobConfig, SeaOrmStateStore,
+    SeaOrmTaskExecutionStorage, TaskContext, TaskDefinition, TaskError, WorkerOptions, prepare,
+    run_worker,
 };
 use serde_json::Value;
 
@@ -528,21 +531,21 @@ async fn executions_are_listed_shown_cancelled_retried_counted_and_pruned(
     // prune: nothing is old enough for an hour; with no age, every finished, closed one goes.
     eventually(30, "every finished execution is closed", || async {
         let all = storage
-            .get_task_executions(&sea_orm_durable::TaskExecutionFilter::default())
+            .get_task_executions(&sea_orm_durable::task::TaskExecutionFilter::default())
             .await?;
         Ok(all.iter().all(|e| !e.is_finished || e.is_closed))
     })
     .await?;
     executor.shutdown().await;
-    assert_eq!(t.count("task_executions").await?, 5);
+    assert_eq!(t.count("durable_task_executions").await?, 5);
     let kept = json(&t, &["prune", "--executions-older-than", "1h"]).await?;
     assert_eq!(kept["executionsDeleted"], 0);
-    assert_eq!(t.count("task_executions").await?, 5);
+    assert_eq!(t.count("durable_task_executions").await?, 5);
     tokio::time::sleep(Duration::from_millis(5)).await;
     let pruned = json(&t, &["prune", "--executions-older-than", "0s"]).await?;
     assert_eq!(pruned["executionsDeleted"], 4);
     assert_eq!(pruned["jobRowsDeleted"], Value::Null);
-    assert_eq!(t.count("task_executions").await?, 1);
+    assert_eq!(t.count("durable_task_executions").await?, 1);
     let left = json(&t, &["executions", "list"]).await?;
     assert_eq!(ids(&left), vec![waiting_id]);
     Ok(())

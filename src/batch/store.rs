@@ -1,12 +1,17 @@
-//! The two ports of the batch-job domain.
+//! The two ports of the batch-job domain ([`StateStore`], [`DistributedStateStore`]), and the
+//! types that only an implementation of them (or a test of one) needs: claims, reservations and
+//! record outcomes.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use super::model::{
+    BatchOutcome, BatchReservation, ClaimBatchResult, RecordFilter, RecordOutcome,
+};
+
 use super::model::{
-    BatchOutcome, BatchReservation, BatchState, ClaimBatchResult, DistributedJobStatus,
-    JobProgress, JobState, ProcessedRecord, RecordFilter, RecordOutcome, RecordStatus,
+    BatchState, DistributedJobStatus, JobProgress, JobState, ProcessedRecord, RecordStatus,
     RequeuedRecords,
 };
 use crate::error::Result;

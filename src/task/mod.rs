@@ -1,8 +1,10 @@
-//! Durable task executions: the domain, the storage port and its implementations.
+//! Durable task executions: tasks and the [`Executor`] that runs them, the executions as
+//! stored ([`TaskExecution`]), their limits, schedules, and the storages: in memory
+//! ([`InMemoryTaskExecutionStorage`]) and through SeaORM ([`SeaOrmTaskExecutionStorage`]).
 //!
-//! The [`Executor`](executor::Executor) runs tasks over the storage. The storage rules shared
-//! by every implementation are written once: the argument checks in `check`, lease expiry and
-//! closing here.
+//! The port a storage implements, and the types only an implementer needs, are in
+//! [`storage`]. The storage rules shared by every implementation are written once: the argument
+//! checks in `check`, lease expiry and closing here.
 
 mod check;
 pub(crate) mod executor;
@@ -11,24 +13,34 @@ mod memory;
 mod model;
 mod schedule;
 pub(crate) mod sea_orm;
-mod storage;
+pub mod storage;
 
 pub use check::{MAX_QUEUE_LEN, MAX_SCHEDULE_ID_LEN};
 pub(crate) use check::{
     validate_new, validate_queue, validate_retry, validate_schedule, validate_schedule_id,
     validate_sleep_ms, validate_task_id, validate_timeout_ms, validate_wake_key,
 };
+pub use executor::{
+    ChildOutput, ChildTask, EnqueueOptions, Executor, ExecutorOptions, FinalizeInput,
+    FinishedExecution, ParentDefinition, ParentOutcome, ParentTaskOutput, Retention, Sequence,
+    TaskContext, TaskDefinition, TaskError, TaskHandle, TaskOptions, WaitOptions,
+};
 pub use memory::InMemoryTaskExecutionStorage;
 pub use model::{
-    ClaimParams, DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution,
-    MAX_LEASE_MARGIN, MAX_SLEEP_BEFORE_RUN, MAX_TIMEOUT, NewTaskExecution, ParentRef, RetryOptions,
-    TaskExecution, TaskExecutionCount, TaskExecutionFilter, TaskExecutionGuard, TaskExecutionRef,
-    TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
+    DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, MAX_LEASE_MARGIN, MAX_SLEEP_BEFORE_RUN,
+    MAX_TIMEOUT, ParentRef, RetryOptions, TaskExecution, TaskExecutionCount, TaskExecutionFilter,
+    TaskExecutionRef, TaskExecutionStatus, WakeResult,
 };
-pub use schedule::{MissedTicks, Schedule, ScheduleFire, ScheduleSpec, TaskSchedule};
+pub use schedule::{MissedTicks, Schedule, ScheduleSpec, TaskSchedule};
 pub(crate) use schedule::{Ticks, tick_execution_id};
 pub use sea_orm::SeaOrmTaskExecutionStorage;
-pub use storage::TaskExecutionStorage;
+// The port's types, public in `storage`, at hand for the rest of the crate.
+pub(crate) use model::{
+    ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecutionGuard,
+    TaskExecutionUpdate, Wake, WakeOutcome,
+};
+pub(crate) use schedule::ScheduleFire;
+pub(crate) use storage::TaskExecutionStorage;
 
 use crate::error::Error;
 

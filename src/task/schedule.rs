@@ -52,7 +52,7 @@ status_enum! {
 /// A schedule as stored: which task, with which input, at which ticks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskSchedule {
-    /// Unique id of the schedule (1 to [`MAX_SCHEDULE_ID_LEN`](crate::MAX_SCHEDULE_ID_LEN) bytes).
+    /// Unique id of the schedule (1 to [`MAX_SCHEDULE_ID_LEN`](crate::task::MAX_SCHEDULE_ID_LEN) bytes).
     pub schedule_id: String,
     /// The task enqueued at each tick.
     pub task_id: String,
@@ -86,7 +86,7 @@ impl TaskSchedule {
 
 /// One firing of a due schedule: its `next_tick_at` moves from `expected_next_tick_at` to
 /// `new_next_tick_at` and the tick's executions are enqueued, all or nothing
-/// ([`TaskExecutionStorage::fire_task_schedule`](crate::TaskExecutionStorage::fire_task_schedule)).
+/// ([`TaskExecutionStorage::fire_task_schedule`](crate::task::storage::TaskExecutionStorage::fire_task_schedule)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScheduleFire {
     /// The schedule.

@@ -1,13 +1,19 @@
-//! The port through which executors keep task executions.
+//! The port through which executors keep task executions ([`TaskExecutionStorage`]), and the
+//! types that only an implementation of it (or a test of one) needs: the parameters of its
+//! operations and the rows it writes.
 
 use async_trait::async_trait;
 
-use super::model::{
-    ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecution, TaskExecutionCount,
-    TaskExecutionFilter, TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate, Wake,
-    WakeResult,
+pub use super::model::{
+    ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecutionGuard,
+    TaskExecutionUpdate, Wake, WakeOutcome,
 };
-use super::schedule::{ScheduleFire, TaskSchedule};
+pub use super::schedule::ScheduleFire;
+
+use super::model::{
+    TaskExecution, TaskExecutionCount, TaskExecutionFilter, TaskExecutionStatus, WakeResult,
+};
+use super::schedule::TaskSchedule;
 use crate::error::Result;
 
 /// Storage of task executions shared by any number of executors.
@@ -35,8 +41,8 @@ pub trait TaskExecutionStorage: Send + Sync {
     /// [`Error::Conflict`](crate::Error::Conflict) when an execution id already exists, or an
     /// execution already sleeps under one of the wake keys (nothing is inserted then);
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty
-    /// or too long id or queue, a timeout outside 1 ms..=[`MAX_TIMEOUT`](crate::MAX_TIMEOUT), a
-    /// delay outside 0..=[`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN) or retry options
+    /// or too long id or queue, a timeout outside 1 ms..=[`MAX_TIMEOUT`](crate::task::MAX_TIMEOUT), a
+    /// delay outside 0..=[`MAX_SLEEP_BEFORE_RUN`](crate::task::MAX_SLEEP_BEFORE_RUN) or retry options
     /// that do not fit (nothing is written then).
     async fn enqueue_task_executions(
         &self,
@@ -307,7 +313,7 @@ pub trait TaskExecutionStorage: Send + Sync {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an id outside
-    /// 1..=[`MAX_SCHEDULE_ID_LEN`](crate::MAX_SCHEDULE_ID_LEN) bytes, a bad task id, or a
+    /// 1..=[`MAX_SCHEDULE_ID_LEN`](crate::task::MAX_SCHEDULE_ID_LEN) bytes, a bad task id, or a
     /// cron expression, time zone or interval that does not parse.
     async fn save_task_schedule(&self, schedule: TaskSchedule) -> Result<TaskSchedule>;
 

@@ -1,4 +1,4 @@
-//! The conformance suite of [`StateStore`](crate::StateStore) and [`DistributedStateStore`].
+//! The conformance suite of [`StateStore`](crate::batch::store::StateStore) and [`DistributedStateStore`].
 //!
 //! Every case is a public async fn taking a [`Ctx`] (a fresh, empty store and the
 //! [`ManualClock`] it reads), so an implementation can run them one by one. The
@@ -8,9 +8,9 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use sea_orm_durable::testkit::batch::StoreUnderTest;
-//! use sea_orm_durable::InMemoryStateStore;
+//! use sea_orm_durable::batch::InMemoryStateStore;
 //!
-//! sea_orm_durable::batch_store_conformance!(|clock: sea_orm_durable::ManualClock| async move {
+//! sea_orm_durable::batch_store_conformance!(|clock: sea_orm_durable::clock::ManualClock| async move {
 //!     Ok(Some(StoreUnderTest::new(Arc::new(InMemoryStateStore::with_clock(Arc::new(clock))))))
 //! });
 //! ```
@@ -2581,7 +2581,10 @@ impl DistributedStateStore for HeldStore {
         let r = Self::lose(&self.lose_finalize, r, |finalized| *finalized);
         self.hold(r).await
     }
-    async fn requeue_failed_records(&self, job_id: &str) -> crate::Result<crate::RequeuedRecords> {
+    async fn requeue_failed_records(
+        &self,
+        job_id: &str,
+    ) -> crate::Result<crate::batch::RequeuedRecords> {
         let r = self.inner.requeue_failed_records(job_id).await;
         self.hold(r).await
     }
@@ -3279,7 +3282,7 @@ pub async fn requeue_reopens_a_finished_job_that_finalizes_again_once(ctx: Ctx) 
     let done = ctx.store.requeue_failed_records("job-rq").await?;
     ensure_eq!(
         done,
-        crate::RequeuedRecords {
+        crate::batch::RequeuedRecords {
             records: 1,
             batches: 1,
             left_failed: 0,
@@ -3349,7 +3352,7 @@ pub async fn requeue_reopens_a_finished_job_that_finalizes_again_once(ctx: Ctx) 
     // Nothing failed any more: nothing changes.
     ensure_eq!(
         ctx.store.requeue_failed_records("job-rq").await?,
-        crate::RequeuedRecords {
+        crate::batch::RequeuedRecords {
             records: 0,
             batches: 0,
             left_failed: 0,
@@ -3382,7 +3385,7 @@ pub async fn requeue_leaves_held_batches_and_refuses_what_it_cannot_reopen(ctx: 
     let done = ctx.store.requeue_failed_records("job-run").await?;
     ensure_eq!(
         done,
-        crate::RequeuedRecords {
+        crate::batch::RequeuedRecords {
             records: 1,
             batches: 1,
             left_failed: 1,
@@ -3403,7 +3406,7 @@ pub async fn requeue_leaves_held_batches_and_refuses_what_it_cannot_reopen(ctx: 
     // Every batch finished, the job not finalized yet: a worker is about to finalize it.
     run_batch(&ctx, "job-run", "w1", &[], &[]).await?;
     run_batch(&ctx, "job-run", "w1", &[6], &[]).await?;
-    let refused = |result: crate::Result<crate::RequeuedRecords>, what: &str| match result {
+    let refused = |result: crate::Result<crate::batch::RequeuedRecords>, what: &str| match result {
         Err(Error::InvalidState { .. }) => Ok(()),
         other => Err(BoxError::from(format!(
             "{what}: expected an invalid-state error, got {other:?}"

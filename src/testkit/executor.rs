@@ -5,15 +5,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::TestResult;
+use crate::clock::ManualClock;
 use crate::task::executor::{
     EnqueueOptions, Executor, ExecutorOptions, FinalizeInput, FinishedExecution, ParentOutcome,
     ParentTaskOutput, Sequence, TaskDefinition, TaskError, TaskHandle, WaitOptions,
 };
-use crate::testkit_ensure;
-use crate::{
-    Error, ManualClock, MissedTicks, RetryOptions, Schedule, TaskExecution, TaskExecutionFilter,
-    TaskExecutionStatus, TaskExecutionStorage, WakeResult,
+use crate::task::storage::TaskExecutionStorage;
+use crate::task::{
+    MissedTicks, RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionStatus, WakeResult,
 };
+use crate::testkit_ensure;
+use crate::{Error, Schedule};
 
 /// Executor options suited to tests: short polls, everything else default.
 pub fn fast_options() -> ExecutorOptions {
@@ -578,7 +580,7 @@ pub async fn cancel_parent_cancels_children(storage: Arc<dyn TaskExecutionStorag
         handle.cancel().await?,
         "cancel of a waiting parent reported no change"
     );
-    let filter = crate::TaskExecutionFilter {
+    let filter = crate::task::TaskExecutionFilter {
         parent_execution_id: Some(handle.execution_id().to_owned()),
         ..Default::default()
     };
@@ -656,7 +658,7 @@ pub async fn timeout_ends_timed_out_after_retries(
     );
     let kind = done.error().map(|e| e.kind);
     testkit_ensure!(
-        kind == Some(crate::ExecutionErrorKind::TimedOut),
+        kind == Some(crate::task::ExecutionErrorKind::TimedOut),
         "error kind {kind:?}"
     );
     Ok(())
@@ -804,7 +806,7 @@ pub async fn options_beyond_the_limits_are_refused(
         ("timeout Duration::MAX", task().timeout(Duration::MAX)),
         (
             "timeout past the maximum",
-            task().timeout(crate::MAX_TIMEOUT + Duration::from_millis(1)),
+            task().timeout(crate::task::MAX_TIMEOUT + Duration::from_millis(1)),
         ),
         ("zero timeout", task().timeout(Duration::ZERO)),
         (
@@ -833,11 +835,11 @@ pub async fn options_beyond_the_limits_are_refused(
         );
     }
     let all = storage
-        .get_task_executions(&crate::TaskExecutionFilter::default())
+        .get_task_executions(&crate::task::TaskExecutionFilter::default())
         .await?;
     testkit_ensure!(all.is_empty(), "{} executions were written", all.len());
     // The limits themselves are fine.
-    executor.register(&task().timeout(crate::MAX_TIMEOUT))?;
+    executor.register(&task().timeout(crate::task::MAX_TIMEOUT))?;
     Ok(())
 }
 
@@ -988,7 +990,7 @@ impl LossyStorage {
 impl TaskExecutionStorage for LossyStorage {
     async fn enqueue_task_executions(
         &self,
-        executions: Vec<crate::NewTaskExecution>,
+        executions: Vec<crate::task::storage::NewTaskExecution>,
         now: i64,
     ) -> crate::Result<()> {
         self.inner.enqueue_task_executions(executions, now).await
@@ -996,19 +998,19 @@ impl TaskExecutionStorage for LossyStorage {
     async fn get_task_execution(
         &self,
         execution_id: &str,
-    ) -> crate::Result<Option<crate::TaskExecution>> {
+    ) -> crate::Result<Option<crate::task::TaskExecution>> {
         self.inner.get_task_execution(execution_id).await
     }
     async fn get_task_executions(
         &self,
-        filter: &crate::TaskExecutionFilter,
-    ) -> crate::Result<Vec<crate::TaskExecution>> {
+        filter: &crate::task::TaskExecutionFilter,
+    ) -> crate::Result<Vec<crate::task::TaskExecution>> {
         self.inner.get_task_executions(filter).await
     }
     async fn claim_task_executions(
         &self,
-        params: &crate::ClaimParams,
-    ) -> crate::Result<Vec<crate::TaskExecution>> {
+        params: &crate::task::storage::ClaimParams,
+    ) -> crate::Result<Vec<crate::task::TaskExecution>> {
         let claimed = self.inner.claim_task_executions(params).await?;
         tokio::time::sleep(self.claim_delay).await;
         if !claimed.is_empty() && Self::take(&self.lose_claims) {
@@ -1018,22 +1020,25 @@ impl TaskExecutionStorage for LossyStorage {
     }
     async fn update_task_executions(
         &self,
-        guard: &crate::TaskExecutionGuard,
-        update: &crate::TaskExecutionUpdate,
+        guard: &crate::task::storage::TaskExecutionGuard,
+        update: &crate::task::storage::TaskExecutionUpdate,
     ) -> crate::Result<u64> {
         self.inner.update_task_executions(guard, update).await
     }
     async fn update_task_executions_many(
         &self,
-        updates: &[(crate::TaskExecutionGuard, crate::TaskExecutionUpdate)],
+        updates: &[(
+            crate::task::storage::TaskExecutionGuard,
+            crate::task::storage::TaskExecutionUpdate,
+        )],
     ) -> crate::Result<Vec<u64>> {
         self.inner.update_task_executions_many(updates).await
     }
     async fn update_task_execution_and_enqueue(
         &self,
-        guard: &crate::TaskExecutionGuard,
-        update: &crate::TaskExecutionUpdate,
-        children: Vec<crate::NewTaskExecution>,
+        guard: &crate::task::storage::TaskExecutionGuard,
+        update: &crate::task::storage::TaskExecutionUpdate,
+        children: Vec<crate::task::storage::NewTaskExecution>,
     ) -> crate::Result<bool> {
         self.inner
             .update_task_execution_and_enqueue(guard, update, children)
@@ -1041,7 +1046,7 @@ impl TaskExecutionStorage for LossyStorage {
     }
     async fn add_finished_child_task_executions(
         &self,
-        children: Vec<crate::FinishedChildTaskExecution>,
+        children: Vec<crate::task::storage::FinishedChildTaskExecution>,
     ) -> crate::Result<()> {
         self.inner
             .add_finished_child_task_executions(children)
@@ -1050,7 +1055,7 @@ impl TaskExecutionStorage for LossyStorage {
     async fn get_finished_child_task_executions(
         &self,
         parent_execution_id: &str,
-    ) -> crate::Result<Vec<crate::FinishedChildTaskExecution>> {
+    ) -> crate::Result<Vec<crate::task::storage::FinishedChildTaskExecution>> {
         self.inner
             .get_finished_child_task_executions(parent_execution_id)
             .await
@@ -1060,8 +1065,8 @@ impl TaskExecutionStorage for LossyStorage {
     }
     async fn claim_parents_with_finished_children(
         &self,
-        params: &crate::ClaimParams,
-    ) -> crate::Result<Vec<crate::TaskExecution>> {
+        params: &crate::task::storage::ClaimParams,
+    ) -> crate::Result<Vec<crate::task::TaskExecution>> {
         let claimed = self
             .inner
             .claim_parents_with_finished_children(params)
@@ -1081,16 +1086,19 @@ impl TaskExecutionStorage for LossyStorage {
     ) -> crate::Result<Vec<String>> {
         self.inner.cancellation_requests(executor_id, limit).await
     }
-    async fn wake_task_execution(&self, wake: &crate::Wake) -> crate::Result<crate::WakeResult> {
+    async fn wake_task_execution(
+        &self,
+        wake: &crate::task::storage::Wake,
+    ) -> crate::Result<crate::task::WakeResult> {
         self.inner.wake_task_execution(wake).await
     }
     async fn save_task_schedule(
         &self,
-        schedule: crate::TaskSchedule,
-    ) -> crate::Result<crate::TaskSchedule> {
+        schedule: crate::task::TaskSchedule,
+    ) -> crate::Result<crate::task::TaskSchedule> {
         self.inner.save_task_schedule(schedule).await
     }
-    async fn get_task_schedules(&self) -> crate::Result<Vec<crate::TaskSchedule>> {
+    async fn get_task_schedules(&self) -> crate::Result<Vec<crate::task::TaskSchedule>> {
         self.inner.get_task_schedules().await
     }
     async fn delete_task_schedule(&self, schedule_id: &str) -> crate::Result<bool> {
@@ -1101,10 +1109,13 @@ impl TaskExecutionStorage for LossyStorage {
         now: i64,
         task_ids: Option<&[String]>,
         limit: u64,
-    ) -> crate::Result<Vec<crate::TaskSchedule>> {
+    ) -> crate::Result<Vec<crate::task::TaskSchedule>> {
         self.inner.due_task_schedules(now, task_ids, limit).await
     }
-    async fn fire_task_schedule(&self, fire: &crate::ScheduleFire) -> crate::Result<bool> {
+    async fn fire_task_schedule(
+        &self,
+        fire: &crate::task::storage::ScheduleFire,
+    ) -> crate::Result<bool> {
         self.inner.fire_task_schedule(fire).await
     }
     async fn acknowledge_cancellation_requests(
@@ -1134,14 +1145,14 @@ impl TaskExecutionStorage for LossyStorage {
         &self,
         statuses: &[TaskExecutionStatus],
         limit: u64,
-    ) -> crate::Result<Vec<crate::TaskExecutionCount>> {
+    ) -> crate::Result<Vec<crate::task::TaskExecutionCount>> {
         self.inner.count_task_executions(statuses, limit).await
     }
     async fn retry_task_execution(
         &self,
         execution_id: &str,
         now: i64,
-    ) -> crate::Result<crate::TaskExecution> {
+    ) -> crate::Result<crate::task::TaskExecution> {
         self.inner.retry_task_execution(execution_id, now).await
     }
 }
@@ -1296,7 +1307,7 @@ pub async fn retention_deletes_old_finished_executions(
     let executor = Executor::new(
         Arc::clone(&storage),
         ExecutorOptions {
-            retention: Some(crate::Retention {
+            retention: Some(crate::task::Retention {
                 completed: Some(Duration::ZERO),
                 failed: None,
                 cancelled: None,
@@ -1333,7 +1344,7 @@ pub async fn retention_deletes_old_finished_executions(
     executor.shutdown().await;
     // On demand, with the failed age.
     let pruned = executor
-        .prune(&crate::Retention {
+        .prune(&crate::task::Retention {
             completed: None,
             failed: Some(Duration::ZERO),
             cancelled: None,
@@ -1349,7 +1360,7 @@ pub async fn retention_deletes_old_finished_executions(
 /// How many executions `storage` holds.
 async fn count_executions(storage: &Arc<dyn TaskExecutionStorage>) -> TestResult<usize> {
     Ok(storage
-        .get_task_executions(&crate::TaskExecutionFilter::default())
+        .get_task_executions(&crate::task::TaskExecutionFilter::default())
         .await?
         .len())
 }
@@ -1368,7 +1379,7 @@ pub async fn delayed_enqueue_runs_at_its_time(
         |_ctx, n: u32| async move { Ok::<_, TaskError>(n) },
     );
     let executor = start_with(&storage, |e| e.register(&task))?;
-    let now = crate::Clock::now_ms(&crate::SystemClock);
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
     let by_delay = executor
         .enqueue_with(
             &task,
@@ -1407,7 +1418,7 @@ pub async fn delayed_enqueue_runs_at_its_time(
     let pending = storage
         .get_task_executions(&TaskExecutionFilter {
             statuses: Some(vec![TaskExecutionStatus::Ready]),
-            starts_after: Some(crate::Clock::now_ms(&crate::SystemClock)),
+            starts_after: Some(crate::clock::Clock::now_ms(&crate::clock::SystemClock)),
             ..TaskExecutionFilter::default()
         })
         .await?;
@@ -1733,7 +1744,7 @@ pub async fn missed_ticks_follow_the_schedule_policy(
     let clock = Arc::new(ManualClock::new(t0));
     let task = TaskDefinition::new("report", |_ctx, ()| async move { Ok::<_, TaskError>(()) });
     let options = || {
-        let clock: Arc<dyn crate::Clock> = clock.clone();
+        let clock: Arc<dyn crate::clock::Clock> = clock.clone();
         ExecutorOptions {
             clock,
             ..fast_options()
@@ -1822,7 +1833,7 @@ pub async fn bad_schedules_are_refused(storage: Arc<dyn TaskExecutionStorage>) -
         )
         .await?;
     testkit_ensure!(
-        stored.next_tick_at > crate::Clock::now_ms(&crate::SystemClock),
+        stored.next_tick_at > crate::clock::Clock::now_ms(&crate::clock::SystemClock),
         "next tick {}",
         stored.next_tick_at
     );

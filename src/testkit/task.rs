@@ -8,7 +8,7 @@
 //! ```text
 //! mod in_memory {
 //!     sea_orm_durable::task_storage_conformance!(storage: std::sync::Arc::new(
-//!         sea_orm_durable::InMemoryTaskExecutionStorage::new()
+//!         sea_orm_durable::task::InMemoryTaskExecutionStorage::new()
 //!     ));
 //! }
 //! mod my_store {
@@ -23,14 +23,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::task::storage::ScheduleFire;
 use crate::task::{
     ClaimParams, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution, NewTaskExecution,
     ParentRef, RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
     TaskExecutionRef, TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate, Wake,
     WakeOutcome, WakeResult,
 };
+use crate::task::{MissedTicks, ScheduleSpec, TaskSchedule};
 use crate::{Error, Result};
-use crate::{MissedTicks, ScheduleFire, ScheduleSpec, TaskSchedule};
 
 /// A storage under test.
 pub type Storage = Arc<dyn TaskExecutionStorage>;
@@ -1113,7 +1114,7 @@ pub async fn close_of_unsuccessful_parent_cancels_its_active_children(
         let error = child
             .error
             .unwrap_or_else(|| ExecutionError::generic("", false));
-        check_eq!(error.kind, crate::ExecutionErrorKind::Cancelled);
+        check_eq!(error.kind, crate::task::ExecutionErrorKind::Cancelled);
         check!(
             error.message.contains("children_tasks_failed") && error.message.contains('p'),
             "error does not name the parent's outcome: {}",
@@ -1255,7 +1256,7 @@ pub async fn megabyte_non_ascii_payloads_round_trip(storage: Storage) -> CaseRes
 /// Timeouts, delays, retry options, queues and parent indexes outside the documented limits are
 /// refused with a typed error before anything is written, whatever else the batch holds.
 pub async fn numbers_beyond_the_limits_are_rejected_before_writing(storage: Storage) -> CaseResult {
-    let max_timeout = crate::MAX_TIMEOUT;
+    let max_timeout = crate::task::MAX_TIMEOUT;
     let bad = [
         NewTaskExecution {
             timeout: Duration::MAX,
@@ -1278,7 +1279,7 @@ pub async fn numbers_beyond_the_limits_are_rejected_before_writing(storage: Stor
             ..new_execution("sleep-max")
         },
         NewTaskExecution {
-            sleep_before_run: crate::MAX_SLEEP_BEFORE_RUN + Duration::from_millis(1),
+            sleep_before_run: crate::task::MAX_SLEEP_BEFORE_RUN + Duration::from_millis(1),
             ..new_execution("sleep-over")
         },
         NewTaskExecution {
@@ -1300,7 +1301,7 @@ pub async fn numbers_beyond_the_limits_are_rejected_before_writing(storage: Stor
             ..new_execution("queue-empty")
         },
         NewTaskExecution {
-            queue: Some("q".repeat(crate::MAX_QUEUE_LEN + 1)),
+            queue: Some("q".repeat(crate::task::MAX_QUEUE_LEN + 1)),
             ..new_execution("queue-long")
         },
         {
@@ -1334,7 +1335,7 @@ pub async fn numbers_beyond_the_limits_are_rejected_before_writing(storage: Stor
         .enqueue_task_executions(
             vec![NewTaskExecution {
                 timeout: max_timeout,
-                sleep_before_run: crate::MAX_SLEEP_BEFORE_RUN,
+                sleep_before_run: crate::task::MAX_SLEEP_BEFORE_RUN,
                 ..new_execution("at-limits")
             }],
             T0,
@@ -1371,7 +1372,7 @@ pub async fn claims_take_only_the_tasks_and_queues_they_admit(storage: Storage) 
             T0,
         )
         .await?;
-    check_eq!(get(&storage, "a1").await?.queue, crate::DEFAULT_QUEUE);
+    check_eq!(get(&storage, "a1").await?.queue, crate::task::DEFAULT_QUEUE);
     check_eq!(get(&storage, "a2").await?.queue, "other");
     let only = |tasks: Option<&[&str]>, queues: Option<&[&str]>| ClaimParams {
         task_ids: tasks.map(|t| t.iter().map(|s| (*s).to_owned()).collect()),
@@ -2529,7 +2530,7 @@ pub async fn counts_group_by_queue_and_status(storage: Storage) -> CaseResult {
         .await?;
     force_status(&storage, "a3", S::Failed, T0 + 1).await?;
     force_status(&storage, "b1", S::Running, T0 + 1).await?;
-    let count = |queue: &str, status: S, count: u64| crate::TaskExecutionCount {
+    let count = |queue: &str, status: S, count: u64| crate::task::TaskExecutionCount {
         queue: queue.to_owned(),
         status,
         count,

@@ -7,14 +7,16 @@ use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 use sea_orm::{ConnectionTrait, TransactionTrait};
+use sea_orm_durable::batch::store::{
+    BatchOutcome, ClaimBatchResult, DistributedStateStore, RecordFilter, StateStore,
+};
+use sea_orm_durable::batch::{InMemoryStateStore, ProcessedRecord, RecordStatus};
+use sea_orm_durable::clock::ManualClock;
 use sea_orm_durable::testkit::batch::{
     BoxError, RaceOptions, StoreUnderTest, distributed_job, pending_records,
     race_claim_complete_finalize,
 };
-use sea_orm_durable::{
-    BatchOutcome, ClaimBatchResult, DistributedStateStore, Error, InMemoryStateStore, ManualClock,
-    ProcessedRecord, RecordFilter, RecordStatus, SeaOrmStateStore, StateStore,
-};
+use sea_orm_durable::{Error, SeaOrmStateStore};
 use serde_json::json;
 
 use crate::harness::{Backend, TestDb, per_backend};
@@ -79,7 +81,7 @@ per_backend!(
 async fn a_version_at_the_end_of_bigint_wraps_instead_of_blocking_claims(
     t: TestDb,
 ) -> anyhow::Result<()> {
-    use sea_orm_durable::{BatchOutcome, DistributedStateStore};
+    use sea_orm_durable::batch::store::{BatchOutcome, DistributedStateStore};
     let store = store(&t);
     sea_orm_durable::prepare(&store, "wrap", sea_orm_durable::JobConfig::new(2), 0..4).await?;
     t.db.execute_unprepared(

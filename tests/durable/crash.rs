@@ -6,10 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
+use sea_orm_durable::task::storage::{
+    TaskExecutionGuard, TaskExecutionStorage, TaskExecutionUpdate,
+};
+use sea_orm_durable::task::{
+    ParentTaskOutput, RetryOptions, TaskExecutionFilter, TaskExecutionStatus, WaitOptions,
+};
 use sea_orm_durable::{
-    Executor, ExecutorOptions, ParentOutcome, ParentTaskOutput, RetryOptions,
-    SeaOrmTaskExecutionStorage, TaskDefinition, TaskError, TaskExecutionFilter, TaskExecutionGuard,
-    TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate, WaitOptions,
+    Executor, ExecutorOptions, ParentOutcome, SeaOrmTaskExecutionStorage, TaskDefinition, TaskError,
 };
 
 use crate::harness::{TestDb, child_db, per_backend, spawn_child};

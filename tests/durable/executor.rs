@@ -5,11 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::anyhow;
+use sea_orm_durable::SeaOrmTaskExecutionStorage;
+use sea_orm_durable::task::InMemoryTaskExecutionStorage;
+use sea_orm_durable::task::storage::TaskExecutionStorage;
 use sea_orm_durable::testkit::TestResult;
 use sea_orm_durable::testkit::executor as cases;
-use sea_orm_durable::{
-    InMemoryTaskExecutionStorage, SeaOrmTaskExecutionStorage, TaskExecutionStorage,
-};
 
 use crate::harness::{Backend, run};
 
@@ -221,10 +221,9 @@ mod sql {
 
     use anyhow::{Context, ensure};
     use sea_orm::TransactionTrait;
+    use sea_orm_durable::task::{TaskExecutionStatus, WaitOptions};
     use sea_orm_durable::testkit::executor::fast_options;
-    use sea_orm_durable::{
-        Executor, ParentOutcome, TaskDefinition, TaskError, TaskExecutionStatus, WaitOptions,
-    };
+    use sea_orm_durable::{Executor, ParentOutcome, TaskDefinition, TaskError};
 
     use super::*;
     use crate::harness::{TestDb, per_backend};
@@ -240,9 +239,9 @@ mod sql {
     #[derive(Debug)]
     struct OffsetClock(i64);
 
-    impl sea_orm_durable::Clock for OffsetClock {
+    impl sea_orm_durable::clock::Clock for OffsetClock {
         fn now_ms(&self) -> i64 {
-            sea_orm_durable::SystemClock.now_ms() + self.0
+            sea_orm_durable::clock::SystemClock.now_ms() + self.0
         }
     }
 
@@ -265,8 +264,8 @@ mod sql {
                 if let Some(skew) = executor.clock_skew() {
                     let ms = i64::try_from(skew.magnitude().as_millis())?;
                     break match skew {
-                        sea_orm_durable::ClockSkew::Ahead(_) => ms,
-                        sea_orm_durable::ClockSkew::Behind(_) => -ms,
+                        sea_orm_durable::clock::ClockSkew::Ahead(_) => ms,
+                        sea_orm_durable::clock::ClockSkew::Behind(_) => -ms,
                     };
                 }
                 ensure!(

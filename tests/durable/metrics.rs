@@ -14,17 +14,20 @@ use std::time::{Duration, Instant};
 use ::metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use anyhow::{Context, bail, ensure};
 use metrics_util::registry::{AtomicStorage, Registry};
+use sea_orm_durable::batch::store::{ClaimBatchResult, DistributedStateStore};
+use sea_orm_durable::batch::{InMemoryStateStore, JobStatus, ProcessError, RecordContext};
+use sea_orm_durable::clock::{Clock, SystemClock};
 use sea_orm_durable::metric;
+use sea_orm_durable::task::storage::{ClaimParams, TaskExecutionStorage};
+use sea_orm_durable::task::storage::{NewTaskExecution, TaskExecutionGuard, TaskExecutionUpdate};
+use sea_orm_durable::task::{
+    InMemoryTaskExecutionStorage, RetryOptions, TaskExecutionStatus, WaitOptions,
+};
 use sea_orm_durable::testkit::executor::fast_options;
 use sea_orm_durable::{
-    ClaimBatchResult, ClaimParams, DistributedStateStore, Executor, ExecutorOptions,
-    InMemoryStateStore, InMemoryTaskExecutionStorage, JobConfig, JobStatus, ParentOutcome,
-    ProcessError, RecordContext, RetryOptions, SeaOrmStateStore, SeaOrmTaskExecutionStorage,
-    TaskDefinition, TaskError, TaskExecutionStatus, TaskExecutionStorage, TaskHandle, WaitOptions,
-    WorkerOptions, prepare, run_worker,
-};
-use sea_orm_durable::{
-    Clock, NewTaskExecution, SystemClock, TaskExecutionGuard, TaskExecutionUpdate,
+    Executor, ExecutorOptions, JobConfig, ParentOutcome, SeaOrmStateStore,
+    SeaOrmTaskExecutionStorage, TaskDefinition, TaskError, TaskHandle, WorkerOptions, prepare,
+    run_worker,
 };
 use serde_json::{Value, json};
 
@@ -395,7 +398,7 @@ async fn executor_counts(storage: Arc<dyn TaskExecutionStorage>) -> anyhow::Resu
     // A dead executor claimed this one: its lease lapses 100 ms later, and the expire loop
     // gives it back.
     let lapsed = executor.enqueue(&lapse, &()).await?;
-    let now = sea_orm_durable::SystemClock.now_ms();
+    let now = sea_orm_durable::clock::SystemClock.now_ms();
     let taken = storage
         .claim_task_executions(&ClaimParams {
             executor_id: "dead".to_owned(),

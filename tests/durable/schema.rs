@@ -497,7 +497,7 @@ async fn ids_compare_exactly_in_every_table(t: TestDb) -> anyhow::Result<()> {
 /// in place: the data stays readable, keys and indexes stay, ids become exact; rolling the
 /// upgrade back and applying it again works.
 async fn install_from_older_migrations_upgrades_in_place(t: TestDb) -> anyhow::Result<()> {
-    use sea_orm_durable::{DistributedStateStore, StateStore};
+    use sea_orm_durable::batch::store::{DistributedStateStore, StateStore};
     let store = sea_orm_durable::SeaOrmStateStore::new(t.db.clone());
     sea_orm_durable::prepare(
         &store,

@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use sea_orm::ConnectionTrait;
-use sea_orm_durable::testkit::task::{CaseResult, Storage};
-use sea_orm_durable::{
-    ClaimParams, Error, FinishedChildTaskExecution, NewTaskExecution, ParentRef,
-    SeaOrmTaskExecutionStorage, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
-    TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate, Wake, WakeOutcome, WakeResult,
+use sea_orm_durable::task::storage::{
+    ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecutionGuard,
+    TaskExecutionStorage, TaskExecutionUpdate, Wake, WakeOutcome,
 };
+use sea_orm_durable::task::{
+    ParentRef, TaskExecution, TaskExecutionFilter, TaskExecutionStatus, WakeResult,
+};
+use sea_orm_durable::testkit::task::{CaseResult, Storage};
+use sea_orm_durable::{Error, SeaOrmTaskExecutionStorage};
 
 use crate::harness::{Backend, TestDb, per_backend};
 
@@ -57,7 +60,7 @@ where
 mod conformance {
     mod memory {
         sea_orm_durable::task_storage_conformance!(
-            storage: std::sync::Arc::new(sea_orm_durable::InMemoryTaskExecutionStorage::new())
+            storage: std::sync::Arc::new(sea_orm_durable::task::InMemoryTaskExecutionStorage::new())
         );
     }
     mod sqlite {
@@ -1066,12 +1069,12 @@ async fn unreadable_schedule_does_not_keep_the_others_from_firing(t: TestDb) -> 
     let storage = SeaOrmTaskExecutionStorage::new(t.db.clone());
     for id in ["bad", "good"] {
         storage
-            .save_task_schedule(sea_orm_durable::TaskSchedule {
+            .save_task_schedule(sea_orm_durable::task::TaskSchedule {
                 schedule_id: id.to_owned(),
                 task_id: "task".to_owned(),
                 input: "null".to_owned(),
-                spec: sea_orm_durable::ScheduleSpec::Interval { every_ms: 1_000 },
-                missed_ticks: sea_orm_durable::MissedTicks::Skip,
+                spec: sea_orm_durable::task::ScheduleSpec::Interval { every_ms: 1_000 },
+                missed_ticks: sea_orm_durable::task::MissedTicks::Skip,
                 next_tick_at: T0,
                 last_tick_at: None,
                 created_at: T0,

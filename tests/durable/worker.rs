@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use sea_orm::{ConnectionTrait, Database, Statement};
-use sea_orm_durable::{
-    BatchOutcome, BatchStatus, ClaimBatchResult, DistributedStateStore, Error, InMemoryStateStore,
-    JobConfig, JobStatus, ProcessError, RecordContext, RecordFilter, RecordStatus,
-    SeaOrmStateStore, WorkerEvent, WorkerOptions, WorkerReport, prepare, run_worker,
+use sea_orm_durable::batch::store::{
+    BatchOutcome, ClaimBatchResult, DistributedStateStore, RecordFilter,
 };
+use sea_orm_durable::batch::{
+    BatchStatus, InMemoryStateStore, JobStatus, ProcessError, RecordContext, RecordStatus,
+    WorkerEvent, WorkerReport,
+};
+use sea_orm_durable::{Error, JobConfig, SeaOrmStateStore, WorkerOptions, prepare, run_worker};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -950,7 +953,7 @@ async fn paused_job(store: Arc<dyn DistributedStateStore>) -> anyhow::Result<()>
 async fn shutdown(store: Arc<dyn DistributedStateStore>) -> anyhow::Result<()> {
     let job = "shutdown";
     prepare(&*store, job, JobConfig::new(10), records(20)).await?;
-    let token = sea_orm_durable::CancellationToken::new();
+    let token = sea_orm_durable::batch::CancellationToken::new();
     let worker_options = WorkerOptions {
         shutdown: token.clone(),
         ..options(None)

@@ -21,14 +21,14 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskOptions {
     /// Maximum duration of one run; a run past it fails with a (retryable) timeout error. At
-    /// most [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
+    /// most [`MAX_TIMEOUT`](crate::task::MAX_TIMEOUT).
     pub timeout: Duration,
     /// How failed runs are retried.
     pub retry: RetryOptions,
     /// Delay between enqueueing and the first run. At most
-    /// [`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN).
+    /// [`MAX_SLEEP_BEFORE_RUN`](crate::task::MAX_SLEEP_BEFORE_RUN).
     pub sleep_before_run: Duration,
-    /// The queue its executions wait in (default [`DEFAULT_QUEUE`](crate::DEFAULT_QUEUE)); an
+    /// The queue its executions wait in (default [`DEFAULT_QUEUE`](crate::task::DEFAULT_QUEUE)); an
     /// executor claims from the queues in [`ExecutorOptions::queues`](super::ExecutorOptions).
     pub queue: String,
 }
@@ -405,7 +405,7 @@ where
     /// sleeper under the same key is a conflict). Wake it with
     /// [`Executor::wake`](super::Executor::wake) (its output becomes the execution's), from any
     /// process, or through the storage
-    /// ([`TaskExecutionStorage::wake_task_execution`](crate::TaskExecutionStorage::wake_task_execution),
+    /// ([`TaskExecutionStorage::wake_task_execution`](crate::task::storage::TaskExecutionStorage::wake_task_execution),
     /// also inside the application's transaction).
     pub fn sleeping(id: impl Into<String>) -> Self {
         let runner: Arc<Runner> = Arc::new(|_ctx, _input: String| {

@@ -334,7 +334,7 @@ impl Executor {
     ///
     /// [`Error::Serialization`] when `input` does not serialize;
     /// [`Error::InvalidArgument`] when `options` set both a delay and a run-at time, or one
-    /// further ahead than [`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN); storage errors.
+    /// further ahead than [`MAX_SLEEP_BEFORE_RUN`](crate::task::MAX_SLEEP_BEFORE_RUN); storage errors.
     pub async fn enqueue_with<I: Serialize, O: DeserializeOwned>(
         &self,
         task: &TaskDefinition<I, O>,
@@ -474,7 +474,7 @@ impl Executor {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] for a schedule id outside 1..=[`MAX_SCHEDULE_ID_LEN`](crate::MAX_SCHEDULE_ID_LEN)
+    /// [`Error::InvalidArgument`] for a schedule id outside 1..=[`MAX_SCHEDULE_ID_LEN`](crate::task::MAX_SCHEDULE_ID_LEN)
     /// bytes, a cron expression or time zone that does not parse, or an interval below 1 ms;
     /// as [`register`](Self::register); [`Error::Serialization`] when `input` does not
     /// serialize; storage errors.
@@ -534,10 +534,10 @@ impl Executor {
     /// [`lease_margin`](ExecutorOptions::lease_margin) of one reference. The expire loop
     /// measures the skew against the database at start and every minute after, and logs a
     /// warning when it exceeds a quarter of the lease margin.
-    pub fn clock_skew(&self) -> Option<crate::ClockSkew> {
+    pub fn clock_skew(&self) -> Option<crate::clock::ClockSkew> {
         match self.inner.clock_skew_ms.load(Ordering::SeqCst) {
             NO_SKEW => None,
-            skew => Some(crate::ClockSkew::from_millis(skew)),
+            skew => Some(crate::clock::ClockSkew::from_millis(skew)),
         }
     }
 

@@ -8,7 +8,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::task::TaskExecutionStatus;
 #[cfg(doc)]
-use crate::{Executor, TaskExecution, TaskOptions};
+use crate::task::{Executor, TaskExecution, TaskOptions};
 
 /// Settings of an [`Executor`].
 #[derive(Debug, Clone)]
@@ -27,7 +27,7 @@ pub struct ExecutorOptions {
     pub expire_interval: Duration,
     /// How far past its timeout a running execution's lease reaches, and how long a parent
     /// claimed for processing stays claimed. Another executor takes over after it. Taken as at
-    /// most [`MAX_LEASE_MARGIN`](crate::MAX_LEASE_MARGIN).
+    /// most [`MAX_LEASE_MARGIN`](crate::task::MAX_LEASE_MARGIN).
     ///
     /// Leases compare the clocks of the executors that share the storage: keep their skew well
     /// below this margin (see [`Executor::clock_skew`]).
@@ -124,15 +124,15 @@ impl Retention {
 /// By default the task's [`sleep_before_run`](TaskOptions::sleep_before_run) applies; a delay
 /// or a run-at time replaces it for this one execution. Either way the execution waits `ready`
 /// with its `start_at` in the future, which the inspection API shows
-/// ([`TaskExecution::start_at`], [`TaskExecutionFilter::starts_after`](crate::TaskExecutionFilter::starts_after)).
+/// ([`TaskExecution::start_at`], [`TaskExecutionFilter::starts_after`](crate::task::TaskExecutionFilter::starts_after)).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnqueueOptions {
     /// Run no earlier than this long after the enqueue. At most
-    /// [`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN).
+    /// [`MAX_SLEEP_BEFORE_RUN`](crate::task::MAX_SLEEP_BEFORE_RUN).
     pub delay: Option<Duration>,
     /// Run no earlier than this time (epoch ms, on the executor's [`Clock`]); a time already
     /// past runs as soon as possible. At most
-    /// [`MAX_SLEEP_BEFORE_RUN`](crate::MAX_SLEEP_BEFORE_RUN) ahead.
+    /// [`MAX_SLEEP_BEFORE_RUN`](crate::task::MAX_SLEEP_BEFORE_RUN) ahead.
     pub run_at: Option<i64>,
 }
 
