@@ -171,6 +171,48 @@ impl State {
             .collect()
     }
 
+    /// A claim by `params`: with `resume`, the executions in `status` the same claim took
+    /// before; then, up to the rest of the limit, those `eligible` admits in `key` order, each
+    /// given the claim's executor, claim id, a new fencing token and what `take` sets. Returns
+    /// them all in `key` order.
+    fn claim<K: Ord>(
+        &mut self,
+        params: &ClaimParams,
+        status: TaskExecutionStatus,
+        eligible: impl Fn(&TaskExecution) -> bool,
+        key: impl Fn(&TaskExecution) -> K,
+        take: impl Fn(&mut TaskExecution),
+    ) -> Vec<TaskExecution> {
+        if params.admits_nothing() {
+            return Vec::new();
+        }
+        let mut claimed = if params.resume {
+            self.taken_back(params, status)
+        } else {
+            Vec::new()
+        };
+        let limit = params
+            .limit
+            .saturating_sub(u64::try_from(claimed.len()).unwrap_or(u64::MAX));
+        let ids = self.pick(
+            limit,
+            |e| eligible(e) && params.admits(&e.task_id, &e.queue),
+            &key,
+        );
+        for id in ids {
+            if let Some(e) = self.executions.get_mut(&id) {
+                e.executor_id = Some(params.executor_id.clone());
+                e.claim_id.clone_from(&params.claim_id);
+                e.fencing_token = crate::dialect::next_token(e.fencing_token);
+                e.updated_at = params.now;
+                take(e);
+                claimed.push(e.clone());
+            }
+        }
+        claimed.sort_by_key(|e| key(e));
+        claimed
+    }
+
     /// The executions `params.executor_id` took under `params.claim_id` and still holds in
     /// `status`.
     fn taken_back(&self, params: &ClaimParams, status: TaskExecutionStatus) -> Vec<TaskExecution> {
@@ -315,45 +357,21 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
     }
 
     async fn claim_task_executions(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>> {
-        if params.admits_nothing() {
-            return Ok(Vec::new());
-        }
-        let mut state = self.state();
-        let mut claimed = if params.resume {
-            state.taken_back(params, TaskExecutionStatus::Running)
-        } else {
-            Vec::new()
-        };
-        let limit = params
-            .limit
-            .saturating_sub(u64::try_from(claimed.len()).unwrap_or(u64::MAX));
-        let ids = state.pick(
-            limit,
-            |e| {
-                e.status == TaskExecutionStatus::Ready
-                    && e.start_at <= params.now
-                    && params.admits(&e.task_id, &e.queue)
-            },
+        Ok(self.state().claim(
+            params,
+            TaskExecutionStatus::Running,
+            |e| e.status == TaskExecutionStatus::Ready && e.start_at <= params.now,
             |e| (e.start_at, e.execution_id.clone()),
-        );
-        for id in ids {
-            if let Some(e) = state.executions.get_mut(&id) {
+            |e| {
                 e.status = TaskExecutionStatus::Running;
-                e.executor_id = Some(params.executor_id.clone());
-                e.claim_id.clone_from(&params.claim_id);
                 e.started_at = Some(params.now);
                 e.expires_at = Some(
                     params
                         .lease_base()
                         .saturating_add(crate::clock::millis(e.timeout)),
                 );
-                e.fencing_token = crate::dialect::next_token(e.fencing_token);
-                e.updated_at = params.now;
-                claimed.push(e.clone());
-            }
-        }
-        claimed.sort_by(|a, b| (a.start_at, &a.execution_id).cmp(&(b.start_at, &b.execution_id)));
-        Ok(claimed)
+            },
+        ))
     }
 
     async fn update_task_executions(
@@ -528,42 +546,18 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
         &self,
         params: &ClaimParams,
     ) -> Result<Vec<TaskExecution>> {
-        if params.admits_nothing() {
-            return Ok(Vec::new());
-        }
-        let mut state = self.state();
-        let mut claimed = if params.resume {
-            state.taken_back(params, TaskExecutionStatus::WaitingForChildren)
-        } else {
-            Vec::new()
-        };
-        let limit = params
-            .limit
-            .saturating_sub(u64::try_from(claimed.len()).unwrap_or(u64::MAX));
-        let ids = state.pick(
-            limit,
+        Ok(self.state().claim(
+            params,
+            TaskExecutionStatus::WaitingForChildren,
             |e| {
                 e.status == TaskExecutionStatus::WaitingForChildren
                     && (e.finished_children_count >= e.children_count
                         || e.failed_children_count > 0)
                     && e.expires_at.is_none_or(|x| x <= params.now)
-                    && params.admits(&e.task_id, &e.queue)
             },
             |e| (e.updated_at, e.execution_id.clone()),
-        );
-        for id in ids {
-            if let Some(e) = state.executions.get_mut(&id) {
-                e.executor_id = Some(params.executor_id.clone());
-                e.claim_id.clone_from(&params.claim_id);
-                e.expires_at = Some(params.lease_base());
-                e.fencing_token = crate::dialect::next_token(e.fencing_token);
-                e.updated_at = params.now;
-                claimed.push(e.clone());
-            }
-        }
-        claimed
-            .sort_by(|a, b| (a.updated_at, &a.execution_id).cmp(&(b.updated_at, &b.execution_id)));
-        Ok(claimed)
+            |e| e.expires_at = Some(params.lease_base()),
+        ))
     }
 
     async fn close_finished_task_executions(&self, now: i64, limit: u64) -> Result<u64> {

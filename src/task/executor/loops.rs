@@ -114,15 +114,7 @@ impl Inner {
     /// lost after it committed): the claim resumes it, taking back what it took.
     pub(super) fn claim_params(&self, limit: u64, failed: Option<String>) -> ClaimParams {
         let resume = failed.is_some();
-        let mut task_ids: Vec<String> = self
-            .tasks
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect();
-        // A stable order keeps the statement text, and so prepared statements, the same.
-        task_ids.sort_unstable();
+        let task_ids = self.task_ids();
         ClaimParams {
             executor_id: self.id.clone(),
             now: self.now(),
@@ -223,14 +215,7 @@ impl Inner {
     pub(super) async fn fire_schedules(self: Arc<Self>) -> Result<bool> {
         let limit = self.options.background_batch_size;
         let now = self.now();
-        let mut task_ids: Vec<String> = self
-            .tasks
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect();
-        task_ids.sort_unstable();
+        let task_ids = self.task_ids();
         let due = self
             .storage
             .due_task_schedules(now, Some(&task_ids), limit)

@@ -341,19 +341,7 @@ impl Executor {
         input: &I,
         options: &EnqueueOptions,
     ) -> Result<TaskHandle<O>> {
-        let now = self.inner.options.clock.now_ms();
-        let execution = self.new_execution_with(task, input, options, now)?;
-        let id = execution.execution_id.clone();
-        let due_now = execution.sleep_before_run.is_zero();
-        self.inner
-            .storage
-            .enqueue_task_executions(vec![execution], now)
-            .await?;
-        if due_now {
-            self.inner.follow_from_current([id.as_str()]);
-        }
-        self.inner.wake_claim.notify_one();
-        Ok(self.handle(id))
+        self.enqueue_one(None, task, input, options).await
     }
 
     /// Enqueues an execution of `task` with `input` inside the application's own SeaORM
@@ -397,20 +385,41 @@ impl Executor {
         I: Serialize,
         O: DeserializeOwned,
     {
+        self.enqueue_one(Some(txn), task, input, options).await
+    }
+
+    /// Enqueues one execution through the storage, in `txn` when given, then links its run to
+    /// the current span and wakes the claim loop.
+    async fn enqueue_one<I: Serialize, O: DeserializeOwned>(
+        &self,
+        txn: Option<&sea_orm::DatabaseTransaction>,
+        task: &TaskDefinition<I, O>,
+        input: &I,
+        options: &EnqueueOptions,
+    ) -> Result<TaskHandle<O>> {
         let now = self.inner.options.clock.now_ms();
         let execution = self.new_execution_with(task, input, options, now)?;
         let id = execution.execution_id.clone();
         let due_now = execution.sleep_before_run.is_zero();
-        self.inner
-            .storage
-            .enqueue_task_executions_in_transaction(txn, vec![execution], now)
-            .await?;
+        let storage = &self.inner.storage;
+        match txn {
+            Some(txn) => {
+                storage
+                    .enqueue_task_executions_in_transaction(txn, vec![execution], now)
+                    .await?;
+            }
+            None => {
+                storage
+                    .enqueue_task_executions(vec![execution], now)
+                    .await?
+            }
+        }
         if due_now {
-            // Forgotten in time if the transaction rolls back.
+            // Inside a transaction that rolls back, forgotten in time.
             self.inner.follow_from_current([id.as_str()]);
         }
-        // Wakes the claim loop early; if the transaction is still open the claim finds nothing
-        // yet and the regular poll picks the execution up after the commit.
+        // Inside a transaction still open, the claim finds nothing yet and the regular poll
+        // picks the execution up after the commit.
         self.inner.wake_claim.notify_one();
         Ok(self.handle(id))
     }
@@ -611,6 +620,20 @@ impl Inner {
         if let Some(ids) = ids {
             self.enqueuers.remember(ids.iter().map(String::as_str));
         }
+    }
+
+    /// The ids of the tasks registered here, sorted: a stable order keeps the text of the
+    /// statements they go into, and so their prepared statements, the same.
+    fn task_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .tasks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     fn task(&self, id: &str) -> Option<Arc<TaskSpec>> {
