@@ -24,9 +24,8 @@
 //! use std::sync::Arc;
 //!
 //! use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-//! use sea_orm_durable::{
-//!     Executor, ExecutorOptions, InMemoryTaskExecutionStorage, TaskDefinition, TaskError, metric,
-//! };
+//! use sea_orm_durable::task::InMemoryTaskExecutionStorage;
+//! use sea_orm_durable::{Executor, ExecutorOptions, TaskDefinition, TaskError, metric};
 //!
 //! # #[tokio::main(flavor = "multi_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -43,7 +43,8 @@ use crate::error::{Error, Result};
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use sea_orm_durable::migration::{Migrator, MigratorTrait};
-/// use sea_orm_durable::{BatchOutcome, ClaimBatchResult, DistributedStateStore, SeaOrmStateStore};
+/// use sea_orm_durable::SeaOrmStateStore;
+/// use sea_orm_durable::batch::store::{BatchOutcome, ClaimBatchResult, DistributedStateStore};
 /// use std::time::Duration;
 ///
 /// let db = sea_orm::Database::connect("sqlite://durable.db?mode=rwc").await?;
