@@ -7,21 +7,23 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
+//! use sea_orm_durable::testkit::Setup;
 //! use sea_orm_durable::testkit::batch::StoreUnderTest;
 //! use sea_orm_durable::batch::InMemoryStateStore;
 //!
 //! sea_orm_durable::batch_store_conformance!(|clock: sea_orm_durable::clock::ManualClock| async move {
-//!     Ok(Some(StoreUnderTest::new(Arc::new(InMemoryStateStore::with_clock(Arc::new(clock))))))
+//!     let store = InMemoryStateStore::with_clock(Arc::new(clock));
+//!     Ok::<_, sea_orm_durable::Error>(Setup::Ready(StoreUnderTest::new(Arc::new(store))))
 //! });
 //! ```
 //!
 //! The calling crate needs `tokio` with the `macros` and `rt-multi-thread` features. A factory
-//! returns `Ok(None)` to skip (for instance when a database server is not configured).
+//! returns [`Setup::Skip`] with a reason to skip a case (for instance when a database server is
+//! not configured); the case prints that it was skipped and why.
 //!
 //! [`race_claim_complete_finalize`] is the many-worker race of a whole job, for tests that
 //! choose their own worker and batch counts per backend.
 
-use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::{CaseFailure, CaseResult, Setup, UnderTest, run_case};
 use crate::batch::{
     Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
     DistributedStateStore, JobConfig, JobState, JobStatus, ProcessedRecord, RecordFilter,
@@ -37,41 +40,12 @@ use crate::batch::{
 use crate::clock::ManualClock;
 use crate::error::Error;
 
-/// The error a case fails with.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What a case returns.
-pub type CaseResult = Result<(), BoxError>;
-
 /// The time every case starts at, epoch ms.
 pub const START_MS: i64 = 1_700_000_000_000;
 
-/// A store to run the suite against, and whatever must live as long as it (a temporary
-/// database, a directory).
-pub struct StoreUnderTest {
-    /// The store; it must read the clock the factory was given.
-    pub store: Arc<dyn DistributedStateStore>,
-    /// Dropped after the case, never read.
-    pub guard: Box<dyn Any + Send>,
-}
-
-impl StoreUnderTest {
-    /// A store that needs nothing else kept alive.
-    pub fn new(store: Arc<dyn DistributedStateStore>) -> Self {
-        Self {
-            store,
-            guard: Box::new(()),
-        }
-    }
-
-    /// A store and the value that keeps its backing alive.
-    pub fn with_guard(store: Arc<dyn DistributedStateStore>, guard: impl Any + Send) -> Self {
-        Self {
-            store,
-            guard: Box::new(guard),
-        }
-    }
-}
+/// A store to run the suite against (it must read the clock the factory was given), and
+/// whatever must live as long as it.
+pub type StoreUnderTest = UnderTest<Arc<dyn DistributedStateStore>>;
 
 /// What a case gets: an empty store and the clock it reads (starting at [`START_MS`]).
 #[derive(Clone)]
@@ -82,36 +56,36 @@ pub struct Ctx {
     pub clock: ManualClock,
 }
 
-/// Runs `case` against a store made by `factory` for a fresh [`ManualClock`]; a factory that
-/// returns `None` skips the case.
+/// Runs `case` (named `name` in the skip line) against a store made by `factory` for a fresh
+/// [`ManualClock`]; a factory that returns [`Setup::Skip`] skips the case (see
+/// [`run_case`]).
 ///
 /// # Errors
 ///
 /// The factory's error, or the case's.
-pub async fn run<F, Fut, C, CFut>(factory: F, case: C) -> CaseResult
+pub async fn run<F, Fut, E, C, CFut>(name: &str, factory: F, case: C) -> CaseResult
 where
     F: FnOnce(ManualClock) -> Fut,
-    Fut: Future<Output = Result<Option<StoreUnderTest>, BoxError>>,
+    Fut: Future<Output = Result<Setup<StoreUnderTest>, E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
     C: FnOnce(Ctx) -> CFut,
     CFut: Future<Output = CaseResult>,
 {
     let clock = ManualClock::new(START_MS);
-    let Some(under_test) = factory(clock.clone()).await? else {
-        return Ok(());
-    };
-    let result = case(Ctx {
-        store: Arc::clone(&under_test.store),
-        clock,
+    run_case(name, factory(clock.clone()), |store| {
+        case(Ctx { store, clock })
     })
-    .await;
-    drop(under_test);
-    result
+    .await
+    .map(drop)
 }
 
 /// Declares one `#[tokio::test]` per case of the batch-store conformance suite, each running
 /// [`run`](crate::testkit::batch::run) with `$factory`, an expression of type
-/// `FnOnce(ManualClock) -> impl Future<Output = Result<Option<StoreUnderTest>, BoxError>>`.
-/// `batch_store_conformance!(#[attr]... factory: $factory)` puts the attributes on every
+/// `FnOnce(ManualClock) -> impl Future<Output = Result<Setup<StoreUnderTest>, E>>` where `E`
+/// converts into `Box<dyn Error + Send + Sync>`. The factory makes a fresh store reading the
+/// clock it is given ([`Setup::Ready`](crate::testkit::Setup::Ready)), or skips the case with
+/// [`Setup::Skip`](crate::testkit::Setup::Skip) and the reason, which the case prints before it
+/// passes. `batch_store_conformance!(#[attr]... factory: $factory)` puts the attributes on every
 /// generated test (for example an `ignore` when the store's server is not configured).
 #[macro_export]
 macro_rules! batch_store_conformance {
@@ -121,8 +95,13 @@ macro_rules! batch_store_conformance {
     (@case [$(#[$attr:meta])*] $factory:expr; $case:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         $(#[$attr])*
-        async fn $case() -> $crate::testkit::batch::CaseResult {
-            $crate::testkit::batch::run($factory, $crate::testkit::batch::$case).await
+        async fn $case() -> $crate::testkit::CaseResult {
+            $crate::testkit::batch::run(
+                concat!(module_path!(), "::", stringify!($case)),
+                $factory,
+                $crate::testkit::batch::$case,
+            )
+            .await
         }
     };
     ($(#[$attr:meta])+ factory: $factory:expr) => {
@@ -218,32 +197,6 @@ macro_rules! batch_store_conformance {
 
 }
 
-/// Fails the case with a message unless `cond` holds.
-macro_rules! ensure {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+).into());
-        }
-    };
-}
-
-/// Fails the case unless `left == right`, showing both.
-macro_rules! ensure_eq {
-    ($left:expr, $right:expr $(,)?) => {{
-        let (left, right) = (&$left, &$right);
-        if left != right {
-            return Err(format!(
-                "{} != {}: {:?} != {:?}",
-                stringify!($left),
-                stringify!($right),
-                left,
-                right
-            )
-            .into());
-        }
-    }};
-}
-
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 // ---------------------------------------------------------------------------------------------
@@ -321,10 +274,12 @@ fn fixture_job(id: &str) -> JobState {
     }
 }
 
-async fn claim(ctx: &Ctx, job_id: &str, worker_id: &str) -> Result<BatchReservation, BoxError> {
+async fn claim(ctx: &Ctx, job_id: &str, worker_id: &str) -> CaseResult<BatchReservation> {
     match ctx.store.claim_batch(job_id, worker_id).await? {
         ClaimBatchResult::Claimed(r) => Ok(r),
-        other => Err(format!("{worker_id} expected a claim on {job_id}, got {other:?}").into()),
+        other => Err(CaseFailure::new(format!(
+            "{worker_id} expected a claim on {job_id}, got {other:?}"
+        ))),
     }
 }
 
@@ -332,17 +287,19 @@ fn indexes(records: &[ProcessedRecord]) -> Vec<u64> {
     records.iter().map(|r| r.index).collect()
 }
 
-async fn load_job(ctx: &Ctx, id: &str) -> Result<JobState, BoxError> {
+async fn load_job(ctx: &Ctx, id: &str) -> CaseResult<JobState> {
     ctx.store
         .get_job_state(id)
         .await?
-        .ok_or_else(|| format!("job {id} not found").into())
+        .ok_or_else(|| CaseFailure::new(format!("job {id} not found")))
 }
 
-fn is_invalid(result: Result<impl std::fmt::Debug, Error>) -> Result<(), BoxError> {
+fn is_invalid(result: Result<impl std::fmt::Debug, Error>) -> CaseResult {
     match result {
         Err(Error::InvalidArgument { .. }) => Ok(()),
-        other => Err(format!("expected an invalid-argument error, got {other:?}").into()),
+        other => Err(CaseFailure::new(format!(
+            "expected an invalid-argument error, got {other:?}"
+        ))),
     }
 }
 
@@ -356,15 +313,15 @@ pub async fn saved_job_round_trips(ctx: Ctx) -> CaseResult {
     let job = fixture_job("job-001");
     ctx.store.save_job_state(&job).await?;
     let read = load_job(&ctx, "job-001").await?;
-    ensure_eq!(read, job);
-    ensure!(read.completed_at.is_none(), "completed_at set");
-    ensure!(!read.distributed, "distributed set");
+    check_eq!(read, job);
+    check!(read.completed_at.is_none(), "completed_at set");
+    check!(!read.distributed, "distributed set");
     Ok(())
 }
 
 /// An unknown job reads as `None`.
 pub async fn missing_job_reads_as_none(ctx: Ctx) -> CaseResult {
-    ensure!(
+    check!(
         ctx.store.get_job_state("nope").await?.is_none(),
         "found a job"
     );
@@ -379,7 +336,7 @@ pub async fn saving_again_replaces_the_job(ctx: Ctx) -> CaseResult {
     job.completed_at = Some(START_MS + 5_000);
     job.total_records = 21;
     ctx.store.save_job_state(&job).await?;
-    ensure_eq!(load_job(&ctx, "job-001").await?, job);
+    check_eq!(load_job(&ctx, "job-001").await?, job);
     Ok(())
 }
 
@@ -394,11 +351,11 @@ pub async fn config_keeps_unknown_keys(ctx: Ctx) -> CaseResult {
     );
     ctx.store.save_job_state(&job).await?;
     let read = load_job(&ctx, "job-001").await?;
-    ensure_eq!(read.config, job.config);
+    check_eq!(read.config, job.config);
     let as_json = serde_json::to_value(&read.config)?;
-    ensure_eq!(as_json["batchSize"], json!(10));
-    ensure_eq!(as_json["futureOption"]["nested"][1], json!(2.5));
-    ensure_eq!(as_json["retryDelayMs"], json!(250));
+    check_eq!(as_json["batchSize"], json!(10));
+    check_eq!(as_json["futureOption"]["nested"][1], json!(2.5));
+    check_eq!(as_json["retryDelayMs"], json!(250));
     Ok(())
 }
 
@@ -415,10 +372,10 @@ pub async fn update_batch_state_changes_only_that_batch(ctx: Ctx) -> CaseResult 
         .update_batch_state("job-001", "b2", &state)
         .await?;
     let read = load_job(&ctx, "job-001").await?;
-    ensure_eq!(read.batches.len(), 2);
-    ensure_eq!(read.batches[0], job.batches[0]);
+    check_eq!(read.batches.len(), 2);
+    check_eq!(read.batches[0], job.batches[0]);
     let b2 = &read.batches[1];
-    ensure_eq!(
+    check_eq!(
         (
             b2.id.as_str(),
             b2.status,
@@ -427,7 +384,7 @@ pub async fn update_batch_state_changes_only_that_batch(ctx: Ctx) -> CaseResult 
         ),
         ("b2", BatchStatus::Completed, 8, 2)
     );
-    ensure_eq!(b2.record_start_index, Some(10));
+    check_eq!(b2.record_start_index, Some(10));
     Ok(())
 }
 
@@ -439,7 +396,7 @@ pub async fn update_batch_state_of_missing_job_is_a_no_op(ctx: Ctx) -> CaseResul
         failed_count: 0,
     };
     ctx.store.update_batch_state("nope", "b1", &state).await?;
-    ensure!(
+    check!(
         ctx.store.get_job_state("nope").await?.is_none(),
         "job created"
     );
@@ -448,7 +405,7 @@ pub async fn update_batch_state_of_missing_job_is_a_no_op(ctx: Ctx) -> CaseResul
     ctx.store
         .update_batch_state("job-001", "b9", &state)
         .await?;
-    ensure_eq!(load_job(&ctx, "job-001").await?, job);
+    check_eq!(load_job(&ctx, "job-001").await?, job);
     Ok(())
 }
 
@@ -480,7 +437,7 @@ pub async fn saved_record_round_trips(ctx: Ctx) -> CaseResult {
         .save_processed_record("job-001", "b1", &record)
         .await?;
     let read = ctx.store.get_failed_records("job-001").await?;
-    ensure_eq!(read, vec![record]);
+    check_eq!(read, vec![record]);
     Ok(())
 }
 
@@ -498,10 +455,10 @@ pub async fn saving_a_record_again_replaces_it(ctx: Ctx) -> CaseResult {
         .store
         .get_records("job-001", &RecordFilter::new())
         .await?;
-    ensure_eq!(all, vec![processed]);
+    check_eq!(all, vec![processed]);
     let of_b2 = ctx.store.get_batch_records("job-001", "b2").await?;
-    ensure_eq!(of_b2.len(), 1);
-    ensure!(
+    check_eq!(of_b2.len(), 1);
+    check!(
         ctx.store
             .get_batch_records("job-001", "b1")
             .await?
@@ -536,15 +493,15 @@ pub async fn record_outcomes_update_outcomes_and_keep_payloads(ctx: Ctx) -> Case
         .store
         .save_record_outcomes("job-001", "b1", &outcomes)
         .await?;
-    ensure_eq!(updated, 5);
+    check_eq!(updated, 5);
     let stored = ctx.store.get_batch_records("job-001", "b1").await?;
-    ensure_eq!(stored.len(), 6);
+    check_eq!(stored.len(), 6);
     for (i, got) in stored.iter().enumerate() {
-        ensure_eq!(got.raw, json!({ "i": i }));
-        ensure_eq!(got.parsed, json!({ "i": i }));
+        check_eq!(got.raw, json!({ "i": i }));
+        check_eq!(got.parsed, json!({ "i": i }));
     }
     let statuses: Vec<RecordStatus> = stored.iter().map(|r| r.status).collect();
-    ensure_eq!(
+    check_eq!(
         statuses,
         vec![
             RecordStatus::Processed,
@@ -555,12 +512,12 @@ pub async fn record_outcomes_update_outcomes_and_keep_payloads(ctx: Ctx) -> Case
             RecordStatus::Pending,
         ]
     );
-    ensure_eq!(stored[3].processing_error.as_deref(), Some("boom ✗"));
-    ensure_eq!(stored[3].retry_count, 2);
-    ensure_eq!(stored[4].errors.len(), 1);
+    check_eq!(stored[3].processing_error.as_deref(), Some("boom ✗"));
+    check_eq!(stored[3].retry_count, 2);
+    check_eq!(stored[4].errors.len(), 1);
     let other = ctx.store.get_batch_records("job-001", "b2").await?;
-    ensure_eq!(other[0].status, RecordStatus::Pending);
-    ensure_eq!(
+    check_eq!(other[0].status, RecordStatus::Pending);
+    check_eq!(
         ctx.store.save_record_outcomes("job-001", "b1", &[]).await?,
         0
     );
@@ -590,28 +547,28 @@ pub async fn failed_records_are_failed_and_invalid_in_index_order(ctx: Ctx) -> C
     )
     .await?;
     let failed = ctx.store.get_failed_records("job-001").await?;
-    ensure_eq!(indexes(&failed), vec![1, 2]);
-    ensure_eq!(failed[0].status, RecordStatus::Failed);
-    ensure_eq!(failed[1].status, RecordStatus::Invalid);
+    check_eq!(indexes(&failed), vec![1, 2]);
+    check_eq!(failed[0].status, RecordStatus::Failed);
+    check_eq!(failed[1].status, RecordStatus::Invalid);
     Ok(())
 }
 
 /// A job without failures, or an unknown job, has no failed records.
 pub async fn no_failed_records_reads_empty(ctx: Ctx) -> CaseResult {
     save_statuses(&ctx, "job-001", &[(0, RecordStatus::Processed)]).await?;
-    ensure!(
+    check!(
         ctx.store.get_failed_records("job-001").await?.is_empty(),
         "failed records"
     );
-    ensure!(
+    check!(
         ctx.store.get_failed_records("nope").await?.is_empty(),
         "records of unknown job"
     );
-    ensure!(
+    check!(
         ctx.store.get_pending_records("nope").await?.is_empty(),
         "records of unknown job"
     );
-    ensure!(
+    check!(
         ctx.store.get_processed_records("nope").await?.is_empty(),
         "records of unknown job"
     );
@@ -632,7 +589,7 @@ pub async fn pending_records_are_pending_and_valid(ctx: Ctx) -> CaseResult {
     )
     .await?;
     let pending = ctx.store.get_pending_records("job-001").await?;
-    ensure_eq!(indexes(&pending), vec![0, 1]);
+    check_eq!(indexes(&pending), vec![0, 1]);
     Ok(())
 }
 
@@ -650,7 +607,7 @@ pub async fn processed_records_are_in_index_order(ctx: Ctx) -> CaseResult {
     )
     .await?;
     let processed = ctx.store.get_processed_records("job-001").await?;
-    ensure_eq!(indexes(&processed), vec![2, 5, 8]);
+    check_eq!(indexes(&processed), vec![2, 5, 8]);
     Ok(())
 }
 
@@ -662,8 +619,8 @@ pub async fn records_of_jobs_do_not_mix(ctx: Ctx) -> CaseResult {
     b.raw = json!({ "job": "b" });
     ctx.store.save_processed_record("job-a", "b1", &a).await?;
     ctx.store.save_processed_record("job-b", "b1", &b).await?;
-    ensure_eq!(ctx.store.get_processed_records("job-a").await?, vec![a]);
-    ensure_eq!(ctx.store.get_processed_records("job-b").await?, vec![b]);
+    check_eq!(ctx.store.get_processed_records("job-a").await?, vec![a]);
+    check_eq!(ctx.store.get_processed_records("job-b").await?, vec![b]);
     Ok(())
 }
 
@@ -695,13 +652,13 @@ pub async fn records_read_in_pages(ctx: Ctx) -> CaseResult {
             page = page.after(index);
         }
         let rows = ctx.store.get_records("job-001", &page).await?;
-        ensure!(rows.len() <= 7, "page of {}", rows.len());
+        check!(rows.len() <= 7, "page of {}", rows.len());
         let Some(last) = rows.last() else { break };
         after = Some(last.index);
         seen.extend(indexes(&rows));
     }
     let expected: Vec<u64> = (0..50).filter(|i| i % 3 != 0).collect();
-    ensure_eq!(seen, expected);
+    check_eq!(seen, expected);
     let of_b2 = ctx
         .store
         .get_records(
@@ -709,17 +666,17 @@ pub async fn records_read_in_pages(ctx: Ctx) -> CaseResult {
             &RecordFilter::new().batch("b2").after(40).limit(3),
         )
         .await?;
-    ensure_eq!(indexes(&of_b2), vec![41, 42, 43]);
+    check_eq!(indexes(&of_b2), vec![41, 42, 43]);
     let none = ctx
         .store
         .get_records("job-001", &RecordFilter::new().limit(0))
         .await?;
-    ensure!(none.is_empty(), "limit 0 returned {}", none.len());
+    check!(none.is_empty(), "limit 0 returned {}", none.len());
     let beyond = ctx
         .store
         .get_records("job-001", &RecordFilter::new().after(u64::MAX))
         .await?;
-    ensure!(beyond.is_empty(), "records after u64::MAX");
+    check!(beyond.is_empty(), "records after u64::MAX");
     Ok(())
 }
 
@@ -744,21 +701,21 @@ pub async fn progress_counts_processed_failed_and_pending(ctx: Ctx) -> CaseResul
     .await?;
     ctx.clock.advance(Duration::from_millis(5_000));
     let progress = ctx.store.get_progress("job-001").await?;
-    ensure_eq!(progress.total_records, 10);
-    ensure_eq!(progress.processed_records, 2);
-    ensure_eq!(progress.failed_records, 2);
-    ensure_eq!(progress.pending_records, 6);
-    ensure_eq!(progress.percentage, 40);
-    ensure_eq!(progress.completed_batches, 1);
-    ensure_eq!(progress.total_batches, 2);
-    ensure_eq!(progress.elapsed, Duration::from_millis(5_000));
+    check_eq!(progress.total_records, 10);
+    check_eq!(progress.processed_records, 2);
+    check_eq!(progress.failed_records, 2);
+    check_eq!(progress.pending_records, 6);
+    check_eq!(progress.percentage, 40);
+    check_eq!(progress.completed_batches, 1);
+    check_eq!(progress.total_batches, 2);
+    check_eq!(progress.elapsed, Duration::from_millis(5_000));
     Ok(())
 }
 
 /// An unknown job's progress is all zero, or counts its stored records as the total.
 pub async fn progress_of_missing_job_counts_stored_records(ctx: Ctx) -> CaseResult {
     let empty = ctx.store.get_progress("nope").await?;
-    ensure_eq!(
+    check_eq!(
         (
             empty.total_records,
             empty.processed_records,
@@ -767,7 +724,7 @@ pub async fn progress_of_missing_job_counts_stored_records(ctx: Ctx) -> CaseResu
         ),
         (0, 0, 0, 0)
     );
-    ensure_eq!((empty.total_batches, empty.elapsed), (0, Duration::ZERO));
+    check_eq!((empty.total_batches, empty.elapsed), (0, Duration::ZERO));
     save_statuses(
         &ctx,
         "records-only",
@@ -779,11 +736,11 @@ pub async fn progress_of_missing_job_counts_stored_records(ctx: Ctx) -> CaseResu
     )
     .await?;
     let progress = ctx.store.get_progress("records-only").await?;
-    ensure_eq!(progress.total_records, 3);
-    ensure_eq!(progress.processed_records, 1);
-    ensure_eq!(progress.failed_records, 1);
-    ensure_eq!(progress.pending_records, 1);
-    ensure_eq!(progress.percentage, 67);
+    check_eq!(progress.total_records, 3);
+    check_eq!(progress.processed_records, 1);
+    check_eq!(progress.failed_records, 1);
+    check_eq!(progress.pending_records, 1);
+    check_eq!(progress.percentage, 67);
     Ok(())
 }
 
@@ -807,13 +764,13 @@ pub async fn progress_clamps_pending_and_measures_elapsed(ctx: Ctx) -> CaseResul
     .await?;
     ctx.clock.advance(Duration::from_millis(60_000));
     let progress = ctx.store.get_progress("job-001").await?;
-    ensure_eq!(progress.pending_records, 0);
-    ensure_eq!(progress.percentage, 100);
-    ensure_eq!(progress.elapsed, Duration::from_millis(1_234));
+    check_eq!(progress.pending_records, 0);
+    check_eq!(progress.percentage, 100);
+    check_eq!(progress.elapsed, Duration::from_millis(1_234));
     let mut unstarted = fixture_job("job-002");
     unstarted.started_at = None;
     ctx.store.save_job_state(&unstarted).await?;
-    ensure_eq!(
+    check_eq!(
         ctx.store.get_progress("job-002").await?.elapsed,
         Duration::ZERO
     );
@@ -840,14 +797,14 @@ pub async fn large_and_non_ascii_payloads_round_trip(ctx: Ctx) -> CaseResult {
         .save_batch_records(job_id, "bätch-1", &saved)
         .await?;
     let read = ctx.store.get_batch_records(job_id, "bätch-1").await?;
-    ensure_eq!(read.len(), 3);
-    ensure!(read[0] == large, "1 MiB record changed");
-    ensure_eq!(read[1], unicode);
-    ensure_eq!(read[2], encoded);
+    check_eq!(read.len(), 3);
+    check!(read[0] == large, "1 MiB record changed");
+    check_eq!(read[1], unicode);
+    check_eq!(read[2], encoded);
     let mut job = fixture_job(job_id);
     job.config.extra.insert("ключ".into(), json!("値"));
     ctx.store.save_job_state(&job).await?;
-    ensure_eq!(load_job(&ctx, job_id).await?, job);
+    check_eq!(load_job(&ctx, job_id).await?, job);
     Ok(())
 }
 
@@ -875,7 +832,7 @@ pub async fn invalid_arguments_are_rejected(ctx: Ctx) -> CaseResult {
     let mut empty_batch_id = distributed_job("job-001", 2, 3);
     empty_batch_id.batches[0].id.clear();
     is_invalid(s.save_job_state(&empty_batch_id).await)?;
-    ensure!(
+    check!(
         s.get_job_state("job-001").await?.is_none(),
         "an invalid job was saved"
     );
@@ -899,7 +856,7 @@ pub async fn invalid_arguments_are_rejected(ctx: Ctx) -> CaseResult {
             .await,
     )?;
     is_invalid(s.reclaim_stale_batches("job-001", Duration::MAX).await)?;
-    ensure!(
+    check!(
         s.get_records("job-001", &RecordFilter::new())
             .await?
             .is_empty(),
@@ -924,14 +881,14 @@ pub async fn prepared_job_is_claimable_without_hand_made_batch_rows(ctx: Ctx) ->
     }
     ctx.store.save_job_state(&job).await?;
     let status = ctx.store.get_distributed_status("job-001").await?;
-    ensure_eq!((status.total_batches, status.pending_batches), (3, 3));
+    check_eq!((status.total_batches, status.pending_batches), (3, 3));
     for i in 0..3u32 {
         let r = claim(&ctx, "job-001", "worker-1").await?;
-        ensure_eq!(r.batch_index, i);
+        check_eq!(r.batch_index, i);
         let records = ctx.store.get_batch_records("job-001", &r.batch_id).await?;
         let expected: Vec<u64> = (r.record_start_index..=r.record_end_index).collect();
-        ensure_eq!(indexes(&records), expected);
-        ensure!(
+        check_eq!(indexes(&records), expected);
+        check!(
             records.iter().all(|r| r.status == RecordStatus::Pending),
             "not pending"
         );
@@ -946,22 +903,22 @@ pub async fn claim_takes_lowest_pending_batch(ctx: Ctx) -> CaseResult {
         .save_job_state(&distributed_job("job-001", 3, 3))
         .await?;
     let r = claim(&ctx, "job-001", "worker-1").await?;
-    ensure_eq!(r.job_id, "job-001");
-    ensure_eq!(r.batch_id, batch_id("job-001", 0));
-    ensure_eq!(r.batch_index, 0);
-    ensure_eq!(r.worker_id, "worker-1");
-    ensure_eq!(r.claimed_at, START_MS);
-    ensure_eq!((r.record_start_index, r.record_end_index), (0, 2));
+    check_eq!(r.job_id, "job-001");
+    check_eq!(r.batch_id, batch_id("job-001", 0));
+    check_eq!(r.batch_index, 0);
+    check_eq!(r.worker_id, "worker-1");
+    check_eq!(r.claimed_at, START_MS);
+    check_eq!((r.record_start_index, r.record_end_index), (0, 2));
     let batch = &load_job(&ctx, "job-001").await?.batches[0];
-    ensure_eq!(batch.status, BatchStatus::Processing);
-    ensure_eq!(batch.worker_id.as_deref(), Some("worker-1"));
-    ensure_eq!(batch.claimed_at, Some(START_MS));
+    check_eq!(batch.status, BatchStatus::Processing);
+    check_eq!(batch.worker_id.as_deref(), Some("worker-1"));
+    check_eq!(batch.claimed_at, Some(START_MS));
     Ok(())
 }
 
 /// Claiming a batch of an unknown job answers `JobNotFound`.
 pub async fn claim_of_missing_job_is_job_not_found(ctx: Ctx) -> CaseResult {
-    ensure_eq!(
+    check_eq!(
         ctx.store.claim_batch("nope", "worker-1").await?,
         ClaimBatchResult::JobNotFound
     );
@@ -975,7 +932,7 @@ pub async fn claim_of_job_not_processing_is_refused(ctx: Ctx) -> CaseResult {
         let mut job = distributed_job(&id, 2, 3);
         job.status = status;
         ctx.store.save_job_state(&job).await?;
-        ensure_eq!(
+        check_eq!(
             ctx.store.claim_batch(&id, "worker-1").await?,
             ClaimBatchResult::JobNotProcessing
         );
@@ -991,7 +948,7 @@ pub async fn claims_run_out_with_no_pending_batches(ctx: Ctx) -> CaseResult {
     for _ in 0..3 {
         claim(&ctx, "job-001", "worker-1").await?;
     }
-    ensure_eq!(
+    check_eq!(
         ctx.store.claim_batch("job-001", "worker-1").await?,
         ClaimBatchResult::NoPendingBatches
     );
@@ -1006,10 +963,10 @@ pub async fn workers_get_distinct_batches_in_order(ctx: Ctx) -> CaseResult {
     let mut ids = HashSet::new();
     for (i, worker) in ["A", "B", "C"].into_iter().enumerate() {
         let r = claim(&ctx, "job-001", worker).await?;
-        ensure_eq!(r.batch_index, u32::try_from(i)?);
-        ensure!(ids.insert(r.batch_id), "batch claimed twice");
+        check_eq!(r.batch_index, u32::try_from(i)?);
+        check!(ids.insert(r.batch_id), "batch claimed twice");
     }
-    ensure_eq!(
+    check_eq!(
         ctx.store.claim_batch("job-001", "D").await?,
         ClaimBatchResult::NoPendingBatches
     );
@@ -1022,15 +979,15 @@ pub async fn released_batch_is_claimable_again(ctx: Ctx) -> CaseResult {
         .save_job_state(&distributed_job("job-001", 3, 3))
         .await?;
     let first = claim(&ctx, "job-001", "worker-1").await?;
-    ensure!(ctx.store.release_batch(&first).await?, "release refused");
+    check!(ctx.store.release_batch(&first).await?, "release refused");
     let batch = &load_job(&ctx, "job-001").await?.batches[0];
-    ensure_eq!(
+    check_eq!(
         (batch.status, batch.worker_id.as_deref()),
         (BatchStatus::Pending, None)
     );
     let again = claim(&ctx, "job-001", "worker-2").await?;
-    ensure_eq!(again.batch_id, first.batch_id);
-    ensure!(again.version > first.version, "version not bumped");
+    check_eq!(again.batch_id, first.batch_id);
+    check!(again.version > first.version, "version not bumped");
     Ok(())
 }
 
@@ -1044,7 +1001,7 @@ pub async fn release_by_another_worker_is_a_no_op(ctx: Ctx) -> CaseResult {
         worker_id: "worker-2".into(),
         ..first.clone()
     };
-    ensure!(
+    check!(
         !ctx.store.release_batch(&stranger).await?,
         "released by a stranger"
     );
@@ -1052,13 +1009,13 @@ pub async fn release_by_another_worker_is_a_no_op(ctx: Ctx) -> CaseResult {
         job_id: "job-002".into(),
         ..first.clone()
     };
-    ensure!(
+    check!(
         !ctx.store.release_batch(&other_job).await?,
         "released through another job"
     );
     let next = claim(&ctx, "job-001", "worker-2").await?;
-    ensure_eq!(next.batch_index, 1);
-    ensure!(ctx.store.heartbeat_batch(&first).await?, "first claim lost");
+    check_eq!(next.batch_index, 1);
+    check!(ctx.store.heartbeat_batch(&first).await?, "first claim lost");
     Ok(())
 }
 
@@ -1068,18 +1025,18 @@ pub async fn release_never_resets_a_finished_batch(ctx: Ctx) -> CaseResult {
         .save_job_state(&distributed_job("job-001", 1, 3))
         .await?;
     let r = claim(&ctx, "job-001", "worker-1").await?;
-    ensure!(
+    check!(
         ctx.store
             .complete_batch(&r, BatchOutcome::completed(3, 0))
             .await?,
         "completion refused"
     );
-    ensure!(
+    check!(
         !ctx.store.release_batch(&r).await?,
         "finished batch released"
     );
     let status = ctx.store.get_distributed_status("job-001").await?;
-    ensure_eq!((status.completed_batches, status.pending_batches), (1, 0));
+    check_eq!((status.completed_batches, status.pending_batches), (1, 0));
     Ok(())
 }
 
@@ -1090,18 +1047,18 @@ pub async fn release_after_reclaim_is_a_no_op(ctx: Ctx) -> CaseResult {
         .await?;
     let old = claim(&ctx, "job-001", "worker-1").await?;
     ctx.clock.advance(Duration::from_millis(60_000));
-    ensure_eq!(
+    check_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::from_secs(30))
             .await?,
         1
     );
     let new = claim(&ctx, "job-001", "worker-2").await?;
-    ensure!(
+    check!(
         !ctx.store.release_batch(&old).await?,
         "old owner released the new claim"
     );
-    ensure!(ctx.store.heartbeat_batch(&new).await?, "new claim lost");
+    check!(ctx.store.heartbeat_batch(&new).await?, "new claim lost");
     Ok(())
 }
 
@@ -1113,22 +1070,22 @@ pub async fn stale_batch_is_reclaimed_and_claimable(ctx: Ctx) -> CaseResult {
         .await?;
     let old = claim(&ctx, "job-001", "worker-1").await?;
     ctx.clock.advance(Duration::from_millis(60_000));
-    ensure_eq!(
+    check_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::from_secs(30))
             .await?,
         1
     );
-    ensure_eq!(
+    check_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::from_secs(30))
             .await?,
         0
     );
     let new = claim(&ctx, "job-001", "worker-2").await?;
-    ensure_eq!(new.batch_id, old.batch_id);
-    ensure_eq!(new.claimed_at, START_MS + 60_000);
-    ensure!(
+    check_eq!(new.batch_id, old.batch_id);
+    check_eq!(new.claimed_at, START_MS + 60_000);
+    check!(
         new.version > old.version,
         "version not bumped by the reclaim"
     );
@@ -1140,13 +1097,13 @@ pub async fn fresh_batch_is_not_reclaimed(ctx: Ctx) -> CaseResult {
     ctx.store
         .save_job_state(&distributed_job("job-001", 3, 3))
         .await?;
-    ensure_eq!(
+    check_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::ZERO)
             .await?,
         0
     );
-    ensure_eq!(
+    check_eq!(
         ctx.store
             .reclaim_stale_batches("nope", Duration::ZERO)
             .await?,
@@ -1155,13 +1112,13 @@ pub async fn fresh_batch_is_not_reclaimed(ctx: Ctx) -> CaseResult {
     let r = claim(&ctx, "job-001", "worker-1").await?;
     ctx.clock.advance(Duration::from_millis(30_000));
     // Exactly at the timeout is not yet stale.
-    ensure_eq!(
+    check_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::from_secs(30))
             .await?,
         0
     );
-    ensure!(ctx.store.heartbeat_batch(&r).await?, "claim lost");
+    check!(ctx.store.heartbeat_batch(&r).await?, "claim lost");
     Ok(())
 }
 
@@ -1174,8 +1131,8 @@ pub async fn heartbeat_keeps_a_batch_from_being_reclaimed(ctx: Ctx) -> CaseResul
     let r = claim(&ctx, "job-001", "worker-1").await?;
     for _ in 0..4 {
         ctx.clock.advance(Duration::from_millis(20_000));
-        ensure!(ctx.store.heartbeat_batch(&r).await?, "heartbeat refused");
-        ensure_eq!(
+        check!(ctx.store.heartbeat_batch(&r).await?, "heartbeat refused");
+        check_eq!(
             ctx.store
                 .reclaim_stale_batches("job-001", Duration::from_secs(30))
                 .await?,
@@ -1183,13 +1140,13 @@ pub async fn heartbeat_keeps_a_batch_from_being_reclaimed(ctx: Ctx) -> CaseResul
         );
     }
     ctx.clock.advance(Duration::from_millis(31_000));
-    ensure_eq!(
+    check_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::from_secs(30))
             .await?,
         1
     );
-    ensure!(
+    check!(
         !ctx.store.heartbeat_batch(&r).await?,
         "heartbeat after reclaim accepted"
     );
@@ -1204,14 +1161,14 @@ pub async fn zero_timeout_reclaims_claims_older_than_now(ctx: Ctx) -> CaseResult
     claim(&ctx, "job-001", "worker-1").await?;
     ctx.clock.advance(Duration::from_millis(1));
     claim(&ctx, "job-001", "worker-2").await?;
-    ensure_eq!(
+    check_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::ZERO)
             .await?,
         1
     );
     ctx.clock.advance(Duration::from_millis(1));
-    ensure_eq!(
+    check_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::ZERO)
             .await?,
@@ -1228,9 +1185,9 @@ pub async fn batch_records_round_trip_in_index_order(ctx: Ctx) -> CaseResult {
         .save_batch_records("job-001", "b1", &records)
         .await?;
     let read = ctx.store.get_batch_records("job-001", "b1").await?;
-    ensure_eq!(indexes(&read), vec![3, 4, 5]);
-    ensure_eq!(read[0].raw, json!({ "email": "user3@example.com", "n": 3 }));
-    ensure_eq!(read[0].parsed, read[0].raw);
+    check_eq!(indexes(&read), vec![3, 4, 5]);
+    check_eq!(read[0].raw, json!({ "email": "user3@example.com", "n": 3 }));
+    check_eq!(read[0].parsed, read[0].raw);
     Ok(())
 }
 
@@ -1242,22 +1199,22 @@ pub async fn batch_records_do_not_leak_between_batches(ctx: Ctx) -> CaseResult {
     ctx.store
         .save_batch_records("job-001", "b2", &pending_records(3..6))
         .await?;
-    ensure_eq!(
+    check_eq!(
         indexes(&ctx.store.get_batch_records("job-001", "b1").await?),
         vec![0, 1, 2]
     );
-    ensure_eq!(
+    check_eq!(
         indexes(&ctx.store.get_batch_records("job-001", "b2").await?),
         vec![3, 4, 5]
     );
-    ensure!(
+    check!(
         ctx.store
             .get_batch_records("job-001", "b3")
             .await?
             .is_empty(),
         "b3 has records"
     );
-    ensure!(
+    check!(
         ctx.store
             .get_batch_records("job-002", "b1")
             .await?
@@ -1277,7 +1234,7 @@ pub async fn saving_batch_records_again_is_idempotent(ctx: Ctx) -> CaseResult {
         .await?;
     ctx.store.save_batch_records("job-001", "b1", &[]).await?;
     let read = ctx.store.get_batch_records("job-001", "b1").await?;
-    ensure_eq!(read, pending_records(0..3));
+    check_eq!(read, pending_records(0..3));
     Ok(())
 }
 
@@ -1287,7 +1244,7 @@ pub async fn saving_job_again_never_resets_claimed_or_finished_batches(ctx: Ctx)
     let job = distributed_job("job-001", 3, 3);
     ctx.store.save_job_state(&job).await?;
     let done = claim(&ctx, "job-001", "worker-1").await?;
-    ensure!(
+    check!(
         ctx.store
             .complete_batch(&done, BatchOutcome::completed(3, 0))
             .await?,
@@ -1302,27 +1259,27 @@ pub async fn saving_job_again_never_resets_claimed_or_finished_batches(ctx: Ctx)
     }
     ctx.store.save_job_state(&again).await?;
     let batches = load_job(&ctx, "job-001").await?.batches;
-    ensure_eq!(batches.len(), 4);
-    ensure_eq!(
+    check_eq!(batches.len(), 4);
+    check_eq!(
         (batches[0].id.clone(), batches[0].status),
         (done.batch_id.clone(), BatchStatus::Completed)
     );
-    ensure_eq!(batches[0].processed_count, 3);
-    ensure_eq!(
+    check_eq!(batches[0].processed_count, 3);
+    check_eq!(
         (batches[1].id.clone(), batches[1].status),
         (held.batch_id.clone(), BatchStatus::Processing)
     );
-    ensure_eq!(batches[2].id, batch_id("job-001", 2));
-    ensure_eq!(
+    check_eq!(batches[2].id, batch_id("job-001", 2));
+    check_eq!(
         (batches[3].id.as_str(), batches[3].status),
         ("regenerated-3", BatchStatus::Pending)
     );
-    ensure!(
+    check!(
         ctx.store.heartbeat_batch(&held).await?,
         "claim lost by saving the job"
     );
     ctx.store.save_job_state(&job).await?;
-    ensure_eq!(
+    check_eq!(
         ctx.store
             .get_distributed_status("job-001")
             .await?
@@ -1343,8 +1300,8 @@ pub async fn distributed_status_counts_batches(ctx: Ctx) -> CaseResult {
         .await?;
     let b = claim(&ctx, "job-001", "worker-1").await?;
     let status = ctx.store.get_distributed_status("job-001").await?;
-    ensure_eq!(status.job_id, "job-001");
-    ensure_eq!(
+    check_eq!(status.job_id, "job-001");
+    check_eq!(
         (
             status.total_batches,
             status.completed_batches,
@@ -1354,7 +1311,7 @@ pub async fn distributed_status_counts_batches(ctx: Ctx) -> CaseResult {
         ),
         (3, 1, 1, 1, 0)
     );
-    ensure!(!status.is_complete, "complete too early");
+    check!(!status.is_complete, "complete too early");
     ctx.store
         .complete_batch(&b, BatchOutcome::failed(1, 2))
         .await?;
@@ -1363,15 +1320,15 @@ pub async fn distributed_status_counts_batches(ctx: Ctx) -> CaseResult {
         .complete_batch(&c, BatchOutcome::completed(3, 0))
         .await?;
     let status = ctx.store.get_distributed_status("job-001").await?;
-    ensure_eq!((status.completed_batches, status.failed_batches), (2, 1));
-    ensure!(status.is_complete, "not complete");
+    check_eq!((status.completed_batches, status.failed_batches), (2, 1));
+    check!(status.is_complete, "not complete");
     Ok(())
 }
 
 /// An unknown job has no batches and is not complete.
 pub async fn distributed_status_of_missing_job_is_empty(ctx: Ctx) -> CaseResult {
     let status = ctx.store.get_distributed_status("nope").await?;
-    ensure_eq!(status, crate::batch::DistributedJobStatus::empty("nope"));
+    check_eq!(status, crate::batch::DistributedJobStatus::empty("nope"));
     Ok(())
 }
 
@@ -1384,13 +1341,13 @@ async fn finish_all(ctx: &Ctx, job_id: &str, fail_index: Option<u32>) -> CaseRes
                 } else {
                     BatchOutcome::completed(3, 0)
                 };
-                ensure!(
+                check!(
                     ctx.store.complete_batch(&r, outcome).await?,
                     "completion refused"
                 );
             }
             ClaimBatchResult::NoPendingBatches => return Ok(()),
-            other => return Err(format!("unexpected {other:?}").into()),
+            other => return Err(CaseFailure::new(format!("unexpected {other:?}"))),
         }
     }
 }
@@ -1402,14 +1359,14 @@ pub async fn finalize_completes_job_when_all_batches_finished(ctx: Ctx) -> CaseR
         .await?;
     finish_all(&ctx, "job-001", None).await?;
     ctx.clock.advance(Duration::from_millis(777));
-    ensure!(
+    check!(
         ctx.store.try_finalize_job("job-001").await?,
         "finalize refused"
     );
     let job = load_job(&ctx, "job-001").await?;
-    ensure_eq!(job.status, JobStatus::Completed);
-    ensure_eq!(job.completed_at, Some(START_MS + 777));
-    ensure_eq!(
+    check_eq!(job.status, JobStatus::Completed);
+    check_eq!(job.completed_at, Some(START_MS + 777));
+    check_eq!(
         ctx.store.claim_batch("job-001", "late").await?,
         ClaimBatchResult::JobNotProcessing
     );
@@ -1422,13 +1379,13 @@ pub async fn finalize_fails_job_when_a_batch_failed(ctx: Ctx) -> CaseResult {
         .save_job_state(&distributed_job("job-001", 3, 3))
         .await?;
     finish_all(&ctx, "job-001", Some(1)).await?;
-    ensure!(
+    check!(
         ctx.store.try_finalize_job("job-001").await?,
         "finalize refused"
     );
     let job = load_job(&ctx, "job-001").await?;
-    ensure_eq!(job.status, JobStatus::Failed);
-    ensure_eq!(job.completed_at, Some(START_MS));
+    check_eq!(job.status, JobStatus::Failed);
+    check_eq!(job.completed_at, Some(START_MS));
     Ok(())
 }
 
@@ -1437,7 +1394,7 @@ pub async fn finalize_refuses_while_batches_unfinished(ctx: Ctx) -> CaseResult {
     ctx.store
         .save_job_state(&distributed_job("job-001", 3, 3))
         .await?;
-    ensure!(
+    check!(
         !ctx.store.try_finalize_job("job-001").await?,
         "finalized with pending batches"
     );
@@ -1450,7 +1407,7 @@ pub async fn finalize_refuses_while_batches_unfinished(ctx: Ctx) -> CaseResult {
         .complete_batch(&b, BatchOutcome::completed(3, 0))
         .await?;
     let c = claim(&ctx, "job-001", "w").await?;
-    ensure!(
+    check!(
         !ctx.store.try_finalize_job("job-001").await?,
         "finalized while processing"
     );
@@ -1465,11 +1422,11 @@ pub async fn finalize_refuses_while_batches_unfinished(ctx: Ctx) -> CaseResult {
             },
         )
         .await?;
-    ensure!(
+    check!(
         !ctx.store.try_finalize_job("job-001").await?,
         "finalized with a paused batch"
     );
-    ensure!(
+    check!(
         !ctx.store
             .get_distributed_status("job-001")
             .await?
@@ -1479,11 +1436,11 @@ pub async fn finalize_refuses_while_batches_unfinished(ctx: Ctx) -> CaseResult {
     ctx.store
         .save_job_state(&distributed_job("job-002", 0, 3))
         .await?;
-    ensure!(
+    check!(
         !ctx.store.try_finalize_job("job-002").await?,
         "finalized a job without batches"
     );
-    ensure_eq!(
+    check_eq!(
         load_job(&ctx, "job-001").await?.status,
         JobStatus::Processing
     );
@@ -1492,7 +1449,7 @@ pub async fn finalize_refuses_while_batches_unfinished(ctx: Ctx) -> CaseResult {
 
 /// Finalizing an unknown job answers `false`.
 pub async fn finalize_of_missing_job_is_false(ctx: Ctx) -> CaseResult {
-    ensure!(
+    check!(
         !ctx.store.try_finalize_job("nope").await?,
         "finalized nothing"
     );
@@ -1510,7 +1467,7 @@ pub async fn finalize_happens_once(ctx: Ctx) -> CaseResult {
         ctx.store.try_finalize_job("job-001").await?,
         ctx.store.try_finalize_job("job-001").await?,
     ];
-    ensure_eq!(results, [true, false, false]);
+    check_eq!(results, [true, false, false]);
     Ok(())
 }
 
@@ -1520,11 +1477,11 @@ pub async fn distributed_flag_round_trips(ctx: Ctx) -> CaseResult {
         .save_job_state(&distributed_job("job-d", 1, 3))
         .await?;
     ctx.store.save_job_state(&fixture_job("job-n")).await?;
-    ensure!(
+    check!(
         load_job(&ctx, "job-d").await?.distributed,
         "distributed lost"
     );
-    ensure!(
+    check!(
         !load_job(&ctx, "job-n").await?.distributed,
         "distributed invented"
     );
@@ -1549,7 +1506,7 @@ pub async fn full_distributed_flow(ctx: Ctx) -> CaseResult {
     for worker in ["worker-1", "worker-2", "worker-3"] {
         let r = claim(&ctx, "job-001", worker).await?;
         let records = ctx.store.get_batch_records("job-001", &r.batch_id).await?;
-        ensure_eq!(records.len(), 3);
+        check_eq!(records.len(), 3);
         for record in records {
             let mut done = record.with_status(RecordStatus::Processed);
             done.parsed = json!({ "ok": true });
@@ -1557,7 +1514,7 @@ pub async fn full_distributed_flow(ctx: Ctx) -> CaseResult {
                 .save_processed_record("job-001", &r.batch_id, &done)
                 .await?;
         }
-        ensure!(
+        check!(
             ctx.store
                 .complete_batch(&r, BatchOutcome::completed(3, 0))
                 .await?,
@@ -1565,22 +1522,22 @@ pub async fn full_distributed_flow(ctx: Ctx) -> CaseResult {
         );
         finalized.push(ctx.store.try_finalize_job("job-001").await?);
     }
-    ensure_eq!(finalized, vec![false, false, true]);
-    ensure_eq!(
+    check_eq!(finalized, vec![false, false, true]);
+    check_eq!(
         ctx.store.claim_batch("job-001", "worker-4").await?,
         ClaimBatchResult::JobNotProcessing
     );
-    ensure_eq!(
+    check_eq!(
         load_job(&ctx, "job-001").await?.status,
         JobStatus::Completed
     );
-    ensure_eq!(ctx.store.get_processed_records("job-001").await?.len(), 9);
+    check_eq!(ctx.store.get_processed_records("job-001").await?.len(), 9);
     let progress = ctx.store.get_progress("job-001").await?;
-    ensure_eq!(
+    check_eq!(
         (progress.processed_records, progress.failed_records),
         (9, 0)
     );
-    ensure_eq!(
+    check_eq!(
         (
             progress.percentage,
             progress.completed_batches,
@@ -1599,38 +1556,38 @@ pub async fn zombie_worker_cannot_complete_reclaimed_batch(ctx: Ctx) -> CaseResu
         .await?;
     let zombie = claim(&ctx, "job-001", "worker-a").await?;
     ctx.clock.advance(Duration::from_millis(120_000));
-    ensure_eq!(
+    check_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::from_secs(60))
             .await?,
         1
     );
     let owner = claim(&ctx, "job-001", "worker-b").await?;
-    ensure!(
+    check!(
         !ctx.store
             .complete_batch(&zombie, BatchOutcome::completed(3, 0))
             .await?,
         "zombie completed the batch"
     );
-    ensure!(
+    check!(
         !ctx.store.heartbeat_batch(&zombie).await?,
         "zombie heartbeat accepted"
     );
-    ensure!(
+    check!(
         !ctx.store.try_finalize_job("job-001").await?,
         "finalized during the new claim"
     );
-    ensure!(
+    check!(
         ctx.store.heartbeat_batch(&owner).await?,
         "owner heartbeat refused"
     );
-    ensure!(
+    check!(
         ctx.store
             .complete_batch(&owner, BatchOutcome::completed(3, 0))
             .await?,
         "owner refused"
     );
-    ensure!(
+    check!(
         ctx.store.try_finalize_job("job-001").await?,
         "finalize refused"
     );
@@ -1660,7 +1617,7 @@ pub async fn zombie_worker_writes_no_outcomes(ctx: Ctx) -> CaseResult {
             outcome
         })
         .collect();
-    ensure!(
+    check!(
         !ctx.store
             .complete_batch_with_outcomes(&zombie, BatchOutcome::completed(0, 3), &failed)
             .await?,
@@ -1670,7 +1627,7 @@ pub async fn zombie_worker_writes_no_outcomes(ctx: Ctx) -> CaseResult {
         .store
         .get_batch_records("job-001", &owner.batch_id)
         .await?;
-    ensure!(
+    check!(
         stored.iter().all(|r| r.status == RecordStatus::Pending),
         "zombie wrote outcomes: {:?}",
         stored.iter().map(|r| r.status).collect::<Vec<_>>()
@@ -1678,7 +1635,7 @@ pub async fn zombie_worker_writes_no_outcomes(ctx: Ctx) -> CaseResult {
     let processed: Vec<RecordOutcome> = (0..3)
         .map(|i| RecordOutcome::of(&record(i, RecordStatus::Processed)))
         .collect();
-    ensure!(
+    check!(
         ctx.store
             .complete_batch_with_outcomes(&owner, BatchOutcome::completed(3, 0), &processed)
             .await?,
@@ -1688,17 +1645,17 @@ pub async fn zombie_worker_writes_no_outcomes(ctx: Ctx) -> CaseResult {
         .store
         .get_batch_records("job-001", &owner.batch_id)
         .await?;
-    ensure!(
+    check!(
         stored.iter().all(|r| r.status == RecordStatus::Processed),
         "owner's outcomes missing"
     );
-    ensure!(
+    check!(
         !ctx.store
             .complete_batch_with_outcomes(&owner, BatchOutcome::completed(3, 0), &processed)
             .await?,
         "completed twice"
     );
-    ensure!(
+    check!(
         ctx.store.try_finalize_job("job-001").await?,
         "finalize refused"
     );
@@ -1715,7 +1672,7 @@ pub async fn complete_batch_requires_same_worker_and_version(ctx: Ctx) -> CaseRe
         worker_id: "worker-2".into(),
         ..r.clone()
     };
-    ensure!(
+    check!(
         !ctx.store
             .complete_batch(&stranger, BatchOutcome::completed(3, 0))
             .await?,
@@ -1725,7 +1682,7 @@ pub async fn complete_batch_requires_same_worker_and_version(ctx: Ctx) -> CaseRe
         version: r.version - 1,
         ..r.clone()
     };
-    ensure!(
+    check!(
         !ctx.store
             .complete_batch(&stale, BatchOutcome::completed(3, 0))
             .await?,
@@ -1735,26 +1692,26 @@ pub async fn complete_batch_requires_same_worker_and_version(ctx: Ctx) -> CaseRe
         job_id: "job-002".into(),
         ..r.clone()
     };
-    ensure!(
+    check!(
         !ctx.store
             .complete_batch(&other_job, BatchOutcome::completed(3, 0))
             .await?,
         "other job"
     );
-    ensure!(
+    check!(
         ctx.store
             .complete_batch(&r, BatchOutcome::completed(2, 1))
             .await?,
         "owner refused"
     );
-    ensure!(
+    check!(
         !ctx.store
             .complete_batch(&r, BatchOutcome::failed(0, 3))
             .await?,
         "completed twice"
     );
     let batch = &load_job(&ctx, "job-001").await?.batches[0];
-    ensure_eq!(
+    check_eq!(
         (batch.status, batch.processed_count, batch.failed_count),
         (BatchStatus::Completed, 2, 1)
     );
@@ -1788,7 +1745,7 @@ pub async fn job_batches_and_progress_come_from_batch_rows(ctx: Ctx) -> CaseResu
             )
         })
         .collect();
-    ensure_eq!(
+    check_eq!(
         summary,
         vec![
             (
@@ -1811,7 +1768,7 @@ pub async fn job_batches_and_progress_come_from_batch_rows(ctx: Ctx) -> CaseResu
             (3, BatchStatus::Pending, None, None, 0, 0),
         ]
     );
-    ensure_eq!(
+    check_eq!(
         (
             job.batches[3].record_start_index,
             job.batches[3].record_end_index
@@ -1819,9 +1776,9 @@ pub async fn job_batches_and_progress_come_from_batch_rows(ctx: Ctx) -> CaseResu
         (Some(9), Some(11))
     );
     let progress = ctx.store.get_progress("job-001").await?;
-    ensure_eq!((progress.completed_batches, progress.total_batches), (1, 4));
-    ensure_eq!(progress.total_records, 12);
-    ensure!(ctx.store.heartbeat_batch(&b).await?, "claim lost");
+    check_eq!((progress.completed_batches, progress.total_batches), (1, 4));
+    check_eq!(progress.total_records, 12);
+    check!(ctx.store.heartbeat_batch(&b).await?, "claim lost");
     Ok(())
 }
 
@@ -1843,7 +1800,7 @@ pub async fn update_batch_state_fences_the_holder(ctx: Ctx) -> CaseResult {
             },
         )
         .await?;
-    ensure!(
+    check!(
         ctx.store.heartbeat_batch(&r).await?,
         "same-status update fenced the holder"
     );
@@ -1858,14 +1815,14 @@ pub async fn update_batch_state_fences_the_holder(ctx: Ctx) -> CaseResult {
             },
         )
         .await?;
-    ensure!(
+    check!(
         !ctx.store
             .complete_batch(&r, BatchOutcome::failed(0, 3))
             .await?,
         "holder not fenced"
     );
     let status = ctx.store.get_distributed_status("job-001").await?;
-    ensure_eq!(
+    check_eq!(
         (status.completed_batches, status.processing_batches),
         (1, 0)
     );
@@ -1881,7 +1838,7 @@ pub async fn update_batch_state_fences_the_holder(ctx: Ctx) -> CaseResult {
         )
         .await?;
     let again = claim(&ctx, "job-001", "worker-2").await?;
-    ensure_eq!(again.batch_id, r.batch_id);
+    check_eq!(again.batch_id, r.batch_id);
     Ok(())
 }
 
@@ -1901,8 +1858,8 @@ pub async fn bulk_save_keeps_last_duplicate(ctx: Ctx) -> CaseResult {
         .store
         .get_records("job-001", &RecordFilter::new())
         .await?;
-    ensure_eq!(indexes(&read), vec![4, 5]);
-    ensure_eq!(read[0], last);
+    check_eq!(indexes(&read), vec![4, 5]);
+    check_eq!(read[0], last);
     Ok(())
 }
 
@@ -1928,7 +1885,7 @@ pub async fn many_records_save_in_chunks(ctx: Ctx) -> CaseResult {
         .save_processed_records("job-001", "b1", &records)
         .await?;
     let progress = ctx.store.get_progress("job-001").await?;
-    ensure_eq!(
+    check_eq!(
         (
             progress.total_records,
             progress.processed_records,
@@ -1940,8 +1897,8 @@ pub async fn many_records_save_in_chunks(ctx: Ctx) -> CaseResult {
         .store
         .get_records("job-001", &RecordFilter::new().after(6_989).limit(100))
         .await?;
-    ensure_eq!(indexes(&page), (6_990..7_000).collect::<Vec<_>>());
-    ensure_eq!(page, records[6_990..].to_vec());
+    check_eq!(indexes(&page), (6_990..7_000).collect::<Vec<_>>());
+    check_eq!(page, records[6_990..].to_vec());
     Ok(())
 }
 
@@ -1951,14 +1908,14 @@ pub async fn thousands_of_batches_save_in_chunks(ctx: Ctx) -> CaseResult {
     ctx.store.save_job_state(&job).await?;
     ctx.store.save_job_state(&job).await?;
     let status = ctx.store.get_distributed_status("job-001").await?;
-    ensure_eq!(
+    check_eq!(
         (status.total_batches, status.pending_batches),
         (5_000, 5_000)
     );
     let read = load_job(&ctx, "job-001").await?;
-    ensure_eq!(read.batches.len(), 5_000);
-    ensure_eq!(read.batches[4_999].record_start_index, Some(4_999));
-    ensure_eq!(claim(&ctx, "job-001", "w").await?.batch_index, 0);
+    check_eq!(read.batches.len(), 5_000);
+    check_eq!(read.batches[4_999].record_start_index, Some(4_999));
+    check_eq!(claim(&ctx, "job-001", "w").await?.batch_index, 0);
     Ok(())
 }
 
@@ -1970,16 +1927,16 @@ pub async fn batch_saved_as_processing_is_reclaimable(ctx: Ctx) -> CaseResult {
     job.batches[0].worker_id = Some("gone".into());
     ctx.store.save_job_state(&job).await?;
     let timeout = Duration::from_secs(30);
-    ensure_eq!(
+    check_eq!(
         ctx.store.reclaim_stale_batches("job-001", timeout).await?,
         0
     );
     ctx.clock.advance(Duration::from_millis(30_001));
-    ensure_eq!(
+    check_eq!(
         ctx.store.reclaim_stale_batches("job-001", timeout).await?,
         1
     );
-    ensure_eq!(claim(&ctx, "job-001", "worker-1").await?.batch_index, 0);
+    check_eq!(claim(&ctx, "job-001", "worker-1").await?.batch_index, 0);
     Ok(())
 }
 
@@ -1991,7 +1948,7 @@ pub async fn non_distributed_job_keeps_duplicate_batch_indexes(ctx: Ctx) -> Case
     stale.status = BatchStatus::Processing;
     job.batches.insert(1, stale);
     ctx.store.save_job_state(&job).await?;
-    ensure_eq!(load_job(&ctx, "job-001").await?, job);
+    check_eq!(load_job(&ctx, "job-001").await?, job);
     let state = BatchState {
         status: BatchStatus::Completed,
         processed_count: 10,
@@ -2001,10 +1958,10 @@ pub async fn non_distributed_job_keeps_duplicate_batch_indexes(ctx: Ctx) -> Case
         .update_batch_state("job-001", "b2", &state)
         .await?;
     let read = load_job(&ctx, "job-001").await?;
-    ensure_eq!(read.batches[1].status, BatchStatus::Processing);
-    ensure_eq!(read.batches[2].status, BatchStatus::Completed);
+    check_eq!(read.batches[1].status, BatchStatus::Processing);
+    check_eq!(read.batches[2].status, BatchStatus::Completed);
     let progress = ctx.store.get_progress("job-001").await?;
-    ensure_eq!((progress.completed_batches, progress.total_batches), (2, 3));
+    check_eq!((progress.completed_batches, progress.total_batches), (2, 3));
     Ok(())
 }
 
@@ -2036,7 +1993,7 @@ pub async fn concurrent_batch_updates_of_a_job_are_not_lost(ctx: Ctx) -> CaseRes
     }
     let read = load_job(&ctx, "job-001").await?;
     for (i, batch) in (0u64..).zip(&read.batches) {
-        ensure_eq!(
+        check_eq!(
             (batch.status, batch.processed_count),
             (BatchStatus::Completed, i)
         );
@@ -2053,15 +2010,19 @@ pub async fn batch_id_of_another_job_is_a_conflict(ctx: Ctx) -> CaseResult {
     other.batches[1].id = batch_id("job-001", 0);
     match ctx.store.save_job_state(&other).await {
         Err(Error::Conflict { .. }) => {}
-        result => return Err(format!("expected a conflict, got {result:?}").into()),
+        result => {
+            return Err(CaseFailure::new(format!(
+                "expected a conflict, got {result:?}"
+            )));
+        }
     }
-    ensure!(
+    check!(
         ctx.store.get_job_state("job-002").await?.is_none(),
         "half-saved job"
     );
     let first = load_job(&ctx, "job-001").await?;
-    ensure_eq!(first.batches.len(), 2);
-    ensure_eq!(first.batches[0].status, BatchStatus::Pending);
+    check_eq!(first.batches.len(), 2);
+    check_eq!(first.batches[0].status, BatchStatus::Pending);
     Ok(())
 }
 
@@ -2117,7 +2078,7 @@ pub async fn race_claim_complete_finalize(
     store: Arc<dyn DistributedStateStore>,
     job_id: &str,
     options: RaceOptions,
-) -> Result<RaceReport, BoxError> {
+) -> CaseResult<RaceReport> {
     let job = distributed_job(job_id, options.batches, options.records_per_batch);
     store.save_job_state(&job).await?;
     let barrier = Arc::new(tokio::sync::Barrier::new(options.workers));
@@ -2145,25 +2106,22 @@ pub async fn race_claim_complete_finalize(
                             .complete_batch(&r, BatchOutcome::completed(n, 0))
                             .await?
                         {
-                            return Err::<_, BoxError>(
-                                format!("{worker} lost {}", r.batch_id).into(),
-                            );
+                            return Err(CaseFailure::new(format!("{worker} lost {}", r.batch_id)));
                         }
                         claimed.push(r.batch_id);
                     }
                     ClaimBatchResult::NoPendingBatches => {
                         let pending = store.get_distributed_status(&job_id).await?.pending_batches;
                         if pending != 0 {
-                            return Err(format!(
+                            return Err(CaseFailure::new(format!(
                                 "{worker} was told no pending batches while {pending} were pending"
-                            )
-                            .into());
+                            )));
                         }
                         finalized = store.try_finalize_job(&job_id).await?;
                         break;
                     }
                     ClaimBatchResult::JobNotProcessing => break,
-                    ClaimBatchResult::JobNotFound => return Err("job vanished".into()),
+                    ClaimBatchResult::JobNotFound => return Err(CaseFailure::new("job vanished")),
                 }
             }
             Ok((claimed, finalized))
@@ -2180,24 +2138,24 @@ pub async fn race_claim_complete_finalize(
         }
     }
     let duplicates: Vec<_> = owners.iter().filter(|(_, n)| **n > 1).collect();
-    ensure!(
+    check!(
         duplicates.is_empty(),
         "batches claimed more than once: {duplicates:?}"
     );
-    ensure_eq!(report.claims, u64::from(options.batches));
+    check_eq!(report.claims, u64::from(options.batches));
     let status = store.get_distributed_status(job_id).await?;
     report.completed = status.completed_batches;
-    ensure_eq!(status.completed_batches, u64::from(options.batches));
-    ensure_eq!(report.finalizers, 1);
+    check_eq!(status.completed_batches, u64::from(options.batches));
+    check_eq!(report.finalizers, 1);
     let final_job = store.get_job_state(job_id).await?.ok_or("job vanished")?;
-    ensure_eq!(final_job.status, JobStatus::Completed);
+    check_eq!(final_job.status, JobStatus::Completed);
     let progress = store.get_progress(job_id).await?;
     report.records = progress.processed_records;
-    ensure_eq!(progress.processed_records, job.total_records);
-    ensure_eq!((progress.pending_records, progress.percentage), (0, 100));
-    ensure_eq!(progress.completed_batches, u64::from(options.batches));
+    check_eq!(progress.processed_records, job.total_records);
+    check_eq!((progress.pending_records, progress.percentage), (0, 100));
+    check_eq!(progress.completed_batches, u64::from(options.batches));
     let counted: u64 = final_job.batches.iter().map(|b| b.processed_count).sum();
-    ensure_eq!(counted, job.total_records);
+    check_eq!(counted, job.total_records);
     Ok(report)
 }
 
@@ -2238,13 +2196,13 @@ pub async fn concurrent_finalize_has_exactly_one_winner(ctx: Ctx) -> CaseResult 
         while let Some(joined) = tasks.join_next().await {
             winners += u32::from(joined??);
         }
-        ensure_eq!(winners, 1);
+        check_eq!(winners, 1);
         let expected = if trial % 2 == 1 {
             JobStatus::Failed
         } else {
             JobStatus::Completed
         };
-        ensure_eq!(load_job(&ctx, &job_id).await?.status, expected);
+        check_eq!(load_job(&ctx, &job_id).await?.status, expected);
     }
     Ok(())
 }
@@ -2301,21 +2259,21 @@ pub async fn concurrent_reclaim_counts_each_stale_batch_once(ctx: Ctx) -> CaseRe
         while let Some(joined) = reclaimers.join_next().await {
             total += joined??;
         }
-        ensure_eq!(total, 20);
+        check_eq!(total, 20);
         let mut claimed = HashSet::new();
         while let Some(joined) = claimers.join_next().await {
             for id in joined?? {
-                ensure!(claimed.insert(id.clone()), "{id} claimed twice");
+                check!(claimed.insert(id.clone()), "{id} claimed twice");
             }
         }
         let claimed_now = u64::try_from(claimed.len())?;
         let status = ctx.store.get_distributed_status(&job_id).await?;
-        ensure_eq!(
+        check_eq!(
             (status.pending_batches, status.processing_batches),
             (25 - claimed_now, 5 + claimed_now)
         );
         for r in &fresh {
-            ensure!(ctx.store.heartbeat_batch(r).await?, "fresh claim reclaimed");
+            check!(ctx.store.heartbeat_batch(r).await?, "fresh claim reclaimed");
         }
     }
     Ok(())
@@ -2353,20 +2311,20 @@ pub async fn reclaim_racing_completion_has_one_winner(ctx: Ctx) -> CaseResult {
         };
         let completed = complete.await??;
         let reclaimed = reclaim.await??;
-        ensure!(
+        check!(
             completed != (reclaimed == 1),
             "completed={completed}, reclaimed={reclaimed}"
         );
         let status = ctx.store.get_distributed_status(&job_id).await?;
         if completed {
-            ensure_eq!(status.completed_batches, 1);
+            check_eq!(status.completed_batches, 1);
         } else {
-            ensure_eq!(status.pending_batches, 1);
-            ensure!(
+            check_eq!(status.pending_batches, 1);
+            check!(
                 !ctx.store.heartbeat_batch(&r).await?,
                 "zombie heartbeat accepted"
             );
-            ensure!(
+            check!(
                 !ctx.store
                     .complete_batch(&r, BatchOutcome::completed(3, 0))
                     .await?,
@@ -2640,14 +2598,14 @@ impl DistributedStateStore for HeldStore {
 
 /// Claims, processes (every record `processed`) and completes every batch of `job_id` as
 /// `worker`, then finalizes the job; returns how many batches it finished.
-async fn work_off(ctx: &Ctx, job_id: &str, worker: &str) -> Result<u64, BoxError> {
+async fn work_off(ctx: &Ctx, job_id: &str, worker: &str) -> CaseResult<u64> {
     let mut finished = 0;
     while let ClaimBatchResult::Claimed(r) = ctx.store.claim_batch(job_id, worker).await? {
         let outcomes: Vec<RecordOutcome> = (r.record_start_index..=r.record_end_index)
             .map(|i| RecordOutcome::of(&record(i, RecordStatus::Processed)))
             .collect();
         let n = u64::try_from(outcomes.len())?;
-        ensure!(
+        check!(
             ctx.store
                 .complete_batch_with_outcomes(&r, BatchOutcome::completed(n, 0), &outcomes)
                 .await?,
@@ -2690,18 +2648,18 @@ pub async fn late_prepare_loses_no_processed_record(ctx: Ctx) -> CaseResult {
         (0..12u64).map(|i| json!({ "i": i })),
     )
     .await?;
-    ensure_eq!((early.total_records, early.total_batches), (12, 3));
-    ensure_eq!(work_off(&ctx, "job-001", "worker-1").await?, 3);
-    ensure_eq!(
+    check_eq!((early.total_records, early.total_batches), (12, 3));
+    check_eq!(work_off(&ctx, "job-001", "worker-1").await?, 3);
+    check_eq!(
         load_job(&ctx, "job-001").await?.status,
         JobStatus::Completed
     );
     held.open();
     let late = late.await??;
-    ensure_eq!(late, early);
+    check_eq!(late, early);
     let job = load_job(&ctx, "job-001").await?;
-    ensure_eq!(job.status, JobStatus::Completed);
-    ensure!(
+    check_eq!(job.status, JobStatus::Completed);
+    check!(
         job.batches
             .iter()
             .all(|b| b.status == BatchStatus::Completed),
@@ -2709,11 +2667,11 @@ pub async fn late_prepare_loses_no_processed_record(ctx: Ctx) -> CaseResult {
         job.batches
     );
     let progress = ctx.store.get_progress("job-001").await?;
-    ensure_eq!(
+    check_eq!(
         (progress.processed_records, progress.pending_records),
         (12, 0)
     );
-    ensure_eq!(
+    check_eq!(
         ctx.store.claim_batch("job-001", "worker-2").await?,
         ClaimBatchResult::JobNotProcessing
     );
@@ -2729,7 +2687,7 @@ pub async fn saving_batch_records_again_keeps_outcomes(ctx: Ctx) -> CaseResult {
     let outcomes: Vec<RecordOutcome> = (0..4)
         .map(|i| RecordOutcome::of(&record(i, RecordStatus::Processed)))
         .collect();
-    ensure_eq!(
+    check_eq!(
         ctx.store
             .save_record_outcomes("job-001", "b1", &outcomes)
             .await?,
@@ -2740,7 +2698,7 @@ pub async fn saving_batch_records_again_keeps_outcomes(ctx: Ctx) -> CaseResult {
         .await?;
     let stored = ctx.store.get_batch_records("job-001", "b1").await?;
     let statuses: Vec<RecordStatus> = stored.iter().map(|r| r.status).collect();
-    ensure_eq!(
+    check_eq!(
         statuses,
         vec![
             RecordStatus::Processed,
@@ -2765,10 +2723,14 @@ pub async fn saving_a_finished_job_as_unfinished_is_refused(ctx: Ctx) -> CaseRes
     again.total_records = 99;
     match ctx.store.save_job_state(&again).await {
         Err(Error::Conflict { .. }) => {}
-        other => return Err(format!("expected a conflict, got {other:?}").into()),
+        other => {
+            return Err(CaseFailure::new(format!(
+                "expected a conflict, got {other:?}"
+            )));
+        }
     }
     let stored = load_job(&ctx, "job-001").await?;
-    ensure_eq!(
+    check_eq!(
         (stored.status, stored.total_records, stored.completed_at),
         (JobStatus::Completed, 4, Some(START_MS + 5))
     );
@@ -2784,23 +2746,23 @@ pub async fn stale_release_with_the_same_worker_id_is_refused(ctx: Ctx) -> CaseR
         .await?;
     let stale = claim(&ctx, "job-001", "worker-1").await?;
     ctx.clock.advance(Duration::from_millis(60_000));
-    ensure_eq!(
+    check_eq!(
         ctx.store
             .reclaim_stale_batches("job-001", Duration::from_secs(30))
             .await?,
         1
     );
     let live = claim(&ctx, "job-001", "worker-1").await?;
-    ensure_eq!(live.batch_id, stale.batch_id);
-    ensure!(
+    check_eq!(live.batch_id, stale.batch_id);
+    check!(
         !ctx.store.release_batch(&stale).await?,
         "a stale claim released the live one"
     );
-    ensure_eq!(
+    check_eq!(
         ctx.store.claim_batch("job-001", "worker-3").await?,
         ClaimBatchResult::NoPendingBatches
     );
-    ensure!(ctx.store.heartbeat_batch(&live).await?, "live claim lost");
+    check!(ctx.store.heartbeat_batch(&live).await?, "live claim lost");
     Ok(())
 }
 
@@ -2828,27 +2790,27 @@ pub async fn ids_are_exact(ctx: Ctx) -> CaseResult {
         }
         for job in [&job_a, &job_b] {
             let stored = load_job(&ctx, &job.id).await?;
-            ensure_eq!(stored.id, job.id);
-            ensure_eq!(stored.total_records, job.total_records);
-            ensure_eq!(stored.batches.len(), job.batches.len());
+            check_eq!(stored.id, job.id);
+            check_eq!(stored.total_records, job.total_records);
+            check_eq!(stored.batches.len(), job.batches.len());
             let records = ctx.store.get_records(&job.id, &RecordFilter::new()).await?;
-            ensure_eq!(u64::try_from(records.len())?, job.total_records);
+            check_eq!(u64::try_from(records.len())?, job.total_records);
             let status = ctx.store.get_distributed_status(&job.id).await?;
-            ensure_eq!(status.total_batches, u64::try_from(job.batches.len())?);
+            check_eq!(status.total_batches, u64::try_from(job.batches.len())?);
         }
         let r = claim(&ctx, b, "worker-1").await?;
-        ensure_eq!(r.job_id, b);
-        ensure_eq!(r.batch_id, batch_id(b, 0));
-        ensure_eq!(
+        check_eq!(r.job_id, b);
+        check_eq!(r.batch_id, batch_id(b, 0));
+        check_eq!(
             ctx.store.get_batch_records(b, &r.batch_id).await?.len(),
             usize::try_from(per_batch)?
         );
-        ensure_eq!(
+        check_eq!(
             ctx.store.get_distributed_status(a).await?.pending_batches,
             1
         );
     }
-    ensure!(
+    check!(
         ctx.store.get_job_state("CASEJOB").await?.is_none(),
         "CASEJOB found"
     );
@@ -2868,7 +2830,7 @@ pub async fn json_with_nul_round_trips(ctx: Ctx) -> CaseResult {
     ctx.store
         .save_processed_records("job-001", "b1", std::slice::from_ref(&saved))
         .await?;
-    ensure_eq!(
+    check_eq!(
         ctx.store.get_batch_records("job-001", "b1").await?,
         vec![saved.clone()]
     );
@@ -2879,12 +2841,12 @@ pub async fn json_with_nul_round_trips(ctx: Ctx) -> CaseResult {
         .save_record_outcomes("job-001", "b1", std::slice::from_ref(&outcome))
         .await?;
     let read = ctx.store.get_batch_records("job-001", "b1").await?;
-    ensure_eq!(read[0].errors, outcome.errors);
+    check_eq!(read[0].errors, outcome.errors);
     let mut job = fixture_job("job-002");
     job.config.extra.insert(nul.into(), json!({ "v": nul }));
     job.config.schema = Some(json!([nul]));
     ctx.store.save_job_state(&job).await?;
-    ensure_eq!(load_job(&ctx, "job-002").await?, job);
+    check_eq!(load_job(&ctx, "job-002").await?, job);
     ctx.store
         .update_batch_state(
             "job-002",
@@ -2896,21 +2858,21 @@ pub async fn json_with_nul_round_trips(ctx: Ctx) -> CaseResult {
             },
         )
         .await?;
-    ensure_eq!(load_job(&ctx, "job-002").await?.config, job.config);
+    check_eq!(load_job(&ctx, "job-002").await?.config, job.config);
     let mut distributed = distributed_job("job-003", 1, 1);
     distributed.config.extra.insert("k".into(), json!(nul));
     ctx.store.save_job_state(&distributed).await?;
-    ensure_eq!(load_job(&ctx, "job-003").await?.config, distributed.config);
+    check_eq!(load_job(&ctx, "job-003").await?.config, distributed.config);
     Ok(())
 }
 
 /// `prepare` stamps the job with the store's clock, not the system's.
 pub async fn prepare_reads_the_store_clock(ctx: Ctx) -> CaseResult {
     crate::batch::prepare(&*ctx.store, "job-001", JobConfig::new(2), [1, 2, 3]).await?;
-    ensure_eq!(load_job(&ctx, "job-001").await?.started_at, Some(START_MS));
+    check_eq!(load_job(&ctx, "job-001").await?.started_at, Some(START_MS));
     crate::batch::prepare(&*ctx.store, "job-002", JobConfig::new(2), Vec::<u8>::new()).await?;
     let empty = load_job(&ctx, "job-002").await?;
-    ensure_eq!(
+    check_eq!(
         (empty.status, empty.started_at, empty.completed_at),
         (JobStatus::Completed, Some(START_MS), Some(START_MS))
     );
@@ -2923,8 +2885,8 @@ pub async fn prepare_checks_the_job_id_length_up_front(ctx: Ctx) -> CaseResult {
     let longest = "j".repeat(crate::batch::MAX_PREPARED_JOB_ID_LEN);
     let prepared =
         crate::batch::prepare(&*ctx.store, &longest, JobConfig::new(1), 0..12u32).await?;
-    ensure_eq!(prepared.total_batches, 12);
-    ensure_eq!(
+    check_eq!(prepared.total_batches, 12);
+    check_eq!(
         ctx.store
             .get_distributed_status(&longest)
             .await?
@@ -2936,14 +2898,14 @@ pub async fn prepare_checks_the_job_id_length_up_front(ctx: Ctx) -> CaseResult {
     is_invalid(crate::batch::prepare(&*ctx.store, &too_long, JobConfig::new(1), 0..12u32).await)?;
     let too_long = "k".repeat(crate::batch::MAX_PREPARED_JOB_ID_LEN + 9);
     is_invalid(crate::batch::prepare(&*ctx.store, &too_long, JobConfig::new(1), 0..12u32).await)?;
-    ensure!(
+    check!(
         ctx.store
             .get_records(&too_long, &RecordFilter::new())
             .await?
             .is_empty(),
         "records of a rejected job were saved"
     );
-    ensure!(
+    check!(
         ctx.store.get_job_state(&too_long).await?.is_none(),
         "a rejected job was saved"
     );
@@ -2965,14 +2927,14 @@ pub async fn claim_retried_with_its_id_gets_the_same_batch(ctx: Ctx) -> CaseResu
         .store
         .claim_batch_with_id("job-001", "worker-1", "claim-a")
         .await?;
-    ensure_eq!(again, first);
+    check_eq!(again, first);
     let first = first
         .reservation()
         .cloned()
         .ok_or("first claim took nothing")?;
     let other = claim(&ctx, "job-001", "worker-1").await?;
-    ensure_eq!(other.batch_index, 1);
-    ensure!(
+    check_eq!(other.batch_index, 1);
+    check!(
         ctx.store
             .complete_batch(&first, BatchOutcome::completed(2, 0))
             .await?,
@@ -2983,7 +2945,7 @@ pub async fn claim_retried_with_its_id_gets_the_same_batch(ctx: Ctx) -> CaseResu
         .store
         .claim_batch_with_id("job-001", "worker-1", "claim-a")
         .await?;
-    ensure_eq!(next.reservation().map(|r| r.batch_index), Some(2));
+    check_eq!(next.reservation().map(|r| r.batch_index), Some(2));
     Ok(())
 }
 
@@ -2995,29 +2957,29 @@ pub async fn finalize_retried_with_its_id_is_told_it_won(ctx: Ctx) -> CaseResult
         batch.status = BatchStatus::Completed;
     }
     ctx.store.save_job_state(&job).await?;
-    ensure!(
+    check!(
         ctx.store
             .try_finalize_job_with_id("job-001", "fin-a")
             .await?,
         "finalize refused"
     );
-    ensure!(
+    check!(
         ctx.store
             .try_finalize_job_with_id("job-001", "fin-a")
             .await?,
         "the retried finalizer was told it lost"
     );
-    ensure!(
+    check!(
         !ctx.store
             .try_finalize_job_with_id("job-001", "fin-b")
             .await?,
         "a second finalizer won"
     );
-    ensure!(
+    check!(
         !ctx.store.try_finalize_job("job-001").await?,
         "a second finalizer won"
     );
-    ensure_eq!(
+    check_eq!(
         load_job(&ctx, "job-001").await?.status,
         JobStatus::Completed
     );
@@ -3052,10 +3014,10 @@ pub async fn worker_recovers_a_claim_and_a_finalization_whose_answers_were_lost(
         ),
     )
     .await
-    .map_err(|_| "the worker waited for its own lost claim to go stale")??;
-    ensure_eq!(report.batches, 3);
-    ensure_eq!(report.job_status, Some(JobStatus::Completed));
-    ensure!(
+    .map_err(|_| CaseFailure::new("the worker waited for its own lost claim to go stale"))??;
+    check_eq!(report.batches, 3);
+    check_eq!(report.job_status, Some(JobStatus::Completed));
+    check!(
         report.finalized,
         "the finalizer was told it lost: {report:?}"
     );
@@ -3065,9 +3027,9 @@ pub async fn worker_recovers_a_claim_and_a_finalization_whose_answers_were_lost(
             finalized_events += 1;
         }
     }
-    ensure_eq!(finalized_events, 1);
+    check_eq!(finalized_events, 1);
     let status = ctx.store.get_distributed_status("job-001").await?;
-    ensure_eq!(
+    check_eq!(
         (status.completed_batches, status.processing_batches),
         (3, 0)
     );
@@ -3098,20 +3060,20 @@ pub async fn saving_records_never_moves_a_finished_record_back(ctx: Ctx) -> Case
     back.push(record(4, RecordStatus::Pending));
     s.save_processed_records("job-001", "b2", &back).await?;
     let stored = s.get_records("job-001", &RecordFilter::new()).await?;
-    ensure_eq!(stored[..3].to_vec(), done[..3].to_vec());
-    ensure_eq!(stored[3], back[3]);
-    ensure_eq!(stored[4], back[4]);
-    ensure_eq!(s.get_batch_records("job-001", "b1").await?.len(), 3);
+    check_eq!(stored[..3].to_vec(), done[..3].to_vec());
+    check_eq!(stored[3], back[3]);
+    check_eq!(stored[4], back[4]);
+    check_eq!(s.get_batch_records("job-001", "b1").await?.len(), 3);
     // Finished to finished (a retried record that now succeeds) is a change forward.
     let mut retried = record(1, RecordStatus::Processed);
     retried.retry_count = 3;
     s.save_processed_record("job-001", "b1", &retried).await?;
     let stored = s.get_records("job-001", &RecordFilter::new()).await?;
-    ensure_eq!(stored[1], retried);
+    check_eq!(stored[1], retried);
     // On purpose: every record replaced, finished or not.
     s.reset_records("job-001", "b3", &back).await?;
-    ensure_eq!(s.get_records("job-001", &RecordFilter::new()).await?, back);
-    ensure_eq!(s.get_batch_records("job-001", "b3").await?.len(), 5);
+    check_eq!(s.get_records("job-001", &RecordFilter::new()).await?, back);
+    check_eq!(s.get_batch_records("job-001", "b3").await?.len(), 5);
     Ok(())
 }
 
@@ -3120,7 +3082,7 @@ pub async fn reset_job_state_moves_a_finished_job_back(ctx: Ctx) -> CaseResult {
     let job = distributed_job("job-001", 2, 2);
     ctx.store.save_job_state(&job).await?;
     let r = claim(&ctx, "job-001", "worker-1").await?;
-    ensure!(
+    check!(
         ctx.store
             .complete_batch(&r, BatchOutcome::completed(2, 0))
             .await?,
@@ -3131,9 +3093,9 @@ pub async fn reset_job_state_moves_a_finished_job_back(ctx: Ctx) -> CaseResult {
     ctx.store.save_job_state(&finished).await?;
     ctx.store.reset_job_state(&job).await?;
     let stored = load_job(&ctx, "job-001").await?;
-    ensure_eq!(stored.status, JobStatus::Processing);
-    ensure_eq!(stored.batches[0].status, BatchStatus::Completed);
-    ensure_eq!(claim(&ctx, "job-001", "worker-2").await?.batch_index, 1);
+    check_eq!(stored.status, JobStatus::Processing);
+    check_eq!(stored.batches[0].status, BatchStatus::Completed);
+    check_eq!(claim(&ctx, "job-001", "worker-2").await?.batch_index, 1);
     Ok(())
 }
 
@@ -3152,13 +3114,13 @@ pub async fn prune_deletes_finished_jobs_in_bounded_steps(ctx: Ctx) -> CaseResul
             .await?;
         if finish {
             finish_all(&ctx, id, None).await?;
-            ensure!(store.try_finalize_job(id).await?, "{id} not finalized");
+            check!(store.try_finalize_job(id).await?, "{id} not finalized");
         }
         ctx.clock.advance(Duration::from_millis(1_000));
     }
     // "old" finished at START_MS, "newer" a second later.
     let cutoff = START_MS + 500;
-    ensure!(
+    check!(
         store.prune_finished_jobs(cutoff, 0).await? == 0,
         "limit 0 deleted"
     );
@@ -3169,13 +3131,13 @@ pub async fn prune_deletes_finished_jobs_in_bounded_steps(ctx: Ctx) -> CaseResul
         if n == 0 {
             break;
         }
-        ensure!(n <= 4, "deleted {n} rows in one call");
+        check!(n <= 4, "deleted {n} rows in one call");
         calls.push(n);
-        ensure!(calls.len() < 10, "pruning does not end: {calls:?}");
+        check!(calls.len() < 10, "pruning does not end: {calls:?}");
     }
-    ensure!(calls.iter().sum::<u64>() == 9, "deleted {calls:?}");
-    ensure!(store.get_job_state("old").await?.is_none(), "old job kept");
-    ensure!(
+    check!(calls.iter().sum::<u64>() == 9, "deleted {calls:?}");
+    check!(store.get_job_state("old").await?.is_none(), "old job kept");
+    check!(
         store
             .get_records("old", &RecordFilter::new())
             .await?
@@ -3184,19 +3146,19 @@ pub async fn prune_deletes_finished_jobs_in_bounded_steps(ctx: Ctx) -> CaseResul
     );
     for kept in ["newer", "running"] {
         let job = load_job(&ctx, kept).await?;
-        ensure!(job.batches.len() == 2, "{kept} lost batches");
-        ensure!(
+        check!(job.batches.len() == 2, "{kept} lost batches");
+        check!(
             store.get_records(kept, &RecordFilter::new()).await?.len() == 6,
             "{kept} lost records"
         );
     }
     // A later cutoff takes the newer job too, never the running one.
     while store.prune_finished_jobs(START_MS + 10_000, 100).await? > 0 {}
-    ensure!(
+    check!(
         store.get_job_state("newer").await?.is_none(),
         "newer job kept"
     );
-    ensure!(
+    check!(
         store.get_job_state("running").await?.is_some(),
         "the running job was pruned"
     );
@@ -3224,7 +3186,7 @@ async fn run_batch(
     worker: &str,
     fail: &[u64],
     invalid: &[u64],
-) -> Result<BatchReservation, BoxError> {
+) -> CaseResult<BatchReservation> {
     let r = claim(ctx, job_id, worker).await?;
     let outcomes: Vec<RecordOutcome> = ctx
         .store
@@ -3252,7 +3214,7 @@ async fn run_batch(
             .count(),
     )?;
     let processed = u64::try_from(outcomes.len())? - failed;
-    ensure!(
+    check!(
         ctx.store
             .complete_batch_with_outcomes(&r, BatchOutcome::completed(processed, failed), &outcomes)
             .await?,
@@ -3270,17 +3232,17 @@ pub async fn requeue_reopens_a_finished_job_that_finalizes_again_once(ctx: Ctx) 
     run_batch(&ctx, "job-rq", "w1", &[], &[]).await?;
     run_batch(&ctx, "job-rq", "w1", &[4], &[]).await?;
     run_batch(&ctx, "job-rq", "w1", &[], &[7]).await?;
-    ensure!(
+    check!(
         ctx.store
             .try_finalize_job_with_id("job-rq", "finalize-first-round")
             .await?,
         "first finalization refused"
     );
-    ensure_eq!(load_job(&ctx, "job-rq").await?.status, JobStatus::Completed);
+    check_eq!(load_job(&ctx, "job-rq").await?.status, JobStatus::Completed);
     ctx.clock.advance(Duration::from_millis(1_000));
 
     let done = ctx.store.requeue_failed_records("job-rq").await?;
-    ensure_eq!(
+    check_eq!(
         done,
         crate::batch::RequeuedRecords {
             records: 1,
@@ -3290,10 +3252,10 @@ pub async fn requeue_reopens_a_finished_job_that_finalizes_again_once(ctx: Ctx) 
         }
     );
     let job = load_job(&ctx, "job-rq").await?;
-    ensure_eq!(job.status, JobStatus::Processing);
-    ensure_eq!(job.completed_at, None);
+    check_eq!(job.status, JobStatus::Processing);
+    check_eq!(job.completed_at, None);
     let statuses: Vec<BatchStatus> = job.batches.iter().map(|b| b.status).collect();
-    ensure_eq!(
+    check_eq!(
         statuses,
         vec![
             BatchStatus::Completed,
@@ -3301,25 +3263,25 @@ pub async fn requeue_reopens_a_finished_job_that_finalizes_again_once(ctx: Ctx) 
             BatchStatus::Completed
         ]
     );
-    ensure_eq!(job.batches[1].worker_id, None);
-    ensure_eq!(job.batches[1].failed_count, 0);
+    check_eq!(job.batches[1].worker_id, None);
+    check_eq!(job.batches[1].failed_count, 0);
     let failed = ctx.store.get_failed_records("job-rq").await?;
-    ensure_eq!(indexes(&failed), vec![7]);
-    ensure_eq!(failed[0].status, RecordStatus::Invalid);
+    check_eq!(indexes(&failed), vec![7]);
+    check_eq!(failed[0].status, RecordStatus::Invalid);
     let requeued = ctx
         .store
         .get_batch_records("job-rq", &batch_id("job-rq", 1))
         .await?;
-    ensure_eq!(requeued[1].status, RecordStatus::Pending);
-    ensure_eq!(requeued[1].processing_error, None);
-    ensure_eq!(requeued[1].retry_count, 2);
-    ensure_eq!(requeued[0].status, RecordStatus::Processed);
+    check_eq!(requeued[1].status, RecordStatus::Pending);
+    check_eq!(requeued[1].processing_error, None);
+    check_eq!(requeued[1].retry_count, 2);
+    check_eq!(requeued[0].status, RecordStatus::Processed);
     let progress = ctx.store.get_progress("job-rq").await?;
-    ensure_eq!(
+    check_eq!(
         (progress.processed_records, progress.failed_records),
         (7, 1)
     );
-    ensure!(
+    check!(
         !ctx.store
             .try_finalize_job_with_id("job-rq", "finalize-first-round")
             .await?,
@@ -3328,8 +3290,8 @@ pub async fn requeue_reopens_a_finished_job_that_finalizes_again_once(ctx: Ctx) 
 
     // Processed again: only that batch is claimed, then the job finalizes once.
     let again = run_batch(&ctx, "job-rq", "w2", &[], &[]).await?;
-    ensure_eq!(again.batch_index, 1);
-    ensure_eq!(
+    check_eq!(again.batch_index, 1);
+    check_eq!(
         ctx.store.claim_batch("job-rq", "w3").await?,
         ClaimBatchResult::NoPendingBatches
     );
@@ -3343,14 +3305,14 @@ pub async fn requeue_reopens_a_finished_job_that_finalizes_again_once(ctx: Ctx) 
             winners += 1;
         }
     }
-    ensure_eq!(winners, 1);
+    check_eq!(winners, 1);
     let job = load_job(&ctx, "job-rq").await?;
-    ensure_eq!(job.status, JobStatus::Completed);
-    ensure_eq!(job.completed_at, Some(START_MS + 1_000));
-    ensure_eq!(ctx.store.get_processed_records("job-rq").await?.len(), 8);
+    check_eq!(job.status, JobStatus::Completed);
+    check_eq!(job.completed_at, Some(START_MS + 1_000));
+    check_eq!(ctx.store.get_processed_records("job-rq").await?.len(), 8);
 
     // Nothing failed any more: nothing changes.
-    ensure_eq!(
+    check_eq!(
         ctx.store.requeue_failed_records("job-rq").await?,
         crate::batch::RequeuedRecords {
             records: 0,
@@ -3359,7 +3321,7 @@ pub async fn requeue_reopens_a_finished_job_that_finalizes_again_once(ctx: Ctx) 
             job_status: JobStatus::Completed,
         }
     );
-    ensure_eq!(load_job(&ctx, "job-rq").await?.status, JobStatus::Completed);
+    check_eq!(load_job(&ctx, "job-rq").await?.status, JobStatus::Completed);
     Ok(())
 }
 
@@ -3383,7 +3345,7 @@ pub async fn requeue_leaves_held_batches_and_refuses_what_it_cannot_reopen(ctx: 
         .save_record_outcomes("job-run", &held.batch_id, &[outcome(3)])
         .await?;
     let done = ctx.store.requeue_failed_records("job-run").await?;
-    ensure_eq!(
+    check_eq!(
         done,
         crate::batch::RequeuedRecords {
             records: 1,
@@ -3392,11 +3354,11 @@ pub async fn requeue_leaves_held_batches_and_refuses_what_it_cannot_reopen(ctx: 
             job_status: JobStatus::Processing,
         }
     );
-    ensure!(
+    check!(
         ctx.store.heartbeat_batch(&held).await?,
         "the holder lost its claim"
     );
-    ensure!(
+    check!(
         ctx.store
             .complete_batch(&held, BatchOutcome::completed(2, 1))
             .await?,
@@ -3408,11 +3370,11 @@ pub async fn requeue_leaves_held_batches_and_refuses_what_it_cannot_reopen(ctx: 
     run_batch(&ctx, "job-run", "w1", &[6], &[]).await?;
     let refused = |result: crate::Result<crate::batch::RequeuedRecords>, what: &str| match result {
         Err(Error::InvalidState { .. }) => Ok(()),
-        other => Err(BoxError::from(format!(
+        other => Err(CaseFailure::new(format!(
             "{what}: expected an invalid-state error, got {other:?}"
         ))),
     };
-    ensure_eq!(
+    check_eq!(
         ctx.store.claim_batch("job-run", "w9").await?,
         ClaimBatchResult::NoPendingBatches
     );
@@ -3420,8 +3382,8 @@ pub async fn requeue_leaves_held_batches_and_refuses_what_it_cannot_reopen(ctx: 
         ctx.store.requeue_failed_records("job-run").await,
         "finalizing job",
     )?;
-    ensure_eq!(ctx.store.get_failed_records("job-run").await?.len(), 2);
-    ensure!(
+    check_eq!(ctx.store.get_failed_records("job-run").await?.len(), 2);
+    check!(
         ctx.store.try_finalize_job("job-run").await?,
         "finalize refused"
     );
@@ -3441,8 +3403,8 @@ pub async fn requeue_leaves_held_batches_and_refuses_what_it_cannot_reopen(ctx: 
         ctx.store.requeue_failed_records("job-local").await,
         "non-distributed job",
     )?;
-    ensure_eq!(ctx.store.get_failed_records("job-local").await?.len(), 1);
-    ensure!(
+    check_eq!(ctx.store.get_failed_records("job-local").await?.len(), 1);
+    check!(
         matches!(
             ctx.store.requeue_failed_records("nope").await,
             Err(Error::NotFound { .. })

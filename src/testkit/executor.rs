@@ -1,10 +1,30 @@
 //! The end-to-end executor scenario: the workload the upstream storage suite runs, with the same
 //! expectations, driven through [`Executor`]s over any [`TaskExecutionStorage`].
+//!
+//! Every case is a public async fn taking a fresh, empty storage; run each one with
+//! [`run_case`](super::run_case) and a factory, the same factory as for
+//! [`task_storage_conformance!`](crate::task_storage_conformance), so a case is skipped the same
+//! way ([`Setup::Skip`](super::Setup::Skip), with one printed line) in every suite:
+//!
+//! ```no_run
+//! # async fn example() -> sea_orm_durable::testkit::CaseResult {
+//! use std::sync::Arc;
+//! use sea_orm_durable::testkit::task::Storage;
+//! use sea_orm_durable::testkit::{Setup, UnderTest, executor, run_case};
+//!
+//! let factory = async {
+//!     let storage: Storage = Arc::new(sea_orm_durable::task::InMemoryTaskExecutionStorage::new());
+//!     Ok::<_, sea_orm_durable::Error>(Setup::Ready(UnderTest::new(storage)))
+//! };
+//! run_case("cancel_ready_execution", factory, executor::cancel_ready_execution).await?;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::TestResult;
+use super::{CaseFailure, CaseResult};
 use crate::clock::ManualClock;
 use crate::task::executor::{
     EnqueueOptions, Executor, ExecutorOptions, FinalizeInput, FinishedExecution, ParentOutcome,
@@ -14,7 +34,6 @@ use crate::task::storage::TaskExecutionStorage;
 use crate::task::{
     MissedTicks, RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionStatus, WakeResult,
 };
-use crate::testkit_ensure;
 use crate::{Error, Schedule};
 
 /// Executor options suited to tests: short polls, everything else default.
@@ -183,7 +202,7 @@ fn tasks() -> Tasks {
     }
 }
 
-fn register(executor: &Executor, t: &Tasks) -> TestResult {
+fn register(executor: &Executor, t: &Tasks) -> CaseResult {
     executor.register(&t.root)?;
     executor.register(&t.independent)?;
     executor.register(&t.retry)?;
@@ -201,16 +220,15 @@ fn register(executor: &Executor, t: &Tasks) -> TestResult {
 }
 
 /// Checks the timestamps every finished execution must have.
-fn check_times<O>(name: &str, finished: &FinishedExecution<O>) -> TestResult {
+fn check_times<O>(name: &str, finished: &FinishedExecution<O>) -> CaseResult {
     let e = &finished.execution;
     let (Some(started), Some(ended)) = (e.started_at, e.finished_at) else {
-        return Err(format!(
+        return Err(CaseFailure::new(format!(
             "{name}: started_at {:?}, finished_at {:?}",
             e.started_at, e.finished_at
-        )
-        .into());
+        )));
     };
-    testkit_ensure!(
+    check!(
         ended >= started,
         "{name}: finished_at {ended} before started_at {started}"
     );
@@ -219,7 +237,7 @@ fn check_times<O>(name: &str, finished: &FinishedExecution<O>) -> TestResult {
 
 async fn wait<O: serde::de::DeserializeOwned>(
     handle: &TaskHandle<O>,
-) -> TestResult<FinishedExecution<O>> {
+) -> CaseResult<FinishedExecution<O>> {
     let options = WaitOptions {
         poll_interval: Duration::from_millis(50),
         timeout: Some(Duration::from_secs(120)),
@@ -240,7 +258,7 @@ async fn wait<O: serde::de::DeserializeOwned>(
 pub async fn upstream_scenario(
     storage: Arc<dyn TaskExecutionStorage>,
     executors: usize,
-) -> TestResult<Duration> {
+) -> CaseResult<Duration> {
     let started = Instant::now();
     let tasks = tasks();
     let mut pool = Vec::new();
@@ -258,7 +276,7 @@ pub async fn upstream_scenario(
     Ok(started.elapsed())
 }
 
-async fn scenario(executor: &Executor, t: &Tasks) -> TestResult {
+async fn scenario(executor: &Executor, t: &Tasks) -> CaseResult {
     let world = "world".to_owned();
     let root = executor.enqueue(&t.root, &world).await?;
     let mut independent = Vec::with_capacity(250);
@@ -274,18 +292,18 @@ async fn scenario(executor: &Executor, t: &Tasks) -> TestResult {
     let wide = executor.enqueue(&t.wide_parent, &500).await?;
 
     let done = wait(&root).await?;
-    testkit_ensure!(
+    check!(
         done.status() == TaskExecutionStatus::Completed,
         "root: {:?} {:?}",
         done.status(),
         done.error()
     );
-    testkit_ensure!(
+    check!(
         done.execution.task_id == "root",
         "root task id {}",
         done.execution.task_id
     );
-    testkit_ensure!(
+    check!(
         done.execution.execution_id.starts_with("te_"),
         "root id {}",
         done.execution.execution_id
@@ -294,7 +312,7 @@ async fn scenario(executor: &Executor, t: &Tasks) -> TestResult {
         .iter()
         .map(|t| format!("Hello from task {t}, world!"))
         .collect();
-    testkit_ensure!(
+    check!(
         done.output.as_ref() == Some(&expected),
         "root output {:?}",
         done.output
@@ -303,13 +321,13 @@ async fn scenario(executor: &Executor, t: &Tasks) -> TestResult {
 
     for (i, handle) in independent.iter().enumerate() {
         let finished = wait(handle).await?;
-        testkit_ensure!(
+        check!(
             finished.status() == TaskExecutionStatus::Completed,
             "T{i}: {:?}",
             finished.status()
         );
         let want = format!("Hello from task T{i}, world!");
-        testkit_ensure!(
+        check!(
             finished.output.as_ref() == Some(&want),
             "T{i} output {:?}",
             finished.output
@@ -318,18 +336,18 @@ async fn scenario(executor: &Executor, t: &Tasks) -> TestResult {
     }
 
     let done = wait(&retry).await?;
-    testkit_ensure!(
+    check!(
         done.status() == TaskExecutionStatus::Completed,
         "retry: {:?} {:?}",
         done.status(),
         done.error()
     );
-    testkit_ensure!(
+    check!(
         done.output.as_deref() == Some("Success"),
         "retry output {:?}",
         done.output
     );
-    testkit_ensure!(
+    check!(
         done.execution.retry_attempts == 2,
         "retry attempts {}",
         done.execution.retry_attempts
@@ -337,12 +355,12 @@ async fn scenario(executor: &Executor, t: &Tasks) -> TestResult {
     check_times("retry", &done)?;
 
     let done = wait(&failing).await?;
-    testkit_ensure!(
+    check!(
         done.status() == TaskExecutionStatus::Failed,
         "failing: {:?}",
         done.status()
     );
-    testkit_ensure!(
+    check!(
         done.error().map(|e| e.message.as_str()) == Some("Failed"),
         "failing error {:?}",
         done.error()
@@ -350,7 +368,7 @@ async fn scenario(executor: &Executor, t: &Tasks) -> TestResult {
     check_times("failing", &done)?;
 
     let done = wait(&failing_child).await?;
-    testkit_ensure!(
+    check!(
         done.status() == TaskExecutionStatus::ChildrenFailed,
         "failing child: {:?}",
         done.status()
@@ -363,11 +381,11 @@ async fn scenario(executor: &Executor, t: &Tasks) -> TestResult {
         .first()
         .and_then(|c| c.error.as_ref())
         .map(|e| e.message.as_str());
-    testkit_ensure!(
+    check!(
         first_error == Some("Failed"),
         "failing child's error {first_error:?}"
     );
-    testkit_ensure!(
+    check!(
         done.error().is_some_and(|e| e.message.contains("Failed")),
         "parent error {:?}",
         done.error()
@@ -375,12 +393,12 @@ async fn scenario(executor: &Executor, t: &Tasks) -> TestResult {
     check_times("parent with failing child", &done)?;
 
     let done = wait(&failing_finalize).await?;
-    testkit_ensure!(
+    check!(
         done.status() == TaskExecutionStatus::FinalizeFailed,
         "failing finalize: {:?}",
         done.status()
     );
-    testkit_ensure!(
+    check!(
         done.error().is_some_and(|e| e.message.contains("Failed")),
         "finalize error {:?}",
         done.error()
@@ -388,14 +406,14 @@ async fn scenario(executor: &Executor, t: &Tasks) -> TestResult {
     check_times("parent with failing finalize", &done)?;
 
     let done = wait(&wide).await?;
-    testkit_ensure!(
+    check!(
         done.status() == TaskExecutionStatus::Completed,
         "wide parent: {:?} {:?}",
         done.status(),
         done.error()
     );
     let output = done.output.as_ref().ok_or("wide parent has no output")?;
-    testkit_ensure!(
+    check!(
         output.children.len() == 500,
         "wide parent has {} outputs",
         output.children.len()
@@ -403,12 +421,12 @@ async fn scenario(executor: &Executor, t: &Tasks) -> TestResult {
     for (i, child) in output.children.iter().enumerate() {
         let value = child.output_as::<usize>()?;
         let index = usize::try_from(child.index)?;
-        testkit_ensure!(
+        check!(
             value == i && index == i,
             "child {i}: index {index}, output {value}"
         );
     }
-    testkit_ensure!(
+    check!(
         done.execution.started_at.is_some(),
         "wide parent never started"
     );
@@ -419,7 +437,7 @@ async fn scenario(executor: &Executor, t: &Tasks) -> TestResult {
 fn start_with(
     storage: &Arc<dyn TaskExecutionStorage>,
     register: impl FnOnce(&Executor) -> crate::Result<()>,
-) -> TestResult<Executor> {
+) -> CaseResult<Executor> {
     let executor = Executor::new(Arc::clone(storage), fast_options());
     register(&executor)?;
     executor.start();
@@ -430,14 +448,14 @@ fn start_with(
 async fn until_status<O: serde::de::DeserializeOwned>(
     handle: &TaskHandle<O>,
     status: TaskExecutionStatus,
-) -> TestResult {
+) -> CaseResult {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = handle.get().await?.status;
         if now == status {
             return Ok(());
         }
-        testkit_ensure!(
+        check!(
             Instant::now() < deadline,
             "{} stayed {now}, never {status}",
             handle.execution_id()
@@ -465,25 +483,25 @@ fn blocking_task(id: &str, runs: Arc<std::sync::atomic::AtomicU32>) -> TaskDefin
 /// # Errors
 ///
 /// The first expectation that does not hold.
-pub async fn cancel_ready_execution(storage: Arc<dyn TaskExecutionStorage>) -> TestResult {
+pub async fn cancel_ready_execution(storage: Arc<dyn TaskExecutionStorage>) -> CaseResult {
     let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let task =
         blocking_task("cancelReady", Arc::clone(&runs)).sleep_before_run(Duration::from_secs(60));
     let executor = start_with(&storage, |e| e.register(&task))?;
     let handle = executor.enqueue(&task, &()).await?;
-    testkit_ensure!(
+    check!(
         handle.cancel().await?,
         "cancel of a ready execution reported no change"
     );
-    testkit_ensure!(!handle.cancel().await?, "second cancel reported a change");
+    check!(!handle.cancel().await?, "second cancel reported a change");
     let done = wait(&handle).await?;
     executor.shutdown().await;
-    testkit_ensure!(
+    check!(
         done.status() == TaskExecutionStatus::Cancelled,
         "status {:?}",
         done.status()
     );
-    testkit_ensure!(
+    check!(
         runs.load(std::sync::atomic::Ordering::SeqCst) == 0,
         "a cancelled execution ran"
     );
@@ -495,7 +513,7 @@ pub async fn cancel_ready_execution(storage: Arc<dyn TaskExecutionStorage>) -> T
 /// # Errors
 ///
 /// The first expectation that does not hold.
-pub async fn cancel_running_execution(storage: Arc<dyn TaskExecutionStorage>) -> TestResult {
+pub async fn cancel_running_execution(storage: Arc<dyn TaskExecutionStorage>) -> CaseResult {
     let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = Arc::clone(&stopped);
     // Ignores cancellation and returns late: its result must not be recorded.
@@ -515,12 +533,12 @@ pub async fn cancel_running_execution(storage: Arc<dyn TaskExecutionStorage>) ->
     let executor = start_with(&storage, |e| e.register(&stubborn))?;
     let handle = executor.enqueue(&stubborn, &()).await?;
     until_status(&handle, TaskExecutionStatus::Running).await?;
-    testkit_ensure!(
+    check!(
         handle.cancel().await?,
         "cancel of a running execution reported no change"
     );
     let done = wait(&handle).await?;
-    testkit_ensure!(
+    check!(
         done.status() == TaskExecutionStatus::Cancelled,
         "status {:?}",
         done.status()
@@ -529,17 +547,17 @@ pub async fn cancel_running_execution(storage: Arc<dyn TaskExecutionStorage>) ->
     tokio::time::sleep(Duration::from_millis(600)).await;
     let after = handle.get().await?;
     executor.shutdown().await;
-    testkit_ensure!(
+    check!(
         after.status == TaskExecutionStatus::Cancelled,
         "status became {}",
         after.status
     );
-    testkit_ensure!(
+    check!(
         after.output.is_none(),
         "late output recorded: {:?}",
         after.output
     );
-    testkit_ensure!(
+    check!(
         stopped.load(std::sync::atomic::Ordering::SeqCst),
         "the run was never told to stop"
     );
@@ -551,7 +569,7 @@ pub async fn cancel_running_execution(storage: Arc<dyn TaskExecutionStorage>) ->
 /// # Errors
 ///
 /// The first expectation that does not hold.
-pub async fn cancel_parent_cancels_children(storage: Arc<dyn TaskExecutionStorage>) -> TestResult {
+pub async fn cancel_parent_cancels_children(storage: Arc<dyn TaskExecutionStorage>) -> CaseResult {
     let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let child = blocking_task("cancelChild", Arc::clone(&runs));
     let child_task = child.clone();
@@ -573,10 +591,10 @@ pub async fn cancel_parent_cancels_children(storage: Arc<dyn TaskExecutionStorag
     until_status(&handle, TaskExecutionStatus::WaitingForChildren).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while runs.load(std::sync::atomic::Ordering::SeqCst) < 3 {
-        testkit_ensure!(Instant::now() < deadline, "children never all started");
+        check!(Instant::now() < deadline, "children never all started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    testkit_ensure!(
+    check!(
         handle.cancel().await?,
         "cancel of a waiting parent reported no change"
     );
@@ -587,7 +605,7 @@ pub async fn cancel_parent_cancels_children(storage: Arc<dyn TaskExecutionStorag
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let children = storage.get_task_executions(&filter).await?;
-        testkit_ensure!(
+        check!(
             children.len() == 3,
             "parent has {} children",
             children.len()
@@ -598,7 +616,7 @@ pub async fn cancel_parent_cancels_children(storage: Arc<dyn TaskExecutionStorag
         {
             break;
         }
-        testkit_ensure!(
+        check!(
             Instant::now() < deadline,
             "children not cancelled: {:?}",
             children.iter().map(|c| c.status).collect::<Vec<_>>()
@@ -608,7 +626,7 @@ pub async fn cancel_parent_cancels_children(storage: Arc<dyn TaskExecutionStorag
     // The executor stops the children's runs too.
     let deadline = Instant::now() + Duration::from_secs(30);
     while executor.running_count() > 0 {
-        testkit_ensure!(
+        check!(
             Instant::now() < deadline,
             "{} runs still going",
             executor.running_count()
@@ -617,7 +635,7 @@ pub async fn cancel_parent_cancels_children(storage: Arc<dyn TaskExecutionStorag
     }
     executor.shutdown().await;
     let parent_row = handle.get().await?;
-    testkit_ensure!(
+    check!(
         parent_row.status == TaskExecutionStatus::Cancelled,
         "parent became {}",
         parent_row.status
@@ -632,7 +650,7 @@ pub async fn cancel_parent_cancels_children(storage: Arc<dyn TaskExecutionStorag
 /// The first expectation that does not hold.
 pub async fn timeout_ends_timed_out_after_retries(
     storage: Arc<dyn TaskExecutionStorage>,
-) -> TestResult {
+) -> CaseResult {
     let slow = TaskDefinition::new("slowTask", |_ctx, ()| async move {
         tokio::time::sleep(Duration::from_secs(10)).await;
         Ok::<_, TaskError>(())
@@ -646,18 +664,18 @@ pub async fn timeout_ends_timed_out_after_retries(
     let handle = executor.enqueue(&slow, &()).await?;
     let done = wait(&handle).await?;
     executor.shutdown().await;
-    testkit_ensure!(
+    check!(
         done.status() == TaskExecutionStatus::TimedOut,
         "status {:?}",
         done.status()
     );
-    testkit_ensure!(
+    check!(
         done.execution.retry_attempts == 1,
         "retries {}",
         done.execution.retry_attempts
     );
     let kind = done.error().map(|e| e.kind);
-    testkit_ensure!(
+    check!(
         kind == Some(crate::task::ExecutionErrorKind::TimedOut),
         "error kind {kind:?}"
     );
@@ -669,7 +687,7 @@ pub async fn timeout_ends_timed_out_after_retries(
 /// # Errors
 ///
 /// The first expectation that does not hold.
-pub async fn delays_are_honoured(storage: Arc<dyn TaskExecutionStorage>) -> TestResult {
+pub async fn delays_are_honoured(storage: Arc<dyn TaskExecutionStorage>) -> CaseResult {
     let sleeper = TaskDefinition::new("sleeper", |_ctx, ()| async move { Ok::<_, TaskError>(()) })
         .sleep_before_run(Duration::from_millis(700));
     let flaky = TaskDefinition::new("flaky", |ctx, ()| async move {
@@ -693,24 +711,24 @@ pub async fn delays_are_honoured(storage: Arc<dyn TaskExecutionStorage>) -> Test
     executor.shutdown().await;
     let e = &slept.execution;
     let waited = e.started_at.unwrap_or_default() - e.created_at;
-    testkit_ensure!(
+    check!(
         slept.status() == TaskExecutionStatus::Completed,
         "sleeper {:?}",
         slept.status()
     );
-    testkit_ensure!(
+    check!(
         waited >= 700,
         "sleeper started {waited} ms after enqueue, before its 700 ms sleep"
     );
     let e = &retried.execution;
     let waited = e.started_at.unwrap_or_default() - e.created_at;
-    testkit_ensure!(
+    check!(
         retried.status() == TaskExecutionStatus::Completed,
         "flaky {:?}",
         retried.status()
     );
-    testkit_ensure!(e.retry_attempts == 1, "flaky retries {}", e.retry_attempts);
-    testkit_ensure!(
+    check!(e.retry_attempts == 1, "flaky retries {}", e.retry_attempts);
+    check!(
         waited >= 600,
         "retry started {waited} ms after enqueue, before its 600 ms delay"
     );
@@ -724,7 +742,7 @@ pub async fn delays_are_honoured(storage: Arc<dyn TaskExecutionStorage>) -> Test
 /// The first expectation that does not hold.
 pub async fn shutdown_lets_running_executions_finish(
     storage: Arc<dyn TaskExecutionStorage>,
-) -> TestResult {
+) -> CaseResult {
     let task = TaskDefinition::new("finishesDuringShutdown", |_ctx, ()| async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         Ok::<_, TaskError>("done".to_owned())
@@ -733,9 +751,9 @@ pub async fn shutdown_lets_running_executions_finish(
     let handle = executor.enqueue(&task, &()).await?;
     until_status(&handle, TaskExecutionStatus::Running).await?;
     executor.shutdown().await;
-    testkit_ensure!(executor.running_count() == 0, "runs left after shutdown");
+    check!(executor.running_count() == 0, "runs left after shutdown");
     let after = handle.get().await?;
-    testkit_ensure!(
+    check!(
         after.status == TaskExecutionStatus::Completed,
         "status after shutdown {}",
         after.status
@@ -744,7 +762,7 @@ pub async fn shutdown_lets_running_executions_finish(
     let late = executor.enqueue(&task, &()).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = late.get().await?.status;
-    testkit_ensure!(
+    check!(
         status == TaskExecutionStatus::Ready,
         "a stopped executor ran an execution: {status}"
     );
@@ -758,7 +776,7 @@ pub async fn shutdown_lets_running_executions_finish(
 /// The first expectation that does not hold.
 pub async fn panicking_task_fails_its_execution(
     storage: Arc<dyn TaskExecutionStorage>,
-) -> TestResult {
+) -> CaseResult {
     let panicky = TaskDefinition::new("panicky", |_ctx, n: u32| async move {
         if n == 0 {
             panic!("division by zero requested");
@@ -772,19 +790,19 @@ pub async fn panicking_task_fails_its_execution(
     tokio::time::sleep(Duration::from_millis(50)).await;
     let running = executor.running_count();
     executor.shutdown().await;
-    testkit_ensure!(
+    check!(
         bad.status() == TaskExecutionStatus::Failed,
         "panicked run: {:?}",
         bad.status()
     );
-    testkit_ensure!(
+    check!(
         bad.error()
             .is_some_and(|e| e.message.contains("division by zero requested")),
         "error {:?}",
         bad.error()
     );
-    testkit_ensure!(good.output == Some(25), "the other run: {:?}", good.output);
-    testkit_ensure!(
+    check!(good.output == Some(25), "the other run: {:?}", good.output);
+    check!(
         running == 0,
         "{running} runs still counted after they ended"
     );
@@ -799,7 +817,7 @@ pub async fn panicking_task_fails_its_execution(
 /// The first expectation that does not hold.
 pub async fn options_beyond_the_limits_are_refused(
     storage: Arc<dyn TaskExecutionStorage>,
-) -> TestResult {
+) -> CaseResult {
     let executor = Executor::new(Arc::clone(&storage), fast_options());
     let task = || TaskDefinition::new("limits", |_ctx, ()| async move { Ok::<_, TaskError>(()) });
     for (name, bad) in [
@@ -823,12 +841,12 @@ pub async fn options_beyond_the_limits_are_refused(
         ),
     ] {
         let registered = executor.register(&bad);
-        testkit_ensure!(
+        check!(
             matches!(registered, Err(crate::Error::InvalidArgument { .. })),
             "{name}: register gave {registered:?}"
         );
         let enqueued = executor.enqueue(&bad, &()).await;
-        testkit_ensure!(
+        check!(
             matches!(enqueued, Err(crate::Error::InvalidArgument { .. })),
             "{name}: enqueue gave {:?}",
             enqueued.map(|h| h.execution_id().to_owned())
@@ -837,7 +855,7 @@ pub async fn options_beyond_the_limits_are_refused(
     let all = storage
         .get_task_executions(&crate::task::TaskExecutionFilter::default())
         .await?;
-    testkit_ensure!(all.is_empty(), "{} executions were written", all.len());
+    check!(all.is_empty(), "{} executions were written", all.len());
     // The limits themselves are fine.
     executor.register(&task().timeout(crate::task::MAX_TIMEOUT))?;
     Ok(())
@@ -852,7 +870,7 @@ pub async fn options_beyond_the_limits_are_refused(
 /// The first expectation that does not hold.
 pub async fn executors_claim_only_their_tasks_and_queues(
     storage: Arc<dyn TaskExecutionStorage>,
-) -> TestResult {
+) -> CaseResult {
     let echo = |id: &str| {
         TaskDefinition::new(id.to_owned(), |_ctx, n: u32| async move {
             Ok::<_, TaskError>(n)
@@ -866,14 +884,14 @@ pub async fn executors_claim_only_their_tasks_and_queues(
     let new_handle = old.enqueue(&new_task, &1).await?;
     let report_handle = old.enqueue(&reports, &2).await?;
     let old_handle = old.enqueue(&old_task, &3).await?;
-    testkit_ensure!(
+    check!(
         wait(&old_handle).await?.output == Some(3),
         "the old executor did not run its own task"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     for (name, handle) in [("newTask", &new_handle), ("reports", &report_handle)] {
         let e = handle.get().await?;
-        testkit_ensure!(
+        check!(
             e.status == TaskExecutionStatus::Ready,
             "{name} was taken by an executor that does not know it: {} {:?}",
             e.status,
@@ -891,12 +909,12 @@ pub async fn executors_claim_only_their_tasks_and_queues(
     reporting.register(&reports)?;
     reporting.register(&new_task)?;
     reporting.start();
-    testkit_ensure!(
+    check!(
         wait(&report_handle).await?.output == Some(2),
         "the reporting executor did not run its queue"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    testkit_ensure!(
+    check!(
         new_handle.get().await?.status == TaskExecutionStatus::Ready,
         "an executor claimed from a queue it does not serve"
     );
@@ -906,7 +924,7 @@ pub async fn executors_claim_only_their_tasks_and_queues(
     for executor in [old, reporting, new] {
         executor.shutdown().await;
     }
-    testkit_ensure!(done.output == Some(1), "newTask: {:?}", done.status());
+    check!(done.output == Some(1), "newTask: {:?}", done.status());
     Ok(())
 }
 
@@ -916,7 +934,7 @@ pub async fn executors_claim_only_their_tasks_and_queues(
 /// # Errors
 ///
 /// The first expectation that does not hold.
-pub async fn outputs_are_stored_once(storage: Arc<dyn TaskExecutionStorage>) -> TestResult {
+pub async fn outputs_are_stored_once(storage: Arc<dyn TaskExecutionStorage>) -> CaseResult {
     let plain = TaskDefinition::new("storedOnce", |_ctx, s: String| async move {
         Ok::<_, TaskError>(s)
     });
@@ -935,21 +953,21 @@ pub async fn outputs_are_stored_once(storage: Arc<dyn TaskExecutionStorage>) -> 
     let a = wait(&executor.enqueue(&plain, &"a".to_owned()).await?).await?;
     let b = wait(&executor.enqueue(&childless, &"b".to_owned()).await?).await?;
     executor.shutdown().await;
-    testkit_ensure!(
+    check!(
         a.output.as_deref() == Some("a"),
         "plain output {:?}",
         a.output
     );
-    testkit_ensure!(
+    check!(
         a.execution.run_output.is_none(),
         "plain run output stored twice"
     );
-    testkit_ensure!(
+    check!(
         b.output.as_deref() == Some("b"),
         "parent output {:?}",
         b.output
     );
-    testkit_ensure!(
+    check!(
         b.execution.run_output.is_none(),
         "childless parent's run output stored beside its finalize input"
     );
@@ -1166,7 +1184,7 @@ impl TaskExecutionStorage for LossyStorage {
 /// The first expectation that does not hold.
 pub async fn claims_whose_reply_was_lost_are_taken_back(
     storage: Arc<dyn TaskExecutionStorage>,
-) -> TestResult {
+) -> CaseResult {
     let lossy: Arc<dyn TaskExecutionStorage> = Arc::new(LossyStorage {
         inner: storage,
         lose_claims: std::sync::atomic::AtomicU32::new(2),
@@ -1193,7 +1211,7 @@ pub async fn claims_whose_reply_was_lost_are_taken_back(
     executor.start();
     for (n, handle) in (0..5).zip(&handles) {
         let done = wait_briefly(handle).await?;
-        testkit_ensure!(
+        check!(
             done.output == Some(n * 10),
             "execution {n}: {} {:?}",
             done.status(),
@@ -1202,7 +1220,7 @@ pub async fn claims_whose_reply_was_lost_are_taken_back(
     }
     let done = wait_briefly(&parent_handle).await?;
     executor.shutdown().await;
-    testkit_ensure!(
+    check!(
         done.status() == TaskExecutionStatus::Completed,
         "parent {} {:?}",
         done.status(),
@@ -1214,7 +1232,7 @@ pub async fn claims_whose_reply_was_lost_are_taken_back(
 /// Waits for `handle` at most 20 s (much less than the default lease).
 async fn wait_briefly<O: serde::de::DeserializeOwned>(
     handle: &TaskHandle<O>,
-) -> TestResult<FinishedExecution<O>> {
+) -> CaseResult<FinishedExecution<O>> {
     let options = WaitOptions {
         poll_interval: Duration::from_millis(20),
         timeout: Some(Duration::from_secs(20)),
@@ -1230,7 +1248,7 @@ async fn wait_briefly<O: serde::de::DeserializeOwned>(
 /// The first expectation that does not hold.
 pub async fn cancellation_before_the_run_is_registered_is_kept(
     storage: Arc<dyn TaskExecutionStorage>,
-) -> TestResult {
+) -> CaseResult {
     let slow: Arc<dyn TaskExecutionStorage> = Arc::new(LossyStorage {
         inner: Arc::clone(&storage),
         lose_claims: std::sync::atomic::AtomicU32::new(0),
@@ -1263,16 +1281,16 @@ pub async fn cancellation_before_the_run_is_registered_is_kept(
     until_status(&busy_handle, TaskExecutionStatus::Running).await?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while executor.running_count() == 0 {
-        testkit_ensure!(Instant::now() < deadline, "the busy task never started");
+        check!(Instant::now() < deadline, "the busy task never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let handle = executor.enqueue(&target, &()).await?;
     // Cancel as soon as the claim took it, while its reply is still delayed.
     until_status(&handle, TaskExecutionStatus::Running).await?;
-    testkit_ensure!(handle.cancel().await?, "cancel reported no change");
+    check!(handle.cancel().await?, "cancel reported no change");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
-        testkit_ensure!(
+        check!(
             Instant::now() < deadline,
             "the run was never told it was cancelled"
         );
@@ -1281,7 +1299,7 @@ pub async fn cancellation_before_the_run_is_registered_is_kept(
     busy_handle.cancel().await?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while executor.running_count() > 0 {
-        testkit_ensure!(Instant::now() < deadline, "the busy run was not cancelled");
+        check!(Instant::now() < deadline, "the busy run was not cancelled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     executor.shutdown().await;
@@ -1296,7 +1314,7 @@ pub async fn cancellation_before_the_run_is_registered_is_kept(
 /// The first expectation that does not hold.
 pub async fn retention_deletes_old_finished_executions(
     storage: Arc<dyn TaskExecutionStorage>,
-) -> TestResult {
+) -> CaseResult {
     let echo = TaskDefinition::new("retained", |_ctx, ok: bool| async move {
         if ok {
             Ok(ok)
@@ -1324,20 +1342,20 @@ pub async fn retention_deletes_old_finished_executions(
         handles.push(executor.enqueue(&echo, &ok).await?);
     }
     let failed = handles.pop().ok_or("no handle")?;
-    testkit_ensure!(
+    check!(
         wait(&failed).await?.status() == TaskExecutionStatus::Failed,
         "the failing task did not fail"
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while count_executions(&storage).await? > 1 {
-        testkit_ensure!(
+        check!(
             Instant::now() < deadline,
             "{} executions left, expected the failed one only",
             count_executions(&storage).await?
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    testkit_ensure!(
+    check!(
         failed.get().await?.status == TaskExecutionStatus::Failed,
         "the failed execution was pruned"
     );
@@ -1352,13 +1370,13 @@ pub async fn retention_deletes_old_finished_executions(
             interval: Duration::from_secs(60),
         })
         .await?;
-    testkit_ensure!(pruned == 1, "pruned {pruned}");
-    testkit_ensure!(count_executions(&storage).await? == 0, "executions left");
+    check!(pruned == 1, "pruned {pruned}");
+    check!(count_executions(&storage).await? == 0, "executions left");
     Ok(())
 }
 
 /// How many executions `storage` holds.
-async fn count_executions(storage: &Arc<dyn TaskExecutionStorage>) -> TestResult<usize> {
+async fn count_executions(storage: &Arc<dyn TaskExecutionStorage>) -> CaseResult<usize> {
     Ok(storage
         .get_task_executions(&crate::task::TaskExecutionFilter::default())
         .await?
@@ -1373,7 +1391,7 @@ async fn count_executions(storage: &Arc<dyn TaskExecutionStorage>) -> TestResult
 /// The first expectation that does not hold.
 pub async fn delayed_enqueue_runs_at_its_time(
     storage: Arc<dyn TaskExecutionStorage>,
-) -> TestResult {
+) -> CaseResult {
     let task = TaskDefinition::new(
         "delayed",
         |_ctx, n: u32| async move { Ok::<_, TaskError>(n) },
@@ -1403,12 +1421,12 @@ pub async fn delayed_enqueue_runs_at_its_time(
             },
         )
         .await;
-    testkit_ensure!(
+    check!(
         matches!(both, Err(Error::InvalidArgument { .. })),
         "delay and run-at together: {both:?}"
     );
     let e = by_delay.get().await?;
-    testkit_ensure!(
+    check!(
         e.status == TaskExecutionStatus::Ready && e.start_at == e.created_at + 600,
         "delayed execution as stored: {:?} start {} created {}",
         e.status,
@@ -1422,7 +1440,7 @@ pub async fn delayed_enqueue_runs_at_its_time(
             ..TaskExecutionFilter::default()
         })
         .await?;
-    testkit_ensure!(
+    check!(
         pending
             .iter()
             .any(|p| p.execution_id == by_delay.execution_id())
@@ -1436,14 +1454,14 @@ pub async fn delayed_enqueue_runs_at_its_time(
     let delayed = wait(&by_delay).await?;
     let e = &delayed.execution;
     let waited = e.started_at.unwrap_or_default() - e.created_at;
-    testkit_ensure!(
+    check!(
         delayed.status() == TaskExecutionStatus::Completed && waited >= 600,
         "started {waited} ms after enqueue, before its 600 ms delay ({:?})",
         delayed.status()
     );
     let timed = wait(&by_time).await?;
     let e = &timed.execution;
-    testkit_ensure!(
+    check!(
         timed.status() == TaskExecutionStatus::Completed
             && e.start_at == now + 700
             && e.started_at.unwrap_or_default() >= now + 700,
@@ -1454,7 +1472,7 @@ pub async fn delayed_enqueue_runs_at_its_time(
         timed.status()
     );
     executor.shutdown().await;
-    testkit_ensure!(
+    check!(
         past.status() == TaskExecutionStatus::Completed && past.output == Some(3),
         "a run-at time in the past: {:?}",
         past.status()
@@ -1471,7 +1489,7 @@ pub async fn delayed_enqueue_runs_at_its_time(
 /// The first expectation that does not hold.
 pub async fn sleeping_child_woken_by_key_lets_its_parent_finish(
     storage: Arc<dyn TaskExecutionStorage>,
-) -> TestResult {
+) -> CaseResult {
     let webhook =
         TaskDefinition::<String, u64>::sleeping("paymentWebhook").timeout(Duration::from_secs(60));
     let total = TaskDefinition::new(
@@ -1497,7 +1515,7 @@ pub async fn sleeping_child_woken_by_key_lets_its_parent_finish(
     let handle = executor.enqueue(&order, &key).await?;
     until_status(&handle, TaskExecutionStatus::WaitingForChildren).await?;
     let sleeping = sleeper_of(&storage, &key).await?;
-    testkit_ensure!(
+    check!(
         executor.running_count() == 0,
         "a sleeper holds an executor slot"
     );
@@ -1506,29 +1524,29 @@ pub async fn sleeping_child_woken_by_key_lets_its_parent_finish(
         .get_task_execution(&sleeping)
         .await?
         .ok_or("sleeper vanished")?;
-    testkit_ensure!(
+    check!(
         e.status == TaskExecutionStatus::Sleeping,
         "sleeper {:?}",
         e.status
     );
     let woken = executor.wake(&key, &41_u64).await?;
-    testkit_ensure!(woken.is_woken(), "first wake: {woken:?}");
+    check!(woken.is_woken(), "first wake: {woken:?}");
     let done = wait(&handle).await?;
     let again = executor.wake(&key, &0_u64).await?;
     let unknown = executor.wake("no-such-key", &0_u64).await;
     executor.shutdown().await;
-    testkit_ensure!(
+    check!(
         done.status() == TaskExecutionStatus::Completed && done.output == Some(42),
         "parent {:?} {:?} {:?}",
         done.status(),
         done.output,
         done.error()
     );
-    testkit_ensure!(
+    check!(
         matches!(&again, WakeResult::AlreadyFinished(a) if a.status == TaskExecutionStatus::Completed && a.output.as_deref() == Some("41")),
         "second wake: {again:?}"
     );
-    testkit_ensure!(
+    check!(
         matches!(unknown, Err(Error::NotFound { .. })),
         "unknown key: {unknown:?}"
     );
@@ -1536,7 +1554,7 @@ pub async fn sleeping_child_woken_by_key_lets_its_parent_finish(
 }
 
 /// The id of the execution sleeping under `key`, once it exists (at most 30 s).
-async fn sleeper_of(storage: &Arc<dyn TaskExecutionStorage>, key: &str) -> TestResult<String> {
+async fn sleeper_of(storage: &Arc<dyn TaskExecutionStorage>, key: &str) -> CaseResult<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let found = storage
@@ -1548,7 +1566,7 @@ async fn sleeper_of(storage: &Arc<dyn TaskExecutionStorage>, key: &str) -> TestR
         if let Some(e) = found.into_iter().next() {
             return Ok(e.execution_id);
         }
-        testkit_ensure!(Instant::now() < deadline, "no execution sleeps under {key}");
+        check!(Instant::now() < deadline, "no execution sleeps under {key}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -1561,7 +1579,7 @@ async fn sleeper_of(storage: &Arc<dyn TaskExecutionStorage>, key: &str) -> TestR
 /// The first expectation that does not hold.
 pub async fn sleeping_task_times_out_when_not_woken(
     storage: Arc<dyn TaskExecutionStorage>,
-) -> TestResult {
+) -> CaseResult {
     let webhook =
         TaskDefinition::<String, ()>::sleeping("neverCalled").timeout(Duration::from_millis(300));
     let child = webhook.clone();
@@ -1582,14 +1600,14 @@ pub async fn sleeping_task_times_out_when_not_woken(
         .await?;
     let (alone, waiting) = (wait(&alone).await?, wait(&waiting).await?);
     executor.shutdown().await;
-    testkit_ensure!(
+    check!(
         alone.status() == TaskExecutionStatus::TimedOut
             && alone.execution.finished_at.unwrap_or_default() - alone.execution.created_at >= 300,
         "sleeper alone: {:?} {:?}",
         alone.status(),
         alone.error()
     );
-    testkit_ensure!(
+    check!(
         waiting.status() == TaskExecutionStatus::ChildrenFailed,
         "parent of a timed out sleeper: {:?}",
         waiting.status()
@@ -1605,7 +1623,7 @@ pub async fn sleeping_task_times_out_when_not_woken(
 /// The first expectation that does not hold.
 pub async fn sleeping_wait_survives_executor_restart(
     storage: Arc<dyn TaskExecutionStorage>,
-) -> TestResult {
+) -> CaseResult {
     let approval =
         TaskDefinition::<String, String>::sleeping("approval").timeout(Duration::from_secs(60));
     let child = approval.clone();
@@ -1623,17 +1641,17 @@ pub async fn sleeping_wait_survives_executor_restart(
     drop(first);
     let second = start_with(&storage, |e| e.register(&request))?;
     let woken = second.wake(&key, &"approved".to_owned()).await?;
-    testkit_ensure!(woken.is_woken(), "wake after restart: {woken:?}");
+    check!(woken.is_woken(), "wake after restart: {woken:?}");
     let done = wait(&second.handle::<ParentTaskOutput<()>>(handle.execution_id())).await?;
     second.shutdown().await;
-    testkit_ensure!(
+    check!(
         done.status() == TaskExecutionStatus::Completed,
         "parent {:?} {:?}",
         done.status(),
         done.error()
     );
     let output = done.output.ok_or("no output")?;
-    testkit_ensure!(
+    check!(
         output.children.len() == 1 && output.children[0].output == "approved",
         "children outputs {:?}",
         output.children
@@ -1645,7 +1663,7 @@ pub async fn sleeping_wait_survives_executor_restart(
 async fn ticks_of(
     storage: &Arc<dyn TaskExecutionStorage>,
     schedule_id: &str,
-) -> TestResult<Vec<(i64, TaskExecution)>> {
+) -> CaseResult<Vec<(i64, TaskExecution)>> {
     let prefix = format!("sch_{schedule_id}_");
     let mut ticks = Vec::new();
     for e in storage
@@ -1668,7 +1686,7 @@ async fn ticks_of(
 /// The first expectation that does not hold.
 pub async fn many_executors_enqueue_each_tick_once(
     storage: Arc<dyn TaskExecutionStorage>,
-) -> TestResult {
+) -> CaseResult {
     use std::sync::atomic::{AtomicUsize, Ordering};
     const EVERY: i64 = 150;
     let runs = Arc::new(AtomicUsize::new(0));
@@ -1691,7 +1709,7 @@ pub async fn many_executors_enqueue_each_tick_once(
         executors.push(executor);
     }
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    testkit_ensure!(executors[0].unschedule("heartbeat").await?, "unschedule");
+    check!(executors[0].unschedule("heartbeat").await?, "unschedule");
     // A firing read before the delete may still land; then let every tick's run finish.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1700,29 +1718,29 @@ pub async fn many_executors_enqueue_each_tick_once(
         .iter()
         .any(|(_, e)| !e.is_finished)
     {
-        testkit_ensure!(Instant::now() < deadline, "the ticks' runs never finished");
+        check!(Instant::now() < deadline, "the ticks' runs never finished");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for executor in &executors {
         executor.shutdown().await;
     }
     let ticks = ticks_of(&storage, "heartbeat").await?;
-    testkit_ensure!(ticks.len() >= 5, "only {} ticks in 1.5 s", ticks.len());
+    check!(ticks.len() >= 5, "only {} ticks in 1.5 s", ticks.len());
     for pair in ticks.windows(2) {
-        testkit_ensure!(
+        check!(
             pair[1].0 - pair[0].0 == EVERY,
             "ticks {} and {} are not one interval apart",
             pair[0].0,
             pair[1].0
         );
     }
-    testkit_ensure!(
+    check!(
         ticks
             .iter()
             .all(|(_, e)| e.status == TaskExecutionStatus::Completed),
         "not every tick completed"
     );
-    testkit_ensure!(
+    check!(
         runs.load(Ordering::SeqCst) == ticks.len(),
         "{} runs for {} ticks",
         runs.load(Ordering::SeqCst),
@@ -1739,7 +1757,7 @@ pub async fn many_executors_enqueue_each_tick_once(
 /// The first expectation that does not hold.
 pub async fn missed_ticks_follow_the_schedule_policy(
     storage: Arc<dyn TaskExecutionStorage>,
-) -> TestResult {
+) -> CaseResult {
     let t0 = 1_800_000_000_000;
     let clock = Arc::new(ManualClock::new(t0));
     let task = TaskDefinition::new("report", |_ctx, ()| async move { Ok::<_, TaskError>(()) });
@@ -1776,7 +1794,7 @@ pub async fn missed_ticks_follow_the_schedule_policy(
         if !skipped.is_empty() && caught_up.len() >= 5 {
             break;
         }
-        testkit_ensure!(Instant::now() < deadline, "the missed ticks never fired");
+        check!(Instant::now() < deadline, "the missed ticks never fired");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Give a wrong extra firing the time to show.
@@ -1792,13 +1810,13 @@ pub async fn missed_ticks_follow_the_schedule_policy(
         .into_iter()
         .map(|(t, _)| t)
         .collect();
-    testkit_ensure!(skipped == vec![t0 + 5_000], "skip enqueued {skipped:?}");
-    testkit_ensure!(
+    check!(skipped == vec![t0 + 5_000], "skip enqueued {skipped:?}");
+    check!(
         caught_up == (1..=5).map(|k| t0 + k * 1_000).collect::<Vec<_>>(),
         "catch-up enqueued {caught_up:?}"
     );
     let stored = storage.get_task_schedules().await?;
-    testkit_ensure!(
+    check!(
         stored.iter().all(|s| s.next_tick_at == t0 + 6_000),
         "next ticks {:?}",
         stored.iter().map(|s| s.next_tick_at).collect::<Vec<_>>()
@@ -1811,7 +1829,7 @@ pub async fn missed_ticks_follow_the_schedule_policy(
 /// # Errors
 ///
 /// The first expectation that does not hold.
-pub async fn bad_schedules_are_refused(storage: Arc<dyn TaskExecutionStorage>) -> TestResult {
+pub async fn bad_schedules_are_refused(storage: Arc<dyn TaskExecutionStorage>) -> CaseResult {
     let task = TaskDefinition::new("cronTask", |_ctx, ()| async move { Ok::<_, TaskError>(()) });
     let executor = Executor::new(Arc::clone(&storage), fast_options());
     for schedule in [
@@ -1820,7 +1838,7 @@ pub async fn bad_schedules_are_refused(storage: Arc<dyn TaskExecutionStorage>) -
         Schedule::interval("zero", Duration::ZERO),
     ] {
         let result = executor.schedule(&task, &(), &schedule).await;
-        testkit_ensure!(
+        check!(
             matches!(result, Err(Error::InvalidArgument { .. })),
             "{schedule:?}: {result:?}"
         );
@@ -1832,7 +1850,7 @@ pub async fn bad_schedules_are_refused(storage: Arc<dyn TaskExecutionStorage>) -
             &Schedule::cron("nightly", "0 3 * * *").time_zone("Europe/Zurich"),
         )
         .await?;
-    testkit_ensure!(
+    check!(
         stored.next_tick_at > crate::clock::Clock::now_ms(&crate::clock::SystemClock),
         "next tick {}",
         stored.next_tick_at

@@ -5,24 +5,37 @@
 //! `#[tokio::test]` per case (the calling crate needs `tokio` with the `macros` and
 //! `rt-multi-thread` features):
 //!
-//! ```text
+//! ```no_run
+//! use std::sync::Arc;
+//! use sea_orm_durable::testkit::{Setup, UnderTest};
+//! use sea_orm_durable::testkit::task::Storage;
+//!
 //! mod in_memory {
 //!     sea_orm_durable::task_storage_conformance!(storage: std::sync::Arc::new(
 //!         sea_orm_durable::task::InMemoryTaskExecutionStorage::new()
 //!     ));
 //! }
-//! mod my_store {
-//!     // `run` creates a fresh storage, calls the case with it and cleans up afterwards:
-//!     // async fn run<F, Fut>(case: F) -> anyhow::Result<()>
-//!     // where F: FnOnce(Arc<dyn TaskExecutionStorage>) -> Fut, Fut: Future<Output = CaseResult>
-//!     sea_orm_durable::task_storage_conformance!(runner: crate::run);
+//!
+//! // A factory makes a fresh storage for each case, or says why the case cannot run here.
+//! async fn my_storage() -> Result<Setup<UnderTest<Storage>>, std::io::Error> {
+//!     if std::env::var("MY_STORE_URL").is_err() {
+//!         return Ok(Setup::Skip("MY_STORE_URL is not set".to_owned()));
+//!     }
+//!     // A real store would keep its temporary database alive with `UnderTest::with_guard`.
+//!     let storage = Arc::new(sea_orm_durable::task::InMemoryTaskExecutionStorage::new());
+//!     Ok(Setup::Ready(UnderTest::new(storage)))
 //! }
+//!
+//! mod my_store {
+//!     sea_orm_durable::task_storage_conformance!(factory: crate::my_storage);
+//! }
+//! # fn main() {}
 //! ```
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::{CaseFailure, CaseResult};
 use crate::task::storage::ScheduleFire;
 use crate::task::{
     ClaimParams, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution, NewTaskExecution,
@@ -36,59 +49,17 @@ use crate::{Error, Result};
 /// A storage under test.
 pub type Storage = Arc<dyn TaskExecutionStorage>;
 
-/// What a case returns.
-pub type CaseResult = std::result::Result<(), CaseFailure>;
-
-/// Why a case failed: a broken expectation or an unexpected error.
-#[derive(Debug)]
-pub struct CaseFailure(String);
-
-impl fmt::Display for CaseFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for CaseFailure {}
-
-impl From<Error> for CaseFailure {
-    fn from(err: Error) -> Self {
-        CaseFailure(format!("unexpected error: {err}"))
-    }
-}
-
-macro_rules! check {
-    ($cond:expr, $($arg:tt)+) => {
-        if !$cond {
-            return Err(CaseFailure(format!("{} (at {}:{})", format!($($arg)+), file!(), line!())));
-        }
-    };
-}
-
-macro_rules! check_eq {
-    ($left:expr, $right:expr $(,)?) => {{
-        match (&$left, &$right) {
-            (l, r) => check!(
-                l == r,
-                "{} == {}: left {:?}, right {:?}",
-                stringify!($left),
-                stringify!($right),
-                l,
-                r
-            ),
-        }
-    }};
-}
-
 /// Declares one `#[tokio::test]` per case of the [`TaskExecutionStorage`] conformance suite.
 ///
 /// - `task_storage_conformance!(storage: <expr>)`: `<expr>` evaluates to a fresh
 ///   `Arc<dyn TaskExecutionStorage>` (or a type that coerces to it) for each case.
-/// - `task_storage_conformance!(runner: <path>)`: `<path>` is an async fn that prepares a fresh
-///   storage, runs the case given to it (`FnOnce(Arc<dyn TaskExecutionStorage>) -> impl
-///   Future<Output = CaseResult>`) and cleans up; it returns a `Result` whose error converts
-///   into `Box<dyn Error + Send + Sync>`. It may skip the case by returning `Ok(())` without
-///   running it.
+/// - `task_storage_conformance!(factory: <expr>)`: `<expr>` is an
+///   `FnOnce() -> impl Future<Output = Result<Setup<UnderTest<Storage>>, E>>` (an async fn's
+///   path, or a closure) where `E` converts into `Box<dyn Error + Send + Sync>`. It makes a
+///   fresh storage for each case ([`Setup::Ready`](crate::testkit::Setup::Ready)), kept with
+///   whatever must outlive the case in an [`UnderTest`](crate::testkit::UnderTest), or skips
+///   the case with [`Setup::Skip`](crate::testkit::Setup::Skip) and the reason, which the case
+///   prints before it passes (see [`run_case`](crate::testkit::run_case)).
 ///
 /// Attributes written before either form are put on every generated test, for example
 /// `#[ignore = "no server configured"]` or a `cfg_attr` of it.
@@ -97,8 +68,8 @@ macro_rules! task_storage_conformance {
     ($(#[$attr:meta])* storage: $make:expr) => {
         $crate::task_storage_conformance!(@all [$(#[$attr])*] (storage: $make));
     };
-    ($(#[$attr:meta])* runner: $runner:path) => {
-        $crate::task_storage_conformance!(@all [$(#[$attr])*] (runner: $runner));
+    ($(#[$attr:meta])* factory: $factory:expr) => {
+        $crate::task_storage_conformance!(@all [$(#[$attr])*] (factory: $factory));
     };
     // The one list of cases, for both forms.
     (@all $attrs:tt $how:tt) => {
@@ -153,16 +124,23 @@ macro_rules! task_storage_conformance {
     (@case [$(#[$attr:meta])*] (storage: $make:expr); $case:ident) => {
         #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
         $(#[$attr])*
-        async fn $case() -> ::std::result::Result<(), $crate::testkit::task::CaseFailure> {
+        async fn $case() -> $crate::testkit::CaseResult {
             let storage: $crate::testkit::task::Storage = $make;
             $crate::testkit::task::$case(storage).await
         }
     };
-    (@case [$(#[$attr:meta])*] (runner: $runner:path); $case:ident) => {
+    (@case [$(#[$attr:meta])*] (factory: $factory:expr); $case:ident) => {
         #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
         $(#[$attr])*
-        async fn $case() -> ::std::result::Result<(), ::std::boxed::Box<dyn ::std::error::Error + Send + Sync>> {
-            $runner($crate::testkit::task::$case).await.map_err(::std::convert::Into::into)
+        async fn $case() -> $crate::testkit::CaseResult {
+            let factory = $factory;
+            $crate::testkit::run_case(
+                concat!(module_path!(), "::", stringify!($case)),
+                factory(),
+                $crate::testkit::task::$case,
+            )
+            .await
+            .map(drop)
         }
     };
 }
@@ -226,11 +204,11 @@ fn ids(executions: &[TaskExecution]) -> Vec<&str> {
     executions.iter().map(|e| e.execution_id.as_str()).collect()
 }
 
-async fn get(storage: &Storage, id: &str) -> std::result::Result<TaskExecution, CaseFailure> {
+async fn get(storage: &Storage, id: &str) -> CaseResult<TaskExecution> {
     storage
         .get_task_execution(id)
         .await?
-        .ok_or_else(|| CaseFailure(format!("execution {id} not found")))
+        .ok_or_else(|| CaseFailure::new(format!("execution {id} not found")))
 }
 
 /// Sets `status` on `id` regardless of its current state.
@@ -1668,7 +1646,7 @@ fn ids_of_owned(executions: &[TaskExecution]) -> Vec<String> {
 /// error.
 pub async fn json_and_text_with_nul_round_trip(storage: Storage) -> CaseResult {
     let text = "nul \u{0} inside, ü and 🚀";
-    let json = serde_json::to_string(text).map_err(|e| CaseFailure(e.to_string()))?;
+    let json = serde_json::to_string(text)?;
     check!(json.contains("\\u0000"), "serialized as {json}");
     storage
         .enqueue_task_executions(
@@ -1918,7 +1896,9 @@ pub async fn sleeping_executions_wake_once_by_key(storage: Storage) -> CaseResul
         .wake_task_execution(&wake_completed("k1", "\"paid\"", T0 + 3))
         .await?;
     let WakeResult::Woken(e) = woken else {
-        return Err(CaseFailure(format!("first wake did not wake: {woken:?}")));
+        return Err(CaseFailure::new(format!(
+            "first wake did not wake: {woken:?}"
+        )));
     };
     check_eq!(e.status, TaskExecutionStatus::Completed);
     check_eq!(e.output.as_deref(), Some("\"paid\""));
@@ -2134,7 +2114,7 @@ pub async fn wake_racing_timeout_has_exactly_one_winner(storage: Storage) -> Cas
     for (i, wake) in wakes.into_iter().enumerate() {
         let answer = wake
             .await
-            .map_err(|e| CaseFailure(format!("wake task: {e}")))??;
+            .map_err(|e| CaseFailure::new(format!("wake task: {e}")))??;
         let e = get(&storage, &format!("s{i:02}")).await?;
         match &answer {
             WakeResult::Woken(w) => {
@@ -2149,7 +2129,7 @@ pub async fn wake_racing_timeout_has_exactly_one_winner(storage: Storage) -> Cas
     }
     let mut expired = expirer
         .await
-        .map_err(|e| CaseFailure(format!("expire task: {e}")))??;
+        .map_err(|e| CaseFailure::new(format!("expire task: {e}")))??;
     // Whatever the racing expiry left, a last one finishes.
     expired += storage.expire_task_executions(late, 100).await?;
     check_eq!(
@@ -2296,7 +2276,7 @@ pub async fn due_schedules_fire_once_per_tick(storage: Storage) -> CaseResult {
         .await?
         .into_iter()
         .find(|s| s.schedule_id == "s")
-        .ok_or_else(|| CaseFailure("schedule s vanished".to_owned()))?;
+        .ok_or_else(|| CaseFailure::new("schedule s vanished".to_owned()))?;
     check_eq!(s.next_tick_at, T0 + 20);
     check_eq!(s.last_tick_at, Some(T0 + 10));
     check_eq!(s.updated_at, T0 + 11);
@@ -2346,7 +2326,7 @@ pub async fn concurrent_fires_of_one_tick_enqueue_once(storage: Storage) -> Case
     for firer in firers {
         match firer
             .await
-            .map_err(|e| CaseFailure(format!("firer: {e}")))?
+            .map_err(|e| CaseFailure::new(format!("firer: {e}")))?
         {
             Ok(true) => won += 1,
             Ok(false) => {}
@@ -2582,7 +2562,7 @@ async fn fail_run(storage: &Storage, id: &str, now: i64) -> std::result::Result<
     let run = claimed
         .iter()
         .find(|e| e.execution_id == id)
-        .ok_or_else(|| CaseFailure(format!("{id} was not claimed")))?;
+        .ok_or_else(|| CaseFailure::new(format!("{id} was not claimed")))?;
     let failed = storage
         .update_task_executions(
             &TaskExecutionGuard::id(id)
@@ -2728,7 +2708,7 @@ pub async fn retry_refuses_what_it_cannot_run_again(storage: Storage) -> CaseRes
             Err(Error::InvalidState { reason, .. }) => {
                 check!(reason.contains("cannot be retried"), "{id}: {reason}");
             }
-            other => return Err(CaseFailure(format!("{id}: {other:?}"))),
+            other => return Err(CaseFailure::new(format!("{id}: {other:?}"))),
         }
         check_eq!(get(&storage, id).await?, before);
     }
@@ -2760,7 +2740,7 @@ pub async fn concurrent_retries_have_one_winner(storage: Storage) -> CaseResult 
     for racer in racers {
         match racer
             .await
-            .map_err(|e| CaseFailure(format!("racer panicked: {e}")))?
+            .map_err(|e| CaseFailure::new(format!("racer panicked: {e}")))?
         {
             Ok(_) => won += 1,
             Err(Error::InvalidState { .. }) => {}

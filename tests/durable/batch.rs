@@ -12,29 +12,28 @@ use sea_orm_durable::batch::store::{
 };
 use sea_orm_durable::batch::{InMemoryStateStore, ProcessedRecord, RecordStatus};
 use sea_orm_durable::clock::ManualClock;
+use sea_orm_durable::testkit::Setup;
 use sea_orm_durable::testkit::batch::{
-    BoxError, RaceOptions, StoreUnderTest, distributed_job, pending_records,
-    race_claim_complete_finalize,
+    RaceOptions, StoreUnderTest, distributed_job, pending_records, race_claim_complete_finalize,
 };
 use sea_orm_durable::{Error, SeaOrmStateStore};
 use serde_json::json;
 
-use crate::harness::{Backend, TestDb, per_backend};
+use crate::harness::{Backend, TestDb, per_backend, setup};
 
-async fn memory_store(clock: ManualClock) -> Result<Option<StoreUnderTest>, BoxError> {
+async fn memory_store(clock: ManualClock) -> anyhow::Result<Setup<StoreUnderTest>> {
     let store = InMemoryStateStore::with_clock(Arc::new(clock));
-    Ok(Some(StoreUnderTest::new(Arc::new(store))))
+    Ok(Setup::Ready(StoreUnderTest::new(Arc::new(store))))
 }
 
 async fn sea_orm_store(
     backend: Backend,
     clock: ManualClock,
-) -> Result<Option<StoreUnderTest>, BoxError> {
-    let Some(t) = TestDb::create(backend).await? else {
-        return Ok(None);
-    };
-    let store = SeaOrmStateStore::with_clock(t.db.clone(), Arc::new(clock));
-    Ok(Some(StoreUnderTest::with_guard(Arc::new(store), t)))
+) -> anyhow::Result<Setup<StoreUnderTest>> {
+    setup(backend, |t| -> Arc<dyn DistributedStateStore> {
+        Arc::new(SeaOrmStateStore::with_clock(t.db.clone(), Arc::new(clock)))
+    })
+    .await
 }
 
 mod conformance {
@@ -477,9 +476,7 @@ async fn sixteen_workers_race_a_thousand_batches(t: TestDb) -> anyhow::Result<()
         records_per_batch: 2,
     };
     let started = Instant::now();
-    let report = race_claim_complete_finalize(store, "race", options)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let report = race_claim_complete_finalize(store, "race", options).await?;
     eprintln!(
         "race on {:?}: {} workers x {} batches in {:.2?} ({report:?})",
         t.backend,
@@ -494,9 +491,7 @@ async fn sixteen_workers_race_a_thousand_batches(t: TestDb) -> anyhow::Result<()
 async fn memory_sixteen_workers_race_a_thousand_batches() -> anyhow::Result<()> {
     let store: Arc<dyn DistributedStateStore> = Arc::new(InMemoryStateStore::new());
     let started = Instant::now();
-    let report = race_claim_complete_finalize(store, "race", RaceOptions::default())
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let report = race_claim_complete_finalize(store, "race", RaceOptions::default()).await?;
     eprintln!(
         "race in memory: 16 workers x 1000 batches in {:.2?} ({report:?})",
         started.elapsed()

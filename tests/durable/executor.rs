@@ -4,46 +4,41 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use anyhow::anyhow;
 use sea_orm_durable::SeaOrmTaskExecutionStorage;
 use sea_orm_durable::task::InMemoryTaskExecutionStorage;
-use sea_orm_durable::task::storage::TaskExecutionStorage;
-use sea_orm_durable::testkit::TestResult;
 use sea_orm_durable::testkit::executor as cases;
+use sea_orm_durable::testkit::task::Storage;
+use sea_orm_durable::testkit::{CaseResult, Setup, UnderTest, run_case};
 
-use crate::harness::{Backend, run};
+use crate::harness::Backend;
 
-/// Runs `case` on a fresh storage: in memory (`None`) or in a fresh database of `backend`.
+/// Runs `case` on a fresh storage, in memory (`None`) or on a fresh database of `backend`, and
+/// prints what it measured, if anything.
 async fn on_storage<F, Fut, T>(backend: Option<Backend>, case: F) -> anyhow::Result<()>
 where
-    F: FnOnce(Arc<dyn TaskExecutionStorage>) -> Fut,
-    Fut: Future<Output = TestResult<T>>,
+    F: FnOnce(Storage) -> Fut,
+    Fut: Future<Output = CaseResult<T>>,
     T: std::fmt::Debug,
 {
-    let report = |label: String, value: T| {
-        if std::mem::size_of::<T>() > 0 {
-            eprintln!("{label}: {value:?}");
+    let label = backend.map_or_else(|| "memory".to_owned(), |b| format!("{b:?}"));
+    let factory = async move {
+        match backend {
+            None => {
+                let storage: Storage = Arc::new(InMemoryTaskExecutionStorage::new());
+                Ok(Setup::Ready(UnderTest::new(storage)))
+            }
+            Some(backend) => crate::task::storage(backend).await,
         }
     };
-    match backend {
-        None => {
-            let value = case(Arc::new(InMemoryTaskExecutionStorage::new()))
-                .await
-                .map_err(|e| anyhow!(e))?;
-            report("memory".to_owned(), value);
-            Ok(())
-        }
-        Some(backend) => {
-            run(backend, |t| async move {
-                let storage = Arc::new(SeaOrmTaskExecutionStorage::new(t.db.clone()));
-                let value = case(storage).await.map_err(|e| anyhow!(e))?;
-                report(format!("{backend:?}"), value);
-                drop(t);
-                Ok(())
-            })
-            .await
-        }
+    // libtest names each test's thread after the test, and the test's future runs on it.
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("executor case");
+    if let Some(value) = run_case(name, factory, case).await?
+        && std::mem::size_of::<T>() > 0
+    {
+        eprintln!("{label}: {value:?}");
     }
+    Ok(())
 }
 
 /// Declares one test per executor case on the storage selected by `$backend`, each with the

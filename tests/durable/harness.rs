@@ -4,7 +4,8 @@
 //! `DATABASE_URL_MYSQL`: each test creates a uniquely named database there and drops it when the
 //! [`TestDb`] is dropped (even when the test panics). SQLite uses a file in a temporary directory.
 //! Without a URL the server's tests print that they were skipped, unless
-//! `REQUIRE_ALL_BACKENDS=1`, which turns a missing server into a failure.
+//! `REQUIRE_ALL_BACKENDS=1`, which turns a missing server into a failure. [`setup`] is the
+//! conformance suites' factory on top of the same databases.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
 use sea_orm_durable::migration::{Migrator, MigratorTrait};
+use sea_orm_durable::testkit::{Setup, UnderTest};
 
 /// A backend under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +31,14 @@ impl Backend {
             Backend::Postgres => Some("DATABASE_URL_POSTGRES"),
             Backend::MySql => Some("DATABASE_URL_MYSQL"),
         }
+    }
+
+    /// Why a test of this backend is skipped when [`TestDb::create`] gives no database.
+    fn skip_reason(self) -> String {
+        format!(
+            "{} is not set",
+            self.url_var().unwrap_or("the database URL")
+        )
     }
 }
 
@@ -129,7 +139,7 @@ pub(crate) fn connect_options(backend: Backend, url: &str, max_connections: u32)
 
 impl TestDb {
     /// Creates and migrates a database, or returns `None` when the backend is not configured
-    /// (and not required).
+    /// (and not required); the caller says that the test was skipped.
     pub(crate) async fn create(backend: Backend) -> anyhow::Result<Option<TestDb>> {
         let name = unique_name();
         let (url, cleanup) = match backend.url_var() {
@@ -146,7 +156,6 @@ impl TestDb {
                     if std::env::var("REQUIRE_ALL_BACKENDS").is_ok_and(|v| v == "1") {
                         bail!("{var} is not set and REQUIRE_ALL_BACKENDS=1");
                     }
-                    eprintln!("skipped: {var} is not set");
                     return Ok(None);
                 };
                 let admin = Database::connect(connect_options(backend, &admin_url, 1))
@@ -238,8 +247,23 @@ where
 {
     match TestDb::create(backend).await? {
         Some(db) => test(db).await,
-        None => Ok(()),
+        None => {
+            eprintln!("skipped: {}", backend.skip_reason());
+            Ok(())
+        }
     }
+}
+
+/// A conformance suite's factory: the store `make` builds on a fresh database of `backend`,
+/// which lives until the case is done, or the reason the case is skipped.
+pub(crate) async fn setup<S>(
+    backend: Backend,
+    make: impl FnOnce(&TestDb) -> S,
+) -> anyhow::Result<Setup<UnderTest<S>>> {
+    Ok(match TestDb::create(backend).await? {
+        Some(t) => Setup::Ready(UnderTest::with_guard(make(&t), t)),
+        None => Setup::Skip(backend.skip_reason()),
+    })
 }
 
 /// Declares one test per backend for each listed async fn taking a [`TestDb`]:

@@ -2,7 +2,6 @@
 //! backend, concurrency on the real servers, and rows the domain cannot read.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,46 +14,18 @@ use sea_orm_durable::task::storage::{
 use sea_orm_durable::task::{
     ParentRef, TaskExecution, TaskExecutionFilter, TaskExecutionStatus, WakeResult,
 };
-use sea_orm_durable::testkit::task::{CaseResult, Storage};
+use sea_orm_durable::testkit::task::Storage;
+use sea_orm_durable::testkit::{Setup, UnderTest};
 use sea_orm_durable::{Error, SeaOrmTaskExecutionStorage};
 
-use crate::harness::{Backend, TestDb, per_backend};
+use crate::harness::{Backend, TestDb, per_backend, setup};
 
-/// Runs one conformance case against a fresh database of `backend`.
-async fn run_case<F, Fut>(backend: Backend, case: F) -> anyhow::Result<()>
-where
-    F: FnOnce(Storage) -> Fut,
-    Fut: Future<Output = CaseResult>,
-{
-    let Some(t) = TestDb::create(backend).await? else {
-        return Ok(());
-    };
-    case(Arc::new(SeaOrmTaskExecutionStorage::new(t.db.clone()))).await?;
-    Ok(())
-}
-
-async fn on_sqlite<F, Fut>(case: F) -> anyhow::Result<()>
-where
-    F: FnOnce(Storage) -> Fut,
-    Fut: Future<Output = CaseResult>,
-{
-    run_case(Backend::Sqlite, case).await
-}
-
-async fn on_postgres<F, Fut>(case: F) -> anyhow::Result<()>
-where
-    F: FnOnce(Storage) -> Fut,
-    Fut: Future<Output = CaseResult>,
-{
-    run_case(Backend::Postgres, case).await
-}
-
-async fn on_mysql<F, Fut>(case: F) -> anyhow::Result<()>
-where
-    F: FnOnce(Storage) -> Fut,
-    Fut: Future<Output = CaseResult>,
-{
-    run_case(Backend::MySql, case).await
+/// The conformance suites' factory: a SeaORM storage on a fresh database of `backend`.
+pub(crate) async fn storage(backend: Backend) -> anyhow::Result<Setup<UnderTest<Storage>>> {
+    setup(backend, |t| -> Storage {
+        Arc::new(SeaOrmTaskExecutionStorage::new(t.db.clone()))
+    })
+    .await
 }
 
 mod conformance {
@@ -64,18 +35,18 @@ mod conformance {
         );
     }
     mod sqlite {
-        sea_orm_durable::task_storage_conformance!(runner: crate::task::on_sqlite);
+        sea_orm_durable::task_storage_conformance!(factory: || crate::task::storage(crate::harness::Backend::Sqlite));
     }
     mod postgres {
         sea_orm_durable::task_storage_conformance!(
             #[cfg_attr(durable_no_postgres, ignore = "DATABASE_URL_POSTGRES is not set")]
-            runner: crate::task::on_postgres
+            factory: || crate::task::storage(crate::harness::Backend::Postgres)
         );
     }
     mod mysql {
         sea_orm_durable::task_storage_conformance!(
             #[cfg_attr(durable_no_mysql, ignore = "DATABASE_URL_MYSQL is not set")]
-            runner: crate::task::on_mysql
+            factory: || crate::task::storage(crate::harness::Backend::MySql)
         );
     }
 }
