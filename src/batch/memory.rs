@@ -340,14 +340,13 @@ impl StateStore for InMemoryStateStore {
         Ok(())
     }
 
-    async fn save_processed_record(
+    async fn save_processed_records(
         &self,
         job_id: &str,
         batch_id: &str,
-        record: &ProcessedRecord,
+        records: &[ProcessedRecord],
     ) -> Result<()> {
-        self.save_processed_records(job_id, batch_id, std::slice::from_ref(record))
-            .await
+        self.write_records(job_id, batch_id, records, RecordWrite::Forward)
     }
 
     async fn get_records(
@@ -715,15 +714,6 @@ impl DistributedStateStore for InMemoryStateStore {
         row.heartbeat_at = Some(now);
         row.updated_at = now;
         Ok(true)
-    }
-
-    async fn save_processed_records(
-        &self,
-        job_id: &str,
-        batch_id: &str,
-        records: &[ProcessedRecord],
-    ) -> Result<()> {
-        self.write_records(job_id, batch_id, records, RecordWrite::Forward)
     }
 
     async fn save_record_outcomes(

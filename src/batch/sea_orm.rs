@@ -1123,15 +1123,21 @@ impl StateStore for SeaOrmStateStore {
         })
     }
 
-    #[tracing::instrument(skip(self, record), fields(index = record.index), err)]
-    async fn save_processed_record(
+    #[tracing::instrument(skip(self, records), fields(records = records.len()), err)]
+    async fn save_processed_records(
         &self,
         job_id: &str,
         batch_id: &str,
-        record: &ProcessedRecord,
+        records: &[ProcessedRecord],
     ) -> Result<()> {
-        self.save_processed_records(job_id, batch_id, std::slice::from_ref(record))
-            .await
+        self.write_records(
+            "save_processed_records",
+            job_id,
+            batch_id,
+            records,
+            RecordWrite::Forward,
+        )
+        .await
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -1423,23 +1429,6 @@ impl DistributedStateStore for SeaOrmStateStore {
                 Ok(result.rows_affected == 1)
             })
             .await
-    }
-
-    #[tracing::instrument(skip(self, records), fields(records = records.len()), err)]
-    async fn save_processed_records(
-        &self,
-        job_id: &str,
-        batch_id: &str,
-        records: &[ProcessedRecord],
-    ) -> Result<()> {
-        self.write_records(
-            "save_processed_records",
-            job_id,
-            batch_id,
-            records,
-            RecordWrite::Forward,
-        )
-        .await
     }
 
     #[tracing::instrument(skip(self, outcomes), fields(count = outcomes.len()), err)]

@@ -102,6 +102,26 @@ pub trait StateStore: Send + Sync {
         job_id: &str,
         batch_id: &str,
         record: &ProcessedRecord,
+    ) -> Result<()> {
+        self.save_processed_records(job_id, batch_id, std::slice::from_ref(record))
+            .await
+    }
+
+    /// Saves many record outcomes of one batch, in as few statements as the backend allows;
+    /// each replaces any earlier outcome of the same index, except that a finished record is
+    /// never moved back to `pending` or `valid` (as
+    /// [`save_processed_record`](Self::save_processed_record)). When one index appears
+    /// several times, the last one wins.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for empty ids; database
+    /// errors.
+    async fn save_processed_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
     ) -> Result<()>;
 
     /// Saves records of the job for `batch_id`, replacing whatever is stored for their indexes,
@@ -408,23 +428,6 @@ pub trait DistributedStateStore: StateStore {
     ///
     /// Database errors.
     async fn heartbeat_batch(&self, reservation: &BatchReservation) -> Result<bool>;
-
-    /// Saves many record outcomes of one batch, in as few statements as the backend allows;
-    /// each replaces any earlier outcome of the same index, except that a finished record is
-    /// never moved back to `pending` or `valid` (as
-    /// [`save_processed_record`](StateStore::save_processed_record)). When one index appears
-    /// several times, the last one wins.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for empty ids; database
-    /// errors.
-    async fn save_processed_records(
-        &self,
-        job_id: &str,
-        batch_id: &str,
-        records: &[ProcessedRecord],
-    ) -> Result<()>;
 
     /// Records the outcomes of records saved earlier for this batch, leaving their payloads
     /// (`raw`, `parsed`) as they are. Returns how many records were updated; outcomes for

@@ -2463,6 +2463,19 @@ impl crate::batch::StateStore for HeldStore {
             .await;
         self.hold(r).await
     }
+
+    async fn save_processed_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> crate::Result<()> {
+        let r = self
+            .inner
+            .save_processed_records(job_id, batch_id, records)
+            .await;
+        self.hold(r).await
+    }
     async fn get_records(
         &self,
         job_id: &str,
@@ -2556,18 +2569,6 @@ impl DistributedStateStore for HeldStore {
     }
     async fn heartbeat_batch(&self, reservation: &BatchReservation) -> crate::Result<bool> {
         let r = self.inner.heartbeat_batch(reservation).await;
-        self.hold(r).await
-    }
-    async fn save_processed_records(
-        &self,
-        job_id: &str,
-        batch_id: &str,
-        records: &[ProcessedRecord],
-    ) -> crate::Result<()> {
-        let r = self
-            .inner
-            .save_processed_records(job_id, batch_id, records)
-            .await;
         self.hold(r).await
     }
     async fn save_record_outcomes(
