@@ -1515,6 +1515,11 @@ pub async fn sleeping_child_woken_by_key_lets_its_parent_finish(
     let handle = executor.enqueue(&order, &key).await?;
     until_status(&handle, TaskExecutionStatus::WaitingForChildren).await?;
     let sleeping = sleeper_of(&storage, &key).await?;
+    // The parent's run lets go of its slot a moment after its result is written.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while executor.running_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     check!(
         executor.running_count() == 0,
         "a sleeper holds an executor slot"
