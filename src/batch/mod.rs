@@ -1,6 +1,6 @@
 //! Batch jobs: a job split into batches of records, claimed by many workers, with per-record
 //! outcomes and progress. [`prepare`] a job, run workers on it with [`run_worker`]; the state
-//! lives in a [`StateStore`]: in memory ([`InMemoryStateStore`]) or through
+//! lives in a [`StateStore`](store::StateStore): in memory ([`InMemoryStateStore`]) or through
 //! SeaORM ([`SeaOrmStateStore`]).
 //!
 //! The ports a store implements, and the types only an implementer needs, are in [`store`].
@@ -19,11 +19,6 @@ pub use self::model::{
     JobStatus, ProcessedRecord, RecordCounts, RecordStatus, RequeuedRecords, ValidationError,
 };
 pub use self::sea_orm::SeaOrmStateStore;
-// The ports' types, public in `store`, at hand for the rest of the crate.
-pub(crate) use self::model::{
-    BatchOutcome, BatchReservation, ClaimBatchResult, RecordFilter, RecordOutcome,
-};
-pub(crate) use self::store::{DistributedStateStore, StateStore};
 pub use self::worker::{
     MAX_PREPARED_JOB_ID_LEN, PreparedJob, ProcessError, RecordContext, WorkerEvent, WorkerOptions,
     WorkerReport, prepare, run_worker,

@@ -19,9 +19,9 @@ status_enum! {
     /// `PROCESSING → PAUSED | COMPLETED | ABORTED | FAILED`, `PAUSED → PROCESSING | ABORTED`.
     /// This crate makes two of those moves: [`prepare`](super::prepare) starts a job
     /// (`CREATED → PROCESSING`, or `COMPLETED` when it has no records) and
-    /// [`try_finalize_job`](super::DistributedStateStore::try_finalize_job) ends it
+    /// [`try_finalize_job`](super::store::DistributedStateStore::try_finalize_job) ends it
     /// (`PROCESSING → COMPLETED | FAILED`). The others are the application's (or another
-    /// tool's), written with [`save_job_state`](super::StateStore::save_job_state); workers
+    /// tool's), written with [`save_job_state`](super::store::StateStore::save_job_state); workers
     /// claim batches only of a `PROCESSING` job. Stores do not police transitions, except that
     /// `try_finalize_job` only leaves `PROCESSING`.
     #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
@@ -98,11 +98,11 @@ status_enum! {
 }
 
 impl RecordStatus {
-    /// The statuses read by [`get_failed_records`](super::StateStore::get_failed_records).
+    /// The statuses read by [`get_failed_records`](super::store::StateStore::get_failed_records).
     pub const FAILED: &'static [RecordStatus] = &[RecordStatus::Failed, RecordStatus::Invalid];
-    /// The statuses read by [`get_pending_records`](super::StateStore::get_pending_records).
+    /// The statuses read by [`get_pending_records`](super::store::StateStore::get_pending_records).
     pub const PENDING: &'static [RecordStatus] = &[RecordStatus::Pending, RecordStatus::Valid];
-    /// The statuses read by [`get_processed_records`](super::StateStore::get_processed_records).
+    /// The statuses read by [`get_processed_records`](super::store::StateStore::get_processed_records).
     pub const PROCESSED: &'static [RecordStatus] = &[RecordStatus::Processed];
 }
 
@@ -224,7 +224,7 @@ impl Batch {
     }
 }
 
-/// A job and its batches, as saved and read by a [`StateStore`](super::StateStore).
+/// A job and its batches, as saved and read by a [`StateStore`](super::store::StateStore).
 ///
 /// For a distributed job the store's batch rows are the truth: saving the job creates the
 /// batches it does not have yet and never touches the others, and reading it returns the
@@ -266,7 +266,7 @@ impl JobState {
 }
 
 /// The new state of a batch for
-/// [`update_batch_state`](super::StateStore::update_batch_state).
+/// [`update_batch_state`](super::store::StateStore::update_batch_state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchState {
     /// The new status.
@@ -370,7 +370,7 @@ impl ProcessedRecord {
 }
 
 /// The outcome of processing one record, without its payload: what
-/// [`save_record_outcomes`](super::DistributedStateStore::save_record_outcomes) writes.
+/// [`save_record_outcomes`](super::store::DistributedStateStore::save_record_outcomes) writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordOutcome {
     /// The record's index in its job.
@@ -399,7 +399,7 @@ impl RecordOutcome {
 }
 
 /// Which records of a job to read, for
-/// [`get_records`](super::StateStore::get_records). Records come back in index order.
+/// [`get_records`](super::store::StateStore::get_records). Records come back in index order.
 ///
 /// Page through a large job by passing the last index of one page as
 /// [`after_index`](Self::after_index) of the next.
@@ -455,7 +455,7 @@ impl RecordFilter {
 }
 
 /// A worker's claim on a batch, returned by
-/// [`claim_batch`](super::DistributedStateStore::claim_batch).
+/// [`claim_batch`](super::store::DistributedStateStore::claim_batch).
 ///
 /// It carries the batch's `version` at the time of the claim: completing or heartbeating the
 /// batch succeeds only while the batch is still `PROCESSING` under this worker and this
@@ -480,7 +480,7 @@ pub struct BatchReservation {
     pub version: i64,
 }
 
-/// What [`claim_batch`](super::DistributedStateStore::claim_batch) found.
+/// What [`claim_batch`](super::store::DistributedStateStore::claim_batch) found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimBatchResult {
     /// A batch was claimed.
@@ -504,7 +504,7 @@ impl ClaimBatchResult {
 }
 
 /// How a claimed batch ended, for
-/// [`complete_batch`](super::DistributedStateStore::complete_batch).
+/// [`complete_batch`](super::store::DistributedStateStore::complete_batch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchOutcome {
     /// `true` for `FAILED`, `false` for `COMPLETED`.
@@ -679,7 +679,7 @@ impl RecordCounts {
     }
 }
 
-/// What [`requeue_failed_records`](super::DistributedStateStore::requeue_failed_records) did.
+/// What [`requeue_failed_records`](super::store::DistributedStateStore::requeue_failed_records) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequeuedRecords {
@@ -697,7 +697,7 @@ pub struct RequeuedRecords {
 
 /// Why the failed records of a job with `status` cannot be requeued, with what to do instead;
 /// `None` when they can (the rules of
-/// [`requeue_failed_records`](super::DistributedStateStore::requeue_failed_records)).
+/// [`requeue_failed_records`](super::store::DistributedStateStore::requeue_failed_records)).
 pub(crate) fn requeue_refusal(status: JobStatus, distributed: bool) -> Option<String> {
     if !distributed {
         return Some(

@@ -439,7 +439,7 @@ pub trait DistributedStateStore: StateStore {
     ///
     /// Outcomes that are alike (same status, errors, processing error and retries) are written
     /// together, so a batch whose records all succeeded costs one short statement, where
-    /// [`save_processed_records`](Self::save_processed_records) rewrites every payload.
+    /// [`save_processed_records`](StateStore::save_processed_records) rewrites every payload.
     ///
     /// # Errors
     ///

@@ -443,7 +443,7 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
             |e| e.status == TaskExecutionStatus::Sleeping && e.expires_at.is_some_and(|x| x < now),
             |e| (e.expires_at, e.execution_id.clone()),
         );
-        let timed_out = super::TaskExecutionUpdate {
+        let timed_out = super::model::TaskExecutionUpdate {
             now,
             status: Some(TaskExecutionStatus::TimedOut),
             error: Some(super::sleep_timed_out_error()),

@@ -34,13 +34,8 @@ pub use model::{
 pub use schedule::{MissedTicks, Schedule, ScheduleSpec, TaskSchedule};
 pub(crate) use schedule::{Ticks, tick_execution_id};
 pub use sea_orm::SeaOrmTaskExecutionStorage;
-// The port's types, public in `storage`, at hand for the rest of the crate.
-pub(crate) use model::{
-    ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecutionGuard,
-    TaskExecutionUpdate, Wake, WakeOutcome,
-};
-pub(crate) use schedule::ScheduleFire;
-pub(crate) use storage::TaskExecutionStorage;
+
+use model::{FinishedChildTaskExecution, TaskExecutionUpdate, WakeOutcome};
 
 use crate::error::Error;
 

@@ -56,7 +56,7 @@ status_enum! {
     ///
     /// A `sleeping` execution is never claimed and holds no executor slot: it waits, durably, until
     /// some process wakes it by its key
-    /// ([`wake_task_execution`](super::TaskExecutionStorage::wake_task_execution)) or lease expiry
+    /// ([`wake_task_execution`](super::storage::TaskExecutionStorage::wake_task_execution)) or lease expiry
     /// times it out.
     ///
     /// Every finished execution is later *closed*: its outcome is propagated to its parent (a
@@ -434,7 +434,7 @@ pub struct FinishedChildTaskExecution {
     pub created_at: i64,
 }
 
-/// Which executions [`get_task_executions`](super::TaskExecutionStorage::get_task_executions)
+/// Which executions [`get_task_executions`](super::storage::TaskExecutionStorage::get_task_executions)
 /// returns. Every set field must match; results are ordered by `created_at`, then position in
 /// the parent, then execution id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -498,7 +498,7 @@ impl TaskExecutionFilter {
 }
 
 /// How many executions wait in one queue with one status
-/// ([`count_task_executions`](super::TaskExecutionStorage::count_task_executions)).
+/// ([`count_task_executions`](super::storage::TaskExecutionStorage::count_task_executions)).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TaskExecutionCount {
     /// The queue.
@@ -510,7 +510,7 @@ pub struct TaskExecutionCount {
 }
 
 /// Why an execution cannot be retried by
-/// [`retry_task_execution`](super::TaskExecutionStorage::retry_task_execution), with what to
+/// [`retry_task_execution`](super::storage::TaskExecutionStorage::retry_task_execution), with what to
 /// do instead; `None` when it can.
 ///
 /// Only a root execution whose own run failed or timed out is retried: its outcome reached no

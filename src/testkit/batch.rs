@@ -32,10 +32,13 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{CaseFailure, CaseResult, Setup, UnderTest, run_case};
+use crate::batch::store::{
+    BatchOutcome, BatchReservation, ClaimBatchResult, DistributedStateStore, RecordFilter,
+    RecordOutcome,
+};
 use crate::batch::{
-    Batch, BatchOutcome, BatchReservation, BatchState, BatchStatus, ClaimBatchResult,
-    DistributedStateStore, JobConfig, JobState, JobStatus, ProcessedRecord, RecordFilter,
-    RecordOutcome, RecordStatus, ValidationError,
+    Batch, BatchState, BatchStatus, JobConfig, JobState, JobStatus, ProcessedRecord, RecordStatus,
+    ValidationError,
 };
 use crate::clock::ManualClock;
 use crate::error::Error;
@@ -2412,7 +2415,7 @@ impl HeldStore {
 }
 
 #[async_trait::async_trait]
-impl crate::batch::StateStore for HeldStore {
+impl crate::batch::store::StateStore for HeldStore {
     async fn save_job_state(&self, job: &JobState) -> crate::Result<()> {
         let r = self.inner.save_job_state(job).await;
         self.hold(r).await

@@ -37,11 +37,13 @@ use std::time::Duration;
 
 use super::{CaseFailure, CaseResult};
 use crate::task::storage::ScheduleFire;
+use crate::task::storage::{
+    ClaimParams, FinishedChildTaskExecution, NewTaskExecution, TaskExecutionGuard,
+    TaskExecutionStorage, TaskExecutionUpdate, Wake, WakeOutcome,
+};
 use crate::task::{
-    ClaimParams, ExecutionError, ExecutionErrorKind, FinishedChildTaskExecution, NewTaskExecution,
-    ParentRef, RetryOptions, TaskExecution, TaskExecutionFilter, TaskExecutionGuard,
-    TaskExecutionRef, TaskExecutionStatus, TaskExecutionStorage, TaskExecutionUpdate, Wake,
-    WakeOutcome, WakeResult,
+    ExecutionError, ExecutionErrorKind, ParentRef, RetryOptions, TaskExecution,
+    TaskExecutionFilter, TaskExecutionRef, TaskExecutionStatus, WakeResult,
 };
 use crate::task::{MissedTicks, ScheduleSpec, TaskSchedule};
 use crate::{Error, Result};

@@ -64,10 +64,10 @@ use crate::task::model::{
     TaskExecutionGuard, TaskExecutionRef, TaskExecutionStatus, TaskExecutionUpdate, Wake,
     WakeOutcome, WakeResult,
 };
+use crate::task::storage::ScheduleFire;
 use crate::task::storage::TaskExecutionStorage;
 use crate::task::{
-    Schedule, ScheduleFire, TaskExecutionFilter, TaskSchedule, Ticks, tick_execution_id,
-    validate_schedule_id,
+    Schedule, TaskExecutionFilter, TaskSchedule, Ticks, tick_execution_id, validate_schedule_id,
 };
 
 /// Runs durable tasks registered with it, from a storage shared by any number of executors.
