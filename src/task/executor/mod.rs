@@ -17,6 +17,12 @@
 //!
 //! Every write a run makes is guarded by the fencing token of its claim: an execution whose
 //! lease lapsed and was claimed again elsewhere cannot be overwritten by the old run.
+//!
+//! This module holds the [`Executor`] and its public API (registering, enqueueing, waking,
+//! scheduling, handles); the rest lives beside it: `options` (the settings), `definition`
+//! (tasks), `handle` (handles to executions), `writer` (the batched result writer), `loops`
+//! (the loops and their chores), `run` (a run's lifecycle), `parent` (parents and finalize),
+//! `enqueuer` (the spans runs follow from).
 
 mod definition;
 mod enqueuer;
