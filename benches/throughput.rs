@@ -431,7 +431,8 @@ async fn completed(db: &DatabaseConnection, backend: DbBackend) -> Result<i64> {
     Ok(row.try_get("", "n")?)
 }
 
-/// Statements the executors sent while they ran the W3 tasks (transaction control not counted).
+/// Statements the executors sent while they ran the W3 tasks or the W4 executions (transaction
+/// control not counted).
 static STATEMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Whether any execution is still `ready` or `running`.
@@ -670,10 +671,14 @@ async fn parent_child_library(
         }
     })
     .finalize(&finalize);
+    STATEMENTS.store(0, std::sync::atomic::Ordering::Relaxed);
     let mut pool = Vec::new();
     for _ in 0..executors {
-        let db =
+        let mut db =
             Database::connect(options(target.backend, &scratch.url, target.pool_size())).await?;
+        db.set_metric_callback(|_| {
+            STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
         let executor = Executor::new(
             Arc::new(SeaOrmTaskExecutionStorage::new(db.clone())),
             ExecutorOptions {
@@ -1213,6 +1218,13 @@ async fn main() -> Result<()> {
                     format!("W4 {parents} parents × {children} children + finalize, 3 executors"),
                     ours.as_secs_f64(),
                     rate(f64::from(u32::try_from(executions)?), ours),
+                );
+                // Counted during the last run.
+                println!(
+                    "   ↳ {:.2} statements per execution sent by the executors, idle polls included (BEGIN/COMMIT not counted)",
+                    f64::from(u32::try_from(
+                        STATEMENTS.load(std::sync::atomic::Ordering::Relaxed)
+                    )?) / f64::from(u32::try_from(executions)?)
                 );
             }
             "w5" => {
