@@ -452,17 +452,19 @@ async fn unfinished(db: &DatabaseConnection, backend: DbBackend) -> Result<bool>
     Ok(false)
 }
 
-async fn tasks_library(target: &Target, count: usize, executors: usize) -> Result<Duration> {
-    let scratch = target.scratch().await?;
-    enqueue_noops(&SeaOrmTaskExecutionStorage::new(scratch.db.clone()), count).await?;
-    let noop = TaskDefinition::new("noop", |_ctx, ()| async { Ok::<_, TaskError>(()) });
+/// Starts `count` executors on the database at `url`, each with a connection pool of its own
+/// (as separate processes would have) whose statements are counted in [`STATEMENTS`] (reset
+/// here), after `register` registered their tasks.
+async fn start_executors(
+    target: &Target,
+    url: &str,
+    count: usize,
+    register: impl Fn(&Executor) -> sea_orm_durable::Result<()>,
+) -> Result<Vec<(Executor, DatabaseConnection)>> {
     STATEMENTS.store(0, std::sync::atomic::Ordering::Relaxed);
-    let started = Instant::now();
-    let mut pool = Vec::new();
-    for _ in 0..executors {
-        // Each executor has a pool of its own, as separate processes would.
-        let mut db =
-            Database::connect(options(target.backend, &scratch.url, target.pool_size())).await?;
+    let mut pool = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut db = Database::connect(options(target.backend, url, target.pool_size())).await?;
         db.set_metric_callback(|_| {
             STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         });
@@ -473,10 +475,28 @@ async fn tasks_library(target: &Target, count: usize, executors: usize) -> Resul
                 ..ExecutorOptions::default()
             },
         );
-        executor.register(&noop)?;
+        register(&executor)?;
         executor.start();
         pool.push((executor, db));
     }
+    Ok(pool)
+}
+
+/// Shuts the executors of [`start_executors`] down and closes their pools.
+async fn stop_executors(pool: Vec<(Executor, DatabaseConnection)>) -> Result<()> {
+    for (executor, db) in pool {
+        executor.shutdown().await;
+        db.close().await?;
+    }
+    Ok(())
+}
+
+async fn tasks_library(target: &Target, count: usize, executors: usize) -> Result<Duration> {
+    let scratch = target.scratch().await?;
+    enqueue_noops(&SeaOrmTaskExecutionStorage::new(scratch.db.clone()), count).await?;
+    let noop = TaskDefinition::new("noop", |_ctx, ()| async { Ok::<_, TaskError>(()) });
+    let started = Instant::now();
+    let pool = start_executors(target, &scratch.url, executors, |e| e.register(&noop)).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     // Watching with index-served probes, not a COUNT over the table, so that the watching does
     // not cost the database more than the work it watches.
@@ -489,10 +509,7 @@ async fn tasks_library(target: &Target, count: usize, executors: usize) -> Resul
         completed(&scratch.db, target.backend).await? == i64::try_from(count)?,
         "tasks did not all complete"
     );
-    for (executor, db) in &pool {
-        executor.shutdown().await;
-        db.clone().close().await?;
-    }
+    stop_executors(pool).await?;
     target.drop_scratch(scratch).await?;
     Ok(took)
 }
@@ -671,26 +688,11 @@ async fn parent_child_library(
         }
     })
     .finalize(&finalize);
-    STATEMENTS.store(0, std::sync::atomic::Ordering::Relaxed);
-    let mut pool = Vec::new();
-    for _ in 0..executors {
-        let mut db =
-            Database::connect(options(target.backend, &scratch.url, target.pool_size())).await?;
-        db.set_metric_callback(|_| {
-            STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        });
-        let executor = Executor::new(
-            Arc::new(SeaOrmTaskExecutionStorage::new(db.clone())),
-            ExecutorOptions {
-                poll_interval: Duration::from_millis(10),
-                ..ExecutorOptions::default()
-            },
-        );
-        executor.register(&parent)?;
-        executor.register(&child)?;
-        executor.start();
-        pool.push((executor, db));
-    }
+    let pool = start_executors(target, &scratch.url, executors, |e| {
+        e.register(&parent)?;
+        e.register(&child)
+    })
+    .await?;
     let started = Instant::now();
     let mut ids = Vec::with_capacity(parents);
     for _ in 0..parents {
@@ -741,10 +743,7 @@ async fn parent_child_library(
         done.try_get::<i64>("", "n")? == i64::try_from(parents)?,
         "parents did not all complete"
     );
-    for (executor, db) in &pool {
-        executor.shutdown().await;
-        db.clone().close().await?;
-    }
+    stop_executors(pool).await?;
     target.drop_scratch(scratch).await?;
     Ok(took)
 }

@@ -2454,19 +2454,6 @@ impl crate::batch::store::StateStore for HeldStore {
         let r = self.inner.update_batch_state(job_id, batch_id, state).await;
         self.hold(r).await
     }
-    async fn save_processed_record(
-        &self,
-        job_id: &str,
-        batch_id: &str,
-        record: &ProcessedRecord,
-    ) -> crate::Result<()> {
-        let r = self
-            .inner
-            .save_processed_record(job_id, batch_id, record)
-            .await;
-        self.hold(r).await
-    }
-
     async fn save_processed_records(
         &self,
         job_id: &str,
