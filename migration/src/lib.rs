@@ -28,6 +28,7 @@ mod m20261130_000020_durable_ordered_indexes;
 mod m20261130_000030_durable_waiting;
 mod m20261130_000031_durable_task_schedules;
 mod m20261130_000040_durable_retention;
+mod m20261130_000050_durable_lean_indexes;
 mod schema;
 
 /// The migrator for the `sea-orm-durable` tables, with its own bookkeeping table.
@@ -52,6 +53,7 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         Box::new(m20261130_000030_durable_waiting::Migration),
         Box::new(m20261130_000031_durable_task_schedules::Migration),
         Box::new(m20261130_000040_durable_retention::Migration),
+        Box::new(m20261130_000050_durable_lean_indexes::Migration),
     ]
 }
 

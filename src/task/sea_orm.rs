@@ -12,7 +12,7 @@
 //! parameters: the partial indexes of the migration (`WHERE status = 'ready'`, ...) can only be
 //! used when the planner sees the same constant in the query.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
 use async_trait::async_trait;
@@ -20,7 +20,7 @@ use sea_orm::sea_query::{
     Alias, Asterisk, CommonTableExpression, Condition, Expr, ExprTrait, Order, Query,
     ReturningClause, SelectStatement, SimpleExpr, UpdateStatement, Value, WithClause, WithQuery,
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, IdenStatic, QueryResult};
 use sea_orm_durable_entity::{
     finished_child_task_executions as fc, task_executions as te, task_schedules as ts,
 };
@@ -600,6 +600,169 @@ async fn update_in<C: ConnectionTrait>(
     Ok(matched)
 }
 
+/// Guarded updates of one execution each that [`update_batched_in`] can write with one
+/// statement: each guard names one execution (named by no other update of the batch) and its
+/// fencing token, and they share the status guard and the columns they set.
+struct UpdateGroup<'a> {
+    statuses: Option<&'a [TaskExecutionStatus]>,
+    columns: Vec<&'static str>,
+    /// (index in the batch, execution id, fencing token, assignments).
+    members: Vec<(usize, &'a str, i64, Vec<(Col, SimpleExpr)>)>,
+}
+
+/// The column of an assignment as a grouping key; an `error` that clears and one that sets
+/// stay apart, so one `CASE` never mixes a typed `NULL` with a JSON value.
+fn column_key(col: Col, value: &SimpleExpr) -> &'static str {
+    match col {
+        Col::Error if *value == null_json() => "error = null",
+        _ => col.as_str(),
+    }
+}
+
+/// Splits `updates` into the groups that [`update_batched_in`] writes one statement at a time,
+/// and the indexes of the rest, in batch order, for one statement each.
+fn group_updates(
+    backend: DbBackend,
+    updates: &[(TaskExecutionGuard, TaskExecutionUpdate)],
+) -> Result<(Vec<UpdateGroup<'_>>, Vec<usize>)> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (guard, _) in updates {
+        for id in &guard.execution_ids {
+            *seen.entry(id.as_str()).or_default() += 1;
+        }
+    }
+    let mut groups: Vec<UpdateGroup<'_>> = Vec::new();
+    let mut single = Vec::new();
+    for (i, (guard, update)) in updates.iter().enumerate() {
+        if matches_nothing(guard) {
+            single.push(i);
+            continue;
+        }
+        let (id, token) = match (guard.execution_ids.as_slice(), guard.fencing_token) {
+            ([id], Some(token)) if seen.get(id.as_str()) == Some(&1) => (id.as_str(), token),
+            _ => {
+                single.push(i);
+                continue;
+            }
+        };
+        let sets = update_sets(backend, update)?;
+        let columns: Vec<&'static str> = sets.iter().map(|(c, v)| column_key(*c, v)).collect();
+        let statuses = guard.statuses.as_deref();
+        match groups
+            .iter_mut()
+            .find(|g| g.statuses == statuses && g.columns == columns)
+        {
+            Some(group) => group.members.push((i, id, token, sets)),
+            None => groups.push(UpdateGroup {
+                statuses,
+                columns,
+                members: vec![(i, id, token, sets)],
+            }),
+        }
+    }
+    Ok((groups, single))
+}
+
+/// `CASE execution_id WHEN <id> THEN <value> …` over `members`, or the value itself when all
+/// members share it.
+fn per_execution(members: &[(&str, SimpleExpr)]) -> SimpleExpr {
+    match members {
+        [(_, first), rest @ ..] if rest.iter().all(|(_, v)| v == first) => first.clone(),
+        _ => {
+            let mut case = sea_orm::sea_query::CaseStatement::new();
+            for (id, value) in members {
+                case = case.case(Expr::col(Col::ExecutionId).eq(*id), value.clone());
+            }
+            case.into()
+        }
+    }
+}
+
+/// Writes a group of [`group_updates`] in statements of many executions each, and returns the
+/// batch indexes of the updates that matched their guard. Values that differ between
+/// executions are picked by `CASE execution_id`, and so is each execution's fencing token in
+/// the guard.
+///
+/// Which rows matched: `RETURNING execution_id` on PostgreSQL and SQLite; on MySQL/MariaDB (no
+/// `RETURNING`) the matching rows are first read with `FOR UPDATE`, which holds them unchanged
+/// until the update. `conn` must be a write transaction.
+async fn update_batched_in<C: ConnectionTrait>(
+    conn: &C,
+    group: &UpdateGroup<'_>,
+) -> Result<Vec<usize>> {
+    let backend = conn.get_database_backend();
+    let size = |(_, id, _, sets): &(usize, &str, i64, Vec<(Col, SimpleExpr)>)| {
+        id.len() * 3 + 64 + sets.iter().map(|(_, v)| expr_bytes(v)).sum::<usize>()
+    };
+    let binds = 2 * group.columns.len() + 4;
+    let mut matched = Vec::new();
+    for chunk in dialect::chunks(backend, binds, &group.members, size) {
+        let ids: Vec<&str> = chunk.iter().map(|(_, id, ..)| *id).collect();
+        let tokens: Vec<(&str, SimpleExpr)> = chunk
+            .iter()
+            .map(|(_, id, token, _)| (*id, Expr::val(*token).into()))
+            .collect();
+        let mut condition = Condition::all()
+            .add(Expr::col(Col::ExecutionId).is_in(ids.iter().copied()))
+            .add(Expr::col(Col::FencingToken).eq(per_execution(&tokens)));
+        if let Some(statuses) = group.statuses {
+            condition =
+                condition.add(Expr::col(Col::Status).is_in(statuses.iter().map(|s| s.as_str())));
+        }
+        let sets: Vec<(Col, SimpleExpr)> = (0..group.columns.len())
+            .map(|c| {
+                let values: Vec<(&str, SimpleExpr)> = chunk
+                    .iter()
+                    .map(|(_, id, _, sets)| (*id, sets[c].1.clone()))
+                    .collect();
+                (chunk[0].3[c].0, per_execution(&values))
+            })
+            .collect();
+        let mut update = Query::update()
+            .table(te::Entity)
+            .values(sets)
+            .cond_where(condition.clone())
+            .to_owned();
+        let hit: HashSet<String> = if backend == DbBackend::MySql {
+            let mut select = Query::select()
+                .column(Col::ExecutionId)
+                .from(te::Entity)
+                .cond_where(condition)
+                .order_by(Col::ExecutionId, Order::Asc)
+                .to_owned();
+            dialect::lock_for_update(backend, &mut select);
+            let hit = ids_of(&conn.query_all(&select).await?)?;
+            if !hit.is_empty() {
+                conn.execute(&update).await?;
+            }
+            hit.into_iter().collect()
+        } else {
+            update.returning(Query::returning().column(Col::ExecutionId));
+            ids_of(&conn.query_all(&update).await?)?
+                .into_iter()
+                .collect()
+        };
+        matched.extend(
+            chunk
+                .iter()
+                .filter(|(_, id, ..)| hit.contains(*id))
+                .map(|(i, ..)| *i),
+        );
+    }
+    Ok(matched)
+}
+
+/// A generous estimate of the bytes `value` adds to a statement: its bound text, if any.
+fn expr_bytes(value: &SimpleExpr) -> usize {
+    match value {
+        SimpleExpr::Value(Value::String(Some(s))) => s.len() + 16,
+        SimpleExpr::Value(Value::Json(Some(j))) => j.to_string().len() + 16,
+        SimpleExpr::FunctionCall(call) => call.get_args().iter().map(expr_bytes).sum::<usize>() + 32,
+        SimpleExpr::Binary(left, _, right) => expr_bytes(left) + expr_bytes(right),
+        _ => 64,
+    }
+}
+
 async fn update_and_enqueue_in<C: ConnectionTrait>(
     conn: &C,
     guard: &TaskExecutionGuard,
@@ -616,17 +779,18 @@ async fn update_and_enqueue_in<C: ConnectionTrait>(
 /// Records finished children, once per (parent, child), and adds to each parent's counters
 /// exactly the records this call inserted.
 ///
-/// The parents are locked first, in execution-id order (PostgreSQL/MySQL `SELECT … FOR
-/// UPDATE`; SQLite's `IMMEDIATE` transaction already excludes every other writer), so two
-/// transactions recording children of one parent run one after the other and never deadlock on
-/// the counter updates. The counters grow by the rows inserted, not by a recount, so recording
-/// the last of N children costs the same as recording the first:
+/// The counters grow by the rows inserted, not by a recount, so recording the last of N
+/// children costs the same as recording the first:
 ///
 /// - PostgreSQL and SQLite: `INSERT … ON CONFLICT DO NOTHING RETURNING` names the rows that
-///   were new; a record that exists already (a retried close) is not returned.
+///   were new; a record that exists already (a retried close) is not returned. The unique key
+///   of the records orders two transactions inserting the same record, so the parents need no
+///   lock until their counters are updated ([`add_to_counters`], last, so that the parent rows,
+///   which every close of their children needs, are held from there to commit only).
 /// - MySQL/MariaDB: no `RETURNING`, and `ON DUPLICATE KEY` reports a conflict as a success, so
-///   the records that exist already are read first ([`existing_children`]). Under the parent
-///   locks nothing else can insert records of these parents, so the rest are all new.
+///   the parents are locked first, in execution-id order, and the records that exist already
+///   are read under those locks ([`existing_children`]): nothing else can insert records of
+///   these parents until commit, so the rest are all new.
 ///
 /// `conn` must be a write transaction.
 async fn record_finished_children_in<C: ConnectionTrait>(
@@ -642,13 +806,13 @@ async fn record_finished_children_in<C: ConnectionTrait>(
         return Ok(());
     }
     let backend = conn.get_database_backend();
-    let parents: Vec<String> = children
-        .iter()
-        .map(|c| c.parent_execution_id.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if backend != DbBackend::Sqlite {
+    let children = if backend == DbBackend::MySql {
+        let parents: Vec<String> = children
+            .iter()
+            .map(|c| c.parent_execution_id.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         for chunk in id_chunks(backend, &parents) {
             let mut lock = Query::select()
                 .column(Col::ExecutionId)
@@ -659,8 +823,6 @@ async fn record_finished_children_in<C: ConnectionTrait>(
             dialect::lock_for_update(backend, &mut lock);
             conn.query_all(&lock).await?;
         }
-    }
-    let children = if backend == DbBackend::MySql {
         let existing = existing_children(conn, &children).await?;
         children
             .into_iter()
@@ -718,28 +880,79 @@ async fn record_finished_children_in<C: ConnectionTrait>(
             }
         }
     }
-    // Parents that gained the same counts share one statement (often all of them: one child
-    // each).
-    let mut by_increment: BTreeMap<(i64, i64), Vec<String>> = BTreeMap::new();
-    for (parent, increment) in added {
-        by_increment.entry(increment).or_default().push(parent);
-    }
-    for ((finished, failed), parents) in by_increment {
-        for chunk in id_chunks(backend, &parents) {
-            let mut update = Query::update();
-            update
-                .table(te::Entity)
-                .value(
-                    Col::FinishedChildrenCount,
-                    Expr::col(Col::FinishedChildrenCount).add(finished),
-                )
-                .and_where(Expr::col(Col::ExecutionId).is_in(chunk.iter().map(String::as_str)));
-            if failed > 0 {
-                update.value(
-                    Col::FailedChildrenCount,
-                    Expr::col(Col::FailedChildrenCount).add(failed),
+    let added: Vec<(String, (i64, i64))> = added.into_iter().collect();
+    add_to_counters(conn, &added).await
+}
+
+/// Adds `(finished, failed)` to the children counters of each parent in `added` (sorted by
+/// execution id), one statement per chunk of parents. Parents that gained the same counts share
+/// one `CASE` branch; when all gained the same (often: one child each) the increment is a plain
+/// constant.
+///
+/// On PostgreSQL the statement takes the parents' row locks itself, in execution-id order (a
+/// materialized `SELECT … ORDER BY execution_id FOR UPDATE`), so that two closes sharing parents
+/// queue instead of deadlocking, and hold them only from here to commit. MySQL/MariaDB callers
+/// hold the locks already; SQLite's writer holds the whole database.
+async fn add_to_counters<C: ConnectionTrait>(
+    conn: &C,
+    added: &[(String, (i64, i64))],
+) -> Result<()> {
+    let backend = conn.get_database_backend();
+    // An id can appear in the `WHERE`, the lock and both `CASE`s.
+    for chunk in dialect::chunks(backend, 4, added, |(id, _)| 4 * id.len() + 32) {
+        let mut groups: BTreeMap<(i64, i64), Vec<&str>> = BTreeMap::new();
+        for (id, increment) in chunk {
+            groups.entry(*increment).or_default().push(id);
+        }
+        let increment = |pick: fn(&(i64, i64)) -> i64| -> SimpleExpr {
+            let mut values = groups.keys().map(pick);
+            let first = values.next().unwrap_or(0);
+            if values.all(|v| v == first) {
+                return Expr::val(first).into();
+            }
+            let mut case = sea_orm::sea_query::CaseStatement::new();
+            for (key, ids) in &groups {
+                case = case.case(
+                    Expr::col(Col::ExecutionId).is_in(ids.iter().copied()),
+                    Expr::val(pick(key)),
                 );
             }
+            case.finally(Expr::val(0i64)).into()
+        };
+        let mut update = Query::update();
+        update.table(te::Entity).value(
+            Col::FinishedChildrenCount,
+            Expr::col(Col::FinishedChildrenCount).add(increment(|k| k.0)),
+        );
+        if groups.keys().any(|k| k.1 > 0) {
+            update.value(
+                Col::FailedChildrenCount,
+                Expr::col(Col::FailedChildrenCount).add(increment(|k| k.1)),
+            );
+        }
+        let ids = chunk.iter().map(|(id, _)| id.as_str());
+        if backend == DbBackend::Postgres {
+            let locked = Alias::new("locked");
+            let mut lock = Query::select()
+                .expr_as(Expr::col(Col::ExecutionId), Alias::new("locked_id"))
+                .from(te::Entity)
+                .and_where(Expr::col(Col::ExecutionId).is_in(ids))
+                .order_by(Col::ExecutionId, Order::Asc)
+                .to_owned();
+            dialect::lock_for_update(backend, &mut lock);
+            let cte = CommonTableExpression::new()
+                .query(lock)
+                .table_name(locked.clone())
+                .materialized(true)
+                .to_owned();
+            update.from(locked.clone()).and_where(
+                Expr::col((te::Entity, Col::ExecutionId))
+                    .equals((locked, Alias::new("locked_id"))),
+            );
+            conn.execute(&update.with(WithClause::new().cte(cte).to_owned()))
+                .await?;
+        } else {
+            update.and_where(Expr::col(Col::ExecutionId).is_in(ids));
             conn.execute(&update).await?;
         }
     }
@@ -1859,15 +2072,20 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         if updates.iter().all(|(guard, _)| matches_nothing(guard)) {
             return Ok(vec![0; updates.len()]);
         }
-        // One transaction: one commit (one log flush) for the whole batch.
+        let backend = self.db.get_database_backend();
+        let (groups, single) = group_updates(backend, updates)?;
+        // One transaction: one commit (one log flush) for the whole batch, and one statement
+        // for each group of alike updates (often the whole batch: runs that completed).
         in_write_transaction!(&self.db, "update_task_executions_many", |txn| async {
-            let mut matched = Vec::with_capacity(updates.len());
-            for (guard, update) in updates {
-                matched.push(if matches_nothing(guard) {
-                    0
-                } else {
-                    update_in(&txn, guard, update).await?
-                });
+            let mut matched = vec![0; updates.len()];
+            for group in &groups {
+                for i in update_batched_in(&txn, group).await? {
+                    matched[i] = 1;
+                }
+            }
+            for &i in &single {
+                let (guard, update) = &updates[i];
+                matched[i] = update_in(&txn, guard, update).await?;
             }
             Ok::<_, Error>(matched)
         })

@@ -84,6 +84,7 @@ macro_rules! task_storage_conformance {
             claim_takes_due_ready_executions_earliest_first,
             claim_respects_the_limit,
             guarded_update_checks_status_and_fencing_token,
+            batched_updates_count_each_guard_and_write_each_value,
             update_maintains_status_derived_fields,
             finished_at_never_precedes_started_at,
             update_and_enqueue_inserts_children_only_when_the_guard_matched,
@@ -577,6 +578,109 @@ pub async fn guarded_update_checks_status_and_fencing_token(storage: Storage) ->
     check_eq!(storage.update_task_executions(&both, &touch).await?, 1);
     check_eq!(get(&storage, "b").await?.updated_at, T0 + 2);
     check_eq!(get(&storage, "a").await?.updated_at, T0 + 1);
+    Ok(())
+}
+
+/// A batch of guarded updates (the executor's result writer) counts each guard on its own and
+/// writes each execution its own values, in batch order where an execution appears twice.
+pub async fn batched_updates_count_each_guard_and_write_each_value(
+    storage: Storage,
+) -> CaseResult {
+    let all = ["a", "b", "c", "d", "e", "f"];
+    storage
+        .enqueue_task_executions(all.iter().map(|id| new_execution(id)).collect(), T0)
+        .await?;
+    check_eq!(storage.claim_task_executions(&claim("e", T0, 6)).await?.len(), 6);
+    // "f" is claimed a second time: its fencing token differs from the others'.
+    let again = TaskExecutionUpdate {
+        now: T0 + 1,
+        status: Some(TaskExecutionStatus::Ready),
+        ..Default::default()
+    };
+    check_eq!(
+        storage
+            .update_task_executions(&TaskExecutionGuard::id("f"), &again)
+            .await?,
+        1
+    );
+    let f = storage.claim_task_executions(&claim("e", T0 + 2, 1)).await?;
+    check_eq!(ids(&f), vec!["f"]);
+    let running = |id: &str, token: i64| {
+        TaskExecutionGuard::id(id)
+            .status(TaskExecutionStatus::Running)
+            .fencing_token(token)
+    };
+    let complete = |now: i64, output: &str| TaskExecutionUpdate {
+        now,
+        status: Some(TaskExecutionStatus::Completed),
+        output: Some(output.to_owned()),
+        ..Default::default()
+    };
+    let error = ExecutionError::generic("broken", false);
+    let fail = TaskExecutionUpdate {
+        now: T0 + 11,
+        status: Some(TaskExecutionStatus::Failed),
+        error: Some(error.clone()),
+        ..Default::default()
+    };
+    let touch = TaskExecutionUpdate {
+        now: T0 + 20,
+        ..Default::default()
+    };
+    let updates = vec![
+        (running("a", 1), complete(T0 + 10, "out-a")),
+        (running("b", 0), complete(T0 + 10, "stale")),
+        (
+            TaskExecutionGuard::id("c")
+                .status(TaskExecutionStatus::Ready)
+                .fencing_token(1),
+            complete(T0 + 10, "wrong status"),
+        ),
+        (running("d", 1), fail),
+        (running("e", 1), complete(T0 + 12, "out-e")),
+        (running("f", f[0].fencing_token), complete(T0 + 13, "out-f")),
+        (running("missing", 1), complete(T0 + 10, "nobody")),
+        (
+            TaskExecutionGuard::id("a")
+                .status(TaskExecutionStatus::Completed)
+                .fencing_token(1),
+            touch,
+        ),
+        (TaskExecutionGuard::default(), complete(T0 + 10, "no ids")),
+    ];
+    check_eq!(
+        storage.update_task_executions_many(&updates).await?,
+        vec![1, 0, 0, 1, 1, 1, 0, 1, 0]
+    );
+    let a = get(&storage, "a").await?;
+    check_eq!(
+        (a.status, a.output.as_deref(), a.finished_at, a.updated_at),
+        (
+            TaskExecutionStatus::Completed,
+            Some("out-a"),
+            Some(T0 + 10),
+            T0 + 20
+        )
+    );
+    for id in ["b", "c"] {
+        let untouched = get(&storage, id).await?;
+        check_eq!(
+            (untouched.status, untouched.output, untouched.updated_at),
+            (TaskExecutionStatus::Running, None, T0)
+        );
+    }
+    let d = get(&storage, "d").await?;
+    check_eq!(
+        (d.status, d.output, d.error, d.finished_at),
+        (TaskExecutionStatus::Failed, None, Some(error), Some(T0 + 11))
+    );
+    for (id, output, at) in [("e", "out-e", T0 + 12), ("f", "out-f", T0 + 13)] {
+        let done = get(&storage, id).await?;
+        check_eq!(
+            (done.status, done.output.as_deref(), done.finished_at),
+            (TaskExecutionStatus::Completed, Some(output), Some(at))
+        );
+    }
     Ok(())
 }
 

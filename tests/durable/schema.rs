@@ -601,7 +601,7 @@ async fn nullability(t: &TestDb) -> anyhow::Result<Vec<(String, String, String, 
 
 /// The picks of the executor and the finalize check of a batch job, as the stores write them
 /// (statuses as literals), and the index each must be served by without a sort.
-const HOT_QUERIES: [(&str, &str); 6] = [
+const HOT_QUERIES: [(&str, &str); 10] = [
     (
         "SELECT execution_id FROM durable_task_executions WHERE status = 'ready' AND start_at <= 9999 \
          AND task_id IN ('child') ORDER BY start_at, execution_id LIMIT 100",
@@ -622,6 +622,24 @@ const HOT_QUERIES: [(&str, &str); 6] = [
         "SELECT execution_id FROM durable_task_executions WHERE is_finished = TRUE AND is_closed = FALSE \
          ORDER BY updated_at, execution_id LIMIT 100",
         "ix_durable_task_executions_unclosed_claim",
+    ),
+    (
+        "SELECT execution_id FROM durable_task_executions WHERE executor_id = 'e' \
+         AND cancel_requested = TRUE ORDER BY updated_at, execution_id LIMIT 100",
+        "ix_durable_task_executions_executor_cancel",
+    ),
+    (
+        "SELECT execution_id FROM durable_task_executions WHERE sleeping_key = 'k'",
+        "ux_durable_task_executions_sleeping_key",
+    ),
+    (
+        "SELECT execution_id FROM durable_task_executions WHERE wake_key = 'k'",
+        "ix_durable_task_executions_wake_key",
+    ),
+    (
+        "SELECT execution_id FROM durable_task_executions WHERE parent_execution_id IN ('p2') \
+         AND is_finished = FALSE",
+        "ix_durable_task_executions_parent",
     ),
     (
         "SELECT 1 FROM batchactions_batches WHERE job_id = 'j' \
@@ -708,6 +726,27 @@ async fn hot_queries_read_an_index_in_their_order(t: TestDb) -> anyhow::Result<(
             !plan.contains("Sort") && !plan.contains("TEMP B-TREE"),
             "{query}\nsorts:\n{plan}"
         );
+    }
+    // Indexes whose lookups only ever ask for some rows hold only those rows, so that the
+    // updates of every other row do not write them.
+    for name in [
+        "ux_durable_task_executions_sleeping_key",
+        "ix_durable_task_executions_wake_key",
+        "ix_durable_task_executions_parent",
+        "ix_durable_task_executions_executor_cancel",
+    ] {
+        let query = match backend {
+            DbBackend::Postgres => {
+                format!("SELECT indexdef AS def FROM pg_indexes WHERE indexname = '{name}'")
+            }
+            _ => format!("SELECT sql AS def FROM sqlite_master WHERE type = 'index' AND name = '{name}'"),
+        };
+        let def: String =
+            t.db.query_one_raw(Statement::from_string(backend, query))
+                .await?
+                .with_context(|| format!("{name} is missing"))?
+                .try_get("", "def")?;
+        ensure!(def.contains("WHERE"), "{name} holds every row: {def}");
     }
     Ok(())
 }
