@@ -606,8 +606,18 @@ async fn update_in<C: ConnectionTrait>(
 struct UpdateGroup<'a> {
     statuses: Option<&'a [TaskExecutionStatus]>,
     columns: Vec<&'static str>,
-    /// (index in the batch, execution id, fencing token, assignments).
-    members: Vec<(usize, &'a str, i64, Vec<(Col, SimpleExpr)>)>,
+    /// Whether the updates finish their executions, which the statement then also closes.
+    closes: bool,
+    members: Vec<GroupMember<'a>>,
+}
+
+/// One update of an [`UpdateGroup`].
+struct GroupMember<'a> {
+    /// Its place in the batch.
+    index: usize,
+    execution_id: &'a str,
+    fencing_token: i64,
+    sets: Vec<(Col, SimpleExpr)>,
 }
 
 /// The column of an assignment as a grouping key; an `error` that clears and one that sets
@@ -617,6 +627,16 @@ fn column_key(col: Col, value: &SimpleExpr) -> &'static str {
         Col::Error if *value == null_json() => "error = null",
         _ => col.as_str(),
     }
+}
+
+/// Whether an update under `guard` takes its executions from a status that is not finished to
+/// one that is: the executions it matches are finished by it and not closed yet.
+fn finishes(guard: &TaskExecutionGuard, update: &TaskExecutionUpdate) -> bool {
+    update.status.is_some_and(TaskExecutionStatus::is_finished)
+        && guard
+            .statuses
+            .as_ref()
+            .is_some_and(|s| !s.is_empty() && s.iter().all(|s| !s.is_finished()))
 }
 
 /// Splits `updates` into the groups that [`update_batched_in`] writes one statement at a time,
@@ -633,37 +653,50 @@ fn group_updates(
     }
     let mut groups: Vec<UpdateGroup<'_>> = Vec::new();
     let mut single = Vec::new();
-    for (i, (guard, update)) in updates.iter().enumerate() {
+    for (index, (guard, update)) in updates.iter().enumerate() {
         if matches_nothing(guard) {
-            single.push(i);
+            single.push(index);
             continue;
         }
-        let (id, token) = match (guard.execution_ids.as_slice(), guard.fencing_token) {
-            ([id], Some(token)) if seen.get(id.as_str()) == Some(&1) => (id.as_str(), token),
-            _ => {
-                single.push(i);
-                continue;
-            }
-        };
-        let sets = update_sets(backend, update)?;
+        let (execution_id, fencing_token) =
+            match (guard.execution_ids.as_slice(), guard.fencing_token) {
+                ([id], Some(token)) if seen.get(id.as_str()) == Some(&1) => (id.as_str(), token),
+                _ => {
+                    single.push(index);
+                    continue;
+                }
+            };
+        let mut sets = update_sets(backend, update)?;
+        let closes = finishes(guard, update);
+        if closes {
+            sets.push((Col::IsClosed, Expr::val(true)));
+            sets.push((Col::ClosedAt, Expr::val(update.now)));
+        }
         let columns: Vec<&'static str> = sets.iter().map(|(c, v)| column_key(*c, v)).collect();
         let statuses = guard.statuses.as_deref();
+        let member = GroupMember {
+            index,
+            execution_id,
+            fencing_token,
+            sets,
+        };
         match groups
             .iter_mut()
-            .find(|g| g.statuses == statuses && g.columns == columns)
+            .find(|g| g.statuses == statuses && g.columns == columns && g.closes == closes)
         {
-            Some(group) => group.members.push((i, id, token, sets)),
+            Some(group) => group.members.push(member),
             None => groups.push(UpdateGroup {
                 statuses,
                 columns,
-                members: vec![(i, id, token, sets)],
+                closes,
+                members: vec![member],
             }),
         }
     }
     Ok((groups, single))
 }
 
-/// `CASE execution_id WHEN <id> THEN <value> …` over `members`, or the value itself when all
+/// `CASE WHEN execution_id = <id> THEN <value> …` over `members`, or the value itself when all
 /// members share it.
 fn per_execution(members: &[(&str, SimpleExpr)]) -> SimpleExpr {
     match members {
@@ -683,24 +716,31 @@ fn per_execution(members: &[(&str, SimpleExpr)]) -> SimpleExpr {
 /// executions are picked by `CASE execution_id`, and so is each execution's fencing token in
 /// the guard.
 ///
-/// Which rows matched: `RETURNING execution_id` on PostgreSQL and SQLite; on MySQL/MariaDB (no
+/// Which rows matched: `RETURNING` on PostgreSQL and SQLite; on MySQL/MariaDB (no
 /// `RETURNING`) the matching rows are first read with `FOR UPDATE`, which holds them unchanged
-/// until the update. `conn` must be a write transaction.
+/// until the update.
+///
+/// A group whose updates finish their executions closes them in the same statement and adds
+/// their rows to `closed`, whose outcomes the caller propagates as a close would
+/// ([`propagate_outcomes_in`], once for all groups, so that the parents are locked in one
+/// order): one row version and one statement fewer per execution than a close of its own, and
+/// nothing left for the close loop. `conn` must be a write transaction.
 async fn update_batched_in<C: ConnectionTrait>(
     conn: &C,
     group: &UpdateGroup<'_>,
+    closed: &mut Vec<QueryResult>,
 ) -> Result<Vec<usize>> {
     let backend = conn.get_database_backend();
-    let size = |(_, id, _, sets): &(usize, &str, i64, Vec<(Col, SimpleExpr)>)| {
-        id.len() * 3 + 64 + sets.iter().map(|(_, v)| expr_bytes(v)).sum::<usize>()
+    let size = |m: &GroupMember<'_>| {
+        m.execution_id.len() * 3 + 64 + m.sets.iter().map(|(_, v)| expr_bytes(v)).sum::<usize>()
     };
     let binds = 2 * group.columns.len() + 4;
     let mut matched = Vec::new();
     for chunk in dialect::chunks(backend, binds, &group.members, size) {
-        let ids: Vec<&str> = chunk.iter().map(|(_, id, ..)| *id).collect();
+        let ids: Vec<&str> = chunk.iter().map(|m| m.execution_id).collect();
         let tokens: Vec<(&str, SimpleExpr)> = chunk
             .iter()
-            .map(|(_, id, token, _)| (*id, Expr::val(*token).into()))
+            .map(|m| (m.execution_id, Expr::val(m.fencing_token)))
             .collect();
         let mut condition = Condition::all()
             .add(Expr::col(Col::ExecutionId).is_in(ids.iter().copied()))
@@ -713,9 +753,9 @@ async fn update_batched_in<C: ConnectionTrait>(
             .map(|c| {
                 let values: Vec<(&str, SimpleExpr)> = chunk
                     .iter()
-                    .map(|(_, id, _, sets)| (*id, sets[c].1.clone()))
+                    .map(|m| (m.execution_id, m.sets[c].1.clone()))
                     .collect();
-                (chunk[0].3[c].0, per_execution(&values))
+                (chunk[0].sets[c].0, per_execution(&values))
             })
             .collect();
         let mut update = Query::update()
@@ -723,7 +763,7 @@ async fn update_batched_in<C: ConnectionTrait>(
             .values(sets)
             .cond_where(condition.clone())
             .to_owned();
-        let hit: HashSet<String> = if backend == DbBackend::MySql {
+        let (hit, rows) = if backend == DbBackend::MySql {
             let mut select = Query::select()
                 .column(Col::ExecutionId)
                 .from(te::Entity)
@@ -732,21 +772,36 @@ async fn update_batched_in<C: ConnectionTrait>(
                 .to_owned();
             dialect::lock_for_update(backend, &mut select);
             let hit = ids_of(&conn.query_all(&select).await?)?;
+            let mut rows = Vec::new();
             if !hit.is_empty() {
                 conn.execute(&update).await?;
+                if group.closes {
+                    let select = Query::select()
+                        .column(Asterisk)
+                        .from(te::Entity)
+                        .and_where(
+                            Expr::col(Col::ExecutionId).is_in(hit.iter().map(String::as_str)),
+                        )
+                        .to_owned();
+                    rows = conn.query_all(&select).await?;
+                }
             }
-            hit.into_iter().collect()
+            (hit, rows)
+        } else if group.closes {
+            update.returning(Query::returning().all());
+            let rows = conn.query_all(&update).await?;
+            (ids_of(&rows)?, rows)
         } else {
             update.returning(Query::returning().column(Col::ExecutionId));
-            ids_of(&conn.query_all(&update).await?)?
-                .into_iter()
-                .collect()
+            (ids_of(&conn.query_all(&update).await?)?, Vec::new())
         };
+        closed.extend(rows);
+        let hit: HashSet<String> = hit.into_iter().collect();
         matched.extend(
             chunk
                 .iter()
-                .filter(|(_, id, ..)| hit.contains(*id))
-                .map(|(i, ..)| *i),
+                .filter(|m| hit.contains(m.execution_id))
+                .map(|m| m.index),
         );
     }
     Ok(matched)
@@ -1556,7 +1611,19 @@ async fn close_in<C: ConnectionTrait>(
     only: Option<&str>,
 ) -> Result<u64> {
     let picked = pick_and_update(conn, &close_pick(limit, only), close_sets(now), true).await?;
-    let (closed, bad) = map_lenient(&picked.rows);
+    propagate_outcomes_in(conn, &picked.rows, now).await?;
+    Ok(u64::try_from(picked.ids.len()).unwrap_or(u64::MAX))
+}
+
+/// Propagates the outcomes of executions just marked closed, given their rows as updated: the
+/// second half of [`close_in`], also run by [`update_batched_in`] for the executions it
+/// finishes and closes in one statement.
+async fn propagate_outcomes_in<C: ConnectionTrait>(
+    conn: &C,
+    rows: &[QueryResult],
+    now: i64,
+) -> Result<()> {
+    let (closed, bad) = map_lenient(rows);
     for (key, err) in bad {
         if key.is_empty() {
             tracing::error!(error = %err, "finished execution cannot be read, nor its id; closed without propagating its outcome");
@@ -1610,8 +1677,7 @@ async fn close_in<C: ConnectionTrait>(
         .filter(|e| e.status != TaskExecutionStatus::Completed)
         .map(|e| (e.execution_id.as_str(), super::parent_finished_error(e)))
         .collect();
-    cancel_children_in(conn, &failed, now).await?;
-    Ok(u64::try_from(picked.ids.len()).unwrap_or(u64::MAX))
+    cancel_children_in(conn, &failed, now).await
 }
 
 /// Closes `execution_id` recording its outcome as a failure, because propagating it failed
@@ -2075,14 +2141,18 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         let backend = self.db.get_database_backend();
         let (groups, single) = group_updates(backend, updates)?;
         // One transaction: one commit (one log flush) for the whole batch, and one statement
-        // for each group of alike updates (often the whole batch: runs that completed).
+        // for each group of alike updates (often the whole batch: runs that completed), which
+        // also closes the executions it finishes.
         in_write_transaction!(&self.db, "update_task_executions_many", |txn| async {
             let mut matched = vec![0; updates.len()];
+            let mut closed = Vec::new();
             for group in &groups {
-                for i in update_batched_in(&txn, group).await? {
+                for i in update_batched_in(&txn, group, &mut closed).await? {
                     matched[i] = 1;
                 }
             }
+            let now = updates.iter().map(|(_, u)| u.now).max().unwrap_or_default();
+            propagate_outcomes_in(&txn, &closed, now).await?;
             for &i in &single {
                 let (guard, update) = &updates[i];
                 matched[i] = update_in(&txn, guard, update).await?;

@@ -153,6 +153,12 @@ pub trait TaskExecutionStorage: Send + Sync {
     /// how many rows each matched. Implementations should write them in one transaction (one
     /// commit for the lot); the default applies them one by one.
     ///
+    /// An implementation may also close, in the same transaction, the executions these updates
+    /// finish, propagating their outcomes exactly as [`close_finished_task_executions`] would
+    /// (the SeaORM storage does, for updates of one fenced execution out of an unfinished
+    /// status); callers must not rely on either.
+    ///
+    /// [`close_finished_task_executions`]: TaskExecutionStorage::close_finished_task_executions
     /// # Errors
     ///
     /// Database errors; updates before the failing one may have been applied.

@@ -85,6 +85,7 @@ macro_rules! task_storage_conformance {
             claim_respects_the_limit,
             guarded_update_checks_status_and_fencing_token,
             batched_updates_count_each_guard_and_write_each_value,
+            batched_finishes_reach_their_parents_once,
             update_maintains_status_derived_fields,
             finished_at_never_precedes_started_at,
             update_and_enqueue_inserts_children_only_when_the_guard_matched,
@@ -681,6 +682,101 @@ pub async fn batched_updates_count_each_guard_and_write_each_value(
             (TaskExecutionStatus::Completed, Some(output), Some(at))
         );
     }
+    Ok(())
+}
+
+/// Executions finished through a batch of guarded updates reach their parents exactly as a
+/// close propagates them, whether the storage closes them in the same transaction or leaves
+/// them to [`close_finished_task_executions`](TaskExecutionStorage::close_finished_task_executions).
+pub async fn batched_finishes_reach_their_parents_once(storage: Storage) -> CaseResult {
+    use TaskExecutionStatus::{Completed, Failed, Running, WaitingForFinalize};
+    waiting_parent(&storage, "p", 3, T0).await?;
+    storage
+        .enqueue_task_executions(
+            vec![
+                new_child("c0", "p", 0),
+                new_child("c1", "p", 1),
+                new_child("c2", "p", 2),
+            ],
+            T0,
+        )
+        .await?;
+    check_eq!(storage.claim_task_executions(&claim("e", T0, 3)).await?.len(), 3);
+    let running = |id: &str| TaskExecutionGuard::id(id).status(Running).fencing_token(1);
+    let end = |status, output: Option<&str>, error: Option<ExecutionError>, now| {
+        TaskExecutionUpdate {
+            now,
+            status: Some(status),
+            output: output.map(str::to_owned),
+            error,
+            ..Default::default()
+        }
+    };
+    let error = ExecutionError::generic("c1 broke", false);
+    let updates = vec![
+        (running("c0"), end(Completed, Some("zero"), None, T0 + 1)),
+        (running("c1"), end(Failed, None, Some(error.clone()), T0 + 2)),
+        (running("c2"), end(Completed, Some("two"), None, T0 + 1)),
+    ];
+    check_eq!(
+        storage.update_task_executions_many(&updates).await?,
+        vec![1, 1, 1]
+    );
+    storage.close_finished_task_executions(T0 + 3, 10).await?;
+    check_eq!(storage.close_finished_task_executions(T0 + 4, 10).await?, 0);
+    for id in ["c0", "c1", "c2"] {
+        check!(get(&storage, id).await?.is_closed, "{id} was not closed");
+    }
+    let records = storage.get_finished_child_task_executions("p").await?;
+    let summary: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r.child_execution_id.as_str(),
+                r.status,
+                r.output.as_deref(),
+                r.error.clone(),
+            )
+        })
+        .collect();
+    check_eq!(
+        summary,
+        vec![
+            ("c0", Completed, Some("zero"), None),
+            ("c1", Failed, None, Some(error)),
+            ("c2", Completed, Some("two"), None),
+        ]
+    );
+    let p = get(&storage, "p").await?;
+    check_eq!((p.finished_children_count, p.failed_children_count), (3, 1));
+
+    // A finalize execution finished through a batch finishes its parent.
+    storage
+        .update_task_executions(
+            &TaskExecutionGuard::id("p"),
+            &TaskExecutionUpdate {
+                now: T0 + 5,
+                status: Some(WaitingForFinalize),
+                ..Default::default()
+            },
+        )
+        .await?;
+    storage
+        .enqueue_task_executions(vec![new_finalize("fin", "p")], T0 + 5)
+        .await?;
+    check_eq!(
+        ids(&storage.claim_task_executions(&claim("e", T0 + 6, 1)).await?),
+        vec!["fin"]
+    );
+    let finalize = vec![(running("fin"), end(Completed, Some("final"), None, T0 + 7))];
+    check_eq!(
+        storage.update_task_executions_many(&finalize).await?,
+        vec![1]
+    );
+    storage.close_finished_task_executions(T0 + 8, 10).await?;
+    let p = get(&storage, "p").await?;
+    check_eq!((p.status, p.output.as_deref()), (Completed, Some("final")));
+    check!(get(&storage, "fin").await?.is_closed, "fin was not closed");
     Ok(())
 }
 
