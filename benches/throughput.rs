@@ -18,8 +18,8 @@
 //! - W2: a distributed job of 100 000 records in batches of 500, 4 workers;
 //! - W3: 10 000 no-op durable tasks, one executor, then three executors;
 //! - W4: parents and children: 3 executors, 100 parents × 100 no-op children + a finalize each
-//!   (10 200 executions), one warm-up run and then `--repeat` measured ones (no floor: the
-//!   target is absolute);
+//!   (10 200 executions), one warm-up run and then `--repeat` measured ones, beside a floor
+//!   that does the same with hand-written statements;
 //! - W5: `prepare` of a job of 100 000 records in batches of 500, beside the same INSERTs by hand.
 //!
 //! `--scale` runs W2 at 10 000, 100 000 and 1 000 000 records and W3 (one executor) at 10 000 and
@@ -515,7 +515,7 @@ async fn tasks_library(target: &Target, count: usize, executors: usize) -> Resul
 }
 
 /// The statements the executor needs per batch of tasks, by hand: claim up to 100 ready
-/// executions, write each completion (one transaction for the batch), mark them closed.
+/// executions, then complete and close them with one statement.
 async fn tasks_floor(target: &Target, count: usize, loops: usize) -> Result<Duration> {
     let scratch = target.scratch().await?;
     enqueue_noops(&SeaOrmTaskExecutionStorage::new(scratch.db.clone()), count).await?;
@@ -540,11 +540,19 @@ async fn tasks_floor(target: &Target, count: usize, loops: usize) -> Result<Dura
     Ok(took)
 }
 
+/// An execution taken by a floor's claim.
+struct FloorClaim {
+    id: String,
+    task_id: String,
+    parent: Option<String>,
+}
+
+/// The claim statement(s) of the executor, by hand: up to 100 due `ready` executions.
 async fn claim_floor(
     db: &DatabaseConnection,
     backend: DbBackend,
     executor: &str,
-) -> Result<Vec<(String, i64)>> {
+) -> Result<Vec<FloorClaim>> {
     let now = now_ms();
     let set = "status = 'running', executor_id = $1, started_at = $2, expires_at = $3 + timeout_ms, \
                fencing_token = fencing_token + 1, updated_at = $4";
@@ -556,7 +564,7 @@ async fn claim_floor(
                     "WITH picked AS MATERIALIZED (SELECT execution_id FROM durable_task_executions WHERE status = 'ready' \
                      AND start_at <= $5 ORDER BY start_at, execution_id LIMIT 100 FOR UPDATE SKIP LOCKED) \
                      UPDATE durable_task_executions t SET {set} FROM picked WHERE t.execution_id = picked.execution_id \
-                     RETURNING t.execution_id, t.fencing_token"
+                     RETURNING t.execution_id, t.task_id, t.parent_execution_id"
                 ),
                 vec![executor.into(), now.into(), now.into(), now.into(), now.into()],
             ))
@@ -570,7 +578,7 @@ async fn claim_floor(
                     &format!(
                         "UPDATE durable_task_executions SET {set} WHERE execution_id IN (SELECT execution_id FROM \
                          durable_task_executions WHERE status = 'ready' AND start_at <= $5 ORDER BY start_at, execution_id \
-                         LIMIT 100) RETURNING execution_id, fencing_token"
+                         LIMIT 100) RETURNING execution_id, task_id, parent_execution_id"
                     ),
                     vec![executor.into(), now.into(), now.into(), now.into(), now.into()],
                 ))
@@ -603,7 +611,7 @@ async fn claim_floor(
             let rows = txn
                 .query_all_raw(stmt(
                     backend,
-                    &format!("SELECT execution_id, fencing_token FROM durable_task_executions WHERE execution_id IN ({list})"),
+                    &format!("SELECT execution_id, task_id, parent_execution_id FROM durable_task_executions WHERE execution_id IN ({list})"),
                     vec![],
                 ))
                 .await?;
@@ -613,13 +621,29 @@ async fn claim_floor(
     };
     rows.iter()
         .map(|r| {
-            Ok((
-                r.try_get("", "execution_id")?,
-                r.try_get("", "fencing_token")?,
-            ))
+            Ok(FloorClaim {
+                id: r.try_get("", "execution_id")?,
+                task_id: r.try_get("", "task_id")?,
+                parent: r.try_get("", "parent_execution_id")?,
+            })
         })
         .collect()
 }
+
+/// `'a', 'b', …`: generated ids as an SQL list.
+fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
+    ids.into_iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Completes (and closes) the claimed executions `ids` in one statement, as the executor's
+/// result writer does.
+const COMPLETE_FLOOR: &str = "UPDATE durable_task_executions SET status = 'completed', is_finished = TRUE, \
+     run_output = 'null', output = 'null', error = NULL, finished_at = $1, expires_at = NULL, \
+     executor_id = NULL, is_closed = TRUE, closed_at = $2, updated_at = $3 \
+     WHERE execution_id IN ({list}) AND status = 'running'";
 
 async fn tasks_floor_loop(
     db: DatabaseConnection,
@@ -631,30 +655,12 @@ async fn tasks_floor_loop(
         if claimed.is_empty() {
             return Ok(());
         }
-        let txn = db.begin().await?;
-        for (id, token) in &claimed {
-            txn.execute_raw(stmt(
-                backend,
-                "UPDATE durable_task_executions SET status = 'completed', is_finished = TRUE, run_output = 'null', \
-                 output = 'null', error = NULL, finished_at = $1, expires_at = NULL, executor_id = NULL, \
-                 updated_at = $2 WHERE execution_id = $3 AND status = 'running' AND fencing_token = $4",
-                vec![now_ms().into(), now_ms().into(), id.clone().into(), (*token).into()],
-            ))
-            .await?;
-        }
-        txn.commit().await?;
-        let list = claimed
-            .iter()
-            .map(|(id, _)| format!("'{id}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let now = now_ms();
+        let list = id_list(claimed.iter().map(|c| c.id.as_str()));
         db.execute_raw(stmt(
             backend,
-            &format!(
-                "UPDATE durable_task_executions SET is_closed = TRUE, closed_at = $1, updated_at = $2 \
-                 WHERE execution_id IN ({list}) AND is_finished = TRUE AND is_closed = FALSE"
-            ),
-            vec![now_ms().into(), now_ms().into()],
+            &COMPLETE_FLOOR.replace("{list}", &list),
+            vec![now.into(), now.into(), now.into()],
         ))
         .await?;
     }
@@ -746,6 +752,225 @@ async fn parent_child_library(
     stop_executors(pool).await?;
     target.drop_scratch(scratch).await?;
     Ok(took)
+}
+
+/// The columns a floor gives a new execution (the rest keep their defaults).
+const EXECUTION_COLUMNS: &str = "execution_id, task_id, parent_task_id, parent_execution_id, \
+     index_in_parent, is_finalize, retry_options, timeout_ms, status, input, start_at, \
+     created_at, updated_at";
+
+/// A new `ready` execution as a row of a floor's multi-row insert.
+fn execution_row(id: &str, task: &str, parent: Option<&str>, index: u32, finalize: bool, now: i64) -> String {
+    let (parent_task, parent) = match parent {
+        Some(p) => ("'pc_parent'".to_owned(), format!("'{p}'")),
+        None => ("NULL".to_owned(), "NULL".to_owned()),
+    };
+    let finalize = if finalize { "TRUE" } else { "FALSE" };
+    format!(
+        "('{id}', '{task}', {parent_task}, {parent}, {index}, {finalize}, '{{}}', 60000, 'ready', \
+         'null', {now}, {now}, {now})"
+    )
+}
+
+/// W4 by hand: the statements the executors need, issued by `executors` minimal loops (see
+/// [`parent_child_floor_loop`]); the time from the insert of the parents until every parent
+/// completed.
+async fn parent_child_floor(
+    target: &Target,
+    parents: usize,
+    children: u32,
+    executors: usize,
+) -> Result<Duration> {
+    let scratch = target.scratch().await?;
+    let backend = target.backend;
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let now = now_ms();
+    let rows = (0..parents)
+        .map(|i| execution_row(&format!("fp_{i:06}"), "pc_parent", None, 0, false, now))
+        .collect::<Vec<_>>()
+        .join(", ");
+    scratch
+        .db
+        .execute_unprepared(&format!(
+            "INSERT INTO durable_task_executions ({EXECUTION_COLUMNS}) VALUES {rows}"
+        ))
+        .await?;
+    let mut handles = Vec::new();
+    for l in 0..executors {
+        let (db, done) = (scratch.db.clone(), Arc::clone(&done));
+        handles.push(tokio::spawn(async move {
+            parent_child_floor_loop(db, backend, format!("floor-{l}"), children, parents, done).await
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let took = started.elapsed();
+    let row = scratch
+        .db
+        .query_one_raw(stmt(
+            backend,
+            "SELECT COUNT(*) AS n FROM durable_task_executions WHERE task_id = 'pc_parent' AND status = 'completed'",
+            vec![],
+        ))
+        .await?
+        .context("no count")?;
+    ensure!(
+        row.try_get::<i64>("", "n")? == i64::try_from(parents)?,
+        "floor left parents behind"
+    );
+    target.drop_scratch(scratch).await?;
+    Ok(took)
+}
+
+/// One executor of [`parent_child_floor`], until `parents` parents completed: claim up to 100
+/// ready executions, then, each kind in one transaction,
+/// - parents: insert their children (one statement per parent) and mark them waiting;
+/// - children: complete and close them, record them for their parents and add to the parents'
+///   counters (parents in id order);
+/// - finalize executions: complete and close them, and complete and close their parents;
+///
+/// then take up to 100 parents whose children all finished (`FOR UPDATE SKIP LOCKED`), mark
+/// them waiting for their finalize and insert it. An idle round sleeps 1 ms.
+async fn parent_child_floor_loop(
+    db: DatabaseConnection,
+    backend: DbBackend,
+    executor: String,
+    children: u32,
+    parents: usize,
+    done: Arc<std::sync::atomic::AtomicUsize>,
+) -> Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    while done.load(Relaxed) < parents {
+        let claimed = claim_floor(&db, backend, &executor).await?;
+        let now = now_ms();
+        let of_task = |task: &str| -> Vec<&FloorClaim> {
+            claimed.iter().filter(|c| c.task_id == task).collect()
+        };
+        let (spawning, finished, finalizes) =
+            (of_task("pc_parent"), of_task("pc_child"), of_task("pc_finalize"));
+        if !spawning.is_empty() {
+            let txn = db.begin_with_options(write_options(backend)).await?;
+            for p in &spawning {
+                let rows = (0..children)
+                    .map(|i| {
+                        execution_row(&format!("{}_c{i:04}", p.id), "pc_child", Some(&p.id), i, false, now)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                txn.execute_unprepared(&format!(
+                    "INSERT INTO durable_task_executions ({EXECUTION_COLUMNS}) VALUES {rows}"
+                ))
+                .await?;
+            }
+            txn.execute_raw(stmt(
+                backend,
+                &format!(
+                    "UPDATE durable_task_executions SET status = 'waiting_for_children_tasks', \
+                     children_count = {children}, executor_id = NULL, expires_at = NULL, updated_at = $1 \
+                     WHERE execution_id IN ({})",
+                    id_list(spawning.iter().map(|c| c.id.as_str()))
+                ),
+                vec![now.into()],
+            ))
+            .await?;
+            txn.commit().await?;
+        }
+        if !finished.is_empty() {
+            let txn = db.begin_with_options(write_options(backend)).await?;
+            txn.execute_raw(stmt(
+                backend,
+                &COMPLETE_FLOOR.replace("{list}", &id_list(finished.iter().map(|c| c.id.as_str()))),
+                vec![now.into(), now.into(), now.into()],
+            ))
+            .await?;
+            let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+            let records = finished
+                .iter()
+                .filter_map(|c| {
+                    let parent = c.parent.as_deref()?;
+                    *counts.entry(parent).or_default() += 1;
+                    Some(format!("('{parent}', '{}', 'pc_child', 0, 'completed', 'null', {now})", c.id))
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            txn.execute_unprepared(&format!(
+                "INSERT INTO durable_finished_child_task_executions (parent_execution_id, \
+                 child_execution_id, child_task_id, child_index, status, output, created_at) VALUES {records}"
+            ))
+            .await?;
+            for (parent, n) in counts {
+                txn.execute_unprepared(&format!(
+                    "UPDATE durable_task_executions SET finished_children_count = finished_children_count + {n} \
+                     WHERE execution_id = '{parent}'"
+                ))
+                .await?;
+            }
+            txn.commit().await?;
+        }
+        if !finalizes.is_empty() {
+            let txn = db.begin_with_options(write_options(backend)).await?;
+            txn.execute_raw(stmt(
+                backend,
+                &COMPLETE_FLOOR.replace("{list}", &id_list(finalizes.iter().map(|c| c.id.as_str()))),
+                vec![now.into(), now.into(), now.into()],
+            ))
+            .await?;
+            let list = id_list(finalizes.iter().filter_map(|c| c.parent.as_deref()));
+            txn.execute_raw(stmt(
+                backend,
+                &format!(
+                    "UPDATE durable_task_executions SET status = 'completed', is_finished = TRUE, \
+                     output = 'null', finished_at = $1, is_closed = TRUE, closed_at = $2, updated_at = $3 \
+                     WHERE execution_id IN ({list}) AND status = 'waiting_for_finalize_task'"
+                ),
+                vec![now.into(), now.into(), now.into()],
+            ))
+            .await?;
+            txn.commit().await?;
+            done.fetch_add(finalizes.len(), Relaxed);
+        }
+        let txn = db.begin_with_options(write_options(backend)).await?;
+        let mut pick = "SELECT execution_id FROM durable_task_executions WHERE status = 'waiting_for_children_tasks' \
+                        AND finished_children_count >= children_count ORDER BY updated_at, execution_id LIMIT 100"
+            .to_owned();
+        if backend != DbBackend::Sqlite {
+            pick.push_str(" FOR UPDATE SKIP LOCKED");
+        }
+        let waiting: Vec<String> = txn
+            .query_all_raw(stmt(backend, &pick, vec![]))
+            .await?
+            .iter()
+            .map(|r| r.try_get("", "execution_id"))
+            .collect::<Result<_, _>>()?;
+        if !waiting.is_empty() {
+            txn.execute_raw(stmt(
+                backend,
+                &format!(
+                    "UPDATE durable_task_executions SET status = 'waiting_for_finalize_task', updated_at = $1 \
+                     WHERE execution_id IN ({})",
+                    id_list(waiting.iter().map(String::as_str))
+                ),
+                vec![now.into()],
+            ))
+            .await?;
+            let rows = waiting
+                .iter()
+                .map(|p| execution_row(&format!("{p}_fin"), "pc_finalize", Some(p), 0, true, now))
+                .collect::<Vec<_>>()
+                .join(", ");
+            txn.execute_unprepared(&format!(
+                "INSERT INTO durable_task_executions ({EXECUTION_COLUMNS}) VALUES {rows}"
+            ))
+            .await?;
+        }
+        txn.commit().await?;
+        if claimed.is_empty() && waiting.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1201,30 +1426,28 @@ async fn main() -> Result<()> {
                 let executions = parents * (usize::try_from(children)? + 2);
                 // One warm-up run, then the measured ones.
                 parent_child_library(&target, parents, children, 3).await?;
-                let mut runs = Vec::new();
-                for _ in 0..repeat {
-                    runs.push(parent_child_library(&target, parents, children, 3).await?);
-                }
-                runs.sort();
-                let ours = runs[runs.len() / 2];
-                let goal = if pg {
-                    "≥ 7 000 exec/s"
-                } else {
-                    "≥ 5 000 exec/s"
+                let (ours, floor) = median_pair(
+                    repeat,
+                    || parent_child_library(&target, parents, children, 3),
+                    || parent_child_floor(&target, parents, children, 3),
+                )
+                .await?;
+                // Counted during the last of our runs.
+                let statements = STATEMENTS.load(std::sync::atomic::Ordering::Relaxed);
+                let row = Row {
+                    workload: format!("W4 {parents} parents × {children} children + finalize, 3 executors"),
+                    items: f64::from(u32::try_from(executions)?),
+                    unit: "exec",
+                    ours,
+                    floor,
+                    target: if pg { "≥ 7 000 exec/s" } else { "≥ 5 000 exec/s" }.to_owned(),
                 };
-                println!(
-                    "{:<44} {:>9.3} s {:>11.0} exec/s  (no floor)   target {goal}",
-                    format!("W4 {parents} parents × {children} children + finalize, 3 executors"),
-                    ours.as_secs_f64(),
-                    rate(f64::from(u32::try_from(executions)?), ours),
-                );
-                // Counted during the last run.
+                print_row(&row);
                 println!(
                     "   ↳ {:.2} statements per execution sent by the executors, idle polls included (BEGIN/COMMIT not counted)",
-                    f64::from(u32::try_from(
-                        STATEMENTS.load(std::sync::atomic::Ordering::Relaxed)
-                    )?) / f64::from(u32::try_from(executions)?)
+                    f64::from(u32::try_from(statements)?) / f64::from(u32::try_from(executions)?)
                 );
+                rows.push(row);
             }
             "w5" => {
                 let records: u64 = if quick { 10_000 } else { 100_000 };
