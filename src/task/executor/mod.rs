@@ -126,8 +126,9 @@ struct Inner {
     /// The spans that enqueued executions in this process, for their runs to follow from.
     enqueuers: EnqueueSpans,
     wake_claim: Notify,
-    wake_parents: Notify,
-    /// Shared with the batch writer, which wakes the close loop once per written batch.
+    /// Shared with the batch writer, which wakes the parents loop and the close loop once per
+    /// written batch.
+    wake_parents: Arc<Notify>,
     wake_close: Arc<Notify>,
     shutdown: CancellationToken,
     loops: Mutex<Vec<JoinHandle<()>>>,
@@ -169,7 +170,7 @@ impl Executor {
                 metrics,
                 enqueuers: EnqueueSpans::default(),
                 wake_claim: Notify::new(),
-                wake_parents: Notify::new(),
+                wake_parents: Arc::new(Notify::new()),
                 wake_close: Arc::new(Notify::new()),
                 shutdown: CancellationToken::new(),
                 loops: Mutex::new(Vec::new()),
@@ -248,7 +249,10 @@ impl Executor {
             tokio::spawn(write_batches(
                 Arc::clone(&inner.storage),
                 pending,
-                Arc::clone(&inner.wake_close),
+                [
+                    Arc::clone(&inner.wake_close),
+                    Arc::clone(&inner.wake_parents),
+                ],
             ));
         }
         loops.push(tokio::spawn(Arc::clone(inner).claim_loop()));

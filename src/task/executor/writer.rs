@@ -16,12 +16,14 @@ pub(super) const WRITE_BATCH: usize = 128;
 /// Writes the results of runs in batches: whatever accumulated while earlier batches were being
 /// written goes out in the next one, in one call (one transaction on SQL storages). An idle
 /// executor writes a lone result at once; a busy one pays one commit per batch instead of one per
-/// execution. Up to [`WRITES_IN_FLIGHT`] batches are written at once. Ends when the channel
+/// execution. Up to [`WRITES_IN_FLIGHT`] batches are written at once. After each batch it wakes
+/// the loops in `written` (the close loop, which closes what the batch finished, and the parents
+/// loop: a storage may have closed the children in the batch already). Ends when the channel
 /// closes, after [`Executor::shutdown`] and the last reference to the executor are gone.
 pub(super) async fn write_batches(
     storage: Arc<dyn TaskExecutionStorage>,
     mut pending: mpsc::UnboundedReceiver<PendingWrite>,
-    written: Arc<Notify>,
+    written: [Arc<Notify>; 2],
 ) {
     let in_flight = Arc::new(Semaphore::new(WRITES_IN_FLIGHT));
     loop {
@@ -46,12 +48,15 @@ pub(super) async fn write_batches(
                 }
             }
         }
-        let (storage, written) = (Arc::clone(&storage), Arc::clone(&written));
+        let (storage, written) = (Arc::clone(&storage), written.clone());
         tokio::spawn(async move {
             write_batch(&*storage, batch).await;
             drop(permit);
-            // The executions just finished are the close loop's next work.
-            written.notify_one();
+            // The executions just finished are the close loop's next work, or, closed already,
+            // the parents loop's.
+            for wake in written {
+                wake.notify_one();
+            }
         });
     }
 }
@@ -59,10 +64,17 @@ pub(super) async fn write_batches(
 /// Most batches of results written at once.
 pub(super) const WRITES_IN_FLIGHT: usize = 4;
 
+/// Writes one batch. The batch is written at one instant, the latest time of its updates (each
+/// run's own time or a few milliseconds later): updates that differ only in their times then
+/// set the same values, which a storage can write with one statement.
 pub(super) async fn write_batch(storage: &dyn TaskExecutionStorage, batch: Vec<PendingWrite>) {
+    let now = batch.iter().map(|(_, update, _)| update.now).max();
     let (updates, replies): (Vec<_>, Vec<_>) = batch
         .into_iter()
-        .map(|(guard, update, reply)| ((guard, update), reply))
+        .map(|(guard, mut update, reply)| {
+            update.now = now.unwrap_or(update.now);
+            ((guard, update), reply)
+        })
         .unzip();
     match storage.update_task_executions_many(&updates).await {
         Ok(matched) => {
