@@ -559,6 +559,20 @@ async fn get_many_in<C: ConnectionTrait>(
 }
 
 /// The guarded update of one chunk of ids ([`id_chunks`]).
+/// The status condition of a guard on executions named by id: `status IN (…)` compared through
+/// `COALESCE`, from which no partial index on the status can be proven to apply, so the rows are
+/// found by primary key. Offered `status = 'running'`, the PostgreSQL planner also scans
+/// `ix_durable_task_executions_running_claim`, which holds an entry of every execution that has
+/// left `running` until vacuum and which its statistics do not show: a batch of results took
+/// 0.7 ms per statement among 10 000 executions and 3 ms among 100 000.
+fn status_guard(statuses: &[TaskExecutionStatus]) -> SimpleExpr {
+    Expr::expr(sea_orm::sea_query::Func::coalesce([
+        Expr::col(Col::Status),
+        Expr::val(""),
+    ]))
+    .is_in(statuses.iter().map(|s| s.as_str()))
+}
+
 fn guarded_update(
     ids: &[String],
     guard: &TaskExecutionGuard,
@@ -570,7 +584,7 @@ fn guarded_update(
         .and_where(Expr::col(Col::ExecutionId).is_in(ids.iter().map(String::as_str)))
         .to_owned();
     if let Some(statuses) = &guard.statuses {
-        stmt.and_where(Expr::col(Col::Status).is_in(statuses.iter().map(|s| s.as_str())));
+        stmt.and_where(status_guard(statuses));
     }
     if let Some(token) = guard.fencing_token {
         stmt.and_where(Expr::col(Col::FencingToken).eq(token));
@@ -746,8 +760,7 @@ async fn update_batched_in<C: ConnectionTrait>(
             .add(Expr::col(Col::ExecutionId).is_in(ids.iter().copied()))
             .add(Expr::col(Col::FencingToken).eq(per_execution(&tokens)));
         if let Some(statuses) = group.statuses {
-            condition =
-                condition.add(Expr::col(Col::Status).is_in(statuses.iter().map(|s| s.as_str())));
+            condition = condition.add(status_guard(statuses));
         }
         let sets: Vec<(Col, SimpleExpr)> = (0..group.columns.len())
             .map(|c| {
@@ -2433,6 +2446,23 @@ mod tests {
     use sea_orm::sea_query::PostgresQueryBuilder;
 
     use super::*;
+
+    /// Guards find their rows by primary key; the status is compared in a form no partial
+    /// index on the status matches (see [`status_guard`]; `tests/durable/schema.rs` checks
+    /// the plan).
+    #[test]
+    fn guards_compare_the_status_through_coalesce() {
+        let guard = TaskExecutionGuard::id("a")
+            .status(TaskExecutionStatus::Running)
+            .fencing_token(3);
+        let sql = guarded_update(&guard.execution_ids, &guard, vec![(Col::UpdatedAt, Expr::val(1))])
+            .to_string(PostgresQueryBuilder);
+        assert_eq!(
+            sql,
+            "UPDATE \"durable_task_executions\" SET \"updated_at\" = 1 WHERE \"execution_id\" IN ('a') \
+             AND COALESCE(\"status\", '') IN ('running') AND \"fencing_token\" = 3"
+        );
+    }
 
     #[test]
     fn postgres_claim_is_one_materialized_cte_with_skip_locked() {
