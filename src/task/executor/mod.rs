@@ -6,14 +6,16 @@
 //! - **parents**: claims parents whose children all finished, and completes them, fails them or
 //!   spawns their finalize execution;
 //! - **close**: propagates finished executions to their parents and cancels the children of
-//!   executions that did not complete;
+//!   executions that did not complete (a storage may have done so already when it wrote the
+//!   run's result, as the SeaORM storage does);
 //! - **expire**: returns executions whose executor died (their lease lapsed) to `ready`;
 //! - **cancel**: stops local runs of executions that were cancelled;
 //! - **schedules**: enqueues the due ticks of the periodic schedules of its tasks.
 //!
 //! A loop that found a full batch runs again at once; an idle loop sleeps its poll interval with
-//! jitter, and is woken early by in-process events (an enqueue wakes the claim loop, a finished
-//! run the close loop, a close the parents loop). Errors back off exponentially.
+//! jitter, and is woken early by in-process events (an enqueue wakes the claim loop, a written
+//! batch of results the close and parents loops, a close the parents loop). Errors back off
+//! exponentially.
 //!
 //! Every write a run makes is guarded by the fencing token of its claim: an execution whose
 //! lease lapsed and was claimed again elsewhere cannot be overwritten by the old run.
