@@ -645,6 +645,22 @@ const COMPLETE_FLOOR: &str = "UPDATE durable_task_executions SET status = 'compl
      executor_id = NULL, is_closed = TRUE, closed_at = $2, updated_at = $3 \
      WHERE execution_id IN ({list}) AND status = 'running'";
 
+/// Completes and closes the claimed executions `ids` with [`COMPLETE_FLOOR`].
+async fn complete_floor<'a, C: ConnectionTrait>(
+    conn: &C,
+    backend: DbBackend,
+    ids: impl IntoIterator<Item = &'a str>,
+    now: i64,
+) -> Result<()> {
+    conn.execute_raw(stmt(
+        backend,
+        &COMPLETE_FLOOR.replace("{list}", &id_list(ids)),
+        vec![now.into(), now.into(), now.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
 async fn tasks_floor_loop(
     db: DatabaseConnection,
     backend: DbBackend,
@@ -655,13 +671,12 @@ async fn tasks_floor_loop(
         if claimed.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
-        let list = id_list(claimed.iter().map(|c| c.id.as_str()));
-        db.execute_raw(stmt(
+        complete_floor(
+            &db,
             backend,
-            &COMPLETE_FLOOR.replace("{list}", &list),
-            vec![now.into(), now.into(), now.into()],
-        ))
+            claimed.iter().map(|c| c.id.as_str()),
+            now_ms(),
+        )
         .await?;
     }
 }
@@ -760,7 +775,14 @@ const EXECUTION_COLUMNS: &str = "execution_id, task_id, parent_task_id, parent_e
      created_at, updated_at";
 
 /// A new `ready` execution as a row of a floor's multi-row insert.
-fn execution_row(id: &str, task: &str, parent: Option<&str>, index: u32, finalize: bool, now: i64) -> String {
+fn execution_row(
+    id: &str,
+    task: &str,
+    parent: Option<&str>,
+    index: u32,
+    finalize: bool,
+    now: i64,
+) -> String {
     let (parent_task, parent) = match parent {
         Some(p) => ("'pc_parent'".to_owned(), format!("'{p}'")),
         None => ("NULL".to_owned(), "NULL".to_owned()),
@@ -770,6 +792,19 @@ fn execution_row(id: &str, task: &str, parent: Option<&str>, index: u32, finaliz
         "('{id}', '{task}', {parent_task}, {parent}, {index}, {finalize}, '{{}}', 60000, 'ready', \
          'null', {now}, {now}, {now})"
     )
+}
+
+/// Inserts the rows of [`execution_row`] with one statement.
+async fn insert_floor_rows<C: ConnectionTrait>(
+    conn: &C,
+    rows: impl Iterator<Item = String>,
+) -> Result<()> {
+    let rows = rows.collect::<Vec<_>>().join(", ");
+    conn.execute_unprepared(&format!(
+        "INSERT INTO durable_task_executions ({EXECUTION_COLUMNS}) VALUES {rows}"
+    ))
+    .await?;
+    Ok(())
 }
 
 /// W4 by hand: the statements the executors need, issued by `executors` minimal loops (see
@@ -786,21 +821,18 @@ async fn parent_child_floor(
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let now = now_ms();
-    let rows = (0..parents)
-        .map(|i| execution_row(&format!("fp_{i:06}"), "pc_parent", None, 0, false, now))
-        .collect::<Vec<_>>()
-        .join(", ");
-    scratch
-        .db
-        .execute_unprepared(&format!(
-            "INSERT INTO durable_task_executions ({EXECUTION_COLUMNS}) VALUES {rows}"
-        ))
-        .await?;
+    insert_floor_rows(
+        &scratch.db,
+        (0..parents)
+            .map(|i| execution_row(&format!("fp_{i:06}"), "pc_parent", None, 0, false, now)),
+    )
+    .await?;
     let mut handles = Vec::new();
     for l in 0..executors {
         let (db, done) = (scratch.db.clone(), Arc::clone(&done));
         handles.push(tokio::spawn(async move {
-            parent_child_floor_loop(db, backend, format!("floor-{l}"), children, parents, done).await
+            parent_child_floor_loop(db, backend, format!("floor-{l}"), children, parents, done)
+                .await
         }));
     }
     for h in handles {
@@ -848,20 +880,27 @@ async fn parent_child_floor_loop(
         let of_task = |task: &str| -> Vec<&FloorClaim> {
             claimed.iter().filter(|c| c.task_id == task).collect()
         };
-        let (spawning, finished, finalizes) =
-            (of_task("pc_parent"), of_task("pc_child"), of_task("pc_finalize"));
+        let (spawning, finished, finalizes) = (
+            of_task("pc_parent"),
+            of_task("pc_child"),
+            of_task("pc_finalize"),
+        );
         if !spawning.is_empty() {
             let txn = db.begin_with_options(write_options(backend)).await?;
             for p in &spawning {
-                let rows = (0..children)
-                    .map(|i| {
-                        execution_row(&format!("{}_c{i:04}", p.id), "pc_child", Some(&p.id), i, false, now)
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                txn.execute_unprepared(&format!(
-                    "INSERT INTO durable_task_executions ({EXECUTION_COLUMNS}) VALUES {rows}"
-                ))
+                insert_floor_rows(
+                    &txn,
+                    (0..children).map(|i| {
+                        execution_row(
+                            &format!("{}_c{i:04}", p.id),
+                            "pc_child",
+                            Some(&p.id),
+                            i,
+                            false,
+                            now,
+                        )
+                    }),
+                )
                 .await?;
             }
             txn.execute_raw(stmt(
@@ -879,19 +918,18 @@ async fn parent_child_floor_loop(
         }
         if !finished.is_empty() {
             let txn = db.begin_with_options(write_options(backend)).await?;
-            txn.execute_raw(stmt(
-                backend,
-                &COMPLETE_FLOOR.replace("{list}", &id_list(finished.iter().map(|c| c.id.as_str()))),
-                vec![now.into(), now.into(), now.into()],
-            ))
-            .await?;
-            let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+            complete_floor(&txn, backend, finished.iter().map(|c| c.id.as_str()), now).await?;
+            let mut counts: std::collections::BTreeMap<&str, usize> =
+                std::collections::BTreeMap::new();
             let records = finished
                 .iter()
                 .filter_map(|c| {
                     let parent = c.parent.as_deref()?;
                     *counts.entry(parent).or_default() += 1;
-                    Some(format!("('{parent}', '{}', 'pc_child', 0, 'completed', 'null', {now})", c.id))
+                    Some(format!(
+                        "('{parent}', '{}', 'pc_child', 0, 'completed', 'null', {now})",
+                        c.id
+                    ))
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
@@ -911,12 +949,7 @@ async fn parent_child_floor_loop(
         }
         if !finalizes.is_empty() {
             let txn = db.begin_with_options(write_options(backend)).await?;
-            txn.execute_raw(stmt(
-                backend,
-                &COMPLETE_FLOOR.replace("{list}", &id_list(finalizes.iter().map(|c| c.id.as_str()))),
-                vec![now.into(), now.into(), now.into()],
-            ))
-            .await?;
+            complete_floor(&txn, backend, finalizes.iter().map(|c| c.id.as_str()), now).await?;
             let list = id_list(finalizes.iter().filter_map(|c| c.parent.as_deref()));
             txn.execute_raw(stmt(
                 backend,
@@ -955,14 +988,12 @@ async fn parent_child_floor_loop(
                 vec![now.into()],
             ))
             .await?;
-            let rows = waiting
-                .iter()
-                .map(|p| execution_row(&format!("{p}_fin"), "pc_finalize", Some(p), 0, true, now))
-                .collect::<Vec<_>>()
-                .join(", ");
-            txn.execute_unprepared(&format!(
-                "INSERT INTO durable_task_executions ({EXECUTION_COLUMNS}) VALUES {rows}"
-            ))
+            insert_floor_rows(
+                &txn,
+                waiting.iter().map(|p| {
+                    execution_row(&format!("{p}_fin"), "pc_finalize", Some(p), 0, true, now)
+                }),
+            )
             .await?;
         }
         txn.commit().await?;
@@ -1435,12 +1466,19 @@ async fn main() -> Result<()> {
                 // Counted during the last of our runs.
                 let statements = STATEMENTS.load(std::sync::atomic::Ordering::Relaxed);
                 let row = Row {
-                    workload: format!("W4 {parents} parents × {children} children + finalize, 3 executors"),
+                    workload: format!(
+                        "W4 {parents} parents × {children} children + finalize, 3 executors"
+                    ),
                     items: f64::from(u32::try_from(executions)?),
                     unit: "exec",
                     ours,
                     floor,
-                    target: if pg { "≥ 7 000 exec/s" } else { "≥ 5 000 exec/s" }.to_owned(),
+                    target: if pg {
+                        "≥ 7 000 exec/s"
+                    } else {
+                        "≥ 5 000 exec/s"
+                    }
+                    .to_owned(),
                 };
                 print_row(&row);
                 println!(

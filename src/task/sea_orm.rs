@@ -825,7 +825,9 @@ fn expr_bytes(value: &SimpleExpr) -> usize {
     match value {
         SimpleExpr::Value(Value::String(Some(s))) => s.len() + 16,
         SimpleExpr::Value(Value::Json(Some(j))) => j.to_string().len() + 16,
-        SimpleExpr::FunctionCall(call) => call.get_args().iter().map(expr_bytes).sum::<usize>() + 32,
+        SimpleExpr::FunctionCall(call) => {
+            call.get_args().iter().map(expr_bytes).sum::<usize>() + 32
+        }
         SimpleExpr::Binary(left, _, right) => expr_bytes(left) + expr_bytes(right),
         _ => 64,
     }
@@ -1014,8 +1016,7 @@ async fn add_to_counters<C: ConnectionTrait>(
                 .materialized(true)
                 .to_owned();
             update.from(locked.clone()).and_where(
-                Expr::col((te::Entity, Col::ExecutionId))
-                    .equals((locked, Alias::new("locked_id"))),
+                Expr::col((te::Entity, Col::ExecutionId)).equals((locked, Alias::new("locked_id"))),
             );
             conn.execute(&update.with(WithClause::new().cte(cte).to_owned()))
                 .await?;
@@ -2455,8 +2456,12 @@ mod tests {
         let guard = TaskExecutionGuard::id("a")
             .status(TaskExecutionStatus::Running)
             .fencing_token(3);
-        let sql = guarded_update(&guard.execution_ids, &guard, vec![(Col::UpdatedAt, Expr::val(1))])
-            .to_string(PostgresQueryBuilder);
+        let sql = guarded_update(
+            &guard.execution_ids,
+            &guard,
+            vec![(Col::UpdatedAt, Expr::val(1))],
+        )
+        .to_string(PostgresQueryBuilder);
         assert_eq!(
             sql,
             "UPDATE \"durable_task_executions\" SET \"updated_at\" = 1 WHERE \"execution_id\" IN ('a') \

@@ -584,14 +584,18 @@ pub async fn guarded_update_checks_status_and_fencing_token(storage: Storage) ->
 
 /// A batch of guarded updates (the executor's result writer) counts each guard on its own and
 /// writes each execution its own values, in batch order where an execution appears twice.
-pub async fn batched_updates_count_each_guard_and_write_each_value(
-    storage: Storage,
-) -> CaseResult {
+pub async fn batched_updates_count_each_guard_and_write_each_value(storage: Storage) -> CaseResult {
     let all = ["a", "b", "c", "d", "e", "f"];
     storage
         .enqueue_task_executions(all.iter().map(|id| new_execution(id)).collect(), T0)
         .await?;
-    check_eq!(storage.claim_task_executions(&claim("e", T0, 6)).await?.len(), 6);
+    check_eq!(
+        storage
+            .claim_task_executions(&claim("e", T0, 6))
+            .await?
+            .len(),
+        6
+    );
     // "f" is claimed a second time: its fencing token differs from the others'.
     let again = TaskExecutionUpdate {
         now: T0 + 1,
@@ -604,7 +608,9 @@ pub async fn batched_updates_count_each_guard_and_write_each_value(
             .await?,
         1
     );
-    let f = storage.claim_task_executions(&claim("e", T0 + 2, 1)).await?;
+    let f = storage
+        .claim_task_executions(&claim("e", T0 + 2, 1))
+        .await?;
     check_eq!(ids(&f), vec!["f"]);
     let running = |id: &str, token: i64| {
         TaskExecutionGuard::id(id)
@@ -673,7 +679,12 @@ pub async fn batched_updates_count_each_guard_and_write_each_value(
     let d = get(&storage, "d").await?;
     check_eq!(
         (d.status, d.output, d.error, d.finished_at),
-        (TaskExecutionStatus::Failed, None, Some(error), Some(T0 + 11))
+        (
+            TaskExecutionStatus::Failed,
+            None,
+            Some(error),
+            Some(T0 + 11)
+        )
     );
     for (id, output, at) in [("e", "out-e", T0 + 12), ("f", "out-f", T0 + 13)] {
         let done = get(&storage, id).await?;
@@ -701,21 +712,29 @@ pub async fn batched_finishes_reach_their_parents_once(storage: Storage) -> Case
             T0,
         )
         .await?;
-    check_eq!(storage.claim_task_executions(&claim("e", T0, 3)).await?.len(), 3);
+    check_eq!(
+        storage
+            .claim_task_executions(&claim("e", T0, 3))
+            .await?
+            .len(),
+        3
+    );
     let running = |id: &str| TaskExecutionGuard::id(id).status(Running).fencing_token(1);
-    let end = |status, output: Option<&str>, error: Option<ExecutionError>, now| {
-        TaskExecutionUpdate {
+    let end =
+        |status, output: Option<&str>, error: Option<ExecutionError>, now| TaskExecutionUpdate {
             now,
             status: Some(status),
             output: output.map(str::to_owned),
             error,
             ..Default::default()
-        }
-    };
+        };
     let error = ExecutionError::generic("c1 broke", false);
     let updates = vec![
         (running("c0"), end(Completed, Some("zero"), None, T0 + 1)),
-        (running("c1"), end(Failed, None, Some(error.clone()), T0 + 2)),
+        (
+            running("c1"),
+            end(Failed, None, Some(error.clone()), T0 + 2),
+        ),
         (running("c2"), end(Completed, Some("two"), None, T0 + 1)),
     ];
     check_eq!(
@@ -765,7 +784,9 @@ pub async fn batched_finishes_reach_their_parents_once(storage: Storage) -> Case
         .enqueue_task_executions(vec![new_finalize("fin", "p")], T0 + 5)
         .await?;
     check_eq!(
-        ids(&storage.claim_task_executions(&claim("e", T0 + 6, 1)).await?),
+        ids(&storage
+            .claim_task_executions(&claim("e", T0 + 6, 1))
+            .await?),
         vec!["fin"]
     );
     let finalize = vec![(running("fin"), end(Completed, Some("final"), None, T0 + 7))];

@@ -740,7 +740,9 @@ async fn hot_queries_read_an_index_in_their_order(t: TestDb) -> anyhow::Result<(
             DbBackend::Postgres => {
                 format!("SELECT indexdef AS def FROM pg_indexes WHERE indexname = '{name}'")
             }
-            _ => format!("SELECT sql AS def FROM sqlite_master WHERE type = 'index' AND name = '{name}'"),
+            _ => format!(
+                "SELECT sql AS def FROM sqlite_master WHERE type = 'index' AND name = '{name}'"
+            ),
         };
         let def: String =
             t.db.query_one_raw(Statement::from_string(backend, query))
@@ -781,11 +783,7 @@ async fn guarded_updates_find_their_rows_by_primary_key(t: TestDb) -> anyhow::Re
     for chunk in (0..20_000).collect::<Vec<u32>>().chunks(500) {
         let rows = chunk
             .iter()
-            .map(|i| {
-                format!(
-                    "('g{i:06}', 'noop', '{{}}', 1000, 'ready', 'null', {i}, 1000, 1000)"
-                )
-            })
+            .map(|i| format!("('g{i:06}', 'noop', '{{}}', 1000, 'ready', 'null', {i}, 1000, 1000)"))
             .collect::<Vec<_>>()
             .join(", ");
         t.db.execute_unprepared(&format!(
