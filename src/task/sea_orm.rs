@@ -558,7 +558,6 @@ async fn get_many_in<C: ConnectionTrait>(
     Ok(found)
 }
 
-/// The guarded update of one chunk of ids ([`id_chunks`]).
 /// The status condition of a guard on executions named by id: `status IN (…)` compared through
 /// `COALESCE`, from which no partial index on the status can be proven to apply, so the rows are
 /// found by primary key. Offered `status = 'running'`, the PostgreSQL planner also scans
@@ -573,6 +572,7 @@ fn status_guard(statuses: &[TaskExecutionStatus]) -> SimpleExpr {
     .is_in(statuses.iter().map(|s| s.as_str()))
 }
 
+/// The guarded update of one chunk of ids ([`id_chunks`]).
 fn guarded_update(
     ids: &[String],
     guard: &TaskExecutionGuard,
@@ -745,8 +745,12 @@ async fn update_batched_in<C: ConnectionTrait>(
     closed: &mut Vec<QueryResult>,
 ) -> Result<Vec<usize>> {
     let backend = conn.get_database_backend();
+    // The id appears in the `IN` list, in the fencing token's `CASE` and, at most, in one
+    // `CASE` per column.
     let size = |m: &GroupMember<'_>| {
-        m.execution_id.len() * 3 + 64 + m.sets.iter().map(|(_, v)| expr_bytes(v)).sum::<usize>()
+        m.execution_id.len() * (2 + group.columns.len())
+            + 64
+            + m.sets.iter().map(|(_, v)| expr_bytes(v)).sum::<usize>()
     };
     let binds = 2 * group.columns.len() + 4;
     let mut matched = Vec::new();
@@ -978,7 +982,7 @@ async fn add_to_counters<C: ConnectionTrait>(
             let mut values = groups.keys().map(pick);
             let first = values.next().unwrap_or(0);
             if values.all(|v| v == first) {
-                return Expr::val(first).into();
+                return Expr::val(first);
             }
             let mut case = sea_orm::sea_query::CaseStatement::new();
             for (key, ids) in &groups {
