@@ -1600,10 +1600,23 @@ async fn unreadable_closing<C: ConnectionTrait>(conn: &C, key: &str) -> Result<C
 
 /// The candidates of a close: finished executions not closed yet, oldest change first;
 /// `only` narrows it to one execution.
+///
+/// The flags are literals, to be served by `ix_durable_task_executions_unclosed_claim` in
+/// order; for one execution they go through `COALESCE` instead, so that it is found by primary
+/// key and not through that index, which holds an entry of every execution closed since the
+/// last vacuum (see [`status_guard`]).
 fn close_pick(limit: u64, only: Option<&str>) -> Pick {
+    let flag = |col: Col, value: bool| match only {
+        Some(_) => Expr::expr(sea_orm::sea_query::Func::coalesce([
+            Expr::col(col),
+            bool_lit(!value),
+        ]))
+        .eq(bool_lit(value)),
+        None => Expr::col(col).eq(bool_lit(value)),
+    };
     let mut filter = Condition::all()
-        .add(Expr::col(Col::IsFinished).eq(bool_lit(true)))
-        .add(Expr::col(Col::IsClosed).eq(bool_lit(false)));
+        .add(flag(Col::IsFinished, true))
+        .add(flag(Col::IsClosed, false));
     if let Some(id) = only {
         filter = filter.add(Expr::col(Col::ExecutionId).eq(id));
     }
@@ -2470,6 +2483,22 @@ mod tests {
             sql,
             "UPDATE \"durable_task_executions\" SET \"updated_at\" = 1 WHERE \"execution_id\" IN ('a') \
              AND COALESCE(\"status\", '') IN ('running') AND \"fencing_token\" = 3"
+        );
+    }
+
+    /// A close of one execution finds it by primary key (`tests/durable/schema.rs` checks the
+    /// plan).
+    #[test]
+    fn the_close_of_one_execution_compares_its_flags_through_coalesce() {
+        let sql = close_pick(1, Some("a"))
+            .select()
+            .column(Col::ExecutionId)
+            .to_string(PostgresQueryBuilder);
+        assert_eq!(
+            sql,
+            "SELECT \"execution_id\" FROM \"durable_task_executions\" \
+             WHERE COALESCE(\"is_finished\", FALSE) = (TRUE) AND COALESCE(\"is_closed\", TRUE) = (FALSE) \
+             AND \"execution_id\" = 'a' ORDER BY \"updated_at\" ASC, \"execution_id\" ASC LIMIT 1"
         );
     }
 
