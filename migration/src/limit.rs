@@ -21,3 +21,9 @@ pub const TASK_ID_LEN: u32 = 255;
 /// Queue names of task executions (`VARCHAR(64)`): short enough that the claim index fits
 /// MySQL's 3072-byte keys.
 pub const QUEUE_LEN: u32 = 64;
+
+/// Cron expressions of schedules (`VARCHAR(255)`).
+pub const CRON_EXPRESSION_LEN: u32 = 255;
+
+/// IANA time zone names of schedules (`VARCHAR(64)`; the longest name is about 30).
+pub const TIME_ZONE_LEN: u32 = 64;

@@ -8,7 +8,7 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{big_integer, big_integer_null};
 
-use crate::limit::TASK_ID_LEN;
+use crate::limit::{CRON_EXPRESSION_LEN, TASK_ID_LEN, TIME_ZONE_LEN};
 use crate::schema::{create_index, id_column, long_text};
 
 /// The migration; its name is this file's stem.
@@ -57,8 +57,8 @@ impl MigrationTrait for Migration {
                             .to_owned(),
                     )
                     .col(long_text(manager, T::Input))
-                    .col(id_column(manager, T::CronExpression, 255).await?)
-                    .col(id_column(manager, T::TimeZone, 64).await?)
+                    .col(id_column(manager, T::CronExpression, CRON_EXPRESSION_LEN).await?)
+                    .col(id_column(manager, T::TimeZone, TIME_ZONE_LEN).await?)
                     .col(big_integer_null(T::IntervalMs))
                     .col(
                         id_column(manager, T::MissedTicks, 16)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sea_orm_durable_migration::limit;
 
 use super::model::{JobState, ProcessedRecord};
-use crate::dialect::column_len;
+use crate::dialect::{column_len, text};
 use crate::error::{Error, Result};
 
 /// Longest id the tables hold, in characters.
@@ -19,35 +19,18 @@ pub(crate) const MAX_ID_LEN: usize = column_len(limit::BATCH_ID_LEN);
 /// holds.
 pub const MAX_PREPARED_JOB_ID_LEN: usize = MAX_ID_LEN - "-b4294967295".len();
 
-/// Rejects an empty id or one longer than [`MAX_ID_LEN`] characters.
+/// Rejects an empty id, one longer than [`MAX_ID_LEN`] characters, or one holding U+0000.
 pub(crate) fn id(name: &'static str, value: &str) -> Result<()> {
-    if value.is_empty() {
-        return Err(Error::invalid(name, "must not be empty"));
-    }
-    if value.chars().count() > MAX_ID_LEN {
-        return Err(Error::invalid(
-            name,
-            format!("longer than {MAX_ID_LEN} characters"),
-        ));
-    }
-    Ok(())
+    text::check_name(name, value, MAX_ID_LEN)
 }
 
 /// Longest claim or finalizer id the tables hold, in characters.
 pub(crate) const MAX_CLAIM_ID_LEN: usize = column_len(limit::CLAIM_ID_LEN);
 
-/// Rejects an empty claim or finalizer id, or one longer than [`MAX_CLAIM_ID_LEN`].
+/// Rejects an empty claim or finalizer id, one longer than [`MAX_CLAIM_ID_LEN`] characters, or
+/// one holding U+0000.
 pub(crate) fn claim_id(name: &'static str, value: &str) -> Result<()> {
-    if value.is_empty() {
-        return Err(Error::invalid(name, "must not be empty"));
-    }
-    if value.chars().count() > MAX_CLAIM_ID_LEN {
-        return Err(Error::invalid(
-            name,
-            format!("longer than {MAX_CLAIM_ID_LEN} characters"),
-        ));
-    }
-    Ok(())
+    text::check_name(name, value, MAX_CLAIM_ID_LEN)
 }
 
 /// Rejects the arguments of a batch claim: empty ids, ids too long.
@@ -151,9 +134,9 @@ pub(crate) fn records(records: &[ProcessedRecord]) -> Result<()> {
     Ok(())
 }
 
-/// The time before which a claim's last sign of life makes it stale, for a stale `timeout`.
-pub(crate) fn stale_cutoff(now: i64, timeout: Duration) -> Result<i64> {
-    let timeout = i64::try_from(timeout.as_millis())
-        .map_err(|_| Error::invalid("timeout", "more than i64::MAX milliseconds"))?;
-    Ok(now.saturating_sub(timeout))
+/// The time before which a claim's last sign of life makes it stale, for a stale `timeout`;
+/// a timeout beyond the range of time makes nothing stale.
+pub(crate) fn stale_cutoff(now: i64, timeout: Duration) -> i64 {
+    let timeout = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    now.saturating_sub(timeout)
 }

@@ -24,7 +24,7 @@ use super::model::{
     Batch, BatchReservation, BatchStatus, JobConfig, JobState, JobStatus, ProcessedRecord,
     RecordStatus, ValidationError,
 };
-use crate::dialect;
+use crate::dialect::{self, text};
 use crate::error::{Error, Result};
 
 /// Table name of job rows.
@@ -314,7 +314,7 @@ pub(crate) fn record_values(
         dialect::json_expr(backend, &record.raw),
         dialect::json_expr(backend, &record.parsed),
         dialect::json_expr(backend, &serde_json::to_value(&record.errors)?),
-        Expr::val(record.processing_error.clone()),
+        Expr::val(text::encode_opt(record.processing_error.clone())),
         Expr::val(retry_count),
         Expr::val(now),
     ])
@@ -358,7 +358,7 @@ pub(crate) fn record_from_row(row: &QueryResult) -> Result<ProcessedRecord> {
         status: status::<RecordStatus>(RECORDS, key, "status", &status_text)?,
         errors: serde_json::from_value::<Vec<ValidationError>>(errors)
             .map_err(|e| Error::corrupt(RECORDS, key(), "errors", e))?,
-        processing_error: column(row, RECORDS, key, "processing_error")?,
+        processing_error: text::decode_opt(column(row, RECORDS, key, "processing_error")?),
         retry_count: u32::try_from(retry_count).map_err(|_| {
             Error::corrupt(
                 RECORDS,

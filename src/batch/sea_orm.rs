@@ -24,7 +24,7 @@ use super::model::{
 };
 use super::store::{DistributedStateStore, StateStore};
 use crate::clock::{self, Clock};
-use crate::dialect::{self, Backoff, in_write_transaction};
+use crate::dialect::{self, Backoff, in_write_transaction, text};
 use crate::error::{Error, Result};
 
 /// A [`DistributedStateStore`] in the tables `batchactions_jobs`, `batchactions_batches` and
@@ -393,7 +393,7 @@ async fn prune_oldest_job<C: ConnectionTrait>(
         ("batchactions_records", "record_index", "record_index"),
         ("batchactions_batches", "id", "batch_index"),
     ] {
-        let budget = limit.saturating_sub(deleted);
+        let budget = crate::dialect::sql_limit(limit.saturating_sub(deleted));
         if budget == 0 {
             return Ok(deleted);
         }
@@ -1055,6 +1055,18 @@ async fn requeue_in<C: ConnectionTrait>(
     Ok(done)
 }
 
+/// Whether a reservation's ids can be stored at all: one that holds U+0000 was never handed out
+/// by a claim, so every fenced write with it matches nothing.
+fn storable_reservation(reservation: &BatchReservation) -> bool {
+    [
+        &reservation.job_id,
+        &reservation.batch_id,
+        &reservation.worker_id,
+    ]
+    .iter()
+    .all(|id| text::storable(id))
+}
+
 #[async_trait]
 impl StateStore for SeaOrmStateStore {
     #[tracing::instrument(skip_all, fields(job_id = %job.id), err)]
@@ -1087,6 +1099,9 @@ impl StateStore for SeaOrmStateStore {
 
     #[tracing::instrument(skip(self), err)]
     async fn get_job_without_batches(&self, job_id: &str) -> Result<Option<JobState>> {
+        if !text::storable(job_id) {
+            return Ok(None);
+        }
         let select = jobs::Entity::find_by_id(job_id).into_query();
         let Some(row) = self.db.query_one(&select).await? else {
             return Ok(None);
@@ -1096,6 +1111,9 @@ impl StateStore for SeaOrmStateStore {
 
     #[tracing::instrument(skip(self), err)]
     async fn get_job_state(&self, job_id: &str) -> Result<Option<JobState>> {
+        if !text::storable(job_id) {
+            return Ok(None);
+        }
         let select = jobs::Entity::find_by_id(job_id).into_query();
         let Some(row) = self.db.query_one(&select).await? else {
             return Ok(None);
@@ -1116,6 +1134,10 @@ impl StateStore for SeaOrmStateStore {
         batch_id: &str,
         state: &BatchState,
     ) -> Result<()> {
+        // Ids no database can hold name no batch: a no-op, as for any missing job.
+        if !text::storable(job_id) || !text::storable(batch_id) {
+            return Ok(());
+        }
         let db = &self.db;
         let now = self.clock.now_ms();
         in_write_transaction!(db, "update_batch_state", |txn| {
@@ -1146,6 +1168,14 @@ impl StateStore for SeaOrmStateStore {
         job_id: &str,
         filter: &RecordFilter,
     ) -> Result<Vec<ProcessedRecord>> {
+        if !text::storable(job_id)
+            || filter
+                .batch_id
+                .as_deref()
+                .is_some_and(|b| !text::storable(b))
+        {
+            return Ok(Vec::new());
+        }
         let mut select = records::Entity::find().filter(records::Column::JobId.eq(job_id));
         if !filter.statuses.is_empty() {
             select = select
@@ -1163,7 +1193,7 @@ impl StateStore for SeaOrmStateStore {
         }
         select = select.order_by_asc(records::Column::RecordIndex);
         if let Some(limit) = filter.limit {
-            select = select.limit(limit);
+            select = select.limit(crate::dialect::sql_limit(limit));
         }
         self.db
             .query_all(&select.into_query())
@@ -1189,6 +1219,16 @@ impl StateStore for SeaOrmStateStore {
     #[tracing::instrument(skip(self), err)]
     async fn get_progress(&self, job_id: &str) -> Result<JobProgress> {
         let now = self.clock.now_ms();
+        if !text::storable(job_id) {
+            return Ok(JobProgress::compute(
+                RecordCounts::default(),
+                0,
+                0,
+                None,
+                None,
+                now,
+            ));
+        }
         let select = jobs::Entity::find_by_id(job_id).into_query();
         let job = match self.db.query_one(&select).await? {
             Some(row) => Some(JobRow::read(&row, false)?),
@@ -1283,6 +1323,9 @@ impl DistributedStateStore for SeaOrmStateStore {
 
     #[tracing::instrument(skip(self), err)]
     async fn release_batch(&self, reservation: &BatchReservation) -> Result<bool> {
+        if !storable_reservation(reservation) {
+            return Ok(false);
+        }
         let db = &self.db;
         let now = self.clock.now_ms();
         Backoff::STORE
@@ -1300,7 +1343,10 @@ impl DistributedStateStore for SeaOrmStateStore {
     #[tracing::instrument(skip(self), err)]
     async fn reclaim_stale_batches(&self, job_id: &str, timeout: Duration) -> Result<u64> {
         let now = self.clock.now_ms();
-        let cutoff = check::stale_cutoff(now, timeout)?;
+        let cutoff = check::stale_cutoff(now, timeout);
+        if !text::storable(job_id) {
+            return Ok(0);
+        }
         let db = &self.db;
         // One UPDATE: each stale row is re-checked under its row lock, so concurrent
         // reclaimers split the rows between them and their counts add up to the stale count.
@@ -1344,12 +1390,18 @@ impl DistributedStateStore for SeaOrmStateStore {
 
     #[tracing::instrument(skip(self), err)]
     async fn get_distributed_status(&self, job_id: &str) -> Result<DistributedJobStatus> {
+        if !text::storable(job_id) {
+            return Ok(DistributedJobStatus::empty(job_id));
+        }
         distributed_status(&self.db, job_id).await
     }
 
     #[tracing::instrument(skip(self), err)]
     async fn try_finalize_job_with_id(&self, job_id: &str, finalizer_id: &str) -> Result<bool> {
         check::claim_id("finalizer_id", finalizer_id)?;
+        if !text::storable(job_id) {
+            return Ok(false);
+        }
         let db = &self.db;
         let now = self.clock.now_ms();
         in_write_transaction!(db, "try_finalize_job", |txn| finalize(
@@ -1362,6 +1414,12 @@ impl DistributedStateStore for SeaOrmStateStore {
 
     #[tracing::instrument(skip(self), err)]
     async fn requeue_failed_records(&self, job_id: &str) -> Result<RequeuedRecords> {
+        if !text::storable(job_id) {
+            return Err(Error::NotFound {
+                entity: "job",
+                key: job_id.to_owned(),
+            });
+        }
         let db = &self.db;
         let now = self.clock.now_ms();
         in_write_transaction!(db, "requeue_failed_records", |txn| requeue_in(
@@ -1375,6 +1433,9 @@ impl DistributedStateStore for SeaOrmStateStore {
         reservation: &BatchReservation,
         outcome: BatchOutcome,
     ) -> Result<bool> {
+        if !storable_reservation(reservation) {
+            return Ok(false);
+        }
         let db = &self.db;
         let completion = &completion(reservation, outcome, self.clock.now_ms())?;
         Backoff::STORE
@@ -1391,6 +1452,9 @@ impl DistributedStateStore for SeaOrmStateStore {
         outcome: BatchOutcome,
         outcomes: &[RecordOutcome],
     ) -> Result<bool> {
+        if !storable_reservation(reservation) {
+            return Ok(false);
+        }
         let now = self.clock.now_ms();
         let db = &self.db;
         let completion = &completion(reservation, outcome, now)?;
@@ -1416,6 +1480,9 @@ impl DistributedStateStore for SeaOrmStateStore {
 
     #[tracing::instrument(skip(self), err)]
     async fn heartbeat_batch(&self, reservation: &BatchReservation) -> Result<bool> {
+        if !storable_reservation(reservation) {
+            return Ok(false);
+        }
         let db = &self.db;
         let now = self.clock.now_ms();
         Backoff::STORE
@@ -1576,7 +1643,7 @@ fn outcome_updates(
                     )
                     .col_expr(
                         records::Column::ProcessingError,
-                        Expr::value(processing_error.clone()),
+                        Expr::value(crate::dialect::text::encode_opt(processing_error.clone())),
                     )
                     .col_expr(records::Column::RetryCount, Expr::value(retry_count))
                     .col_expr(records::Column::UpdatedAt, Expr::value(now))

@@ -6,11 +6,13 @@
 //! - [`retry`]: the one retry policy ([`Backoff`]), which layer retries which errors, and jitter.
 //! - [`chunk`]: splitting multi-row statements by bind parameters and bytes.
 //! - [`insert`]: multi-row inserts with JSON that round-trips, and insert-if-absent.
+//! - [`text`]: text from users on every backend: names checked, free text stored losslessly.
 //! - here: the database clock, JSON values, fencing tokens.
 
 mod chunk;
 mod insert;
 mod retry;
+pub(crate) mod text;
 mod transaction;
 
 pub(crate) use chunk::{chunks, column_count};
@@ -58,6 +60,16 @@ pub(crate) fn json_expr(
     }
 }
 
+/// The largest row limit a statement binds: the drivers take integers as `i64` (a `u64` above
+/// `i64::MAX` makes them panic) and no table holds more rows anyway.
+const SQL_LIMIT_MAX: u64 = 9_223_372_036_854_775_807;
+
+/// A row limit from the API (any `u64`) as every backend can bind it: at most `i64::MAX`, which
+/// is "no limit" in effect. Every `LIMIT` a store writes goes through it.
+pub(crate) fn sql_limit(limit: u64) -> u64 {
+    limit.min(SQL_LIMIT_MAX)
+}
+
 /// The token (a fencing token, an optimistic-lock version) that follows `token`: one more,
 /// wrapping to 1 instead of overflowing. Tokens are only ever compared for equality, so the
 /// wrap keeps them changing with every claim, whatever number a row was left with.
@@ -86,4 +98,50 @@ where
 )]
 pub(crate) const fn column_len(len: u32) -> usize {
     len as usize
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `LIMIT` of the stores goes through [`super::sql_limit`] (or is a literal): a limit
+    /// bound as it came from the API panics the driver above `i64::MAX`. A source check, so
+    /// the next statement with a limit is checked too.
+    #[test]
+    fn every_limit_of_the_stores_is_clamped() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let mut stack = vec![std::path::PathBuf::from(root)];
+        let mut unclamped = Vec::new();
+        while let Some(path) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&path) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let name = path.to_string_lossy().into_owned();
+                if !name.ends_with("sea_orm.rs") {
+                    continue;
+                }
+                let source = std::fs::read_to_string(&path).unwrap_or_default();
+                for (n, line) in source.lines().enumerate() {
+                    for (at, _) in line.match_indices(".limit(") {
+                        let arg = &line[at + ".limit(".len()..];
+                        let literal = arg.starts_with(|c: char| c.is_ascii_digit());
+                        if !literal && !arg.contains("sql_limit(") {
+                            unclamped.push(format!("{name}:{}: {}", n + 1, line.trim()));
+                        }
+                    }
+                    if line.contains("LIMIT {") && !line.contains("LIMIT {budget}") {
+                        unclamped.push(format!("{name}:{}: {}", n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(
+            unclamped.is_empty(),
+            "limits bound unclamped: {unclamped:#?}"
+        );
+    }
 }

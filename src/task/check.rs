@@ -4,37 +4,50 @@
 
 use sea_orm_durable_migration::limit;
 
-use super::model::{self, NewTaskExecution, RetryOptions};
-use super::schedule::{TaskSchedule, Ticks};
-use crate::dialect::column_len;
+use std::borrow::Cow;
+
+use super::model::{
+    self, ClaimParams, FinishedChildTaskExecution, NewTaskExecution, RetryOptions,
+    TaskExecutionFilter, TaskExecutionGuard,
+};
+use super::schedule::{ScheduleSpec, TaskSchedule, Ticks};
+use crate::dialect::{column_len, text};
 use crate::error::{Error, Result};
 
-/// Longest execution id, task id or wake key accepted, in bytes (the columns' length).
+/// Longest execution id, task id, wake key or executor id accepted, in characters (the
+/// columns' length).
 pub(crate) const MAX_ID_LEN: usize = column_len(limit::TASK_ID_LEN);
 
-/// Longest queue name, in bytes (the length of the `queue` column).
+/// Longest queue name, in characters (the length of the `queue` column).
 pub const MAX_QUEUE_LEN: usize = column_len(limit::QUEUE_LEN);
 
-/// Longest schedule id, in bytes: short enough that the id of a tick's execution
-/// (`sch_<schedule id>_<tick>`, at most 25 bytes more) fits the execution ids, with room to
-/// spare for a longer prefix.
+/// Longest schedule id, in characters: short enough that the id of a tick's execution
+/// (`sch_<schedule id>_<tick>`, at most 25 characters more) fits the execution ids, with room
+/// to spare for a longer prefix.
 pub const MAX_SCHEDULE_ID_LEN: usize = MAX_ID_LEN - 55;
 
-/// Checks an id: not empty, at most [`MAX_ID_LEN`] bytes.
+/// Longest claim id, in characters (the length of the `claim_id` column).
+pub(crate) const MAX_CLAIM_ID_LEN: usize = column_len(limit::CLAIM_ID_LEN);
+
+/// Longest cron expression, in characters (the length of the `cron_expression` column).
+pub const MAX_CRON_LEN: usize = column_len(limit::CRON_EXPRESSION_LEN);
+
+/// Longest time zone name, in characters (the length of the `time_zone` column).
+pub(crate) const MAX_TIME_ZONE_LEN: usize = column_len(limit::TIME_ZONE_LEN);
+
+/// Checks an id: 1 to [`MAX_ID_LEN`] characters, no U+0000.
 fn validate_id(name: &'static str, id: &str) -> Result<()> {
-    if id.is_empty() {
-        return Err(Error::InvalidArgument {
-            name,
-            reason: "must not be empty".to_owned(),
-        });
-    }
-    if id.len() > MAX_ID_LEN {
-        return Err(Error::InvalidArgument {
-            name,
-            reason: format!("longer than {MAX_ID_LEN} bytes"),
-        });
-    }
-    Ok(())
+    text::check_name(name, id, MAX_ID_LEN)
+}
+
+/// Checks an executor id (it is stored with the executions it runs): as any id.
+pub(crate) fn validate_executor_id(id: &str) -> Result<()> {
+    validate_id("executor_id", id)
+}
+
+/// Checks a claim id: 1 to [`MAX_CLAIM_ID_LEN`] characters, no U+0000.
+pub(crate) fn validate_claim_id(id: &str) -> Result<()> {
+    text::check_name("claim_id", id, MAX_CLAIM_ID_LEN)
 }
 
 /// Checks a task id.
@@ -42,20 +55,9 @@ pub(crate) fn validate_task_id(id: &str) -> Result<()> {
     validate_id("task_id", id)
 }
 
-/// Checks that a name is 1 to `max` bytes long.
-fn validate_len(name: &'static str, value: &str, max: usize) -> Result<()> {
-    if value.is_empty() || value.len() > max {
-        return Err(Error::InvalidArgument {
-            name,
-            reason: format!("must be 1 to {max} bytes, got {}", value.len()),
-        });
-    }
-    Ok(())
-}
-
-/// Checks a queue name: not empty, at most [`MAX_QUEUE_LEN`] bytes.
+/// Checks a queue name: 1 to [`MAX_QUEUE_LEN`] characters, no U+0000.
 pub(crate) fn validate_queue(queue: &str) -> Result<()> {
-    validate_len("queue", queue, MAX_QUEUE_LEN)
+    text::check_name("queue", queue, MAX_QUEUE_LEN)
 }
 
 /// Checks that a time span of `ms` milliseconds lies in `range` (at most 365 days).
@@ -135,19 +137,122 @@ pub(crate) fn validate_new(e: &NewTaskExecution) -> Result<()> {
     Ok(())
 }
 
-/// Checks a wake key: not empty, at most [`MAX_ID_LEN`] bytes.
+/// Checks a wake key: 1 to [`MAX_ID_LEN`] characters, no U+0000.
 pub(crate) fn validate_wake_key(key: &str) -> Result<()> {
     validate_id("wake_key", key)
 }
 
-/// Checks a schedule id: 1 to [`MAX_SCHEDULE_ID_LEN`] bytes.
+/// Checks a schedule id: 1 to [`MAX_SCHEDULE_ID_LEN`] characters, no U+0000.
 pub(crate) fn validate_schedule_id(id: &str) -> Result<()> {
-    validate_len("schedule_id", id, MAX_SCHEDULE_ID_LEN)
+    text::check_name("schedule_id", id, MAX_SCHEDULE_ID_LEN)
 }
 
 /// Checks a schedule before it is saved.
 pub(crate) fn validate_schedule(schedule: &TaskSchedule) -> Result<()> {
     validate_schedule_id(&schedule.schedule_id)?;
     validate_task_id(&schedule.task_id)?;
+    if let ScheduleSpec::Cron {
+        expression,
+        time_zone,
+    } = &schedule.spec
+    {
+        // Checked before parsing: the columns bound them, and croner would accept a longer one.
+        text::check_name("cron", expression, MAX_CRON_LEN)?;
+        text::check_name("time_zone", time_zone, MAX_TIME_ZONE_LEN)?;
+    }
     Ticks::parse(&schedule.spec).map(|_| ())
+}
+
+/// Checks the claimer's names: the executor id and the claim id are stored with every
+/// execution a claim takes.
+pub(crate) fn validate_claim(params: &ClaimParams) -> Result<()> {
+    validate_executor_id(&params.executor_id)?;
+    if let Some(id) = &params.claim_id {
+        validate_claim_id(id)?;
+    }
+    Ok(())
+}
+
+/// Checks a finished-child record before it is written.
+pub(crate) fn validate_finished_child(c: &FinishedChildTaskExecution) -> Result<()> {
+    validate_id("parent_execution_id", &c.parent_execution_id)?;
+    validate_id("child_execution_id", &c.child_execution_id)?;
+    validate_task_id(&c.child_task_id)?;
+    if i32::try_from(c.index).is_err() {
+        return Err(Error::invalid(
+            "index",
+            format!("at most {}, got {}", i32::MAX, c.index),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether any name in `names` cannot be stored.
+fn any_unstorable(names: Option<&Vec<String>>) -> bool {
+    names.is_some_and(|names| names.iter().any(|n| !text::storable(n)))
+}
+
+/// `names` without those no storage can hold (they match nothing; an emptied list matches
+/// nothing, as an empty list does).
+fn storable_only(names: &mut Option<Vec<String>>) {
+    if let Some(names) = names {
+        names.retain(|n| text::storable(n));
+    }
+}
+
+/// The filter to send to a database: `None` when it can match nothing because a single-valued
+/// name in it cannot be stored; lists keep their storable names. Borrowed when nothing changes.
+pub(crate) fn storable_filter(
+    filter: &TaskExecutionFilter,
+) -> Option<Cow<'_, TaskExecutionFilter>> {
+    let single = [&filter.parent_execution_id, &filter.wake_key];
+    if single
+        .iter()
+        .any(|name| name.as_deref().is_some_and(|n| !text::storable(n)))
+    {
+        return None;
+    }
+    let lists = [&filter.execution_ids, &filter.task_ids, &filter.queues];
+    if !lists.iter().any(|list| any_unstorable(list.as_ref())) {
+        return Some(Cow::Borrowed(filter));
+    }
+    let mut filter = filter.clone();
+    storable_only(&mut filter.execution_ids);
+    storable_only(&mut filter.task_ids);
+    storable_only(&mut filter.queues);
+    Some(Cow::Owned(filter))
+}
+
+/// The claim to send to a database: its task and queue lists keep their storable names.
+pub(crate) fn storable_claim(params: &ClaimParams) -> Cow<'_, ClaimParams> {
+    if !any_unstorable(params.task_ids.as_ref()) && !any_unstorable(params.queues.as_ref()) {
+        return Cow::Borrowed(params);
+    }
+    let mut params = params.clone();
+    storable_only(&mut params.task_ids);
+    storable_only(&mut params.queues);
+    Cow::Owned(params)
+}
+
+/// The guard to send to a database: its ids keep the storable ones.
+pub(crate) fn storable_guard(guard: &TaskExecutionGuard) -> Cow<'_, TaskExecutionGuard> {
+    if guard.execution_ids.iter().all(|id| text::storable(id)) {
+        return Cow::Borrowed(guard);
+    }
+    let mut guard = guard.clone();
+    guard.execution_ids.retain(|id| text::storable(id));
+    Cow::Owned(guard)
+}
+
+/// `ids` without those no storage can hold.
+pub(crate) fn storable_ids(ids: &[String]) -> Cow<'_, [String]> {
+    if ids.iter().all(|id| text::storable(id)) {
+        return Cow::Borrowed(ids);
+    }
+    Cow::Owned(
+        ids.iter()
+            .filter(|id| text::storable(id))
+            .cloned()
+            .collect(),
+    )
 }

@@ -6,6 +6,7 @@
 //! counter, half of a reference) is an [`Error::CorruptRow`] naming the table, the row and the
 //! column, never a panic.
 
+use crate::dialect::text;
 use sea_orm::{FromQueryResult, QueryResult};
 use sea_orm_durable_entity::{
     finished_child_task_executions as fc, task_executions as te, task_schedules as ts,
@@ -155,9 +156,9 @@ pub(crate) fn execution_to_model(e: TaskExecution) -> Result<te::Model> {
         timeout_ms: millis(e.timeout),
         status: e.status.as_str().to_owned(),
         is_finished: e.is_finished,
-        input: e.input,
-        run_output: e.run_output,
-        output: e.output,
+        input: text::encode_owned(e.input),
+        run_output: text::encode_opt(e.run_output),
+        output: text::encode_opt(e.output),
         error: e.error.as_ref().map(error_json).transpose()?,
         executor_id: e.executor_id,
         fencing_token: e.fencing_token,
@@ -246,9 +247,9 @@ pub(crate) fn execution_from_model(m: te::Model) -> Result<TaskExecution> {
         retry_options,
         status,
         is_finished: m.is_finished,
-        input: m.input,
-        run_output: m.run_output,
-        output: m.output,
+        input: text::decode(m.input),
+        run_output: text::decode_opt(m.run_output),
+        output: text::decode_opt(m.output),
         error,
         executor_id: m.executor_id,
         fencing_token: m.fencing_token,
@@ -360,7 +361,7 @@ pub(crate) fn finished_child_to_model(c: FinishedChildTaskExecution) -> Result<f
         parent_execution_id: c.parent_execution_id,
         child_execution_id: c.child_execution_id,
         child_task_id: c.child_task_id,
-        output: c.output,
+        output: text::encode_opt(c.output),
         created_at: c.created_at,
     })
 }
@@ -387,7 +388,7 @@ pub(crate) fn finished_child_from_model(m: fc::Model) -> Result<FinishedChildTas
         parent_execution_id: m.parent_execution_id,
         child_execution_id: m.child_execution_id,
         child_task_id: m.child_task_id,
-        output: m.output,
+        output: text::decode_opt(m.output),
         created_at: m.created_at,
     })
 }
@@ -441,7 +442,7 @@ pub(crate) fn schedule_to_model(s: TaskSchedule) -> ts::Model {
     ts::Model {
         schedule_id: s.schedule_id,
         task_id: s.task_id,
-        input: s.input,
+        input: text::encode_owned(s.input),
         cron_expression,
         time_zone,
         interval_ms,
@@ -484,7 +485,7 @@ pub(crate) fn schedule_from_model(m: ts::Model) -> Result<TaskSchedule> {
     Ok(TaskSchedule {
         schedule_id: m.schedule_id,
         task_id: m.task_id,
-        input: m.input,
+        input: text::decode(m.input),
         spec,
         missed_ticks,
         next_tick_at: m.next_tick_at,

@@ -357,6 +357,7 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
     }
 
     async fn claim_task_executions(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>> {
+        super::validate_claim(params)?;
         Ok(self.state().claim(
             params,
             TaskExecutionStatus::Running,
@@ -409,6 +410,9 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
         &self,
         children: Vec<FinishedChildTaskExecution>,
     ) -> Result<()> {
+        children
+            .iter()
+            .try_for_each(super::validate_finished_child)?;
         self.state().record_finished_children(children);
         Ok(())
     }
@@ -506,6 +510,7 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
 
     async fn fire_task_schedule(&self, fire: &ScheduleFire) -> Result<bool> {
         fire.executions.iter().try_for_each(validate_new)?;
+        super::validate_schedule_id(&fire.schedule_id)?;
         let mut state = self.state();
         let due = state
             .schedules
@@ -546,6 +551,7 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
         &self,
         params: &ClaimParams,
     ) -> Result<Vec<TaskExecution>> {
+        super::validate_claim(params)?;
         Ok(self.state().claim(
             params,
             TaskExecutionStatus::WaitingForChildren,

@@ -15,10 +15,12 @@ mod schedule;
 pub(crate) mod sea_orm;
 pub mod storage;
 
-pub use check::{MAX_QUEUE_LEN, MAX_SCHEDULE_ID_LEN};
+pub use check::{MAX_CRON_LEN, MAX_QUEUE_LEN, MAX_SCHEDULE_ID_LEN};
 pub(crate) use check::{
-    validate_new, validate_queue, validate_retry, validate_schedule, validate_schedule_id,
-    validate_sleep_ms, validate_task_id, validate_timeout_ms, validate_wake_key,
+    storable_claim, storable_filter, storable_guard, storable_ids, validate_claim,
+    validate_executor_id, validate_finished_child, validate_new, validate_queue, validate_retry,
+    validate_schedule, validate_schedule_id, validate_sleep_ms, validate_task_id,
+    validate_timeout_ms, validate_wake_key,
 };
 pub use executor::{
     ChildOutput, ChildTask, EnqueueOptions, Executor, ExecutorOptions, FinalizeInput,

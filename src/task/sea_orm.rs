@@ -12,6 +12,7 @@
 //! parameters: the partial indexes of the migration (`WHERE status = 'ready'`, ...) can only be
 //! used when the planner sees the same constant in the query.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
@@ -33,7 +34,7 @@ use super::model::{
 };
 use super::schedule::{ScheduleFire, TaskSchedule};
 use super::storage::TaskExecutionStorage;
-use crate::dialect::{self, Backoff, begin_write, in_write_transaction};
+use crate::dialect::{self, Backoff, begin_write, in_write_transaction, text};
 use crate::error::{Error, Result};
 
 type Col = te::Column;
@@ -197,10 +198,10 @@ fn update_sets(backend: DbBackend, update: &TaskExecutionUpdate) -> Result<Vec<(
         }
     }
     if let Some(v) = &update.run_output {
-        sets.push((Col::RunOutput, Expr::val(v.as_str())));
+        sets.push((Col::RunOutput, Expr::val(text::encode(v).into_owned())));
     }
     if let Some(v) = &update.output {
-        sets.push((Col::Output, Expr::val(v.as_str())));
+        sets.push((Col::Output, Expr::val(text::encode(v).into_owned())));
     }
     if update.clear_error {
         sets.push((Col::Error, null_json()));
@@ -242,7 +243,7 @@ impl Pick {
             .cond_where(self.filter.clone())
             .order_by(self.order[0], Order::Asc)
             .order_by(self.order[1], Order::Asc)
-            .limit(self.limit)
+            .limit(crate::dialect::sql_limit(self.limit))
             .to_owned()
     }
 }
@@ -521,7 +522,7 @@ fn filter_select(filter: &TaskExecutionFilter, ids: Option<&[String]>) -> Select
         .order_by(Col::IndexInParent, Order::Asc)
         .order_by(Col::ExecutionId, Order::Asc);
     if let Some(limit) = filter.limit {
-        select.limit(limit);
+        select.limit(crate::dialect::sql_limit(limit));
     }
     select
 }
@@ -1110,7 +1111,7 @@ async fn taken_back<C: ConnectionTrait>(
         .and_where(Expr::col(Col::ClaimId).eq(claim_id.as_str()))
         .and_where(Expr::col(Col::Status).eq(status_lit(status)))
         .order_by(Col::ExecutionId, Order::Asc)
-        .limit(params.limit)
+        .limit(crate::dialect::sql_limit(params.limit))
         .to_owned();
     let rows = conn.query_all(&select).await?;
     if !rows.is_empty() {
@@ -1767,7 +1768,7 @@ async fn prune_in<C: ConnectionTrait>(
         .and_where(Expr::col(Col::Status).is_in(statuses.iter().map(|s| s.as_str())))
         .order_by(Col::FinishedAt, Order::Asc)
         .order_by(Col::ExecutionId, Order::Asc)
-        .limit(limit)
+        .limit(crate::dialect::sql_limit(limit))
         .to_owned();
     let ids = ids_of(&conn.query_all(&select).await?)?;
     let backend = conn.get_database_backend();
@@ -1820,7 +1821,7 @@ fn count_select(statuses: &[TaskExecutionStatus], limit: u64) -> Option<SelectSt
     select
         .order_by(Alias::new("queue"), Order::Asc)
         .order_by(Alias::new("status"), Order::Asc)
-        .limit(limit);
+        .limit(crate::dialect::sql_limit(limit));
     Some(select)
 }
 
@@ -1942,7 +1943,7 @@ async fn cancellation_requests_in<C: ConnectionTrait>(
         .and_where(Expr::col(Col::CancelRequested).eq(bool_lit(true)))
         .order_by(Col::UpdatedAt, Order::Asc)
         .order_by(Col::ExecutionId, Order::Asc)
-        .limit(limit)
+        .limit(crate::dialect::sql_limit(limit))
         .to_owned();
     ids_of(&conn.query_all(&select).await?)
 }
@@ -2079,6 +2080,9 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
 
     #[tracing::instrument(skip(self), err)]
     async fn get_task_execution(&self, execution_id: &str) -> Result<Option<TaskExecution>> {
+        if !text::storable(execution_id) {
+            return Ok(None);
+        }
         let select = Query::select()
             .column(Asterisk)
             .from(te::Entity)
@@ -2097,8 +2101,11 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         &self,
         filter: &TaskExecutionFilter,
     ) -> Result<Vec<TaskExecution>> {
+        let Some(filter) = super::storable_filter(filter) else {
+            return Ok(Vec::new());
+        };
         Backoff::STORE
-            .retry("get_task_executions", || get_many_in(&self.db, filter))
+            .retry("get_task_executions", || get_many_in(&self.db, &filter))
             .await
     }
 
@@ -2117,6 +2124,12 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
 
     #[tracing::instrument(skip(self), err)]
     async fn retry_task_execution(&self, execution_id: &str, now: i64) -> Result<TaskExecution> {
+        if !text::storable(execution_id) {
+            return Err(Error::NotFound {
+                entity: "task execution",
+                key: execution_id.to_owned(),
+            });
+        }
         // A row that reads retryable after the update did not match was changed back between
         // the two (failed again after another retry): the retry is tried again, a few times.
         for _ in 0..3 {
@@ -2136,7 +2149,9 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
 
     #[tracing::instrument(skip(self), err)]
     async fn claim_task_executions(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>> {
-        claim!(self, "claim_task_executions", claim_in, params)
+        super::validate_claim(params)?;
+        let params = super::storable_claim(params);
+        claim!(self, "claim_task_executions", claim_in, &*params)
     }
 
     #[tracing::instrument(skip(self), err)]
@@ -2145,6 +2160,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         guard: &TaskExecutionGuard,
         update: &TaskExecutionUpdate,
     ) -> Result<u64> {
+        let guard = &*super::storable_guard(guard);
         if matches_nothing(guard) {
             return Ok(0);
         }
@@ -2169,6 +2185,20 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         if updates.iter().all(|(guard, _)| matches_nothing(guard)) {
             return Ok(vec![0; updates.len()]);
         }
+        // Ids no database can hold match nothing (rare: only a caller's own guards have them).
+        let cleaned: Vec<(TaskExecutionGuard, TaskExecutionUpdate)>;
+        let updates = if updates
+            .iter()
+            .any(|(guard, _)| matches!(super::storable_guard(guard), Cow::Owned(_)))
+        {
+            cleaned = updates
+                .iter()
+                .map(|(guard, update)| (super::storable_guard(guard).into_owned(), update.clone()))
+                .collect();
+            &cleaned[..]
+        } else {
+            updates
+        };
         let backend = self.db.get_database_backend();
         let (groups, single) = group_updates(backend, updates)?;
         // One transaction: one commit (one log flush) for the whole batch, and one statement
@@ -2200,6 +2230,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         children: Vec<NewTaskExecution>,
     ) -> Result<bool> {
         children.iter().try_for_each(super::validate_new)?;
+        let guard = &*super::storable_guard(guard);
         if matches_nothing(guard) {
             return Ok(false);
         }
@@ -2213,6 +2244,9 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         &self,
         children: Vec<FinishedChildTaskExecution>,
     ) -> Result<()> {
+        children
+            .iter()
+            .try_for_each(super::validate_finished_child)?;
         if children.is_empty() {
             return Ok(());
         }
@@ -2226,6 +2260,9 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         &self,
         parent_execution_id: &str,
     ) -> Result<Vec<FinishedChildTaskExecution>> {
+        if !text::storable(parent_execution_id) {
+            return Ok(Vec::new());
+        }
         let select = Query::select()
             .column(Asterisk)
             .from(fc::Entity)
@@ -2256,11 +2293,13 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         &self,
         params: &ClaimParams,
     ) -> Result<Vec<TaskExecution>> {
+        super::validate_claim(params)?;
+        let params = super::storable_claim(params);
         claim!(
             self,
             "claim_parents_with_finished_children",
             claim_parents_in,
-            params
+            &*params
         )
     }
 
@@ -2282,7 +2321,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
 
     #[tracing::instrument(skip(self), err)]
     async fn cancellation_requests(&self, executor_id: &str, limit: u64) -> Result<Vec<String>> {
-        if limit == 0 {
+        if limit == 0 || !text::storable(executor_id) {
             return Ok(Vec::new());
         }
         Backoff::STORE
@@ -2326,6 +2365,9 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
     #[tracing::instrument(skip(self), err)]
     async fn delete_task_schedule(&self, schedule_id: &str) -> Result<bool> {
         use sea_orm::EntityTrait;
+        if !text::storable(schedule_id) {
+            return Ok(false);
+        }
         Backoff::STORE
             .retry("delete_task_schedule", || async {
                 Ok(ts::Entity::delete_by_id(schedule_id.to_owned())
@@ -2345,6 +2387,8 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         limit: u64,
     ) -> Result<Vec<TaskSchedule>> {
         use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+        let task_ids = task_ids.map(super::storable_ids);
+        let task_ids = task_ids.as_deref();
         if limit == 0 || task_ids.is_some_and(<[String]>::is_empty) {
             return Ok(Vec::new());
         }
@@ -2352,7 +2396,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
             .filter(ts::Column::NextTickAt.lte(now))
             .order_by_asc(ts::Column::NextTickAt)
             .order_by_asc(ts::Column::ScheduleId)
-            .limit(limit);
+            .limit(crate::dialect::sql_limit(limit));
         if let Some(ids) = task_ids {
             find = find.filter(ts::Column::TaskId.is_in(ids.iter().map(String::as_str)));
         }
@@ -2377,6 +2421,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
     #[tracing::instrument(skip(self, fire), fields(schedule_id = %fire.schedule_id), err)]
     async fn fire_task_schedule(&self, fire: &ScheduleFire) -> Result<bool> {
         fire.executions.iter().try_for_each(super::validate_new)?;
+        super::validate_schedule_id(&fire.schedule_id)?;
         // A retry after a lost commit finds the tick moved and answers false: the executions
         // of the first attempt are there, once.
         in_write_transaction!(&self.db, "fire_task_schedule", |txn| fire_schedule_in(
@@ -2433,7 +2478,8 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         execution_ids: &[String],
         now: i64,
     ) -> Result<u64> {
-        if execution_ids.is_empty() {
+        let execution_ids = &*super::storable_ids(execution_ids);
+        if execution_ids.is_empty() || !text::storable(executor_id) {
             return Ok(0);
         }
         // Clearing a flag is idempotent: a retry after a lost reply changes nothing more.

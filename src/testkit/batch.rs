@@ -43,6 +43,11 @@ use crate::batch::{
 use crate::clock::ManualClock;
 use crate::error::Error;
 
+pub use super::values::{
+    batch_numbers_at_the_ends_of_their_types_never_panic,
+    batch_text_with_nul_round_trips_or_is_refused,
+};
+
 /// The time every case starts at, epoch ms.
 pub const START_MS: i64 = 1_700_000_000_000;
 
@@ -117,6 +122,8 @@ macro_rules! batch_store_conformance {
     (@all $attrs:tt $factory:expr) => {
         $crate::batch_store_conformance!(@cases $attrs $factory;
             prune_deletes_finished_jobs_in_bounded_steps,
+            batch_text_with_nul_round_trips_or_is_refused,
+            batch_numbers_at_the_ends_of_their_types_never_panic,
             saved_job_round_trips,
             missing_job_reads_as_none,
             saving_again_replaces_the_job,
@@ -277,7 +284,11 @@ fn fixture_job(id: &str) -> JobState {
     }
 }
 
-async fn claim(ctx: &Ctx, job_id: &str, worker_id: &str) -> CaseResult<BatchReservation> {
+pub(super) async fn claim(
+    ctx: &Ctx,
+    job_id: &str,
+    worker_id: &str,
+) -> CaseResult<BatchReservation> {
     match ctx.store.claim_batch(job_id, worker_id).await? {
         ClaimBatchResult::Claimed(r) => Ok(r),
         other => Err(CaseFailure::new(format!(
@@ -3157,7 +3168,7 @@ pub async fn prune_deletes_finished_jobs_in_bounded_steps(ctx: Ctx) -> CaseResul
 }
 
 /// Saves a distributed job of `batches` × 3 records with its pending records.
-async fn prepared_job(ctx: &Ctx, id: &str, batches: u32) -> CaseResult {
+pub(super) async fn prepared_job(ctx: &Ctx, id: &str, batches: u32) -> CaseResult {
     let job = distributed_job(id, batches, 3);
     for batch in &job.batches {
         let start = batch.record_start_index.unwrap_or(0);

@@ -36,6 +36,8 @@ use crate::task::{
 };
 use crate::{Error, Schedule};
 
+pub use super::values::executor_with_limits_at_the_end_of_u64_finishes_its_work;
+
 /// Executor options suited to tests: short polls, everything else default.
 pub fn fast_options() -> ExecutorOptions {
     ExecutorOptions {

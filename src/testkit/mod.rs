@@ -32,6 +32,9 @@ use std::panic::Location;
 /// Fails the current conformance case unless `cond` holds, with a formatted message and the
 /// file and line of the expectation.
 macro_rules! check {
+    ($cond:expr $(,)?) => {
+        check!($cond, "expected {}", stringify!($cond))
+    };
     ($cond:expr, $($msg:tt)+) => {
         if !$cond {
             return ::std::result::Result::Err($crate::testkit::CaseFailure::new(format!($($msg)+)).into());
@@ -58,6 +61,7 @@ macro_rules! check_eq {
 pub mod batch;
 pub mod executor;
 pub mod task;
+mod values;
 
 /// What a conformance case returns (`T` is `()` for all but a few executor scenarios, which
 /// return a measurement to report).

@@ -48,6 +48,10 @@ use crate::task::{
 use crate::task::{MissedTicks, ScheduleSpec, TaskSchedule};
 use crate::{Error, Result};
 
+pub use super::values::{
+    numbers_at_the_ends_of_their_types_never_panic, text_with_nul_round_trips_or_is_refused,
+};
+
 /// A storage under test.
 pub type Storage = Arc<dyn TaskExecutionStorage>;
 
@@ -77,6 +81,8 @@ macro_rules! task_storage_conformance {
     (@all $attrs:tt $how:tt) => {
         $crate::task_storage_conformance!(@cases $attrs $how;
             enqueue_then_get_round_trips_every_field,
+            text_with_nul_round_trips_or_is_refused,
+            numbers_at_the_ends_of_their_types_never_panic,
             enqueue_of_nothing_is_a_no_op,
             duplicate_enqueue_is_conflict_and_inserts_nothing,
             invalid_executions_are_rejected_before_writing,

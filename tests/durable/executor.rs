@@ -155,6 +155,16 @@ macro_rules! executor_cases {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         $(#[$attr])*
+        async fn executor_with_limits_at_the_end_of_u64_finishes_its_work() -> anyhow::Result<()> {
+            on_storage(
+                $backend,
+                cases::executor_with_limits_at_the_end_of_u64_finishes_its_work,
+            )
+            .await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn executors_claim_only_their_tasks_and_queues() -> anyhow::Result<()> {
             on_storage($backend, cases::executors_claim_only_their_tasks_and_queues).await
         }

@@ -35,6 +35,7 @@ per_backend!(
     shutdown_gives_the_batch_back,
     typed_input_fails_records_that_do_not_fit,
     corrupt_pending_batch_fails_the_job_instead_of_blocking_it,
+    errors_holding_nul_are_stored_and_the_job_finishes,
 );
 
 mod memory {
@@ -83,6 +84,11 @@ mod memory {
     async fn typed_input_fails_records_that_do_not_fit() -> anyhow::Result<()> {
         super::typed_input(store()).await
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn errors_holding_nul_are_stored_and_the_job_finishes() -> anyhow::Result<()> {
+        super::nul_errors(store()).await
+    }
 }
 
 fn sea_orm_store(t: &TestDb) -> Arc<dyn DistributedStateStore> {
@@ -122,6 +128,51 @@ async fn shutdown_gives_the_batch_back(t: TestDb) -> anyhow::Result<()> {
 
 async fn typed_input_fails_records_that_do_not_fit(t: TestDb) -> anyhow::Result<()> {
     typed_input(sea_orm_store(&t)).await
+}
+
+async fn errors_holding_nul_are_stored_and_the_job_finishes(t: TestDb) -> anyhow::Result<()> {
+    nul_errors(sea_orm_store(&t)).await
+}
+
+/// A processor error that echoes a record field holding U+0000 (which PostgreSQL refuses in
+/// text) is stored as it is, and the job goes on to the end instead of failing every worker
+/// that claims the batch.
+async fn nul_errors(store: Arc<dyn DistributedStateStore>) -> anyhow::Result<()> {
+    let job = "nul-errors";
+    let config = JobConfig {
+        max_retries: Some(0),
+        ..JobConfig::new(10)
+    };
+    let rows = (0..40_u64).map(|i| json!({ "i": i, "name": format!("row\u{0}{i}") }));
+    prepare(&*store, job, config, rows).await?;
+    let processor = |ctx: RecordContext, value: Value| async move {
+        if ctx.index % 7 == 3 {
+            let name = value["name"].as_str().unwrap_or_default().to_owned();
+            return Err(ProcessError::from(format!("refused {name}")));
+        }
+        Ok(())
+    };
+    let reports = run_workers(&store, job, 2, processor, &options(None)).await?;
+    ensure!(
+        reports
+            .iter()
+            .any(|r| r.job_status == Some(JobStatus::Completed)),
+        "no worker saw the job complete: {reports:?}"
+    );
+    let failed = store
+        .get_records(job, &RecordFilter::new().statuses([RecordStatus::Failed]))
+        .await?;
+    ensure!(failed.len() == 6, "{} failed records", failed.len());
+    for record in failed {
+        let expected = format!("refused row\u{0}{}", record.index);
+        ensure!(
+            record.processing_error.as_deref() == Some(expected.as_str()),
+            "record {}: {:?}",
+            record.index,
+            record.processing_error
+        );
+    }
+    Ok(())
 }
 
 /// A pending batch row that cannot be read (a negative record range) fails that batch: the

@@ -198,8 +198,12 @@ impl Executor {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] when another task is registered under the same id.
+    /// [`Error::InvalidArgument`] when another task is registered under the same id, when a
+    /// task's id or options are out of their limits, or when the executor's own id
+    /// ([`ExecutorOptions::executor_id`]) is (an executor with tasks stores it with every
+    /// execution it claims, so it is checked before any claim).
     pub fn register<I, O>(&self, task: &TaskDefinition<I, O>) -> Result<()> {
+        crate::task::validate_executor_id(&self.inner.id)?;
         let mut tasks = self
             .inner
             .tasks
