@@ -931,10 +931,15 @@ async fn finalize<C: ConnectionTrait>(
 /// this commit, and then waited for the job row, would still see them finished. So one of its
 /// unfinished batches is locked too, and there must be one: a completion of that batch waits for
 /// this commit, so no finalization can read the batches all finished before it.
+///
+/// `retried` says that an earlier attempt of the same call (the same `now`) may have committed
+/// without its reply arriving. Finding nothing to requeue then, it answers what that attempt
+/// did, read back from the rows it stamped with `now` (see [`requeued_at`]).
 async fn requeue_in<C: ConnectionTrait>(
     conn: &C,
     job_id: &str,
     now: i64,
+    retried: bool,
 ) -> Result<RequeuedRecords> {
     let backend = conn.get_database_backend();
     let mut select = jobs::Entity::find_by_id(job_id)
@@ -971,6 +976,9 @@ async fn requeue_in<C: ConnectionTrait>(
         job_status: status,
     };
     if count_failed().await? == 0 {
+        if retried {
+            requeued_at(conn, job_id, now, &mut done).await?;
+        }
         return Ok(done);
     }
     let finished = [
@@ -1035,6 +1043,10 @@ async fn requeue_in<C: ConnectionTrait>(
         .await?
         .rows_affected;
     done.left_failed = count_failed().await?;
+    if retried && done.records == 0 && done.batches == 0 {
+        requeued_at(conn, job_id, now, &mut done).await?;
+        return Ok(done);
+    }
     if done.records > 0 && status.is_terminal() {
         jobs::Entity::update_many()
             .col_expr(
@@ -1065,6 +1077,36 @@ fn storable_reservation(reservation: &BatchReservation) -> bool {
     ]
     .iter()
     .all(|id| text::storable(id))
+}
+
+/// Fills `done` with what a requeue at `now` of `job_id` did: the records it moved to `pending`
+/// and the batches it moved to `PENDING`, which it stamped with `now` (and which nothing has
+/// claimed since). The job's status is as read by the caller, which the requeue moved to
+/// `PROCESSING` if it had finished.
+async fn requeued_at<C: ConnectionTrait>(
+    conn: &C,
+    job_id: &str,
+    now: i64,
+    done: &mut RequeuedRecords,
+) -> Result<()> {
+    done.records = records::Entity::find()
+        .filter(records::Column::JobId.eq(job_id))
+        .filter(records::Column::Status.eq(RecordStatus::Pending.as_str()))
+        .filter(records::Column::UpdatedAt.eq(now))
+        .filter(records::Column::ProcessingError.is_null())
+        .count(conn)
+        .await?;
+    done.batches = batches::Entity::find()
+        .filter(batches::Column::JobId.eq(job_id))
+        .filter(batches::Column::Status.eq(BatchStatus::Pending.as_str()))
+        .filter(batches::Column::UpdatedAt.eq(now))
+        .filter(batches::Column::CompletedAt.is_null())
+        .count(conn)
+        .await?;
+    if done.records > 0 {
+        tracing::info!(job_id, records = done.records, batches = done.batches, "requeue retried after an attempt that committed");
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -1422,8 +1464,13 @@ impl DistributedStateStore for SeaOrmStateStore {
         }
         let db = &self.db;
         let now = self.clock.now_ms();
+        // Every attempt after the first may follow one that committed without its reply.
+        let attempted = std::sync::atomic::AtomicBool::new(false);
         in_write_transaction!(db, "requeue_failed_records", |txn| requeue_in(
-            &txn, job_id, now
+            &txn,
+            job_id,
+            now,
+            attempted.swap(true, std::sync::atomic::Ordering::SeqCst)
         ))
     }
 

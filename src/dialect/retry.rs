@@ -31,6 +31,14 @@ use crate::error::Result;
 ///    gives up after 20 consecutive failures (about a minute and a quarter of pauses, enough
 ///    for a server restart); the executor's loops pause and go on until shut down.
 ///
+/// 3. **The callers that recognize their own write** ([`Backoff::REPEAT`]: 10 ms doubling to
+///    100 ms, 3 retries): `TaskHandle::cancel`, `Executor::enqueue`, `Executor::wake` and
+///    `Executor::schedule` repeat the same call, with the same arguments and time, when a
+///    storage answers a retryable error (a storage that does not retry internally, or one
+///    that gave up). The repeat finds what an attempt whose reply was lost did and answers it
+///    (see the storage port's docs on lost replies); a caller that built the call anew would
+///    be another call.
+///
 /// So the layers stack on purpose, fast inside slow: each runner retry is one store call with
 /// its own second of fast retries. Nothing else retries database errors. A task's failed run
 /// (its `RetryOptions`) and a record's failed processing (the job's retry settings) are
@@ -62,6 +70,14 @@ impl Backoff {
         first: Duration::from_millis(100),
         max: Duration::from_secs(5),
         retries: 20,
+        warn: true,
+    };
+
+    /// Around one call to a storage, repeated with the same arguments: see the type's docs.
+    pub(crate) const REPEAT: Backoff = Backoff {
+        first: Duration::from_millis(10),
+        max: Duration::from_millis(100),
+        retries: 3,
         warn: true,
     };
 

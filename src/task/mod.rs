@@ -78,6 +78,14 @@ pub(crate) fn wake_update(outcome: &WakeOutcome, now: i64) -> TaskExecutionUpdat
     }
 }
 
+/// Whether `e`, the latest execution under the wake's key, is what `wake` left: finished with
+/// its outcome, at its time. A wake repeated after a lost reply (the same key, outcome and
+/// time) finds this when its first attempt took effect, and answers it woken again; a wake
+/// that differs in outcome or time is another wake, told the execution finished already.
+pub(crate) fn woken_by(e: &model::TaskExecution, wake: &model::Wake) -> bool {
+    wake_update(&wake.outcome, wake.now).is_held_by(e) && model::finished_by_update_at(e, wake.now)
+}
+
 /// The error of a wake under a key nothing was ever enqueued under.
 pub(crate) fn unknown_wake_key(key: &str) -> Error {
     Error::NotFound {

@@ -590,6 +590,35 @@ pub(crate) fn apply_retry(e: &mut TaskExecution, now: i64) {
     e.updated_at = now;
 }
 
+/// Whether `e` is what a retry at `now` ([`apply_retry`]) left, or has moved on from there
+/// without finishing (claimed since): unfinished, due from `now`, with an attempt counted and
+/// the failed run's error still kept. What a retry repeated after a lost reply, with the same
+/// `now`, finds when its first attempt took effect.
+pub(crate) fn retried_at(e: &TaskExecution, now: i64) -> bool {
+    !e.is_finished
+        && e.start_at == now
+        && e.retry_attempts > 0
+        && e.error.is_some()
+        && e.parent.is_none()
+}
+
+/// Whether `stored` is the row an enqueue of `new` at `now` inserted: the same task and
+/// parent, enqueued at `now`. What an enqueue repeated after a lost reply (the same executions
+/// at the same time) finds when its first attempt took effect; an enqueue of the same id at
+/// another time, or of another task, is a conflict.
+pub(crate) fn enqueued_as(stored: &TaskExecution, new: &NewTaskExecution, now: i64) -> bool {
+    stored.task_id == new.task_id
+        && stored.parent.as_ref().map(|p| &p.execution_id)
+            == new.parent.as_ref().map(|p| &p.execution_id)
+        && stored.created_at == now
+}
+
+/// Whether `e` finished at `now` as an update at `now` finishes an execution (never before
+/// its `started_at`, which another clock may have written).
+pub(crate) fn finished_by_update_at(e: &TaskExecution, now: i64) -> bool {
+    e.finished_at == Some(e.started_at.map_or(now, |started| started.max(now)))
+}
+
 /// Most retry attempts a row can count (the column is a signed 32-bit integer).
 pub(crate) const MAX_RETRY_ATTEMPTS: u32 = 2_147_483_647;
 
@@ -671,6 +700,29 @@ pub struct TaskExecutionUpdate {
     pub children_count: Option<u32>,
     /// The finalize execution spawned.
     pub finalize: Option<TaskExecutionRef>,
+}
+
+impl TaskExecutionUpdate {
+    /// Whether `e` holds every value this update writes: its status and each field it sets
+    /// (not its times, which a repeated write takes anew). What a repeated write finds when
+    /// its first attempt took effect although its reply was lost.
+    pub(crate) fn is_held_by(&self, e: &TaskExecution) -> bool {
+        fn same<T: PartialEq>(set: Option<&T>, stored: Option<&T>) -> bool {
+            set.is_none_or(|v| stored == Some(v))
+        }
+        self.status.is_none_or(|s| s == e.status)
+            && same(self.run_output.as_ref(), e.run_output.as_ref())
+            && same(self.output.as_ref(), e.output.as_ref())
+            && if self.clear_error {
+                e.error.is_none()
+            } else {
+                same(self.error.as_ref(), e.error.as_ref())
+            }
+            && self.cancel_requested.is_none_or(|v| v == e.cancel_requested)
+            && self.retry_attempts.is_none_or(|v| v == e.retry_attempts)
+            && self.children_count.is_none_or(|v| v == e.children_count)
+            && same(self.finalize.as_ref(), e.finalize.as_ref())
+    }
 }
 
 /// Parameters of the claim operations.

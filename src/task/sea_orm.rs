@@ -30,7 +30,7 @@ use super::mapper;
 use super::model::{
     ClaimParams, ExecutionError, FinishedChildTaskExecution, MAX_RETRY_ATTEMPTS, MAX_TIMEOUT_MS,
     NewTaskExecution, TaskExecution, TaskExecutionCount, TaskExecutionFilter, TaskExecutionGuard,
-    TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeResult, retry_refusal,
+    TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeResult, retried_at, retry_refusal,
 };
 use super::schedule::{ScheduleFire, TaskSchedule};
 use super::storage::TaskExecutionStorage;
@@ -1411,9 +1411,16 @@ pub(crate) async fn wake_in<C: ConnectionTrait>(conn: &C, wake: &Wake) -> Result
         .limit(1)
         .to_owned();
     match conn.query_one(&latest).await? {
-        Some(row) => Ok(WakeResult::AlreadyFinished(mapper::execution_from_row(
-            &row,
-        )?)),
+        Some(row) => {
+            let latest = mapper::execution_from_row(&row)?;
+            // An earlier attempt of this wake (the same outcome at the same time) committed
+            // without its reply arriving: it was this wake that woke it.
+            Ok(if super::woken_by(&latest, wake) {
+                WakeResult::Woken(latest)
+            } else {
+                WakeResult::AlreadyFinished(latest)
+            })
+        }
         None => Err(super::unknown_wake_key(key)),
     }
 }
@@ -1921,7 +1928,9 @@ async fn retry_in<C: ConnectionTrait>(
             entity: "task execution",
             key: execution_id.to_owned(),
         })?;
-    if matched > 0 {
+    if matched > 0 || retried_at(&execution, now) {
+        // Matched, or already as this retry leaves it: an earlier attempt with the same `now`
+        // committed without its reply arriving.
         return Ok(Some(execution));
     }
     match retry_refusal(&execution) {
@@ -1994,26 +2003,32 @@ impl Attempts {
 }
 
 impl SeaOrmTaskExecutionStorage {
-    /// Enqueues in one statement or one transaction; a conflict on a retried attempt whose rows
-    /// are exactly the ones this call inserts means the first attempt committed: success.
+    /// Enqueues in one statement or one transaction. A conflict whose rows are exactly the
+    /// ones this call inserts (same ids, tasks, parents and enqueue time) means an earlier
+    /// attempt committed without its reply arriving, this call's own retry or the caller's
+    /// repeat of it: success.
     async fn enqueue_idempotent(&self, models: Vec<te::Model>) -> Result<()> {
-        let attempts = Attempts::new(false);
         let single = enqueue_statements(self.db.get_database_backend(), &models) <= 1;
         Backoff::STORE.retry("enqueue_task_executions", || async {
-            let retried = attempts.retried();
             let inserted = if single {
                 // One statement is atomic on its own.
                 insert_models(&self.db, &models).await
             } else {
                 let txn = begin_write(&self.db).await?;
-                insert_models(&txn, &models).await?;
-                txn.commit().await.map_err(Error::from)
+                match insert_models(&txn, &models).await {
+                    Ok(()) => txn.commit().await.map_err(Error::from),
+                    Err(err) => {
+                        // Rolled back before the rows are looked at, on another connection.
+                        let _ = txn.rollback().await;
+                        Err(err)
+                    }
+                }
             };
             match inserted {
                 Err(Error::Conflict { message, source })
-                    if retried && already_enqueued(&self.db, &models).await? =>
+                    if already_enqueued(&self.db, &models).await? =>
                 {
-                    tracing::info!(%message, source = ?source, "enqueue retried after its first attempt committed");
+                    tracing::info!(%message, source = ?source, "enqueue repeated after an attempt that committed");
                     Ok(())
                 }
                 other => other,
@@ -2431,8 +2446,8 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
 
     #[tracing::instrument(skip(self), fields(wake_key = %wake.wake_key), err)]
     async fn wake_task_execution(&self, wake: &Wake) -> Result<WakeResult> {
-        // A retry after a lost reply finds the execution finished by the first attempt and
-        // answers `AlreadyFinished` with it: never a second change.
+        // A retry after a lost reply finds the execution finished by the first attempt, as this
+        // wake finishes it, and answers `Woken` with it: never a second change.
         Backoff::STORE
             .retry("wake_task_execution", || wake_in(&self.db, wake))
             .await

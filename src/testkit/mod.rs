@@ -8,6 +8,8 @@
 //!   [`task_storage_conformance!`](crate::task_storage_conformance);
 //! - [`batch`]: the [`DistributedStateStore`](crate::batch::store::DistributedStateStore) port, run with
 //!   [`batch_store_conformance!`](crate::batch_store_conformance);
+//! - [`lost_reply`]: [`LoseReplies`](lost_reply::LoseReplies), a wrapper of either port that
+//!   loses the reply of a write after it took effect, for the suites' lost-reply cases;
 //! - [`executor`]: end-to-end [`Executor`](crate::Executor) scenarios over any task storage, run
 //!   one by one with [`run_case`].
 //!
@@ -60,6 +62,7 @@ macro_rules! check_eq {
 
 pub mod batch;
 pub mod executor;
+pub mod lost_reply;
 pub mod task;
 mod values;
 

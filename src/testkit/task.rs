@@ -35,6 +35,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::lost_reply::LoseReplies;
 use super::{CaseFailure, CaseResult};
 use crate::task::storage::ScheduleFire;
 use crate::task::storage::{
@@ -126,6 +127,18 @@ macro_rules! task_storage_conformance {
             retry_runs_a_failed_root_again_and_keeps_its_error,
             retry_refuses_what_it_cannot_run_again,
             concurrent_retries_have_one_winner,
+            lost_reply_of_enqueue_is_not_a_conflict,
+            lost_reply_of_retry_answers_the_retried_execution,
+            lost_reply_of_claim_is_taken_back,
+            lost_reply_of_guarded_update_changes_nothing_more,
+            lost_reply_of_batched_updates_changes_nothing_more,
+            lost_reply_of_update_and_enqueue_spawns_once,
+            lost_reply_of_finished_children_counts_once,
+            lost_reply_of_expiry_counts_the_attempt_once,
+            lost_reply_of_wake_answers_woken,
+            lost_reply_of_schedule_save_answers_the_schedule,
+            lost_reply_of_schedule_delete_leaves_it_deleted,
+            lost_reply_of_fire_enqueues_the_tick_once,
         );
     };
     (@cases $attrs:tt $how:tt; $($case:ident),* $(,)?) => {
@@ -2978,5 +2991,331 @@ pub async fn concurrent_retries_have_one_winner(storage: Storage) -> CaseResult 
     }
     check_eq!(won, 1);
     check_eq!(get(&storage, "r").await?.retry_attempts, 1);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lost replies: each write is called through a storage that loses its reply after it took
+// effect, then called again with the same arguments, as a retry does. The repeat answers the
+// true outcome, or (where the port says so) changes nothing more.
+
+/// A storage over `storage` that loses the next reply of `operation`.
+fn losing(storage: &Storage, operation: &str) -> LoseReplies<Storage> {
+    let lossy = LoseReplies::new(Arc::clone(storage));
+    lossy.lose_next(operation);
+    lossy
+}
+
+/// Checks that `answer` is the error of a lost reply, and that `lossy` lost it.
+fn check_lost<T: std::fmt::Debug>(
+    lossy: &LoseReplies<Storage>,
+    answer: Result<T>,
+) -> CaseResult {
+    check!(
+        matches!(&answer, Err(e) if e.is_retryable()),
+        "expected the retryable error of a lost reply, got {answer:?}"
+    );
+    check_eq!(lossy.lost(), 1);
+    Ok(())
+}
+
+/// An enqueue of several executions repeated after its reply was lost succeeds (the rows are
+/// the ones it inserted), inserts nothing twice; an enqueue of one of the ids at another time
+/// is still a conflict.
+pub async fn lost_reply_of_enqueue_is_not_a_conflict(storage: Storage) -> CaseResult {
+    let batch = || vec![new_execution("a"), new_execution("b"), new_execution("c")];
+    let lossy = losing(&storage, "enqueue_task_executions");
+    check_lost(&lossy, lossy.enqueue_task_executions(batch(), T0).await)?;
+    lossy.enqueue_task_executions(batch(), T0).await?;
+    let all = storage
+        .get_task_executions(&TaskExecutionFilter::default())
+        .await?;
+    check_eq!(ids(&all), vec!["a", "b", "c"]);
+    let again = storage
+        .enqueue_task_executions(vec![new_execution("b")], T0 + 1)
+        .await;
+    check!(
+        matches!(again, Err(Error::Conflict { .. })),
+        "a later enqueue of b: {again:?}"
+    );
+    Ok(())
+}
+
+/// A retry repeated after its reply was lost answers the execution it retried, counted once;
+/// a retry at another time is refused (the execution is not failed any more).
+pub async fn lost_reply_of_retry_answers_the_retried_execution(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![new_execution("r")], T0)
+        .await?;
+    fail_run(&storage, "r", T0).await?;
+    let lossy = losing(&storage, "retry_task_execution");
+    check_lost(&lossy, lossy.retry_task_execution("r", T0 + 50).await)?;
+    let retried = lossy.retry_task_execution("r", T0 + 50).await?;
+    check_eq!(retried.status, TaskExecutionStatus::Ready);
+    check_eq!(retried.retry_attempts, 1);
+    check_eq!(retried.start_at, T0 + 50);
+    check_eq!(get(&storage, "r").await?.retry_attempts, 1);
+    let other = storage.retry_task_execution("r", T0 + 60).await;
+    check!(
+        matches!(other, Err(Error::InvalidState { .. })),
+        "another retry: {other:?}"
+    );
+    Ok(())
+}
+
+/// A claim repeated with `resume` after its reply was lost hands back what it took, and
+/// nothing else is taken twice.
+pub async fn lost_reply_of_claim_is_taken_back(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(
+            vec![new_execution("x0"), new_execution("x1"), new_execution("x2")],
+            T0,
+        )
+        .await?;
+    let params = ClaimParams {
+        claim_id: Some("claim-1".to_owned()),
+        ..claim("e", T0, 2)
+    };
+    let lossy = losing(&storage, "claim_task_executions");
+    check_lost(&lossy, lossy.claim_task_executions(&params).await)?;
+    let resumed = lossy
+        .claim_task_executions(&ClaimParams {
+            resume: true,
+            ..params
+        })
+        .await?;
+    check_eq!(ids(&resumed), vec!["x0", "x1"]);
+    let rest = storage.claim_task_executions(&claim("f", T0, 10)).await?;
+    check_eq!(ids(&rest), vec!["x2"]);
+    Ok(())
+}
+
+/// A run's result, for the claim holder to write.
+fn completion(now: i64) -> TaskExecutionUpdate {
+    TaskExecutionUpdate {
+        now,
+        status: Some(TaskExecutionStatus::Completed),
+        output: Some("\"done\"".to_owned()),
+        clear_error: true,
+        ..Default::default()
+    }
+}
+
+/// A claimed execution and the guard of its claim.
+async fn claimed_one(storage: &Storage, id: &str) -> CaseResult<TaskExecutionGuard> {
+    storage
+        .enqueue_task_executions(vec![new_execution(id)], T0)
+        .await?;
+    let claimed = storage.claim_task_executions(&claim("e", T0, 1)).await?;
+    check_eq!(ids(&claimed), vec![id]);
+    Ok(TaskExecutionGuard::id(id)
+        .status(TaskExecutionStatus::Running)
+        .fencing_token(claimed[0].fencing_token))
+}
+
+/// A guarded update repeated after its reply was lost matches nothing (its guard no longer
+/// holds) and changes nothing: the row holds the first attempt's values, by which the writer
+/// recognizes its own write.
+pub async fn lost_reply_of_guarded_update_changes_nothing_more(storage: Storage) -> CaseResult {
+    let guard = claimed_one(&storage, "u").await?;
+    let lossy = losing(&storage, "update_task_executions");
+    check_lost(
+        &lossy,
+        lossy
+            .update_task_executions(&guard, &completion(T0 + 5))
+            .await,
+    )?;
+    check_eq!(
+        lossy
+            .update_task_executions(&guard, &completion(T0 + 9))
+            .await?,
+        0
+    );
+    let e = get(&storage, "u").await?;
+    check_eq!(e.status, TaskExecutionStatus::Completed);
+    check_eq!(e.updated_at, T0 + 5);
+    check!(
+        completion(T0 + 9).is_held_by(&e),
+        "the row does not hold the write"
+    );
+    Ok(())
+}
+
+/// A batch of guarded updates repeated after its reply was lost matches nothing and changes
+/// nothing; the parent of a finished child hears of it once.
+pub async fn lost_reply_of_batched_updates_changes_nothing_more(storage: Storage) -> CaseResult {
+    let guard = claimed_one(&storage, "m").await?;
+    let updates = vec![(guard, completion(T0 + 5))];
+    let lossy = losing(&storage, "update_task_executions_many");
+    check_lost(&lossy, lossy.update_task_executions_many(&updates).await)?;
+    check_eq!(lossy.update_task_executions_many(&updates).await?, vec![0]);
+    let e = get(&storage, "m").await?;
+    check_eq!(e.status, TaskExecutionStatus::Completed);
+    check_eq!(e.output.as_deref(), Some("\"done\""));
+    Ok(())
+}
+
+/// Spawning children, repeated after its reply was lost, answers that the guard no longer
+/// matched and inserts no child twice.
+pub async fn lost_reply_of_update_and_enqueue_spawns_once(storage: Storage) -> CaseResult {
+    let guard = claimed_one(&storage, "p").await?;
+    let update = TaskExecutionUpdate {
+        now: T0 + 5,
+        status: Some(TaskExecutionStatus::WaitingForChildren),
+        run_output: Some("1".to_owned()),
+        children_count: Some(2),
+        clear_error: true,
+        ..Default::default()
+    };
+    let children = || vec![new_child("p.0", "p", 0), new_child("p.1", "p", 1)];
+    let lossy = losing(&storage, "update_task_execution_and_enqueue");
+    check_lost(
+        &lossy,
+        lossy
+            .update_task_execution_and_enqueue(&guard, &update, children())
+            .await,
+    )?;
+    check!(
+        !lossy
+            .update_task_execution_and_enqueue(&guard, &update, children())
+            .await?,
+        "the repeat matched"
+    );
+    let e = get(&storage, "p").await?;
+    check_eq!(e.status, TaskExecutionStatus::WaitingForChildren);
+    check!(update.is_held_by(&e), "the row does not hold the spawn");
+    check_eq!(
+        storage
+            .get_task_executions(&TaskExecutionFilter::default())
+            .await?
+            .len(),
+        3
+    );
+    Ok(())
+}
+
+/// Finished-child records repeated after their reply was lost are not counted twice.
+pub async fn lost_reply_of_finished_children_counts_once(storage: Storage) -> CaseResult {
+    waiting_parent(&storage, "p", 2, T0).await?;
+    let records = || {
+        vec![
+            finished_child("p", "c0", 0, TaskExecutionStatus::Completed),
+            finished_child("p", "c1", 1, TaskExecutionStatus::Failed),
+        ]
+    };
+    let lossy = losing(&storage, "add_finished_child_task_executions");
+    check_lost(
+        &lossy,
+        lossy.add_finished_child_task_executions(records()).await,
+    )?;
+    lossy.add_finished_child_task_executions(records()).await?;
+    let p = get(&storage, "p").await?;
+    check_eq!(p.finished_children_count, 2);
+    check_eq!(p.failed_children_count, 1);
+    check_eq!(
+        storage.get_finished_child_task_executions("p").await?.len(),
+        2
+    );
+    Ok(())
+}
+
+/// Expiry repeated after its reply was lost recovers nothing more and counts the attempt once.
+pub async fn lost_reply_of_expiry_counts_the_attempt_once(storage: Storage) -> CaseResult {
+    let with_retry = NewTaskExecution {
+        retry_options: RetryOptions {
+            max_attempts: 3,
+            ..Default::default()
+        },
+        ..new_execution("x")
+    };
+    storage
+        .enqueue_task_executions(vec![with_retry], T0)
+        .await?;
+    storage.claim_task_executions(&claim("e", T0, 1)).await?;
+    let lapse = T0 + TIMEOUT_MS + MARGIN_MS + 1;
+    let lossy = losing(&storage, "expire_task_executions");
+    check_lost(&lossy, lossy.expire_task_executions(lapse, 10).await)?;
+    check_eq!(lossy.expire_task_executions(lapse, 10).await?, 0);
+    let e = get(&storage, "x").await?;
+    check_eq!(e.status, TaskExecutionStatus::Ready);
+    check_eq!(e.retry_attempts, 1);
+    Ok(())
+}
+
+/// A wake repeated after its reply was lost answers `Woken` with the execution it woke; a
+/// wake with another outcome or at another time is told it finished already.
+pub async fn lost_reply_of_wake_answers_woken(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(vec![sleeper("s", "hook")], T0)
+        .await?;
+    let wake = wake_completed("hook", "\"yes\"", T0 + 5);
+    let lossy = losing(&storage, "wake_task_execution");
+    check_lost(&lossy, lossy.wake_task_execution(&wake).await)?;
+    let again = lossy.wake_task_execution(&wake).await?;
+    check!(
+        matches!(&again, WakeResult::Woken(e) if e.output.as_deref() == Some("\"yes\"")),
+        "the repeat answered {again:?}"
+    );
+    for other in [
+        wake_completed("hook", "\"yes\"", T0 + 6),
+        wake_completed("hook", "\"no\"", T0 + 5),
+    ] {
+        let answer = storage.wake_task_execution(&other).await?;
+        check!(
+            matches!(answer, WakeResult::AlreadyFinished(_)),
+            "another wake answered {answer:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Saving a schedule repeated after its reply was lost answers it as saved, once.
+pub async fn lost_reply_of_schedule_save_answers_the_schedule(storage: Storage) -> CaseResult {
+    let lossy = losing(&storage, "save_task_schedule");
+    check_lost(
+        &lossy,
+        lossy.save_task_schedule(schedule("s", T0 + 10)).await,
+    )?;
+    let saved = lossy.save_task_schedule(schedule("s", T0 + 10)).await?;
+    check_eq!(saved, schedule("s", T0 + 10));
+    check_eq!(storage.get_task_schedules().await?, vec![saved]);
+    Ok(())
+}
+
+/// Deleting a schedule repeated after its reply was lost answers that none is left to delete,
+/// and the schedule is gone.
+pub async fn lost_reply_of_schedule_delete_leaves_it_deleted(storage: Storage) -> CaseResult {
+    storage.save_task_schedule(schedule("s", T0 + 10)).await?;
+    let lossy = losing(&storage, "delete_task_schedule");
+    check_lost(&lossy, lossy.delete_task_schedule("s").await)?;
+    check!(
+        !lossy.delete_task_schedule("s").await?,
+        "deleted a second time"
+    );
+    check!(
+        storage.get_task_schedules().await?.is_empty(),
+        "the schedule is still there"
+    );
+    Ok(())
+}
+
+/// Firing a tick repeated after its reply was lost fires nothing more: the tick moved once and
+/// its execution is there once.
+pub async fn lost_reply_of_fire_enqueues_the_tick_once(storage: Storage) -> CaseResult {
+    storage.save_task_schedule(schedule("s", T0 + 10)).await?;
+    let tick = fire("s", T0 + 10, T0 + 20, vec![new_execution("s@10")]);
+    let lossy = losing(&storage, "fire_task_schedule");
+    check_lost(&lossy, lossy.fire_task_schedule(&tick).await)?;
+    check!(
+        !lossy.fire_task_schedule(&tick).await?,
+        "the tick fired twice"
+    );
+    check_eq!(
+        ids(&storage
+            .get_task_executions(&TaskExecutionFilter::default())
+            .await?),
+        vec!["s@10"]
+    );
+    check_eq!(storage.get_task_schedules().await?[0].next_tick_at, T0 + 20);
     Ok(())
 }

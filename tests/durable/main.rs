@@ -6,6 +6,7 @@ mod batch;
 mod crash;
 mod executor;
 mod harness;
+mod lost_reply;
 mod metrics;
 mod proxy;
 mod schema;

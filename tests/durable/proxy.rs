@@ -1,16 +1,27 @@
-//! A TCP proxy between the tests and a database server that can lose one reply: it forwards
-//! both ways until told to drop the next server reply containing some bytes, then discards the
-//! rest of that connection's replies for a moment (so the server finishes what it was doing,
-//! commit included) and closes it. The client sees a broken connection after its statement took
-//! effect: the ambiguous error a retry must cope with.
+//! A TCP proxy between the tests and a PostgreSQL or MySQL/MariaDB server that can lose one
+//! reply: it forwards both ways until the statement it was told about has been sent, then
+//! discards the rest of that connection's replies for a moment (so the server finishes what it
+//! was doing, commit included) and closes it. The client sees a broken connection after its
+//! statement took effect: the ambiguous error a retry must cope with.
+//!
+//! The statement whose reply is lost is chosen by the client's side of the protocol
+//! ([`Proxy::lose_reply_to_statement`] counts statements, [`Proxy::lose_reply_to`] matches
+//! their text, `COMMIT` say) or, as before, by the server's reply
+//! ([`Proxy::lose_reply_containing`], for PostgreSQL's `INSERT 0 1`-style tags). The client
+//! side is read message by message: PostgreSQL's frontend messages (a simple `Query`, or an
+//! `Execute` of the extended protocol, is one statement) and MySQL's command packets (a
+//! `COM_QUERY` or `COM_STMT_EXECUTE` at sequence 0 is one statement), so connections must be
+//! in clear text (`sslmode=disable`, `ssl-mode=disabled`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::harness::Backend;
 
 /// A running proxy; it stops with the test's runtime.
 pub(crate) struct Proxy {
@@ -18,18 +29,82 @@ pub(crate) struct Proxy {
     shared: Arc<Shared>,
 }
 
-#[derive(Default)]
+/// Which reply to lose next.
+#[derive(Clone)]
+enum Target {
+    /// The next server reply containing these bytes.
+    Reply(Vec<u8>),
+    /// The reply to the statement the client sends after this many more statements (0: the
+    /// next one).
+    Nth(u32),
+    /// The reply to the next statement whose message contains these bytes.
+    Statement(Vec<u8>),
+}
+
 struct Shared {
-    needle: std::sync::Mutex<Option<Vec<u8>>>,
+    backend: Backend,
+    target: std::sync::Mutex<Option<Target>>,
     dropped: AtomicU32,
+    statements: AtomicU32,
+}
+
+impl Shared {
+    fn target(&self) -> std::sync::MutexGuard<'_, Option<Target>> {
+        self.target
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn arm(&self, target: Target) {
+        *self.target() = Some(target);
+    }
+
+    /// Whether the statement the client just sent, `message`, is the one whose reply is lost
+    /// (and if so, disarms).
+    fn statement_hit(&self, message: &[u8]) -> bool {
+        self.statements.fetch_add(1, Ordering::SeqCst);
+        let mut target = self.target();
+        let hit = match target.as_mut() {
+            Some(Target::Nth(0)) => true,
+            Some(Target::Nth(n)) => {
+                *n -= 1;
+                false
+            }
+            Some(Target::Statement(needle)) => contains(message, needle),
+            _ => false,
+        };
+        if hit {
+            *target = None;
+        }
+        hit
+    }
+
+    /// Whether `chunk` of a server reply is the one to lose (and if so, disarms).
+    fn reply_hit(&self, chunk: &[u8]) -> bool {
+        let mut target = self.target();
+        let hit = matches!(target.as_ref(), Some(Target::Reply(needle)) if contains(chunk, needle));
+        if hit {
+            *target = None;
+        }
+        hit
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 impl Proxy {
-    /// Starts a proxy on a free loopback port in front of `upstream`.
-    pub(crate) async fn start(upstream: SocketAddr) -> anyhow::Result<Proxy> {
+    /// Starts a proxy on a free loopback port in front of `upstream`, a server of `backend`.
+    pub(crate) async fn start(backend: Backend, upstream: SocketAddr) -> anyhow::Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            backend,
+            target: std::sync::Mutex::new(None),
+            dropped: AtomicU32::new(0),
+            statements: AtomicU32::new(0),
+        });
         let accepting = Arc::clone(&shared);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -51,17 +126,92 @@ impl Proxy {
 
     /// Loses the next server reply that contains `needle` (and breaks its connection).
     pub(crate) fn lose_reply_containing(&self, needle: &[u8]) {
-        *self
-            .shared
-            .needle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(needle.to_vec());
+        self.shared.arm(Target::Reply(needle.to_vec()));
+    }
+
+    /// Loses the reply to the `n`-th statement sent from now on (1: the next one), counted
+    /// over every connection, after the server ran it.
+    pub(crate) fn lose_reply_to_statement(&self, n: u32) {
+        self.shared.arm(Target::Nth(n.saturating_sub(1)));
+    }
+
+    /// Loses the reply to the next statement whose text contains `needle` (`b"COMMIT"`: the
+    /// commit of the next transaction), after the server ran it.
+    pub(crate) fn lose_reply_to(&self, needle: &[u8]) {
+        self.shared.arm(Target::Statement(needle.to_vec()));
     }
 
     /// How many replies were lost so far.
     pub(crate) fn lost(&self) -> u32 {
         self.shared.dropped.load(Ordering::SeqCst)
     }
+
+    /// How many statements clients sent through the proxy so far.
+    pub(crate) fn statements(&self) -> u32 {
+        self.shared.statements.load(Ordering::SeqCst)
+    }
+}
+
+/// Splits a client's byte stream into protocol messages, so statements can be counted.
+struct Frames {
+    backend: Backend,
+    buf: Vec<u8>,
+    /// PostgreSQL's first message (startup) has no type byte.
+    started: bool,
+}
+
+impl Frames {
+    /// The complete messages buffered so far, removed from the buffer, each with whether it
+    /// is a statement.
+    fn take(&mut self) -> Vec<(Vec<u8>, bool)> {
+        let mut out = Vec::new();
+        loop {
+            let (len, statement) = match self.backend {
+                Backend::Postgres => {
+                    if !self.started {
+                        let Some(len) = self.buf.get(..4).map(be_len) else {
+                            break;
+                        };
+                        // An SSL or GSS request is answered with one byte, then a startup
+                        // message follows: still untyped.
+                        let request = self.buf.get(4..8) == Some(&[0x04, 0xd2, 0x16, 0x2f][..])
+                            || self.buf.get(4..8) == Some(&[0x04, 0xd2, 0x16, 0x30][..]);
+                        if !request {
+                            self.started = true;
+                        }
+                        (len, false)
+                    } else {
+                        let Some(len) = self.buf.get(1..5).map(be_len) else {
+                            break;
+                        };
+                        (len + 1, matches!(self.buf[0], b'Q' | b'E'))
+                    }
+                }
+                _ => {
+                    let Some(head) = self.buf.get(..5) else {
+                        break;
+                    };
+                    let len = usize::from(head[0])
+                        | (usize::from(head[1]) << 8)
+                        | (usize::from(head[2]) << 16);
+                    // A command starts a new sequence; the login exchange does not.
+                    (len + 4, head[3] == 0 && matches!(head[4], 0x03 | 0x17))
+                }
+            };
+            if len == 0 || self.buf.len() < len {
+                break;
+            }
+            let rest = self.buf.split_off(len);
+            out.push((std::mem::replace(&mut self.buf, rest), statement));
+        }
+        out
+    }
+}
+
+fn be_len(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .fold(0_usize, |n, b| (n << 8) | usize::from(*b))
 }
 
 async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
@@ -69,9 +219,34 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let _ = server.set_nodelay(true);
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let upstream = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
-    });
+    // Set once the statement whose reply is lost has been sent: every reply from then on is.
+    let losing = Arc::new(AtomicBool::new(false));
+    let upstream = {
+        let (shared, losing) = (Arc::clone(&shared), Arc::clone(&losing));
+        tokio::spawn(async move {
+            let mut frames = Frames {
+                backend: shared.backend,
+                buf: Vec::new(),
+                started: false,
+            };
+            let mut buf = vec![0_u8; 64 * 1024];
+            loop {
+                let n = match client_read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                frames.buf.extend_from_slice(&buf[..n]);
+                for (message, statement) in frames.take() {
+                    if statement && shared.statement_hit(&message) {
+                        losing.store(true, Ordering::SeqCst);
+                    }
+                    if server_write.write_all(&message).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    };
     let mut buf = vec![0_u8; 64 * 1024];
     loop {
         let n = match server_read.read(&mut buf).await {
@@ -79,20 +254,7 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
             Ok(n) => n,
         };
         let chunk = &buf[..n];
-        let lose = {
-            let mut needle = shared
-                .needle
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let hit = needle
-                .as_deref()
-                .is_some_and(|x| chunk.windows(x.len()).any(|w| w == x));
-            if hit {
-                *needle = None;
-            }
-            hit
-        };
-        if lose {
+        if losing.load(Ordering::SeqCst) || shared.reply_hit(chunk) {
             shared.dropped.fetch_add(1, Ordering::SeqCst);
             // Let the server finish the statement (and its commit), then break the connection.
             let _ = tokio::time::timeout(Duration::from_millis(200), async {
@@ -120,4 +282,34 @@ pub(crate) fn through(url: &str, addr: SocketAddr) -> anyhow::Result<String> {
     let start = authority_start.ok_or_else(|| anyhow::anyhow!("no host in {url}"))?;
     let end = url[start..].find('/').map_or(url.len(), |i| start + i);
     Ok(format!("{}{}{}", &url[..start], addr, &url[end..]))
+}
+
+/// A pool of `max_connections` on `url`'s database (a PostgreSQL or MySQL/MariaDB one)
+/// through a new proxy, in clear text so that the proxy can read the statements.
+pub(crate) async fn connect_through(
+    backend: Backend,
+    url: &str,
+    max_connections: u32,
+) -> anyhow::Result<(Proxy, sea_orm::DatabaseConnection)> {
+    use std::net::ToSocketAddrs;
+    let start = url.find('@').map_or(0, |i| i + 1);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    let upstream = url[start..end]
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no address in {url}"))?;
+    let proxy = Proxy::start(backend, upstream).await?;
+    let clear = match backend {
+        Backend::Postgres => "sslmode=disable",
+        _ => "ssl-mode=disabled",
+    };
+    let proxied = through(url, proxy.addr())?;
+    let sep = if proxied.contains('?') { '&' } else { '?' };
+    let db = sea_orm::Database::connect(crate::harness::connect_options(
+        backend,
+        &format!("{proxied}{sep}{clear}"),
+        max_connections,
+    ))
+    .await?;
+    Ok((proxy, db))
 }

@@ -813,24 +813,13 @@ async fn poison_inserts(t: &TestDb, table: &str) -> anyhow::Result<()> {
 /// breaks the connection at that moment (the backend-independent recovery code runs the same on
 /// the other servers; only PostgreSQL's protocol names the statement in its reply).
 mod lost_reply {
-    use std::net::ToSocketAddrs;
-
     use super::*;
-    use crate::harness::{connect_options, run};
-    use crate::proxy::{Proxy, through};
+    use crate::harness::run;
+    use crate::proxy::{Proxy, connect_through};
 
     /// A storage on `t`'s database through a proxy.
     async fn behind_proxy(t: &TestDb) -> anyhow::Result<(Proxy, SeaOrmTaskExecutionStorage)> {
-        let start = t.url.find('@').context("no credentials in the URL")? + 1;
-        let end = t.url[start..].find('/').map_or(t.url.len(), |i| start + i);
-        let upstream = t.url[start..end]
-            .to_socket_addrs()?
-            .next()
-            .context("no address")?;
-        let proxy = Proxy::start(upstream).await?;
-        // In clear text, so that the proxy can see which reply to lose.
-        let url = format!("{}?sslmode=disable", through(&t.url, proxy.addr())?);
-        let db = sea_orm::Database::connect(connect_options(t.backend, &url, 2)).await?;
+        let (proxy, db) = connect_through(t.backend, &t.url, 2).await?;
         Ok((proxy, SeaOrmTaskExecutionStorage::new(db)))
     }
 
@@ -850,9 +839,9 @@ mod lost_reply {
                 .get_task_executions(&TaskExecutionFilter::default())
                 .await?;
             ensure!(all.len() == 1 && all[0].execution_id == "once");
-            // A real duplicate is still a conflict.
+            // A real duplicate (another enqueue, at another time) is still a conflict.
             let again = storage
-                .enqueue_task_executions(vec![execution("once".to_owned())], T0)
+                .enqueue_task_executions(vec![execution("once".to_owned())], T0 + 1)
                 .await;
             ensure!(matches!(again, Err(Error::Conflict { .. })), "{again:?}");
             Ok(())

@@ -8,9 +8,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::clock::Clock;
+use crate::dialect::Backoff;
 use crate::error::{Error, Result};
 use crate::task::model::{
     ExecutionError, TaskExecution, TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate,
+    finished_by_update_at,
 };
 use crate::task::storage::TaskExecutionStorage;
 
@@ -162,6 +164,11 @@ impl<O: DeserializeOwned> TaskHandle<O> {
     /// whatever the run returns afterwards is discarded. Its children are cancelled when it is
     /// closed. Returns whether this call cancelled it.
     ///
+    /// A reply lost after the cancellation took effect does not turn it into `false`: the
+    /// update is repeated as it was (by the storage, or here after a retryable error), matches
+    /// nothing the second time, and the execution is then read: cancelled by this call's
+    /// update, at its time, it answers `true`.
+    ///
     /// # Errors
     ///
     /// Storage errors.
@@ -175,6 +182,26 @@ impl<O: DeserializeOwned> TaskHandle<O> {
             cancel_requested: Some(true),
             ..Default::default()
         };
-        Ok(self.storage.update_task_executions(&guard, &update).await? > 0)
+        let matched = Backoff::REPEAT
+            .retry("cancel", || {
+                self.storage.update_task_executions(&guard, &update)
+            })
+            .await?;
+        if matched > 0 {
+            return Ok(true);
+        }
+        // The executor running it clears the request once it stopped the run: not part of
+        // what tells this cancellation apart.
+        let cancelled = TaskExecutionUpdate {
+            cancel_requested: None,
+            ..update
+        };
+        Ok(self
+            .storage
+            .get_task_execution(&self.execution_id)
+            .await?
+            .is_some_and(|e| {
+                cancelled.is_held_by(&e) && finished_by_update_at(&e, cancelled.now)
+            }))
     }
 }

@@ -425,8 +425,12 @@ impl Executor {
                     .await?;
             }
             None => {
-                storage
-                    .enqueue_task_executions(vec![execution], now)
+                // Repeated as it was (same id, same time) after a lost reply, so that the
+                // storage recognizes its first attempt's row instead of calling it a conflict.
+                Backoff::REPEAT
+                    .retry("enqueue", || {
+                        storage.enqueue_task_executions(vec![execution.clone()], now)
+                    })
                     .await?
             }
         }
@@ -480,7 +484,11 @@ impl Executor {
             outcome,
             now: self.inner.options.clock.now_ms(),
         };
-        let result = self.inner.storage.wake_task_execution(&wake).await?;
+        // Repeated as it was after a lost reply: the storage then answers `Woken` from what
+        // the first attempt left.
+        let result = Backoff::REPEAT
+            .retry("wake", || self.inner.storage.wake_task_execution(&wake))
+            .await?;
         if result.is_woken() {
             // The woken execution is the close loop's next work (its parent's, after that).
             self.inner.wake_close.notify_one();
@@ -513,22 +521,23 @@ impl Executor {
         let ticks = Ticks::parse(&schedule.spec)?;
         self.register(task)?;
         let now = self.inner.now();
-        let stored = self
-            .inner
-            .storage
-            .save_task_schedule(TaskSchedule {
-                schedule_id: schedule.id.clone(),
-                task_id: task.spec.id.clone(),
-                input: serde_json::to_string(input)?,
-                spec: schedule.spec.clone(),
-                missed_ticks: schedule.missed_ticks,
-                next_tick_at: ticks.next_after(now)?,
-                last_tick_at: None,
-                created_at: now,
-                updated_at: now,
+        let schedule = TaskSchedule {
+            schedule_id: schedule.id.clone(),
+            task_id: task.spec.id.clone(),
+            input: serde_json::to_string(input)?,
+            spec: schedule.spec.clone(),
+            missed_ticks: schedule.missed_ticks,
+            next_tick_at: ticks.next_after(now)?,
+            last_tick_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        // Saving is idempotent: a repeat after a lost reply finds the schedule as saved.
+        Backoff::REPEAT
+            .retry("schedule", || {
+                self.inner.storage.save_task_schedule(schedule.clone())
             })
-            .await?;
-        Ok(stored)
+            .await
     }
 
     /// Deletes the periodic schedule `schedule_id`; the executions it enqueued stay. Returns

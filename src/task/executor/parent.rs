@@ -40,7 +40,18 @@ impl Inner {
         let written = self
             .storage
             .update_task_execution_and_enqueue(guard, &update, execution)
-            .await?;
+            .await?
+            || self
+                .holds_own(
+                    parent,
+                    // A repeat of this call spawns a finalize execution of another id: the
+                    // parent waiting for one under this claim is what tells.
+                    &TaskExecutionUpdate {
+                        finalize: None,
+                        ..update
+                    },
+                )
+                .await?;
         if written {
             self.remember_followers(followers);
             self.wake_claim.notify_one();

@@ -175,7 +175,8 @@ impl Inner {
             RunResult::Failed(err, kind) => {
                 let update = self.failure_update(execution, err, *kind, now);
                 let status = update.status;
-                let written = self.write(guard, update).await? > 0;
+                let written = self.write(guard, update.clone()).await? > 0
+                    || self.holds_own(execution, &update).await?;
                 if written {
                     metrics.result(status);
                 }
@@ -200,6 +201,27 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether `execution` holds `update` under this run's claim (the same fencing token, the
+    /// status and values the update writes): a write of this run committed although its
+    /// reply was lost, and its repeat, by the storage or by [`run`](Self::run)'s retry, then
+    /// matched nothing. Read only when a write matched nothing, so a result written that way
+    /// is counted as the run's outcome instead of being taken for a cancellation or takeover.
+    pub(super) async fn holds_own(
+        &self,
+        execution: &TaskExecution,
+        update: &TaskExecutionUpdate,
+    ) -> Result<bool> {
+        let held = self
+            .storage
+            .get_task_execution(&execution.execution_id)
+            .await?
+            .is_some_and(|e| e.fencing_token == execution.fencing_token && update.is_held_by(&e));
+        if held {
+            tracing::info!("the run's result was written by an attempt whose reply was lost");
+        }
+        Ok(held)
+    }
+
     /// Fails `execution`, whose result cannot be stored, with the error that prevented it.
     pub(super) async fn record_unstorable(
         &self,
@@ -222,7 +244,11 @@ impl Inner {
             ..Default::default()
         };
         match self.storage.update_task_executions(&guard, &update).await {
-            Ok(0) => {}
+            Ok(0) => {
+                if self.holds_own(execution, &update).await.unwrap_or(false) {
+                    metrics.result(update.status);
+                }
+            }
             Ok(_) => metrics.result(update.status),
             Err(err) => {
                 tracing::error!(error = %err, "failing the execution failed too; its lease will lapse");
@@ -297,7 +323,8 @@ impl Inner {
                         ));
                         let update =
                             self.failure_update(execution, &err, ExecutionErrorKind::Generic, now);
-                        let written = storage.update_task_executions(guard, &update).await? > 0;
+                        let written = storage.update_task_executions(guard, &update).await? > 0
+                            || self.holds_own(execution, &update).await?;
                         return Ok(if written { update.status } else { None });
                     }
                 };
@@ -325,7 +352,8 @@ impl Inner {
             let followers = self.followers(&children);
             let written = storage
                 .update_task_execution_and_enqueue(guard, &update, children)
-                .await?;
+                .await?
+                || self.holds_own(execution, &update).await?;
             if written {
                 self.remember_followers(followers);
                 self.wake_claim.notify_one();
@@ -362,7 +390,8 @@ impl Inner {
                     clear_error: true,
                     ..Default::default()
                 };
-                let written = self.write(guard.clone(), update).await? > 0;
+                let written = self.write(guard.clone(), update.clone()).await? > 0
+                    || self.holds_own(execution, &update).await?;
                 Ok(written.then_some(TaskExecutionStatus::Completed))
             }
         }
