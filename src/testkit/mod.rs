@@ -9,7 +9,9 @@
 //! - [`batch`]: the [`DistributedStateStore`](crate::batch::store::DistributedStateStore) port, run with
 //!   [`batch_store_conformance!`](crate::batch_store_conformance);
 //! - [`executor`]: end-to-end [`Executor`](crate::Executor) scenarios over any task storage, run
-//!   one by one with [`run_case`].
+//!   one by one with [`run_case`];
+//! - [`fault`]: stores that delegate to another and panic on (or delay) chosen calls, to test
+//!   that the runners on top survive what a storage, a driver or a bug below them does.
 //!
 //! Every case returns a [`CaseResult`]: `Err` is a [`CaseFailure`] naming the first expectation
 //! that failed (or the unexpected error) and the file and line where it happened.
@@ -57,6 +59,7 @@ macro_rules! check_eq {
 
 pub mod batch;
 pub mod executor;
+pub mod fault;
 pub mod task;
 
 /// What a conformance case returns (`T` is `()` for all but a few executor scenarios, which

@@ -6,6 +6,7 @@ mod batch;
 mod crash;
 mod executor;
 mod harness;
+mod loops;
 mod metrics;
 mod proxy;
 mod schema;

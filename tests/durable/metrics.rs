@@ -155,19 +155,19 @@ fn unique(test: &str) -> String {
 }
 
 /// A metric's name, the labels it is read with, and the value it should have.
-type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], u64);
+pub(crate) type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], u64);
 
 /// A gauge's name, the labels it is read with, and the value it should have.
 type ExpectedGauge<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
 
 /// The series of one test (those labelled `test` = its value), read from the recorder.
-struct Series {
+pub(crate) struct Series {
     store: &'static Store,
     test: String,
 }
 
 impl Series {
-    fn new(test: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(test: &str) -> anyhow::Result<Self> {
         Ok(Self {
             store: recorder()?,
             test: unique(test),
@@ -175,7 +175,7 @@ impl Series {
     }
 
     /// The constant labels to give the executor or worker under test.
-    fn labels(&self) -> Vec<(String, String)> {
+    pub(crate) fn labels(&self) -> Vec<(String, String)> {
         vec![("test".to_owned(), self.test.clone())]
     }
 
@@ -186,7 +186,7 @@ impl Series {
     }
 
     /// The sum of the counters `name` of this test with the labels `with`.
-    fn counter(&self, name: &str, with: &[(&str, &str)]) -> u64 {
+    pub(crate) fn counter(&self, name: &str, with: &[(&str, &str)]) -> u64 {
         self.store
             .get_counter_handles()
             .into_iter()
@@ -240,7 +240,7 @@ impl Series {
     /// The counters `(name, labels)` of `expected`, read until they all hold their expected
     /// value (the count of a run's result follows its write by a moment) or 10 s passed;
     /// fails with every difference then.
-    async fn expect(&self, expected: &[Expected<'_>]) -> anyhow::Result<()> {
+    pub(crate) async fn expect(&self, expected: &[Expected<'_>]) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let wrong: Vec<String> = expected
