@@ -84,6 +84,7 @@ mod id;
 pub mod metric;
 mod status;
 pub mod task;
+mod unwind;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

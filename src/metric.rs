@@ -68,8 +68,10 @@ use crate::task::{TaskExecutionCount, TaskExecutionStatus};
 pub const QUEUE_LABEL: &str = "queue";
 /// Label of the per-task executor metrics: the execution's task id.
 pub const TASK_LABEL: &str = "task";
-/// Label of [`EXECUTOR_LOOP_ERRORS`]: the loop that failed (`claim`, `parents`, `close`,
-/// `expire`, `cancel` or `schedules`).
+/// Label of [`EXECUTOR_LOOP_ERRORS`] and [`EXECUTOR_LOOP_PANICS`]: the loop that failed
+/// (`claim`, `parents`, `close`, `expire`, `prune`, `cancel`, `schedules`, and for panics also
+/// `writer`, the batched result writer, and `run`, a run's writing of its result); and of
+/// [`BATCH_WORKER_PANICS`] (`worker` or `heartbeat`).
 pub const LOOP_LABEL: &str = "loop";
 /// Label of [`BATCH_JOBS_FINALIZED`] (the job's final status: `COMPLETED`, `FAILED`, ...) and
 /// of [`TASK_QUEUE_DEPTH`] (the executions' status: `ready`, `running`, ...).
@@ -106,6 +108,11 @@ pub const TASK_EXPIRED: &str = "durable_task_executions_expired_total";
 /// Counter, per executor and [`LOOP_LABEL`]: failed iterations of the executor's loops (each
 /// is retried with backoff).
 pub const EXECUTOR_LOOP_ERRORS: &str = "durable_executor_loop_errors_total";
+/// Counter, per executor and [`LOOP_LABEL`]: iterations of the executor's loops that panicked
+/// (in the storage, a driver or the executor itself). The panic is caught and logged, and the
+/// loop goes on after its error backoff. A panic of a task's own function is not one of these:
+/// it fails the run.
+pub const EXECUTOR_LOOP_PANICS: &str = "durable_executor_loop_panics_total";
 
 /// Gauge, per [`QUEUE_LABEL`] and [`STATUS_LABEL`]: unfinished executions (`ready`,
 /// `running`, `waiting_for_children_tasks`, `waiting_for_finalize_task`, `sleeping`), as
@@ -137,6 +144,10 @@ pub const BATCH_JOBS_FINALIZED: &str = "durable_batch_jobs_finalized_total";
 pub const BATCH_DURATION: &str = "durable_batch_duration_seconds";
 /// Counter, per worker: failed store calls the worker backed off from and retried.
 pub const BATCH_WORKER_ERRORS: &str = "durable_batch_worker_errors_total";
+/// Counter, per worker and [`LOOP_LABEL`] (`worker` or `heartbeat`): steps of the worker loop
+/// and heartbeats that panicked in the store (or the worker itself), caught, logged and retried
+/// with backoff. A panic of the record processor is not one of these: it fails the record.
+pub const BATCH_WORKER_PANICS: &str = "durable_batch_worker_panics_total";
 
 /// Gives the installed recorder the help text and unit of every metric above. Call it once,
 /// after installing the recorder; exporters that show help text use it.
@@ -191,6 +202,11 @@ pub fn describe() {
         "Failed iterations of an executor loop."
     );
     describe_counter!(
+        EXECUTOR_LOOP_PANICS,
+        Unit::Count,
+        "Iterations of an executor loop that panicked, caught and retried."
+    );
+    describe_counter!(
         BATCH_RECORDS_PROCESSED,
         Unit::Count,
         "Records processed successfully."
@@ -219,6 +235,11 @@ pub fn describe() {
         BATCH_WORKER_ERRORS,
         Unit::Count,
         "Failed store calls a worker retried."
+    );
+    describe_counter!(
+        BATCH_WORKER_PANICS,
+        Unit::Count,
+        "Worker steps and heartbeats that panicked, caught and retried."
     );
 }
 
@@ -361,6 +382,11 @@ impl ExecutorMetrics {
     pub(crate) fn loop_error(&self, name: &'static str) {
         metrics::counter!(EXECUTOR_LOOP_ERRORS, with(&self.labels, LOOP_LABEL, name)).increment(1);
     }
+
+    /// The counter of panicked iterations of the loop `name`. Rare: resolved on each call.
+    pub(crate) fn loop_panics(&self, name: &'static str) -> Counter {
+        metrics::counter!(EXECUTOR_LOOP_PANICS, with(&self.labels, LOOP_LABEL, name))
+    }
 }
 
 /// A batch worker's handles, resolved when it starts.
@@ -401,5 +427,11 @@ impl WorkerMetrics {
             with(&self.labels, STATUS_LABEL, status)
         )
         .increment(1);
+    }
+
+    /// The counter of panicked steps of the worker's loop `name` (`worker`, `heartbeat`).
+    /// Rare: resolved on each call.
+    pub(crate) fn panics(&self, name: &'static str) -> Counter {
+        metrics::counter!(BATCH_WORKER_PANICS, with(&self.labels, LOOP_LABEL, name))
     }
 }

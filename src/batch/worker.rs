@@ -31,6 +31,7 @@ use crate::dialect::Backoff;
 use crate::error::{Error, Result};
 use crate::id::new_id;
 use crate::metric::WorkerMetrics;
+use crate::unwind::caught;
 
 /// What [`prepare`] created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -370,7 +371,7 @@ where
             match claimed {
                 ClaimBatchResult::Claimed(reservation) => {
                     metrics.claimed.increment(1);
-                    let processed = process_batch(
+                    let processed = caught(process_batch(
                         &store,
                         &reservation,
                         &processor,
@@ -378,8 +379,19 @@ where
                         &options,
                         &mut report,
                         &mut finalizer,
-                    )
+                    ))
                     .await;
+                    let processed = match processed {
+                        Ok(processed) => processed,
+                        Err(panic) => {
+                            // Give the batch back as after an error, then let the step's own
+                            // catch count the panic and back off.
+                            if let Err(release) = store.release_batch(&reservation).await {
+                                tracing::warn!(error = %release, "could not release the batch");
+                            }
+                            std::panic::resume_unwind(Box::new(panic));
+                        }
+                    };
                     if let Err(err) = processed {
                         // Give the batch back rather than leave it to the stale timeout (fenced:
                         // a finished batch, or one claimed again since, is left alone); when
@@ -456,13 +468,28 @@ where
                 }),
             }
         };
-        match step.await {
-            Ok(Some(status)) => {
+        match caught(step).await {
+            Ok(Ok(Some(status))) => {
                 report.job_status = Some(status);
                 return Ok(report);
             }
-            Ok(None) => errors = 0,
-            Err(err) if err.is_retryable() => {
+            Ok(Ok(None)) => errors = 0,
+            // A panic in the store, its driver or the worker: the step is tried again after
+            // the same backoff as a retryable error, and given up after as many.
+            Err(panic) => {
+                errors += 1;
+                metrics.panics("worker").increment(1);
+                tracing::error!(loop_name = "worker", panic, errors, "worker step panicked; backing off");
+                let Some(delay) = Backoff::RUNNER.pause(errors) else {
+                    return Err(Error::InvalidState {
+                        entity: "job",
+                        key: job_id.to_owned(),
+                        reason: format!("the worker's step panicked {errors} times in a row, last: {panic}"),
+                    });
+                };
+                pause(shutdown, delay).await;
+            }
+            Ok(Err(err)) if err.is_retryable() => {
                 errors += 1;
                 let Some(delay) = Backoff::RUNNER.pause(errors) else {
                     return Err(err);
@@ -471,7 +498,7 @@ where
                 tracing::warn!(error = %err, errors, "worker step failed; backing off");
                 pause(shutdown, delay).await;
             }
-            Err(err) => return Err(err),
+            Ok(Err(err)) => return Err(err),
         }
     }
 }
@@ -594,19 +621,26 @@ where
         let (store, reservation) = (Arc::clone(store), reservation.clone());
         let (lost, done) = (lost.clone(), done.clone());
         let interval = options.heartbeat_interval;
+        let panics = metrics.panics("heartbeat");
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = done.cancelled() => return,
                     () = tokio::time::sleep(interval) => {}
                 }
-                match store.heartbeat_batch(&reservation).await {
-                    Ok(true) => {}
-                    Ok(false) => {
+                match caught(store.heartbeat_batch(&reservation)).await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => {
                         lost.cancel();
                         return;
                     }
-                    Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
+                    Ok(Err(err)) => tracing::warn!(error = %err, "heartbeat failed"),
+                    // The next heartbeat is tried at its time, as after an error: a dead
+                    // heartbeat would let the batch be reclaimed while it is processed.
+                    Err(panic) => {
+                        panics.increment(1);
+                        tracing::error!(loop_name = "heartbeat", panic, "heartbeat panicked");
+                    }
                 }
             }
         })
@@ -769,7 +803,12 @@ where
             index: record.index,
             attempt,
         };
-        match processor(ctx, input).await {
+        // A panicking processor fails the record (and is retried like any failure) instead
+        // of unwinding through the worker.
+        let processed = caught(processor(ctx, input))
+            .await
+            .unwrap_or_else(|panic| Err(format!("record processor panicked: {panic}").into()));
+        match processed {
             Ok(()) => {
                 record.status = RecordStatus::Processed;
                 record.processing_error = None;

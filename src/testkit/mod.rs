@@ -11,7 +11,9 @@
 //! - [`lost_reply`]: [`LoseReplies`](lost_reply::LoseReplies), a wrapper of either port that
 //!   loses the reply of a write after it took effect, for the suites' lost-reply cases;
 //! - [`executor`]: end-to-end [`Executor`](crate::Executor) scenarios over any task storage, run
-//!   one by one with [`run_case`].
+//!   one by one with [`run_case`];
+//! - [`fault`]: stores that delegate to another and panic on (or delay) chosen calls, to test
+//!   that the runners on top survive what a storage, a driver or a bug below them does.
 //!
 //! Every case returns a [`CaseResult`]: `Err` is a [`CaseFailure`] naming the first expectation
 //! that failed (or the unexpected error) and the file and line where it happened.
@@ -62,6 +64,7 @@ macro_rules! check_eq {
 
 pub mod batch;
 pub mod executor;
+pub mod fault;
 pub mod lost_reply;
 pub mod task;
 mod values;

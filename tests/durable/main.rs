@@ -7,6 +7,7 @@ mod crash;
 mod executor;
 mod harness;
 mod lost_reply;
+mod loops;
 mod metrics;
 mod proxy;
 mod schema;

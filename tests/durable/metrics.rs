@@ -155,7 +155,7 @@ fn unique(test: &str) -> String {
 }
 
 /// A metric's name, the labels it is read with, and the value it should have.
-type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], u64);
+pub(crate) type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], u64);
 
 /// A gauge's name, the labels it is read with, and the value it should have.
 type ExpectedGauge<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
@@ -240,7 +240,7 @@ impl Series {
     /// The counters `(name, labels)` of `expected`, read until they all hold their expected
     /// value (the count of a run's result follows its write by a moment) or 10 s passed;
     /// fails with every difference then.
-    async fn expect(&self, expected: &[Expected<'_>]) -> anyhow::Result<()> {
+    pub(crate) async fn expect(&self, expected: &[Expected<'_>]) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let wrong: Vec<String> = expected

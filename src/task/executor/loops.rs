@@ -1,8 +1,13 @@
 //! The executor's loops: claim, and the background loops (parents, close, expire, cancel,
-//! schedules), each named by a [`Loop`] that carries what wakes it and how often it polls; and
-//! the periodic chores the expire loop does on the side (clock skew, pruning, queue depth).
+//! prune, schedules), each named by a [`Loop`] that carries what wakes it and how often it
+//! polls; and the periodic chores the expire loop does on the side (clock skew, queue depth).
+//!
+//! Every iteration is one bounded step (a batch of rows, one statement for a chore), so no loop
+//! holds up another's work: pruning a large backlog runs in its own loop, a batch at a time,
+//! while the expire loop goes on recovering leases.
 
 use super::*;
+use crate::unwind::caught;
 
 /// The background loops (the claim loop, which waits for free capacity too, is apart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,10 +18,23 @@ pub(super) enum Loop {
     Close,
     /// Recovers executions of dead executors, times out sleepers, and does the periodic chores.
     Expire,
+    /// Deletes what [`ExecutorOptions::retention`] no longer keeps, a batch per age at a time;
+    /// spawned only with a retention.
+    Prune,
     /// Stops local runs of cancelled executions.
     Cancel,
     /// Enqueues the due ticks of periodic schedules.
     Schedules,
+}
+
+/// What one iteration of the claim loop found.
+enum Claimed {
+    /// A full batch: more may be waiting.
+    Full,
+    /// Less than a full batch.
+    Less,
+    /// No free capacity to claim with.
+    NoCapacity,
 }
 
 /// How an idle loop waits before its next iteration.
@@ -29,10 +47,11 @@ pub(super) enum Idle<'a> {
 
 impl Loop {
     /// Every background loop, in the order [`Executor::start`] spawns them.
-    pub(super) const ALL: [Loop; 5] = [
+    pub(super) const ALL: [Loop; 6] = [
         Loop::Parents,
         Loop::Close,
         Loop::Expire,
+        Loop::Prune,
         Loop::Cancel,
         Loop::Schedules,
     ];
@@ -43,6 +62,7 @@ impl Loop {
             Loop::Parents => "parents",
             Loop::Close => "close",
             Loop::Expire => "expire",
+            Loop::Prune => "prune",
             Loop::Cancel => "cancel",
             Loop::Schedules => "schedules",
         }
@@ -55,6 +75,13 @@ impl Loop {
             Loop::Parents => Idle::Woken(&inner.wake_parents),
             Loop::Close => Idle::Woken(&inner.wake_close),
             Loop::Expire => Idle::Every(inner.options.expire_interval),
+            Loop::Prune => Idle::Every(
+                inner
+                    .options
+                    .retention
+                    .as_ref()
+                    .map_or(inner.options.expire_interval, |r| r.interval),
+            ),
             Loop::Cancel | Loop::Schedules => Idle::Every(inner.options.poll_interval),
         }
     }
@@ -65,6 +92,10 @@ impl Loop {
             Loop::Parents => inner.process_parents().await,
             Loop::Close => inner.close_finished().await,
             Loop::Expire => inner.expire().await,
+            Loop::Prune => match &inner.options.retention {
+                Some(retention) => inner.prune_step(retention).await.map(|(_, full)| full),
+                None => Ok(false),
+            },
             Loop::Cancel => inner.take_cancellations().await,
             Loop::Schedules => inner.fire_schedules().await,
         }
@@ -76,6 +107,9 @@ pub(super) const NO_SKEW: i64 = i64::MIN;
 
 /// How often the expire loop measures the clock skew.
 pub(super) const SKEW_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Most ticks the schedules loop enqueues in one iteration (over all the schedules it fires).
+pub(super) const MAX_TICKS_PER_ITERATION: usize = 1000;
 
 /// Most (queue, status) series of the queue-depth gauge one sample sets.
 pub(super) const QUEUE_DEPTH_SERIES: u64 = 1000;
@@ -132,52 +166,81 @@ impl Inner {
         // The claim id of a claim that failed, resumed by the next attempt.
         let mut failed_claim: Option<String> = None;
         while !self.shutdown.is_cancelled() {
-            let free = self.permits.available_permits();
-            if free == 0 {
-                // A finishing run wakes the claim loop.
-                self.idle(&self.wake_claim).await;
-                continue;
-            }
-            let limit = self
-                .options
-                .claim_batch_size
-                .min(u64::try_from(free).unwrap_or(u64::MAX));
-            let Ok(mut permits) = Arc::clone(&self.permits)
-                .try_acquire_many_owned(u32::try_from(limit).unwrap_or(u32::MAX))
-            else {
-                self.idle(&self.wake_claim).await;
-                continue;
-            };
-            let params = self.claim_params(limit, failed_claim.take());
-            self.claim_epoch.fetch_add(1, Ordering::SeqCst);
-            let claimed = self.storage.claim_task_executions(&params).await;
-            match claimed {
-                Ok(claimed) => {
+            match caught(self.claim_once(&mut failed_claim)).await {
+                Ok(Ok(Claimed::Full)) => errors = 0,
+                Ok(Ok(Claimed::Less)) => {
                     errors = 0;
-                    let full = u64::try_from(claimed.len()).unwrap_or(u64::MAX) >= limit;
-                    for execution in claimed {
-                        let Some(permit) = permits.split(1) else {
-                            break;
-                        };
-                        self.spawn_run(execution, permit);
-                    }
-                    self.claim_epoch.fetch_add(1, Ordering::SeqCst);
-                    drop(permits);
-                    if !full {
-                        self.idle(&self.wake_claim).await;
-                    }
+                    self.idle(&self.wake_claim).await;
                 }
-                Err(err) => {
-                    self.claim_epoch.fetch_add(1, Ordering::SeqCst);
-                    drop(permits);
-                    failed_claim = params.claim_id;
+                // A finishing run wakes the claim loop.
+                Ok(Ok(Claimed::NoCapacity)) => self.idle(&self.wake_claim).await,
+                Ok(Err(err)) => {
                     errors += 1;
                     self.metrics.loop_error("claim");
                     tracing::warn!(error = %err, errors, "claiming task executions failed");
                     self.backoff(errors).await;
                 }
+                Err(panic) => {
+                    // The claim may have panicked between the two counts of its epoch: an odd
+                    // epoch would read as a claim in flight for ever.
+                    let epoch = self.claim_epoch.load(Ordering::SeqCst);
+                    if !epoch.is_multiple_of(2) {
+                        self.claim_epoch.fetch_add(1, Ordering::SeqCst);
+                    }
+                    errors += 1;
+                    self.loop_panicked("claim", &panic);
+                    self.backoff(errors).await;
+                }
             }
         }
+    }
+
+    /// One claim up to the free capacity, and a run spawned for each claimed execution.
+    /// `failed_claim` holds the claim id until the claim answers, so that one that failed or
+    /// panicked (possibly after it committed) is resumed by the next.
+    async fn claim_once(self: &Arc<Self>, failed_claim: &mut Option<String>) -> Result<Claimed> {
+        let free = self.permits.available_permits();
+        if free == 0 {
+            return Ok(Claimed::NoCapacity);
+        }
+        let limit = self
+            .options
+            .claim_batch_size
+            .min(u64::try_from(free).unwrap_or(u64::MAX));
+        let Ok(mut permits) = Arc::clone(&self.permits)
+            .try_acquire_many_owned(u32::try_from(limit).unwrap_or(u32::MAX))
+        else {
+            return Ok(Claimed::NoCapacity);
+        };
+        let params = self.claim_params(limit, failed_claim.take());
+        failed_claim.clone_from(&params.claim_id);
+        self.claim_epoch.fetch_add(1, Ordering::SeqCst);
+        let claimed = self.storage.claim_task_executions(&params).await;
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                self.claim_epoch.fetch_add(1, Ordering::SeqCst);
+                return Err(err);
+            }
+        };
+        *failed_claim = None;
+        let full = u64::try_from(claimed.len()).unwrap_or(u64::MAX) >= limit;
+        for execution in claimed {
+            let Some(permit) = permits.split(1) else {
+                break;
+            };
+            self.spawn_run(execution, permit);
+        }
+        self.claim_epoch.fetch_add(1, Ordering::SeqCst);
+        drop(permits);
+        Ok(if full { Claimed::Full } else { Claimed::Less })
+    }
+
+    /// Logs and counts a panic caught in one iteration of the loop `name`; the loop goes on
+    /// after its error backoff.
+    pub(super) fn loop_panicked(&self, name: &'static str, panic: &str) {
+        self.metrics.loop_panics(name).increment(1);
+        tracing::error!(loop_name = name, panic, "executor loop panicked; it goes on after a backoff");
     }
 
     /// Runs the background loop `which` until shutdown: again at once while an iteration
@@ -186,9 +249,9 @@ impl Inner {
     pub(super) async fn background_loop(self: Arc<Self>, which: Loop) {
         let mut errors = 0;
         while !self.shutdown.is_cancelled() {
-            match which.iterate(Arc::clone(&self)).await {
-                Ok(true) => errors = 0,
-                Ok(false) => {
+            match caught(which.iterate(Arc::clone(&self))).await {
+                Ok(Ok(true)) => errors = 0,
+                Ok(Ok(false)) => {
                     errors = 0;
                     match which.idle(&self) {
                         Idle::Woken(wake) => self.idle(wake).await,
@@ -200,10 +263,15 @@ impl Inner {
                         }
                     }
                 }
-                Err(err) => {
+                Ok(Err(err)) => {
                     errors += 1;
                     self.metrics.loop_error(which.name());
                     tracing::warn!(loop_name = which.name(), error = %err, errors, "executor loop failed");
+                    self.backoff(errors).await;
+                }
+                Err(panic) => {
+                    errors += 1;
+                    self.loop_panicked(which.name(), &panic);
                     self.backoff(errors).await;
                 }
             }
@@ -220,34 +288,40 @@ impl Inner {
             .storage
             .due_task_schedules(now, Some(&task_ids), limit)
             .await?;
-        let mut fired = false;
+        let (mut ticks, mut bounded) = (0, false);
         for schedule in &due {
+            if ticks >= MAX_TICKS_PER_ITERATION {
+                // Bounded: the schedules left are still due, and fired next iteration, at once.
+                bounded = true;
+                break;
+            }
             // One schedule that cannot fire must not hold up the others.
             match self.fire_schedule(schedule, now).await {
-                Ok(won) => fired |= won,
+                Ok(enqueued) => ticks += enqueued,
                 Err(err) => {
                     tracing::warn!(schedule_id = %schedule.schedule_id, error = %err, "firing a schedule failed");
                 }
             }
         }
-        if fired {
+        if ticks > 0 {
             self.wake_claim.notify_one();
         }
-        Ok(u64::try_from(due.len()).unwrap_or(u64::MAX) >= limit)
+        Ok(bounded || u64::try_from(due.len()).unwrap_or(u64::MAX) >= limit)
     }
 
-    /// Enqueues the due ticks of `schedule` if no other executor did first; returns whether
-    /// this one did.
+    /// Enqueues the due ticks of `schedule` if no other executor did first; returns how many
+    /// ticks this one enqueued (0 when another executor was first).
     #[tracing::instrument(skip_all, fields(schedule_id = %schedule.schedule_id))]
-    pub(super) async fn fire_schedule(&self, schedule: &TaskSchedule, now: i64) -> Result<bool> {
+    pub(super) async fn fire_schedule(&self, schedule: &TaskSchedule, now: i64) -> Result<usize> {
         let Some(spec) = self.task(&schedule.task_id) else {
-            return Ok(false);
+            return Ok(0);
         };
         let ticks = Ticks::parse(&schedule.spec)?;
         let (due, next) = ticks.due(schedule.next_tick_at, now, schedule.missed_ticks)?;
         let Some(&last) = due.last() else {
-            return Ok(false);
+            return Ok(0);
         };
+        let count = due.len();
         let executions = due
             .iter()
             .map(|tick| NewTaskExecution {
@@ -263,7 +337,7 @@ impl Inner {
             executions,
             now,
         };
-        match self.storage.fire_task_schedule(&fire).await {
+        let won = match self.storage.fire_task_schedule(&fire).await {
             Err(Error::Conflict { .. }) => {
                 // Some of these ticks were enqueued already (the schedule was deleted and saved
                 // again): enqueue the others, and move on.
@@ -287,7 +361,8 @@ impl Inner {
                 self.storage.fire_task_schedule(&fire).await
             }
             other => other,
-        }
+        }?;
+        Ok(if won { count } else { 0 })
     }
 
     /// One iteration of the close loop.
@@ -338,22 +413,15 @@ impl Inner {
         Ok(())
     }
 
-    /// Deletes what `retention` no longer keeps; see [`Executor::prune`].
+    /// Deletes what `retention` no longer keeps, step by step until a step is short; see
+    /// [`Executor::prune`].
     pub(super) async fn prune(&self, retention: &Retention) -> Result<u64> {
-        let batch = retention.batch_size.max(1);
         let mut deleted = 0;
-        for (age, statuses) in retention.ages() {
-            let Some(age) = age else { continue };
-            let before = self.now().saturating_sub(millis(age));
-            loop {
-                let n = self
-                    .storage
-                    .prune_task_executions(statuses, before, batch)
-                    .await?;
-                deleted += n;
-                if n < batch || self.shutdown.is_cancelled() {
-                    break;
-                }
+        loop {
+            let (n, full) = self.prune_step(retention).await?;
+            deleted += n;
+            if !full || self.shutdown.is_cancelled() {
+                break;
             }
         }
         if deleted > 0 {
@@ -362,15 +430,25 @@ impl Inner {
         Ok(deleted)
     }
 
-    /// Prunes when [`ExecutorOptions::retention`] asks for it and its interval passed.
-    pub(super) async fn prune_when_due(&self) -> Result<()> {
-        let Some(retention) = &self.options.retention else {
-            return Ok(());
-        };
-        if !due(&self.pruned, retention.interval) {
-            return Ok(());
+    /// One bounded step of pruning: at most one batch of `retention.batch_size` executions per
+    /// kept age. Returns how many it deleted, and whether a batch was full (more may be left).
+    pub(super) async fn prune_step(&self, retention: &Retention) -> Result<(u64, bool)> {
+        let batch = retention.batch_size.max(1);
+        let (mut deleted, mut full) = (0, false);
+        for (age, statuses) in retention.ages() {
+            let Some(age) = age else { continue };
+            let before = self.now().saturating_sub(millis(age));
+            let n = self
+                .storage
+                .prune_task_executions(statuses, before, batch)
+                .await?;
+            deleted += n;
+            full |= n >= batch;
         }
-        self.prune(retention).await.map(|_| ())
+        if deleted > 0 {
+            tracing::debug!(deleted, "pruned finished executions");
+        }
+        Ok((deleted, full))
     }
 
     /// Sets the queue-depth gauges from one count of the unfinished executions, when
@@ -394,9 +472,6 @@ impl Inner {
     pub(super) async fn expire(self: Arc<Self>) -> Result<bool> {
         if let Err(err) = self.measure_clock_skew().await {
             tracing::debug!(error = %err, "measuring the clock skew failed");
-        }
-        if let Err(err) = self.prune_when_due().await {
-            tracing::warn!(error = %err, "pruning finished executions failed");
         }
         if let Err(err) = self.sample_queue_depth().await {
             tracing::debug!(error = %err, "sampling the queue depth failed");

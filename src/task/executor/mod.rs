@@ -1,7 +1,7 @@
 //! The durable executor: runs registered tasks from a [`TaskExecutionStorage`] shared by any
 //! number of executors.
 //!
-//! An executor runs six background loops:
+//! An executor runs up to seven background loops:
 //! - **claim**: claims ready executions in batches up to its free capacity and runs each;
 //! - **parents**: claims parents whose children all finished, and completes them, fails them or
 //!   spawns their finalize execution;
@@ -9,13 +9,17 @@
 //!   executions that did not complete (a storage may have done so already when it wrote the
 //!   run's result, as the SeaORM storage does);
 //! - **expire**: returns executions whose executor died (their lease lapsed) to `ready`;
+//! - **prune** (with a [`Retention`]): deletes old finished executions, a batch at a time;
 //! - **cancel**: stops local runs of executions that were cancelled;
 //! - **schedules**: enqueues the due ticks of the periodic schedules of its tasks.
 //!
 //! A loop that found a full batch runs again at once; an idle loop sleeps its poll interval with
 //! jitter, and is woken early by in-process events (an enqueue wakes the claim loop, a written
 //! batch of results the close and parents loops, a close the parents loop). Errors back off
-//! exponentially.
+//! exponentially. Each iteration is a bounded step, and a panic in one (in the storage, a
+//! driver, or here) is caught, logged, counted
+//! ([`EXECUTOR_LOOP_PANICS`](crate::metric::EXECUTOR_LOOP_PANICS)) and backed off from like an
+//! error: no loop dies.
 //!
 //! Every write a run makes is guarded by the fencing token of its claim: an execution whose
 //! lease lapsed and was claimed again elsewhere cannot be overwritten by the old run.
@@ -80,11 +84,12 @@ use crate::task::{
 
 /// Runs durable tasks registered with it, from a storage shared by any number of executors.
 ///
-/// It runs six background loops: **claim** (claims ready executions in batches up to its free
+/// It runs up to seven background loops: **claim** (claims ready executions in batches up to its free
 /// capacity and runs each), **parents** (completes, fails or finalizes parents whose children
 /// all finished), **close** (propagates finished executions to their parents and cancels the
 /// children of executions that did not complete), **expire** (returns executions whose executor
-/// died to `ready`, counting the attempt, and times out sleepers), **cancel** (stops local runs
+/// died to `ready`, counting the attempt, and times out sleepers), **prune** (with a
+/// [`Retention`]: deletes old finished executions, a batch at a time), **cancel** (stops local runs
 /// of cancelled executions) and **schedules** (enqueues each due tick of a periodic schedule,
 /// once across all executors). A loop that found a full batch runs again at once; an idle one sleeps its poll
 /// interval with jitter and is woken early by in-process events. Every write of a run is
@@ -120,8 +125,6 @@ struct Inner {
     clock_skew_ms: AtomicI64,
     /// When the clock skew was measured last.
     skew_measured: Mutex<Option<std::time::Instant>>,
-    /// When finished executions were pruned last.
-    pruned: Mutex<Option<std::time::Instant>>,
     /// When the queue depth was sampled last.
     depth_sampled: Mutex<Option<std::time::Instant>>,
     metrics: ExecutorMetrics,
@@ -167,7 +170,6 @@ impl Executor {
                 failed_parent_claim: Mutex::new(None),
                 clock_skew_ms: AtomicI64::new(NO_SKEW),
                 skew_measured: Mutex::new(None),
-                pruned: Mutex::new(None),
                 depth_sampled: Mutex::new(None),
                 metrics,
                 enqueuers: EnqueueSpans::default(),
@@ -259,10 +261,14 @@ impl Executor {
                     Arc::clone(&inner.wake_close),
                     Arc::clone(&inner.wake_parents),
                 ],
+                inner.metrics.loop_panics("writer"),
             ));
         }
         loops.push(tokio::spawn(Arc::clone(inner).claim_loop()));
         for which in Loop::ALL {
+            if which == Loop::Prune && inner.options.retention.is_none() {
+                continue;
+            }
             loops.push(tokio::spawn(Arc::clone(inner).background_loop(which)));
         }
         tracing::info!(executor_id = %inner.id, "executor started");

@@ -88,7 +88,8 @@ pub struct Retention {
     pub cancelled: Option<Duration>,
     /// Most executions deleted by one storage call (one transaction).
     pub batch_size: u64,
-    /// How often an executor with this retention prunes.
+    /// How long an executor's prune loop waits after a step that found less than a full batch
+    /// (after a full one it goes on at once, a batch at a time, beside the other loops).
     pub interval: Duration,
 }
 

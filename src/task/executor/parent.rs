@@ -68,21 +68,20 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         let params = self.claim_params(limit, failed);
-        let parents = match self
+        // Kept until the claim answers: one that failed or panicked (possibly after it
+        // committed) is resumed by the next claim.
+        self.failed_parent_claim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone_from(&params.claim_id);
+        let parents = self
             .storage
             .claim_parents_with_finished_children(&params)
-            .await
-        {
-            Ok(parents) => parents,
-            Err(err) => {
-                // Its reply may have been lost after it committed: the next claim resumes it.
-                *self
-                    .failed_parent_claim
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = params.claim_id;
-                return Err(err);
-            }
-        };
+            .await?;
+        self.failed_parent_claim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         let full = u64::try_from(parents.len()).unwrap_or(u64::MAX) >= limit;
         let parents_empty = parents.is_empty();
         for parent in parents {

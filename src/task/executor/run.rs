@@ -15,11 +15,7 @@ pub(super) enum RunResult {
 /// The message of a panicked run.
 pub(super) fn panic_message(join: tokio::task::JoinError) -> String {
     match join.try_into_panic() {
-        Ok(payload) => payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".to_owned()),
+        Ok(payload) => crate::unwind::message(payload.as_ref()),
         Err(join) => join.to_string(),
     }
 }
@@ -95,7 +91,25 @@ impl Inner {
         let lease_ends = execution.expires_at.unwrap_or(i64::MIN);
         let mut attempt: u32 = 0;
         loop {
-            match self.record(&execution, &result, metrics).await {
+            let recorded = match crate::unwind::caught(self.record(&execution, &result, metrics))
+                .await
+            {
+                Ok(recorded) => recorded,
+                // A panic in the storage or its driver: tried again like a retryable error,
+                // rather than leaving the run registered and its result unwritten for ever.
+                Err(panic) if self.now() < lease_ends => {
+                    self.loop_panicked("run", &panic);
+                    attempt += 1;
+                    tokio::time::sleep(Backoff::RUNNER.delay(attempt)).await;
+                    continue;
+                }
+                Err(panic) => {
+                    self.loop_panicked("run", &panic);
+                    tracing::error!("recording the run's result panicked until its lease ended; the lease will lapse");
+                    break;
+                }
+            };
+            match recorded {
                 Ok(()) => break,
                 Err(err) if err.is_retryable() && self.now() < lease_ends => {
                     attempt += 1;

@@ -20,10 +20,14 @@ pub(super) const WRITE_BATCH: usize = 128;
 /// the loops in `written` (the close loop, which closes what the batch finished, and the parents
 /// loop: a storage may have closed the children in the batch already). Ends when the channel
 /// closes, after [`Executor::shutdown`] and the last reference to the executor are gone.
+///
+/// A batch whose write panics (in the storage or its driver) is counted in `panics` and
+/// logged; its writers see their reply dropped and write their updates themselves.
 pub(super) async fn write_batches(
     storage: Arc<dyn TaskExecutionStorage>,
     mut pending: mpsc::UnboundedReceiver<PendingWrite>,
     written: [Arc<Notify>; 2],
+    panics: metrics::Counter,
 ) {
     let in_flight = Arc::new(Semaphore::new(WRITES_IN_FLIGHT));
     loop {
@@ -48,9 +52,12 @@ pub(super) async fn write_batches(
                 }
             }
         }
-        let (storage, written) = (Arc::clone(&storage), written.clone());
+        let (storage, written, panics) = (Arc::clone(&storage), written.clone(), panics.clone());
         tokio::spawn(async move {
-            write_batch(&*storage, batch).await;
+            if let Err(panic) = crate::unwind::caught(write_batch(&*storage, batch)).await {
+                panics.increment(1);
+                tracing::error!(loop_name = "writer", panic, "writing a batch of results panicked; its runs write their results one by one");
+            }
             drop(permit);
             // The executions just finished are the close loop's next work, or, closed already,
             // the parents loop's.
