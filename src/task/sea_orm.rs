@@ -71,6 +71,9 @@ fn finished_child_bytes(m: &fc::Model) -> usize {
 /// Build it from the application's [`DatabaseConnection`] after running the migrations
 /// ([`crate::migration`]). On SQLite give the pool a few connections, WAL and a busy timeout of
 /// several seconds: every write transaction starts `IMMEDIATE` and waits for the write lock.
+/// The storage's writes pass one in-process gate per database file first, so that they hold at
+/// most one pooled connection while they wait and reads keep the rest (the README's SQLite
+/// profile).
 ///
 /// Rows that cannot be read (malformed JSON, an unknown status) are reported as
 /// [`Error::CorruptRow`] by the reads. The background operations keep going around them: a
@@ -1999,6 +2002,7 @@ impl SeaOrmTaskExecutionStorage {
         let attempts = Attempts::new(false);
         let single = enqueue_statements(self.db.get_database_backend(), &models) <= 1;
         Backoff::STORE.retry("enqueue_task_executions", || async {
+            let _gate = dialect::enter_write(&self.db).await;
             let retried = attempts.retried();
             let inserted = if single {
                 // One statement is atomic on its own.
@@ -2150,8 +2154,9 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         }
         if id_chunks(self.db.get_database_backend(), &guard.execution_ids).len() <= 1 {
             Backoff::STORE
-                .retry("update_task_executions", || {
-                    update_in(&self.db, guard, update)
+                .retry("update_task_executions", || async {
+                    let _gate = dialect::enter_write(&self.db).await;
+                    update_in(&self.db, guard, update).await
                 })
                 .await
         } else {
@@ -2328,6 +2333,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         use sea_orm::EntityTrait;
         Backoff::STORE
             .retry("delete_task_schedule", || async {
+                let _gate = dialect::enter_write(&self.db).await;
                 Ok(ts::Entity::delete_by_id(schedule_id.to_owned())
                     .exec(&self.db)
                     .await?
@@ -2389,7 +2395,10 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         // A retry after a lost reply finds the execution finished by the first attempt and
         // answers `AlreadyFinished` with it: never a second change.
         Backoff::STORE
-            .retry("wake_task_execution", || wake_in(&self.db, wake))
+            .retry("wake_task_execution", || async {
+                let _gate = dialect::enter_write(&self.db).await;
+                wake_in(&self.db, wake).await
+            })
             .await
     }
 
@@ -2439,6 +2448,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         // Clearing a flag is idempotent: a retry after a lost reply changes nothing more.
         Backoff::STORE
             .retry("acknowledge_cancellation_requests", || async {
+                let _gate = dialect::enter_write(&self.db).await;
                 let mut cleared = 0;
                 for chunk in id_chunks(self.db.get_database_backend(), execution_ids) {
                     let stmt = Query::update()
