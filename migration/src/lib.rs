@@ -29,6 +29,7 @@ mod m20261130_000030_durable_waiting;
 mod m20261130_000031_durable_task_schedules;
 mod m20261130_000040_durable_retention;
 mod m20261130_000050_durable_lean_indexes;
+mod m20261214_000060_durable_claims_by_task;
 mod schema;
 
 /// The migrator for the `sea-orm-durable` tables, with its own bookkeeping table.
@@ -54,6 +55,7 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         Box::new(m20261130_000031_durable_task_schedules::Migration),
         Box::new(m20261130_000040_durable_retention::Migration),
         Box::new(m20261130_000050_durable_lean_indexes::Migration),
+        Box::new(m20261214_000060_durable_claims_by_task::Migration),
     ]
 }
 

@@ -156,6 +156,7 @@ impl SeaOrmStateStore {
             [insert] => {
                 Backoff::STORE
                     .retry(what, || async move {
+                        let _gate = dialect::enter_write(db).await;
                         db.execute(insert).await?;
                         Ok(())
                     })
@@ -178,6 +179,7 @@ impl SeaOrmStateStore {
     ) -> Result<ClaimBatchResult> {
         let backend = self.db.get_database_backend();
         for _ in 0..CLAIM_WAIT_ROUNDS {
+            let _gate = dialect::enter_write(&self.db).await;
             let txn = dialect::begin_write(&self.db).await?;
             let status: Option<String> = jobs::Entity::find_by_id(job_id)
                 .select_only()
@@ -1328,7 +1330,10 @@ impl DistributedStateStore for SeaOrmStateStore {
         let db = &self.db;
         let now = self.clock.now_ms();
         Backoff::STORE
-            .retry("create_job", || create_job_in(db, job, now))
+            .retry("create_job", || async {
+                let _gate = dialect::enter_write(db).await;
+                create_job_in(db, job, now).await
+            })
             .await
     }
 
@@ -1372,6 +1377,7 @@ impl DistributedStateStore for SeaOrmStateStore {
         let now = self.clock.now_ms();
         Backoff::STORE
             .retry("release_batch", || async move {
+                let _gate = dialect::enter_write(db).await;
                 // Fenced like a completion: never a finished batch, never a claim taken since.
                 let result = back_to_pending(now)
                     .filter(holds(reservation))
@@ -1487,6 +1493,7 @@ impl DistributedStateStore for SeaOrmStateStore {
         let completion = &completion(reservation, outcome, self.clock.now_ms())?;
         Backoff::STORE
             .retry("complete_batch", || async move {
+                let _gate = dialect::enter_write(db).await;
                 Ok(completion.clone().exec(db).await?.rows_affected == 1)
             })
             .await
@@ -1534,6 +1541,7 @@ impl DistributedStateStore for SeaOrmStateStore {
         let now = self.clock.now_ms();
         Backoff::STORE
             .retry("heartbeat_batch", || async move {
+                let _gate = dialect::enter_write(db).await;
                 let result = batches::Entity::update_many()
                     .col_expr(batches::Column::HeartbeatAt, Expr::value(now))
                     .col_expr(batches::Column::UpdatedAt, Expr::value(now))
@@ -1568,6 +1576,7 @@ impl DistributedStateStore for SeaOrmStateStore {
             [update] => {
                 Backoff::STORE
                     .retry("save_record_outcomes", || async move {
+                        let _gate = dialect::enter_write(db).await;
                         Ok(update.clone().exec(db).await?.rows_affected)
                     })
                     .await

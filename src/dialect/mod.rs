@@ -2,7 +2,8 @@
 //! per backend and the machinery every store operation runs on, written once.
 //!
 //! - [`transaction`]: the write transaction (SQLite `IMMEDIATE`, READ COMMITTED on the servers),
-//!   [`in_write_transaction!`] that runs a body in one and retries it, and row locks.
+//!   [`in_write_transaction!`] that runs a body in one and retries it, row locks, and the gate
+//!   of the stores' writers on SQLite ([`enter_write`]).
 //! - [`retry`]: the one retry policy ([`Backoff`]), which layer retries which errors, and jitter.
 //! - [`chunk`]: splitting multi-row statements by bind parameters and bytes.
 //! - [`insert`]: multi-row inserts with JSON that round-trips, and insert-if-absent.
@@ -19,7 +20,7 @@ pub(crate) use chunk::{chunks, column_count};
 pub(crate) use insert::{if_absent, insert_models, insert_one_if_absent, statement_error};
 pub(crate) use retry::{Backoff, jitter};
 pub(crate) use transaction::{
-    begin_write, in_write_transaction, lock_for_update, lock_skip_locked,
+    begin_write, enter_write, in_write_transaction, lock_for_update, lock_skip_locked,
 };
 
 use sea_orm::DbBackend;

@@ -1,10 +1,11 @@
 //! The write transaction every read-modify-write of both stores runs in, the helper that runs a
-//! body in one (retried as a whole), and the row locks taken inside it.
+//! body in one (retried as a whole), the row locks taken inside it, and the gate the stores'
+//! writers pass on SQLite ([`enter_write`]).
 
 use sea_orm::sea_query::{LockBehavior, LockType, SelectStatement};
 use sea_orm::{
-    ConnectionTrait, DbBackend, IsolationLevel, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DbBackend, IsolationLevel, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
 };
 
 use crate::error::Result;
@@ -29,7 +30,8 @@ pub(crate) fn write_transaction(backend: DbBackend) -> TransactionOptions {
     }
 }
 
-/// Begins a [`write_transaction`] on `db`.
+/// Begins a [`write_transaction`] on `db`. On a store's own pool, pass [`enter_write`] first
+/// and hold its permit until the transaction ends.
 pub(crate) async fn begin_write<C>(db: &C) -> Result<C::Transaction>
 where
     C: TransactionTrait + ConnectionTrait,
@@ -42,8 +44,9 @@ where
 /// Runs a body in a [`write_transaction`] on a connection and commits it, starting over with a
 /// new transaction on a retryable error as [`Backoff::STORE`](super::Backoff::STORE) says.
 ///
-/// `in_write_transaction!(db, "operation", |txn| body)`: `db` is a `&DatabaseConnection` (or
-/// any `TransactionTrait + ConnectionTrait`), `"operation"` names the operation in the logs,
+/// `in_write_transaction!(db, "operation", |txn| body)`: `db` is the store's
+/// `&DatabaseConnection`, whose write gate each attempt passes first ([`enter_write`]),
+/// `"operation"` names the operation in the logs,
 /// and `body` is a future of a `Result` that uses the transaction `txn` (an owned transaction:
 /// pass `&txn`). The body runs once per attempt, so it must be safe to repeat and may only
 /// borrow what it uses; whatever it consumes (a `Vec` to insert, say) it clones.
@@ -55,6 +58,8 @@ macro_rules! in_write_transaction {
     ($db:expr, $what:expr, |$txn:ident| $body:expr) => {
         $crate::dialect::Backoff::STORE
             .retry($what, || async {
+                // Held until the commit; released during the pause before a retry.
+                let _gate = $crate::dialect::enter_write($db).await;
                 let $txn = $crate::dialect::begin_write($db).await?;
                 let value = $body.await?;
                 $txn.commit().await?;
@@ -64,6 +69,80 @@ macro_rules! in_write_transaction {
     };
 }
 pub(crate) use in_write_transaction;
+
+/// Leave to write through a store's pool, from [`enter_write`]: on SQLite the database's write
+/// gate, held until this is dropped; elsewhere nothing.
+#[derive(Debug)]
+pub(crate) struct WritePermit {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Waits for leave to write to `db` through its pool: every write of the stores on their own
+/// connection (a write transaction, or a single statement in autocommit) enters first and holds
+/// the [`WritePermit`] until it has committed.
+///
+/// - SQLite has one writer at a time, and a writer waiting for the write lock holds a pooled
+///   connection for as long as the busy timeout lets it wait. While the application's own
+///   transaction holds the lock, every background loop of an executor would wait so, and take
+///   the whole pool: the application's reads would then queue for a connection for up to the
+///   busy timeout. The gate lets one writer of the library at a time take a connection for a
+///   write (one gate per database file, as the connection URL names it, shared by every store
+///   of this process), so the library's writers together hold at most one connection while they
+///   wait; the others wait here, holding none. SQLite runs its writers one at a time anyway, so
+///   no write is slower for it.
+/// - PostgreSQL and MySQL/MariaDB lock rows, not the database: writers run side by side, and no
+///   gate is taken.
+///
+/// The application's own transactions (the `*_in` forms of the stores) do not pass the gate:
+/// they hold their connection already.
+pub(crate) async fn enter_write(db: &DatabaseConnection) -> WritePermit {
+    let permit = match sqlite_gate(db) {
+        // The gates are never closed, so acquiring cannot fail; were one closed, the write
+        // would go ahead ungated, as on the other backends.
+        Some(gate) => gate.acquire_owned().await.ok(),
+        None => None,
+    };
+    WritePermit { _permit: permit }
+}
+
+/// The write gate of the SQLite database `db` is on, shared by every pool of this process on
+/// the same file; `None` for any other backend.
+#[cfg(feature = "sqlite")]
+fn sqlite_gate(db: &DatabaseConnection) -> Option<std::sync::Arc<tokio::sync::Semaphore>> {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+
+    use tokio::sync::Semaphore;
+
+    /// Gates by database file. An entry no writer holds or waits for (the map's own reference
+    /// only) can go: the next writer of that file starts a new one, which is the same thing.
+    static GATES: LazyLock<Mutex<HashMap<PathBuf, Arc<Semaphore>>>> = LazyLock::new(Mutex::default);
+
+    if !matches!(
+        db.inner,
+        sea_orm::DatabaseConnectionType::SqlxSqlitePoolConnection(_)
+    ) {
+        return None;
+    }
+    let options = db.get_sqlite_connection_pool().connect_options();
+    let file = options.get_filename();
+    // A panic elsewhere while holding the lock leaves the map as it was: still usable.
+    let mut gates = GATES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(gate) = gates.get(file) {
+        return Some(Arc::clone(gate));
+    }
+    gates.retain(|_, gate| Arc::strong_count(gate) > 1);
+    let gate = Arc::new(Semaphore::new(1));
+    gates.insert(file.to_path_buf(), Arc::clone(&gate));
+    Some(gate)
+}
+
+/// Without the SQLite driver no database needs a gate.
+#[cfg(not(feature = "sqlite"))]
+fn sqlite_gate(_db: &DatabaseConnection) -> Option<std::sync::Arc<tokio::sync::Semaphore>> {
+    None
+}
 
 /// Makes `select` lock the rows it reads until the write transaction it runs in ends
 /// (`FOR UPDATE`), so that a read-modify-write of them never interleaves with another.

@@ -72,6 +72,9 @@ fn finished_child_bytes(m: &fc::Model) -> usize {
 /// Build it from the application's [`DatabaseConnection`] after running the migrations
 /// ([`crate::migration`]). On SQLite give the pool a few connections, WAL and a busy timeout of
 /// several seconds: every write transaction starts `IMMEDIATE` and waits for the write lock.
+/// The storage's writes pass one in-process gate per database file first, so that they hold at
+/// most one pooled connection while they wait and reads keep the rest (the README's SQLite
+/// profile).
 ///
 /// Rows that cannot be read (malformed JSON, an unknown status) are reported as
 /// [`Error::CorruptRow`] by the reads. The background operations keep going around them: a
@@ -228,21 +231,133 @@ fn update_sets(backend: DbBackend, update: &TaskExecutionUpdate) -> Result<Vec<(
     Ok(sets)
 }
 
-/// Which rows an atomic pick-and-update takes: those matching `filter`, in `order`, at most
-/// `limit`, skipping rows other transactions hold.
+/// Which rows an atomic pick-and-update takes: those matching `filter` (and of one of `tasks`,
+/// when given), in `order`, at most `limit`, skipping rows other transactions hold.
 struct Pick {
     filter: Condition,
     order: [Col; 2],
     limit: u64,
+    /// Only rows of these tasks, each task's read through an index led by `task_id` (see
+    /// [`Pick::candidates`]); `None`: rows of any task.
+    tasks: Option<Vec<String>>,
 }
 
+/// Most tasks a pick reads one by one; a claim admitting more walks the index in the claim's
+/// order instead. SQLite refuses compound selects of more than 500 parts, and one branch per
+/// task costs binds and planning on every backend.
+const MAX_TASK_BRANCHES: usize = 100;
+
 impl Pick {
+    /// The rows matching the filter, in order, at most `limit` (no columns selected yet).
     fn select(&self) -> SelectStatement {
         Query::select()
             .from(te::Entity)
             .cond_where(self.filter.clone())
             .order_by(self.order[0], Order::Asc)
             .order_by(self.order[1], Order::Asc)
+            .limit(crate::dialect::sql_limit(self.limit))
+            .to_owned()
+    }
+
+    /// The ids of the rows to pick, as one select of one column named `id`, locking them and
+    /// skipping locked rows where the backend has row locks ([`dialect::lock_skip_locked`]).
+    ///
+    /// With `tasks`, the first `limit` rows of each task are read through the index led by
+    /// `task_id` (`ix_durable_task_executions_ready_task`, `…_waiting_task`), then the first
+    /// `limit` of them all in `order`: the claim reads at most `limit` index entries per task it
+    /// serves, however many rows of other tasks sort before them. Filtering one index in the
+    /// claim's order instead walks every earlier row of every other task.
+    ///
+    /// - PostgreSQL: `FROM (VALUES (task), …) JOIN LATERAL (SELECT … WHERE task_id = task ORDER
+    ///   BY … LIMIT n FOR UPDATE SKIP LOCKED) ON TRUE ORDER BY … LIMIT n`. PostgreSQL refuses
+    ///   `FOR UPDATE` in the branches of a `UNION`; a lateral subquery may lock.
+    /// - MySQL/MariaDB and SQLite: `SELECT … FROM (SELECT … FROM (branch) UNION ALL SELECT … FROM
+    ///   (branch) …) ORDER BY … LIMIT n`, each branch one task's select with its own order and
+    ///   limit (and, on MySQL, `FOR UPDATE SKIP LOCKED`). Each branch is wrapped in a derived
+    ///   table because SQLite allows no `ORDER BY` or `LIMIT` on a part of a compound select.
+    ///
+    /// Rows a branch locked but the outer limit left out stay locked until the statement (on
+    /// PostgreSQL) or the claim's transaction (MySQL) ends, untouched: a concurrent claimer
+    /// passes over them meanwhile, as over the rows being claimed.
+    fn candidates(&self, backend: DbBackend, id: &str) -> SelectStatement {
+        let tasks = match &self.tasks {
+            Some(tasks) if !tasks.is_empty() && tasks.len() <= MAX_TASK_BRANCHES => tasks,
+            _ => {
+                let mut select = self
+                    .select()
+                    .expr_as(Expr::col(Col::ExecutionId), Alias::new(id))
+                    .to_owned();
+                if let Some(tasks) = &self.tasks {
+                    select
+                        .and_where(Expr::col(Col::TaskId).is_in(tasks.iter().map(String::as_str)));
+                }
+                dialect::lock_skip_locked(backend, &mut select);
+                return select;
+            }
+        };
+        let [key, tie] = self.order;
+        let branch = |task: SimpleExpr| {
+            let mut select = Query::select()
+                .column(Col::ExecutionId)
+                .column(key)
+                .from(te::Entity)
+                .cond_where(self.filter.clone())
+                .and_where(Expr::col((te::Entity, Col::TaskId)).eq(task))
+                .order_by(key, Order::Asc)
+                .order_by(tie, Order::Asc)
+                .limit(crate::dialect::sql_limit(self.limit))
+                .to_owned();
+            dialect::lock_skip_locked(backend, &mut select);
+            select
+        };
+        let merged = Alias::new("merged");
+        let mut select = Query::select();
+        select.expr_as(
+            Expr::col((merged.clone(), Col::ExecutionId)),
+            Alias::new(id),
+        );
+        match backend {
+            DbBackend::Postgres => {
+                let served = Alias::new("served");
+                select
+                    .from_values(
+                        tasks
+                            .iter()
+                            .map(|t| sea_orm::sea_query::ValueTuple::One(t.as_str().into())),
+                        served.clone(),
+                    )
+                    .join_lateral(
+                        sea_orm::sea_query::JoinType::InnerJoin,
+                        branch(Expr::col((served, Alias::new("column1"))).into()),
+                        merged.clone(),
+                        Expr::cust("TRUE"),
+                    );
+            }
+            // MySQL/MariaDB and SQLite (`DbBackend` is non-exhaustive).
+            _ => {
+                let part = |i: usize, task: &String| {
+                    Query::select()
+                        .column(Col::ExecutionId)
+                        .column(key)
+                        .from_subquery(
+                            branch(Expr::val(task.as_str()).into()),
+                            Alias::new(format!("task{i}")),
+                        )
+                        .to_owned()
+                };
+                let mut parts = tasks.iter().enumerate().map(|(i, task)| part(i, task));
+                // `tasks` is not empty (checked above).
+                if let Some(mut union) = parts.next() {
+                    for other in parts {
+                        union.union(sea_orm::sea_query::UnionType::All, other);
+                    }
+                    select.from_subquery(union, merged.clone());
+                }
+            }
+        }
+        select
+            .order_by((merged.clone(), key), Order::Asc)
+            .order_by((merged, tie), Order::Asc)
             .limit(crate::dialect::sql_limit(self.limit))
             .to_owned()
     }
@@ -298,8 +413,7 @@ async fn pick_and_update<C: ConnectionTrait>(
             })
         }
         DbBackend::MySql => {
-            let mut select = pick.select().column(Col::ExecutionId).to_owned();
-            dialect::lock_skip_locked(DbBackend::MySql, &mut select);
+            let select = pick.candidates(DbBackend::MySql, "execution_id");
             let ids = ids_of(&conn.query_all(&select).await?)?;
             if ids.is_empty() {
                 return Ok(Picked {
@@ -332,7 +446,7 @@ async fn pick_and_update<C: ConnectionTrait>(
                 .values(sets)
                 .and_where(
                     Expr::col(Col::ExecutionId)
-                        .in_subquery(pick.select().column(Col::ExecutionId).to_owned()),
+                        .in_subquery(pick.candidates(DbBackend::Sqlite, "execution_id")),
                 )
                 .returning(returning)
                 .to_owned();
@@ -352,11 +466,7 @@ fn postgres_pick_and_update(
     returning: ReturningClause,
 ) -> WithQuery {
     let picked = Alias::new("picked");
-    let mut select = pick
-        .select()
-        .expr_as(Expr::col(Col::ExecutionId), Alias::new("picked_id"))
-        .to_owned();
-    dialect::lock_skip_locked(DbBackend::Postgres, &mut select);
+    let select = pick.candidates(DbBackend::Postgres, "picked_id");
     let cte = CommonTableExpression::new()
         .query(select)
         .table_name(picked.clone())
@@ -1070,12 +1180,9 @@ async fn existing_children<C: ConnectionTrait>(
     Ok(existing)
 }
 
-/// The tasks and queues a claim admits, as a condition.
-fn admitted(params: &ClaimParams) -> Condition {
+/// The queues a claim admits, as a condition; its tasks are a [`Pick`]'s `tasks`.
+fn admitted_queues(params: &ClaimParams) -> Condition {
     let mut condition = Condition::all();
-    if let Some(ids) = &params.task_ids {
-        condition = condition.add(Expr::col(Col::TaskId).is_in(ids.iter().map(String::as_str)));
-    }
     if let Some(queues) = &params.queues {
         condition = condition.add(Expr::col(Col::Queue).is_in(queues.iter().map(String::as_str)));
     }
@@ -1191,9 +1298,10 @@ async fn claim_rows<C: ConnectionTrait>(
     let limit = remaining(params.limit, rows.len());
     if limit > 0 {
         let pick = Pick {
-            filter: filter.add(admitted(params)),
+            filter: filter.add(admitted_queues(params)),
             order,
             limit,
+            tasks: params.task_ids.clone(),
         };
         rows.extend(pick_and_update(conn, &pick, sets, true).await?.rows);
     }
@@ -1245,6 +1353,7 @@ async fn expire_in<C: ConnectionTrait>(conn: &C, now: i64, limit: u64) -> Result
             .add(Expr::col(Col::ExpiresAt).lt(now)),
         order: [Col::ExpiresAt, Col::ExecutionId],
         limit,
+        tasks: None,
     };
     // One statement for both outcomes of `super::expiry_update`: back to `ready` with the
     // attempt counted while retries are left, else `failed`. `retry_attempts` is assigned last
@@ -1297,6 +1406,7 @@ async fn expire_in<C: ConnectionTrait>(conn: &C, now: i64, limit: u64) -> Result
             .add(Expr::col(Col::ExpiresAt).lt(now)),
         order: [Col::ExpiresAt, Col::ExecutionId],
         limit,
+        tasks: None,
     };
     let timed_out = TaskExecutionUpdate {
         now,
@@ -1632,6 +1742,7 @@ fn close_pick(limit: u64, only: Option<&str>) -> Pick {
         filter,
         order: [Col::UpdatedAt, Col::ExecutionId],
         limit,
+        tasks: None,
     }
 }
 
@@ -2010,6 +2121,7 @@ impl SeaOrmTaskExecutionStorage {
     async fn enqueue_idempotent(&self, models: Vec<te::Model>) -> Result<()> {
         let single = enqueue_statements(self.db.get_database_backend(), &models) <= 1;
         Backoff::STORE.retry("enqueue_task_executions", || async {
+            let _gate = dialect::enter_write(&self.db).await;
             let inserted = if single {
                 // One statement is atomic on its own.
                 insert_models(&self.db, &models).await
@@ -2181,8 +2293,9 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         }
         if id_chunks(self.db.get_database_backend(), &guard.execution_ids).len() <= 1 {
             Backoff::STORE
-                .retry("update_task_executions", || {
-                    update_in(&self.db, guard, update)
+                .retry("update_task_executions", || async {
+                    let _gate = dialect::enter_write(&self.db).await;
+                    update_in(&self.db, guard, update).await
                 })
                 .await
         } else {
@@ -2385,6 +2498,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         }
         Backoff::STORE
             .retry("delete_task_schedule", || async {
+                let _gate = dialect::enter_write(&self.db).await;
                 Ok(ts::Entity::delete_by_id(schedule_id.to_owned())
                     .exec(&self.db)
                     .await?
@@ -2449,7 +2563,10 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         // A retry after a lost reply finds the execution finished by the first attempt, as this
         // wake finishes it, and answers `Woken` with it: never a second change.
         Backoff::STORE
-            .retry("wake_task_execution", || wake_in(&self.db, wake))
+            .retry("wake_task_execution", || async {
+                let _gate = dialect::enter_write(&self.db).await;
+                wake_in(&self.db, wake).await
+            })
             .await
     }
 
@@ -2500,6 +2617,7 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
         // Clearing a flag is idempotent: a retry after a lost reply changes nothing more.
         Backoff::STORE
             .retry("acknowledge_cancellation_requests", || async {
+                let _gate = dialect::enter_write(&self.db).await;
                 let mut cleared = 0;
                 for chunk in id_chunks(self.db.get_database_backend(), execution_ids) {
                     let stmt = Query::update()
@@ -2571,6 +2689,7 @@ mod tests {
                 .add(Expr::col(Col::StartAt).lte(5)),
             order: [Col::StartAt, Col::ExecutionId],
             limit: 10,
+            tasks: None,
         };
         let sets = vec![(Col::FencingToken, Expr::col(Col::FencingToken).add(1))];
         let sql = postgres_pick_and_update(
@@ -2587,6 +2706,33 @@ mod tests {
              UPDATE \"durable_task_executions\" SET \"fencing_token\" = \"fencing_token\" + 1 \
              FROM \"picked\" WHERE \"durable_task_executions\".\"execution_id\" = \"picked\".\"picked_id\" \
              RETURNING \"durable_task_executions\".*"
+        );
+    }
+
+    /// A claim of some tasks reads each task through its own index range: one lateral
+    /// subquery per task, each locking at most the limit (PostgreSQL refuses `FOR UPDATE` in
+    /// the branches of a `UNION`), then the first rows of them all.
+    #[test]
+    fn postgres_claim_of_some_tasks_locks_per_task_through_a_lateral_subquery() {
+        let pick = Pick {
+            filter: Condition::all()
+                .add(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::Ready)))
+                .add(Expr::col(Col::StartAt).lte(5)),
+            order: [Col::StartAt, Col::ExecutionId],
+            limit: 10,
+            tasks: Some(vec!["a".into(), "b".into()]),
+        };
+        let sql = pick
+            .candidates(DbBackend::Postgres, "picked_id")
+            .to_string(PostgresQueryBuilder);
+        assert_eq!(
+            sql,
+            "SELECT \"merged\".\"execution_id\" AS \"picked_id\" FROM (VALUES ('a'), ('b')) AS \"served\" \
+             INNER JOIN LATERAL (SELECT \"execution_id\", \"start_at\" FROM \"durable_task_executions\" \
+             WHERE \"status\" = ('ready') AND \"start_at\" <= 5 \
+             AND \"durable_task_executions\".\"task_id\" = \"served\".\"column1\" \
+             ORDER BY \"start_at\" ASC, \"execution_id\" ASC LIMIT 10 FOR UPDATE SKIP LOCKED) AS \"merged\" ON TRUE \
+             ORDER BY \"merged\".\"start_at\" ASC, \"merged\".\"execution_id\" ASC LIMIT 10"
         );
     }
 }

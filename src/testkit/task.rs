@@ -107,6 +107,7 @@ macro_rules! task_storage_conformance {
             megabyte_non_ascii_payloads_round_trip,
             numbers_beyond_the_limits_are_rejected_before_writing,
             claims_take_only_the_tasks_and_queues_they_admit,
+            claims_of_some_tasks_keep_their_order_past_a_backlog_of_others,
             resumed_claim_takes_back_what_the_lost_claim_took,
             many_megabytes_of_children_enqueue_in_one_call,
             ids_compare_exactly,
@@ -1097,6 +1098,99 @@ async fn waiting_parent(storage: &Storage, id: &str, children: u32, now: i64) ->
             },
         )
         .await?;
+    Ok(())
+}
+
+/// A claim of several tasks returns their executions merged in `(start_at, execution_id)`
+/// order (ties across tasks included), at most the limit, however many ready executions of a
+/// task it does not admit sort before them; parent claims likewise in `(updated_at,
+/// execution_id)` order. The backlog stays untouched.
+pub async fn claims_of_some_tasks_keep_their_order_past_a_backlog_of_others(
+    storage: Storage,
+) -> CaseResult {
+    let of_task = |id: String, task: &str| NewTaskExecution {
+        task_id: task.to_owned(),
+        ..new_execution(&id)
+    };
+    let backlog: Vec<_> = (0..3000)
+        .map(|i| of_task(format!("backlog{i:05}"), "backlog"))
+        .collect();
+    storage.enqueue_task_executions(backlog, T0 - 5000).await?;
+    // Served executions of three tasks, two at each start time, each pair of two tasks.
+    let served = ["s1", "s2", "s3"];
+    for i in 0..12_usize {
+        let start = T0 - 1000 + i64::try_from(i / 2).unwrap_or_default() * 10;
+        storage
+            .enqueue_task_executions(vec![of_task(format!("x{i:02}"), served[i % 3])], start)
+            .await?;
+    }
+    // Due later than the claims: left alone.
+    storage
+        .enqueue_task_executions(vec![of_task("later".to_owned(), "s1")], T0 + 1000)
+        .await?;
+    let admits = |limit: u64| ClaimParams {
+        task_ids: Some(served.iter().map(|s| (*s).to_owned()).collect()),
+        ..claim("e", T0, limit)
+    };
+    let expected: Vec<String> = (0..12).map(|i| format!("x{i:02}")).collect();
+    let first = storage.claim_task_executions(&admits(5)).await?;
+    check_eq!(ids(&first), expected[..5].to_vec());
+    let rest = storage.claim_task_executions(&admits(100)).await?;
+    check_eq!(ids(&rest), expected[5..].to_vec());
+    check!(
+        storage
+            .claim_task_executions(&admits(100))
+            .await?
+            .is_empty(),
+        "claimed more than the served due executions"
+    );
+    let untouched = storage
+        .get_task_executions(&TaskExecutionFilter {
+            task_ids: Some(vec!["backlog".to_owned()]),
+            statuses: Some(vec![TaskExecutionStatus::Ready]),
+            ..Default::default()
+        })
+        .await?;
+    check_eq!(untouched.len(), 3000);
+
+    // Parents with nothing left to wait for, of the served tasks and of the backlog's.
+    let mut parents = Vec::new();
+    for (i, task) in ["backlog", "s2", "backlog", "s1", "s3", "s2", "backlog"]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("p{i}");
+        let now = T0 + 2000 + i64::try_from(i / 2).unwrap_or_default();
+        storage
+            .enqueue_task_executions(vec![of_task(id.clone(), task)], now)
+            .await?;
+        storage
+            .update_task_executions(
+                &TaskExecutionGuard::id(id.clone()),
+                &TaskExecutionUpdate {
+                    now,
+                    status: Some(TaskExecutionStatus::WaitingForChildren),
+                    children_count: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        if task != "backlog" {
+            parents.push(id);
+        }
+    }
+    let parent_claim = |limit: u64| ClaimParams {
+        now: T0 + 3000,
+        ..admits(limit)
+    };
+    let first = storage
+        .claim_parents_with_finished_children(&parent_claim(2))
+        .await?;
+    check_eq!(ids(&first), parents[..2].to_vec());
+    let rest = storage
+        .claim_parents_with_finished_children(&parent_claim(10))
+        .await?;
+    check_eq!(ids(&rest), parents[2..].to_vec());
     Ok(())
 }
 

@@ -466,3 +466,79 @@ mod sql {
         Ok(())
     }
 }
+
+/// SQLite with the pool the README recommends (4 connections, WAL, 10 s busy timeout).
+mod sqlite_pool {
+    use std::time::{Duration, Instant};
+
+    use anyhow::ensure;
+    use sea_orm::TransactionTrait;
+    use sea_orm_durable::task::storage::TaskExecutionStorage;
+    use sea_orm_durable::task::{TaskExecutionStatus, WaitOptions};
+    use sea_orm_durable::testkit::executor::fast_options;
+    use sea_orm_durable::{Executor, TaskDefinition, TaskError};
+
+    use super::*;
+    use crate::harness::TestDb;
+
+    mod sqlite {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn reads_answer_while_the_application_holds_the_write_lock() -> anyhow::Result<()> {
+            crate::harness::run(
+                crate::harness::Backend::Sqlite,
+                super::reads_answer_while_the_application_holds_the_write_lock,
+            )
+            .await
+        }
+    }
+
+    /// While the application's transaction holds SQLite's write lock (an `enqueue_in` not yet
+    /// committed), the executor's loops keep trying to write; reads through the same pool still
+    /// answer at once instead of queueing for a connection for up to the busy timeout (9.7 s
+    /// before the library's writers passed one gate).
+    async fn reads_answer_while_the_application_holds_the_write_lock(
+        t: TestDb,
+    ) -> anyhow::Result<()> {
+        let db = t.connect(4).await?;
+        let storage = Arc::new(SeaOrmTaskExecutionStorage::new(db.clone()));
+        let executor = Executor::new(storage.clone(), fast_options());
+        let echo = TaskDefinition::new(
+            "echo",
+            |_ctx, s: String| async move { Ok::<_, TaskError>(s) },
+        );
+        executor.register(&echo)?;
+        executor.start();
+        let wait = WaitOptions {
+            poll_interval: Duration::from_millis(20),
+            timeout: Some(Duration::from_secs(60)),
+        };
+        let before = executor.enqueue(&echo, &"before".to_owned()).await?;
+        before.wait_with(&wait).await?;
+
+        let txn = db.begin().await?;
+        let held = executor.enqueue_in(&txn, &echo, &"held".to_owned()).await?;
+        // Every loop of the executor is now waiting to write.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut slowest = Duration::ZERO;
+        for _ in 0..5 {
+            let started = Instant::now();
+            let read = storage.get_task_execution(before.execution_id()).await?;
+            slowest = slowest.max(started.elapsed());
+            ensure!(read.is_some(), "the finished execution is gone");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        txn.commit().await?;
+        let held = held.wait_with(&wait).await?;
+        executor.shutdown().await;
+        ensure!(
+            slowest < Duration::from_secs(2),
+            "a read took {slowest:?} while the application held the write lock"
+        );
+        ensure!(
+            held.status() == TaskExecutionStatus::Completed,
+            "the execution enqueued in the application's transaction ended {:?}",
+            held.status()
+        );
+        Ok(())
+    }
+}

@@ -23,6 +23,7 @@ per_backend!(
     install_from_older_migrations_upgrades_in_place,
     hot_queries_read_an_index_in_their_order,
     guarded_updates_find_their_rows_by_primary_key,
+    claims_of_some_tasks_read_only_their_tasks_index_entries,
 );
 
 const TABLES: [&str; 6] = [
@@ -33,7 +34,15 @@ const TABLES: [&str; 6] = [
     "durable_task_executions",
     "durable_finished_child_task_executions",
 ];
-const INDEXES: [(&str, &str); 19] = [
+const INDEXES: [(&str, &str); 21] = [
+    (
+        "durable_task_executions",
+        "ix_durable_task_executions_ready_task",
+    ),
+    (
+        "durable_task_executions",
+        "ix_durable_task_executions_waiting_task",
+    ),
     (
         "durable_task_schedules",
         "ix_durable_task_schedules_next_tick",
@@ -841,5 +850,154 @@ async fn guarded_updates_find_their_rows_by_primary_key(t: TestDb) -> anyhow::Re
         picked.contains(by_key),
         "not read by primary key:\n{picked}"
     );
+    Ok(())
+}
+
+/// The claims of some tasks (executions and parents), in the form the store renders them on
+/// each backend, and the index each per-task branch must read.
+fn claims_of_some_tasks(backend: DbBackend) -> [(String, &'static str); 2] {
+    let branch = |key: &str, status: &str, task: &str, lock: &str| {
+        let due = if key == "start_at" {
+            " AND start_at <= 99999"
+        } else {
+            ""
+        };
+        format!(
+            "SELECT execution_id, {key} FROM durable_task_executions WHERE status = ('{status}'){due} \
+             AND durable_task_executions.task_id = {task} ORDER BY {key}, execution_id LIMIT 10{lock}"
+        )
+    };
+    let claim = |key: &str, status: &str| match backend {
+        DbBackend::Postgres => format!(
+            "SELECT merged.execution_id FROM (VALUES ('s1'), ('s2')) AS served \
+             INNER JOIN LATERAL ({}) AS merged ON TRUE ORDER BY merged.{key}, merged.execution_id LIMIT 10",
+            branch(key, status, "served.column1", " FOR UPDATE SKIP LOCKED")
+        ),
+        _ => {
+            let lock = if backend == DbBackend::MySql {
+                " FOR UPDATE SKIP LOCKED"
+            } else {
+                ""
+            };
+            let part = |i: usize, task: &str| {
+                format!(
+                    "SELECT execution_id, {key} FROM ({}) AS task{i}",
+                    branch(key, status, task, lock)
+                )
+            };
+            let union = if backend == DbBackend::MySql {
+                format!("{} UNION ALL ({})", part(0, "'s1'"), part(1, "'s2'"))
+            } else {
+                format!("{} UNION ALL {}", part(0, "'s1'"), part(1, "'s2'"))
+            };
+            format!(
+                "SELECT merged.execution_id FROM ({union}) AS merged \
+                 ORDER BY merged.{key}, merged.execution_id LIMIT 10"
+            )
+        }
+    };
+    [
+        (
+            claim("start_at", "ready"),
+            "ix_durable_task_executions_ready_task",
+        ),
+        (
+            claim("updated_at", "waiting_for_children_tasks"),
+            "ix_durable_task_executions_waiting_task",
+        ),
+    ]
+}
+
+/// With thousands of ready executions and waiting parents of a task no claimer serves, sorting
+/// before every served one, a claim of some tasks reads each served task through the index led
+/// by `task_id` (PostgreSQL and SQLite plans; on MariaDB the key each branch uses and the rows
+/// it expects to examine), never the index in the claim's order that walks the backlog.
+async fn claims_of_some_tasks_read_only_their_tasks_index_entries(t: TestDb) -> anyhow::Result<()> {
+    let backend = t.db_backend();
+    for chunk in (0..6000).collect::<Vec<u32>>().chunks(500) {
+        let rows = chunk
+            .iter()
+            .map(|i| {
+                let (id, task, status, at) = if *i < 5976 {
+                    let status = if i % 2 == 0 {
+                        "ready"
+                    } else {
+                        "waiting_for_children_tasks"
+                    };
+                    (format!("b{i:06}"), "backlog", status, 1000)
+                } else {
+                    let task = if i % 2 == 0 { "s1" } else { "s2" };
+                    let status = if i % 4 < 2 {
+                        "ready"
+                    } else {
+                        "waiting_for_children_tasks"
+                    };
+                    (format!("s{i:06}"), task, status, 2000)
+                };
+                format!("('{id}', '{task}', '{{}}', 1000, '{status}', 'null', {at}, 1000, {at})")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        t.db.execute_unprepared(&format!(
+            "INSERT INTO durable_task_executions (execution_id, task_id, retry_options, \
+             timeout_ms, status, input, start_at, created_at, updated_at) VALUES {rows}"
+        ))
+        .await?;
+    }
+    match backend {
+        DbBackend::MySql => {
+            t.db.execute_unprepared("ANALYZE TABLE durable_task_executions")
+                .await?;
+        }
+        _ => {
+            t.db.execute_unprepared("ANALYZE").await?;
+        }
+    }
+    for (query, index) in claims_of_some_tasks(backend) {
+        if backend == DbBackend::MySql {
+            let rows =
+                t.db.query_all_raw(Statement::from_string(backend, format!("EXPLAIN {query}")))
+                    .await?;
+            let mut branches = 0;
+            for row in &rows {
+                let table: Option<String> = row.try_get("", "table")?;
+                if table.as_deref() != Some("durable_task_executions") {
+                    continue;
+                }
+                branches += 1;
+                let key: Option<String> = row.try_get("", "key")?;
+                ensure!(
+                    key.as_deref() == Some(index),
+                    "{query}\na branch reads {key:?}, not {index}"
+                );
+                // MariaDB reports the estimate as text or as an unsigned number.
+                let examined: Option<u64> = row
+                    .try_get::<Option<u64>>("", "rows")
+                    .ok()
+                    .flatten()
+                    .or_else(|| {
+                        row.try_get::<Option<String>>("", "rows")
+                            .ok()
+                            .flatten()
+                            .and_then(|n| n.parse().ok())
+                    });
+                ensure!(
+                    examined.is_some_and(|n| n < 1000),
+                    "{query}\na branch examines {examined:?} rows"
+                );
+            }
+            ensure!(branches == 2, "{query}\n{branches} branches read the table");
+        } else {
+            let plan = plan(&t, &query).await?;
+            ensure!(
+                plan.contains(index),
+                "{query}\nnot served by {index}:\n{plan}"
+            );
+            ensure!(
+                !plan.contains("ready_claim") && !plan.contains("waiting_claim"),
+                "{query}\nwalks the index in the claim's order:\n{plan}"
+            );
+        }
+    }
     Ok(())
 }
