@@ -98,12 +98,11 @@ fn lose_commit(loss: &Loss, operation: &str) {
     }
 }
 
-/// Loses the reply of the `nth` statement from now on (a server: PostgreSQL matches the
-/// reply's tag `pg_tag` instead, MySQL counts statements), or of the next call of `operation`.
-fn lose_statement(loss: &Loss, backend: Option<Backend>, pg_tag: &[u8], nth: u32, operation: &str) {
+/// Loses the reply of the next statement whose text contains `sql` (a server), or of the next
+/// call of `operation`.
+fn lose_statement(loss: &Loss, sql: &[u8], operation: &str) {
     match loss {
-        Loss::Proxy(p) if backend == Some(Backend::Postgres) => p.lose_reply_containing(pg_tag),
-        Loss::Proxy(p) => p.lose_reply_to_statement(nth),
+        Loss::Proxy(p) => p.lose_reply_to(sql),
         Loss::Wrapper(w) => w.lose_next(operation),
     }
 }
@@ -172,6 +171,21 @@ async fn bulk_enqueue(t: Option<TestDb>) -> anyhow::Result<()> {
         })
         .await?;
     ensure!(all.len() == N, "{} executions", all.len());
+    if let Loss::Proxy(proxy) = &loss {
+        // The reply of the second insert is lost: the transaction never committed (its
+        // connection broke before the commit), and the store's retry inserts the lot once.
+        proxy.lose_reply_to_nth(b"INSERT", 2);
+        let more = || (0..N).map(|i| execution(format!("f{i:05}"))).collect::<Vec<_>>();
+        storage.enqueue_task_executions(more(), T0).await?;
+        ensure!(proxy.lost() == 2, "the second insert's reply was not lost");
+        let all = direct
+            .get_task_executions(&TaskExecutionFilter {
+                limit: Some(u64::try_from(3 * N)?),
+                ..TaskExecutionFilter::default()
+            })
+            .await?;
+        ensure!(all.len() == 2 * N, "{} executions", all.len());
+    }
     Ok(())
 }
 
@@ -234,7 +248,6 @@ async fn retry(t: Option<TestDb>) -> anyhow::Result<()> {
 }
 
 async fn wake(t: Option<TestDb>) -> anyhow::Result<()> {
-    let backend = t.as_ref().map(|t| t.backend);
     let (storage, direct, loss) = lossy_storage(t.as_ref()).await?;
     direct
         .enqueue_task_executions(
@@ -253,7 +266,7 @@ async fn wake(t: Option<TestDb>) -> anyhow::Result<()> {
         now: T0 + 5,
     };
     // The wake reads the sleeper, then updates it: the update's reply is lost.
-    lose_statement(&loss, backend, b"UPDATE 1", 2, "wake_task_execution");
+    lose_statement(&loss, b"UPDATE", "wake_task_execution");
     let woken = answered!(loss, storage.wake_task_execution(&wake))?;
     ensure!(loss.lost() == 1, "no reply was lost");
     ensure!(matches!(woken, WakeResult::Woken(_)), "{woken:?}");
@@ -261,14 +274,13 @@ async fn wake(t: Option<TestDb>) -> anyhow::Result<()> {
 }
 
 async fn cancel(t: Option<TestDb>) -> anyhow::Result<()> {
-    let backend = t.as_ref().map(|t| t.backend);
     let (storage, direct, loss) = lossy_storage(t.as_ref()).await?;
     direct
         .enqueue_task_executions(vec![execution("c".to_owned())], T0)
         .await?;
     let executor = Executor::new(storage, ExecutorOptions::default());
     // The cancellation is one update.
-    lose_statement(&loss, backend, b"UPDATE 1", 1, "update_task_executions");
+    lose_statement(&loss, b"UPDATE", "update_task_executions");
     let cancelled = executor.handle::<Value>("c").cancel().await?;
     ensure!(loss.lost() == 1, "no reply was lost");
     ensure!(cancelled, "the cancellation that took effect answered false");
@@ -348,13 +360,12 @@ async fn result(t: Option<TestDb>) -> anyhow::Result<()> {
 /// `Executor::enqueue` and `Executor::wake` repeat their call when a storage answers a lost
 /// reply, and the repeat answers the first attempt's outcome.
 async fn executor_enqueue_and_wake(t: Option<TestDb>) -> anyhow::Result<()> {
-    let backend = t.as_ref().map(|t| t.backend);
     let (storage, direct, loss) = lossy_storage(t.as_ref()).await?;
     let executor = Executor::new(storage, ExecutorOptions::default());
     let sleeper = TaskDefinition::<String, String>::sleeping("lrSleeper");
     executor.register(&sleeper)?;
     // One insert, committed by itself: its reply is the one lost.
-    lose_statement(&loss, backend, b"INSERT 0 1", 1, "enqueue_task_executions");
+    lose_statement(&loss, b"INSERT", "enqueue_task_executions");
     let handle = executor.enqueue(&sleeper, &"hook".to_owned()).await?;
     ensure!(loss.lost() == 1, "no enqueue reply was lost");
     let all = direct
@@ -364,7 +375,7 @@ async fn executor_enqueue_and_wake(t: Option<TestDb>) -> anyhow::Result<()> {
         all.len() == 1 && all[0].execution_id == handle.execution_id(),
         "{all:?}"
     );
-    lose_statement(&loss, backend, b"UPDATE 1", 2, "wake_task_execution");
+    lose_statement(&loss, b"UPDATE", "wake_task_execution");
     let woken = executor.wake("hook", &"hello").await?;
     ensure!(loss.lost() == 2, "no wake reply was lost");
     ensure!(woken.is_woken(), "{woken:?}");

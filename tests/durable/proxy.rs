@@ -4,14 +4,14 @@
 //! was doing, commit included) and closes it. The client sees a broken connection after its
 //! statement took effect: the ambiguous error a retry must cope with.
 //!
-//! The statement whose reply is lost is chosen by the client's side of the protocol
-//! ([`Proxy::lose_reply_to_statement`] counts statements, [`Proxy::lose_reply_to`] matches
-//! their text, `COMMIT` say) or, as before, by the server's reply
-//! ([`Proxy::lose_reply_containing`], for PostgreSQL's `INSERT 0 1`-style tags). The client
-//! side is read message by message: PostgreSQL's frontend messages (a simple `Query`, or an
-//! `Execute` of the extended protocol, is one statement) and MySQL's command packets (a
-//! `COM_QUERY` or `COM_STMT_EXECUTE` at sequence 0 is one statement), so connections must be
-//! in clear text (`sslmode=disable`, `ssl-mode=disabled`).
+//! The statement whose reply is lost is chosen by the client's side of the protocol, by its
+//! text and how many such statements come before it ([`Proxy::lose_reply_to`] for the next
+//! `COMMIT`, say, [`Proxy::lose_reply_to_nth`] for the n-th `INSERT`), or, as before, by the
+//! server's reply ([`Proxy::lose_reply_containing`], for PostgreSQL's `INSERT 0 1`-style
+//! tags). The client side is read message by message: PostgreSQL's frontend messages (a
+//! simple `Query`, or an `Execute` of the extended protocol, is one statement) and MySQL's
+//! command packets (a `COM_QUERY` or `COM_STMT_EXECUTE` at sequence 0 is one statement), so
+//! connections must be in clear text (`sslmode=disable`, `ssl-mode=disabled`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,18 +34,15 @@ pub(crate) struct Proxy {
 enum Target {
     /// The next server reply containing these bytes.
     Reply(Vec<u8>),
-    /// The reply to the statement the client sends after this many more statements (0: the
-    /// next one).
-    Nth(u32),
-    /// The reply to the next statement whose message contains these bytes.
-    Statement(Vec<u8>),
+    /// The reply to the statement whose text contains these bytes, after this many more such
+    /// statements (0: the next one).
+    Statement(Vec<u8>, u32),
 }
 
 struct Shared {
     backend: Backend,
     target: std::sync::Mutex<Option<Target>>,
     dropped: AtomicU32,
-    statements: AtomicU32,
 }
 
 impl Shared {
@@ -59,18 +56,16 @@ impl Shared {
         *self.target() = Some(target);
     }
 
-    /// Whether the statement the client just sent, `message`, is the one whose reply is lost
-    /// (and if so, disarms).
-    fn statement_hit(&self, message: &[u8]) -> bool {
-        self.statements.fetch_add(1, Ordering::SeqCst);
+    /// Whether the statement the client just sent, whose text is `text`, is the one whose
+    /// reply is lost (and if so, disarms).
+    fn statement_hit(&self, text: &[u8]) -> bool {
         let mut target = self.target();
         let hit = match target.as_mut() {
-            Some(Target::Nth(0)) => true,
-            Some(Target::Nth(n)) => {
-                *n -= 1;
-                false
+            Some(Target::Statement(needle, n)) if contains(text, needle) => {
+                let hit = *n == 0;
+                *n = n.saturating_sub(1);
+                hit
             }
-            Some(Target::Statement(needle)) => contains(message, needle),
             _ => false,
         };
         if hit {
@@ -82,7 +77,7 @@ impl Shared {
     /// Whether `chunk` of a server reply is the one to lose (and if so, disarms).
     fn reply_hit(&self, chunk: &[u8]) -> bool {
         let mut target = self.target();
-        let hit = matches!(target.as_ref(), Some(Target::Reply(needle)) if contains(chunk, needle));
+        let hit = matches!(target.as_ref(), Some(Target::Reply(needle)) if reply_contains(chunk, needle));
         if hit {
             *target = None;
         }
@@ -91,7 +86,11 @@ impl Shared {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn reply_contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && contains(haystack, needle)
 }
 
 impl Proxy {
@@ -103,7 +102,6 @@ impl Proxy {
             backend,
             target: std::sync::Mutex::new(None),
             dropped: AtomicU32::new(0),
-            statements: AtomicU32::new(0),
         });
         let accepting = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -129,82 +127,171 @@ impl Proxy {
         self.shared.arm(Target::Reply(needle.to_vec()));
     }
 
-    /// Loses the reply to the `n`-th statement sent from now on (1: the next one), counted
-    /// over every connection, after the server ran it.
-    pub(crate) fn lose_reply_to_statement(&self, n: u32) {
-        self.shared.arm(Target::Nth(n.saturating_sub(1)));
-    }
-
     /// Loses the reply to the next statement whose text contains `needle` (`b"COMMIT"`: the
     /// commit of the next transaction), after the server ran it.
     pub(crate) fn lose_reply_to(&self, needle: &[u8]) {
-        self.shared.arm(Target::Statement(needle.to_vec()));
+        self.lose_reply_to_nth(needle, 1);
+    }
+
+    /// Loses the reply to the `n`-th statement from now on (1: the next one) whose text
+    /// contains `needle` (`b""`: any statement), counted over every connection, after the
+    /// server ran it. Opening a connection runs statements of its own, so a count of every
+    /// statement is only exact on a connection already open.
+    pub(crate) fn lose_reply_to_nth(&self, needle: &[u8], n: u32) {
+        self.shared
+            .arm(Target::Statement(needle.to_vec(), n.saturating_sub(1)));
     }
 
     /// How many replies were lost so far.
     pub(crate) fn lost(&self) -> u32 {
         self.shared.dropped.load(Ordering::SeqCst)
     }
-
-    /// How many statements clients sent through the proxy so far.
-    pub(crate) fn statements(&self) -> u32 {
-        self.shared.statements.load(Ordering::SeqCst)
-    }
 }
 
-/// Splits a client's byte stream into protocol messages, so statements can be counted.
+/// Splits a client's byte stream into protocol messages, so statements can be counted, and
+/// knows each statement's text: a prepared statement's execution carries only its name or id,
+/// so the text is remembered from its preparation (PostgreSQL's `Parse`; MySQL's
+/// `COM_STMT_PREPARE`, whose id comes in the server's reply, see [`Prepared::reply`]).
 struct Frames {
     backend: Backend,
     buf: Vec<u8>,
     /// PostgreSQL's first message (startup) has no type byte.
     started: bool,
+    prepared: Arc<std::sync::Mutex<Prepared>>,
+    /// PostgreSQL: the text of the statement the last `Bind` bound.
+    bound: Vec<u8>,
+}
+
+/// The texts of one connection's prepared statements.
+#[derive(Default)]
+pub(crate) struct Prepared {
+    /// By PostgreSQL statement name, or by MySQL statement id (4 bytes, little-endian).
+    texts: std::collections::HashMap<Vec<u8>, Vec<u8>>,
+    /// MySQL: the text of a `COM_STMT_PREPARE` whose reply (with the id) has not come yet.
+    pending: Option<Vec<u8>>,
+}
+
+impl Prepared {
+    /// Reads the statement id from the server's reply to a MySQL `COM_STMT_PREPARE`.
+    fn reply(&mut self, chunk: &[u8]) {
+        if let Some(text) = self.pending.take()
+            && chunk.len() >= 9
+            && chunk[4] == 0
+        {
+            self.texts.insert(chunk[5..9].to_vec(), text);
+        }
+    }
+}
+
+/// The NUL-terminated string at the start of `bytes`, and what follows it.
+fn cstr(bytes: &[u8]) -> (&[u8], &[u8]) {
+    match bytes.iter().position(|b| *b == 0) {
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (bytes, &[]),
+    }
 }
 
 impl Frames {
-    /// The complete messages buffered so far, removed from the buffer, each with whether it
-    /// is a statement.
-    fn take(&mut self) -> Vec<(Vec<u8>, bool)> {
+    /// The complete messages buffered so far, removed from the buffer, each with the text of
+    /// the statement it runs (`None`: it runs none).
+    fn take(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         let mut out = Vec::new();
         loop {
-            let (len, statement) = match self.backend {
-                Backend::Postgres => {
-                    if !self.started {
-                        let Some(len) = self.buf.get(..4).map(be_len) else {
-                            break;
-                        };
-                        // An SSL or GSS request is answered with one byte, then a startup
-                        // message follows: still untyped.
-                        let request = self.buf.get(4..8) == Some(&[0x04, 0xd2, 0x16, 0x2f][..])
-                            || self.buf.get(4..8) == Some(&[0x04, 0xd2, 0x16, 0x30][..]);
-                        if !request {
-                            self.started = true;
-                        }
-                        (len, false)
-                    } else {
-                        let Some(len) = self.buf.get(1..5).map(be_len) else {
-                            break;
-                        };
-                        (len + 1, matches!(self.buf[0], b'Q' | b'E'))
-                    }
-                }
-                _ => {
-                    let Some(head) = self.buf.get(..5) else {
+            let len = match self.backend {
+                Backend::Postgres if !self.started => {
+                    let Some(len) = self.buf.get(..4).map(be_len) else {
                         break;
                     };
-                    let len = usize::from(head[0])
-                        | (usize::from(head[1]) << 8)
-                        | (usize::from(head[2]) << 16);
-                    // A command starts a new sequence; the login exchange does not.
-                    (len + 4, head[3] == 0 && matches!(head[4], 0x03 | 0x17))
+                    // An SSL or GSS request is answered with one byte, then a startup
+                    // message follows: still untyped.
+                    let request = matches!(
+                        self.buf.get(4..8),
+                        Some([0x04, 0xd2, 0x16, 0x2f] | [0x04, 0xd2, 0x16, 0x30])
+                    );
+                    if !request && self.buf.len() >= len {
+                        self.started = true;
+                    }
+                    len
                 }
+                Backend::Postgres => match self.buf.get(1..5) {
+                    Some(len) => be_len(len) + 1,
+                    None => break,
+                },
+                _ => match self.buf.get(..3) {
+                    Some(head) => {
+                        (usize::from(head[0])
+                            | (usize::from(head[1]) << 8)
+                            | (usize::from(head[2]) << 16))
+                            + 4
+                    }
+                    None => break,
+                },
             };
             if len == 0 || self.buf.len() < len {
                 break;
             }
             let rest = self.buf.split_off(len);
-            out.push((std::mem::replace(&mut self.buf, rest), statement));
+            let message = std::mem::replace(&mut self.buf, rest);
+            let text = self.statement(&message);
+            out.push((message, text));
         }
         out
+    }
+
+    /// The text of the statement `message` runs, if it runs one.
+    fn statement(&mut self, message: &[u8]) -> Option<Vec<u8>> {
+        let mut prepared = self
+            .prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match self.backend {
+            Backend::Postgres if self.started => {
+                let body = message.get(5..).unwrap_or_default();
+                match message.first() {
+                    Some(b'Q') => Some(cstr(body).0.to_vec()),
+                    Some(b'P') => {
+                        let (name, rest) = cstr(body);
+                        prepared
+                            .texts
+                            .insert(name.to_vec(), cstr(rest).0.to_vec());
+                        None
+                    }
+                    Some(b'B') => {
+                        let (_portal, rest) = cstr(body);
+                        self.bound = prepared
+                            .texts
+                            .get(cstr(rest).0)
+                            .cloned()
+                            .unwrap_or_default();
+                        None
+                    }
+                    Some(b'E') => Some(self.bound.clone()),
+                    _ => None,
+                }
+            }
+            Backend::Postgres => None,
+            _ => {
+                // A command starts a new sequence (number 0); the login exchange does not.
+                if message.get(3) != Some(&0) {
+                    return None;
+                }
+                let body = message.get(5..).unwrap_or_default();
+                match message.get(4) {
+                    Some(0x03) => Some(body.to_vec()),
+                    Some(0x16) => {
+                        prepared.pending = Some(body.to_vec());
+                        None
+                    }
+                    Some(0x17) => Some(
+                        body.get(..4)
+                            .and_then(|id| prepared.texts.get(id))
+                            .cloned()
+                            .unwrap_or_default(),
+                    ),
+                    _ => None,
+                }
+            }
+        }
     }
 }
 
@@ -221,14 +308,17 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let (mut server_read, mut server_write) = server.into_split();
     // Set once the statement whose reply is lost has been sent: every reply from then on is.
     let losing = Arc::new(AtomicBool::new(false));
+    let prepared = Arc::new(std::sync::Mutex::new(Prepared::default()));
     let upstream = {
         let (shared, losing) = (Arc::clone(&shared), Arc::clone(&losing));
+        let mut frames = Frames {
+            backend: shared.backend,
+            buf: Vec::new(),
+            started: false,
+            prepared: Arc::clone(&prepared),
+            bound: Vec::new(),
+        };
         tokio::spawn(async move {
-            let mut frames = Frames {
-                backend: shared.backend,
-                buf: Vec::new(),
-                started: false,
-            };
             let mut buf = vec![0_u8; 64 * 1024];
             loop {
                 let n = match client_read.read(&mut buf).await {
@@ -236,8 +326,8 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                     Ok(n) => n,
                 };
                 frames.buf.extend_from_slice(&buf[..n]);
-                for (message, statement) in frames.take() {
-                    if statement && shared.statement_hit(&message) {
+                for (message, text) in frames.take() {
+                    if text.is_some_and(|text| shared.statement_hit(&text)) {
                         losing.store(true, Ordering::SeqCst);
                     }
                     if server_write.write_all(&message).await.is_err() {
@@ -254,6 +344,10 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
             Ok(n) => n,
         };
         let chunk = &buf[..n];
+        prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reply(chunk);
         if losing.load(Ordering::SeqCst) || shared.reply_hit(chunk) {
             shared.dropped.fetch_add(1, Ordering::SeqCst);
             // Let the server finish the statement (and its commit), then break the connection.

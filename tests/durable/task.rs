@@ -962,10 +962,16 @@ async fn concurrent_wakes_and_timeouts_have_one_winner_per_sleeper(
             for j in 0..SLEEPERS {
                 let i = (j * (w + 1) * 7 + w) % SLEEPERS;
                 let key = format!("k{i:03}");
-                if storage
-                    .wake_task_execution(&wake_completed(&key, late))
-                    .await?
-                    .is_woken()
+                // Each wake (some wakers come to a key twice) has an outcome of its own: the
+                // same wake (key, outcome and time) twice is one wake repeated, answered woken
+                // both times.
+                let wake = Wake {
+                    outcome: WakeOutcome::Completed {
+                        output: format!("[{w},{j}]"),
+                    },
+                    ..wake_completed(&key, late)
+                };
+                if storage.wake_task_execution(&wake).await?.is_woken()
                 {
                     won.push(format!("s{i:03}"));
                 }
