@@ -84,9 +84,9 @@ mod id;
 pub mod metric;
 mod status;
 pub mod task;
-mod unwind;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod unwind;
 
 pub use batch::{JobConfig, SeaOrmStateStore, WorkerOptions, prepare, run_worker};
 pub use error::{Error, Result};

@@ -1106,7 +1106,12 @@ async fn requeued_at<C: ConnectionTrait>(
         .count(conn)
         .await?;
     if done.records > 0 {
-        tracing::info!(job_id, records = done.records, batches = done.batches, "requeue retried after an attempt that committed");
+        tracing::info!(
+            job_id,
+            records = done.records,
+            batches = done.batches,
+            "requeue retried after an attempt that committed"
+        );
     }
     Ok(())
 }

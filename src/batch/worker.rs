@@ -479,12 +479,19 @@ where
             Err(panic) => {
                 errors += 1;
                 metrics.panics("worker").increment(1);
-                tracing::error!(loop_name = "worker", panic, errors, "worker step panicked; backing off");
+                tracing::error!(
+                    loop_name = "worker",
+                    panic,
+                    errors,
+                    "worker step panicked; backing off"
+                );
                 let Some(delay) = Backoff::RUNNER.pause(errors) else {
                     return Err(Error::InvalidState {
                         entity: "job",
                         key: job_id.to_owned(),
-                        reason: format!("the worker's step panicked {errors} times in a row, last: {panic}"),
+                        reason: format!(
+                            "the worker's step panicked {errors} times in a row, last: {panic}"
+                        ),
                     });
                 };
                 pause(shutdown, delay).await;

@@ -718,7 +718,9 @@ impl TaskExecutionUpdate {
             } else {
                 same(self.error.as_ref(), e.error.as_ref())
             }
-            && self.cancel_requested.is_none_or(|v| v == e.cancel_requested)
+            && self
+                .cancel_requested
+                .is_none_or(|v| v == e.cancel_requested)
             && self.retry_attempts.is_none_or(|v| v == e.retry_attempts)
             && self.children_count.is_none_or(|v| v == e.children_count)
             && same(self.finalize.as_ref(), e.finalize.as_ref())

@@ -98,24 +98,24 @@ impl Faults {
 
     /// Counts a call of `method`, waits its delay, and panics when it is one of those chosen.
     async fn enter(&self, method: &'static str) {
-        let (panic, delay) = {
-            let mut state = self.lock();
-            *state.calls.entry(method).or_default() += 1;
-            let panic = state
-                .panics_left
-                .get_mut(method)
-                .is_some_and(|left| match left.checked_sub(1) {
-                    Some(rest) => {
-                        *left = rest;
-                        true
+        let (panic, delay) =
+            {
+                let mut state = self.lock();
+                *state.calls.entry(method).or_default() += 1;
+                let panic = state.panics_left.get_mut(method).is_some_and(|left| {
+                    match left.checked_sub(1) {
+                        Some(rest) => {
+                            *left = rest;
+                            true
+                        }
+                        None => false,
                     }
-                    None => false,
                 });
-            if panic {
-                *state.panicked.entry(method).or_default() += 1;
-            }
-            (panic, state.delays.get(method).copied())
-        };
+                if panic {
+                    *state.panicked.entry(method).or_default() += 1;
+                }
+                (panic, state.delays.get(method).copied())
+            };
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
@@ -221,14 +221,20 @@ impl TaskExecutionStorage for PanickingStorage {
         &self,
         children: Vec<FinishedChildTaskExecution>,
     ) -> Result<()> {
-        self.faults.enter("add_finished_child_task_executions").await;
-        self.inner.add_finished_child_task_executions(children).await
+        self.faults
+            .enter("add_finished_child_task_executions")
+            .await;
+        self.inner
+            .add_finished_child_task_executions(children)
+            .await
     }
     async fn get_finished_child_task_executions(
         &self,
         parent_execution_id: &str,
     ) -> Result<Vec<FinishedChildTaskExecution>> {
-        self.faults.enter("get_finished_child_task_executions").await;
+        self.faults
+            .enter("get_finished_child_task_executions")
+            .await;
         self.inner
             .get_finished_child_task_executions(parent_execution_id)
             .await
@@ -241,8 +247,12 @@ impl TaskExecutionStorage for PanickingStorage {
         &self,
         params: &ClaimParams,
     ) -> Result<Vec<TaskExecution>> {
-        self.faults.enter("claim_parents_with_finished_children").await;
-        self.inner.claim_parents_with_finished_children(params).await
+        self.faults
+            .enter("claim_parents_with_finished_children")
+            .await;
+        self.inner
+            .claim_parents_with_finished_children(params)
+            .await
     }
     async fn close_finished_task_executions(&self, now: i64, limit: u64) -> Result<u64> {
         self.faults.enter("close_finished_task_executions").await;

@@ -150,7 +150,11 @@ impl<S> LoseReplies<S> {
 
 #[async_trait]
 impl<S: TaskExecutionStorage + ?Sized> TaskExecutionStorage for LoseReplies<Arc<S>> {
-    async fn enqueue_task_executions(&self, executions: Vec<NewTaskExecution>, now: i64) -> Result<()> {
+    async fn enqueue_task_executions(
+        &self,
+        executions: Vec<NewTaskExecution>,
+        now: i64,
+    ) -> Result<()> {
         let answer = self.inner.enqueue_task_executions(executions, now).await;
         self.lost.answer("enqueue_task_executions", answer)
     }
@@ -165,24 +169,47 @@ impl<S: TaskExecutionStorage + ?Sized> TaskExecutionStorage for LoseReplies<Arc<
         self.lost.answer("claim_task_executions", answer)
     }
 
-    async fn update_task_executions(&self, guard: &TaskExecutionGuard, update: &TaskExecutionUpdate) -> Result<u64> {
+    async fn update_task_executions(
+        &self,
+        guard: &TaskExecutionGuard,
+        update: &TaskExecutionUpdate,
+    ) -> Result<u64> {
         let answer = self.inner.update_task_executions(guard, update).await;
         self.lost.answer("update_task_executions", answer)
     }
 
-    async fn update_task_executions_many(&self, updates: &[(TaskExecutionGuard, TaskExecutionUpdate)]) -> Result<Vec<u64>> {
+    async fn update_task_executions_many(
+        &self,
+        updates: &[(TaskExecutionGuard, TaskExecutionUpdate)],
+    ) -> Result<Vec<u64>> {
         let answer = self.inner.update_task_executions_many(updates).await;
         self.lost.answer("update_task_executions_many", answer)
     }
 
-    async fn update_task_execution_and_enqueue(&self, guard: &TaskExecutionGuard, update: &TaskExecutionUpdate, children: Vec<NewTaskExecution>) -> Result<bool> {
-        let answer = self.inner.update_task_execution_and_enqueue(guard, update, children).await;
-        self.lost.answer("update_task_execution_and_enqueue", answer)
+    async fn update_task_execution_and_enqueue(
+        &self,
+        guard: &TaskExecutionGuard,
+        update: &TaskExecutionUpdate,
+        children: Vec<NewTaskExecution>,
+    ) -> Result<bool> {
+        let answer = self
+            .inner
+            .update_task_execution_and_enqueue(guard, update, children)
+            .await;
+        self.lost
+            .answer("update_task_execution_and_enqueue", answer)
     }
 
-    async fn add_finished_child_task_executions(&self, children: Vec<FinishedChildTaskExecution>) -> Result<()> {
-        let answer = self.inner.add_finished_child_task_executions(children).await;
-        self.lost.answer("add_finished_child_task_executions", answer)
+    async fn add_finished_child_task_executions(
+        &self,
+        children: Vec<FinishedChildTaskExecution>,
+    ) -> Result<()> {
+        let answer = self
+            .inner
+            .add_finished_child_task_executions(children)
+            .await;
+        self.lost
+            .answer("add_finished_child_task_executions", answer)
     }
 
     async fn expire_task_executions(&self, now: i64, limit: u64) -> Result<u64> {
@@ -190,9 +217,16 @@ impl<S: TaskExecutionStorage + ?Sized> TaskExecutionStorage for LoseReplies<Arc<
         self.lost.answer("expire_task_executions", answer)
     }
 
-    async fn claim_parents_with_finished_children(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>> {
-        let answer = self.inner.claim_parents_with_finished_children(params).await;
-        self.lost.answer("claim_parents_with_finished_children", answer)
+    async fn claim_parents_with_finished_children(
+        &self,
+        params: &ClaimParams,
+    ) -> Result<Vec<TaskExecution>> {
+        let answer = self
+            .inner
+            .claim_parents_with_finished_children(params)
+            .await;
+        self.lost
+            .answer("claim_parents_with_finished_children", answer)
     }
 
     async fn close_finished_task_executions(&self, now: i64, limit: u64) -> Result<u64> {
@@ -200,13 +234,30 @@ impl<S: TaskExecutionStorage + ?Sized> TaskExecutionStorage for LoseReplies<Arc<
         self.lost.answer("close_finished_task_executions", answer)
     }
 
-    async fn acknowledge_cancellation_requests(&self, executor_id: &str, execution_ids: &[String], now: i64) -> Result<u64> {
-        let answer = self.inner.acknowledge_cancellation_requests(executor_id, execution_ids, now).await;
-        self.lost.answer("acknowledge_cancellation_requests", answer)
+    async fn acknowledge_cancellation_requests(
+        &self,
+        executor_id: &str,
+        execution_ids: &[String],
+        now: i64,
+    ) -> Result<u64> {
+        let answer = self
+            .inner
+            .acknowledge_cancellation_requests(executor_id, execution_ids, now)
+            .await;
+        self.lost
+            .answer("acknowledge_cancellation_requests", answer)
     }
 
-    async fn prune_task_executions(&self, statuses: &[TaskExecutionStatus], finished_before: i64, limit: u64) -> Result<u64> {
-        let answer = self.inner.prune_task_executions(statuses, finished_before, limit).await;
+    async fn prune_task_executions(
+        &self,
+        statuses: &[TaskExecutionStatus],
+        finished_before: i64,
+        limit: u64,
+    ) -> Result<u64> {
+        let answer = self
+            .inner
+            .prune_task_executions(statuses, finished_before, limit)
+            .await;
         self.lost.answer("prune_task_executions", answer)
     }
 
@@ -234,16 +285,28 @@ impl<S: TaskExecutionStorage + ?Sized> TaskExecutionStorage for LoseReplies<Arc<
         self.inner.get_task_execution(execution_id).await
     }
 
-    async fn get_task_executions(&self, filter: &TaskExecutionFilter) -> Result<Vec<TaskExecution>> {
+    async fn get_task_executions(
+        &self,
+        filter: &TaskExecutionFilter,
+    ) -> Result<Vec<TaskExecution>> {
         self.inner.get_task_executions(filter).await
     }
 
-    async fn count_task_executions(&self, statuses: &[TaskExecutionStatus], limit: u64) -> Result<Vec<TaskExecutionCount>> {
+    async fn count_task_executions(
+        &self,
+        statuses: &[TaskExecutionStatus],
+        limit: u64,
+    ) -> Result<Vec<TaskExecutionCount>> {
         self.inner.count_task_executions(statuses, limit).await
     }
 
-    async fn get_finished_child_task_executions(&self, parent_execution_id: &str) -> Result<Vec<FinishedChildTaskExecution>> {
-        self.inner.get_finished_child_task_executions(parent_execution_id).await
+    async fn get_finished_child_task_executions(
+        &self,
+        parent_execution_id: &str,
+    ) -> Result<Vec<FinishedChildTaskExecution>> {
+        self.inner
+            .get_finished_child_task_executions(parent_execution_id)
+            .await
     }
 
     async fn cancellation_requests(&self, executor_id: &str, limit: u64) -> Result<Vec<String>> {
@@ -254,7 +317,12 @@ impl<S: TaskExecutionStorage + ?Sized> TaskExecutionStorage for LoseReplies<Arc<
         self.inner.get_task_schedules().await
     }
 
-    async fn due_task_schedules(&self, now: i64, task_ids: Option<&[String]>, limit: u64) -> Result<Vec<TaskSchedule>> {
+    async fn due_task_schedules(
+        &self,
+        now: i64,
+        task_ids: Option<&[String]>,
+        limit: u64,
+    ) -> Result<Vec<TaskSchedule>> {
         self.inner.due_task_schedules(now, task_ids, limit).await
     }
 
@@ -288,17 +356,35 @@ impl<S: DistributedStateStore + ?Sized> StateStore for LoseReplies<Arc<S>> {
         self.lost.answer("reset_job_state", answer)
     }
 
-    async fn update_batch_state(&self, job_id: &str, batch_id: &str, state: &BatchState) -> Result<()> {
+    async fn update_batch_state(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        state: &BatchState,
+    ) -> Result<()> {
         let answer = self.inner.update_batch_state(job_id, batch_id, state).await;
         self.lost.answer("update_batch_state", answer)
     }
 
-    async fn save_processed_records(&self, job_id: &str, batch_id: &str, records: &[ProcessedRecord]) -> Result<()> {
-        let answer = self.inner.save_processed_records(job_id, batch_id, records).await;
+    async fn save_processed_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> Result<()> {
+        let answer = self
+            .inner
+            .save_processed_records(job_id, batch_id, records)
+            .await;
         self.lost.answer("save_processed_records", answer)
     }
 
-    async fn reset_records(&self, job_id: &str, batch_id: &str, records: &[ProcessedRecord]) -> Result<()> {
+    async fn reset_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> Result<()> {
         let answer = self.inner.reset_records(job_id, batch_id, records).await;
         self.lost.answer("reset_records", answer)
     }
@@ -316,14 +402,17 @@ impl<S: DistributedStateStore + ?Sized> StateStore for LoseReplies<Arc<S>> {
         self.inner.get_job_without_batches(job_id).await
     }
 
-    async fn get_records(&self, job_id: &str, filter: &RecordFilter) -> Result<Vec<ProcessedRecord>> {
+    async fn get_records(
+        &self,
+        job_id: &str,
+        filter: &RecordFilter,
+    ) -> Result<Vec<ProcessedRecord>> {
         self.inner.get_records(job_id, filter).await
     }
 
     async fn get_progress(&self, job_id: &str) -> Result<JobProgress> {
         self.inner.get_progress(job_id).await
     }
-
 }
 
 #[async_trait]
@@ -338,8 +427,16 @@ impl<S: DistributedStateStore + ?Sized> DistributedStateStore for LoseReplies<Ar
         self.lost.answer("start_job", answer)
     }
 
-    async fn claim_batch_with_id(&self, job_id: &str, worker_id: &str, claim_id: &str) -> Result<ClaimBatchResult> {
-        let answer = self.inner.claim_batch_with_id(job_id, worker_id, claim_id).await;
+    async fn claim_batch_with_id(
+        &self,
+        job_id: &str,
+        worker_id: &str,
+        claim_id: &str,
+    ) -> Result<ClaimBatchResult> {
+        let answer = self
+            .inner
+            .claim_batch_with_id(job_id, worker_id, claim_id)
+            .await;
         self.lost.answer("claim_batch_with_id", answer)
     }
 
@@ -353,13 +450,24 @@ impl<S: DistributedStateStore + ?Sized> DistributedStateStore for LoseReplies<Ar
         self.lost.answer("reclaim_stale_batches", answer)
     }
 
-    async fn save_batch_records(&self, job_id: &str, batch_id: &str, records: &[ProcessedRecord]) -> Result<()> {
-        let answer = self.inner.save_batch_records(job_id, batch_id, records).await;
+    async fn save_batch_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        records: &[ProcessedRecord],
+    ) -> Result<()> {
+        let answer = self
+            .inner
+            .save_batch_records(job_id, batch_id, records)
+            .await;
         self.lost.answer("save_batch_records", answer)
     }
 
     async fn try_finalize_job_with_id(&self, job_id: &str, finalizer_id: &str) -> Result<bool> {
-        let answer = self.inner.try_finalize_job_with_id(job_id, finalizer_id).await;
+        let answer = self
+            .inner
+            .try_finalize_job_with_id(job_id, finalizer_id)
+            .await;
         self.lost.answer("try_finalize_job_with_id", answer)
     }
 
@@ -368,7 +476,11 @@ impl<S: DistributedStateStore + ?Sized> DistributedStateStore for LoseReplies<Ar
         self.lost.answer("requeue_failed_records", answer)
     }
 
-    async fn complete_batch(&self, reservation: &BatchReservation, outcome: BatchOutcome) -> Result<bool> {
+    async fn complete_batch(
+        &self,
+        reservation: &BatchReservation,
+        outcome: BatchOutcome,
+    ) -> Result<bool> {
         let answer = self.inner.complete_batch(reservation, outcome).await;
         self.lost.answer("complete_batch", answer)
     }
@@ -378,23 +490,41 @@ impl<S: DistributedStateStore + ?Sized> DistributedStateStore for LoseReplies<Ar
         self.lost.answer("heartbeat_batch", answer)
     }
 
-    async fn save_record_outcomes(&self, job_id: &str, batch_id: &str, outcomes: &[RecordOutcome]) -> Result<u64> {
-        let answer = self.inner.save_record_outcomes(job_id, batch_id, outcomes).await;
+    async fn save_record_outcomes(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+        outcomes: &[RecordOutcome],
+    ) -> Result<u64> {
+        let answer = self
+            .inner
+            .save_record_outcomes(job_id, batch_id, outcomes)
+            .await;
         self.lost.answer("save_record_outcomes", answer)
     }
 
-    async fn complete_batch_with_outcomes(&self, reservation: &BatchReservation, outcome: BatchOutcome, outcomes: &[RecordOutcome]) -> Result<bool> {
-        let answer = self.inner.complete_batch_with_outcomes(reservation, outcome, outcomes).await;
+    async fn complete_batch_with_outcomes(
+        &self,
+        reservation: &BatchReservation,
+        outcome: BatchOutcome,
+        outcomes: &[RecordOutcome],
+    ) -> Result<bool> {
+        let answer = self
+            .inner
+            .complete_batch_with_outcomes(reservation, outcome, outcomes)
+            .await;
         self.lost.answer("complete_batch_with_outcomes", answer)
     }
 
-    async fn get_batch_records(&self, job_id: &str, batch_id: &str) -> Result<Vec<ProcessedRecord>> {
+    async fn get_batch_records(
+        &self,
+        job_id: &str,
+        batch_id: &str,
+    ) -> Result<Vec<ProcessedRecord>> {
         self.inner.get_batch_records(job_id, batch_id).await
     }
 
     async fn get_distributed_status(&self, job_id: &str) -> Result<DistributedJobStatus> {
         self.inner.get_distributed_status(job_id).await
     }
-
 }
-

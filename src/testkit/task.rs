@@ -3101,10 +3101,7 @@ fn losing(storage: &Storage, operation: &str) -> LoseReplies<Storage> {
 }
 
 /// Checks that `answer` is the error of a lost reply, and that `lossy` lost it.
-fn check_lost<T: std::fmt::Debug>(
-    lossy: &LoseReplies<Storage>,
-    answer: Result<T>,
-) -> CaseResult {
+fn check_lost<T: std::fmt::Debug>(lossy: &LoseReplies<Storage>, answer: Result<T>) -> CaseResult {
     check!(
         matches!(&answer, Err(e) if e.is_retryable()),
         "expected the retryable error of a lost reply, got {answer:?}"
@@ -3162,7 +3159,11 @@ pub async fn lost_reply_of_retry_answers_the_retried_execution(storage: Storage)
 pub async fn lost_reply_of_claim_is_taken_back(storage: Storage) -> CaseResult {
     storage
         .enqueue_task_executions(
-            vec![new_execution("x0"), new_execution("x1"), new_execution("x2")],
+            vec![
+                new_execution("x0"),
+                new_execution("x1"),
+                new_execution("x2"),
+            ],
             T0,
         )
         .await?;

@@ -209,14 +209,25 @@ async fn parent_completes(stores: Stores, method: &'static str, label: &str) -> 
     executor.register(&parent)?;
     executor.start();
     let result = async {
-        let done = executor.enqueue(&parent, &()).await?.wait_with(&WAIT).await?;
+        let done = executor
+            .enqueue(&parent, &())
+            .await?
+            .wait_with(&WAIT)
+            .await?;
         ensure!(
             done.status() == TaskExecutionStatus::Completed,
             "parent {} {:?}",
             done.status(),
             done.error()
         );
-        went_on(&series, metric::EXECUTOR_LOOP_PANICS, label, &faults, method).await
+        went_on(
+            &series,
+            metric::EXECUTOR_LOOP_PANICS,
+            label,
+            &faults,
+            method,
+        )
+        .await
     }
     .await;
     executor.shutdown().await;
@@ -324,7 +335,11 @@ async fn claim_by_dead_executor(
             resume: false,
         })
         .await?;
-    ensure!(taken.len() == 1, "the dead executor claimed {}", taken.len());
+    ensure!(
+        taken.len() == 1,
+        "the dead executor claimed {}",
+        taken.len()
+    );
     Ok(())
 }
 
@@ -351,7 +366,12 @@ async fn prune_loop(stores: Stores) -> anyhow::Result<()> {
         let handle = executor.enqueue(&task, &1).await?;
         handle.wait_with(&WAIT).await?;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while stores.task.get_task_execution(handle.execution_id()).await?.is_some() {
+        while stores
+            .task
+            .get_task_execution(handle.execution_id())
+            .await?
+            .is_some()
+        {
             ensure!(Instant::now() < deadline, "the execution was never pruned");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -396,7 +416,10 @@ async fn cancel_loop(stores: Stores) -> anyhow::Result<()> {
         ensure!(handle.cancel().await?, "the cancel changed nothing");
         let deadline = Instant::now() + Duration::from_secs(10);
         while executor.running_count() > 0 {
-            ensure!(Instant::now() < deadline, "the cancelled run was never stopped");
+            ensure!(
+                Instant::now() < deadline,
+                "the cancelled run was never stopped"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         went_on(
@@ -475,7 +498,13 @@ fn worker_options(series: &Series) -> WorkerOptions {
 async fn worker_loop(stores: Stores) -> anyhow::Result<()> {
     let series = Series::new("worker-panics")?;
     let (store, faults) = faulty_batch(&stores, "claim_batch_with_id");
-    prepare(&*store, "lp-job", JobConfig::new(2), (0..10).map(|n| json!(n))).await?;
+    prepare(
+        &*store,
+        "lp-job",
+        JobConfig::new(2),
+        (0..10).map(|n| json!(n)),
+    )
+    .await?;
     let processor = |_ctx: RecordContext, _value: Value| async move { Ok::<(), ProcessError>(()) };
     let report = tokio::time::timeout(
         Duration::from_secs(30),
@@ -483,7 +512,10 @@ async fn worker_loop(stores: Stores) -> anyhow::Result<()> {
     )
     .await??;
     ensure!(report.batches == 5 && report.processed == 10, "{report:?}");
-    ensure!(report.job_status == Some(JobStatus::Completed), "{report:?}");
+    ensure!(
+        report.job_status == Some(JobStatus::Completed),
+        "{report:?}"
+    );
     went_on(
         &series,
         metric::BATCH_WORKER_PANICS,
@@ -498,7 +530,13 @@ async fn worker_loop(stores: Stores) -> anyhow::Result<()> {
 async fn heartbeat_loop(stores: Stores) -> anyhow::Result<()> {
     let series = Series::new("heartbeat-panics")?;
     let (store, faults) = faulty_batch(&stores, "heartbeat_batch");
-    prepare(&*store, "lp-beat", JobConfig::new(10), (0..10).map(|n| json!(n))).await?;
+    prepare(
+        &*store,
+        "lp-beat",
+        JobConfig::new(10),
+        (0..10).map(|n| json!(n)),
+    )
+    .await?;
     let processor = |_ctx: RecordContext, _value: Value| async move {
         tokio::time::sleep(Duration::from_millis(30)).await;
         Ok::<(), ProcessError>(())
@@ -523,7 +561,13 @@ async fn heartbeat_loop(stores: Stores) -> anyhow::Result<()> {
 async fn processor_panic(stores: Stores) -> anyhow::Result<()> {
     let series = Series::new("processor-panics")?;
     let store = Arc::clone(&stores.batch);
-    prepare(&*store, "lp-proc", JobConfig::new(5), (0..5).map(|n| json!(n))).await?;
+    prepare(
+        &*store,
+        "lp-proc",
+        JobConfig::new(5),
+        (0..5).map(|n| json!(n)),
+    )
+    .await?;
     let processor = |ctx: RecordContext, _value: Value| async move {
         if ctx.index == 2 {
             panic!("record two is cursed");

@@ -66,7 +66,11 @@ impl Loss {
 /// nothing.
 async fn lossy_storage(
     t: Option<&TestDb>,
-) -> anyhow::Result<(Arc<dyn TaskExecutionStorage>, Arc<dyn TaskExecutionStorage>, Loss)> {
+) -> anyhow::Result<(
+    Arc<dyn TaskExecutionStorage>,
+    Arc<dyn TaskExecutionStorage>,
+    Loss,
+)> {
     match t {
         Some(t) if t.backend != Backend::Sqlite => {
             let (proxy, db) = connect_through(t.backend, &t.url, 2).await?;
@@ -153,7 +157,11 @@ async fn bulk_enqueue(t: Option<TestDb>) -> anyhow::Result<()> {
     const N: usize = 2_500;
     let backend = t.as_ref().map(|t| t.backend);
     let (storage, direct, loss) = lossy_storage(t.as_ref()).await?;
-    let executions = || (0..N).map(|i| execution(format!("e{i:05}"))).collect::<Vec<_>>();
+    let executions = || {
+        (0..N)
+            .map(|i| execution(format!("e{i:05}")))
+            .collect::<Vec<_>>()
+    };
     lose_commit(&loss, "enqueue_task_executions");
     let first = storage.enqueue_task_executions(executions(), T0).await;
     if matches!(loss, Loss::Wrapper(_)) {
@@ -175,7 +183,11 @@ async fn bulk_enqueue(t: Option<TestDb>) -> anyhow::Result<()> {
         // The reply of the second insert is lost: the transaction never committed (its
         // connection broke before the commit), and the store's retry inserts the lot once.
         proxy.lose_reply_to_nth(b"INSERT", 2);
-        let more = || (0..N).map(|i| execution(format!("f{i:05}"))).collect::<Vec<_>>();
+        let more = || {
+            (0..N)
+                .map(|i| execution(format!("f{i:05}")))
+                .collect::<Vec<_>>()
+        };
         storage.enqueue_task_executions(more(), T0).await?;
         ensure!(proxy.lost() == 2, "the second insert's reply was not lost");
         let all = direct
@@ -283,7 +295,10 @@ async fn cancel(t: Option<TestDb>) -> anyhow::Result<()> {
     lose_statement(&loss, b"UPDATE", "update_task_executions");
     let cancelled = executor.handle::<Value>("c").cancel().await?;
     ensure!(loss.lost() == 1, "no reply was lost");
-    ensure!(cancelled, "the cancellation that took effect answered false");
+    ensure!(
+        cancelled,
+        "the cancellation that took effect answered false"
+    );
     let e = direct.get_task_execution("c").await?.context("c")?;
     ensure!(e.status == TaskExecutionStatus::Cancelled, "{:?}", e.status);
     // Another cancellation, later, did not cancel it.

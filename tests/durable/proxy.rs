@@ -77,7 +77,8 @@ impl Shared {
     /// Whether `chunk` of a server reply is the one to lose (and if so, disarms).
     fn reply_hit(&self, chunk: &[u8]) -> bool {
         let mut target = self.target();
-        let hit = matches!(target.as_ref(), Some(Target::Reply(needle)) if reply_contains(chunk, needle));
+        let hit =
+            matches!(target.as_ref(), Some(Target::Reply(needle)) if reply_contains(chunk, needle));
         if hit {
             *target = None;
         }
@@ -251,9 +252,7 @@ impl Frames {
                     Some(b'Q') => Some(cstr(body).0.to_vec()),
                     Some(b'P') => {
                         let (name, rest) = cstr(body);
-                        prepared
-                            .texts
-                            .insert(name.to_vec(), cstr(rest).0.to_vec());
+                        prepared.texts.insert(name.to_vec(), cstr(rest).0.to_vec());
                         None
                     }
                     Some(b'B') => {

@@ -615,7 +615,7 @@ const HOT_QUERIES: [(&str, &str); 10] = [
     (
         "SELECT execution_id FROM durable_task_executions WHERE status = 'ready' AND start_at <= 9999 \
          AND task_id IN ('child') ORDER BY start_at, execution_id LIMIT 100",
-        "ix_durable_task_executions_ready_claim",
+        "ix_durable_task_executions_ready_task",
     ),
     (
         "SELECT execution_id FROM durable_task_executions WHERE status = 'running' AND expires_at < 9999 \

@@ -971,8 +971,7 @@ async fn concurrent_wakes_and_timeouts_have_one_winner_per_sleeper(
                     },
                     ..wake_completed(&key, late)
                 };
-                if storage.wake_task_execution(&wake).await?.is_woken()
-                {
+                if storage.wake_task_execution(&wake).await?.is_woken() {
                     won.push(format!("s{i:03}"));
                 }
             }

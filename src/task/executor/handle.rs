@@ -200,8 +200,6 @@ impl<O: DeserializeOwned> TaskHandle<O> {
             .storage
             .get_task_execution(&self.execution_id)
             .await?
-            .is_some_and(|e| {
-                cancelled.is_held_by(&e) && finished_by_update_at(&e, cancelled.now)
-            }))
+            .is_some_and(|e| cancelled.is_held_by(&e) && finished_by_update_at(&e, cancelled.now)))
     }
 }

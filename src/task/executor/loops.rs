@@ -240,7 +240,11 @@ impl Inner {
     /// after its error backoff.
     pub(super) fn loop_panicked(&self, name: &'static str, panic: &str) {
         self.metrics.loop_panics(name).increment(1);
-        tracing::error!(loop_name = name, panic, "executor loop panicked; it goes on after a backoff");
+        tracing::error!(
+            loop_name = name,
+            panic,
+            "executor loop panicked; it goes on after a backoff"
+        );
     }
 
     /// Runs the background loop `which` until shutdown: again at once while an iteration

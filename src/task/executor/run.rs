@@ -105,7 +105,9 @@ impl Inner {
                 }
                 Err(panic) => {
                     self.loop_panicked("run", &panic);
-                    tracing::error!("recording the run's result panicked until its lease ended; the lease will lapse");
+                    tracing::error!(
+                        "recording the run's result panicked until its lease ended; the lease will lapse"
+                    );
                     break;
                 }
             };

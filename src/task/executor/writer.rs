@@ -56,7 +56,11 @@ pub(super) async fn write_batches(
         tokio::spawn(async move {
             if let Err(panic) = crate::unwind::caught(write_batch(&*storage, batch)).await {
                 panics.increment(1);
-                tracing::error!(loop_name = "writer", panic, "writing a batch of results panicked; its runs write their results one by one");
+                tracing::error!(
+                    loop_name = "writer",
+                    panic,
+                    "writing a batch of results panicked; its runs write their results one by one"
+                );
             }
             drop(permit);
             // The executions just finished are the close loop's next work, or, closed already,
