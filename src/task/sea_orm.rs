@@ -328,7 +328,7 @@ impl Pick {
                     )
                     .join_lateral(
                         sea_orm::sea_query::JoinType::InnerJoin,
-                        branch(Expr::col((served, Alias::new("column1"))).into()),
+                        branch(Expr::col((served, Alias::new("column1")))),
                         merged.clone(),
                         Expr::cust("TRUE"),
                     );
@@ -340,7 +340,7 @@ impl Pick {
                         .column(Col::ExecutionId)
                         .column(key)
                         .from_subquery(
-                            branch(Expr::val(task.as_str()).into()),
+                            branch(Expr::val(task.as_str())),
                             Alias::new(format!("task{i}")),
                         )
                         .to_owned()

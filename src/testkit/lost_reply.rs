@@ -54,9 +54,8 @@ impl Lost {
     /// `answer`, or in its place the error of a lost reply when `operation` is armed and the
     /// inner call succeeded (took effect: a failed call committed nothing to lose).
     fn answer<T>(&self, operation: &str, answer: Result<T>) -> Result<T> {
-        if answer.is_err() {
-            return answer;
-        }
+        let answer = answer?;
+        let answer = Ok(answer);
         let mut armed = self
             .armed
             .lock()
