@@ -613,6 +613,23 @@ pub(crate) fn enqueued_as(stored: &TaskExecution, new: &NewTaskExecution, now: i
         && stored.created_at == now
 }
 
+/// `now`, or the millisecond after the last time this process handed out here when `now` is
+/// not past it: the time of a write that its caller recognizes afterwards by its time (a
+/// cancel, a wake). Two such writes from one process never share a millisecond, so the second
+/// of two cancels in one millisecond does not take the first one's row for its own.
+pub(crate) fn distinct_write_time(now: i64) -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(i64::MIN);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let time = now.max(last.saturating_add(1));
+        match LAST.compare_exchange_weak(last, time, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return time,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
 /// Whether `e` finished at `now` as an update at `now` finishes an execution (never before
 /// its `started_at`, which another clock may have written).
 pub(crate) fn finished_by_update_at(e: &TaskExecution, now: i64) -> bool {

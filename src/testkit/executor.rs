@@ -480,6 +480,44 @@ fn blocking_task(id: &str, runs: Arc<std::sync::atomic::AtomicU32>) -> TaskDefin
     })
 }
 
+/// Two cancels of one execution in the same millisecond (a clock that stands still): the
+/// first reports the change, the second does not take the first one's row for its own.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn second_cancel_in_the_same_millisecond_reports_no_change(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> CaseResult {
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let task =
+        blocking_task("cancelTwice", Arc::clone(&runs)).sleep_before_run(Duration::from_secs(60));
+    let executor = Executor::new(
+        Arc::clone(&storage),
+        ExecutorOptions {
+            clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+            ..fast_options()
+        },
+    );
+    executor.register(&task)?;
+    let handle = executor.enqueue(&task, &()).await?;
+    check!(handle.cancel().await?, "first cancel reported no change");
+    for _ in 0..3 {
+        check!(!handle.cancel().await?, "a later cancel reported a change");
+    }
+    let done = handle.get().await?;
+    check!(
+        done.status == TaskExecutionStatus::Cancelled,
+        "status {:?}",
+        done.status
+    );
+    check!(
+        runs.load(std::sync::atomic::Ordering::SeqCst) == 0,
+        "it ran"
+    );
+    Ok(())
+}
+
 /// Cancelling a ready execution stops it from ever running.
 ///
 /// # Errors

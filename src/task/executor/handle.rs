@@ -12,7 +12,7 @@ use crate::dialect::Backoff;
 use crate::error::{Error, Result};
 use crate::task::model::{
     ExecutionError, TaskExecution, TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate,
-    finished_by_update_at,
+    distinct_write_time, finished_by_update_at,
 };
 use crate::task::storage::TaskExecutionStorage;
 
@@ -176,7 +176,7 @@ impl<O: DeserializeOwned> TaskHandle<O> {
         let guard =
             TaskExecutionGuard::id(self.execution_id.clone()).statuses(TaskExecutionStatus::ACTIVE);
         let update = TaskExecutionUpdate {
-            now: self.clock.now_ms(),
+            now: distinct_write_time(self.clock.now_ms()),
             status: Some(TaskExecutionStatus::Cancelled),
             error: Some(ExecutionError::cancelled("task cancelled")),
             cancel_requested: Some(true),

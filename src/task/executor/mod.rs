@@ -488,7 +488,7 @@ impl Executor {
         let wake = Wake {
             wake_key: wake_key.to_owned(),
             outcome,
-            now: self.inner.options.clock.now_ms(),
+            now: crate::task::model::distinct_write_time(self.inner.options.clock.now_ms()),
         };
         // Repeated as it was after a lost reply: the storage then answers `Woken` from what
         // the first attempt left.
