@@ -399,6 +399,12 @@ pub trait DistributedStateStore: StateStore {
     /// `invalid` records are never requeued: validation rejected their data, and processing
     /// them would bypass it. A job with no `failed` record is left exactly as it is.
     ///
+    /// After a lost reply: a store that retries its own transaction answers what the attempt
+    /// that committed requeued (the SeaORM store does, recognizing its rows by the time it
+    /// wrote). A caller that calls again after the error makes another call, which finds
+    /// nothing left to requeue, changes nothing and answers zero counts: idempotent, never a
+    /// second requeue.
+    ///
     /// # Errors
     ///
     /// [`Error::NotFound`](crate::Error::NotFound) when the job does not exist;

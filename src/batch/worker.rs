@@ -108,7 +108,13 @@ where
     }
     let mut job = JobState::new(job_id, config);
     job.distributed = true;
-    if !store.create_job(&job).await? {
+    // Each step is safe to repeat (see above), so one whose reply was lost is repeated as it
+    // was: a repeated create finds the job `CREATED` and goes on, a repeated start finds it
+    // started and answers its totals.
+    if !Backoff::REPEAT
+        .retry("create_job", || store.create_job(&job))
+        .await?
+    {
         let existing = existing_job(store, job_id).await?;
         if !existing.distributed {
             return Err(Error::conflict(format!(
@@ -137,7 +143,11 @@ where
         let index = u32::try_from(batches.len())
             .map_err(|_| Error::invalid("records", "more batches than fit in u32"))?;
         let id = batch_id(job_id, index);
-        store.save_batch_records(job_id, &id, &chunk).await?;
+        Backoff::REPEAT
+            .retry("save_batch_records", || {
+                store.save_batch_records(job_id, &id, &chunk)
+            })
+            .await?;
         if let (Some(first), Some(last)) = (chunk.first(), chunk.last()) {
             batches.push(Batch::new(id, index).with_records(first.index, last.index));
         }
@@ -151,7 +161,10 @@ where
         JobStatus::Processing
     };
     job.batches = batches;
-    if !store.start_job(&job).await? {
+    if !Backoff::REPEAT
+        .retry("start_job", || store.start_job(&job))
+        .await?
+    {
         tracing::info!("job started by another prepare");
         return prepared(store, &existing_job(store, job_id).await?).await;
     }

@@ -43,6 +43,7 @@ use crate::batch::{
 use crate::clock::ManualClock;
 use crate::error::Error;
 
+pub use super::sweep::every_batch_write_whose_reply_is_lost_tells_the_truth;
 pub use super::values::{
     batch_numbers_at_the_ends_of_their_types_never_panic,
     batch_text_with_nul_round_trips_or_is_refused,
@@ -202,6 +203,7 @@ macro_rules! batch_store_conformance {
             reset_job_state_moves_a_finished_job_back,
             requeue_reopens_a_finished_job_that_finalizes_again_once,
             requeue_leaves_held_batches_and_refuses_what_it_cannot_reopen,
+            every_batch_write_whose_reply_is_lost_tells_the_truth,
         );
     };
 

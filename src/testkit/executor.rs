@@ -36,6 +36,7 @@ use crate::task::{
 };
 use crate::{Error, Schedule};
 
+pub use super::sweep::every_task_write_whose_reply_is_lost_tells_the_truth;
 pub use super::values::executor_with_limits_at_the_end_of_u64_finishes_its_work;
 
 /// Executor options suited to tests: short polls, everything else default.

@@ -41,6 +41,8 @@ enum Armed {
     Any,
     /// The next successful call of the port method of this name.
     Named(String),
+    /// The successful write of this number (1 for the first this wrapper answered).
+    Number(u32),
 }
 
 /// The state of a [`LoseReplies`]: what to lose next, and what was lost.
@@ -48,14 +50,18 @@ enum Armed {
 struct Lost {
     armed: Mutex<Option<Armed>>,
     count: AtomicU32,
+    /// Successful writes so far, lost or not.
+    writes: AtomicU32,
+    /// The port methods whose replies were lost, in order.
+    operations: Mutex<Vec<&'static str>>,
 }
 
 impl Lost {
     /// `answer`, or in its place the error of a lost reply when `operation` is armed and the
     /// inner call succeeded (took effect: a failed call committed nothing to lose).
-    fn answer<T>(&self, operation: &str, answer: Result<T>) -> Result<T> {
-        let answer = answer?;
-        let answer = Ok(answer);
+    fn answer<T>(&self, operation: &'static str, answer: Result<T>) -> Result<T> {
+        let value = answer?;
+        let number = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
         let mut armed = self
             .armed
             .lock()
@@ -63,13 +69,18 @@ impl Lost {
         let hit = match armed.as_ref() {
             Some(Armed::Any) => true,
             Some(Armed::Named(name)) => name == operation,
+            Some(Armed::Number(n)) => *n == number,
             None => false,
         };
         if !hit {
-            return answer;
+            return Ok(value);
         }
         *armed = None;
         self.count.fetch_add(1, Ordering::SeqCst);
+        self.operations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(operation);
         tracing::debug!(operation, "losing the reply of a write that took effect");
         Err(lost_reply_error())
     }
@@ -141,9 +152,31 @@ impl<S> LoseReplies<S> {
         self.lost.arm(Armed::Any);
     }
 
+    /// Loses the reply of the successful write of number `number`, counted from 1 over every
+    /// write this wrapper (and its clones) answered; a sweep loses each write of a scenario in
+    /// turn, up to the number [`writes`](Self::writes) counted in a run that lost nothing.
+    /// Replaces what was armed.
+    pub fn lose_write_number(&self, number: u32) {
+        self.lost.arm(Armed::Number(number));
+    }
+
     /// How many replies were lost so far.
     pub fn lost(&self) -> u32 {
         self.lost.count.load(Ordering::SeqCst)
+    }
+
+    /// How many writes succeeded on the inner storage so far, their replies lost or not.
+    pub fn writes(&self) -> u32 {
+        self.lost.writes.load(Ordering::SeqCst)
+    }
+
+    /// The port methods whose replies were lost so far, in order.
+    pub fn lost_operations(&self) -> Vec<&'static str> {
+        self.lost
+            .operations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -66,6 +66,7 @@ pub mod batch;
 pub mod executor;
 pub mod fault;
 pub mod lost_reply;
+mod sweep;
 pub mod task;
 mod values;
 

@@ -67,6 +67,12 @@ macro_rules! executor_cases {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         $(#[$attr])*
+        async fn every_task_write_whose_reply_is_lost_tells_the_truth() -> anyhow::Result<()> {
+            on_storage($backend, cases::every_task_write_whose_reply_is_lost_tells_the_truth).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn second_cancel_in_the_same_millisecond_reports_no_change() -> anyhow::Result<()> {
             on_storage($backend, cases::second_cancel_in_the_same_millisecond_reports_no_change).await
         }
