@@ -3,7 +3,7 @@
 //! what the library costs on top of the SQL it needs.
 //!
 //! ```text
-//! cargo bench --bench throughput -- [--database-url URL] [--workload w1,w2,w3,w4,w5] [--quick] [--repeat N]
+//! cargo bench --bench throughput -- [--database-url URL] [--workload w1,w2,w3,w4,w5,w6] [--quick] [--repeat N]
 //! cargo bench --bench throughput -- [--database-url URL] --scale [--quick]
 //! ```
 //!
@@ -20,7 +20,10 @@
 //! - W4: parents and children: 3 executors, 100 parents × 100 no-op children + a finalize each
 //!   (10 200 executions), one warm-up run and then `--repeat` measured ones, beside a floor
 //!   that does the same with hand-written statements;
-//! - W5: `prepare` of a job of 100 000 records in batches of 500, beside the same INSERTs by hand.
+//! - W5: `prepare` of a job of 100 000 records in batches of 500, beside the same INSERTs by hand;
+//! - W6: claims of an executor serving one task beside 200 000 ready executions of a task no
+//!   executor serves: the median idle claim and claim of 10, beside the same claims on a table
+//!   without that backlog.
 //!
 //! `--scale` runs W2 at 10 000, 100 000 and 1 000 000 records and W3 (one executor) at 10 000 and
 //! 100 000 tasks, ours only, and prints the throughput and the peak memory (the process's peak
@@ -417,6 +420,92 @@ async fn enqueue_noops(storage: &dyn TaskExecutionStorage, count: usize) -> Resu
         next += 1000;
     }
     Ok(())
+}
+
+/// Enqueues `count` ready executions of `task_id`, ids prefixed with `prefix`.
+async fn enqueue_ready(
+    storage: &dyn TaskExecutionStorage,
+    task_id: &str,
+    prefix: &str,
+    count: usize,
+) -> Result<()> {
+    let mut next = 0;
+    while next < count {
+        let chunk = (next..count.min(next + 1000))
+            .map(|i| NewTaskExecution {
+                execution_id: format!("{prefix}_{i:08}"),
+                task_id: task_id.to_owned(),
+                timeout: Duration::from_secs(60),
+                input: "null".to_owned(),
+                ..Default::default()
+            })
+            .collect();
+        storage.enqueue_task_executions(chunk, now_ms()).await?;
+        next += 1000;
+    }
+    Ok(())
+}
+
+/// What the claims of an executor serving task `served` cost beside `unserved` ready
+/// executions of a task nobody serves (W6): the median time of an idle claim (nothing of its
+/// task is ready), then of a claim of 10 that finds work, over `claims` claims each.
+async fn claims_beside_backlog(
+    target: &Target,
+    unserved: usize,
+    claims: usize,
+) -> Result<(Duration, Duration)> {
+    let scratch = target.scratch().await?;
+    let storage = SeaOrmTaskExecutionStorage::new(scratch.db.clone());
+    enqueue_ready(&storage, "unserved", "un", unserved).await?;
+    if target.backend == DbBackend::Postgres {
+        scratch.db.execute_unprepared("ANALYZE").await?;
+    } else if target.backend == DbBackend::Sqlite {
+        scratch.db.execute_unprepared("ANALYZE").await?;
+    } else {
+        scratch
+            .db
+            .execute_unprepared("ANALYZE TABLE durable_task_executions")
+            .await?;
+    }
+    let params = |claim: usize| sea_orm_durable::task::storage::ClaimParams {
+        executor_id: "bench".to_owned(),
+        now: now_ms(),
+        limit: 10,
+        lease_margin: Duration::from_secs(60),
+        task_ids: Some(vec!["served".to_owned()]),
+        queues: None,
+        claim_id: Some(format!("claim-{claim}")),
+        resume: false,
+    };
+    let mut idle = Vec::with_capacity(claims);
+    for claim in 0..claims {
+        let started = Instant::now();
+        let got = storage.claim_task_executions(&params(claim)).await?;
+        idle.push(started.elapsed());
+        ensure!(
+            got.is_empty(),
+            "an idle claim took {} executions",
+            got.len()
+        );
+    }
+    enqueue_ready(&storage, "served", "se", claims * 10).await?;
+    let mut working = Vec::with_capacity(claims);
+    for claim in 0..claims {
+        let started = Instant::now();
+        let got = storage
+            .claim_task_executions(&params(claims + claim))
+            .await?;
+        working.push(started.elapsed());
+        ensure!(
+            got.len() == 10,
+            "a claim took {} executions, not 10",
+            got.len()
+        );
+    }
+    target.drop_scratch(scratch).await?;
+    idle.sort();
+    working.sort();
+    Ok((idle[idle.len() / 2], working[working.len() / 2]))
 }
 
 async fn completed(db: &DatabaseConnection, backend: DbBackend) -> Result<i64> {
@@ -1315,8 +1404,8 @@ struct Args {
         long = "workload",
         value_name = "LIST",
         value_delimiter = ',',
-        value_parser = ["w1", "w2", "w3", "w4", "w5"],
-        default_value = "w1,w2,w3,w4,w5"
+        value_parser = ["w1", "w2", "w3", "w4", "w5", "w6"],
+        default_value = "w1,w2,w3,w4,w5,w6"
     )]
     workloads: Vec<String>,
     /// Shrinks every workload to a smoke run of a few seconds.
@@ -1510,9 +1599,47 @@ async fn main() -> Result<()> {
                 print_row(&row);
                 rows.push(row);
             }
+            "w6" => {
+                let (unserved, claims) = if quick { (20_000, 20) } else { (200_000, 200) };
+                // The floor: the same claims on a table holding no backlog.
+                let mut backlog = Vec::with_capacity(repeat);
+                let mut empty = Vec::with_capacity(repeat);
+                for _ in 0..repeat {
+                    backlog.push(claims_beside_backlog(&target, unserved, claims).await?);
+                    empty.push(claims_beside_backlog(&target, 0, claims).await?);
+                }
+                let median =
+                    |runs: &mut Vec<(Duration, Duration)>,
+                     pick: fn(&(Duration, Duration)) -> Duration| {
+                        let mut picked: Vec<Duration> = runs.iter().map(pick).collect();
+                        picked.sort();
+                        picked[picked.len() / 2]
+                    };
+                for (what, pick) in [
+                    (
+                        "idle claim",
+                        (|r: &(Duration, Duration)| r.0) as fn(&(Duration, Duration)) -> Duration,
+                    ),
+                    ("claim of 10", |r: &(Duration, Duration)| r.1),
+                ] {
+                    let ours = median(&mut backlog, pick);
+                    let floor = median(&mut empty, pick);
+                    println!(
+                        "W6 {what} beside {unserved} unserved ready rows   p50 {:>8.3} ms   without them {:>8.3} ms   ratio {:>5.2}   target ≤ 8 ms, ratio ≥ 0.5",
+                        ours.as_secs_f64() * 1e3,
+                        floor.as_secs_f64() * 1e3,
+                        floor.as_secs_f64() / ours.as_secs_f64().max(1e-9),
+                    );
+                }
+            }
             other => bail!("unknown workload {other}"),
         }
     }
-    println!("summary: {} workloads on {}", rows.len(), target.label());
+    println!(
+        "summary: {} workloads on {} ({} rows beside a floor)",
+        workloads.len(),
+        target.label(),
+        rows.len()
+    );
     Ok(())
 }

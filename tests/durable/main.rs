@@ -9,6 +9,7 @@ mod harness;
 mod loops;
 mod lost_reply;
 mod metrics;
+mod outage;
 mod proxy;
 mod schema;
 mod task;

@@ -26,7 +26,28 @@ use crate::harness::Backend;
 /// A running proxy; it stops with the test's runtime.
 pub(crate) struct Proxy {
     addr: SocketAddr,
+    upstream: SocketAddr,
     shared: Arc<Shared>,
+    /// The task accepting connections (`None` while the server looks unreachable).
+    accepting: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Accepts connections on `listener` and relays each to `upstream`, until aborted.
+fn accept(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    upstream: SocketAddr,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                if let Ok(server) = TcpStream::connect(upstream).await {
+                    relay(client, server, shared).await;
+                }
+            });
+        }
+    })
 }
 
 /// Which reply to lose next.
@@ -43,6 +64,10 @@ struct Shared {
     backend: Backend,
     target: std::sync::Mutex<Option<Target>>,
     dropped: AtomicU32,
+    /// Set while the server is to look unreachable: connections are refused.
+    down: AtomicBool,
+    /// Told when an outage begins, to break the open connections.
+    outage: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -103,19 +128,16 @@ impl Proxy {
             backend,
             target: std::sync::Mutex::new(None),
             dropped: AtomicU32::new(0),
+            down: AtomicBool::new(false),
+            outage: tokio::sync::Notify::new(),
         });
-        let accepting = Arc::clone(&shared);
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let shared = Arc::clone(&accepting);
-                tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(upstream).await {
-                        relay(client, server, shared).await;
-                    }
-                });
-            }
-        });
-        Ok(Proxy { addr, shared })
+        let accepting = accept(listener, Arc::clone(&shared), upstream);
+        Ok(Proxy {
+            addr,
+            upstream,
+            shared,
+            accepting: std::sync::Mutex::new(Some(accepting)),
+        })
     }
 
     /// The proxy's address.
@@ -141,6 +163,38 @@ impl Proxy {
     pub(crate) fn lose_reply_to_nth(&self, needle: &[u8], n: u32) {
         self.shared
             .arm(Target::Statement(needle.to_vec(), n.saturating_sub(1)));
+    }
+
+    /// Makes the server look unreachable (`false`: every open connection breaks and the port
+    /// refuses connections, as while a server restarts) or reachable again (`true`: the port
+    /// accepts again).
+    pub(crate) async fn set_reachable(&self, reachable: bool) -> anyhow::Result<()> {
+        let mut accepting = self
+            .accepting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if reachable {
+            if accepting.is_none() {
+                // The same port (tokio listeners reuse the address on Unix).
+                let listener = TcpListener::bind(self.addr).await?;
+                self.shared.down.store(false, Ordering::SeqCst);
+                accepting = Some(accept(listener, Arc::clone(&self.shared), self.upstream));
+            }
+        } else {
+            self.shared.down.store(true, Ordering::SeqCst);
+            self.shared.outage.notify_waiters();
+            if let Some(task) = accepting.take() {
+                // Dropping the listener closes the port: connecting is refused.
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        *self
+            .accepting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = accepting;
+        Ok(())
     }
 
     /// How many replies were lost so far.
@@ -338,9 +392,16 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     };
     let mut buf = vec![0_u8; 64 * 1024];
     loop {
-        let n = match server_read.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let outage = shared.outage.notified();
+        if shared.down.load(Ordering::SeqCst) {
+            break;
+        }
+        let n = tokio::select! {
+            read = server_read.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            () = outage => break,
         };
         let chunk = &buf[..n];
         prepared
@@ -384,6 +445,16 @@ pub(crate) async fn connect_through(
     url: &str,
     max_connections: u32,
 ) -> anyhow::Result<(Proxy, sea_orm::DatabaseConnection)> {
+    connect_through_with(backend, url, max_connections, |_| {}).await
+}
+
+/// [`connect_through`], with `configure` changing the pool's options first.
+pub(crate) async fn connect_through_with(
+    backend: Backend,
+    url: &str,
+    max_connections: u32,
+    configure: impl FnOnce(&mut sea_orm::ConnectOptions),
+) -> anyhow::Result<(Proxy, sea_orm::DatabaseConnection)> {
     use std::net::ToSocketAddrs;
     let start = url.find('@').map_or(0, |i| i + 1);
     let end = url[start..].find('/').map_or(url.len(), |i| start + i);
@@ -398,11 +469,12 @@ pub(crate) async fn connect_through(
     };
     let proxied = through(url, proxy.addr())?;
     let sep = if proxied.contains('?') { '&' } else { '?' };
-    let db = sea_orm::Database::connect(crate::harness::connect_options(
+    let mut options = crate::harness::connect_options(
         backend,
         &format!("{proxied}{sep}{clear}"),
         max_connections,
-    ))
-    .await?;
+    );
+    configure(&mut options);
+    let db = sea_orm::Database::connect(options).await?;
     Ok((proxy, db))
 }
