@@ -23,7 +23,9 @@ use sea_orm_durable::batch::store::{DistributedStateStore, RecordFilter, StateSt
 use sea_orm_durable::batch::{JobState, RecordStatus};
 use sea_orm_durable::clock::{Clock, SystemClock};
 use sea_orm_durable::task::storage::TaskExecutionStorage;
-use sea_orm_durable::task::{Retention, TaskExecution, TaskExecutionFilter, TaskExecutionStatus};
+use sea_orm_durable::task::{
+    Retention, ScheduleSpec, TaskExecution, TaskExecutionFilter, TaskExecutionStatus,
+};
 use sea_orm_durable::{
     Error, Executor, ExecutorOptions, SeaOrmStateStore, SeaOrmTaskExecutionStorage,
 };
@@ -62,6 +64,13 @@ enum Command {
     Executions(ExecutionsCommand),
     /// Counts of task executions by queue and status.
     Stats,
+    /// Periodic schedules: task, cron expression and time zone or interval, missed-ticks
+    /// policy, next and last tick.
+    ///
+    /// A schedule whose cron expression has no tick left (a bounded one such as
+    /// `0 0 0 1 1 * 2027` after its last tick) shows `ended` as its next tick (`null` with
+    /// `--json`); it enqueues nothing more.
+    Schedules,
     /// Show and repair distributed batch jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),
@@ -232,6 +241,7 @@ async fn run(cli: Cli, out: &mut Output) -> anyhow::Result<()> {
             }
         }
         Command::Stats => stats(&SeaOrmTaskExecutionStorage::new(db), out).await,
+        Command::Schedules => schedules(&SeaOrmTaskExecutionStorage::new(db), out).await,
         Command::Jobs(command) => {
             let store = SeaOrmStateStore::new(db);
             match command {
@@ -582,6 +592,68 @@ async fn stats(storage: &dyn TaskExecutionStorage, out: &mut Output) -> anyhow::
     headers.extend(columns.iter().map(|s| s.as_str()));
     headers.push("TOTAL");
     out.table(&headers, &rows)
+}
+
+/// Lists the schedules, in id order.
+async fn schedules(storage: &dyn TaskExecutionStorage, out: &mut Output) -> anyhow::Result<()> {
+    let mut found = storage.get_task_schedules().await?;
+    found.sort_by(|a, b| a.schedule_id.cmp(&b.schedule_id));
+    if out.is_json() {
+        let schedules: Vec<Value> = found
+            .iter()
+            .map(|s| {
+                let (cron, time_zone, interval_ms) = match &s.spec {
+                    ScheduleSpec::Cron {
+                        expression,
+                        time_zone,
+                    } => (Some(expression), Some(time_zone), None),
+                    ScheduleSpec::Interval { every_ms } => (None, None, Some(*every_ms)),
+                };
+                json!({
+                    "scheduleId": s.schedule_id,
+                    "taskId": s.task_id,
+                    "cron": cron,
+                    "timeZone": time_zone,
+                    "intervalMs": interval_ms,
+                    "missedTicks": s.missed_ticks.as_str(),
+                    "nextTickAt": s.next_tick_at,
+                    "lastTickAt": s.last_tick_at,
+                    "ended": s.next_tick_at.is_none(),
+                    "createdAt": s.created_at,
+                    "updatedAt": s.updated_at,
+                })
+            })
+            .collect();
+        return out.json(&json!({ "schedules": schedules }));
+    }
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|s| {
+            let when = match &s.spec {
+                ScheduleSpec::Cron {
+                    expression,
+                    time_zone,
+                } => format!("{expression} ({time_zone})"),
+                ScheduleSpec::Interval { every_ms } => format!("every {every_ms} ms"),
+            };
+            vec![
+                s.schedule_id.clone(),
+                s.task_id.clone(),
+                when,
+                s.missed_ticks.to_string(),
+                s.next_tick_at.map_or_else(|| "ended".to_owned(), time),
+                opt_time(s.last_tick_at),
+            ]
+        })
+        .collect();
+    out.table(
+        &["SCHEDULE", "TASK", "TICKS", "MISSED", "NEXT", "LAST"],
+        &rows,
+    )?;
+    if found.is_empty() {
+        out.line("(no schedules)")?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ use sea_orm_durable::batch::store::DistributedStateStore;
 use sea_orm_durable::batch::{JobStatus, ProcessError, RecordContext};
 use sea_orm_durable::migration::{Migrator, MigratorTrait};
 use sea_orm_durable::task::storage::TaskExecutionStorage;
-use sea_orm_durable::task::{TaskExecutionStatus, WaitOptions};
+use sea_orm_durable::task::{
+    MissedTicks, ScheduleSpec, TaskExecutionStatus, TaskSchedule, WaitOptions,
+};
 use sea_orm_durable::{
     EnqueueOptions, Executor, ExecutorOptions, JobConfig, SeaOrmStateStore,
     SeaOrmTaskExecutionStorage, TaskContext, TaskDefinition, TaskError, WorkerOptions, prepare,
@@ -223,6 +225,7 @@ per_backend!(
     executions_are_listed_shown_cancelled_retried_counted_and_pruned,
     jobs_are_shown_requeued_finalized_again_once_and_pruned,
     errors_exit_non_zero_with_a_message,
+    schedules_are_listed_and_an_ended_one_shows_as_ended,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -670,6 +673,66 @@ async fn jobs_are_shown_requeued_finalized_again_once_and_pruned(t: TestDb) -> a
     assert_eq!(pruned["jobRowsDeleted"], 25);
     assert_eq!(pruned["executionsDeleted"], Value::Null);
     assert_eq!(rows(&t).await?, (0, 0, 0));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schedules
+
+/// A running interval schedule and an ended cron one (its expression has no tick left) are
+/// listed, the ended one as ended.
+async fn schedules_are_listed_and_an_ended_one_shows_as_ended(t: TestDb) -> anyhow::Result<()> {
+    let storage = SeaOrmTaskExecutionStorage::new(t.db.clone());
+    let empty = json(&t, &["schedules"]).await?;
+    assert_eq!(empty["schedules"], serde_json::json!([]));
+    let t0 = 1_798_761_600_000;
+    let base = TaskSchedule {
+        schedule_id: "every-minute".to_owned(),
+        task_id: "sync".to_owned(),
+        input: "null".to_owned(),
+        spec: ScheduleSpec::Interval { every_ms: 60_000 },
+        missed_ticks: MissedTicks::Skip,
+        next_tick_at: Some(t0 + 60_000),
+        last_tick_at: Some(t0),
+        created_at: t0,
+        updated_at: t0,
+    };
+    storage.save_task_schedule(base.clone()).await?;
+    storage
+        .save_task_schedule(TaskSchedule {
+            schedule_id: "new-year-2027".to_owned(),
+            spec: ScheduleSpec::Cron {
+                expression: "0 0 0 1 1 * 2027".to_owned(),
+                time_zone: "UTC".to_owned(),
+            },
+            missed_ticks: MissedTicks::CatchUp,
+            next_tick_at: None,
+            ..base
+        })
+        .await?;
+    let doc = json(&t, &["schedules"]).await?;
+    let list = doc["schedules"].as_array().context("no schedules")?;
+    assert_eq!(list.len(), 2, "{doc}");
+    assert_eq!(list[0]["scheduleId"], "every-minute");
+    assert_eq!(list[0]["intervalMs"], 60_000);
+    assert_eq!(list[0]["nextTickAt"], t0 + 60_000);
+    assert_eq!(list[0]["ended"], false);
+    assert_eq!(list[1]["scheduleId"], "new-year-2027");
+    assert_eq!(list[1]["cron"], "0 0 0 1 1 * 2027");
+    assert_eq!(list[1]["timeZone"], "UTC");
+    assert_eq!(list[1]["missedTicks"], "catch_up");
+    assert_eq!(list[1]["nextTickAt"], Value::Null);
+    assert_eq!(list[1]["lastTickAt"], t0);
+    assert_eq!(list[1]["ended"], true);
+    let table = cli(Some(&t.url), &["schedules"]).await?;
+    assert_eq!(table.code, Some(0), "{}", table.stderr);
+    let ended = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("new-year-2027"))
+        .context("no row for the ended schedule")?;
+    assert!(ended.contains("ended"), "{}", table.stdout);
+    assert!(ended.contains("0 0 0 1 1 * 2027 (UTC)"), "{}", table.stdout);
     Ok(())
 }
 

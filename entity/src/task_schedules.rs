@@ -22,7 +22,8 @@ pub struct Model {
     pub interval_ms: Option<i64>,
     /// What happens to missed ticks: `skip` or `catch_up`.
     pub missed_ticks: String,
-    /// The next tick not enqueued yet (epoch ms).
+    /// The next tick not enqueued yet (epoch ms); `i64::MAX` once the schedule has ended (its
+    /// cron expression has no tick left).
     pub next_tick_at: i64,
     /// The last tick enqueued (epoch ms).
     pub last_tick_at: Option<i64>,

@@ -447,12 +447,16 @@ pub(crate) fn schedule_to_model(s: TaskSchedule) -> ts::Model {
         time_zone,
         interval_ms,
         missed_ticks: s.missed_ticks.as_str().to_owned(),
-        next_tick_at: s.next_tick_at,
+        next_tick_at: s.next_tick_at.unwrap_or(ENDED_SCHEDULE_TICK),
         last_tick_at: s.last_tick_at,
         created_at: s.created_at,
         updated_at: s.updated_at,
     }
 }
+
+/// The `next_tick_at` stored for a schedule that has ended: past every `now`, so the due-schedule
+/// query and its index pass over it without a condition of their own.
+pub(crate) const ENDED_SCHEDULE_TICK: i64 = i64::MAX;
 
 /// The schedule a row holds.
 ///
@@ -488,7 +492,7 @@ pub(crate) fn schedule_from_model(m: ts::Model) -> Result<TaskSchedule> {
         input: text::decode(m.input),
         spec,
         missed_ticks,
-        next_tick_at: m.next_tick_at,
+        next_tick_at: (m.next_tick_at != ENDED_SCHEDULE_TICK).then_some(m.next_tick_at),
         last_tick_at: m.last_tick_at,
         created_at: m.created_at,
         updated_at: m.updated_at,

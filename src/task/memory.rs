@@ -514,7 +514,8 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
             .schedules
             .values()
             .filter(|s| {
-                s.next_tick_at <= now && task_ids.is_none_or(|ids| ids.contains(&s.task_id))
+                s.next_tick_at.is_some_and(|next| next <= now)
+                    && task_ids.is_none_or(|ids| ids.contains(&s.task_id))
             })
             .cloned()
             .collect();
@@ -530,7 +531,7 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
         let due = state
             .schedules
             .get(&fire.schedule_id)
-            .is_some_and(|s| s.next_tick_at == fire.expected_next_tick_at);
+            .is_some_and(|s| s.next_tick_at == Some(fire.expected_next_tick_at));
         if !due {
             return Ok(false);
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
+use croner::errors::CronError;
 
 use super::model::NewTaskExecution;
 use crate::error::{Error, Result};
@@ -62,8 +63,10 @@ pub struct TaskSchedule {
     pub spec: ScheduleSpec,
     /// What happens to ticks missed during downtime.
     pub missed_ticks: MissedTicks,
-    /// The next tick not enqueued yet (epoch ms).
-    pub next_tick_at: i64,
+    /// The next tick not enqueued yet (epoch ms); `None` once the schedule has ended: its cron
+    /// expression has no tick after the last one enqueued (a bounded expression such as
+    /// `0 0 0 1 1 * 2027`).
+    pub next_tick_at: Option<i64>,
     /// The last tick enqueued (epoch ms).
     pub last_tick_at: Option<i64>,
     /// When the schedule was first saved (epoch ms).
@@ -93,8 +96,8 @@ pub struct ScheduleFire {
     pub schedule_id: String,
     /// The `next_tick_at` the firing executor read; the firing happens only if it still is.
     pub expected_next_tick_at: i64,
-    /// The tick after the ones enqueued.
-    pub new_next_tick_at: i64,
+    /// The tick after the ones enqueued; `None` when there is none and the schedule ends.
+    pub new_next_tick_at: Option<i64>,
     /// The last tick enqueued.
     pub last_tick_at: i64,
     /// One execution per enqueued tick.
@@ -159,31 +162,38 @@ impl Ticks {
             .ok_or_else(|| invalid("time", format!("{ms} ms is out of range")))
     }
 
-    /// The first tick strictly after `after` (epoch ms).
-    pub(crate) fn next_after(&self, after: i64) -> Result<i64> {
+    /// The first tick strictly after `after` (epoch ms); `None` when there is none (a bounded
+    /// cron expression past its last tick, an interval past the end of time).
+    pub(crate) fn next_after(&self, after: i64) -> Result<Option<i64>> {
         match self {
-            Self::Interval(every) => Ok(after.saturating_add(*every)),
-            Self::Cron(cron, _) => {
-                let next = cron
-                    .find_next_occurrence(&self.instant(after)?, false)
-                    .map_err(|e| invalid("cron", format!("no tick after {after}: {e}")))?;
-                Ok(next.timestamp_millis())
-            }
+            Self::Interval(every) => Ok(after.checked_add(*every)),
+            Self::Cron(cron, _) => match cron.find_next_occurrence(&self.instant(after)?, false) {
+                Ok(next) => Ok(Some(next.timestamp_millis())),
+                // The search ends at the year 5000: no tick is left.
+                Err(CronError::TimeSearchLimitExceeded) => Ok(None),
+                Err(e) => Err(invalid("cron", format!("no tick after {after}: {e}"))),
+            },
         }
     }
 
     /// The ticks of a schedule whose next tick is `next` to enqueue at `now` under `policy`,
-    /// and the tick after them. Empty when `next` is still in the future.
-    pub(crate) fn due(&self, next: i64, now: i64, policy: MissedTicks) -> Result<(Vec<i64>, i64)> {
+    /// and the tick after them (`None`: the last tick is among them and the schedule ends).
+    /// Empty when `next` is still in the future.
+    pub(crate) fn due(
+        &self,
+        next: i64,
+        now: i64,
+        policy: MissedTicks,
+    ) -> Result<(Vec<i64>, Option<i64>)> {
         if next > now {
-            return Ok((Vec::new(), next));
+            return Ok((Vec::new(), Some(next)));
         }
         match (policy, self) {
             (MissedTicks::Skip, Self::Interval(every)) => {
                 // Anchored on `next`: the latest tick `next + k * every` not after `now`.
                 let k = (now - next) / every;
                 let latest = next.saturating_add(k.saturating_mul(*every));
-                Ok((vec![latest], latest.saturating_add(*every)))
+                Ok((vec![latest], latest.checked_add(*every)))
             }
             (MissedTicks::Skip, Self::Cron(cron, _)) => {
                 let latest = cron
@@ -196,9 +206,12 @@ impl Ticks {
             (MissedTicks::CatchUp, _) => {
                 let mut ticks = vec![next];
                 let mut tick = self.next_after(next)?;
-                while tick <= now && ticks.len() < MAX_TICKS_PER_FIRE {
-                    ticks.push(tick);
-                    tick = self.next_after(tick)?;
+                while let Some(t) = tick
+                    && t <= now
+                    && ticks.len() < MAX_TICKS_PER_FIRE
+                {
+                    ticks.push(t);
+                    tick = self.next_after(t)?;
                 }
                 Ok((ticks, tick))
             }
@@ -271,8 +284,8 @@ mod tests {
         })?;
         // 2026-03-27 12:00 UTC; the clocks go forward in the night to 2026-03-29.
         let noon = 1_774_612_800_000;
-        let first = ticks.next_after(noon)?;
-        let second = ticks.next_after(first)?;
+        let first = ticks.next_after(noon)?.unwrap_or_default();
+        let second = ticks.next_after(first)?.unwrap_or_default();
         // 03:00 CET is 02:00 UTC; 03:00 CEST is 01:00 UTC.
         assert_eq!(first, 1_774_663_200_000);
         assert_eq!(second - first, 23 * 3_600_000);
@@ -282,14 +295,36 @@ mod tests {
     #[test]
     fn missed_ticks_are_skipped_or_caught_up() -> Result<()> {
         let ticks = Ticks::parse(&ScheduleSpec::Interval { every_ms: 10 })?;
-        assert_eq!(ticks.due(100, 99, MissedTicks::Skip)?, (vec![], 100));
-        assert_eq!(ticks.due(100, 135, MissedTicks::Skip)?, (vec![130], 140));
+        assert_eq!(ticks.due(100, 99, MissedTicks::Skip)?, (vec![], Some(100)));
+        assert_eq!(
+            ticks.due(100, 135, MissedTicks::Skip)?,
+            (vec![130], Some(140))
+        );
         assert_eq!(
             ticks.due(100, 135, MissedTicks::CatchUp)?,
-            (vec![100, 110, 120, 130], 140)
+            (vec![100, 110, 120, 130], Some(140))
         );
         let (many, next) = ticks.due(0, 10_000, MissedTicks::CatchUp)?;
-        assert_eq!((many.len(), next), (MAX_TICKS_PER_FIRE, 1_000));
+        assert_eq!((many.len(), next), (MAX_TICKS_PER_FIRE, Some(1_000)));
+        Ok(())
+    }
+
+    #[test]
+    fn a_bounded_cron_gives_its_last_tick_and_then_none() -> Result<()> {
+        let ticks = Ticks::parse(&ScheduleSpec::Cron {
+            expression: "0 0 0 1 1 * 2027".to_owned(),
+            time_zone: "UTC".to_owned(),
+        })?;
+        // 2026-12-07 00:00 UTC and 2027-01-01 00:00 UTC.
+        let before = 1_796_601_600_000;
+        let last = 1_798_761_600_000;
+        assert_eq!(ticks.next_after(before)?, Some(last));
+        assert_eq!(ticks.next_after(last)?, None);
+        for policy in [MissedTicks::Skip, MissedTicks::CatchUp] {
+            assert_eq!(ticks.due(last, last + 5, policy)?, (vec![last], None));
+        }
+        let interval = Ticks::parse(&ScheduleSpec::Interval { every_ms: 10 })?;
+        assert_eq!(interval.next_after(i64::MAX - 5)?, None);
         Ok(())
     }
 

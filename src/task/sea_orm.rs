@@ -1460,7 +1460,10 @@ async fn save_schedule_in<C: ConnectionTrait>(
 async fn fire_schedule_in<C: ConnectionTrait>(conn: &C, fire: &ScheduleFire) -> Result<bool> {
     let moved = Query::update()
         .table(ts::Entity)
-        .value(ts::Column::NextTickAt, fire.new_next_tick_at)
+        .value(
+            ts::Column::NextTickAt,
+            fire.new_next_tick_at.unwrap_or(mapper::ENDED_SCHEDULE_TICK),
+        )
         .value(ts::Column::LastTickAt, fire.last_tick_at)
         .value(ts::Column::UpdatedAt, fire.now)
         .and_where(Expr::col(ts::Column::ScheduleId).eq(fire.schedule_id.as_str()))

@@ -1870,10 +1870,86 @@ pub async fn missed_ticks_follow_the_schedule_policy(
     );
     let stored = storage.get_task_schedules().await?;
     check!(
-        stored.iter().all(|s| s.next_tick_at == t0 + 6_000),
+        stored.iter().all(|s| s.next_tick_at == Some(t0 + 6_000)),
         "next ticks {:?}",
         stored.iter().map(|s| s.next_tick_at).collect::<Vec<_>>()
     );
+    Ok(())
+}
+
+/// A bounded cron expression (`0 0 0 1 1 * 2027`) enqueues its last tick once, then ends:
+/// `next_tick_at` becomes `None`, no later poll fails or fires again, and an executor that saves
+/// the same schedule at a later start leaves it ended.
+///
+/// # Errors
+///
+/// The first expectation that does not hold.
+pub async fn bounded_cron_fires_its_last_tick_and_ends(
+    storage: Arc<dyn TaskExecutionStorage>,
+) -> CaseResult {
+    // 2026-12-31 23:59:59 UTC, one second before the only tick.
+    let before = 1_798_761_599_000;
+    let last = before + 1_000;
+    let clock = Arc::new(ManualClock::new(before));
+    let task = TaskDefinition::new("newYear", |_ctx, ()| async move { Ok::<_, TaskError>(()) });
+    let options = || {
+        let clock: Arc<dyn crate::clock::Clock> = clock.clone();
+        ExecutorOptions {
+            clock,
+            ..fast_options()
+        }
+    };
+    let bounded = Schedule::cron("new-year-2027", "0 0 0 1 1 * 2027");
+    let executor = Executor::new(Arc::clone(&storage), options());
+    let saved = executor.schedule(&task, &(), &bounded).await?;
+    check_eq!(saved.next_tick_at, Some(last));
+    executor.start();
+    clock.advance(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ended = storage
+            .get_task_schedules()
+            .await?
+            .into_iter()
+            .any(|s| s.schedule_id == "new-year-2027" && s.next_tick_at.is_none());
+        if ended && !ticks_of(&storage, "new-year-2027").await?.is_empty() {
+            break;
+        }
+        check!(Instant::now() < deadline, "the last tick never fired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Later polls, a year on, neither fail nor fire again.
+    clock.advance(Duration::from_secs(366 * 86_400));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    executor.shutdown().await;
+    let ticks = ticks_of(&storage, "new-year-2027").await?;
+    check_eq!(
+        ticks.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        vec![last]
+    );
+    let stored = storage
+        .get_task_schedules()
+        .await?
+        .into_iter()
+        .find(|s| s.schedule_id == "new-year-2027")
+        .ok_or_else(|| CaseFailure::new("the schedule vanished".to_owned()))?;
+    check_eq!(stored.next_tick_at, None);
+    check_eq!(stored.last_tick_at, Some(last));
+    // Saved again at a later start, it stays ended; saved new with no tick left, it is ended.
+    let again = Executor::new(Arc::clone(&storage), options());
+    check_eq!(
+        again.schedule(&task, &(), &bounded).await?.next_tick_at,
+        None
+    );
+    let past = again
+        .schedule(
+            &task,
+            &(),
+            &Schedule::cron("new-year-2020", "0 0 0 1 1 * 2020"),
+        )
+        .await?;
+    check_eq!(past.next_tick_at, None);
+    check_eq!(past.last_tick_at, None);
     Ok(())
 }
 
@@ -1904,8 +1980,8 @@ pub async fn bad_schedules_are_refused(storage: Arc<dyn TaskExecutionStorage>) -
         )
         .await?;
     check!(
-        stored.next_tick_at > crate::clock::Clock::now_ms(&crate::clock::SystemClock),
-        "next tick {}",
+        stored.next_tick_at > Some(crate::clock::Clock::now_ms(&crate::clock::SystemClock)),
+        "next tick {:?}",
         stored.next_tick_at
     );
     Ok(())

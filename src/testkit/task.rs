@@ -122,6 +122,7 @@ macro_rules! task_storage_conformance {
             schedules_are_saved_once_and_keep_their_progress,
             due_schedules_fire_once_per_tick,
             concurrent_fires_of_one_tick_enqueue_once,
+            schedule_fired_without_a_next_tick_ends,
             invalid_schedules_are_rejected_before_writing,
             get_task_executions_filters_by_task_queue_and_age,
             counts_group_by_queue_and_status,
@@ -2485,7 +2486,7 @@ fn schedule(id: &str, next_tick_at: i64) -> TaskSchedule {
             time_zone: "Europe/Zurich".to_owned(),
         },
         missed_ticks: MissedTicks::CatchUp,
-        next_tick_at,
+        next_tick_at: Some(next_tick_at),
         last_tick_at: None,
         created_at: T0,
         updated_at: T0,
@@ -2496,7 +2497,7 @@ fn fire(id: &str, expected: i64, next: i64, executions: Vec<NewTaskExecution>) -
     ScheduleFire {
         schedule_id: id.to_owned(),
         expected_next_tick_at: expected,
-        new_next_tick_at: next,
+        new_next_tick_at: Some(next),
         last_tick_at: expected,
         executions,
         now: expected + 1,
@@ -2534,7 +2535,7 @@ pub async fn schedules_are_saved_once_and_keep_their_progress(storage: Storage) 
         })
         .await?;
     check_eq!(changed.input, "{}");
-    check_eq!(changed.next_tick_at, T0 + 70);
+    check_eq!(changed.next_tick_at, Some(T0 + 70));
     check_eq!(changed.created_at, T0);
     let all = storage.get_task_schedules().await?;
     check_eq!(
@@ -2613,7 +2614,7 @@ pub async fn due_schedules_fire_once_per_tick(storage: Storage) -> CaseResult {
         .into_iter()
         .find(|s| s.schedule_id == "s")
         .ok_or_else(|| CaseFailure::new("schedule s vanished".to_owned()))?;
-    check_eq!(s.next_tick_at, T0 + 20);
+    check_eq!(s.next_tick_at, Some(T0 + 20));
     check_eq!(s.last_tick_at, Some(T0 + 10));
     check_eq!(s.updated_at, T0 + 11);
     check_eq!(
@@ -2638,8 +2639,67 @@ pub async fn due_schedules_fire_once_per_tick(storage: Storage) -> CaseResult {
     let s = storage.get_task_schedules().await?;
     check!(
         s.iter()
-            .any(|s| s.schedule_id == "s" && s.next_tick_at == T0 + 20),
+            .any(|s| s.schedule_id == "s" && s.next_tick_at == Some(T0 + 20)),
         "a conflicting firing moved the tick"
+    );
+    Ok(())
+}
+
+/// A firing with no next tick (the last tick of a bounded expression) ends the schedule: it
+/// reads back with no `next_tick_at`, is never due again however late, and saving the same
+/// definition again keeps it ended.
+pub async fn schedule_fired_without_a_next_tick_ends(storage: Storage) -> CaseResult {
+    storage
+        .save_task_schedule(schedule("last", T0 + 10))
+        .await?;
+    let last = ScheduleFire {
+        new_next_tick_at: None,
+        ..fire("last", T0 + 10, 0, vec![new_execution("last@10")])
+    };
+    check!(
+        storage.fire_task_schedule(&last).await?,
+        "the last tick did not fire"
+    );
+    let ended = || async {
+        storage
+            .get_task_schedules()
+            .await?
+            .into_iter()
+            .find(|s| s.schedule_id == "last")
+            .ok_or_else(|| CaseFailure::new("the schedule vanished".to_owned()))
+    };
+    let s = ended().await?;
+    check_eq!(s.next_tick_at, None);
+    check_eq!(s.last_tick_at, Some(T0 + 10));
+    check!(
+        storage
+            .due_task_schedules(i64::MAX - 1, None, 10)
+            .await?
+            .is_empty(),
+        "an ended schedule was due"
+    );
+    check!(
+        !storage.fire_task_schedule(&last).await?,
+        "an ended schedule fired again"
+    );
+    storage
+        .save_task_schedule(schedule("last", T0 + 99))
+        .await?;
+    check_eq!(ended().await?.next_tick_at, None);
+    // Saved as ended (no tick left when it was first saved).
+    storage
+        .save_task_schedule(TaskSchedule {
+            next_tick_at: None,
+            ..schedule("never", T0)
+        })
+        .await?;
+    check!(
+        storage
+            .get_task_schedules()
+            .await?
+            .iter()
+            .any(|s| s.schedule_id == "never" && s.next_tick_at.is_none()),
+        "a schedule saved as ended reads back otherwise"
     );
     Ok(())
 }
@@ -3411,6 +3471,9 @@ pub async fn lost_reply_of_fire_enqueues_the_tick_once(storage: Storage) -> Case
             .await?),
         vec!["s@10"]
     );
-    check_eq!(storage.get_task_schedules().await?[0].next_tick_at, T0 + 20);
+    check_eq!(
+        storage.get_task_schedules().await?[0].next_tick_at,
+        Some(T0 + 20)
+    );
     Ok(())
 }

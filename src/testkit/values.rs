@@ -64,7 +64,7 @@ fn schedule(id: &str) -> TaskSchedule {
             time_zone: "UTC".to_owned(),
         },
         missed_ticks: MissedTicks::Skip,
-        next_tick_at: T0,
+        next_tick_at: Some(T0),
         last_tick_at: None,
         created_at: T0,
         updated_at: T0,

@@ -155,6 +155,12 @@ macro_rules! executor_cases {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         $(#[$attr])*
+        async fn bounded_cron_fires_its_last_tick_and_ends() -> anyhow::Result<()> {
+            on_storage($backend, cases::bounded_cron_fires_its_last_tick_and_ends).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn bad_schedules_are_refused() -> anyhow::Result<()> {
             on_storage($backend, cases::bad_schedules_are_refused).await
         }

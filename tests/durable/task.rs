@@ -1040,7 +1040,7 @@ async fn unreadable_schedule_does_not_keep_the_others_from_firing(t: TestDb) -> 
                 input: "null".to_owned(),
                 spec: sea_orm_durable::task::ScheduleSpec::Interval { every_ms: 1_000 },
                 missed_ticks: sea_orm_durable::task::MissedTicks::Skip,
-                next_tick_at: T0,
+                next_tick_at: Some(T0),
                 last_tick_at: None,
                 created_at: T0,
                 updated_at: T0,

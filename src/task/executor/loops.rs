@@ -320,8 +320,12 @@ impl Inner {
         let Some(spec) = self.task(&schedule.task_id) else {
             return Ok(0);
         };
+        // An ended schedule is never due; one read as due is left alone.
+        let Some(expected) = schedule.next_tick_at else {
+            return Ok(0);
+        };
         let ticks = Ticks::parse(&schedule.spec)?;
-        let (due, next) = ticks.due(schedule.next_tick_at, now, schedule.missed_ticks)?;
+        let (due, next) = ticks.due(expected, now, schedule.missed_ticks)?;
         let Some(&last) = due.last() else {
             return Ok(0);
         };
@@ -335,7 +339,7 @@ impl Inner {
             .collect();
         let mut fire = ScheduleFire {
             schedule_id: schedule.schedule_id.clone(),
-            expected_next_tick_at: schedule.next_tick_at,
+            expected_next_tick_at: expected,
             new_next_tick_at: next,
             last_tick_at: last,
             executions,

@@ -509,7 +509,9 @@ impl Executor {
     /// counted from now. Returns the schedule as stored.
     ///
     /// Each tick's execution has the id `sch_<schedule id>_<tick in epoch ms>`. Ticks missed
-    /// while no executor ran follow [`Schedule::missed_ticks`].
+    /// while no executor ran follow [`Schedule::missed_ticks`]. A bounded cron expression
+    /// (`0 0 0 1 1 * 2027`) enqueues its last tick and then ends: its `next_tick_at` becomes
+    /// `None`; saving one with no tick left after now stores it as ended.
     ///
     /// # Errors
     ///
