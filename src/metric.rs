@@ -59,10 +59,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use metrics::{Counter, Histogram, Label, Unit};
 
-use crate::task::{TaskExecutionCount, TaskExecutionStatus};
+use crate::task::{ReadyTaskExecutions, TaskExecutionCount, TaskExecutionStatus};
 
 /// Label of the per-task executor metrics: the execution's queue.
 pub const QUEUE_LABEL: &str = "queue";
@@ -121,6 +122,12 @@ pub const EXECUTOR_LOOP_PANICS: &str = "durable_executor_loop_panics_total";
 /// Every executor that samples reports the whole table, not only its own queues: read one
 /// executor's series (or the maximum over executors), never their sum.
 pub const TASK_QUEUE_DEPTH: &str = "durable_task_queue_depth";
+/// Gauge, per [`QUEUE_LABEL`] and [`TASK_LABEL`], in seconds: how long the oldest due `ready`
+/// execution of the task in the queue has waited to be claimed, as of the executor's last
+/// sample (with the queue depth); 0 once none waits. An age that only grows means that no
+/// executor serves the task in that queue (a child task registered nowhere, say). Like the
+/// queue depth, every sampling executor reports the whole table.
+pub const TASK_OLDEST_READY_AGE: &str = "durable_task_oldest_ready_age_seconds";
 
 /// Counter, per worker: records processed successfully, counted when their batch is completed.
 pub const BATCH_RECORDS_PROCESSED: &str = "durable_batch_records_processed_total";
@@ -195,6 +202,11 @@ pub fn describe() {
         TASK_QUEUE_DEPTH,
         Unit::Count,
         "Unfinished executions by queue and status, at the last sample."
+    );
+    metrics::describe_gauge!(
+        TASK_OLDEST_READY_AGE,
+        Unit::Seconds,
+        "How long the oldest due ready execution of a task in a queue has waited, at the last sample."
     );
     describe_counter!(
         EXECUTOR_LOOP_ERRORS,
@@ -311,6 +323,8 @@ pub(crate) struct ExecutorMetrics {
     tasks: RwLock<HashMap<String, HashMap<String, Arc<TaskMetrics>>>>,
     /// The (queue, status) series the last queue-depth sample set.
     depth_series: Mutex<HashSet<(String, TaskExecutionStatus)>>,
+    /// The (queue, task) series the last oldest-ready sample set.
+    ready_series: Mutex<HashSet<(String, String)>>,
 }
 
 impl ExecutorMetrics {
@@ -319,6 +333,7 @@ impl ExecutorMetrics {
             labels: labels(constant),
             tasks: RwLock::new(HashMap::new()),
             depth_series: Mutex::new(HashSet::new()),
+            ready_series: Mutex::new(HashSet::new()),
         }
     }
 
@@ -376,6 +391,36 @@ impl ExecutorMetrics {
         let mut labels = with(&self.labels, QUEUE_LABEL, queue);
         labels.push(Label::new(STATUS_LABEL, status.as_str()));
         metrics::gauge!(TASK_QUEUE_DEPTH, labels)
+    }
+
+    /// Sets the oldest-ready gauges from `ready` (sampled at `now`), and to 0 those of the
+    /// previous sample that `ready` no longer lists. Resolved on each call, as the queue depth.
+    pub(crate) fn oldest_ready(&self, ready: &[ReadyTaskExecutions], now: i64) {
+        let mut seen = self
+            .ready_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current: HashSet<(String, String)> = ready
+            .iter()
+            .map(|r| (r.queue.clone(), r.task_id.clone()))
+            .collect();
+        for (queue, task) in seen.difference(&current) {
+            self.ready_gauge(queue, task).set(0.0);
+        }
+        for group in ready {
+            let waited = Duration::from_millis(
+                u64::try_from(now.saturating_sub(group.oldest_start_at)).unwrap_or(0),
+            );
+            self.ready_gauge(&group.queue, &group.task_id)
+                .set(waited.as_secs_f64());
+        }
+        *seen = current;
+    }
+
+    fn ready_gauge(&self, queue: &str, task: &str) -> metrics::Gauge {
+        let mut labels = with(&self.labels, QUEUE_LABEL, queue);
+        labels.push(Label::new(TASK_LABEL, task.to_owned()));
+        metrics::gauge!(TASK_OLDEST_READY_AGE, labels)
     }
 
     /// Counts a failed iteration of the loop `name`. Rare: resolved on each call.

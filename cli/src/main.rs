@@ -31,7 +31,7 @@ use sea_orm_durable::{
 };
 use serde_json::{Value, json};
 
-use crate::output::{Output, opt, opt_time, short, time};
+use crate::output::{Output, age, opt, opt_time, short, time};
 
 /// Inspect and repair sea-orm-durable task executions and batch jobs.
 ///
@@ -62,7 +62,11 @@ enum Command {
     /// List, show, cancel and retry durable task executions.
     #[command(subcommand)]
     Executions(ExecutionsCommand),
-    /// Counts of task executions by queue and status.
+    /// Counts of task executions by queue and status, and the due ready executions by task
+    /// and queue with how long the oldest has waited.
+    ///
+    /// A task whose oldest ready execution waits ever longer is served by no executor (a child
+    /// task registered nowhere, or a queue no executor serves).
     Stats,
     /// Periodic schedules: task, cron expression and time zone or interval, missed-ticks
     /// policy, next and last tick.
@@ -240,7 +244,7 @@ async fn run(cli: Cli, out: &mut Output) -> anyhow::Result<()> {
                 ExecutionsCommand::Retry { id } => retry(&*storage, &id, now, out).await,
             }
         }
-        Command::Stats => stats(&SeaOrmTaskExecutionStorage::new(db), out).await,
+        Command::Stats => stats(&SeaOrmTaskExecutionStorage::new(db), now, out).await,
         Command::Schedules => schedules(&SeaOrmTaskExecutionStorage::new(db), out).await,
         Command::Jobs(command) => {
             let store = SeaOrmStateStore::new(db);
@@ -534,13 +538,18 @@ async fn retry(
     ))
 }
 
-async fn stats(storage: &dyn TaskExecutionStorage, out: &mut Output) -> anyhow::Result<()> {
+async fn stats(
+    storage: &dyn TaskExecutionStorage,
+    now: i64,
+    out: &mut Output,
+) -> anyhow::Result<()> {
     // Every (queue, status) pair there is; a database with more queues than this is not one
     // this table serves, and the cap keeps the answer bounded.
     const MAX_GROUPS: u64 = 100_000;
     let counts = storage
         .count_task_executions(TaskExecutionStatus::ALL, MAX_GROUPS)
         .await?;
+    let ready = storage.ready_task_executions(now, MAX_GROUPS).await?;
     let total: u64 = counts.iter().map(|c| c.count).sum();
     let by_status = |status: TaskExecutionStatus| -> u64 {
         counts
@@ -554,10 +563,23 @@ async fn stats(storage: &dyn TaskExecutionStorage, out: &mut Output) -> anyhow::
         for &status in TaskExecutionStatus::ALL {
             statuses.insert(status.as_str().to_owned(), json!(by_status(status)));
         }
+        let ready: Vec<Value> = ready
+            .iter()
+            .map(|r| {
+                json!({
+                    "taskId": r.task_id,
+                    "queue": r.queue,
+                    "count": r.count,
+                    "oldestStartAt": r.oldest_start_at,
+                    "oldestWaitedMs": now.saturating_sub(r.oldest_start_at).max(0),
+                })
+            })
+            .collect();
         return out.json(&json!({
             "executions": counts,
             "byStatus": statuses,
             "total": total,
+            "ready": ready,
         }));
     }
     // One row per queue, one column per status that occurs anywhere.
@@ -591,7 +613,25 @@ async fn stats(storage: &dyn TaskExecutionStorage, out: &mut Output) -> anyhow::
     let mut headers = vec!["QUEUE"];
     headers.extend(columns.iter().map(|s| s.as_str()));
     headers.push("TOTAL");
-    out.table(&headers, &rows)
+    out.table(&headers, &rows)?;
+    if ready.is_empty() {
+        return Ok(());
+    }
+    // The longest waits first.
+    let rows: Vec<Vec<String>> = ready
+        .iter()
+        .map(|r| {
+            vec![
+                r.task_id.clone(),
+                r.queue.clone(),
+                r.count.to_string(),
+                time(r.oldest_start_at),
+                age(now.saturating_sub(r.oldest_start_at)),
+            ]
+        })
+        .collect();
+    out.line("")?;
+    out.table(&["TASK", "QUEUE", "READY", "OLDEST DUE", "WAITED"], &rows)
 }
 
 /// Lists the schedules, in id order.

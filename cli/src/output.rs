@@ -85,6 +85,30 @@ pub(crate) fn time(ms: i64) -> String {
     )
 }
 
+/// How long `ms` milliseconds are, for people: its two largest units (`3d 4h`, `12m 5s`,
+/// `850ms`).
+pub(crate) fn age(ms: i64) -> String {
+    const UNITS: [(&str, i64); 4] = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ];
+    let ms = ms.max(0);
+    let Some(first) = UNITS.iter().position(|(_, size)| ms >= *size) else {
+        return format!("{ms}ms");
+    };
+    let (unit, size) = UNITS[first];
+    let mut text = format!("{}{unit}", ms / size);
+    if let Some((next, next_size)) = UNITS.get(first + 1) {
+        let rest = (ms % size) / next_size;
+        if rest > 0 {
+            text.push_str(&format!(" {rest}{next}"));
+        }
+    }
+    text
+}
+
 /// An optional time for people (`-` when unset).
 pub(crate) fn opt_time(ms: Option<i64>) -> String {
     ms.map_or_else(|| "-".to_owned(), time)

@@ -226,6 +226,7 @@ per_backend!(
     jobs_are_shown_requeued_finalized_again_once_and_pruned,
     errors_exit_non_zero_with_a_message,
     schedules_are_listed_and_an_ended_one_shows_as_ended,
+    stats_show_how_long_unserved_ready_work_has_waited,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -733,6 +734,56 @@ async fn schedules_are_listed_and_an_ended_one_shows_as_ended(t: TestDb) -> anyh
         .context("no row for the ended schedule")?;
     assert!(ended.contains("ended"), "{}", table.stdout);
     assert!(ended.contains("0 0 0 1 1 * 2027 (UTC)"), "{}", table.stdout);
+    Ok(())
+}
+
+/// Executions of a task that no executor serves, due 90 s ago, show in `stats` by task and
+/// queue with how long the oldest has waited; one not due yet does not.
+async fn stats_show_how_long_unserved_ready_work_has_waited(t: TestDb) -> anyhow::Result<()> {
+    use sea_orm_durable::clock::{Clock, SystemClock};
+    use sea_orm_durable::task::storage::NewTaskExecution;
+    let storage = SeaOrmTaskExecutionStorage::new(t.db.clone());
+    let new = |id: &str, sleep: Duration| NewTaskExecution {
+        execution_id: id.to_owned(),
+        task_id: "orphan".to_owned(),
+        queue: Some("reports".to_owned()),
+        sleep_before_run: sleep,
+        timeout: Duration::from_secs(60),
+        input: "null".to_owned(),
+        ..NewTaskExecution::default()
+    };
+    let due_at = SystemClock.now_ms() - 90_000;
+    storage
+        .enqueue_task_executions(
+            vec![
+                new("o1", Duration::ZERO),
+                new("o2", Duration::from_secs(30)),
+                new("later", Duration::from_secs(3_600)),
+            ],
+            due_at,
+        )
+        .await?;
+    let stats = json(&t, &["stats"]).await?;
+    let ready = stats["ready"].as_array().context("no ready groups")?;
+    assert_eq!(ready.len(), 1, "{stats}");
+    assert_eq!(ready[0]["taskId"], "orphan");
+    assert_eq!(ready[0]["queue"], "reports");
+    assert_eq!(ready[0]["count"], 2);
+    assert_eq!(ready[0]["oldestStartAt"], due_at);
+    let waited = ready[0]["oldestWaitedMs"].as_i64().context("no wait")?;
+    assert!((90_000..600_000).contains(&waited), "{stats}");
+    let table = cli(Some(&t.url), &["stats"]).await?;
+    assert_eq!(table.code, Some(0), "{}", table.stderr);
+    let line = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("orphan"))
+        .context("no row for the unserved task")?;
+    assert!(
+        line.contains("reports") && line.contains(" 2 ") && line.contains("1m 3"),
+        "{}",
+        table.stdout
+    );
     Ok(())
 }
 

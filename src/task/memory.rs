@@ -351,6 +351,44 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
             .collect())
     }
 
+    async fn ready_task_executions(
+        &self,
+        now: i64,
+        limit: u64,
+    ) -> Result<Vec<crate::task::ReadyTaskExecutions>> {
+        let state = self.state();
+        let mut groups: BTreeMap<(&str, &str), (u64, i64)> = BTreeMap::new();
+        for e in state.executions.values() {
+            if e.status == TaskExecutionStatus::Ready && e.start_at <= now {
+                let group = groups
+                    .entry((e.task_id.as_str(), e.queue.as_str()))
+                    .or_insert((0, e.start_at));
+                group.0 += 1;
+                group.1 = group.1.min(e.start_at);
+            }
+        }
+        let mut ready: Vec<crate::task::ReadyTaskExecutions> = groups
+            .into_iter()
+            .map(
+                |((task_id, queue), (count, oldest_start_at))| crate::task::ReadyTaskExecutions {
+                    task_id: task_id.to_owned(),
+                    queue: queue.to_owned(),
+                    count,
+                    oldest_start_at,
+                },
+            )
+            .collect();
+        ready.sort_by(|a, b| {
+            (a.oldest_start_at, &a.task_id, &a.queue).cmp(&(
+                b.oldest_start_at,
+                &b.task_id,
+                &b.queue,
+            ))
+        });
+        ready.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(ready)
+    }
+
     async fn retry_task_execution(&self, execution_id: &str, now: i64) -> Result<TaskExecution> {
         let mut state = self.state();
         let e = state

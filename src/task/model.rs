@@ -509,6 +509,24 @@ pub struct TaskExecutionCount {
     pub count: u64,
 }
 
+/// The due `ready` executions of one task in one queue, waiting to be claimed
+/// ([`ready_task_executions`](super::storage::TaskExecutionStorage::ready_task_executions)).
+///
+/// A task that no executor serves (registered nowhere, or only on executors that do not serve
+/// its queue) shows here with a count that only grows and an ever older `oldest_start_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadyTaskExecutions {
+    /// The task.
+    pub task_id: String,
+    /// The queue.
+    pub queue: String,
+    /// How many executions of the task in the queue are `ready` and due (never 0).
+    pub count: u64,
+    /// The `start_at` of the one due longest ago (epoch ms): it has waited `now` minus this.
+    pub oldest_start_at: i64,
+}
+
 /// Why an execution cannot be retried by
 /// [`retry_task_execution`](super::storage::TaskExecutionStorage::retry_task_execution), with what to
 /// do instead; `None` when it can.

@@ -1972,6 +1972,46 @@ async fn count_in<C: ConnectionTrait>(
         .collect()
 }
 
+/// [`TaskExecutionStorage::ready_task_executions`]: one aggregate over the ready rows that are
+/// due, grouped by task and queue (the leading columns of `ix_durable_task_executions_ready_task`).
+async fn ready_in<C: ConnectionTrait>(
+    conn: &C,
+    now: i64,
+    limit: u64,
+) -> Result<Vec<crate::task::ReadyTaskExecutions>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let select = Query::select()
+        .column(Col::TaskId)
+        .column(Col::Queue)
+        .expr_as(Expr::col(Col::ExecutionId).count(), Alias::new("n"))
+        .expr_as(Expr::col(Col::StartAt).min(), Alias::new("oldest"))
+        .from(te::Entity)
+        .and_where(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::Ready)))
+        .and_where(Expr::col(Col::StartAt).lte(now))
+        .group_by_col(Col::TaskId)
+        .group_by_col(Col::Queue)
+        .order_by(Alias::new("oldest"), Order::Asc)
+        .order_by(Col::TaskId, Order::Asc)
+        .order_by(Col::Queue, Order::Asc)
+        .limit(crate::dialect::sql_limit(limit))
+        .to_owned();
+    conn.query_all(&select)
+        .await?
+        .iter()
+        .map(|row| {
+            let count: i64 = row.try_get("", "n")?;
+            Ok(crate::task::ReadyTaskExecutions {
+                task_id: row.try_get("", "task_id")?,
+                queue: row.try_get("", "queue")?,
+                count: u64::try_from(count).unwrap_or(0),
+                oldest_start_at: row.try_get("", "oldest")?,
+            })
+        })
+        .collect()
+}
+
 /// The one conditional update of [`TaskExecutionStorage::retry_task_execution`]: the
 /// conditions of `model::retry_refusal` in SQL, and the changes of `model::apply_retry`.
 fn retry_update(execution_id: &str, now: i64) -> UpdateStatement {
@@ -2249,6 +2289,17 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
             .retry("count_task_executions", || {
                 count_in(&self.db, statuses, limit)
             })
+            .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn ready_task_executions(
+        &self,
+        now: i64,
+        limit: u64,
+    ) -> Result<Vec<crate::task::ReadyTaskExecutions>> {
+        Backoff::STORE
+            .retry("ready_task_executions", || ready_in(&self.db, now, limit))
             .await
     }
 

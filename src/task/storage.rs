@@ -11,7 +11,8 @@ pub use super::model::{
 pub use super::schedule::ScheduleFire;
 
 use super::model::{
-    TaskExecution, TaskExecutionCount, TaskExecutionFilter, TaskExecutionStatus, WakeResult,
+    ReadyTaskExecutions, TaskExecution, TaskExecutionCount, TaskExecutionFilter,
+    TaskExecutionStatus, WakeResult,
 };
 use super::schedule::TaskSchedule;
 use crate::error::Result;
@@ -103,6 +104,18 @@ pub trait TaskExecutionStorage: Send + Sync {
         statuses: &[TaskExecutionStatus],
         limit: u64,
     ) -> Result<Vec<TaskExecutionCount>>;
+
+    /// Per task and queue, the `ready` executions due at `now` (`start_at <= now`): how many,
+    /// and the `start_at` of the one due longest ago; the longest waits first (then task and
+    /// queue), at most `limit` groups. One aggregate query over the claims' per-task index of
+    /// ready rows, so its cost grows with the ready rows, not the table. It makes work that no
+    /// executor claims visible: a child task registered nowhere waits here for ever.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn ready_task_executions(&self, now: i64, limit: u64)
+    -> Result<Vec<ReadyTaskExecutions>>;
 
     /// Runs a failed root execution again: if it is `failed` or `timed_out`, has no parent,
     /// spawned no children nor finalize execution and is not a sleeping task's, it goes back

@@ -1207,6 +1207,14 @@ impl TaskExecutionStorage for LossyStorage {
     ) -> crate::Result<Vec<crate::task::TaskExecutionCount>> {
         self.inner.count_task_executions(statuses, limit).await
     }
+
+    async fn ready_task_executions(
+        &self,
+        now: i64,
+        limit: u64,
+    ) -> crate::Result<Vec<crate::task::ReadyTaskExecutions>> {
+        self.inner.ready_task_executions(now, limit).await
+    }
     async fn retry_task_execution(
         &self,
         execution_id: &str,

@@ -183,6 +183,14 @@ impl TaskExecutionStorage for PanickingStorage {
         self.faults.enter("count_task_executions").await;
         self.inner.count_task_executions(statuses, limit).await
     }
+    async fn ready_task_executions(
+        &self,
+        now: i64,
+        limit: u64,
+    ) -> Result<Vec<crate::task::ReadyTaskExecutions>> {
+        self.faults.enter("ready_task_executions").await;
+        self.inner.ready_task_executions(now, limit).await
+    }
     async fn retry_task_execution(&self, execution_id: &str, now: i64) -> Result<TaskExecution> {
         self.faults.enter("retry_task_execution").await;
         self.inner.retry_task_execution(execution_id, now).await

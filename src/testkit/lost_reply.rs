@@ -332,6 +332,14 @@ impl<S: TaskExecutionStorage + ?Sized> TaskExecutionStorage for LoseReplies<Arc<
         self.inner.count_task_executions(statuses, limit).await
     }
 
+    async fn ready_task_executions(
+        &self,
+        now: i64,
+        limit: u64,
+    ) -> Result<Vec<crate::task::ReadyTaskExecutions>> {
+        self.inner.ready_task_executions(now, limit).await
+    }
+
     async fn get_finished_child_task_executions(
         &self,
         parent_execution_id: &str,

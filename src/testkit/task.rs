@@ -126,6 +126,7 @@ macro_rules! task_storage_conformance {
             invalid_schedules_are_rejected_before_writing,
             get_task_executions_filters_by_task_queue_and_age,
             counts_group_by_queue_and_status,
+            ready_executions_are_grouped_by_task_and_queue_with_the_oldest,
             retry_runs_a_failed_root_again_and_keeps_its_error,
             retry_refuses_what_it_cannot_run_again,
             concurrent_retries_have_one_winner,
@@ -2881,6 +2882,66 @@ pub async fn get_task_executions_filters_by_task_queue_and_age(storage: Storage)
             "{filter:?} matched rows"
         );
     }
+    Ok(())
+}
+
+/// Due `ready` executions are grouped by task and queue with the `start_at` of the oldest, the
+/// longest waits first; delayed, running and finished ones are left out; the limit holds.
+pub async fn ready_executions_are_grouped_by_task_and_queue_with_the_oldest(
+    storage: Storage,
+) -> CaseResult {
+    let of = |id: &str, task: &str, queue: &str, start_at: i64| NewTaskExecution {
+        task_id: task.to_owned(),
+        queue: Some(queue.to_owned()),
+        sleep_before_run: Duration::from_millis(
+            u64::try_from(start_at - (T0 - 1_000)).unwrap_or_default(),
+        ),
+        ..new_execution(id)
+    };
+    storage
+        .enqueue_task_executions(
+            vec![
+                of("c1", "child", "default", T0 - 500),
+                of("c2", "child", "default", T0 - 100),
+                of("c3", "child", "default", T0 + 1_000),
+                of("m1", "mail", "mail", T0 - 50),
+                of("m2", "mail", "bulk", T0 - 300),
+                of("r1", "report", "default", T0 - 900),
+            ],
+            T0 - 1_000,
+        )
+        .await?;
+    force_status(&storage, "r1", TaskExecutionStatus::Running, T0).await?;
+    let group =
+        |task: &str, queue: &str, count: u64, oldest: i64| crate::task::ReadyTaskExecutions {
+            task_id: task.to_owned(),
+            queue: queue.to_owned(),
+            count,
+            oldest_start_at: oldest,
+        };
+    check_eq!(
+        storage.ready_task_executions(T0, 100).await?,
+        vec![
+            group("child", "default", 2, T0 - 500),
+            group("mail", "bulk", 1, T0 - 300),
+            group("mail", "mail", 1, T0 - 50),
+        ]
+    );
+    check_eq!(
+        storage.ready_task_executions(T0 + 1_000, 1).await?,
+        vec![group("child", "default", 3, T0 - 500)]
+    );
+    check!(
+        storage.ready_task_executions(T0, 0).await?.is_empty(),
+        "a limit of 0 listed something"
+    );
+    check!(
+        storage
+            .ready_task_executions(T0 - 1_000, 100)
+            .await?
+            .is_empty(),
+        "executions not yet due were listed"
+    );
     Ok(())
 }
 

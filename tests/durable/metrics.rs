@@ -61,21 +61,34 @@ mod memory {
     /// subscriber exists.
     #[test]
     fn runs_follow_from_the_span_that_enqueued_them() -> anyhow::Result<()> {
+        alone("metrics::memory::span_child")
+    }
+
+    /// Runs [`unregistered_child`] alone in its process, for the reason above.
+    #[test]
+    fn children_of_an_unregistered_task_are_warned_about_once() -> anyhow::Result<()> {
+        alone("metrics::memory::unregistered_child")
+    }
+
+    /// Runs the ignored test `name` alone in a process of its own and fails with its output
+    /// unless it passed.
+    fn alone(name: &str) -> anyhow::Result<()> {
         let out = std::process::Command::new(std::env::current_exe()?)
-            .args([
-                "metrics::memory::span_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-            ])
+            .args([name, "--exact", "--ignored", "--nocapture"])
             .output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         ensure!(
             out.status.success() && stdout.contains("1 passed"),
-            "the span test failed in its process:\n{stdout}\n{}",
+            "{name} failed in its process:\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    #[ignore = "entry point of the unregistered-child test's own process"]
+    async fn unregistered_child() -> anyhow::Result<()> {
+        super::warns_once_per_unregistered_child_task().await
     }
 
     /// One thread, so that the subscriber set for this test sees the spans of the executor's
@@ -337,6 +350,29 @@ async fn queue_depth(storage: Arc<dyn TaskExecutionStorage>) -> anyhow::Result<(
                 .is_none(),
             "a series was set for a queue and status that holds nothing"
         );
+        // The oldest ready execution of each (queue, task) ages from its start, sample by
+        // sample: nobody serves `mNobody`.
+        let age = |queue: &str| {
+            series.gauge(
+                metric::TASK_OLDEST_READY_AGE,
+                &[("queue", queue), ("task", "mNobody")],
+            )
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(age("mqa").is_some_and(|s| s >= 0.3) && age("mqb").is_some_and(|s| s >= 0.3)) {
+            ensure!(
+                Instant::now() < deadline,
+                "oldest-ready ages {:?} {:?}",
+                age("mqa"),
+                age("mqb")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ensure!(
+            age("mqa").is_some_and(|s| s < 60.0),
+            "age {:?} beyond the test's own age",
+            age("mqa")
+        );
         // Queue `mqb` empties: its series goes back to 0 while the others stay.
         storage
             .update_task_executions(
@@ -356,6 +392,11 @@ async fn queue_depth(storage: Arc<dyn TaskExecutionStorage>) -> anyhow::Result<(
                 (depth, &[("queue", "mqa"), ("status", "ready")], 3.0),
                 (depth, &[("queue", "mqb"), ("status", "ready")], 0.0),
                 (depth, &[("queue", "mqa"), ("status", "sleeping")], 1.0),
+                (
+                    metric::TASK_OLDEST_READY_AGE,
+                    &[("queue", "mqb"), ("task", "mNobody")],
+                    0.0,
+                ),
             ])
             .await
     }
@@ -667,6 +708,102 @@ async fn follows_from_enqueuer() -> anyhow::Result<()> {
     ensure!(
         pairs == [("run", "request"), ("run", "run")],
         "follows_from links {pairs:?}"
+    );
+    Ok(())
+}
+
+/// The WARN events seen: their `task_id` field and message.
+#[derive(Clone, Default)]
+struct WarnLayer(Arc<Mutex<Vec<(String, String)>>>);
+
+/// Reads the `task_id` and `message` fields of one event.
+#[derive(Default)]
+struct WarnFields {
+    task_id: String,
+    message: String,
+}
+
+impl tracing::field::Visit for WarnFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "task_id" => self.task_id = format!("{value:?}"),
+            "message" => self.message = format!("{value:?}"),
+            _ => {}
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WarnLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() != tracing::Level::WARN {
+            return;
+        }
+        let mut fields = WarnFields::default();
+        event.record(&mut fields);
+        if let Ok(mut seen) = self.0.lock() {
+            seen.push((fields.task_id, fields.message));
+        }
+    }
+}
+
+/// Two parents spawn children of a task registered nowhere (and one of a registered task): the
+/// executor warns once about the unregistered task, naming it, and not about the registered
+/// one; the children wait `ready`, visible with their age in `ready_task_executions`.
+async fn warns_once_per_unregistered_child_task() -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let layer = WarnLayer::default();
+    let subscriber = tracing_subscriber::registry().with(layer.clone());
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let served = TaskDefinition::new("uServed", |_ctx, ()| async move { Ok::<_, TaskError>(()) });
+    let nobody = TaskDefinition::new("uNobody", |_ctx, ()| async move { Ok::<_, TaskError>(()) });
+    let (a, b) = (served.clone(), nobody.clone());
+    let parent = TaskDefinition::parent("uParent", move |_ctx, ()| {
+        let (served, nobody) = (a.clone(), b.clone());
+        async move {
+            Ok(ParentOutcome::new(())
+                .child(&served, &())
+                .child(&nobody, &())
+                .child(&nobody, &()))
+        }
+    })
+    .without_finalize();
+    let storage: Arc<dyn TaskExecutionStorage> = Arc::new(InMemoryTaskExecutionStorage::new());
+    let executor = Executor::new(Arc::clone(&storage), fast_options());
+    executor.register(&served)?;
+    executor.register(&parent)?;
+    executor.start();
+    for _ in 0..2 {
+        let handle = executor.enqueue(&parent, &()).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handle.get().await?.status != TaskExecutionStatus::WaitingForChildren {
+            ensure!(
+                Instant::now() < deadline,
+                "the parent never spawned its children"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    executor.shutdown().await;
+    let warned: Vec<(String, String)> = layer
+        .0
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .iter()
+        .filter(|(_, message)| message.contains("not registered"))
+        .cloned()
+        .collect();
+    ensure!(
+        warned.len() == 1 && warned[0].0 == "uNobody",
+        "warnings {warned:?}"
+    );
+    let ready = storage
+        .ready_task_executions(SystemClock.now_ms(), 100)
+        .await?;
+    ensure!(
+        ready.len() == 1 && ready[0].task_id == "uNobody" && ready[0].count == 4,
+        "ready {ready:?}"
     );
     Ok(())
 }

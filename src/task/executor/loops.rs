@@ -1,6 +1,6 @@
 //! The executor's loops: claim, and the background loops (parents, close, expire, cancel,
-//! prune, schedules), each named by a [`Loop`] that carries what wakes it and how often it
-//! polls; and the periodic chores the expire loop does on the side (clock skew, queue depth).
+//! prune, schedules, sample), each named by a [`Loop`] that carries what wakes it and how often
+//! it polls; and the clock-skew measurement the expire loop does on the side.
 //!
 //! Every iteration is one bounded step (a batch of rows, one statement for a chore), so no loop
 //! holds up another's work: pruning a large backlog runs in its own loop, a batch at a time,
@@ -25,6 +25,10 @@ pub(super) enum Loop {
     Cancel,
     /// Enqueues the due ticks of periodic schedules.
     Schedules,
+    /// Samples the gauges of the whole table (queue depth, oldest ready execution per task)
+    /// every [`ExecutorOptions::queue_depth_interval`]; spawned only with one. Apart from the
+    /// expire loop, so that aggregates over a large backlog never delay lease recovery.
+    Sample,
 }
 
 /// What one iteration of the claim loop found.
@@ -47,13 +51,14 @@ pub(super) enum Idle<'a> {
 
 impl Loop {
     /// Every background loop, in the order [`Executor::start`] spawns them.
-    pub(super) const ALL: [Loop; 6] = [
+    pub(super) const ALL: [Loop; 7] = [
         Loop::Parents,
         Loop::Close,
         Loop::Expire,
         Loop::Prune,
         Loop::Cancel,
         Loop::Schedules,
+        Loop::Sample,
     ];
 
     /// The loop's name in logs and metrics.
@@ -65,6 +70,7 @@ impl Loop {
             Loop::Prune => "prune",
             Loop::Cancel => "cancel",
             Loop::Schedules => "schedules",
+            Loop::Sample => "sample",
         }
     }
 
@@ -83,6 +89,12 @@ impl Loop {
                     .map_or(inner.options.expire_interval, |r| r.interval),
             ),
             Loop::Cancel | Loop::Schedules => Idle::Every(inner.options.poll_interval),
+            Loop::Sample => Idle::Every(
+                inner
+                    .options
+                    .queue_depth_interval
+                    .unwrap_or(inner.options.expire_interval),
+            ),
         }
     }
 
@@ -98,6 +110,7 @@ impl Loop {
             },
             Loop::Cancel => inner.take_cancellations().await,
             Loop::Schedules => inner.fire_schedules().await,
+            Loop::Sample => inner.sample().await.map(|()| false),
         }
     }
 }
@@ -111,8 +124,9 @@ pub(super) const SKEW_INTERVAL: Duration = Duration::from_secs(60);
 /// Most ticks the schedules loop enqueues in one iteration (over all the schedules it fires).
 pub(super) const MAX_TICKS_PER_ITERATION: usize = 1000;
 
-/// Most (queue, status) series of the queue-depth gauge one sample sets.
-pub(super) const QUEUE_DEPTH_SERIES: u64 = 1000;
+/// Most series of each table gauge (queue depth by queue and status, oldest ready execution by
+/// task and queue) one sample sets.
+pub(super) const SAMPLE_SERIES: u64 = 1000;
 
 /// Whether `interval` has passed since `last` (or nothing happened yet); if so, records now.
 pub(super) fn due(last: &Mutex<Option<std::time::Instant>>, interval: Duration) -> bool {
@@ -391,15 +405,8 @@ impl Inner {
     /// Measures this executor's clock against the storage's when due ([`SKEW_INTERVAL`]),
     /// and warns when they are further apart than a quarter of the lease margin.
     pub(super) async fn measure_clock_skew(&self) -> Result<()> {
-        {
-            let mut measured = self
-                .skew_measured
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if measured.is_some_and(|at| at.elapsed() < SKEW_INTERVAL) {
-                return Ok(());
-            }
-            *measured = Some(std::time::Instant::now());
+        if !due(&self.skew_measured, SKEW_INTERVAL) {
+            return Ok(());
         }
         let before = self.now();
         let Some(database) = self.storage.database_time_ms().await? else {
@@ -459,30 +466,28 @@ impl Inner {
         Ok((deleted, full))
     }
 
-    /// Sets the queue-depth gauges from one count of the unfinished executions, when
-    /// [`ExecutorOptions::queue_depth_interval`] has passed since the last sample.
-    pub(super) async fn sample_queue_depth(&self) -> Result<()> {
-        let Some(interval) = self.options.queue_depth_interval else {
-            return Ok(());
-        };
-        if !due(&self.depth_sampled, interval) {
-            return Ok(());
-        }
-        let counts = self
+    /// One iteration of the sample loop: sets the queue-depth gauges from one count of the
+    /// unfinished executions, and the oldest-ready gauges from one aggregate of the due ready
+    /// ones. Each gauge is set even when the other's query failed.
+    pub(super) async fn sample(&self) -> Result<()> {
+        let depth = self
             .storage
-            .count_task_executions(&TaskExecutionStatus::ACTIVE, QUEUE_DEPTH_SERIES)
-            .await?;
-        self.metrics.queue_depth(&counts);
-        Ok(())
+            .count_task_executions(&TaskExecutionStatus::ACTIVE, SAMPLE_SERIES)
+            .await
+            .map(|counts| self.metrics.queue_depth(&counts));
+        let now = self.now();
+        let ready = self
+            .storage
+            .ready_task_executions(now, SAMPLE_SERIES)
+            .await
+            .map(|ready| self.metrics.oldest_ready(&ready, now));
+        depth.and(ready)
     }
 
     /// One iteration of the expire loop.
     pub(super) async fn expire(self: Arc<Self>) -> Result<bool> {
         if let Err(err) = self.measure_clock_skew().await {
             tracing::debug!(error = %err, "measuring the clock skew failed");
-        }
-        if let Err(err) = self.sample_queue_depth().await {
-            tracing::debug!(error = %err, "sampling the queue depth failed");
         }
         let limit = self.options.background_batch_size;
         let expired = self

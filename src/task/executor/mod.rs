@@ -39,7 +39,7 @@ mod parent;
 mod run;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -125,9 +125,10 @@ struct Inner {
     clock_skew_ms: AtomicI64,
     /// When the clock skew was measured last.
     skew_measured: Mutex<Option<std::time::Instant>>,
-    /// When the queue depth was sampled last.
-    depth_sampled: Mutex<Option<std::time::Instant>>,
     metrics: ExecutorMetrics,
+    /// The tasks not registered here whose children this executor spawned, each warned about
+    /// once.
+    unregistered_children: Mutex<HashSet<String>>,
     /// The spans that enqueued executions in this process, for their runs to follow from.
     enqueuers: EnqueueSpans,
     wake_claim: Notify,
@@ -170,8 +171,8 @@ impl Executor {
                 failed_parent_claim: Mutex::new(None),
                 clock_skew_ms: AtomicI64::new(NO_SKEW),
                 skew_measured: Mutex::new(None),
-                depth_sampled: Mutex::new(None),
                 metrics,
+                unregistered_children: Mutex::new(HashSet::new()),
                 enqueuers: EnqueueSpans::default(),
                 wake_claim: Notify::new(),
                 wake_parents: Arc::new(Notify::new()),
@@ -266,7 +267,9 @@ impl Executor {
         }
         loops.push(tokio::spawn(Arc::clone(inner).claim_loop()));
         for which in Loop::ALL {
-            if which == Loop::Prune && inner.options.retention.is_none() {
+            if (which == Loop::Prune && inner.options.retention.is_none())
+                || (which == Loop::Sample && inner.options.queue_depth_interval.is_none())
+            {
                 continue;
             }
             loops.push(tokio::spawn(Arc::clone(inner).background_loop(which)));
@@ -667,6 +670,48 @@ impl Inner {
             .collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// The tasks of `children` not registered here, each once, the ones warned about already
+    /// left out.
+    fn unregistered_tasks(&self, children: &[NewTaskExecution]) -> Vec<String> {
+        let tasks = self
+            .tasks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let warned = self
+            .unregistered_children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ids: Vec<String> = children
+            .iter()
+            .map(|c| &c.task_id)
+            .filter(|id| !tasks.contains_key(*id) && !warned.contains(*id))
+            .cloned()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Warns once per task about children of `tasks` (not registered here) that `parent`
+    /// spawned: unless another executor registers the task, they are never claimed and the
+    /// parent waits for ever. Their wait shows in the oldest-ready gauge and in `stats`.
+    fn warn_unregistered_children(&self, parent: &str, tasks: Vec<String>) {
+        let mut warned = self
+            .unregistered_children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for task_id in tasks {
+            if warned.insert(task_id.clone()) {
+                tracing::warn!(
+                    task_id = %task_id,
+                    parent_execution_id = %parent,
+                    "spawned children of a task not registered on this executor: unless another \
+                     executor registers it, they are never claimed and their parent waits for ever"
+                );
+            }
+        }
     }
 
     fn task(&self, id: &str) -> Option<Arc<TaskSpec>> {

@@ -366,11 +366,13 @@ impl Inner {
                 ..Default::default()
             };
             let followers = self.followers(&children);
+            let unregistered = self.unregistered_tasks(&children);
             let written = storage
                 .update_task_execution_and_enqueue(guard, &update, children)
                 .await?
                 || self.holds_own(execution, &update).await?;
             if written {
+                self.warn_unregistered_children(&execution.execution_id, unregistered);
                 self.remember_followers(followers);
                 self.wake_claim.notify_one();
             }
