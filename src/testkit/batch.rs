@@ -45,6 +45,7 @@ use crate::error::Error;
 
 pub use super::sweep::every_batch_write_whose_reply_is_lost_tells_the_truth;
 pub use super::values::{
+    batch_names_at_their_limits_round_trip_one_more_is_refused,
     batch_numbers_at_the_ends_of_their_types_never_panic,
     batch_text_with_nul_round_trips_or_is_refused,
 };
@@ -124,6 +125,7 @@ macro_rules! batch_store_conformance {
         $crate::batch_store_conformance!(@cases $attrs $factory;
             prune_deletes_finished_jobs_in_bounded_steps,
             batch_text_with_nul_round_trips_or_is_refused,
+            batch_names_at_their_limits_round_trip_one_more_is_refused,
             batch_numbers_at_the_ends_of_their_types_never_panic,
             saved_job_round_trips,
             missing_job_reads_as_none,

@@ -50,6 +50,7 @@ use crate::task::{MissedTicks, ScheduleSpec, TaskSchedule};
 use crate::{Error, Result};
 
 pub use super::values::{
+    names_at_their_limits_round_trip_one_more_is_refused,
     numbers_at_the_ends_of_their_types_never_panic, text_with_nul_round_trips_or_is_refused,
 };
 
@@ -83,6 +84,7 @@ macro_rules! task_storage_conformance {
         $crate::task_storage_conformance!(@cases $attrs $how;
             enqueue_then_get_round_trips_every_field,
             text_with_nul_round_trips_or_is_refused,
+            names_at_their_limits_round_trip_one_more_is_refused,
             numbers_at_the_ends_of_their_types_never_panic,
             enqueue_of_nothing_is_a_no_op,
             duplicate_enqueue_is_conflict_and_inserts_nothing,

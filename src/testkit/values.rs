@@ -2,7 +2,8 @@
 //! (names refused, free text stored losslessly, reads by an unstorable name answered as for
 //! any unknown one), and numbers at the ends of their types (every limit and count passed as
 //! `u64::MAX`, times at `i64::MIN`/`i64::MAX`): a typed answer, never a panic or a raw database
-//! error. The cases are re-exported by [`task`](super::task) and [`batch`](super::batch), whose
+//! error; and every name at its limit in four-byte characters (stored and read back) or one
+//! character past it (refused before writing). The cases are re-exported by [`task`](super::task) and [`batch`](super::batch), whose
 //! conformance macros run them.
 
 use std::time::Duration;
@@ -704,5 +705,226 @@ pub async fn executor_with_limits_at_the_end_of_u64_finishes_its_work(
         check_eq!(finished.output, Some(5));
     }
     executor.shutdown().await;
+    Ok(())
+}
+
+/// `n` four-byte characters: the widest a name at its limit can be in bytes (MySQL's `utf8mb4`
+/// columns and index keys count them so).
+fn wide(n: usize) -> String {
+    "🚀".repeat(n)
+}
+
+/// Every name of the task port at its limit, counted in characters and written in four-byte
+/// ones, is stored, found by and read back unchanged (execution and task ids, queue, wake key,
+/// executor and claim ids, schedule id and a cron expression); one character more is refused
+/// with [`Error::InvalidArgument`] before anything is written.
+pub async fn names_at_their_limits_round_trip_one_more_is_refused(storage: Storage) -> CaseResult {
+    use crate::dialect::column_len;
+    use sea_orm_durable_migration::limit;
+    let id_len = column_len(limit::TASK_ID_LEN);
+    let queue_len = column_len(limit::QUEUE_LEN);
+    let claim_len = column_len(limit::CLAIM_ID_LEN);
+    let at_limit = |extra: usize| NewTaskExecution {
+        execution_id: wide(id_len + extra),
+        task_id: wide(id_len),
+        queue: Some(wide(queue_len)),
+        ..new_execution("unused")
+    };
+    let sleeper = NewTaskExecution {
+        wake_key: Some(wide(id_len)),
+        ..new_execution("sleeper")
+    };
+    storage
+        .enqueue_task_executions(vec![at_limit(0), sleeper], T0)
+        .await?;
+    let claimed = storage
+        .claim_task_executions(&ClaimParams {
+            task_ids: Some(vec![wide(id_len)]),
+            queues: Some(vec![wide(queue_len)]),
+            claim_id: Some(wide(claim_len)),
+            ..claim(&wide(id_len), T0, 10)
+        })
+        .await?;
+    check_eq!(claimed.len(), 1);
+    let stored = storage
+        .get_task_execution(&wide(id_len))
+        .await?
+        .ok_or_else(|| CaseFailure::new("the execution with the longest id is not found"))?;
+    check_eq!(stored.execution_id, wide(id_len));
+    check_eq!(stored.task_id, wide(id_len));
+    check_eq!(stored.queue, wide(queue_len));
+    let sleeper = storage
+        .get_task_execution("sleeper")
+        .await?
+        .ok_or_else(|| CaseFailure::new("the sleeper is not found"))?;
+    check_eq!(sleeper.wake_key, Some(wide(id_len)));
+    check_eq!(stored.executor_id, Some(wide(id_len)));
+    check_eq!(stored.claim_id, Some(wide(claim_len)));
+
+    let longest_schedule = TaskSchedule {
+        task_id: wide(id_len),
+        // A valid expression of exactly the limit: the minute 0 listed again and again.
+        spec: ScheduleSpec::Cron {
+            expression: format!(
+                "0{} 3 * * *",
+                ",0".repeat((crate::task::MAX_CRON_LEN - 9) / 2)
+            ),
+            time_zone: "UTC".to_owned(),
+        },
+        ..schedule(&wide(crate::task::MAX_SCHEDULE_ID_LEN))
+    };
+    if let ScheduleSpec::Cron { expression, .. } = &longest_schedule.spec {
+        check_eq!(expression.chars().count(), crate::task::MAX_CRON_LEN);
+    }
+    storage.save_task_schedule(longest_schedule.clone()).await?;
+    let schedules = storage.get_task_schedules().await?;
+    check!(
+        schedules
+            .iter()
+            .any(|s| s.same_definition(&longest_schedule)),
+        "the schedule with the longest names did not read back: {schedules:?}"
+    );
+
+    // One character more: refused, and nothing written.
+    let refused = [
+        at_limit(1),
+        NewTaskExecution {
+            task_id: wide(id_len + 1),
+            ..new_execution("long-task")
+        },
+        NewTaskExecution {
+            queue: Some(wide(queue_len + 1)),
+            ..new_execution("long-queue")
+        },
+        NewTaskExecution {
+            wake_key: Some(wide(id_len + 1)),
+            ..new_execution("long-key")
+        },
+    ];
+    for e in refused {
+        let result = storage.enqueue_task_executions(vec![e.clone()], T0).await;
+        check!(is_invalid(&result), "{}: {result:?}", e.execution_id.len());
+    }
+    for params in [
+        claim(&wide(id_len + 1), T0, 10),
+        ClaimParams {
+            claim_id: Some(wide(claim_len + 1)),
+            ..claim("ex", T0, 10)
+        },
+    ] {
+        let result = storage.claim_task_executions(&params).await;
+        check!(is_invalid(&result), "claim: {result:?}");
+    }
+    for s in [
+        schedule(&wide(crate::task::MAX_SCHEDULE_ID_LEN + 1)),
+        TaskSchedule {
+            spec: ScheduleSpec::Cron {
+                expression: format!(
+                    "0{} 3 * * *",
+                    ",0".repeat((crate::task::MAX_CRON_LEN - 9) / 2 + 1)
+                ),
+                time_zone: "UTC".to_owned(),
+            },
+            ..schedule("long-cron")
+        },
+    ] {
+        let result = storage.save_task_schedule(s).await;
+        check!(is_invalid(&result), "schedule: {result:?}");
+    }
+    check_eq!(
+        storage
+            .get_task_executions(&TaskExecutionFilter::default())
+            .await?
+            .len(),
+        2
+    );
+    check_eq!(storage.get_task_schedules().await?.len(), 1);
+    Ok(())
+}
+
+/// Every id of the batch port at its limit, counted in characters and written in four-byte
+/// ones (job, batch and worker ids, claim and finalizer ids), is stored, found by and read
+/// back unchanged through a claim, a completion and the finalization; one character more is
+/// refused with [`Error::InvalidArgument`].
+pub async fn batch_names_at_their_limits_round_trip_one_more_is_refused(ctx: Ctx) -> CaseResult {
+    use crate::batch::store::ClaimBatchResult;
+    use crate::batch::{Batch, JobStatus};
+    use crate::dialect::column_len;
+    use sea_orm_durable_migration::limit;
+    let store = &ctx.store;
+    let id_len = column_len(limit::BATCH_ID_LEN);
+    let claim_len = column_len(limit::CLAIM_ID_LEN);
+    let (job_id, batch_id, worker_id) = (wide(id_len), "b".repeat(id_len), wide(id_len));
+    let mut job = job(&job_id, 2);
+    job.status = JobStatus::Processing;
+    job.distributed = true;
+    job.started_at = Some(T0);
+    job.total_records = 2;
+    job.batches = vec![Batch::new(batch_id.clone(), 0).with_records(0, 1)];
+    store
+        .save_batch_records(&job_id, &batch_id, &[record(0), record(1)])
+        .await?;
+    store.save_job_state(&job).await?;
+    let reservation = match store
+        .claim_batch_with_id(&job_id, &worker_id, &wide(claim_len))
+        .await?
+    {
+        ClaimBatchResult::Claimed(r) => r,
+        other => return Err(CaseFailure::new(format!("expected a claim, got {other:?}"))),
+    };
+    check_eq!(reservation.job_id, job_id);
+    check_eq!(reservation.batch_id, batch_id);
+    check_eq!(reservation.worker_id, worker_id);
+    let outcomes: Vec<RecordOutcome> = store
+        .get_batch_records(&job_id, &batch_id)
+        .await?
+        .iter()
+        .map(|r| {
+            RecordOutcome::of(&ProcessedRecord {
+                status: RecordStatus::Processed,
+                ..r.clone()
+            })
+        })
+        .collect();
+    check_eq!(outcomes.len(), 2);
+    check!(
+        store
+            .complete_batch_with_outcomes(&reservation, BatchOutcome::completed(2, 0), &outcomes)
+            .await?,
+        "the completion by the longest ids did not hold"
+    );
+    check!(
+        store
+            .try_finalize_job_with_id(&job_id, &wide(claim_len))
+            .await?,
+        "the finalization by the longest finalizer id did not win"
+    );
+    let stored = store
+        .get_job_state(&job_id)
+        .await?
+        .ok_or_else(|| CaseFailure::new("the job with the longest id is not found"))?;
+    check_eq!(stored.id, job_id);
+    check_eq!(stored.batches.len(), 1);
+    check_eq!(stored.batches[0].id, batch_id);
+    check_eq!(stored.batches[0].worker_id, Some(worker_id.clone()));
+
+    // One character more: refused.
+    let long_id = wide(id_len + 1);
+    let saved = store.save_job_state(&self::job(&long_id, 2)).await;
+    check!(is_invalid(&saved), "job id: {saved:?}");
+    let records = store
+        .save_batch_records(&job_id, &long_id, &[record(5)])
+        .await;
+    check!(is_invalid(&records), "batch id: {records:?}");
+    let claimed = store.claim_batch(&job_id, &long_id).await;
+    check!(is_invalid(&claimed), "worker id: {claimed:?}");
+    let claimed = store
+        .claim_batch_with_id(&job_id, "w", &wide(claim_len + 1))
+        .await;
+    check!(is_invalid(&claimed), "claim id: {claimed:?}");
+    let finalized = store
+        .try_finalize_job_with_id(&job_id, &wide(claim_len + 1))
+        .await;
+    check!(is_invalid(&finalized), "finalizer id: {finalized:?}");
     Ok(())
 }

@@ -24,6 +24,7 @@ per_backend!(
     hot_queries_read_an_index_in_their_order,
     guarded_updates_find_their_rows_by_primary_key,
     claims_of_some_tasks_read_only_their_tasks_index_entries,
+    every_bounded_column_has_the_length_its_check_uses,
 );
 
 const TABLES: [&str; 6] = [
@@ -999,5 +1000,189 @@ async fn claims_of_some_tasks_read_only_their_tasks_index_entries(t: TestDb) -> 
             );
         }
     }
+    Ok(())
+}
+
+/// The longest `as_str` of a status type's values.
+fn longest<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> u32 {
+    all.iter()
+        .map(|v| u32::try_from(name(*v).chars().count()).unwrap_or(u32::MAX))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every bounded text column and what bounds what is written to it: a name's column has the
+/// length its API check reads from `migration::limit` (so no value the check accepts is cut or
+/// refused by the database), a status column holds its type's longest value. A bounded column
+/// missing here fails the test: a new one must be given its limit and its check.
+fn bounded_columns() -> Vec<(&'static str, &'static str, u32, bool)> {
+    use sea_orm_durable::batch::{BatchStatus, JobStatus, RecordStatus};
+    use sea_orm_durable::migration::limit::{
+        BATCH_ID_LEN, CLAIM_ID_LEN, CRON_EXPRESSION_LEN, QUEUE_LEN, TASK_ID_LEN, TIME_ZONE_LEN,
+    };
+    use sea_orm_durable::task::{MissedTicks, TaskExecutionStatus};
+    let task_status = longest(TaskExecutionStatus::ALL, TaskExecutionStatus::as_str);
+    let mut columns = vec![
+        // (table, column, length or longest value, whether the length must be exact)
+        ("batchactions_batches", "claim_id", CLAIM_ID_LEN, true),
+        ("batchactions_batches", "id", BATCH_ID_LEN, true),
+        ("batchactions_batches", "job_id", BATCH_ID_LEN, true),
+        ("batchactions_batches", "worker_id", BATCH_ID_LEN, true),
+        ("batchactions_jobs", "finalized_by", CLAIM_ID_LEN, true),
+        ("batchactions_jobs", "id", BATCH_ID_LEN, true),
+        ("batchactions_records", "batch_id", BATCH_ID_LEN, true),
+        ("batchactions_records", "job_id", BATCH_ID_LEN, true),
+        ("durable_task_executions", "claim_id", CLAIM_ID_LEN, true),
+        ("durable_task_executions", "queue", QUEUE_LEN, true),
+        (
+            "durable_task_schedules",
+            "cron_expression",
+            CRON_EXPRESSION_LEN,
+            true,
+        ),
+        ("durable_task_schedules", "time_zone", TIME_ZONE_LEN, true),
+        (
+            "batchactions_batches",
+            "status",
+            longest(BatchStatus::ALL, BatchStatus::as_str),
+            false,
+        ),
+        (
+            "batchactions_jobs",
+            "status",
+            longest(JobStatus::ALL, JobStatus::as_str),
+            false,
+        ),
+        (
+            "batchactions_records",
+            "status",
+            longest(RecordStatus::ALL, RecordStatus::as_str),
+            false,
+        ),
+        (
+            "durable_finished_child_task_executions",
+            "status",
+            task_status,
+            false,
+        ),
+        ("durable_task_executions", "status", task_status, false),
+        (
+            "durable_task_schedules",
+            "missed_ticks",
+            longest(MissedTicks::ALL, MissedTicks::as_str),
+            false,
+        ),
+    ];
+    for (table, column) in [
+        (
+            "durable_finished_child_task_executions",
+            "child_execution_id",
+        ),
+        ("durable_finished_child_task_executions", "child_task_id"),
+        (
+            "durable_finished_child_task_executions",
+            "parent_execution_id",
+        ),
+        ("durable_task_executions", "execution_id"),
+        ("durable_task_executions", "executor_id"),
+        ("durable_task_executions", "finalize_execution_id"),
+        ("durable_task_executions", "finalize_task_id"),
+        ("durable_task_executions", "parent_execution_id"),
+        ("durable_task_executions", "parent_task_id"),
+        ("durable_task_executions", "root_execution_id"),
+        ("durable_task_executions", "root_task_id"),
+        ("durable_task_executions", "sleeping_key"),
+        ("durable_task_executions", "task_id"),
+        ("durable_task_executions", "wake_key"),
+        ("durable_task_schedules", "schedule_id"),
+        ("durable_task_schedules", "task_id"),
+    ] {
+        columns.push((table, column, TASK_ID_LEN, true));
+    }
+    columns
+}
+
+/// The `(table, column, length)` of every bounded text column of the crate's tables, as the
+/// backend declares it (`VARCHAR(n)`, `CHAR(n)`; SQLite keeps the declared type).
+async fn declared_lengths(t: &TestDb) -> anyhow::Result<Vec<(String, String, u32)>> {
+    let tables = TABLES.map(|t| format!("'{t}'")).join(", ");
+    let sql = match t.backend {
+        Backend::Postgres => format!(
+            "SELECT table_name AS t, column_name AS c, \
+             CAST(character_maximum_length AS BIGINT) AS n FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name IN ({tables}) \
+             AND character_maximum_length IS NOT NULL"
+        ),
+        Backend::MySql => format!(
+            "SELECT TABLE_NAME AS t, COLUMN_NAME AS c, \
+             CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) AS n FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ({tables}) \
+             AND DATA_TYPE IN ('varchar', 'char')"
+        ),
+        Backend::Sqlite => {
+            let mut found = Vec::new();
+            for table in TABLES {
+                let rows =
+                    t.db.query_all_raw(Statement::from_string(
+                        t.db_backend(),
+                        format!("SELECT name, type FROM pragma_table_info('{table}')"),
+                    ))
+                    .await?;
+                for row in rows {
+                    let column: String = row.try_get("", "name")?;
+                    let declared: String = row.try_get("", "type")?;
+                    let declared = declared.to_ascii_lowercase();
+                    if let Some(n) = declared
+                        .strip_prefix("varchar(")
+                        .or_else(|| declared.strip_prefix("char("))
+                        .and_then(|rest| rest.strip_suffix(')'))
+                    {
+                        found.push((table.to_owned(), column, n.trim().parse()?));
+                    }
+                }
+            }
+            return Ok(found);
+        }
+    };
+    let rows =
+        t.db.query_all_raw(Statement::from_string(t.db_backend(), sql))
+            .await?;
+    rows.iter()
+        .map(|r| {
+            let n: i64 = r.try_get("", "n")?;
+            Ok((r.try_get("", "t")?, r.try_get("", "c")?, u32::try_from(n)?))
+        })
+        .collect()
+}
+
+/// Every bounded text column of the schema is listed in [`bounded_columns`], with the length
+/// its check allows (a status column: room for its longest value), on every backend.
+async fn every_bounded_column_has_the_length_its_check_uses(t: TestDb) -> anyhow::Result<()> {
+    let expected = bounded_columns();
+    let declared = declared_lengths(&t).await?;
+    let mut wrong = Vec::new();
+    for (table, column, length) in &declared {
+        match expected
+            .iter()
+            .find(|(t, c, _, _)| t == table && c == column)
+        {
+            None => wrong.push(format!(
+                "{table}.{column} ({length}) has no limit and no check: list it"
+            )),
+            Some((_, _, limit, true)) if limit != length => wrong.push(format!(
+                "{table}.{column} is {length} long, its check allows {limit}"
+            )),
+            Some((_, _, longest, false)) if longest > length => wrong.push(format!(
+                "{table}.{column} is {length} long, its longest value {longest}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for (table, column, _, _) in &expected {
+        if !declared.iter().any(|(t, c, _)| t == table && c == column) {
+            wrong.push(format!("{table}.{column} is not a bounded column"));
+        }
+    }
+    ensure!(wrong.is_empty(), "{:?}: {wrong:#?}", t.backend);
     Ok(())
 }
