@@ -18,7 +18,9 @@
 //! The root holds what an application needs to run work; everything else lives in its module:
 //! the task domain in [`task`] and the batch domain in [`batch`], each with the port a storage
 //! implements and the types only an implementer needs ([`task::storage`], [`batch::store`]);
-//! clocks in [`clock`], errors in [`error`], metric names in [`metric`].
+//! clocks in [`clock`], errors in [`error`], metric names in [`metric`]. What operators and
+//! front ends do with the work (list, show, count, cancel, retry, requeue, prune) is in
+//! [`admin`].
 //!
 //! Each port has an in-memory implementation for unit tests
 //! ([`InMemoryTaskExecutionStorage`](task::InMemoryTaskExecutionStorage),
@@ -76,6 +78,7 @@
 //! # }
 //! ```
 
+pub mod admin;
 pub mod batch;
 pub mod clock;
 mod dialect;

@@ -13,21 +13,16 @@ mod duration;
 mod output;
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
-use sea_orm_durable::batch::store::{DistributedStateStore, RecordFilter, StateStore};
-use sea_orm_durable::batch::{JobState, RecordStatus};
+use sea_orm_durable::Error;
+use sea_orm_durable::admin::{Admin, JobDetail};
 use sea_orm_durable::clock::{Clock, SystemClock};
-use sea_orm_durable::task::storage::TaskExecutionStorage;
 use sea_orm_durable::task::{
-    Retention, ScheduleSpec, TaskExecution, TaskExecutionFilter, TaskExecutionStatus,
-};
-use sea_orm_durable::{
-    Error, Executor, ExecutorOptions, SeaOrmStateStore, SeaOrmTaskExecutionStorage,
+    ScheduleSpec, TaskExecution, TaskExecutionFilter, TaskExecutionStatus,
 };
 use serde_json::{Value, json};
 
@@ -232,28 +227,22 @@ async fn run(cli: Cli, out: &mut Output) -> anyhow::Result<()> {
     let url = cli
         .database_url
         .context("no database URL: pass --database-url (-u) or set DATABASE_URL")?;
-    let db = connect(&url).await?;
+    let admin = Admin::from_connection(connect(&url).await?);
     let now = SystemClock.now_ms();
     match cli.command {
-        Command::Executions(command) => {
-            let storage = Arc::new(SeaOrmTaskExecutionStorage::new(db));
-            match command {
-                ExecutionsCommand::List(args) => list(&*storage, &args, now, out).await,
-                ExecutionsCommand::Show { id } => show(&*storage, &id, out).await,
-                ExecutionsCommand::Cancel { id } => cancel(storage, &id, out).await,
-                ExecutionsCommand::Retry { id } => retry(&*storage, &id, now, out).await,
-            }
-        }
-        Command::Stats => stats(&SeaOrmTaskExecutionStorage::new(db), now, out).await,
-        Command::Schedules => schedules(&SeaOrmTaskExecutionStorage::new(db), out).await,
-        Command::Jobs(command) => {
-            let store = SeaOrmStateStore::new(db);
-            match command {
-                JobsCommand::Show { job_id, limit } => show_job(&store, &job_id, limit, out).await,
-                JobsCommand::RequeueFailed { job_id } => requeue(&store, &job_id, out).await,
-            }
-        }
-        Command::Prune(args) => prune(db, &args, now, out).await,
+        Command::Executions(command) => match command {
+            ExecutionsCommand::List(args) => list(&admin, &args, now, out).await,
+            ExecutionsCommand::Show { id } => show(&admin, &id, out).await,
+            ExecutionsCommand::Cancel { id } => cancel(&admin, &id, out).await,
+            ExecutionsCommand::Retry { id } => retry(&admin, &id, out).await,
+        },
+        Command::Stats => stats(&admin, out).await,
+        Command::Schedules => schedules(&admin, out).await,
+        Command::Jobs(command) => match command {
+            JobsCommand::Show { job_id, limit } => show_job(&admin, &job_id, limit, out).await,
+            JobsCommand::RequeueFailed { job_id } => requeue(&admin, &job_id, out).await,
+        },
+        Command::Prune(args) => prune(&admin, &args, out).await,
     }
 }
 
@@ -331,12 +320,7 @@ fn execution_json(e: &TaskExecution, full: bool) -> anyhow::Result<Value> {
     Ok(value)
 }
 
-async fn list(
-    storage: &dyn TaskExecutionStorage,
-    args: &ListArgs,
-    now: i64,
-    out: &mut Output,
-) -> anyhow::Result<()> {
+async fn list(admin: &Admin, args: &ListArgs, now: i64, out: &mut Output) -> anyhow::Result<()> {
     let some = |list: &Vec<String>| (!list.is_empty()).then(|| list.clone());
     let filter = TaskExecutionFilter {
         statuses: (!args.status.is_empty()).then(|| args.status.clone()),
@@ -351,7 +335,7 @@ async fn list(
         limit: Some(args.limit),
         ..Default::default()
     };
-    let found = storage.get_task_executions(&filter).await?;
+    let found = admin.executions(&filter).await?;
     if out.is_json() {
         let executions = found
             .iter()
@@ -393,19 +377,6 @@ async fn list(
         out.line("(no executions match)")?;
     }
     Ok(())
-}
-
-async fn get_execution(
-    storage: &dyn TaskExecutionStorage,
-    id: &str,
-) -> anyhow::Result<TaskExecution> {
-    Ok(storage
-        .get_task_execution(id)
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            entity: "task execution",
-            key: id.to_owned(),
-        })?)
 }
 
 fn print_execution(e: &TaskExecution, out: &mut Output) -> anyhow::Result<()> {
@@ -469,50 +440,66 @@ fn print_execution(e: &TaskExecution, out: &mut Output) -> anyhow::Result<()> {
     ])
 }
 
-async fn show(
-    storage: &dyn TaskExecutionStorage,
-    id: &str,
-    out: &mut Output,
-) -> anyhow::Result<()> {
-    let e = get_execution(storage, id).await?;
+async fn show(admin: &Admin, id: &str, out: &mut Output) -> anyhow::Result<()> {
+    let detail = admin.execution(id).await?;
+    let e = &detail.execution;
     if out.is_json() {
-        return out.json(&execution_json(&e, true)?);
+        let mut doc = execution_json(e, true)?;
+        if let Some(map) = doc.as_object_mut() {
+            let children = detail
+                .children
+                .iter()
+                .map(|c| execution_json(c, false))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            map.insert("children".to_owned(), json!(children));
+            map.insert(
+                "parentExecution".to_owned(),
+                detail
+                    .parent
+                    .as_ref()
+                    .map(|p| execution_json(p, false))
+                    .transpose()?
+                    .unwrap_or(Value::Null),
+            );
+        }
+        return out.json(&doc);
     }
-    print_execution(&e, out)
+    print_execution(e, out)?;
+    if detail.children.is_empty() {
+        return Ok(());
+    }
+    out.line("")?;
+    out.line(format_args!(
+        "children (first {} of {}, with the finalize execution):",
+        detail.children.len(),
+        detail.children_count
+    ))?;
+    let rows: Vec<Vec<String>> = detail
+        .children
+        .iter()
+        .map(|c| {
+            vec![
+                c.execution_id.clone(),
+                c.task_id.clone(),
+                c.status.to_string(),
+                opt_time(c.finished_at),
+            ]
+        })
+        .collect();
+    out.table(&["EXECUTION", "TASK", "STATUS", "FINISHED"], &rows)
 }
 
-async fn cancel(
-    storage: Arc<SeaOrmTaskExecutionStorage>,
-    id: &str,
-    out: &mut Output,
-) -> anyhow::Result<()> {
-    let before = get_execution(&*storage, id).await?;
-    let finished = |status: TaskExecutionStatus| Error::InvalidState {
-        entity: "task execution",
-        key: id.to_owned(),
-        reason: format!(
-            "is {status} already: only an execution that has not finished is cancelled"
-        ),
-    };
-    if before.is_finished {
-        return Err(finished(before.status).into());
-    }
-    // The library's own cancellation (a handle's), so a running execution is stopped the way
-    // an application stops it. The executor is never started: it only lends its handle.
-    let executor = Executor::new(storage.clone(), ExecutorOptions::default());
-    let cancelled = executor.handle::<Value>(id).cancel().await?;
-    let after = get_execution(&*storage, id).await?;
-    if !cancelled {
-        return Err(finished(after.status).into());
-    }
+async fn cancel(admin: &Admin, id: &str, out: &mut Output) -> anyhow::Result<()> {
+    let done = admin.cancel(id).await?;
     if out.is_json() {
-        return out
-            .json(&json!({ "cancelled": true, "execution": execution_json(&after, false)? }));
+        return out.json(
+            &json!({ "cancelled": true, "execution": execution_json(&done.execution, false)? }),
+        );
     }
     out.line(format_args!(
         "cancelled {id} (was {}){}",
-        before.status,
-        if before.status == TaskExecutionStatus::Running {
+        done.was,
+        if done.was == TaskExecutionStatus::Running {
             "; its executor stops the run"
         } else {
             ""
@@ -520,13 +507,8 @@ async fn cancel(
     ))
 }
 
-async fn retry(
-    storage: &dyn TaskExecutionStorage,
-    id: &str,
-    now: i64,
-    out: &mut Output,
-) -> anyhow::Result<()> {
-    let e = storage.retry_task_execution(id, now).await?;
+async fn retry(admin: &Admin, id: &str, out: &mut Output) -> anyhow::Result<()> {
+    let e = admin.retry(id).await?;
     if out.is_json() {
         return out.json(&json!({ "retried": true, "execution": execution_json(&e, false)? }));
     }
@@ -538,26 +520,11 @@ async fn retry(
     ))
 }
 
-async fn stats(
-    storage: &dyn TaskExecutionStorage,
-    now: i64,
-    out: &mut Output,
-) -> anyhow::Result<()> {
-    // Every (queue, status) pair there is; a database with more queues than this is not one
-    // this table serves, and the cap keeps the answer bounded.
-    const MAX_GROUPS: u64 = 100_000;
-    let counts = storage
-        .count_task_executions(TaskExecutionStatus::ALL, MAX_GROUPS)
-        .await?;
-    let ready = storage.ready_task_executions(now, MAX_GROUPS).await?;
-    let total: u64 = counts.iter().map(|c| c.count).sum();
-    let by_status = |status: TaskExecutionStatus| -> u64 {
-        counts
-            .iter()
-            .filter(|c| c.status == status)
-            .map(|c| c.count)
-            .sum()
-    };
+async fn stats(admin: &Admin, out: &mut Output) -> anyhow::Result<()> {
+    let stats = admin.stats().await?;
+    let (counts, ready, now) = (&stats.counts, &stats.ready, stats.now);
+    let total = stats.total();
+    let by_status = |status: TaskExecutionStatus| stats.count(status);
     if out.is_json() {
         let mut statuses = serde_json::Map::new();
         for &status in TaskExecutionStatus::ALL {
@@ -635,9 +602,8 @@ async fn stats(
 }
 
 /// Lists the schedules, in id order.
-async fn schedules(storage: &dyn TaskExecutionStorage, out: &mut Output) -> anyhow::Result<()> {
-    let mut found = storage.get_task_schedules().await?;
-    found.sort_by(|a, b| a.schedule_id.cmp(&b.schedule_id));
+async fn schedules(admin: &Admin, out: &mut Output) -> anyhow::Result<()> {
+    let found = admin.schedules().await?;
     if out.is_json() {
         let schedules: Vec<Value> = found
             .iter()
@@ -699,37 +665,13 @@ async fn schedules(storage: &dyn TaskExecutionStorage, out: &mut Output) -> anyh
 // ---------------------------------------------------------------------------------------------
 // Jobs
 
-async fn get_job(store: &SeaOrmStateStore, job_id: &str) -> anyhow::Result<JobState> {
-    Ok(store
-        .get_job_without_batches(job_id)
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            entity: "job",
-            key: job_id.to_owned(),
-        })?)
-}
-
-async fn show_job(
-    store: &SeaOrmStateStore,
-    job_id: &str,
-    limit: u64,
-    out: &mut Output,
-) -> anyhow::Result<()> {
-    let job = get_job(store, job_id).await?;
-    let progress = store.get_progress(job_id).await?;
-    let batches = if job.distributed {
-        Some(store.get_distributed_status(job_id).await?)
-    } else {
-        None
-    };
-    let failed = store
-        .get_records(
-            job_id,
-            &RecordFilter::new()
-                .statuses(RecordStatus::FAILED.iter().copied())
-                .limit(limit),
-        )
-        .await?;
+async fn show_job(admin: &Admin, job_id: &str, limit: u64, out: &mut Output) -> anyhow::Result<()> {
+    let JobDetail {
+        job,
+        progress,
+        batches,
+        failed_records: failed,
+    } = admin.job(job_id, limit).await?;
     if out.is_json() {
         let records: Vec<Value> = failed
             .iter()
@@ -843,8 +785,8 @@ async fn show_job(
     out.table(&["INDEX", "STATUS", "RETRIES", "ERROR"], &rows)
 }
 
-async fn requeue(store: &SeaOrmStateStore, job_id: &str, out: &mut Output) -> anyhow::Result<()> {
-    let done = store.requeue_failed_records(job_id).await?;
+async fn requeue(admin: &Admin, job_id: &str, out: &mut Output) -> anyhow::Result<()> {
+    let done = admin.requeue_failed_records(job_id).await?;
     if out.is_json() {
         return out.json(&json!({ "jobId": job_id, "requeued": done }));
     }
@@ -864,40 +806,14 @@ async fn requeue(store: &SeaOrmStateStore, job_id: &str, out: &mut Output) -> an
 // ---------------------------------------------------------------------------------------------
 // Prune
 
-async fn prune(
-    db: DatabaseConnection,
-    args: &PruneArgs,
-    now: i64,
-    out: &mut Output,
-) -> anyhow::Result<()> {
-    let batch_size = args.batch_size.max(1);
+async fn prune(admin: &Admin, args: &PruneArgs, out: &mut Output) -> anyhow::Result<()> {
     let mut executions = None;
     if let Some(age) = args.executions_older_than {
-        let storage = Arc::new(SeaOrmTaskExecutionStorage::new(db.clone()));
-        // The executor's own pruning (never started: it only lends its `prune`).
-        let executor = Executor::new(storage, ExecutorOptions::default());
-        let retention = Retention {
-            completed: Some(age),
-            failed: Some(age),
-            cancelled: Some(age),
-            batch_size,
-            ..Retention::default()
-        };
-        executions = Some(executor.prune(&retention).await?);
+        executions = Some(admin.prune_executions(age, args.batch_size).await?);
     }
     let mut job_rows = None;
     if let Some(age) = args.jobs_older_than {
-        let store = SeaOrmStateStore::new(db);
-        let cutoff = now.saturating_sub(duration::millis(age));
-        let mut deleted = 0_u64;
-        loop {
-            let n = store.prune_finished_jobs(cutoff, batch_size).await?;
-            if n == 0 {
-                break;
-            }
-            deleted += n;
-        }
-        job_rows = Some(deleted);
+        job_rows = Some(admin.prune_jobs(age, args.batch_size).await?);
     }
     if out.is_json() {
         return out.json(&json!({

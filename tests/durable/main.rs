@@ -2,6 +2,7 @@
 //! backend). Tests are named `<area>::<backend>::<behaviour>`, so `cargo test postgres` runs one
 //! backend and `cargo test schema::` one area.
 
+mod admin;
 mod batch;
 mod crash;
 mod executor;
