@@ -46,31 +46,24 @@ impl Output {
     }
 
     /// Prints a table: a header line, then one line per row, each column as wide as its
-    /// widest cell (multi-line cells are shown on one line).
+    /// widest cell, no borders (multi-line cells are shown on one line). Laid out by
+    /// `comfy-table`, which measures cells by their display width.
     pub(crate) fn table(&mut self, headers: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
-        let cells: Vec<Vec<String>> = rows
-            .iter()
-            .map(|row| row.iter().map(|c| c.replace('\n', " ")).collect())
-            .collect();
-        let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-        for row in &cells {
-            for (i, cell) in row.iter().enumerate() {
-                if let Some(w) = widths.get_mut(i) {
-                    *w = (*w).max(cell.chars().count());
-                }
-            }
+        use comfy_table::{ContentArrangement, Table, TableComponent, presets};
+        let mut table = Table::new();
+        table
+            .load_preset(presets::NOTHING)
+            .remove_style(TableComponent::LeftBorder)
+            .remove_style(TableComponent::RightBorder)
+            .set_content_arrangement(ContentArrangement::Disabled)
+            .set_header(headers.iter().copied());
+        for row in rows {
+            table.add_row(row.iter().map(|c| c.replace('\n', " ")));
         }
-        let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
-        for row in std::iter::once(&header).chain(cells.iter()) {
-            let mut line = String::new();
-            for (i, cell) in row.iter().enumerate() {
-                if i + 1 == row.len() {
-                    line.push_str(cell);
-                } else {
-                    let width = widths.get(i).copied().unwrap_or(0);
-                    line.push_str(&format!("{cell:<width$}  "));
-                }
-            }
+        for column in table.column_iter_mut() {
+            column.set_padding((0, 2));
+        }
+        for line in table.lines() {
             writeln!(self.out, "{}", line.trim_end())?;
         }
         Ok(())
