@@ -358,10 +358,7 @@ impl Admin {
             .jobs
             .get_job_without_batches(job_id)
             .await?
-            .ok_or_else(|| Error::NotFound {
-                entity: "job",
-                key: job_id.to_owned(),
-            })?;
+            .ok_or_else(|| not_found("job", job_id))?;
         let progress = self.jobs.get_progress(job_id).await?;
         let batches = if job.distributed {
             Some(self.jobs.get_distributed_status(job_id).await?)
@@ -432,9 +429,14 @@ impl Admin {
         self.tasks
             .get_task_execution(execution_id)
             .await?
-            .ok_or_else(|| Error::NotFound {
-                entity: "task execution",
-                key: execution_id.to_owned(),
-            })
+            .ok_or_else(|| not_found("task execution", execution_id))
+    }
+}
+
+/// The error of an operation on `key`, which names no stored `entity`.
+fn not_found(entity: &'static str, key: &str) -> Error {
+    Error::NotFound {
+        entity,
+        key: key.to_owned(),
     }
 }

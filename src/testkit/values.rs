@@ -469,6 +469,26 @@ fn record(index: u64) -> ProcessedRecord {
     ProcessedRecord::pending(index, json!({ "i": index }))
 }
 
+/// The outcomes that mark every record of batch `batch_id` processed.
+async fn processed_outcomes(
+    ctx: &Ctx,
+    job_id: &str,
+    batch_id: &str,
+) -> CaseResult<Vec<RecordOutcome>> {
+    Ok(ctx
+        .store
+        .get_batch_records(job_id, batch_id)
+        .await?
+        .iter()
+        .map(|r| {
+            RecordOutcome::of(&ProcessedRecord {
+                status: RecordStatus::Processed,
+                ..r.clone()
+            })
+        })
+        .collect())
+}
+
 /// Text from users with U+0000 in the batch store: a record's processing error reads back
 /// exactly as given through every write that stores it; a job, batch, worker, claim or
 /// finalizer id with it is refused with [`Error::InvalidArgument`]; and reads by such an id
@@ -510,17 +530,7 @@ pub async fn batch_text_with_nul_round_trips_or_is_refused(ctx: Ctx) -> CaseResu
     // Through a claim: the distributed completion stores the outcomes' errors too.
     super::batch::prepared_job(&ctx, "job-claimed", 1).await?;
     let reservation = super::batch::claim(&ctx, "job-claimed", "w1").await?;
-    let mut outcomes: Vec<RecordOutcome> = store
-        .get_batch_records("job-claimed", &reservation.batch_id)
-        .await?
-        .iter()
-        .map(|r| {
-            RecordOutcome::of(&ProcessedRecord {
-                status: RecordStatus::Processed,
-                ..r.clone()
-            })
-        })
-        .collect();
+    let mut outcomes = processed_outcomes(&ctx, "job-claimed", &reservation.batch_id).await?;
     check!(!outcomes.is_empty(), "the prepared batch has no records");
     outcomes[0].status = RecordStatus::Failed;
     outcomes[0].processing_error = Some(NUL_TEXT.to_owned());
@@ -875,17 +885,7 @@ pub async fn batch_names_at_their_limits_round_trip_one_more_is_refused(ctx: Ctx
     check_eq!(reservation.job_id, job_id);
     check_eq!(reservation.batch_id, batch_id);
     check_eq!(reservation.worker_id, worker_id);
-    let outcomes: Vec<RecordOutcome> = store
-        .get_batch_records(&job_id, &batch_id)
-        .await?
-        .iter()
-        .map(|r| {
-            RecordOutcome::of(&ProcessedRecord {
-                status: RecordStatus::Processed,
-                ..r.clone()
-            })
-        })
-        .collect();
+    let outcomes = processed_outcomes(&ctx, &job_id, &batch_id).await?;
     check_eq!(outcomes.len(), 2);
     check!(
         store
