@@ -1,7 +1,7 @@
 //! What operators and front ends do with durable work, in one place: list and show task
 //! executions (with their parent and children), count them, see work that waits unserved,
-//! cancel, retry, list schedules, show a batch job with its failed records, requeue those, and
-//! prune what finished long ago. The `sea-orm-durable` command line is a printer over these
+//! cancel, retry, pause and resume queues, list schedules, show a batch job with its failed
+//! records, requeue those, and prune what finished long ago. The `sea-orm-durable` command line is a printer over these
 //! operations; a dashboard uses the same ones.
 //!
 //! Every operation goes through the ports ([`TaskExecutionStorage`], [`DistributedStateStore`]),
@@ -46,8 +46,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::task::storage::TaskExecutionStorage;
 use crate::task::{
-    ExecutorOptions, ReadyTaskExecutions, Retention, SeaOrmTaskExecutionStorage, TaskExecution,
-    TaskExecutionCount, TaskExecutionFilter, TaskExecutionStatus, TaskSchedule,
+    ExecutorOptions, PausedQueue, ReadyTaskExecutions, Retention, SeaOrmTaskExecutionStorage,
+    TaskExecution, TaskExecutionCount, TaskExecutionFilter, TaskExecutionStatus, TaskSchedule,
 };
 
 /// Most (queue, status) groups and (task, queue) groups one [`Admin::stats`] returns: a
@@ -94,8 +94,25 @@ pub struct Stats {
     pub counts: Vec<TaskExecutionCount>,
     /// One group per (task, queue) with due `ready` executions, the longest waits first.
     pub ready: Vec<ReadyTaskExecutions>,
+    /// The paused queues, by name.
+    pub paused: Vec<PausedQueue>,
     /// When the counts were taken (epoch ms).
     pub now: i64,
+}
+
+/// A queue as [`Admin::queues`] lists it: its unfinished executions and whether it is paused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueState {
+    /// The queue.
+    pub queue: String,
+    /// When it was paused (epoch ms), if it is.
+    pub paused_at: Option<i64>,
+    /// Its `ready` executions (due or not).
+    pub ready: u64,
+    /// Its `running` executions.
+    pub running: u64,
+    /// Its unfinished executions of every status (`ready`, `running`, `sleeping`, waiting).
+    pub unfinished: u64,
 }
 
 impl Stats {
@@ -233,7 +250,94 @@ impl Admin {
             .tasks
             .ready_task_executions(now, MAX_STATS_GROUPS)
             .await?;
-        Ok(Stats { counts, ready, now })
+        let paused = self.tasks.paused_task_queues().await?;
+        Ok(Stats {
+            counts,
+            ready,
+            paused,
+            now,
+        })
+    }
+
+    /// Every queue that holds an unfinished execution or is paused, by name, with its counts
+    /// and pause. Two reads: the counts of the unfinished statuses (served by their indexes)
+    /// and the paused queues.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn queues(&self) -> Result<Vec<QueueState>> {
+        let unfinished: Vec<TaskExecutionStatus> = TaskExecutionStatus::ALL
+            .iter()
+            .copied()
+            .filter(|s| !s.is_finished())
+            .collect();
+        let counts = self
+            .tasks
+            .count_task_executions(&unfinished, MAX_STATS_GROUPS)
+            .await?;
+        let paused = self.tasks.paused_task_queues().await?;
+        let mut queues: std::collections::BTreeMap<String, QueueState> = Default::default();
+        let entry = |queues: &mut std::collections::BTreeMap<String, QueueState>, q: &str| {
+            queues.entry(q.to_owned()).or_insert_with(|| QueueState {
+                queue: q.to_owned(),
+                paused_at: None,
+                ready: 0,
+                running: 0,
+                unfinished: 0,
+            });
+        };
+        for count in &counts {
+            entry(&mut queues, &count.queue);
+            if let Some(q) = queues.get_mut(&count.queue) {
+                q.unfinished += count.count;
+                match count.status {
+                    TaskExecutionStatus::Ready => q.ready += count.count,
+                    TaskExecutionStatus::Running => q.running += count.count,
+                    _ => {}
+                }
+            }
+        }
+        for p in paused {
+            entry(&mut queues, &p.queue);
+            if let Some(q) = queues.get_mut(&p.queue) {
+                q.paused_at = Some(p.paused_at);
+            }
+        }
+        Ok(queues.into_values().collect())
+    }
+
+    /// Pauses `queue`: from the next claim on, no executor claims its executions; what runs
+    /// finishes, and enqueues into it wait `ready`. The pause is stored, so it holds across
+    /// restarts and for executors started later; a queue that holds nothing yet can be paused.
+    /// Returns the pause, with the time of the first pause when it was paused already.
+    ///
+    /// Races: one insert-if-absent, so of concurrent pauses the first time is kept; a claim
+    /// that began before the pause committed may still take its executions. After a lost
+    /// reply, a repeat finds the pause and answers the same.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for an empty or too long queue name (nothing is written);
+    /// database errors.
+    pub async fn pause_queue(&self, queue: &str) -> Result<PausedQueue> {
+        self.tasks
+            .pause_task_queue(queue, self.clock.now_ms())
+            .await
+    }
+
+    /// Resumes a paused queue: its executions are claimed again from the next claim on.
+    /// Returns whether it was paused.
+    ///
+    /// Races: one delete, so of concurrent resumes one answers `true`. After a lost reply, a
+    /// repeat answers `false` although the first attempt resumed it: either way the queue is
+    /// no longer paused.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a queue name that cannot be paused; database errors.
+    pub async fn resume_queue(&self, queue: &str) -> Result<bool> {
+        self.tasks.resume_task_queue(queue).await
     }
 
     /// Cancels an execution that has not finished, as

@@ -88,6 +88,9 @@ pub const TASK_COMPLETED: &str = "durable_task_executions_completed_total";
 pub const TASK_FAILED: &str = "durable_task_executions_failed_total";
 /// Counter, per queue and task: runs that failed or timed out and will run again.
 pub const TASK_RETRIED: &str = "durable_task_executions_retried_total";
+/// Counter, per queue and task: runs that [snoozed](crate::TaskError::snooze): the execution
+/// runs again later without counting an attempt.
+pub const TASK_SNOOZED: &str = "durable_task_executions_snoozed_total";
 /// Counter, per queue and task: runs that exceeded their timeout with no retry left (the
 /// execution is `timed_out`). A timed-out run that will run again counts as retried.
 pub const TASK_TIMED_OUT: &str = "durable_task_executions_timed_out_total";
@@ -171,6 +174,11 @@ pub fn describe() {
         TASK_RETRIED,
         Unit::Count,
         "Failed runs that will run again."
+    );
+    describe_counter!(
+        TASK_SNOOZED,
+        Unit::Count,
+        "Runs that snoozed, to run again later without counting an attempt."
     );
     describe_counter!(
         TASK_TIMED_OUT,
@@ -277,6 +285,7 @@ pub(crate) struct TaskMetrics {
     completed: Counter,
     failed: Counter,
     retried: Counter,
+    pub(crate) snoozed: Counter,
     timed_out: Counter,
     pub(crate) cancelled: Counter,
     pub(crate) parents_finalized: Counter,
@@ -291,6 +300,7 @@ impl TaskMetrics {
             completed: metrics::counter!(TASK_COMPLETED, labels.clone()),
             failed: metrics::counter!(TASK_FAILED, labels.clone()),
             retried: metrics::counter!(TASK_RETRIED, labels.clone()),
+            snoozed: metrics::counter!(TASK_SNOOZED, labels.clone()),
             timed_out: metrics::counter!(TASK_TIMED_OUT, labels.clone()),
             cancelled: metrics::counter!(TASK_CANCELLED, labels.clone()),
             parents_finalized: metrics::counter!(TASK_PARENTS_FINALIZED, labels.clone()),

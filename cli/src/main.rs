@@ -63,6 +63,9 @@ enum Command {
     /// A task whose oldest ready execution waits ever longer is served by no executor (a child
     /// task registered nowhere, or a queue no executor serves).
     Stats,
+    /// List, pause and resume queues of task executions.
+    #[command(subcommand)]
+    Queues(QueuesCommand),
     /// Periodic schedules: task, cron expression and time zone or interval, missed-ticks
     /// policy, next and last tick.
     ///
@@ -112,6 +115,28 @@ enum ExecutionsCommand {
     Retry {
         /// The execution id.
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueuesCommand {
+    /// Every queue with unfinished executions or a pause: its ready, running and unfinished
+    /// counts, and since when it is paused.
+    List,
+    /// Pause a queue: from the next claim on, no executor claims its executions.
+    ///
+    /// Executions already running finish; new ones enqueued into the queue wait `ready`. The
+    /// pause is stored in the database, so it holds across restarts and for executors started
+    /// later, until `queues resume`. Pausing a paused queue keeps its first pause time; a
+    /// queue with no executions yet can be paused.
+    Pause {
+        /// The queue's name.
+        queue: String,
+    },
+    /// Resume a paused queue: its executions are claimed again from the next claim on.
+    Resume {
+        /// The queue's name.
+        queue: String,
     },
 }
 
@@ -237,6 +262,11 @@ async fn run(cli: Cli, out: &mut Output) -> anyhow::Result<()> {
             ExecutionsCommand::Retry { id } => retry(&admin, &id, out).await,
         },
         Command::Stats => stats(&admin, out).await,
+        Command::Queues(command) => match command {
+            QueuesCommand::List => queues(&admin, now, out).await,
+            QueuesCommand::Pause { queue } => pause(&admin, &queue, out).await,
+            QueuesCommand::Resume { queue } => resume(&admin, &queue, out).await,
+        },
         Command::Schedules => schedules(&admin, out).await,
         Command::Jobs(command) => match command {
             JobsCommand::Show { job_id, limit } => show_job(&admin, &job_id, limit, out).await,
@@ -313,6 +343,7 @@ fn execution_json(e: &TaskExecution, full: bool) -> anyhow::Result<Value> {
             ("input", json!(e.input)),
             ("runOutput", json!(e.run_output)),
             ("output", json!(e.output)),
+            ("progress", json!(e.progress)),
         ] {
             map.insert(key.to_owned(), field);
         }
@@ -437,6 +468,10 @@ fn print_execution(e: &TaskExecution, out: &mut Output) -> anyhow::Result<()> {
             opt(e.run_output.as_deref().map(|o| short(o, 200))),
         ),
         ("output", opt(e.output.as_deref().map(|o| short(o, 200)))),
+        (
+            "progress",
+            opt(e.progress.as_deref().map(|p| short(p, 200))),
+        ),
     ])
 }
 
@@ -547,6 +582,7 @@ async fn stats(admin: &Admin, out: &mut Output) -> anyhow::Result<()> {
             "byStatus": statuses,
             "total": total,
             "ready": ready,
+            "paused": stats.paused,
         }));
     }
     // One row per queue, one column per status that occurs anywhere.
@@ -581,6 +617,15 @@ async fn stats(admin: &Admin, out: &mut Output) -> anyhow::Result<()> {
     headers.extend(columns.iter().map(|s| s.as_str()));
     headers.push("TOTAL");
     out.table(&headers, &rows)?;
+    if !stats.paused.is_empty() {
+        let paused: Vec<String> = stats
+            .paused
+            .iter()
+            .map(|p| format!("{} (since {})", p.queue, time(p.paused_at)))
+            .collect();
+        out.line("")?;
+        out.line(format_args!("paused: {}", paused.join(", ")))?;
+    }
     if ready.is_empty() {
         return Ok(());
     }
@@ -599,6 +644,71 @@ async fn stats(admin: &Admin, out: &mut Output) -> anyhow::Result<()> {
         .collect();
     out.line("")?;
     out.table(&["TASK", "QUEUE", "READY", "OLDEST DUE", "WAITED"], &rows)
+}
+
+/// Lists the queues with unfinished executions or a pause, by name.
+async fn queues(admin: &Admin, now: i64, out: &mut Output) -> anyhow::Result<()> {
+    let queues = admin.queues().await?;
+    if out.is_json() {
+        let queues: Vec<Value> = queues
+            .iter()
+            .map(|q| {
+                json!({
+                    "queue": q.queue,
+                    "paused": q.paused_at.is_some(),
+                    "pausedAt": q.paused_at,
+                    "ready": q.ready,
+                    "running": q.running,
+                    "unfinished": q.unfinished,
+                })
+            })
+            .collect();
+        return out.json(&json!({ "queues": queues }));
+    }
+    let rows: Vec<Vec<String>> = queues
+        .iter()
+        .map(|q| {
+            vec![
+                q.queue.clone(),
+                q.ready.to_string(),
+                q.running.to_string(),
+                q.unfinished.to_string(),
+                q.paused_at.map_or_else(
+                    || "-".to_owned(),
+                    |at| format!("since {} ({} ago)", time(at), age(now.saturating_sub(at))),
+                ),
+            ]
+        })
+        .collect();
+    out.table(
+        &["QUEUE", "READY", "RUNNING", "UNFINISHED", "PAUSED"],
+        &rows,
+    )
+}
+
+async fn pause(admin: &Admin, queue: &str, out: &mut Output) -> anyhow::Result<()> {
+    let paused = admin.pause_queue(queue).await?;
+    if out.is_json() {
+        return out.json(&json!({ "paused": paused }));
+    }
+    out.line(format_args!(
+        "paused {} (since {}): no executor claims from it until `queues resume {}`",
+        paused.queue,
+        time(paused.paused_at),
+        paused.queue
+    ))
+}
+
+async fn resume(admin: &Admin, queue: &str, out: &mut Output) -> anyhow::Result<()> {
+    let was_paused = admin.resume_queue(queue).await?;
+    if out.is_json() {
+        return out.json(&json!({ "queue": queue, "wasPaused": was_paused }));
+    }
+    if was_paused {
+        out.line(format_args!("resumed {queue}"))
+    } else {
+        out.line(format_args!("{queue} was not paused; nothing changed"))
+    }
 }
 
 /// Lists the schedules, in id order.

@@ -90,6 +90,9 @@ pub struct Model {
     pub created_at: i64,
     /// When the row was last written (epoch ms).
     pub updated_at: i64,
+    /// The JSON value the run last reported as its progress, if any.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub progress: Option<String>,
 }
 
 /// `durable_task_executions` has no declared relations (parents and children are found by id).

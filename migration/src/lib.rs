@@ -30,6 +30,8 @@ mod m20261130_000031_durable_task_schedules;
 mod m20261130_000040_durable_retention;
 mod m20261130_000050_durable_lean_indexes;
 mod m20261214_000060_durable_claims_by_task;
+mod m20261221_000070_durable_paused_queues;
+mod m20261221_000071_durable_progress;
 mod schema;
 
 /// The migrator for the `sea-orm-durable` tables, with its own bookkeeping table.
@@ -56,6 +58,8 @@ pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         Box::new(m20261130_000040_durable_retention::Migration),
         Box::new(m20261130_000050_durable_lean_indexes::Migration),
         Box::new(m20261214_000060_durable_claims_by_task::Migration),
+        Box::new(m20261221_000070_durable_paused_queues::Migration),
+        Box::new(m20261221_000071_durable_progress::Migration),
     ]
 }
 

@@ -178,6 +178,7 @@ pub(crate) fn execution_to_model(e: TaskExecution) -> Result<te::Model> {
         closed_at: e.closed_at,
         created_at: e.created_at,
         updated_at: e.updated_at,
+        progress: text::encode_opt(e.progress),
     })
 }
 
@@ -264,6 +265,7 @@ pub(crate) fn execution_from_model(m: te::Model) -> Result<TaskExecution> {
         closed_at: m.closed_at,
         created_at: m.created_at,
         updated_at: m.updated_at,
+        progress: text::decode_opt(m.progress),
     })
 }
 
@@ -337,6 +339,7 @@ pub(crate) fn execution_from_row(row: &QueryResult) -> Result<TaskExecution> {
                 closed_at: Option<i64>,
                 created_at: i64,
                 updated_at: i64,
+                progress: Option<String>,
             )
             .unwrap_or(("<row>", err.to_string()));
             Err(Row {

@@ -29,6 +29,8 @@ struct State {
     finished: HashMap<String, BTreeMap<(u32, String), FinishedChildTaskExecution>>,
     /// Periodic schedules by id.
     schedules: BTreeMap<String, TaskSchedule>,
+    /// Paused queues, with when each was paused.
+    paused: BTreeMap<String, i64>,
 }
 
 impl InMemoryTaskExecutionStorage {
@@ -99,6 +101,16 @@ pub(crate) fn apply_update(e: &mut TaskExecution, update: &TaskExecutionUpdate) 
     }
     if let Some(v) = &update.finalize {
         e.finalize = Some(v.clone());
+    }
+    if let Some(v) = update.expires_at
+        && update
+            .status
+            .is_none_or(|s| s == TaskExecutionStatus::Running)
+    {
+        e.expires_at = Some(v);
+    }
+    if let Some(v) = &update.progress {
+        e.progress = Some(v.clone());
     }
     e.updated_at = update.now;
 }
@@ -411,10 +423,16 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
 
     async fn claim_task_executions(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>> {
         super::validate_claim(params)?;
-        Ok(self.state().claim(
+        let mut state = self.state();
+        let paused = state.paused.clone();
+        Ok(state.claim(
             params,
             TaskExecutionStatus::Running,
-            |e| e.status == TaskExecutionStatus::Ready && e.start_at <= params.now,
+            |e| {
+                e.status == TaskExecutionStatus::Ready
+                    && e.start_at <= params.now
+                    && !paused.contains_key(&e.queue)
+            },
             |e| (e.start_at, e.execution_id.clone()),
             |e| {
                 e.status = TaskExecutionStatus::Running;
@@ -531,6 +549,33 @@ impl TaskExecutionStorage for InMemoryTaskExecutionStorage {
             .schedules
             .insert(stored.schedule_id.clone(), stored.clone());
         Ok(stored)
+    }
+
+    async fn pause_task_queue(&self, queue: &str, now: i64) -> Result<crate::task::PausedQueue> {
+        super::validate_queue(queue)?;
+        let mut state = self.state();
+        let paused_at = *state.paused.entry(queue.to_owned()).or_insert(now);
+        Ok(crate::task::PausedQueue {
+            queue: queue.to_owned(),
+            paused_at,
+        })
+    }
+
+    async fn resume_task_queue(&self, queue: &str) -> Result<bool> {
+        super::validate_queue(queue)?;
+        Ok(self.state().paused.remove(queue).is_some())
+    }
+
+    async fn paused_task_queues(&self) -> Result<Vec<crate::task::PausedQueue>> {
+        Ok(self
+            .state()
+            .paused
+            .iter()
+            .map(|(queue, paused_at)| crate::task::PausedQueue {
+                queue: queue.clone(),
+                paused_at: *paused_at,
+            })
+            .collect())
     }
 
     async fn get_task_schedules(&self) -> Result<Vec<TaskSchedule>> {

@@ -24,14 +24,15 @@ pub(crate) use check::{
 };
 pub use executor::{
     ChildOutput, ChildTask, EnqueueOptions, Executor, ExecutorOptions, FinalizeInput,
-    FinishedExecution, ParentDefinition, ParentOutcome, ParentTaskOutput, Retention, Sequence,
-    TaskContext, TaskDefinition, TaskError, TaskHandle, TaskOptions, WaitOptions,
+    FinishedExecution, MAX_PROGRESS_BYTES, ParentDefinition, ParentOutcome, ParentTaskOutput,
+    Retention, Sequence, TaskContext, TaskDefinition, TaskError, TaskHandle, TaskOptions,
+    WaitOptions,
 };
 pub use memory::InMemoryTaskExecutionStorage;
 pub use model::{
     DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, MAX_LEASE_MARGIN, MAX_SLEEP_BEFORE_RUN,
-    MAX_TIMEOUT, ParentRef, ReadyTaskExecutions, RetryOptions, TaskExecution, TaskExecutionCount,
-    TaskExecutionFilter, TaskExecutionRef, TaskExecutionStatus, WakeResult,
+    MAX_TIMEOUT, ParentRef, PausedQueue, ReadyTaskExecutions, RetryOptions, TaskExecution,
+    TaskExecutionCount, TaskExecutionFilter, TaskExecutionRef, TaskExecutionStatus, WakeResult,
 };
 pub use schedule::{MissedTicks, Schedule, ScheduleSpec, TaskSchedule};
 pub(crate) use schedule::{Ticks, tick_execution_id};

@@ -331,6 +331,10 @@ pub struct TaskExecution {
     pub created_at: i64,
     /// When the execution was last written (epoch ms).
     pub updated_at: i64,
+    /// The JSON value the run last reported through
+    /// [`TaskContext::report_progress`](crate::TaskContext::report_progress), kept after the
+    /// run; `None` until one is reported.
+    pub progress: Option<String>,
 }
 
 /// What is needed to enqueue a new execution.
@@ -409,6 +413,7 @@ impl NewTaskExecution {
             closed_at: None,
             created_at: now,
             updated_at: now,
+            progress: None,
         }
     }
 }
@@ -525,6 +530,17 @@ pub struct ReadyTaskExecutions {
     pub count: u64,
     /// The `start_at` of the one due longest ago (epoch ms): it has waited `now` minus this.
     pub oldest_start_at: i64,
+}
+
+/// A paused queue: no executor claims its executions until it is resumed
+/// ([`TaskExecutionStorage::pause_task_queue`](super::storage::TaskExecutionStorage::pause_task_queue)).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PausedQueue {
+    /// The queue.
+    pub queue: String,
+    /// When it was paused (epoch ms): the first of the pauses since it last ran.
+    pub paused_at: i64,
 }
 
 /// Why an execution cannot be retried by
@@ -735,6 +751,11 @@ pub struct TaskExecutionUpdate {
     pub children_count: Option<u32>,
     /// The finalize execution spawned.
     pub finalize: Option<TaskExecutionRef>,
+    /// New lease end (epoch ms): a heartbeat of the run holding the execution. Cleared
+    /// instead when `status` is set to anything but `running`.
+    pub expires_at: Option<i64>,
+    /// New progress report (JSON text).
+    pub progress: Option<String>,
 }
 
 impl TaskExecutionUpdate {
@@ -759,6 +780,8 @@ impl TaskExecutionUpdate {
             && self.retry_attempts.is_none_or(|v| v == e.retry_attempts)
             && self.children_count.is_none_or(|v| v == e.children_count)
             && same(self.finalize.as_ref(), e.finalize.as_ref())
+            && same(self.expires_at.as_ref(), e.expires_at.as_ref())
+            && same(self.progress.as_ref(), e.progress.as_ref())
     }
 }
 

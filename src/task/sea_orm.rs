@@ -23,14 +23,16 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, IdenStatic, QueryResult};
 use sea_orm_durable_entity::{
-    finished_child_task_executions as fc, task_executions as te, task_schedules as ts,
+    finished_child_task_executions as fc, paused_task_queues as pq, task_executions as te,
+    task_schedules as ts,
 };
 
 use super::mapper;
 use super::model::{
     ClaimParams, ExecutionError, FinishedChildTaskExecution, MAX_RETRY_ATTEMPTS, MAX_TIMEOUT_MS,
-    NewTaskExecution, TaskExecution, TaskExecutionCount, TaskExecutionFilter, TaskExecutionGuard,
-    TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeResult, retried_at, retry_refusal,
+    NewTaskExecution, PausedQueue, TaskExecution, TaskExecutionCount, TaskExecutionFilter,
+    TaskExecutionGuard, TaskExecutionStatus, TaskExecutionUpdate, Wake, WakeResult, retried_at,
+    retry_refusal,
 };
 use super::schedule::{ScheduleFire, TaskSchedule};
 use super::storage::TaskExecutionStorage;
@@ -226,6 +228,16 @@ fn update_sets(backend: DbBackend, update: &TaskExecutionUpdate) -> Result<Vec<(
     if let Some(f) = &update.finalize {
         sets.push((Col::FinalizeTaskId, Expr::val(f.task_id.as_str())));
         sets.push((Col::FinalizeExecutionId, Expr::val(f.execution_id.as_str())));
+    }
+    if let Some(v) = update.expires_at
+        && update
+            .status
+            .is_none_or(|s| s == TaskExecutionStatus::Running)
+    {
+        sets.push((Col::ExpiresAt, Expr::val(v)));
+    }
+    if let Some(v) = &update.progress {
+        sets.push((Col::Progress, Expr::val(text::encode(v).into_owned())));
     }
     sets.push((Col::UpdatedAt, Expr::val(now)));
     Ok(sets)
@@ -1189,6 +1201,31 @@ fn admitted_queues(params: &ClaimParams) -> Condition {
     condition
 }
 
+/// Pauses `queue` unless it is paused already, and returns it as stored.
+async fn pause_in<C: ConnectionTrait>(conn: &C, queue: &str, now: i64) -> Result<PausedQueue> {
+    let insert = Query::insert()
+        .into_table(pq::Entity)
+        .columns([pq::Column::Queue, pq::Column::PausedAt])
+        .values_panic([Expr::val(queue), Expr::val(now)])
+        .to_owned();
+    dialect::insert_one_if_absent(conn, insert, [pq::Column::Queue]).await?;
+    let select = Query::select()
+        .column(pq::Column::PausedAt)
+        .from(pq::Entity)
+        .and_where(Expr::col(pq::Column::Queue).eq(queue))
+        .to_owned();
+    let paused_at = match conn.query_one(&select).await? {
+        Some(row) => row.try_get::<i64>("", "paused_at")?,
+        // Only a resume between the two statements of this transaction's isolation level
+        // could take it away; the pause was written either way.
+        None => now,
+    };
+    Ok(PausedQueue {
+        queue: queue.to_owned(),
+        paused_at,
+    })
+}
+
 /// `timeout_ms` within `1..=MAX_TIMEOUT_MS`, whatever the row holds: lease arithmetic on it can
 /// then never overflow (a row out of range is failed as unreadable after the claim).
 fn clamped_timeout() -> SimpleExpr {
@@ -1310,6 +1347,19 @@ async fn claim_rows<C: ConnectionTrait>(
     Ok(claimed)
 }
 
+/// `NOT EXISTS` a row of `durable_paused_task_queues` for the execution's queue: one probe of
+/// that tiny table's primary key per candidate, with the queue read from the claim's index.
+fn in_no_paused_queue() -> SimpleExpr {
+    Expr::exists(
+        Query::select()
+            .expr(Expr::val(1))
+            .from(pq::Entity)
+            .and_where(Expr::col((pq::Entity, pq::Column::Queue)).equals((te::Entity, Col::Queue)))
+            .to_owned(),
+    )
+    .not()
+}
+
 async fn claim_in<C: ConnectionTrait>(
     conn: &C,
     params: &ClaimParams,
@@ -1317,7 +1367,8 @@ async fn claim_in<C: ConnectionTrait>(
 ) -> Result<Vec<TaskExecution>> {
     let filter = Condition::all()
         .add(Expr::col(Col::Status).eq(status_lit(TaskExecutionStatus::Ready)))
-        .add(Expr::col(Col::StartAt).lte(params.now));
+        .add(Expr::col(Col::StartAt).lte(params.now))
+        .add(in_no_paused_queue());
     let sets = vec![
         (Col::Status, status_lit(TaskExecutionStatus::Running)),
         (Col::ExecutorId, Expr::val(params.executor_id.as_str())),
@@ -2642,6 +2693,51 @@ impl TaskExecutionStorage for SeaOrmTaskExecutionStorage {
             finished_before,
             limit
         ))
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn pause_task_queue(&self, queue: &str, now: i64) -> Result<PausedQueue> {
+        super::validate_queue(queue)?;
+        // A retry after a lost commit finds the row and keeps its first `paused_at`.
+        in_write_transaction!(&self.db, "pause_task_queue", |txn| pause_in(
+            &txn, queue, now
+        ))
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn resume_task_queue(&self, queue: &str) -> Result<bool> {
+        use sea_orm::EntityTrait;
+        super::validate_queue(queue)?;
+        Backoff::STORE
+            .retry("resume_task_queue", || async {
+                let _gate = dialect::enter_write(&self.db).await;
+                Ok(pq::Entity::delete_by_id(queue.to_owned())
+                    .exec(&self.db)
+                    .await?
+                    .rows_affected
+                    > 0)
+            })
+            .await
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    async fn paused_task_queues(&self) -> Result<Vec<PausedQueue>> {
+        use sea_orm::{EntityTrait, QueryOrder};
+        let rows = Backoff::STORE
+            .retry("paused_task_queues", || async {
+                Ok(pq::Entity::find()
+                    .order_by_asc(pq::Column::Queue)
+                    .all(&self.db)
+                    .await?)
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|m| PausedQueue {
+                queue: m.queue,
+                paused_at: m.paused_at,
+            })
+            .collect())
     }
 
     #[tracing::instrument(skip(self), err)]

@@ -11,7 +11,7 @@ pub use super::model::{
 pub use super::schedule::ScheduleFire;
 
 use super::model::{
-    ReadyTaskExecutions, TaskExecution, TaskExecutionCount, TaskExecutionFilter,
+    PausedQueue, ReadyTaskExecutions, TaskExecution, TaskExecutionCount, TaskExecutionFilter,
     TaskExecutionStatus, WakeResult,
 };
 use super::schedule::TaskSchedule;
@@ -133,7 +133,7 @@ pub trait TaskExecutionStorage: Send + Sync {
     async fn retry_task_execution(&self, execution_id: &str, now: i64) -> Result<TaskExecution>;
 
     /// Moves up to `limit` `ready` executions whose `start_at <= now`, of the tasks and queues
-    /// `params` admits, to `running` for `executor_id`, earliest `start_at` first (then by
+    /// `params` admits and of no [paused](Self::pause_task_queue) queue, to `running` for `executor_id`, earliest `start_at` first (then by
     /// execution id): sets `started_at = now`, the lease
     /// `expires_at = now + timeout + lease_margin`, a new fencing token and the claim id.
     /// Returns the executions as they are after the update.
@@ -372,6 +372,39 @@ pub trait TaskExecutionStorage: Send + Sync {
     ///
     /// As [`enqueue_task_executions`](Self::enqueue_task_executions) (nothing is written then).
     async fn fire_task_schedule(&self, fire: &ScheduleFire) -> Result<bool>;
+
+    /// Pauses `queue`: from the next claim on, no executor claims its executions (what runs
+    /// already finishes; parents whose children finished still move on; enqueues into it are
+    /// kept, `ready`). Idempotent: pausing a paused queue keeps its first `paused_at`. The
+    /// pause is stored, so it holds across restarts and for executors started later. Returns
+    /// the queue as paused. A claim that began before the pause committed may still take
+    /// executions of the queue.
+    ///
+    /// A queue needs no executions to be paused: pausing one that does not exist yet holds
+    /// back what is enqueued into it later.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty or too long
+    /// queue name, or one with U+0000 (nothing is written then).
+    async fn pause_task_queue(&self, queue: &str, now: i64) -> Result<PausedQueue>;
+
+    /// Resumes a paused queue: its executions are claimed again from the next claim on.
+    /// Returns whether it was paused; resuming a queue that is not paused changes nothing.
+    /// After a lost reply, a repeat answers `false` although the first attempt resumed it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a queue name that
+    /// [`pause_task_queue`](Self::pause_task_queue) would refuse.
+    async fn resume_task_queue(&self, queue: &str) -> Result<bool>;
+
+    /// Every paused queue, by name.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    async fn paused_task_queues(&self) -> Result<Vec<PausedQueue>>;
 
     /// The storage's own clock (the database server's), in epoch milliseconds, when it has
     /// one; `None` (the default) when it does not. Executors compare it with their clock to

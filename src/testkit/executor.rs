@@ -36,6 +36,12 @@ use crate::task::{
 };
 use crate::{Error, Schedule};
 
+pub use super::control::{
+    a_paused_queue_stops_every_executor_until_resumed,
+    heartbeat_of_a_run_that_lost_its_execution_is_refused,
+    heartbeats_keep_a_long_run_alive_and_report_progress,
+    snoozed_runs_run_again_without_counting_an_attempt,
+};
 pub use super::sweep::every_task_write_whose_reply_is_lost_tells_the_truth;
 pub use super::values::executor_with_limits_at_the_end_of_u64_finishes_its_work;
 
@@ -1221,6 +1227,19 @@ impl TaskExecutionStorage for LossyStorage {
         now: i64,
     ) -> crate::Result<crate::task::TaskExecution> {
         self.inner.retry_task_execution(execution_id, now).await
+    }
+    async fn pause_task_queue(
+        &self,
+        queue: &str,
+        now: i64,
+    ) -> crate::Result<crate::task::PausedQueue> {
+        self.inner.pause_task_queue(queue, now).await
+    }
+    async fn resume_task_queue(&self, queue: &str) -> crate::Result<bool> {
+        self.inner.resume_task_queue(queue).await
+    }
+    async fn paused_task_queues(&self) -> crate::Result<Vec<crate::task::PausedQueue>> {
+        self.inner.paused_task_queues().await
     }
 }
 

@@ -195,6 +195,18 @@ impl TaskExecutionStorage for PanickingStorage {
         self.faults.enter("retry_task_execution").await;
         self.inner.retry_task_execution(execution_id, now).await
     }
+    async fn pause_task_queue(&self, queue: &str, now: i64) -> Result<crate::task::PausedQueue> {
+        self.faults.enter("pause_task_queue").await;
+        self.inner.pause_task_queue(queue, now).await
+    }
+    async fn resume_task_queue(&self, queue: &str) -> Result<bool> {
+        self.faults.enter("resume_task_queue").await;
+        self.inner.resume_task_queue(queue).await
+    }
+    async fn paused_task_queues(&self) -> Result<Vec<crate::task::PausedQueue>> {
+        self.faults.enter("paused_task_queues").await;
+        self.inner.paused_task_queues().await
+    }
     async fn claim_task_executions(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>> {
         self.faults.enter("claim_task_executions").await;
         self.inner.claim_task_executions(params).await

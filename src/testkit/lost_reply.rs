@@ -196,6 +196,20 @@ impl<S: TaskExecutionStorage + ?Sized> TaskExecutionStorage for LoseReplies<Arc<
         self.lost.answer("retry_task_execution", answer)
     }
 
+    async fn pause_task_queue(&self, queue: &str, now: i64) -> Result<crate::task::PausedQueue> {
+        let answer = self.inner.pause_task_queue(queue, now).await;
+        self.lost.answer("pause_task_queue", answer)
+    }
+
+    async fn resume_task_queue(&self, queue: &str) -> Result<bool> {
+        let answer = self.inner.resume_task_queue(queue).await;
+        self.lost.answer("resume_task_queue", answer)
+    }
+
+    async fn paused_task_queues(&self) -> Result<Vec<crate::task::PausedQueue>> {
+        self.inner.paused_task_queues().await
+    }
+
     async fn claim_task_executions(&self, params: &ClaimParams) -> Result<Vec<TaskExecution>> {
         let answer = self.inner.claim_task_executions(params).await;
         self.lost.answer("claim_task_executions", answer)

@@ -63,6 +63,7 @@ macro_rules! check_eq {
 }
 
 pub mod batch;
+mod control;
 pub mod executor;
 pub mod fault;
 pub mod lost_reply;

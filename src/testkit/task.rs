@@ -144,6 +144,9 @@ macro_rules! task_storage_conformance {
             lost_reply_of_schedule_save_answers_the_schedule,
             lost_reply_of_schedule_delete_leaves_it_deleted,
             lost_reply_of_fire_enqueues_the_tick_once,
+            paused_queues_are_not_claimed_until_resumed,
+            lost_reply_of_pause_and_resume_leaves_one_pause,
+            heartbeats_move_the_lease_and_keep_the_progress,
         );
     };
     (@cases $attrs:tt $how:tt; $($case:ident),* $(,)?) => {
@@ -3538,5 +3541,194 @@ pub async fn lost_reply_of_fire_enqueues_the_tick_once(storage: Storage) -> Case
         storage.get_task_schedules().await?[0].next_tick_at,
         Some(T0 + 20)
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paused queues, heartbeats and progress
+
+fn in_queue(id: &str, queue: &str) -> NewTaskExecution {
+    NewTaskExecution {
+        queue: Some(queue.to_owned()),
+        ..new_execution(id)
+    }
+}
+
+/// A paused queue's executions are passed over by every form of claim (of any task, and of
+/// listed tasks, which read the per-task index) until it is resumed; a pause is idempotent
+/// and keeps its first time, a queue with nothing in it can be paused, and resuming twice
+/// answers `true` then `false`. Bad queue names are refused.
+pub async fn paused_queues_are_not_claimed_until_resumed(storage: Storage) -> CaseResult {
+    storage
+        .enqueue_task_executions(
+            vec![
+                in_queue("held-1", "held"),
+                in_queue("free-1", "free"),
+                in_queue("held-2", "held"),
+            ],
+            T0,
+        )
+        .await?;
+    let paused = storage.pause_task_queue("held", T0).await?;
+    check_eq!(paused.queue.as_str(), "held");
+    check_eq!(paused.paused_at, T0);
+    check_eq!(
+        storage.pause_task_queue("held", T0 + 5).await?.paused_at,
+        T0
+    );
+    check_eq!(
+        storage.pause_task_queue("empty", T0 + 6).await?.paused_at,
+        T0 + 6
+    );
+    let listed: Vec<(String, i64)> = storage
+        .paused_task_queues()
+        .await?
+        .into_iter()
+        .map(|p| (p.queue, p.paused_at))
+        .collect();
+    check_eq!(
+        listed,
+        vec![("empty".to_owned(), T0 + 6), ("held".to_owned(), T0)]
+    );
+    let by_task = ClaimParams {
+        task_ids: Some(vec!["task".to_owned(), "other".to_owned()]),
+        ..claim("e", T0 + 10, 10)
+    };
+    check_eq!(
+        ids(&storage.claim_task_executions(&by_task).await?),
+        vec!["free-1"]
+    );
+    check!(
+        storage
+            .claim_task_executions(&claim("e", T0 + 10, 10))
+            .await?
+            .is_empty(),
+        "a claim of any task took an execution of a paused queue"
+    );
+    let named = ClaimParams {
+        queues: Some(vec!["held".to_owned()]),
+        ..claim("e", T0 + 10, 10)
+    };
+    check!(
+        storage.claim_task_executions(&named).await?.is_empty(),
+        "a claim naming the paused queue took from it"
+    );
+    check_eq!(
+        get(&storage, "held-1").await?.status,
+        TaskExecutionStatus::Ready
+    );
+    check!(
+        storage.resume_task_queue("held").await?,
+        "the resume found no pause"
+    );
+    check!(
+        !storage.resume_task_queue("held").await?,
+        "a second resume found a pause"
+    );
+    check_eq!(
+        ids(&storage
+            .claim_task_executions(&claim("e", T0 + 20, 10))
+            .await?),
+        vec!["held-1", "held-2"]
+    );
+    let listed: Vec<String> = storage
+        .paused_task_queues()
+        .await?
+        .into_iter()
+        .map(|p| p.queue)
+        .collect();
+    check_eq!(listed, vec!["empty".to_owned()]);
+    for bad in [
+        String::new(),
+        "q".repeat(crate::task::MAX_QUEUE_LEN + 1),
+        "a\0b".to_owned(),
+    ] {
+        let pause = storage.pause_task_queue(&bad, T0).await;
+        check!(
+            matches!(pause, Err(Error::InvalidArgument { .. })),
+            "pause of {bad:?}: {pause:?}"
+        );
+        let resume = storage.resume_task_queue(&bad).await;
+        check!(
+            matches!(resume, Err(Error::InvalidArgument { .. })),
+            "resume of {bad:?}: {resume:?}"
+        );
+    }
+    check_eq!(storage.paused_task_queues().await?.len(), 1);
+    Ok(())
+}
+
+/// A pause repeated after its reply was lost answers the first pause's time; a resume repeated
+/// so answers `false`, and the queue is resumed either way.
+pub async fn lost_reply_of_pause_and_resume_leaves_one_pause(storage: Storage) -> CaseResult {
+    let lossy = losing(&storage, "pause_task_queue");
+    check_lost(&lossy, lossy.pause_task_queue("q", T0).await)?;
+    check_eq!(lossy.pause_task_queue("q", T0 + 9).await?.paused_at, T0);
+    check_eq!(storage.paused_task_queues().await?.len(), 1);
+    let lossy = losing(&storage, "resume_task_queue");
+    check_lost(&lossy, lossy.resume_task_queue("q").await)?;
+    check!(
+        !lossy.resume_task_queue("q").await?,
+        "the repeat found a pause"
+    );
+    check!(
+        storage.paused_task_queues().await?.is_empty(),
+        "the queue is still paused"
+    );
+    Ok(())
+}
+
+/// The writes of a heartbeat: a new lease end and a progress report, under the claim's guard
+/// (a stale token matches nothing), alone and batched; the progress stays after the run
+/// finishes, whose status clears the lease even when the same update names one.
+pub async fn heartbeats_move_the_lease_and_keep_the_progress(storage: Storage) -> CaseResult {
+    let guard = claimed_one(&storage, "h").await?;
+    let first = get(&storage, "h").await?;
+    check_eq!(first.progress, None);
+    let lease = first.expires_at.unwrap_or_default() + 60_000;
+    let beat = TaskExecutionUpdate {
+        now: T0 + 100,
+        expires_at: Some(lease),
+        progress: Some(r#"{"done":3,"of":10,"note":"é"}"#.to_owned()),
+        ..Default::default()
+    };
+    check_eq!(storage.update_task_executions(&guard, &beat).await?, 1);
+    let beaten = get(&storage, "h").await?;
+    check_eq!(beaten.expires_at, Some(lease));
+    check_eq!(
+        beaten.progress.as_deref(),
+        Some(r#"{"done":3,"of":10,"note":"é"}"#)
+    );
+    check_eq!(beaten.status, TaskExecutionStatus::Running);
+    check_eq!(beaten.fencing_token, first.fencing_token);
+    let stale = TaskExecutionGuard {
+        fencing_token: Some(first.fencing_token + 1),
+        ..guard.clone()
+    };
+    check_eq!(storage.update_task_executions(&stale, &beat).await?, 0);
+    let batched = TaskExecutionUpdate {
+        now: T0 + 200,
+        expires_at: Some(lease + 1),
+        progress: Some("[4]".to_owned()),
+        ..Default::default()
+    };
+    check_eq!(
+        storage
+            .update_task_executions_many(&[(guard.clone(), batched), (stale, beat.clone())])
+            .await?,
+        vec![1, 0]
+    );
+    let beaten = get(&storage, "h").await?;
+    check_eq!(beaten.expires_at, Some(lease + 1));
+    check_eq!(beaten.progress.as_deref(), Some("[4]"));
+    let done = TaskExecutionUpdate {
+        expires_at: Some(lease + 2),
+        ..completion(T0 + 300)
+    };
+    check_eq!(storage.update_task_executions(&guard, &done).await?, 1);
+    let done = get(&storage, "h").await?;
+    check_eq!(done.status, TaskExecutionStatus::Completed);
+    check_eq!(done.expires_at, None);
+    check_eq!(done.progress.as_deref(), Some("[4]"));
     Ok(())
 }

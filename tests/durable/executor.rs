@@ -189,6 +189,42 @@ macro_rules! executor_cases {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         $(#[$attr])*
+        async fn a_paused_queue_stops_every_executor_until_resumed() -> anyhow::Result<()> {
+            on_storage($backend, cases::a_paused_queue_stops_every_executor_until_resumed).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
+        async fn heartbeats_keep_a_long_run_alive_and_report_progress() -> anyhow::Result<()> {
+            on_storage(
+                $backend,
+                cases::heartbeats_keep_a_long_run_alive_and_report_progress,
+            )
+            .await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
+        async fn snoozed_runs_run_again_without_counting_an_attempt() -> anyhow::Result<()> {
+            on_storage(
+                $backend,
+                cases::snoozed_runs_run_again_without_counting_an_attempt,
+            )
+            .await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
+        async fn heartbeat_of_a_run_that_lost_its_execution_is_refused() -> anyhow::Result<()> {
+            on_storage(
+                $backend,
+                cases::heartbeat_of_a_run_that_lost_its_execution_is_refused,
+            )
+            .await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
         async fn retention_deletes_old_finished_executions() -> anyhow::Result<()> {
             on_storage($backend, cases::retention_deletes_old_finished_executions).await
         }

@@ -59,7 +59,8 @@ impl Default for TaskOptions {
     }
 }
 
-/// What a run knows about itself.
+/// What a run knows about itself, and its hold on the execution: a long run
+/// [heartbeats](Self::heartbeat) and [reports progress](Self::report_progress) through it.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     /// The execution's id.
@@ -72,6 +73,81 @@ pub struct TaskContext {
     pub prev_error: Option<ExecutionError>,
     /// Cancelled when the execution is cancelled or its run times out.
     pub cancellation: CancellationToken,
+    /// The run's claim, for heartbeats; `None` in a context made by [`TaskContext::new`].
+    lease: Option<Arc<super::lease::RunLease>>,
+}
+
+impl TaskContext {
+    /// A context for calling a task's function outside an executor (in a unit test of the
+    /// function, say): attempt 0, no previous error, never cancelled; its heartbeats and
+    /// progress reports succeed without storing anything.
+    pub fn new(execution_id: impl Into<String>, task_id: impl Into<String>) -> Self {
+        Self {
+            execution_id: execution_id.into(),
+            task_id: task_id.into(),
+            attempt: 0,
+            prev_error: None,
+            cancellation: CancellationToken::new(),
+            lease: None,
+        }
+    }
+
+    /// The context of a run holding `lease`.
+    pub(crate) fn with_lease(mut self, lease: Arc<super::lease::RunLease>) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Tells the executors that this run is alive: the execution's stored lease is extended
+    /// to a whole timeout (plus the executor's lease margin) from now, and so is the run's own
+    /// deadline. A run that heartbeats more often than its task's timeout never times out and
+    /// is never taken for a dead executor's, so a task that streams for an hour needs a
+    /// timeout of minutes, not an hour. One conditional write, guarded by the claim's fencing
+    /// token.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`](crate::Error::InvalidState) when this run no longer holds the
+    /// execution (it was cancelled, or its lease lapsed and another executor claimed it):
+    /// the run should stop, since nothing it returns will be kept. Database errors otherwise
+    /// (the lease is then as it was; heartbeat again).
+    pub async fn heartbeat(&self) -> crate::Result<()> {
+        match &self.lease {
+            Some(lease) => lease.extend(None).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stores `progress` (any small value, as JSON) on the execution, where
+    /// [`TaskExecution::progress`](crate::task::TaskExecution::progress) and the command
+    /// line's `executions show` read it; the last report stays after the run. A report is also
+    /// a [heartbeat](Self::heartbeat).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a value that does not
+    /// serialize or whose JSON exceeds [`MAX_PROGRESS_BYTES`](crate::task::MAX_PROGRESS_BYTES)
+    /// (nothing is written then); otherwise as [`heartbeat`](Self::heartbeat).
+    pub async fn report_progress<T: Serialize + ?Sized>(&self, progress: &T) -> crate::Result<()> {
+        let json = serde_json::to_string(progress).map_err(|e| crate::Error::InvalidArgument {
+            name: "progress",
+            reason: e.to_string(),
+        })?;
+        if json.len() > super::lease::MAX_PROGRESS_BYTES {
+            return Err(crate::Error::InvalidArgument {
+                name: "progress",
+                reason: format!(
+                    "{} bytes of JSON; at most {} are kept",
+                    json.len(),
+                    super::lease::MAX_PROGRESS_BYTES
+                ),
+            });
+        }
+        match &self.lease {
+            Some(lease) => lease.extend(Some(json)).await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// The error a task returns from a run.
@@ -81,6 +157,7 @@ pub struct TaskContext {
 pub struct TaskError {
     message: String,
     retryable: bool,
+    snooze: Option<Duration>,
 }
 
 impl TaskError {
@@ -89,6 +166,7 @@ impl TaskError {
         Self {
             message: message.into(),
             retryable: true,
+            snooze: None,
         }
     }
 
@@ -97,7 +175,28 @@ impl TaskError {
         Self {
             message: message.into(),
             retryable: false,
+            snooze: None,
         }
+    }
+
+    /// Not an error: "run me again in `delay`". The execution goes back to `ready`, due
+    /// `delay` from now (at most [`MAX_SLEEP_BEFORE_RUN`](crate::task::MAX_SLEEP_BEFORE_RUN);
+    /// a longer delay is shortened to it), without counting an attempt against its retries
+    /// and without an error: its previous error, if any, stays as it was. For a task that
+    /// polls something not ready yet (a payment to settle, a file to appear), as River's and
+    /// Oban's snooze. A task that always snoozes runs for ever; count its
+    /// [`attempt`](TaskContext::attempt)s yourself if that matters (they do not grow).
+    pub fn snooze(delay: Duration) -> Self {
+        Self {
+            message: format!("snoozed for {} ms", delay.as_millis()),
+            retryable: true,
+            snooze: Some(delay),
+        }
+    }
+
+    /// The delay of a [snooze](Self::snooze), when this is one.
+    pub fn snoozed_for(&self) -> Option<Duration> {
+        self.snooze
     }
 
     /// The message.
@@ -116,6 +215,7 @@ impl fmt::Debug for TaskError {
         f.debug_struct("TaskError")
             .field("message", &self.message)
             .field("retryable", &self.retryable)
+            .field("snooze", &self.snooze)
             .finish()
     }
 }

@@ -33,6 +33,7 @@
 mod definition;
 mod enqueuer;
 mod handle;
+mod lease;
 mod loops;
 mod options;
 mod parent;
@@ -58,6 +59,7 @@ pub use definition::{
     Sequence, TaskContext, TaskDefinition, TaskError, TaskOptions,
 };
 pub use handle::{FinishedExecution, TaskHandle, WaitOptions};
+pub use lease::MAX_PROGRESS_BYTES;
 pub use options::{EnqueueOptions, ExecutorOptions, Retention};
 
 use loops::{Loop, NO_SKEW};

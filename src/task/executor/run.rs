@@ -73,6 +73,12 @@ impl Inner {
         if let Some(enqueuer) = self.enqueuers.take(&execution.execution_id) {
             tracing::Span::current().follows_from(&enqueuer);
         }
+        let lease = Arc::new(super::lease::RunLease::new(
+            Arc::clone(&self.storage),
+            Arc::clone(&self.options.clock),
+            &execution,
+            self.options.lease_margin,
+        ));
         let result = match self.task(&execution.task_id) {
             None => RunResult::Failed(
                 TaskError::fatal(format!("task `{}` is not registered", execution.task_id)),
@@ -80,15 +86,15 @@ impl Inner {
             ),
             Some(spec) => {
                 let started = std::time::Instant::now();
-                let result = self.execute(&spec, &execution, token).await;
+                let result = self.execute(&spec, &execution, token, &lease).await;
                 metrics.run_duration.record(started.elapsed());
                 result
             }
         };
-        // Retry a result that could not be written for as long as the claim's lease lasts (the
-        // fencing token makes a repeated write harmless); after that the lease lapses and the
-        // execution is recovered by expiry.
-        let lease_ends = execution.expires_at.unwrap_or(i64::MIN);
+        // Retry a result that could not be written for as long as the claim's lease lasts, as
+        // the run's last heartbeat left it (the fencing token makes a repeated write
+        // harmless); after that the lease lapses and the execution is recovered by expiry.
+        let lease_ends = lease.expires_at();
         let mut attempt: u32 = 0;
         loop {
             let recorded = match crate::unwind::caught(self.record(&execution, &result, metrics))
@@ -139,32 +145,46 @@ impl Inner {
         spec: &TaskSpec,
         execution: &TaskExecution,
         token: CancellationToken,
+        lease: &Arc<super::lease::RunLease>,
     ) -> RunResult {
-        let ctx = TaskContext {
-            execution_id: execution.execution_id.clone(),
-            task_id: execution.task_id.clone(),
-            attempt: execution.retry_attempts,
-            prev_error: execution.error.clone(),
-            cancellation: token.clone(),
-        };
-        let timeout = execution.timeout.max(Duration::from_millis(1));
+        let mut ctx = TaskContext::new(execution.execution_id.clone(), execution.task_id.clone())
+            .with_lease(Arc::clone(lease));
+        ctx.attempt = execution.retry_attempts;
+        ctx.prev_error.clone_from(&execution.error);
+        ctx.cancellation = token.clone();
         // The run gets a task of its own, so that a panic in task code is caught here (and
         // recorded as the run's failure) instead of unwinding through the executor.
         let mut run = tokio::spawn((spec.run)(ctx, execution.input.clone()));
-        let result = tokio::select! {
-            r = tokio::time::timeout(timeout, &mut run) => match r {
-                Ok(Ok(Ok(outcome))) => RunResult::Finished(outcome),
-                Ok(Ok(Err(err))) => RunResult::Failed(err, ExecutionErrorKind::Generic),
-                Ok(Err(join)) => RunResult::Failed(
-                    TaskError::fatal(format!("task panicked: {}", panic_message(join))),
-                    ExecutionErrorKind::Generic,
-                ),
-                Err(_) => RunResult::Failed(
-                    TaskError::retryable(format!("task timed out after {} ms", execution.timeout.as_millis())),
-                    ExecutionErrorKind::TimedOut,
-                ),
-            },
-            () = token.cancelled() => RunResult::Cancelled,
+        // The deadline moves with each heartbeat: the run times out a whole timeout after its
+        // start or its last heartbeat, whichever is later.
+        let mut deadline = lease.deadline();
+        let result = loop {
+            let until = *deadline.borrow_and_update();
+            tokio::select! {
+                r = &mut run => break match r {
+                    Ok(Ok(outcome)) => RunResult::Finished(outcome),
+                    Ok(Err(err)) => RunResult::Failed(err, ExecutionErrorKind::Generic),
+                    Err(join) => RunResult::Failed(
+                        TaskError::fatal(format!("task panicked: {}", panic_message(join))),
+                        ExecutionErrorKind::Generic,
+                    ),
+                },
+                () = tokio::time::sleep_until(until) => {
+                    if *deadline.borrow() > until {
+                        continue;
+                    }
+                    break RunResult::Failed(
+                        TaskError::retryable(format!(
+                            "task timed out after {} ms without finishing or a heartbeat",
+                            execution.timeout.as_millis()
+                        )),
+                        ExecutionErrorKind::TimedOut,
+                    );
+                }
+                // A heartbeat moved the deadline: wait for the new one.
+                Ok(()) = deadline.changed() => {}
+                () = token.cancelled() => break RunResult::Cancelled,
+            }
         };
         run.abort();
         // Tell anything the run spawned that it is over.
@@ -193,7 +213,9 @@ impl Inner {
                 let status = update.status;
                 let written = self.write(guard, update.clone()).await? > 0
                     || self.holds_own(execution, &update).await?;
-                if written {
+                if written && err.snoozed_for().is_some() && update.error.is_none() {
+                    metrics.snoozed.increment(1);
+                } else if written {
                     metrics.result(status);
                 }
                 written
@@ -287,6 +309,16 @@ impl Inner {
             is_internal: kind == ExecutionErrorKind::NotFound,
             message: err.message().to_owned(),
         };
+        if let (Some(delay), ExecutionErrorKind::Generic) = (err.snoozed_for(), kind) {
+            // Not a failure: back to `ready` later, with the attempts and the error as they were.
+            let delay = delay.min(crate::task::MAX_SLEEP_BEFORE_RUN);
+            return TaskExecutionUpdate {
+                now,
+                status: Some(TaskExecutionStatus::Ready),
+                start_at: Some(now.saturating_add(millis(delay))),
+                ..Default::default()
+            };
+        }
         if retry {
             let attempt = execution.retry_attempts.saturating_add(1);
             let delay = execution.retry_options.delay(attempt);
