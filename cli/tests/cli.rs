@@ -227,6 +227,7 @@ per_backend!(
     errors_exit_non_zero_with_a_message,
     schedules_are_listed_and_an_ended_one_shows_as_ended,
     stats_show_how_long_unserved_ready_work_has_waited,
+    queues_are_paused_listed_and_resumed,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -784,6 +785,70 @@ async fn stats_show_how_long_unserved_ready_work_has_waited(t: TestDb) -> anyhow
         "{}",
         table.stdout
     );
+    Ok(())
+}
+
+/// `queues pause` stops claims from the queue (a claim through the storage takes nothing),
+/// `queues list` and `stats` show the pause, `queues resume` lifts it; a second pause keeps the
+/// first time, a second resume says nothing changed, and a bad name exits with
+/// `invalid_argument`.
+async fn queues_are_paused_listed_and_resumed(t: TestDb) -> anyhow::Result<()> {
+    use sea_orm_durable::clock::{Clock, SystemClock};
+    use sea_orm_durable::task::storage::{ClaimParams, NewTaskExecution};
+    let storage = SeaOrmTaskExecutionStorage::new(t.db.clone());
+    let now = SystemClock.now_ms();
+    storage
+        .enqueue_task_executions(
+            vec![NewTaskExecution {
+                execution_id: "r1".to_owned(),
+                task_id: "report".to_owned(),
+                queue: Some("reports".to_owned()),
+                timeout: Duration::from_secs(60),
+                input: "null".to_owned(),
+                ..NewTaskExecution::default()
+            }],
+            now,
+        )
+        .await?;
+    let paused = json(&t, &["queues", "pause", "reports"]).await?;
+    assert_eq!(paused["paused"]["queue"], "reports", "{paused}");
+    let first = paused["paused"]["pausedAt"].as_i64().context("no time")?;
+    let again = json(&t, &["queues", "pause", "reports"]).await?;
+    assert_eq!(again["paused"]["pausedAt"], first, "{again}");
+    json(&t, &["queues", "pause", "idle"]).await?;
+    let claim = ClaimParams {
+        executor_id: "cli-test".to_owned(),
+        now: SystemClock.now_ms(),
+        limit: 10,
+        ..ClaimParams::default()
+    };
+    assert!(storage.claim_task_executions(&claim).await?.is_empty());
+    let listed = json(&t, &["queues", "list"]).await?;
+    let queues = listed["queues"].as_array().context("no queues")?;
+    let names: Vec<&str> = queues.iter().filter_map(|q| q["queue"].as_str()).collect();
+    assert_eq!(names, ["idle", "reports"], "{listed}");
+    assert_eq!(queues[1]["paused"], true);
+    assert_eq!(queues[1]["ready"], 1);
+    assert_eq!(queues[0]["unfinished"], 0);
+    let stats = json(&t, &["stats"]).await?;
+    assert_eq!(stats["paused"].as_array().map(Vec::len), Some(2), "{stats}");
+    let table = cli(Some(&t.url), &["queues", "list"]).await?;
+    assert_eq!(table.code, Some(0), "{}", table.stderr);
+    let line = table
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("reports"))
+        .context("no row for the paused queue")?;
+    assert!(line.contains("since"), "{}", table.stdout);
+    let resumed = json(&t, &["queues", "resume", "reports"]).await?;
+    assert_eq!(resumed["wasPaused"], true, "{resumed}");
+    let text = cli(Some(&t.url), &["queues", "resume", "reports"]).await?;
+    assert!(text.stdout.contains("was not paused"), "{}", text.stdout);
+    let claimed = storage.claim_task_executions(&claim).await?;
+    assert_eq!(claimed.len(), 1);
+    let bad = "q".repeat(65);
+    let refused = cli(Some(&t.url), &["--json", "queues", "pause", &bad]).await?;
+    assert_eq!(refused.error_kind()?, "invalid_argument");
     Ok(())
 }
 

@@ -201,11 +201,25 @@ struct Runs {
     child: AtomicU32,
     finalize: AtomicU32,
     flaky: AtomicU32,
+    long: AtomicU32,
+}
+
+/// `call` repeated while it fails with a retryable error, as a task repeats a heartbeat.
+async fn until_answered<F, Fut>(call: F) -> Result<(), TaskError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::Result<()>>,
+{
+    repeated(call)
+        .await
+        .map(drop)
+        .map_err(|e| TaskError::fatal(e.to_string()))
 }
 
 /// An executor scenario: a parent spawning two children and a finalize that sums their
 /// outputs, a task that fails its first attempt and succeeds on its retry, a sleeping task
-/// woken by key, and a delayed task cancelled before it runs. Run once losing nothing, then
+/// woken by key, a delayed task cancelled before it runs, a task that reports progress,
+/// snoozes and heartbeats, and a queue paused and resumed. Run once losing nothing, then
 /// once for each write of that run with its reply lost: every call (enqueue, wake, cancel)
 /// answers as in the lossless run, every execution ends as it did there, and each task body
 /// runs as often (once; the flaky one twice), so no lost reply makes the executor run work
@@ -288,6 +302,22 @@ async fn task_scenario(
             ..RetryOptions::default()
         })
     };
+    // Reports progress and snoozes on its first run, heartbeats and completes on its second.
+    let long = {
+        let runs = Arc::clone(&runs);
+        TaskDefinition::new(format!("sweepLong{run}"), move |ctx, (): ()| {
+            let attempt = runs.long.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if attempt == 0 {
+                    let half = serde_json::json!({ "half": true });
+                    until_answered(|| ctx.report_progress(&half)).await?;
+                    return Err(TaskError::snooze(Duration::from_millis(10)));
+                }
+                until_answered(|| ctx.heartbeat()).await?;
+                Ok::<_, TaskError>(ctx.attempt)
+            }
+        })
+    };
     let sleeper = TaskDefinition::<String, String>::sleeping(format!("sweepSleeper{run}"))
         .timeout(Duration::from_secs(60));
     let delayed = TaskDefinition::new(format!("sweepDelayed{run}"), |_ctx, (): ()| async {
@@ -309,6 +339,22 @@ async fn task_scenario(
     executor.register(&flaky)?;
     executor.register(&sleeper)?;
     executor.register(&delayed)?;
+    executor.register(&long)?;
+    // A pause and a resume of a queue, repeated as a careful caller does: the pause answers
+    // its first time, and the queue ends resumed.
+    let queue = format!("sweepQueue{run}");
+    let (paused, _) = repeated(|| storage.pause_task_queue(&queue, 1_000)).await?;
+    check_eq!(paused.paused_at, 1_000);
+    let (resumed, repeats) = repeated(|| storage.resume_task_queue(&queue)).await?;
+    check!(resumed || repeats > 0, "the resume found no pause");
+    check!(
+        storage
+            .paused_task_queues()
+            .await?
+            .iter()
+            .all(|p| p.queue != queue),
+        "the queue is still paused"
+    );
     executor.start();
     let outcome = tokio::time::timeout(RUN_TIMEOUT, async {
         let key = format!("sweep-key-{run}-{}", fastrand::u64(..));
@@ -316,6 +362,7 @@ async fn task_scenario(
         let flaky = executor.enqueue(&flaky, &()).await?;
         let sleeper = executor.enqueue(&sleeper, &key).await?;
         let delayed = executor.enqueue(&delayed, &()).await?;
+        let long = executor.enqueue(&long, &()).await?;
         check!(
             delayed.cancel().await?,
             "the cancel was told it changed nothing"
@@ -347,6 +394,15 @@ async fn task_scenario(
         check_eq!(sleeper.output.as_deref(), Some("approved"));
         let delayed = delayed.get().await?;
         check_eq!(delayed.status, TaskExecutionStatus::Cancelled);
+        let long = long.wait_with(&wait).await?;
+        check!(
+            long.status() == TaskExecutionStatus::Completed,
+            "long {:?} {:?}",
+            long.status(),
+            long.error()
+        );
+        check_eq!(long.output, Some(0));
+        check_eq!(long.execution.progress.as_deref(), Some(r#"{"half":true}"#));
         Ok::<_, CaseFailure>(())
     })
     .await;
@@ -356,5 +412,6 @@ async fn task_scenario(
     check_eq!(runs.child.load(Ordering::SeqCst), 2);
     check_eq!(runs.finalize.load(Ordering::SeqCst), 1);
     check_eq!(runs.flaky.load(Ordering::SeqCst), 2);
+    check_eq!(runs.long.load(Ordering::SeqCst), 2);
     Ok(())
 }

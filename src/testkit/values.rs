@@ -408,6 +408,10 @@ pub async fn numbers_at_the_ends_of_their_types_never_panic(storage: Storage) ->
             .sum::<u64>()
             == 2
     );
+    for now in [i64::MIN, i64::MAX] {
+        let ready = storage.ready_task_executions(now, u64::MAX).await?;
+        check!(ready.len() <= 2, "{} ready groups at {now}", ready.len());
+    }
     check!(
         storage
             .cancellation_requests("ex", u64::MAX)

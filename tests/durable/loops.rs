@@ -86,6 +86,7 @@ loop_cases!(
     prune_loop_survives_panics => prune_loop,
     cancel_loop_survives_panics => cancel_loop,
     schedules_loop_survives_panics => schedules_loop,
+    sample_loop_survives_panics => sample_loop,
     result_writer_survives_panics => writer_loop,
     run_result_survives_panics => run_loop,
     worker_loop_survives_panics => worker_loop,
@@ -431,6 +432,31 @@ async fn cancel_loop(stores: Stores) -> anyhow::Result<()> {
         )
         .await
     }
+    .await;
+    executor.shutdown().await;
+    result
+}
+
+/// The gauges are sampled again after the counts panicked: the sample loop went on.
+async fn sample_loop(stores: Stores) -> anyhow::Result<()> {
+    let series = Series::new("sample-panics")?;
+    let (storage, faults) = faulty(&stores, "count_task_executions");
+    let executor = Executor::new(
+        storage,
+        ExecutorOptions {
+            queue_depth_interval: Some(Duration::from_millis(30)),
+            ..options(&series)
+        },
+    );
+    executor.register(&echo("lpSampled"))?;
+    executor.start();
+    let result = went_on(
+        &series,
+        metric::EXECUTOR_LOOP_PANICS,
+        "sample",
+        &faults,
+        "count_task_executions",
+    )
     .await;
     executor.shutdown().await;
     result

@@ -27,7 +27,8 @@ per_backend!(
     every_bounded_column_has_the_length_its_check_uses,
 );
 
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 7] = [
+    "durable_paused_task_queues",
     "durable_task_schedules",
     "batchactions_jobs",
     "batchactions_batches",
@@ -593,8 +594,9 @@ async fn nullability(t: &TestDb) -> anyhow::Result<Vec<(String, String, String, 
             t.db_backend(),
             "SELECT TABLE_NAME AS t, COLUMN_NAME AS c, IS_NULLABLE AS n, \
              CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) AS l FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME <> 'durable_task_schedules' \
-             AND COLUMN_NAME NOT IN ('claim_id', 'finalized_by', 'queue', 'wake_key', 'sleeping_key') \
+             WHERE TABLE_SCHEMA = DATABASE() \
+             AND TABLE_NAME NOT IN ('durable_task_schedules', 'durable_paused_task_queues') \
+             AND COLUMN_NAME NOT IN ('claim_id', 'finalized_by', 'queue', 'wake_key', 'sleeping_key', 'progress') \
              ORDER BY TABLE_NAME, COLUMN_NAME",
         ))
         .await?;
@@ -1034,6 +1036,7 @@ fn bounded_columns() -> Vec<(&'static str, &'static str, u32, bool)> {
         ("batchactions_records", "job_id", BATCH_ID_LEN, true),
         ("durable_task_executions", "claim_id", CLAIM_ID_LEN, true),
         ("durable_task_executions", "queue", QUEUE_LEN, true),
+        ("durable_paused_task_queues", "queue", QUEUE_LEN, true),
         (
             "durable_task_schedules",
             "cron_expression",
