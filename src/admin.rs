@@ -193,6 +193,12 @@ impl Admin {
     /// The executions matching `filter`, ordered by `created_at`, position in the parent and
     /// execution id. One read.
     ///
+    /// Page with [`TaskExecutionFilter::after`] and a `limit`: the next page starts after
+    /// [`ExecutionCursor::of`](crate::task::ExecutionCursor::of) the last execution of this
+    /// one, so rows inserted or deleted meanwhile never shift a page (an offset would skip or
+    /// repeat them). The order has no index of its own yet: each page sorts the rows that
+    /// match the other fields.
+    ///
     /// # Errors
     ///
     /// [`Error::CorruptRow`] when a matching row cannot be read; database errors.

@@ -22,7 +22,7 @@ use sea_orm_durable::Error;
 use sea_orm_durable::admin::{Admin, JobDetail};
 use sea_orm_durable::clock::{Clock, SystemClock};
 use sea_orm_durable::task::{
-    ScheduleSpec, TaskExecution, TaskExecutionFilter, TaskExecutionStatus,
+    ExecutionCursor, ScheduleSpec, TaskExecution, TaskExecutionFilter, TaskExecutionStatus,
 };
 use serde_json::{Value, json};
 
@@ -162,6 +162,14 @@ struct ListArgs {
     /// At most this many executions.
     #[arg(long, default_value_t = 100)]
     limit: u64,
+    /// Only executions after this cursor: the `next` of the previous page (printed after a
+    /// full page), so that pages neither skip nor repeat an execution.
+    #[arg(long, value_parser = parse_cursor)]
+    after: Option<ExecutionCursor>,
+}
+
+fn parse_cursor(text: &str) -> Result<ExecutionCursor, String> {
+    ExecutionCursor::parse(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,16 +371,22 @@ async fn list(admin: &Admin, args: &ListArgs, now: i64, out: &mut Output) -> any
         created_after: args
             .newer_than
             .map(|d| now.saturating_sub(duration::millis(d))),
+        after: args.after.clone(),
         limit: Some(args.limit),
         ..Default::default()
     };
     let found = admin.executions(&filter).await?;
+    // A full page may have a next one.
+    let next = found
+        .last()
+        .filter(|_| u64::try_from(found.len()).ok() == Some(args.limit))
+        .map(|e| ExecutionCursor::of(e).to_string());
     if out.is_json() {
         let executions = found
             .iter()
             .map(|e| execution_json(e, false))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        return out.json(&json!({ "executions": executions }));
+        return out.json(&json!({ "executions": executions, "next": next }));
     }
     let rows: Vec<Vec<String>> = found
         .iter()
@@ -406,6 +420,9 @@ async fn list(admin: &Admin, args: &ListArgs, now: i64, out: &mut Output) -> any
     )?;
     if found.is_empty() {
         out.line("(no executions match)")?;
+    }
+    if let Some(next) = next {
+        out.line(format_args!("next page: --after {next}"))?;
     }
     Ok(())
 }

@@ -463,6 +463,21 @@ async fn executions_are_listed_shown_cancelled_retried_counted_and_pruned(
     assert_eq!(ids(&recent).len(), 5);
     let limited = json(&t, &["executions", "list", "--limit", "2"]).await?;
     assert_eq!(ids(&limited).len(), 2);
+    // Pages of two through `next` list the five executions once each, in order.
+    let mut paged = ids(&limited);
+    let mut next = limited["next"].as_str().map(str::to_owned);
+    while let Some(after) = next {
+        let page = json(
+            &t,
+            &["executions", "list", "--limit", "2", "--after", &after],
+        )
+        .await?;
+        paged.extend(ids(&page));
+        next = page["next"].as_str().map(str::to_owned);
+    }
+    assert_eq!(paged, ids(&recent));
+    let bad_cursor = cli(Some(&t.url), &["executions", "list", "--after", "soon"]).await?;
+    assert_eq!(bad_cursor.code, Some(2), "{}", bad_cursor.stderr);
     // The table for people has a header and one line per execution.
     let table = cli(Some(&t.url), &["executions", "list", "--task", "echo"]).await?;
     assert_eq!(table.code, Some(0), "{}", table.stderr);

@@ -213,10 +213,21 @@ pub(crate) fn storable_filter(
         return None;
     }
     let lists = [&filter.execution_ids, &filter.task_ids, &filter.queues];
-    if !lists.iter().any(|list| any_unstorable(list.as_ref())) {
+    let cursor_unstorable = filter
+        .after
+        .as_ref()
+        .is_some_and(|c| !text::storable(&c.execution_id));
+    if !cursor_unstorable && !lists.iter().any(|list| any_unstorable(list.as_ref())) {
         return Some(Cow::Borrowed(filter));
     }
     let mut filter = filter.clone();
+    // No stored id holds U+0000, so the ids after `a\0b` are those after `a`: the prefix
+    // before the first U+0000 selects the same rows and can be sent.
+    if let Some(cursor) = filter.after.as_mut()
+        && let Some(at) = cursor.execution_id.find('\0')
+    {
+        cursor.execution_id.truncate(at);
+    }
     storable_only(&mut filter.execution_ids);
     storable_only(&mut filter.task_ids);
     storable_only(&mut filter.queues);

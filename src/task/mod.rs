@@ -30,9 +30,10 @@ pub use executor::{
 };
 pub use memory::InMemoryTaskExecutionStorage;
 pub use model::{
-    DEFAULT_QUEUE, ExecutionError, ExecutionErrorKind, MAX_LEASE_MARGIN, MAX_SLEEP_BEFORE_RUN,
-    MAX_TIMEOUT, ParentRef, PausedQueue, ReadyTaskExecutions, RetryOptions, TaskExecution,
-    TaskExecutionCount, TaskExecutionFilter, TaskExecutionRef, TaskExecutionStatus, WakeResult,
+    DEFAULT_QUEUE, ExecutionCursor, ExecutionError, ExecutionErrorKind, MAX_LEASE_MARGIN,
+    MAX_SLEEP_BEFORE_RUN, MAX_TIMEOUT, ParentRef, PausedQueue, ReadyTaskExecutions, RetryOptions,
+    TaskExecution, TaskExecutionCount, TaskExecutionFilter, TaskExecutionRef, TaskExecutionStatus,
+    WakeResult,
 };
 pub use schedule::{MissedTicks, Schedule, ScheduleSpec, TaskSchedule};
 pub(crate) use schedule::{Ticks, tick_execution_id};

@@ -464,8 +464,65 @@ pub struct TaskExecutionFilter {
     pub created_before: Option<i64>,
     /// Only executions enqueued at or after this time (`created_at >= created_after`, epoch ms).
     pub created_after: Option<i64>,
+    /// Only executions after this one in the listing's order: the next page of a keyset
+    /// pagination, which neither skips nor repeats a row however many pages are read (set it to
+    /// [`ExecutionCursor::of`] the last execution of the previous page).
+    pub after: Option<ExecutionCursor>,
     /// At most this many rows.
     pub limit: Option<u64>,
+}
+
+/// A position in the order of [`TaskExecutionFilter`]'s listings: `created_at`, then position
+/// in the parent (0 for an execution without one), then execution id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionCursor {
+    /// The execution's `created_at` (epoch ms).
+    pub created_at: i64,
+    /// Its position in its parent (0 without a parent).
+    pub index: u32,
+    /// Its execution id.
+    pub execution_id: String,
+}
+
+impl ExecutionCursor {
+    /// The position of `e`: a listing [`after`](TaskExecutionFilter::after) it starts with
+    /// the execution that follows `e`.
+    pub fn of(e: &TaskExecution) -> Self {
+        Self {
+            created_at: e.created_at,
+            index: e.parent.as_ref().map_or(0, |p| p.index),
+            execution_id: e.execution_id.clone(),
+        }
+    }
+
+    /// Reads a cursor as [`Display`](fmt::Display) writes it: `created_at.index.execution_id`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for text of another shape.
+    pub fn parse(text: &str) -> crate::Result<Self> {
+        let bad = || crate::Error::InvalidArgument {
+            name: "cursor",
+            reason: format!("{text:?} is not `created_at.index.execution_id`"),
+        };
+        let mut parts = text.splitn(3, '.');
+        let created_at = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let index = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let execution_id = parts.next().ok_or_else(bad)?.to_owned();
+        Ok(Self {
+            created_at,
+            index,
+            execution_id,
+        })
+    }
+
+    /// Whether `e` comes after this position.
+    pub(crate) fn precedes(&self, e: &TaskExecution) -> bool {
+        let index = e.parent.as_ref().map_or(0, |p| p.index);
+        (e.created_at, index, e.execution_id.as_str())
+            > (self.created_at, self.index, self.execution_id.as_str())
+    }
 }
 
 impl TaskExecutionFilter {
@@ -497,6 +554,7 @@ impl TaskExecutionFilter {
                 .is_none_or(|k| e.wake_key.as_ref() == Some(k))
             && listed(&self.task_ids, &e.task_id)
             && listed(&self.queues, &e.queue)
+            && self.after.as_ref().is_none_or(|c| c.precedes(e))
             && self.created_before.is_none_or(|t| e.created_at < t)
             && self.created_after.is_none_or(|t| e.created_at >= t)
     }
@@ -530,6 +588,16 @@ pub struct ReadyTaskExecutions {
     pub count: u64,
     /// The `start_at` of the one due longest ago (epoch ms): it has waited `now` minus this.
     pub oldest_start_at: i64,
+}
+
+impl fmt::Display for ExecutionCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}.{}.{}",
+            self.created_at, self.index, self.execution_id
+        )
+    }
 }
 
 /// A paused queue: no executor claims its executions until it is resumed

@@ -639,6 +639,29 @@ fn filter_select(filter: &TaskExecutionFilter, ids: Option<&[String]>) -> Select
     if let Some(after) = filter.created_after {
         select.and_where(Expr::col(Col::CreatedAt).gte(after));
     }
+    if let Some(cursor) = &filter.after {
+        // `(created_at, index_in_parent, execution_id) > cursor`, spelled out: row-value
+        // comparisons are not read the same way by the three planners. A cursor index beyond
+        // the column's `INT` compares as the column's largest value.
+        let index = i32::try_from(cursor.index).unwrap_or(i32::MAX);
+        let at = cursor.created_at;
+        let id = cursor.execution_id.as_str();
+        select.cond_where(
+            Condition::any()
+                .add(Expr::col(Col::CreatedAt).gt(at))
+                .add(
+                    Condition::all()
+                        .add(Expr::col(Col::CreatedAt).eq(at))
+                        .add(Expr::col(Col::IndexInParent).gt(index)),
+                )
+                .add(
+                    Condition::all()
+                        .add(Expr::col(Col::CreatedAt).eq(at))
+                        .add(Expr::col(Col::IndexInParent).eq(index))
+                        .add(Expr::col(Col::ExecutionId).gt(id)),
+                ),
+        );
+    }
     select
         .order_by(Col::CreatedAt, Order::Asc)
         .order_by(Col::IndexInParent, Order::Asc)

@@ -147,6 +147,7 @@ macro_rules! task_storage_conformance {
             paused_queues_are_not_claimed_until_resumed,
             lost_reply_of_pause_and_resume_leaves_one_pause,
             heartbeats_move_the_lease_and_keep_the_progress,
+            listings_page_by_cursor_without_skipping_or_repeating,
         );
     };
     (@cases $attrs:tt $how:tt; $($case:ident),* $(,)?) => {
@@ -3730,5 +3731,110 @@ pub async fn heartbeats_move_the_lease_and_keep_the_progress(storage: Storage) -
     check_eq!(done.status, TaskExecutionStatus::Completed);
     check_eq!(done.expires_at, None);
     check_eq!(done.progress.as_deref(), Some("[4]"));
+    Ok(())
+}
+
+/// Pages read through [`TaskExecutionFilter::after`] list every execution once, in the
+/// listing's order, with ties in `created_at` broken by position and id, alone and with other
+/// filters; a cursor holding U+0000 selects what follows its prefix, and a cursor read back
+/// from its text is the same cursor.
+pub async fn listings_page_by_cursor_without_skipping_or_repeating(storage: Storage) -> CaseResult {
+    use crate::task::ExecutionCursor;
+    let roots: Vec<NewTaskExecution> = ["r3", "r1", "r0", "r2", "r4"]
+        .iter()
+        .map(|id| new_execution(id))
+        .collect();
+    storage.enqueue_task_executions(roots, T0).await?;
+    storage
+        .enqueue_task_executions(
+            vec![
+                new_child("c2", "r0", 2),
+                new_child("c0", "r0", 0),
+                new_child("c1", "r0", 1),
+                new_child("b1", "r1", 1),
+            ],
+            T0,
+        )
+        .await?;
+    storage
+        .enqueue_task_executions(vec![new_execution("late")], T0 + 1)
+        .await?;
+    let all = storage
+        .get_task_executions(&TaskExecutionFilter::default())
+        .await?;
+    check_eq!(
+        ids(&all),
+        vec!["c0", "r0", "r1", "r2", "r3", "r4", "b1", "c1", "c2", "late"]
+    );
+    for page_size in [1_u64, 3, 4] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = storage
+                .get_task_executions(&TaskExecutionFilter {
+                    after: after.clone(),
+                    limit: Some(page_size),
+                    ..Default::default()
+                })
+                .await?;
+            seen.extend(page.iter().map(|e| e.execution_id.clone()));
+            match page.last() {
+                Some(last) if u64::try_from(page.len()).ok() == Some(page_size) => {
+                    let cursor = ExecutionCursor::of(last);
+                    check_eq!(ExecutionCursor::parse(&cursor.to_string())?, cursor);
+                    after = Some(cursor);
+                }
+                _ => break,
+            }
+        }
+        check_eq!(seen, ids_of_owned(&all));
+    }
+    let children_after = storage
+        .get_task_executions(&TaskExecutionFilter {
+            parent_execution_id: Some("r0".to_owned()),
+            after: Some(ExecutionCursor {
+                created_at: T0,
+                index: 0,
+                execution_id: "c0".to_owned(),
+            }),
+            ..Default::default()
+        })
+        .await?;
+    check_eq!(ids(&children_after), vec!["c1", "c2"]);
+    let after_nul = storage
+        .get_task_executions(&TaskExecutionFilter {
+            after: Some(ExecutionCursor {
+                created_at: T0,
+                index: 0,
+                execution_id: "r1\0zzz".to_owned(),
+            }),
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await?;
+    check_eq!(ids(&after_nul), vec!["r2", "r3"]);
+    let beyond = storage
+        .get_task_executions(&TaskExecutionFilter {
+            after: Some(ExecutionCursor {
+                created_at: T0,
+                index: u32::MAX,
+                execution_id: String::new(),
+            }),
+            ..Default::default()
+        })
+        .await?;
+    check_eq!(ids(&beyond), vec!["late"]);
+    check!(
+        ExecutionCursor::parse("12.x.id").is_err() && ExecutionCursor::parse("12").is_err(),
+        "a malformed cursor was read"
+    );
+    check_eq!(
+        ExecutionCursor::parse("-5.2.a.b")?,
+        ExecutionCursor {
+            created_at: -5,
+            index: 2,
+            execution_id: "a.b".to_owned(),
+        }
+    );
     Ok(())
 }
