@@ -77,7 +77,7 @@ fn is_invalid<T>(result: &crate::Result<T>) -> bool {
     matches!(result, Err(Error::InvalidArgument { .. }))
 }
 
-/// Text from users with U+0000: every payload (input, run output, output, a wake's output, a
+/// Text from users with U+0000: every payload (input, run output, output, progress, a wake's output, a
 /// finished child's output, a schedule's input) reads back exactly as given; every name (ids,
 /// task ids, queues, keys, executor and claim ids, schedule ids, cron expressions, time zones)
 /// is refused with [`Error::InvalidArgument`] before anything is written; and a read or a
@@ -111,6 +111,7 @@ pub async fn text_with_nul_round_trips_or_is_refused(storage: Storage) -> CaseRe
                 status: Some(TaskExecutionStatus::Completed),
                 run_output: Some(format!("run {NUL_TEXT}")),
                 output: Some(NUL_TEXT.to_owned()),
+                progress: Some(format!("progress {NUL_TEXT}")),
                 ..Default::default()
             },
         )
@@ -126,6 +127,10 @@ pub async fn text_with_nul_round_trips_or_is_refused(storage: Storage) -> CaseRe
         Some(format!("run {NUL_TEXT}").as_str())
     );
     check_eq!(e.output.as_deref(), Some(NUL_TEXT));
+    check_eq!(
+        e.progress.as_deref(),
+        Some(format!("progress {NUL_TEXT}").as_str())
+    );
     let listed = storage
         .get_task_executions(&TaskExecutionFilter {
             execution_ids: Some(vec!["payload".to_owned()]),
