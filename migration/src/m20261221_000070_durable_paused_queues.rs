@@ -3,8 +3,8 @@
 //! A claim of task executions passes over every execution whose queue has a row here; the row
 //! is the whole state, so a pause holds across restarts and for executors started later, and a
 //! resume (deleting the row) takes effect at the next claim of every executor. The table stays
-//! tiny (one row per paused queue), so the claim's `NOT EXISTS` probe of its primary key costs
-//! next to nothing.
+//! tiny (one row per paused queue), so the claim's `queue NOT IN (SELECT queue FROM …)`, read
+//! once per claim, costs next to nothing.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::big_integer;

@@ -1370,17 +1370,18 @@ async fn claim_rows<C: ConnectionTrait>(
     Ok(claimed)
 }
 
-/// `NOT EXISTS` a row of `durable_paused_task_queues` for the execution's queue: one probe of
-/// that tiny table's primary key per candidate, with the queue read from the claim's index.
+/// `queue NOT IN (SELECT queue FROM durable_paused_task_queues)`, with the queue read from the
+/// claim's index. Uncorrelated, so each backend reads the tiny table once per statement (a
+/// hashed subplan on PostgreSQL, a materialized set on MariaDB and SQLite); a correlated
+/// `NOT EXISTS` probed it once per candidate row, which cost MariaDB's claims 5–10 %. Both
+/// columns are `NOT NULL`, so `NOT IN` has no NULL surprise.
 fn in_no_paused_queue() -> SimpleExpr {
-    Expr::exists(
+    Expr::col((te::Entity, Col::Queue)).not_in_subquery(
         Query::select()
-            .expr(Expr::val(1))
+            .column((pq::Entity, pq::Column::Queue))
             .from(pq::Entity)
-            .and_where(Expr::col((pq::Entity, pq::Column::Queue)).equals((te::Entity, Col::Queue)))
             .to_owned(),
     )
-    .not()
 }
 
 async fn claim_in<C: ConnectionTrait>(
