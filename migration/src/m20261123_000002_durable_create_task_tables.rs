@@ -56,6 +56,7 @@ enum TaskExecutions {
     ClosedAt,
     CreatedAt,
     UpdatedAt,
+    Progress,
 }
 
 #[derive(DeriveIden)]
@@ -77,6 +78,8 @@ impl MigrationTrait for Migration {
         let mut input = long_text(manager, T::Input);
         let mut run_output = long_text_null(manager, T::RunOutput);
         let mut output = long_text_null(manager, T::Output);
+        // Also added to tables created before it by `m20261221_000071_durable_progress`.
+        let mut progress = long_text_null(manager, T::Progress);
         manager
             .create_table(
                 Table::create()
@@ -119,6 +122,7 @@ impl MigrationTrait for Migration {
                     .col(big_integer_null(T::ClosedAt))
                     .col(big_integer(T::CreatedAt))
                     .col(big_integer(T::UpdatedAt))
+                    .col(&mut progress)
                     .to_owned(),
             )
             .await?;

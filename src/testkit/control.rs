@@ -331,6 +331,8 @@ pub async fn heartbeat_of_a_run_that_lost_its_execution_is_refused(
                 std::future::pending::<Result<(), TaskError>>().await
             }
         })
+        // Bounds the case should the cancellation never reach the run.
+        .timeout(Duration::from_secs(20))
     };
     let executor = Executor::new(Arc::clone(&storage), fast_options());
     executor.register(&task)?;
@@ -347,6 +349,11 @@ pub async fn heartbeat_of_a_run_that_lost_its_execution_is_refused(
         .await
         .map_err(|_| CaseFailure::new("the heartbeat did not answer"))?
         .map_err(|_| CaseFailure::new("the heartbeat was dropped"))?;
+    // The cancel loop stops the run; a shutdown before it would wait for the run's timeout.
+    until("the cancelled run was stopped", || async {
+        Ok(executor.running_count() == 0)
+    })
+    .await?;
     executor.shutdown().await;
     check!(
         matches!(beat, Err(Error::InvalidState { .. })),
