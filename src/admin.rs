@@ -283,32 +283,32 @@ impl Admin {
             .count_task_executions(&unfinished, MAX_STATS_GROUPS)
             .await?;
         let paused = self.tasks.paused_task_queues().await?;
-        let mut queues: std::collections::BTreeMap<String, QueueState> = Default::default();
-        let entry = |queues: &mut std::collections::BTreeMap<String, QueueState>, q: &str| {
-            queues.entry(q.to_owned()).or_insert_with(|| QueueState {
-                queue: q.to_owned(),
-                paused_at: None,
-                ready: 0,
-                running: 0,
-                unfinished: 0,
-            });
-        };
+        fn state<'a>(
+            queues: &'a mut std::collections::BTreeMap<String, QueueState>,
+            queue: &str,
+        ) -> &'a mut QueueState {
+            queues
+                .entry(queue.to_owned())
+                .or_insert_with(|| QueueState {
+                    queue: queue.to_owned(),
+                    paused_at: None,
+                    ready: 0,
+                    running: 0,
+                    unfinished: 0,
+                })
+        }
+        let mut queues = std::collections::BTreeMap::new();
         for count in &counts {
-            entry(&mut queues, &count.queue);
-            if let Some(q) = queues.get_mut(&count.queue) {
-                q.unfinished += count.count;
-                match count.status {
-                    TaskExecutionStatus::Ready => q.ready += count.count,
-                    TaskExecutionStatus::Running => q.running += count.count,
-                    _ => {}
-                }
+            let q = state(&mut queues, &count.queue);
+            q.unfinished += count.count;
+            match count.status {
+                TaskExecutionStatus::Ready => q.ready += count.count,
+                TaskExecutionStatus::Running => q.running += count.count,
+                _ => {}
             }
         }
         for p in paused {
-            entry(&mut queues, &p.queue);
-            if let Some(q) = queues.get_mut(&p.queue) {
-                q.paused_at = Some(p.paused_at);
-            }
+            state(&mut queues, &p.queue).paused_at = Some(p.paused_at);
         }
         Ok(queues.into_values().collect())
     }
